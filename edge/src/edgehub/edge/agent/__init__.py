@@ -1,0 +1,1 @@
+"""The agent: ReAct loop, prompt, action parsing and tools."""

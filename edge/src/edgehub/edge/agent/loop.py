@@ -1,0 +1,278 @@
+"""The ReAct loop: think (model) -> decide (gateway) -> act (tool) -> observe -> checkpoint.
+
+One step, in order:
+1. budgets are checked; an exhausted budget ends the agent with the reason;
+2. a pending intent for this step (crash in a previous life) supplies the proposal, so the model is
+   not asked again and a non-idempotent call is never repeated; otherwise the L1 window is compacted
+   if it must be and the model proposes a grammar-constrained action;
+3. the execution gateway runs it (or turns it into an error observation);
+4. state + mind-log event + turns + intent result + outbox entry commit in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgehub.protocol.v1 import agent_pb2
+
+from .. import failpoints
+from ..config import AgentConfig
+from ..llm.base import Completion
+from ..llm.gate import ModelGate
+from ..memory.compaction import Compactor
+from ..memory.l1 import steps_to_compact
+from ..store.base import EdgeStore
+from .actions import Proposal, parse_action
+from .prompt import PromptBuilder
+from .tools.base import ToolContext
+from .tools.gateway import ExecutionGateway
+from .tools.registry import ToolRegistry
+
+S = agent_pb2
+STATE_SCHEMA_VERSION = 1
+EVENT_SCHEMA_VERSION = 1
+TERMINAL = (S.AGENT_STATUS_FINISHED, S.AGENT_STATUS_FAILED, S.AGENT_STATUS_STOPPED)
+
+CountFn = Callable[[str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class LoopDeps:
+    """Everything a running agent uses; built once per daemon."""
+
+    store: EdgeStore
+    registry: ToolRegistry
+    gateway: ExecutionGateway
+    model: ModelGate
+    count_tokens: CountFn
+    compactor: Compactor
+    cfg: AgentConfig
+    device_id: str
+    workspaces: Path
+    n_ctx: int
+    max_action_tokens: int
+
+
+def event_id(state: agent_pb2.AgentState, kind: str) -> str:
+    return f"{state.agent_id}/{state.epoch}/{state.step}/{kind}"
+
+
+def new_agent(agent_id: str, goal: str, budget: agent_pb2.Budget | None = None) -> agent_pb2.AgentState:
+    """A PENDING agent ready to be created in the store."""
+    state = S.AgentState(
+        schema_version=STATE_SCHEMA_VERSION, agent_id=agent_id, goal=goal, status=S.AGENT_STATUS_PENDING
+    )
+    if budget is not None:
+        state.budget.CopyFrom(budget)
+    state.created_at.GetCurrentTime()
+    state.updated_at.GetCurrentTime()
+    return state
+
+
+class AgentLoop:
+    """Steps agents until they end or ``stop`` is set; safe to resume after any crash."""
+
+    def __init__(self, deps: LoopDeps) -> None:
+        self.d = deps
+        self.prompts = PromptBuilder(deps.registry.specs())
+        self._schema = deps.registry.action_schema()
+        self._header_tokens = deps.count_tokens(self.prompts.header)
+
+    async def run(self, agent_id: str, stop: asyncio.Event) -> agent_pb2.AgentState:
+        state = self.d.store.load_agent(agent_id)
+        if state.status == S.AGENT_STATUS_PENDING:
+            state.status = S.AGENT_STATUS_RUNNING
+            self.d.store.update_agent(state)
+        while state.status == S.AGENT_STATUS_RUNNING and not stop.is_set():
+            state = await self.step(state)
+        return state
+
+    async def step(self, state: agent_pb2.AgentState) -> agent_pb2.AgentState:
+        started = time.perf_counter()
+        reason = self._exhausted(state)
+        if reason:
+            return self._end(state, S.AGENT_STATUS_FAILED, reason)
+        key = f"{state.agent_id}/{state.step}"
+        intent = self.d.store.get_intent(key)
+        completion: Completion | None = None
+        if intent is not None:
+            proposal = Proposal.from_json(intent.proposal_json)
+        else:
+            state = await self._compact_if_needed(state)
+            completion = await self._think(state)
+            proposal = parse_action(completion.text)
+        tool_started = time.perf_counter()
+        result, output = await self._act(state, proposal, key)
+        tool_ms = (time.perf_counter() - tool_started) * 1000
+        failpoints.hit("after_tool", state.step)
+        new = self._commit(state, proposal, completion, result, output, started, tool_ms)
+        failpoints.hit("after_checkpoint", state.step)
+        return new
+
+    # budgets ---------------------------------------------------------------------------------------
+    def _limit(self, value: float, configured: float) -> float:
+        return value if value > 0 else configured
+
+    def _exhausted(self, state: agent_pb2.AgentState) -> str:
+        b, u, c = state.budget, state.usage, self.d.cfg
+        tokens = u.evaluated_tokens + u.completion_tokens
+        checks = [
+            (u.steps, self._limit(b.max_steps, c.max_steps), "step"),
+            (tokens, self._limit(b.max_tokens, c.max_tokens), "token"),
+            (u.tool_calls, self._limit(b.max_tool_calls, c.max_tool_calls), "tool-call"),
+            (u.wall_seconds, self._limit(b.max_wall_seconds, c.max_wall_seconds), "wall-time"),
+        ]
+        for used, limit, what in checks:
+            if used >= limit:
+                return f"{what} budget exhausted ({used:g} of {limit:g}) before finishing"
+        return ""
+
+    # think -----------------------------------------------------------------------------------------
+    def _prompt(self, state: agent_pb2.AgentState) -> str:
+        turns = self.d.store.turns(state.agent_id, from_step=state.summarized_through)
+        return self.prompts.render(state.goal, state.summary, turns, state.step)
+
+    async def _think(self, state: agent_pb2.AgentState) -> Completion:
+        prompt = self._prompt(state)
+        return await self.d.model.complete(
+            prompt, json_schema=self._schema, max_tokens=self.d.max_action_tokens
+        )
+
+    def _window_budget(self, state: agent_pb2.AgentState) -> int:
+        task = self.d.count_tokens(self.prompts.task(state.goal, state.summary))
+        room = self.d.n_ctx - self._header_tokens - task - self.d.max_action_tokens - 16
+        configured = self.d.cfg.window_tokens
+        return min(room, configured) if configured else room
+
+    async def _compact_if_needed(self, state: agent_pb2.AgentState) -> agent_pb2.AgentState:
+        turns = self.d.store.turns(state.agent_id, from_step=state.summarized_through)
+        fold = steps_to_compact(turns, self._window_budget(state))
+        if not fold:
+            return state
+        old = [t for t in turns if t.step < fold]
+        summary = await self.d.model.call(
+            lambda: self.d.compactor.summarize(state.goal, state.summary, old, max_tokens=160)
+        )
+        new = S.AgentState()
+        new.CopyFrom(state)
+        new.summary, new.summarized_through = summary, fold
+        event = self._event(new, S.STEP_KIND_COMPACTION, "compaction")
+        event.detail = summary
+        self.d.store.checkpoint(new, event, [])
+        return new
+
+    # act -------------------------------------------------------------------------------------------
+    async def _act(
+        self, state: agent_pb2.AgentState, proposal: Proposal, key: str
+    ) -> tuple[agent_pb2.ToolResult, Any]:
+        if not proposal.ok:
+            return S.ToolResult(
+                idempotency_key=key, ok=False, error="invalid_action", output=proposal.error
+            ), None
+        call = S.ToolCall(tool=proposal.tool, args_json=proposal.args_json(), idempotency_key=key)
+        workspace = self.d.workspaces / state.agent_id
+        workspace.mkdir(parents=True, exist_ok=True)
+        ctx = ToolContext(
+            agent_id=state.agent_id,
+            step=state.step,
+            idempotency_key=key,
+            workspace=workspace,
+            notes=self.d.store,
+        )
+        return await self.d.gateway.execute(call, ctx, proposal_json=proposal.to_json())
+
+    # commit ----------------------------------------------------------------------------------------
+    def _event(
+        self, state: agent_pb2.AgentState, kind: agent_pb2.StepKind.ValueType, name: str
+    ) -> agent_pb2.StepEvent:
+        event = S.StepEvent(
+            schema_version=EVENT_SCHEMA_VERSION,
+            event_id=event_id(state, name),
+            agent_id=state.agent_id,
+            device_id=self.d.device_id,
+            epoch=state.epoch,
+            step=state.step,
+            kind=kind,
+            status=state.status,
+        )
+        event.at.GetCurrentTime()
+        return event
+
+    def _commit(
+        self,
+        state: agent_pb2.AgentState,
+        proposal: Proposal,
+        completion: Completion | None,
+        result: agent_pb2.ToolResult,
+        output: Any,
+        started: float,
+        tool_ms: float,
+    ) -> agent_pb2.AgentState:
+        event = self._event(state, S.STEP_KIND_ACTION, "action")
+        event.thought = proposal.thought
+        if proposal.ok:
+            event.action.CopyFrom(S.ToolCall(tool=proposal.tool, args_json=proposal.args_json()))
+            event.action.idempotency_key = result.idempotency_key
+        event.observation.CopyFrom(result)
+        new = S.AgentState()
+        new.CopyFrom(state)
+        u = new.usage
+        u.steps += 1
+        u.tool_calls += int(proposal.ok and result.error not in ("unknown_tool", "invalid_args"))
+        if completion is not None:
+            u.prompt_tokens += completion.prompt_tokens
+            u.evaluated_tokens += completion.evaluated_tokens
+            u.completion_tokens += completion.completion_tokens
+            event.tokens.CopyFrom(
+                S.TokenCounts(
+                    prompt=completion.prompt_tokens,
+                    evaluated=completion.evaluated_tokens,
+                    completion=completion.completion_tokens,
+                )
+            )
+            event.timings.model_ms = completion.eval_ms + completion.decode_ms
+        if output is not None and output.finish and result.ok:
+            new.status, new.answer = S.AGENT_STATUS_FINISHED, result.output
+            event.detail = result.output
+        new.step += 1
+        turns = self._turns(state.step, proposal, result)
+        event.status = new.status
+        event.timings.tool_ms = tool_ms
+        u.wall_seconds += time.perf_counter() - started
+        event.timings.total_ms = (time.perf_counter() - started) * 1000
+        new.updated_at.GetCurrentTime()
+        self.d.store.checkpoint(new, event, turns, result)
+        return new
+
+    def _turns(self, step: int, proposal: Proposal, result: agent_pb2.ToolResult) -> list[agent_pb2.Turn]:
+        observation = result.output if result.ok else f"error ({result.error}): {result.output}"
+        texts = [("action", proposal.raw), ("observation", observation)]
+        return [
+            S.Turn(step=step, role=role, text=text, tokens=self.d.count_tokens(text)) for role, text in texts
+        ]
+
+    def _end(
+        self, state: agent_pb2.AgentState, status: agent_pb2.AgentStatus.ValueType, reason: str
+    ) -> agent_pb2.AgentState:
+        new = S.AgentState()
+        new.CopyFrom(state)
+        new.status, new.failure_reason = status, reason
+        new.updated_at.GetCurrentTime()
+        event = self._event(new, S.STEP_KIND_END, "end")
+        event.detail = reason
+        self.d.store.checkpoint(new, event, [])
+        return new
+
+    def end(
+        self, agent_id: str, status: agent_pb2.AgentStatus.ValueType, reason: str
+    ) -> agent_pb2.AgentState:
+        """End a non-terminal agent with ``status`` (FAILED or STOPPED) and the reason, checkpointed."""
+        state = self.d.store.load_agent(agent_id)
+        if state.status in TERMINAL:
+            return state
+        return self._end(state, status, reason)

@@ -1,0 +1,78 @@
+"""The tool interface: what a tool declares, what it receives and what it returns.
+
+A tool is any object with a ``spec`` and an async ``__call__``. Built-ins live in ``builtins.py``;
+third-party tools are found through the ``edgehub.tools`` entry point group (each entry point names a
+zero-argument factory returning a tool, or a list of tools).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """What a tool tells the model and the platform about itself."""
+
+    name: str
+    """Identifier the model uses in its action (``[a-z][a-z0-9_]*``)."""
+    description: str
+    """One or two sentences shown to the model."""
+    parameters: dict[str, Any]
+    """JSON schema of the arguments object (``type: object``)."""
+    idempotent: bool
+    """Safe to run again with the same arguments after a crash mid-call (no repeated side effect)."""
+    runs_code: bool = False
+    """Runs commands or code: the safety layer sandboxes such tools."""
+    timeout_s: float = 30.0
+    """Wall-time limit of one call."""
+    example: dict[str, Any] | None = None
+    """Example arguments shown to the model (helps small models)."""
+
+
+class Notes(Protocol):
+    """The agent's key/value notes in L2 (used by remember/recall)."""
+
+    def put_note(self, agent_id: str, key: str, value: str) -> None: ...
+
+    def get_note(self, agent_id: str, key: str) -> str | None: ...
+
+    def search_notes(self, agent_id: str, query: str, limit: int = 5) -> list[tuple[str, str]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ToolContext:
+    """What a tool call may use besides its arguments."""
+
+    agent_id: str
+    step: int
+    idempotency_key: str
+    """``<agent_id>/<step>``: tools with external side effects should pass it on."""
+    workspace: Path
+    """The agent's private folder; file tools stay inside it."""
+    notes: Notes
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutput:
+    """What a tool returns."""
+
+    output: str
+    ok: bool = True
+    error: str = ""
+    """Error kind when not ok (e.g. "not_found", "exit_status", "timeout")."""
+    finish: bool = False
+    """The agent is done; ``output`` is its answer."""
+    data: dict[str, Any] = field(default_factory=dict)
+    """Structured extras for the mind-log (not shown to the model)."""
+
+
+class Tool(Protocol):
+    """A callable tool."""
+
+    @property
+    def spec(self) -> ToolSpec: ...
+
+    async def __call__(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput: ...

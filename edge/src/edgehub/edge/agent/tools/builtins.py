@@ -1,0 +1,211 @@
+"""Built-in tools: files in the agent's workspace, commands, notes, and finish.
+
+File tools accept only relative paths that resolve (symlinks included) inside the agent's workspace.
+``run_command`` runs in the workspace with a scrubbed environment and is killed with its whole
+process group at its timeout; the safety layer puts it in a bubblewrap sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .base import Tool, ToolContext, ToolOutput, ToolSpec
+
+MAX_FILE_CHARS = 64_000
+OUTPUT_TAIL_BYTES = 16_384
+SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+
+Handler = Callable[[dict[str, Any], ToolContext], Awaitable[ToolOutput]]
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionTool:
+    """A tool made of a spec and an async function."""
+
+    spec: ToolSpec
+    handler: Handler
+
+    async def __call__(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+        return await self.handler(args, ctx)
+
+
+def _obj(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+
+
+def _str(max_length: int) -> dict[str, Any]:
+    return {"type": "string", "minLength": 1, "maxLength": max_length}
+
+
+class PathOutsideWorkspace(ValueError):
+    pass
+
+
+def workspace_path(ctx: ToolContext, rel: str) -> Path:
+    """Resolve ``rel`` inside the workspace or raise PathOutsideWorkspace."""
+    if Path(rel).is_absolute():
+        raise PathOutsideWorkspace(f"{rel!r} is absolute; use a path relative to the workspace")
+    root = ctx.workspace.resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise PathOutsideWorkspace(f"{rel!r} is outside the workspace")
+    return target
+
+
+async def read_file(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+    try:
+        path = workspace_path(ctx, args["path"])
+        text = path.read_text(errors="replace")
+    except PathOutsideWorkspace as exc:
+        return ToolOutput(str(exc), ok=False, error="outside_workspace")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return ToolOutput(f"no file {args['path']!r} in the workspace", ok=False, error="not_found")
+    if len(text) > MAX_FILE_CHARS:
+        text = text[:MAX_FILE_CHARS]
+    return ToolOutput(text)
+
+
+async def write_file(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+    try:
+        path = workspace_path(ctx, args["path"])
+    except PathOutsideWorkspace as exc:
+        return ToolOutput(str(exc), ok=False, error="outside_workspace")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(args["content"])
+    os.replace(tmp, path)  # atomic: a crash leaves the old or the new file, never half of one
+    return ToolOutput(f"wrote {len(args['content'])} characters to {args['path']}")
+
+
+async def _read_tail(stream: asyncio.StreamReader) -> bytes:
+    tail = b""
+    while chunk := await stream.read(65536):
+        tail = (tail + chunk)[-OUTPUT_TAIL_BYTES:]
+    return tail
+
+
+async def run_command(args: dict[str, Any], ctx: ToolContext, *, timeout_s: float) -> ToolOutput:
+    env = {**SAFE_ENV, "HOME": str(ctx.workspace), "EDGEHUB_IDEMPOTENCY_KEY": ctx.idempotency_key}
+    proc = await asyncio.create_subprocess_shell(
+        args["command"],
+        cwd=ctx.workspace,
+        env=env,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,  # its own process group, so a timeout kills every child too
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(timeout_s):
+            out = await _read_tail(proc.stdout)
+            code = await proc.wait()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        return ToolOutput(f"killed after {timeout_s:g} s", ok=False, error="timeout")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # children left in the background die with the call
+    text = out.decode(errors="replace")
+    return ToolOutput(f"exit status {code}\n{text}", ok=code == 0, error="" if code == 0 else "exit_status")
+
+
+async def remember(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+    ctx.notes.put_note(ctx.agent_id, args["key"], args["value"])
+    return ToolOutput(f"remembered {args['key']}")
+
+
+async def recall(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+    exact = ctx.notes.get_note(ctx.agent_id, args["query"])
+    if exact is not None:
+        return ToolOutput(f"{args['query']}: {exact}")
+    hits = ctx.notes.search_notes(ctx.agent_id, args["query"])
+    if not hits:
+        return ToolOutput(f"nothing remembered about {args['query']!r}")
+    return ToolOutput("\n".join(f"{k}: {v}" for k, v in hits))
+
+
+async def finish(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+    return ToolOutput(args["answer"], finish=True)
+
+
+def builtin_tools(*, command_timeout_s: float = 20.0) -> list[Tool]:
+    """The built-in tools, in the order the prompt lists them."""
+
+    async def run_command_bound(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+        return await run_command(args, ctx, timeout_s=command_timeout_s)
+
+    specs: list[tuple[ToolSpec, Handler]] = [
+        (
+            ToolSpec(
+                "write_file",
+                "Write text to a file in the workspace.",
+                _obj(["path", "content"], path=_str(128), content=_str(2000)),
+                idempotent=True,
+                example={"path": "notes.txt", "content": "hello"},
+            ),
+            write_file,
+        ),
+        (
+            ToolSpec(
+                "read_file",
+                "Read a text file from the workspace.",
+                _obj(["path"], path=_str(128)),
+                idempotent=True,
+                example={"path": "notes.txt"},
+            ),
+            read_file,
+        ),
+        (
+            ToolSpec(
+                "run_command",
+                "Run a shell command in the workspace and see its exit status and output.",
+                _obj(["command"], command=_str(500)),
+                idempotent=False,
+                runs_code=True,
+                timeout_s=command_timeout_s + 5,
+                example={"command": "ls -l"},
+            ),
+            run_command_bound,
+        ),
+        (
+            ToolSpec(
+                "remember",
+                "Store a note under a key for later steps.",
+                _obj(["key", "value"], key=_str(64), value=_str(500)),
+                idempotent=True,
+                example={"key": "door code", "value": "4417"},
+            ),
+            remember,
+        ),
+        (
+            ToolSpec(
+                "recall",
+                "Look up notes stored with remember.",
+                _obj(["query"], query=_str(128)),
+                idempotent=True,
+                example={"query": "door code"},
+            ),
+            recall,
+        ),
+        (
+            ToolSpec(
+                "finish",
+                "Finish the goal with the answer.",
+                _obj(["answer"], answer=_str(500)),
+                idempotent=True,
+                example={"answer": "42"},
+            ),
+            finish,
+        ),
+    ]
+    return [FunctionTool(spec, handler) for spec, handler in specs]

@@ -1,0 +1,160 @@
+"""The execution gateway: the one path every tool call takes.
+
+In order: the tool must exist; its arguments must be a JSON object valid against its schema; every
+admission check must admit it (the safety layer's policy engine plugs in here); a call already
+recorded for this idempotency key is replayed or, when its outcome is unknown and the tool is not
+idempotent, refused; the intent is made durable; only then does the tool run, under its timeout.
+Every failure becomes a ``ToolResult`` with ``ok=False`` and an error kind the model can read: a bad
+call never raises into the agent loop. The result is persisted by the loop's checkpoint, atomically
+with the step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from edgehub.protocol.v1 import agent_pb2
+
+from ... import failpoints
+from ...store.base import Intent
+from .base import ToolContext, ToolOutput, ToolSpec
+from .registry import ToolRegistry
+
+S = agent_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An admission check's verdict on a call."""
+
+    allow: bool
+    reason: str
+    rule: str = ""
+    """Which rule decided (recorded in the mind-log by the safety layer)."""
+
+
+class Admission(Protocol):
+    """A check consulted before a call is recorded and run; None means "no opinion"."""
+
+    async def admit(self, call: agent_pb2.ToolCall, spec: ToolSpec, ctx: ToolContext) -> Decision | None: ...
+
+
+class IntentLog(Protocol):
+    def begin_intent(self, intent: Intent) -> None: ...
+
+    def get_intent(self, key: str) -> Intent | None: ...
+
+
+class ExecutionGateway:
+    """Validates, admits, records and runs tool calls."""
+
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        intents: IntentLog,
+        *,
+        observation_limit: int,
+        admissions: Sequence[Admission] = (),
+    ) -> None:
+        self.registry = registry
+        self.intents = intents
+        self.observation_limit = observation_limit
+        self.admissions = list(admissions)
+
+    async def execute(
+        self, call: agent_pb2.ToolCall, ctx: ToolContext, *, proposal_json: str
+    ) -> tuple[agent_pb2.ToolResult, ToolOutput | None]:
+        started = time.perf_counter()
+        result, output = await self._execute(call, ctx, proposal_json)
+        result.idempotency_key = ctx.idempotency_key
+        if not result.replayed:
+            result.duration_ms = (time.perf_counter() - started) * 1000
+        return result, output
+
+    async def _execute(
+        self, call: agent_pb2.ToolCall, ctx: ToolContext, proposal_json: str
+    ) -> tuple[agent_pb2.ToolResult, ToolOutput | None]:
+        tool = self.registry.get(call.tool)
+        if tool is None:
+            names = ", ".join(self.registry.names())
+            return _error("unknown_tool", f"there is no tool {call.tool!r}; tools: {names}"), None
+        args, problem = self._validate(call)
+        if problem:
+            return _error("invalid_args", problem), None
+        denied = await self._admit(call, tool.spec, ctx)
+        if denied is not None:
+            return _error("denied", f"{denied.reason} (rule {denied.rule or 'default'})"), None
+        previous = self.intents.get_intent(ctx.idempotency_key)
+        if previous is not None and previous.result is not None:
+            replay = S.ToolResult()
+            replay.CopyFrom(previous.result)
+            replay.replayed = True
+            return replay, None
+        if previous is not None and not tool.spec.idempotent:
+            return _error(
+                "interrupted",
+                f"a previous attempt of this {call.tool} call was interrupted; its outcome is unknown and it "
+                "was not repeated. Check its effect before trying again.",
+            ), None
+        if previous is None:
+            self.intents.begin_intent(
+                Intent(
+                    ctx.idempotency_key,
+                    ctx.agent_id,
+                    ctx.step,
+                    call.tool,
+                    call.args_json,
+                    proposal_json,
+                    None,
+                )
+            )
+        failpoints.hit("after_intent", ctx.step)
+        return await self._run(tool, tool.spec, args, ctx)
+
+    def _validate(self, call: agent_pb2.ToolCall) -> tuple[dict[str, Any], str]:
+        try:
+            args = json.loads(call.args_json or "{}")
+        except json.JSONDecodeError as exc:
+            return {}, f"arguments are not valid JSON: {exc}"
+        if not isinstance(args, dict):
+            return {}, "arguments must be a JSON object"
+        errors = sorted(self.registry.validator(call.tool).iter_errors(args), key=lambda e: list(e.path))
+        if errors:
+            where = "/".join(str(p) for p in errors[0].absolute_path) or "(arguments)"
+            return args, f"{where}: {errors[0].message}"
+        return args, ""
+
+    async def _admit(self, call: agent_pb2.ToolCall, spec: ToolSpec, ctx: ToolContext) -> Decision | None:
+        for admission in self.admissions:
+            decision = await admission.admit(call, spec, ctx)
+            if decision is not None and not decision.allow:
+                return decision
+        return None
+
+    async def _run(
+        self, tool: Any, spec: ToolSpec, args: dict[str, Any], ctx: ToolContext
+    ) -> tuple[agent_pb2.ToolResult, ToolOutput | None]:
+        try:
+            async with asyncio.timeout(spec.timeout_s):
+                output: ToolOutput = await tool(args, ctx)
+        except TimeoutError:
+            return _error("timeout", f"{spec.name} did not finish within {spec.timeout_s:g} s"), None
+        except Exception as exc:  # a tool's bug is the model's observation, not the daemon's crash
+            return _error("tool_error", f"{spec.name} failed: {exc.__class__.__name__}: {exc}"), None
+        result = S.ToolResult(ok=output.ok, output=self._clip(output.output), error=output.error)
+        return result, output
+
+    def _clip(self, text: str) -> str:
+        if len(text) <= self.observation_limit:
+            return text
+        cut = len(text) - self.observation_limit
+        return text[: self.observation_limit] + f"… [{cut} more characters truncated]"
+
+
+def _error(kind: str, message: str) -> agent_pb2.ToolResult:
+    return S.ToolResult(ok=False, error=kind, output=message)

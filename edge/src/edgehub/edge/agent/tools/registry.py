@@ -1,0 +1,114 @@
+"""The tool registry: which tools exist, their schemas, and the action grammar built from them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+from ...config import ToolsConfig
+from ...errors import ToolError
+from .base import Tool, ToolSpec
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+ENTRY_POINT_GROUP = "edgehub.tools"
+THOUGHT_MAX_CHARS = 200
+
+
+class ToolRegistry:
+    """Named tools with validated JSON-schema parameters."""
+
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        self._validators: dict[str, Draft202012Validator] = {}
+        for tool in tools:
+            self.register(tool)
+
+    def register(self, tool: Tool) -> None:
+        spec = tool.spec
+        if not NAME.match(spec.name):
+            raise ToolError(f"name must match {NAME.pattern}", tool=spec.name)
+        if spec.name in self._tools:
+            raise ToolError("registered twice", tool=spec.name)
+        if spec.parameters.get("type") != "object":
+            raise ToolError('parameters must be a JSON schema with "type": "object"', tool=spec.name)
+        try:
+            Draft202012Validator.check_schema(spec.parameters)
+        except SchemaError as exc:
+            raise ToolError(f"invalid parameters schema: {exc.message}", tool=spec.name) from None
+        self._tools[spec.name] = tool
+        self._validators[spec.name] = Draft202012Validator(spec.parameters)
+
+    def get(self, name: str) -> Tool | None:
+        return self._tools.get(name)
+
+    def validator(self, name: str) -> Draft202012Validator:
+        return self._validators[name]
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def specs(self) -> list[ToolSpec]:
+        return [t.spec for t in self._tools.values()]
+
+    def only(self, names: Iterable[str]) -> ToolRegistry:
+        """A registry with just ``names`` (each must exist)."""
+        wanted = list(names)
+        unknown = [n for n in wanted if n not in self._tools]
+        if unknown:
+            known = ", ".join(sorted(self._tools))
+            raise ToolError(f"not registered (known tools: {known})", tool=",".join(unknown))
+        return ToolRegistry(self._tools[n] for n in wanted)
+
+    def load_entry_points(self, group: str = ENTRY_POINT_GROUP) -> None:
+        """Register third-party tools published under the ``edgehub.tools`` entry point group."""
+        for ep in entry_points(group=group):
+            for tool in _load_entry_point(ep):
+                self.register(tool)
+
+    @classmethod
+    def default(cls, cfg: ToolsConfig) -> ToolRegistry:
+        """Built-ins + entry-point tools, filtered by ``cfg.enabled``."""
+        from .builtins import builtin_tools  # local: builtins imports this module's siblings
+
+        registry = cls(builtin_tools(command_timeout_s=cfg.command_timeout_s))
+        if cfg.load_entry_points:
+            registry.load_entry_points()
+        return registry.only(cfg.enabled) if cfg.enabled is not None else registry
+
+    def action_schema(self) -> dict[str, Any]:
+        """JSON schema of one model action; the brain's grammar is built from it.
+
+        One ``anyOf`` branch per tool, each fixing ``tool`` to the tool's name and ``args`` to its
+        parameters, with properties in the order the model should write them.
+        """
+        return {"anyOf": [_branch(spec) for spec in self.specs()]}
+
+
+def _branch(spec: ToolSpec) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {
+            "thought": {"type": "string", "maxLength": THOUGHT_MAX_CHARS},
+            "tool": {"const": spec.name},
+            "args": spec.parameters,
+        },
+        "required": ["thought", "tool", "args"],
+        "additionalProperties": False,
+    }
+
+
+def _load_entry_point(ep: EntryPoint) -> list[Tool]:
+    try:
+        made = ep.load()()
+    except Exception as exc:
+        raise ToolError(f"entry point {ep.value} failed to load: {exc}", tool=ep.name) from exc
+    tools = list(made) if isinstance(made, list | tuple) else [made]
+    for tool in tools:
+        if not isinstance(getattr(tool, "spec", None), ToolSpec) or not callable(tool):
+            raise ToolError(f"entry point {ep.value} did not return tools", tool=ep.name)
+    return tools

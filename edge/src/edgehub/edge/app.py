@@ -1,0 +1,216 @@
+"""The edge daemon: supervises the agents on this device.
+
+Lifecycle (the same for every long-lived component): ``async with EdgeDaemon(cfg) as d: await d.run()``;
+``request_stop()`` (SIGTERM) makes each agent finish its current step (so it is checkpointed) and
+stop; ``shutdown()`` is idempotent and waits at most ``drain_timeout`` for that.
+
+Work arrives through the store: ``submit()`` (or another process such as the CLI) inserts a PENDING
+agent and the scheduler picks it up. On start, agents left RUNNING by a previous life (a crash or a
+drain) are resumed from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import logging
+import os
+import uuid
+from pathlib import Path
+from types import TracebackType
+
+from edgehub.protocol.v1 import agent_pb2
+
+from .agent.loop import AgentLoop, LoopDeps, new_agent
+from .agent.tools.gateway import ExecutionGateway
+from .agent.tools.registry import ToolRegistry
+from .config import EdgeConfig
+from .errors import EdgeError
+from .llm.base import Brain
+from .llm.gate import ModelGate
+from .memory.compaction import Compactor
+from .store.sqlite import SqliteStore
+
+log = logging.getLogger("edgehub.edge")
+S = agent_pb2
+ACTIVE = (S.AGENT_STATUS_PENDING, S.AGENT_STATUS_RUNNING)
+
+
+class DaemonLock:
+    """One daemon per data dir: an exclusive flock on ``<data_dir>/edge.lock``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "edge.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise EdgeError(f"another edge daemon is running on {self.path.parent}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @staticmethod
+    def held(data_dir: Path) -> bool:
+        """True when a daemon holds the lock of ``data_dir``."""
+        path = data_dir / "edge.lock"
+        if not path.exists():
+            return False
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+
+class EdgeDaemon:
+    """Runs agents; see the module docstring for the lifecycle."""
+
+    def __init__(
+        self,
+        cfg: EdgeConfig,
+        *,
+        brain: Brain | None = None,
+        drain_timeout: float = 30.0,
+        poll_interval: float = 0.2,
+    ) -> None:
+        self.cfg = cfg
+        self.drain_timeout = drain_timeout
+        self.poll_interval = poll_interval
+        self._brain = brain
+        self._own_brain = brain is None
+        self._lock = DaemonLock(cfg.device.data_dir)
+        self._stop = asyncio.Event()
+        self._tasks: dict[str, asyncio.Task[agent_pb2.AgentState]] = {}
+        self._closed = False
+        self.store: SqliteStore | None = None
+        self.loop: AgentLoop | None = None
+
+    async def __aenter__(self) -> EdgeDaemon:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()
+
+    async def open(self) -> None:
+        """Take the data dir, open the store and load the model."""
+        self._lock.acquire()
+        try:
+            self.store = SqliteStore.open(self.cfg.store_path, device_id=self.cfg.device.id)
+            if self._brain is None:
+                from .llm.llama import LlamaBrain  # imported here: unit tests run without a model
+
+                self._brain = await asyncio.to_thread(LlamaBrain.open, self.cfg.model)
+            self.loop = AgentLoop(self._deps(self.store, self._brain))
+        except BaseException:
+            self._release()
+            raise
+
+    def _deps(self, store: SqliteStore, brain: Brain) -> LoopDeps:
+        registry = ToolRegistry.default(self.cfg.tools)
+        return LoopDeps(
+            store=store,
+            registry=registry,
+            gateway=ExecutionGateway(registry, store, observation_limit=self.cfg.agent.observation_chars),
+            model=ModelGate(brain),
+            count_tokens=brain.count_tokens,
+            compactor=Compactor(brain),
+            cfg=self.cfg.agent,
+            device_id=self.cfg.device.id,
+            workspaces=self.cfg.workspaces,
+            n_ctx=brain.n_ctx,
+            max_action_tokens=self.cfg.model.max_action_tokens,
+        )
+
+    def submit(
+        self, goal: str, *, agent_id: str | None = None, budget: agent_pb2.Budget | None = None
+    ) -> str:
+        """Create a PENDING agent for ``goal``; the scheduler starts it."""
+        assert self.store is not None, "open() first"
+        agent_id = agent_id or f"agent-{uuid.uuid4().hex[:12]}"
+        self.store.create_agent(new_agent(agent_id, goal, budget))
+        return agent_id
+
+    def request_stop(self) -> None:
+        """Ask every agent to stop after its current step (SIGTERM handler)."""
+        self._stop.set()
+
+    async def run(self, *, until_idle: bool = False) -> None:
+        """Schedule agents until stopped (or, with ``until_idle``, until none is left to run)."""
+        assert self.store is not None, "open() first"
+        assert self.loop is not None
+        log.info("edge daemon %s running on %s", self.cfg.device.id, self.cfg.device.data_dir)
+        while not self._stop.is_set():
+            self._start_ready()
+            if until_idle and not self._tasks:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.poll_interval)
+        await self._drain()
+
+    def _start_ready(self) -> None:
+        assert self.store is not None
+        for state in self.store.list_agents(ACTIVE):
+            if state.agent_id in self._tasks or len(self._tasks) >= self.cfg.agent.max_concurrent:
+                continue
+            task = asyncio.create_task(self._run_agent(state.agent_id), name=state.agent_id)
+            self._tasks[state.agent_id] = task
+            task.add_done_callback(functools.partial(self._forget, state.agent_id))
+
+    def _forget(self, agent_id: str, _task: object) -> None:
+        self._tasks.pop(agent_id, None)
+
+    async def _run_agent(self, agent_id: str) -> agent_pb2.AgentState:
+        assert self.loop is not None
+        try:
+            state = await self.loop.run(agent_id, self._stop)
+        except Exception as exc:  # a bug in one agent's step must not take the others down
+            log.exception("agent %s failed with an internal error", agent_id)
+            reason = f"internal error: {exc.__class__.__name__}: {exc}"
+            state = self.loop.end(agent_id, S.AGENT_STATUS_FAILED, reason)
+        log.info("agent %s: %s", agent_id, S.AgentStatus.Name(state.status))
+        return state
+
+    async def _drain(self) -> None:
+        tasks = list(self._tasks.values())
+        if not tasks:
+            return
+        log.info("draining %d agent(s)", len(tasks))
+        _, pending = await asyncio.wait(tasks, timeout=self.drain_timeout)
+        for task in pending:  # their last checkpoint stands; the step in flight re-runs on resume
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        """Stop agents (drained), close the store and the model. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        await self._drain()
+        self._release()
+
+    def _release(self) -> None:
+        if self.store is not None:
+            self.store.close()
+        if self._own_brain and self._brain is not None:
+            self._brain.close()
+        self._lock.release()

@@ -1,0 +1,77 @@
+"""Errors raised by the edge daemon.
+
+Every error carries data a caller can act on, and ``retryable`` says whether trying again may help.
+
+    EdgeError
+    ├── ConfigError          bad or unreadable configuration (``key`` names the offending setting)
+    ├── ModelError           model file missing, corrupt or not a GGUF (``path``)
+    ├── StoreError           the durable store cannot be opened or migrated (``path``)
+    │   └── SchemaVersionError  the store was written by a newer edgehub
+    ├── ToolError            a tool could not be registered or loaded (``tool``)
+    └── AgentNotFound        no agent with that id (``agent_id``)
+
+Tool *call* failures are not exceptions for the agent loop: the gateway turns them into error
+observations the model can read, so a bad call never crashes a step.
+"""
+
+from __future__ import annotations
+
+
+class EdgeError(Exception):
+    """Root of every error the edge daemon raises on purpose."""
+
+    retryable: bool = False
+
+
+class ConfigError(EdgeError):
+    """Configuration is missing, unreadable or invalid."""
+
+    def __init__(self, message: str, *, key: str | None = None, path: str | None = None) -> None:
+        self.key = key
+        self.path = path
+        where = f" in {path}" if path else ""
+        super().__init__(f"config error{where}: {message}")
+
+
+class ModelError(EdgeError):
+    """The model file cannot be used."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(f"model {path}: {message}")
+
+
+class StoreError(EdgeError):
+    """The durable store cannot be opened or used."""
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
+        super().__init__(f"store {path}: {message}")
+
+
+class SchemaVersionError(StoreError):
+    """The store's schema is newer than this daemon understands."""
+
+    def __init__(self, *, path: str, found: int, supported: int) -> None:
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            f"schema version {found} is newer than this edgehub supports ({supported}); upgrade edgehub",
+            path=path,
+        )
+
+
+class ToolError(EdgeError):
+    """A tool cannot be registered or loaded."""
+
+    def __init__(self, message: str, *, tool: str) -> None:
+        self.tool = tool
+        super().__init__(f"tool {tool!r}: {message}")
+
+
+class AgentNotFound(EdgeError):
+    """No agent with that id exists in this device's store."""
+
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+        super().__init__(f"no agent {agent_id!r} on this device")

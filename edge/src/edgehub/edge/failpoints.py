@@ -1,0 +1,32 @@
+"""Crash injection for durability tests: kill the daemon at a named point of a step.
+
+``EDGEHUB_FAILPOINTS="after_tool@2"`` makes the process SIGKILL itself when step 2 reaches the point
+``after_tool``; several points are comma-separated. Unset (always, in production) it costs one dict
+lookup. Points: ``after_intent`` (intent durable, tool not run), ``after_tool`` (tool ran, step not
+checkpointed), ``after_checkpoint`` (step committed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "EDGEHUB_FAILPOINTS"
+
+
+def _parse(spec: str) -> dict[str, set[int]]:
+    points: dict[str, set[int]] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, step = item.partition("@")
+        points.setdefault(name, set()).add(int(step) if step else -1)
+    return points
+
+
+_POINTS = _parse(os.environ.get(ENV, ""))
+
+
+def hit(name: str, step: int) -> None:
+    """SIGKILL this process if failpoint ``name`` is armed for ``step`` (or for any step)."""
+    steps = _POINTS.get(name)
+    if steps and (step in steps or -1 in steps):
+        os.kill(os.getpid(), signal.SIGKILL)

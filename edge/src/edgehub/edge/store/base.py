@@ -1,0 +1,103 @@
+"""The edge's durable store: agent state, mind-log, L2 turns and notes, tool intents, outbox.
+
+One SQLite database per device (WAL, ``synchronous=FULL``). The invariant the loop relies on:
+``checkpoint`` commits the new agent state, the step's mind-log event, its L2 turns, the tool
+intent's result and the outbox entry in ONE transaction, so after a crash either all of a step is
+there or none of it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgehub.protocol.v1 import agent_pb2, events_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Intent:
+    """A tool call recorded before it ran (crash-safety for side effects)."""
+
+    key: str
+    """Idempotency key ``<agent_id>/<step>``."""
+    agent_id: str
+    step: int
+    tool: str
+    args_json: str
+    proposal_json: str
+    """The model's full proposal (thought + action) so a resumed step does not ask the model again."""
+    result: agent_pb2.ToolResult | None
+    """Set once the step that ran the call was checkpointed."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxEntry:
+    seq: int
+    """Per-device, strictly increasing, gap-free."""
+    event: events_pb2.EdgeEvent
+
+
+class EdgeStore(Protocol):
+    """Durable state of every agent on this device. Methods are blocking and fast (local SQLite)."""
+
+    # agents
+    def create_agent(self, state: agent_pb2.AgentState) -> None:
+        """Insert a new agent; raises if the id exists."""
+        ...
+
+    def load_agent(self, agent_id: str) -> agent_pb2.AgentState:
+        """Latest checkpointed state; raises AgentNotFound."""
+        ...
+
+    def list_agents(self, statuses: tuple[int, ...] = ()) -> list[agent_pb2.AgentState]:
+        """Agents, optionally only those with one of ``statuses``, oldest first."""
+        ...
+
+    def update_agent(self, state: agent_pb2.AgentState) -> None:
+        """Overwrite an agent's state outside a step (e.g. status change on stop)."""
+        ...
+
+    # intents
+    def begin_intent(self, intent: Intent) -> None:
+        """Durably record a call before running it (no-op if the key exists)."""
+        ...
+
+    def get_intent(self, key: str) -> Intent | None: ...
+
+    # the step commit
+    def checkpoint(
+        self,
+        state: agent_pb2.AgentState,
+        event: agent_pb2.StepEvent,
+        turns: list[agent_pb2.Turn],
+        result: agent_pb2.ToolResult | None = None,
+    ) -> int:
+        """Commit state + event (mind-log and outbox) + turns + intent result atomically.
+
+        Returns the outbox sequence number given to the event.
+        """
+        ...
+
+    # L2 session memory
+    def turns(self, agent_id: str, from_step: int = 0) -> list[agent_pb2.Turn]:
+        """Turns of steps >= from_step, in order."""
+        ...
+
+    def put_note(self, agent_id: str, key: str, value: str) -> None: ...
+
+    def get_note(self, agent_id: str, key: str) -> str | None: ...
+
+    def search_notes(self, agent_id: str, query: str, limit: int = 5) -> list[tuple[str, str]]: ...
+
+    # mind-log and outbox
+    def mind_log(
+        self, agent_id: str, after_step: int = -1, limit: int = 1000
+    ) -> list[agent_pb2.StepEvent]: ...
+
+    def outbox_pending(self, limit: int = 1000) -> list[OutboxEntry]: ...
+
+    def outbox_ack(self, upto_seq: int) -> None:
+        """Mark every entry with seq <= upto_seq as delivered."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,80 @@
+"""The edge store's schema, as an append-only list of migrations.
+
+Never edit a released migration: append a new one. ``PRAGMA user_version`` records how many have been
+applied; a database with a higher version than this code knows is refused (SchemaVersionError) rather
+than misread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "agents, L2 turns and notes, tool intents, mind-log, outbox",
+        """
+        CREATE TABLE agents (
+            agent_id   TEXT PRIMARY KEY,
+            status     INTEGER NOT NULL,
+            state      BLOB NOT NULL,            -- edgehub.v1.AgentState
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE INDEX agents_by_status ON agents(status, created_at);
+        CREATE TABLE turns (
+            agent_id TEXT NOT NULL REFERENCES agents(agent_id),
+            step     INTEGER NOT NULL,
+            idx      INTEGER NOT NULL,
+            role     TEXT NOT NULL,
+            text     TEXT NOT NULL,
+            tokens   INTEGER NOT NULL,
+            PRIMARY KEY (agent_id, step, idx)
+        );
+        CREATE TABLE notes (
+            agent_id   TEXT NOT NULL,
+            key        TEXT NOT NULL,
+            value      TEXT NOT NULL,
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (agent_id, key)
+        );
+        CREATE TABLE intents (
+            key           TEXT PRIMARY KEY,      -- <agent_id>/<step>
+            agent_id      TEXT NOT NULL,
+            step          INTEGER NOT NULL,
+            tool          TEXT NOT NULL,
+            args_json     TEXT NOT NULL,
+            proposal_json TEXT NOT NULL,
+            result        BLOB,                  -- edgehub.v1.ToolResult once checkpointed
+            created_at    REAL NOT NULL
+        );
+        CREATE TABLE mind_log (
+            id       INTEGER PRIMARY KEY,
+            agent_id TEXT NOT NULL,
+            step     INTEGER NOT NULL,
+            kind     INTEGER NOT NULL,
+            event_id TEXT NOT NULL UNIQUE,
+            event    BLOB NOT NULL              -- edgehub.v1.StepEvent
+        );
+        CREATE INDEX mind_log_by_agent ON mind_log(agent_id, id);
+        CREATE TABLE outbox (
+            seq        INTEGER PRIMARY KEY,      -- assigned max+1 in the writing transaction: gap-free
+            event_id   TEXT NOT NULL UNIQUE,
+            event      BLOB NOT NULL,            -- edgehub.v1.EdgeEvent
+            created_at REAL NOT NULL,
+            acked      INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE INDEX outbox_unacked ON outbox(acked, seq);
+        """,
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version

@@ -1,0 +1,248 @@
+"""The edge store on SQLite (through apsw: modern SQLite, extension loading for sqlite-vec).
+
+Durability settings: WAL journal, ``synchronous=FULL`` (a committed step survives power loss, not just a
+process crash), ``BEGIN IMMEDIATE`` for every write so the daemon and the CLI never deadlock on a lock
+upgrade, and a busy timeout so a short overlap waits instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from edgehub.protocol.v1 import agent_pb2, events_pb2
+
+from ..errors import AgentNotFound, SchemaVersionError, StoreError
+from .base import Intent, OutboxEntry
+from .migrations import LATEST, MIGRATIONS
+
+EDGE_EVENT_SCHEMA_VERSION = 1
+
+
+class SqliteStore:
+    """EdgeStore on one SQLite file. Not thread-safe: use it from one thread (the event loop)."""
+
+    def __init__(self, conn: apsw.Connection, *, path: Path, device_id: str) -> None:
+        self._conn = conn
+        self.path = path
+        self.device_id = device_id
+
+    @classmethod
+    def open(cls, path: Path, *, device_id: str) -> SqliteStore:
+        """Open (creating and migrating as needed) the store at ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = apsw.Connection(str(path))
+            conn.set_busy_timeout(5000)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            store = cls(conn, path=path, device_id=device_id)
+            store._migrate()
+        except apsw.Error as exc:
+            raise StoreError(f"cannot open: {exc.__class__.__name__}: {exc}", path=str(path)) from None
+        return store
+
+    def _migrate(self) -> None:
+        version = self._scalar("PRAGMA user_version")
+        if version > LATEST:
+            raise SchemaVersionError(path=str(self.path), found=version, supported=LATEST)
+        for migration in MIGRATIONS:
+            if migration.version <= version:
+                continue
+            with self._tx():
+                if self._scalar("PRAGMA user_version") >= migration.version:
+                    continue  # another process migrated while we waited for the lock
+                self._conn.execute(migration.sql)
+                self._conn.execute(f"PRAGMA user_version={migration.version}")
+
+    @property
+    def schema_version(self) -> int:
+        return self._scalar("PRAGMA user_version")
+
+    # helpers ---------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def _scalar(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        row = self._conn.execute(sql, args).fetchone()
+        return None if row is None else row[0]
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return list(self._conn.execute(sql, args))
+
+    # agents ----------------------------------------------------------------------------------------
+    def create_agent(self, state: agent_pb2.AgentState) -> None:
+        now = time.time()
+        try:
+            with self._tx():
+                self._conn.execute(
+                    "INSERT INTO agents(agent_id, status, state, created_at, updated_at) VALUES (?,?,?,?,?)",
+                    (state.agent_id, state.status, state.SerializeToString(), now, now),
+                )
+        except apsw.ConstraintError:
+            raise StoreError(f"agent {state.agent_id!r} already exists", path=str(self.path)) from None
+
+    def load_agent(self, agent_id: str) -> agent_pb2.AgentState:
+        blob = self._scalar("SELECT state FROM agents WHERE agent_id = ?", (agent_id,))
+        if blob is None:
+            raise AgentNotFound(agent_id)
+        return agent_pb2.AgentState.FromString(blob)
+
+    def list_agents(self, statuses: tuple[int, ...] = ()) -> list[agent_pb2.AgentState]:
+        sql = "SELECT state FROM agents"
+        if statuses:
+            sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
+        rows = self._rows(sql + " ORDER BY created_at, agent_id", tuple(statuses))
+        return [agent_pb2.AgentState.FromString(r[0]) for r in rows]
+
+    def update_agent(self, state: agent_pb2.AgentState) -> None:
+        with self._tx():
+            self._put_state(state)
+
+    def _put_state(self, state: agent_pb2.AgentState) -> None:
+        self._conn.execute(
+            "UPDATE agents SET status = ?, state = ?, updated_at = ? WHERE agent_id = ?",
+            (state.status, state.SerializeToString(), time.time(), state.agent_id),
+        )
+        if self._conn.changes() != 1:
+            raise AgentNotFound(state.agent_id)
+
+    # intents ---------------------------------------------------------------------------------------
+    def begin_intent(self, intent: Intent) -> None:
+        with self._tx():
+            self._conn.execute(
+                "INSERT OR IGNORE INTO intents"
+                "(key, agent_id, step, tool, args_json, proposal_json, created_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (
+                    intent.key,
+                    intent.agent_id,
+                    intent.step,
+                    intent.tool,
+                    intent.args_json,
+                    intent.proposal_json,
+                    time.time(),
+                ),
+            )
+
+    def get_intent(self, key: str) -> Intent | None:
+        row = self._conn.execute(
+            "SELECT key, agent_id, step, tool, args_json, proposal_json, result FROM intents WHERE key = ?",
+            (key,),
+        ).fetchone()
+        if row is None:
+            return None
+        result = agent_pb2.ToolResult.FromString(row[6]) if row[6] is not None else None
+        key, agent_id, step, tool, args_json, proposal_json = row[:6]
+        return Intent(key, agent_id, step, tool, args_json, proposal_json, result)
+
+    # the step commit -------------------------------------------------------------------------------
+    def checkpoint(
+        self,
+        state: agent_pb2.AgentState,
+        event: agent_pb2.StepEvent,
+        turns: list[agent_pb2.Turn],
+        result: agent_pb2.ToolResult | None = None,
+    ) -> int:
+        with self._tx():
+            seq = self._scalar("SELECT seq FROM outbox WHERE event_id = ?", (event.event_id,))
+            if seq is not None:
+                return int(seq)  # this step was committed before: change nothing
+            self._put_state(state)
+            for idx, turn in enumerate(turns):
+                self._conn.execute(
+                    "INSERT INTO turns(agent_id, step, idx, role, text, tokens) VALUES (?,?,?,?,?,?)",
+                    (state.agent_id, turn.step, idx, turn.role, turn.text, turn.tokens),
+                )
+            self._conn.execute(
+                "INSERT INTO mind_log(agent_id, step, kind, event_id, event) VALUES (?,?,?,?,?)",
+                (event.agent_id, event.step, event.kind, event.event_id, event.SerializeToString()),
+            )
+            if result is not None and result.idempotency_key:
+                self._conn.execute(
+                    "UPDATE intents SET result = ? WHERE key = ?",
+                    (result.SerializeToString(), result.idempotency_key),
+                )
+            return self._append_outbox(event)
+
+    def _append_outbox(self, step: agent_pb2.StepEvent) -> int:
+        seq = int(self._scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox"))
+        envelope = events_pb2.EdgeEvent(
+            schema_version=EDGE_EVENT_SCHEMA_VERSION,
+            event_id=step.event_id,
+            device_id=self.device_id,
+            seq=seq,
+            agent_id=step.agent_id,
+            epoch=step.epoch,
+            step=step,
+        )
+        self._conn.execute(
+            "INSERT INTO outbox(seq, event_id, event, created_at) VALUES (?,?,?,?)",
+            (seq, step.event_id, envelope.SerializeToString(), time.time()),
+        )
+        return seq
+
+    # L2 session memory -----------------------------------------------------------------------------
+    def turns(self, agent_id: str, from_step: int = 0) -> list[agent_pb2.Turn]:
+        rows = self._rows(
+            "SELECT step, role, text, tokens FROM turns WHERE agent_id = ? AND step >= ? ORDER BY step, idx",
+            (agent_id, from_step),
+        )
+        return [agent_pb2.Turn(step=s, role=r, text=t, tokens=n) for s, r, t, n in rows]
+
+    def put_note(self, agent_id: str, key: str, value: str) -> None:
+        with self._tx():
+            self._conn.execute(
+                "INSERT INTO notes(agent_id, key, value, updated_at) VALUES (?,?,?,?)"
+                " ON CONFLICT(agent_id, key)"
+                " DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (agent_id, key, value, time.time()),
+            )
+
+    def get_note(self, agent_id: str, key: str) -> str | None:
+        value = self._scalar("SELECT value FROM notes WHERE agent_id = ? AND key = ?", (agent_id, key))
+        return None if value is None else str(value)
+
+    def search_notes(self, agent_id: str, query: str, limit: int = 5) -> list[tuple[str, str]]:
+        words = [w for w in query.lower().split() if w] or [""]
+        clause = " OR ".join("(instr(lower(key), ?) > 0 OR instr(lower(value), ?) > 0)" for _ in words)
+        args = tuple(x for w in words for x in (w, w))
+        rows = self._rows(
+            f"SELECT key, value FROM notes WHERE agent_id = ? AND ({clause})"
+            " ORDER BY updated_at DESC LIMIT ?",
+            (agent_id, *args, limit),
+        )
+        return [(str(k), str(v)) for k, v in rows]
+
+    # mind-log and outbox ---------------------------------------------------------------------------
+    def mind_log(self, agent_id: str, after_step: int = -1, limit: int = 1000) -> list[agent_pb2.StepEvent]:
+        rows = self._rows(
+            "SELECT event FROM mind_log WHERE agent_id = ? AND step > ? ORDER BY id LIMIT ?",
+            (agent_id, after_step, limit),
+        )
+        return [agent_pb2.StepEvent.FromString(r[0]) for r in rows]
+
+    def outbox_pending(self, limit: int = 1000) -> list[OutboxEntry]:
+        rows = self._rows("SELECT seq, event FROM outbox WHERE acked = 0 ORDER BY seq LIMIT ?", (limit,))
+        return [OutboxEntry(seq=s, event=events_pb2.EdgeEvent.FromString(e)) for s, e in rows]
+
+    def outbox_ack(self, upto_seq: int) -> None:
+        with self._tx():
+            self._conn.execute("UPDATE outbox SET acked = 1 WHERE acked = 0 AND seq <= ?", (upto_seq,))
+
+    def close(self) -> None:
+        self._conn.close()

@@ -1,0 +1,156 @@
+"""The ReAct loop's logic on a scripted brain: durable steps, error observations, budgets, resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from edgehub.edge.agent.actions import parse_action
+from edgehub.edge.agent.loop import AgentLoop, LoopDeps, new_agent
+from edgehub.edge.agent.tools.gateway import ExecutionGateway
+from edgehub.edge.agent.tools.registry import ToolRegistry
+from edgehub.edge.config import AgentConfig, ToolsConfig
+from edgehub.edge.llm.fake import FakeBrain
+from edgehub.edge.llm.gate import ModelGate
+from edgehub.edge.memory.compaction import Compactor
+from edgehub.edge.store.base import Intent
+from edgehub.edge.store.sqlite import SqliteStore
+from edgehub.protocol.v1 import agent_pb2
+
+S = agent_pb2
+
+
+def act(tool: str, thought: str = "go", **args: object) -> str:
+    return json.dumps({"thought": thought, "tool": tool, "args": args})
+
+
+def make_loop(
+    tmp_path: Path, script: list[str], **agent_cfg: object
+) -> tuple[AgentLoop, SqliteStore, FakeBrain]:
+    store = SqliteStore.open(tmp_path / "edge.db", device_id="dev-1")
+    brain = FakeBrain(script)
+    registry = ToolRegistry.default(ToolsConfig(load_entry_points=False))
+    deps = LoopDeps(
+        store=store,
+        registry=registry,
+        gateway=ExecutionGateway(registry, store, observation_limit=600),
+        model=ModelGate(brain),
+        count_tokens=brain.count_tokens,
+        compactor=Compactor(brain),
+        cfg=AgentConfig(**agent_cfg),  # type: ignore[arg-type]
+        device_id="dev-1",
+        workspaces=tmp_path / "ws",
+        n_ctx=brain.n_ctx,
+        max_action_tokens=64,
+    )
+    return AgentLoop(deps), store, brain
+
+
+async def run(
+    loop: AgentLoop, store: SqliteStore, goal: str = "g", agent_id: str = "a1"
+) -> agent_pb2.AgentState:
+    store.create_agent(new_agent(agent_id, goal))
+    return await loop.run(agent_id, asyncio.Event())
+
+
+async def test_agent_runs_two_tools_then_finishes_with_every_step_durable(tmp_path: Path) -> None:
+    script = [
+        act("write_file", path="a.txt", content="blue"),
+        act("read_file", path="a.txt"),
+        act("finish", answer="blue"),
+    ]
+    loop, store, _ = make_loop(tmp_path, script)
+    state = await run(loop, store)
+    assert state.status == S.AGENT_STATUS_FINISHED
+    assert state.answer == "blue"
+    assert (tmp_path / "ws" / "a1" / "a.txt").read_text() == "blue"
+    log = store.mind_log("a1")
+    assert [e.action.tool for e in log] == ["write_file", "read_file", "finish"]
+    assert [e.step for e in log] == [0, 1, 2]
+    assert log[1].observation.ok
+    assert log[1].observation.output == "blue"
+    assert [o.event.step.event_id for o in store.outbox_pending()] == [e.event_id for e in log]
+    assert store.load_agent("a1") == state
+
+
+async def test_malformed_json_from_the_model_becomes_an_error_observation(tmp_path: Path) -> None:
+    loop, store, _ = make_loop(tmp_path, ['{"thought": "x", "tool": ', act("finish", answer="ok")])
+    state = await run(loop, store)
+    first = store.mind_log("a1")[0]
+    assert not first.observation.ok
+    assert first.observation.error == "invalid_action"
+    assert state.status == S.AGENT_STATUS_FINISHED
+
+
+@pytest.mark.parametrize(
+    ("action", "error"),
+    [
+        (act("launch_missiles", target="moon"), "unknown_tool"),
+        (act("read_file", path=42), "invalid_args"),
+        (act("write_file", path="a.txt"), "invalid_args"),
+    ],
+)
+async def test_bad_tool_calls_become_error_observations(tmp_path: Path, action: str, error: str) -> None:
+    loop, store, _ = make_loop(tmp_path, [action, act("finish", answer="done")])
+    state = await run(loop, store)
+    first = store.mind_log("a1")[0]
+    assert (first.observation.ok, first.observation.error) == (False, error)
+    assert state.status == S.AGENT_STATUS_FINISHED
+
+
+async def test_step_budget_stops_the_agent_with_a_reason(tmp_path: Path) -> None:
+    loop, store, _ = make_loop(tmp_path, [act("recall", query="x")] * 5, max_steps=3)
+    state = await run(loop, store)
+    assert state.status == S.AGENT_STATUS_FAILED
+    assert "step budget exhausted" in state.failure_reason
+    log = store.mind_log("a1")
+    assert len(log) == 4
+    assert log[-1].kind == S.STEP_KIND_END
+
+
+async def test_resumed_step_with_pending_intent_neither_asks_the_model_nor_repeats_the_command(
+    tmp_path: Path,
+) -> None:
+    loop, store, brain = make_loop(tmp_path, [act("finish", answer="done")])
+    store.create_agent(new_agent("a1", "g"))
+    proposal = parse_action(act("run_command", command="echo once >> ledger.txt"))
+    store.begin_intent(
+        Intent(
+            key="a1/0",
+            agent_id="a1",
+            step=0,
+            tool="run_command",
+            args_json=proposal.args_json(),
+            proposal_json=proposal.to_json(),
+            result=None,
+        )
+    )
+    state = await loop.run("a1", asyncio.Event())
+    first = store.mind_log("a1")[0]
+    assert first.observation.error == "interrupted"
+    assert not (tmp_path / "ws" / "a1" / "ledger.txt").exists()
+    assert len(brain.prompts) == 1  # only step 1 asked the model
+    assert state.status == S.AGENT_STATUS_FINISHED
+
+
+async def test_prompt_only_grows_between_steps_so_the_prefix_is_reusable(tmp_path: Path) -> None:
+    script = [act("remember", key="k", value="v"), act("recall", query="k"), act("finish", answer="v")]
+    loop, store, brain = make_loop(tmp_path, script)
+    await run(loop, store)
+    for before, completion, after in zip(brain.prompts, script, brain.prompts[1:], strict=False):
+        assert after.startswith(before + completion)
+
+
+async def test_old_turns_are_compacted_into_a_summary_when_the_window_overflows(tmp_path: Path) -> None:
+    long = "x " * 60
+    script = [act("remember", key=f"k{i}", value=long) for i in range(6)] + [act("finish", answer="ok")]
+    loop, store, _ = make_loop(tmp_path, script, window_tokens=300)
+    state = await run(loop, store)
+    kinds = [e.kind for e in store.mind_log("a1")]
+    assert S.STEP_KIND_COMPACTION in kinds
+    assert state.summarized_through > 0
+    assert state.summary
+    assert state.status == S.AGENT_STATUS_FINISHED
