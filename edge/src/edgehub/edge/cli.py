@@ -27,7 +27,7 @@ from .trace import dumps, event_dict, print_event, print_summary, state_dict, st
 
 S = agent_pb2
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 edge_app = typer.Typer(help="The edge daemon: runs agents on this device.", no_args_is_help=True)
 agent_app = typer.Typer(help="Agents on this device: run a goal, list, trace.", no_args_is_help=True)
@@ -60,6 +60,9 @@ def _logging(level: str) -> None:
 def edge_run(
     config: ConfigOpt = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Exit once no agent is left to run (batch mode).")
+    ] = False,
 ) -> None:
     """Run the edge daemon until SIGTERM/SIGINT; running agents checkpoint and stop cleanly."""
     cfg = _config(config)
@@ -70,7 +73,7 @@ def edge_run(
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, daemon.request_stop)
-            await daemon.run()
+            await daemon.run(until_idle=until_idle)
 
     try:
         asyncio.run(main())

@@ -1,13 +1,15 @@
 """Edge daemon configuration: a typed tree loaded from TOML, then environment overrides.
 
 Environment variables override file values with ``EDGEHUB_EDGE__<SECTION>__<KEY>`` (double
-underscores separate levels), e.g. ``EDGEHUB_EDGE__MODEL__N_THREADS=4``. Unknown keys are errors,
+underscores separate levels), e.g. ``EDGEHUB_EDGE__MODEL__N_THREADS=4``; lists as JSON
+(``EDGEHUB_EDGE__TOOLS__ENABLED='["read_file", "finish"]'``). Unknown keys are errors,
 so a typo never silently falls back to a default. Nothing here reads global state: the caller passes
 the loaded config to the components that need it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Mapping
@@ -92,8 +94,18 @@ def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
         node = tree
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = value
+        node[parts[-1]] = _env_value(name, value)
     return tree
+
+
+def _env_value(name: str, value: str) -> Any:
+    """Lists and tables are written as JSON (``["read_file", "finish"]``); scalars as plain text."""
+    if value.lstrip()[:1] in ("[", "{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{name}: not valid JSON ({exc})", key=name) from None
+    return value
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,11 +24,30 @@ INTRO = (
     "When the goal is reached the agent calls finish with the answer.\n"
 )
 
-_EXAMPLE_GOAL = "Save the word blue to color.txt, then read color.txt back and finish with what it says."
-_EXAMPLE = [
-    ("write_file", "Save the word first.", {"path": "color.txt", "content": "blue"}, "wrote 4 characters"),
-    ("read_file", "Now read the file back.", {"path": "color.txt"}, "blue"),
-    ("finish", "The file says blue.", {"answer": "blue"}, "done"),
+# Worked examples teach a small base model the transcript format; each one is shown only when every
+# tool it uses is enabled. (tool, thought, args, observation) per step.
+Example = tuple[str, list[tuple[str, str, dict[str, str], str]]]
+EXAMPLES: list[Example] = [
+    (
+        "Save the word blue to color.txt, then read color.txt back and finish with what it says.",
+        [
+            (
+                "write_file",
+                "Save the word first.",
+                {"path": "color.txt", "content": "blue"},
+                "wrote 4 characters",
+            ),
+            ("read_file", "Now read the file back.", {"path": "color.txt"}, "blue"),
+            ("finish", "The file says blue.", {"answer": "blue"}, "done"),
+        ],
+    ),
+    (
+        "Run the command date > now.txt, then finish with done.",
+        [
+            ("run_command", "Run the command.", {"command": "date > now.txt"}, "exit status 0"),
+            ("finish", "The command ran.", {"answer": "done"}, "done"),
+        ],
+    ),
 ]
 
 
@@ -57,12 +76,14 @@ class PromptBuilder:
 
     @staticmethod
     def _example(names: set[str]) -> str:
-        if not {tool for tool, *_ in _EXAMPLE} <= names:
-            return ""
-        lines = ["\n## Example\n", f"Goal: {_EXAMPLE_GOAL}\n"]
-        for i, (tool, thought, args, obs) in enumerate(_EXAMPLE, start=1):
-            lines.append(f"Step {i} action: {action_text(thought, tool, args)}\n")
-            lines.append(f"Step {i} observation: {observation_text(obs)}\n")
+        lines = []
+        for goal, steps in EXAMPLES:
+            if not {tool for tool, *_ in steps} <= names:
+                continue
+            lines += ["\n## Example\n", f"Goal: {goal}\n"]
+            for i, (tool, thought, args, obs) in enumerate(steps, start=1):
+                lines.append(f"Step {i} action: {action_text(thought, tool, args)}\n")
+                lines.append(f"Step {i} observation: {observation_text(obs)}\n")
         return "".join(lines)
 
     def task(self, goal: str, summary: str) -> str:

@@ -1,0 +1,1 @@
+"""Starting real components for tests: the edgehub CLI and daemons as subprocesses."""

@@ -1,0 +1,22 @@
+"""Fixtures for tests on the real model, real SQLite and real daemons (subprocesses)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from edgehub.edge.config import ModelConfig
+from edgehub.edge.llm.llama import LlamaBrain
+
+
+@pytest.fixture(scope="session")
+def model_config() -> ModelConfig:
+    return ModelConfig(n_ctx=2048, n_threads=2, n_batch=64)
+
+
+@pytest.fixture(scope="session")
+def brain(model_config: ModelConfig) -> Iterator[LlamaBrain]:
+    b = LlamaBrain.open(model_config)
+    yield b
+    b.close()

@@ -1,0 +1,59 @@
+"""The llama.cpp brain on the real model: grammar-constrained JSON, exact prefix reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from jsonschema import validate
+
+from edgehub.edge.config import ModelConfig
+from edgehub.edge.llm.llama import LlamaBrain
+
+pytestmark = pytest.mark.model
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"thought": {"type": "string", "maxLength": 80}, "tool": {"enum": ["read_file", "finish"]}},
+    "required": ["thought", "tool"],
+    "additionalProperties": False,
+}
+PROMPT = "# Transcript\nThe agent answers with one JSON action.\nGoal: read notes.txt\nStep 1 action: "
+
+
+def test_grammar_constrained_output_is_valid_json_for_the_schema(brain: LlamaBrain) -> None:
+    out = brain.complete(PROMPT, json_schema=SCHEMA, max_tokens=64)
+    action = json.loads(out.text)
+    validate({**action, "thought": action["thought"][:80]}, SCHEMA)
+    assert out.stop_reason == "stop" and out.completion_tokens > 0
+
+
+def test_prefix_reuse_evaluates_only_new_tokens_and_changes_no_output(
+    brain: LlamaBrain, model_config: ModelConfig
+) -> None:
+    prompt, reused_outputs = PROMPT, []
+    for step in range(1, 4):
+        out = brain.complete(prompt, json_schema=SCHEMA, max_tokens=48)
+        if step > 1:
+            new_text = prompt[len(previous) :]
+            assert out.evaluated_tokens == brain.count_tokens(new_text)
+            assert out.evaluated_tokens < out.prompt_tokens / 3
+        reused_outputs.append(out.text)
+        previous = prompt + out.text
+        prompt = previous + f'\nStep {step} observation: "nothing here"\nStep {step + 1} action: '
+
+    fresh = LlamaBrain.open(model_config)
+    try:
+        # the same prompts evaluated from scratch each time give the same greedy outputs
+        prompt = PROMPT
+        for step, expected in enumerate(reused_outputs, start=1):
+            fresh.llm.reset()
+            fresh._text, fresh._tokens = "", []
+            out = fresh.complete(prompt, json_schema=SCHEMA, max_tokens=48)
+            assert out.evaluated_tokens == out.prompt_tokens
+            assert out.text == expected
+            prompt = (
+                prompt + out.text + f'\nStep {step} observation: "nothing here"\nStep {step + 1} action: '
+            )
+    finally:
+        fresh.close()

@@ -1,0 +1,54 @@
+"""Configuration: TOML, then environment; every mistake names the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgehub.edge.config import load_config
+from edgehub.edge.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "edge.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_need_no_file() -> None:
+    cfg = load_config(None, env={})
+    assert cfg.model.n_batch == 64 and cfg.model.temperature == 0.0 and cfg.device.id == "local"
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[model]\nn_ctx = 1024\n[device]\nid = 'from-file'\n")
+    env = {"EDGEHUB_EDGE__MODEL__N_CTX": "4096", "EDGEHUB_EDGE__TOOLS__ENABLED": '["finish"]'}
+    cfg = load_config(path, env=env)
+    assert (cfg.model.n_ctx, cfg.device.id, cfg.tools.enabled) == (4096, "from-file", ["finish"])
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "key"),
+    [
+        ("[model]\nn_ctxx = 1\n", {}, "model.n_ctxx"),
+        ("[model]\nn_ctx = 'big'\n", {}, "model.n_ctx"),
+        ("[model]\nn_ctx = 16\n", {}, "model.n_ctx"),
+        ("[device]\nid = 'has spaces'\n", {}, "device.id"),
+        ("[agentt]\n", {}, "agentt"),
+        ("", {"EDGEHUB_EDGE__AGENT__MAX_STEPS": "-1"}, "agent.max_steps"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env=env)
+    assert info.value.key == key and key in str(info.value) and "edge.toml" in str(info.value)
+
+
+def test_invalid_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[model\n"), env={})
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.toml", env={})
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(None, env={"EDGEHUB_EDGE__TOOLS__ENABLED": "[oops"})

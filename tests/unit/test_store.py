@@ -1,0 +1,138 @@
+"""The edge store: one conformance suite every EdgeStore backend must pass (SQLite today)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import apsw
+import pytest
+
+from edgehub.edge.agent.loop import new_agent
+from edgehub.edge.errors import AgentNotFound, SchemaVersionError, StoreError
+from edgehub.edge.store import Intent, SqliteStore
+from edgehub.protocol.v1 import agent_pb2
+
+S = agent_pb2
+Factory = Callable[[Path], SqliteStore]
+BACKENDS: dict[str, Factory] = {"sqlite": lambda p: SqliteStore.open(p / "edge.db", device_id="dev-1")}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqliteStore]:
+    s = BACKENDS[request.param](tmp_path)
+    yield s
+    s.close()
+
+
+def step_event(agent_id: str, step: int, kind: str = "action") -> agent_pb2.StepEvent:
+    return S.StepEvent(event_id=f"{agent_id}/0/{step}/{kind}", agent_id=agent_id, step=step, kind=1)
+
+
+def advance(store: SqliteStore, agent_id: str, step: int, key: str = "") -> int:
+    state = store.load_agent(agent_id)
+    state.step = step + 1
+    turns = [S.Turn(step=step, role="action", text=f"a{step}", tokens=1)]
+    result = S.ToolResult(idempotency_key=key, ok=True, output="out") if key else None
+    return store.checkpoint(state, step_event(agent_id, step), turns, result)
+
+
+def test_agents_are_created_loaded_listed_and_updated(store: SqliteStore) -> None:
+    store.create_agent(new_agent("a1", "goal one"))
+    store.create_agent(new_agent("a2", "goal two"))
+    with pytest.raises(StoreError, match="already exists"):
+        store.create_agent(new_agent("a1", "again"))
+    state = store.load_agent("a2")
+    state.status = S.AGENT_STATUS_RUNNING
+    store.update_agent(state)
+    assert [s.agent_id for s in store.list_agents()] == ["a1", "a2"]
+    assert [s.agent_id for s in store.list_agents((S.AGENT_STATUS_RUNNING,))] == ["a2"]
+    with pytest.raises(AgentNotFound):
+        store.load_agent("nope")
+
+
+def test_checkpoint_commits_state_turns_event_intent_and_outbox_together(store: SqliteStore) -> None:
+    store.create_agent(new_agent("a1", "g"))
+    store.begin_intent(Intent("a1/0", "a1", 0, "noop", "{}", "{}", None))
+    seq = advance(store, "a1", 0, key="a1/0")
+    assert store.load_agent("a1").step == 1
+    assert [t.text for t in store.turns("a1")] == ["a0"]
+    assert [e.event_id for e in store.mind_log("a1")] == ["a1/0/0/action"]
+    intent = store.get_intent("a1/0")
+    assert intent is not None and intent.result is not None and intent.result.output == "out"
+    (entry,) = store.outbox_pending()
+    assert entry.seq == seq == 1
+    assert entry.event.step.event_id == "a1/0/0/action" and entry.event.device_id == "dev-1"
+
+
+def test_a_failed_checkpoint_leaves_no_trace_of_the_step(store: SqliteStore) -> None:
+    store.create_agent(new_agent("a1", "g"))
+    advance(store, "a1", 0)
+    state = store.load_agent("a1")
+    state.step = 2
+    bad_turns = [S.Turn(step=1, role="action", text="x"), S.Turn(step=1, role="action", text="y")]
+    # a duplicate primary key for the second turn makes the transaction fail half-way
+    store._conn.execute("INSERT INTO turns VALUES ('a1', 1, 1, 'action', 'clash', 0)")
+    with pytest.raises(apsw.ConstraintError):
+        store.checkpoint(state, step_event("a1", 1), bad_turns)
+    assert store.load_agent("a1").step == 1
+    assert [e.step for e in store.mind_log("a1")] == [0]
+    assert [e.seq for e in store.outbox_pending()] == [1]
+    assert [t.text for t in store.turns("a1", from_step=1)] == ["clash"]
+
+
+def test_checkpointing_the_same_event_twice_changes_nothing(store: SqliteStore) -> None:
+    store.create_agent(new_agent("a1", "g"))
+    first = advance(store, "a1", 0)
+    again = advance(store, "a1", 0)
+    assert first == again
+    assert len(store.mind_log("a1")) == 1 and len(store.turns("a1")) == 1
+
+
+def test_outbox_sequence_is_gap_free_and_acks_are_cumulative(store: SqliteStore) -> None:
+    for agent in ("a1", "a2"):
+        store.create_agent(new_agent(agent, "g"))
+    seqs = [advance(store, a, s) for s in range(3) for a in ("a1", "a2")]
+    assert seqs == [1, 2, 3, 4, 5, 6]
+    store.outbox_ack(4)
+    assert [e.seq for e in store.outbox_pending()] == [5, 6]
+
+
+def test_notes_are_upserted_and_searchable(store: SqliteStore) -> None:
+    store.put_note("a1", "door code", "4417")
+    store.put_note("a1", "door code", "9000")
+    store.put_note("a1", "colour", "blue door")
+    store.put_note("a2", "door code", "other agent")
+    assert store.get_note("a1", "door code") == "9000"
+    assert sorted(store.search_notes("a1", "door")) == [("colour", "blue door"), ("door code", "9000")]
+    assert store.search_notes("a1", "nothing-like-this") == []
+
+
+def test_a_second_connection_sees_committed_steps(store: SqliteStore, tmp_path: Path) -> None:
+    store.create_agent(new_agent("a1", "g"))
+    advance(store, "a1", 0)
+    reader = SqliteStore.open(store.path, device_id="dev-1")
+    try:
+        assert reader.load_agent("a1").step == 1 and len(reader.mind_log("a1")) == 1
+    finally:
+        reader.close()
+
+
+def test_a_store_from_a_newer_edgehub_is_refused(tmp_path: Path) -> None:
+    SqliteStore.open(tmp_path / "e.db", device_id="d").close()
+    conn = apsw.Connection(str(tmp_path / "e.db"))
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(SchemaVersionError, match="newer"):
+        SqliteStore.open(tmp_path / "e.db", device_id="d")
+
+
+def test_a_corrupt_store_file_gives_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "e.db").write_bytes(b"not a database at all" * 500)
+    with pytest.raises(StoreError, match="not a database"):
+        SqliteStore.open(tmp_path / "e.db", device_id="d")
+
+
+def test_store_runs_in_wal_mode_with_full_sync(store: SqliteStore) -> None:
+    assert store._scalar("PRAGMA journal_mode") == "wal"
+    assert store._scalar("PRAGMA synchronous") == 2  # FULL
