@@ -38,7 +38,8 @@ async def test_agent_on_the_real_model_writes_reads_and_finishes(tmp_path: Path,
     args = json.loads(write.action.args_json)
     assert (workspace / args["path"]).read_text() == args["content"] == "green"
     read = next(e for e in actions if e.action.tool == "read_file")
-    assert read.observation.ok and read.observation.output == "green"
+    assert read.observation.ok
+    assert read.observation.output == "green"
     assert "green" in state.answer
     # every step after the first evaluated only its new tokens (prompt-prefix reuse)
     assert all(0 < e.tokens.evaluated < e.tokens.prompt / 4 for e in actions[1:])

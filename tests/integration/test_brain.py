@@ -25,13 +25,14 @@ def test_grammar_constrained_output_is_valid_json_for_the_schema(brain: LlamaBra
     out = brain.complete(PROMPT, json_schema=SCHEMA, max_tokens=64)
     action = json.loads(out.text)
     validate({**action, "thought": action["thought"][:80]}, SCHEMA)
-    assert out.stop_reason == "stop" and out.completion_tokens > 0
+    assert out.stop_reason == "stop"
+    assert out.completion_tokens > 0
 
 
 def test_prefix_reuse_evaluates_only_new_tokens_and_changes_no_output(
     brain: LlamaBrain, model_config: ModelConfig
 ) -> None:
-    prompt, reused_outputs = PROMPT, []
+    prompt, previous, reused_outputs = PROMPT, "", []
     for step in range(1, 4):
         out = brain.complete(prompt, json_schema=SCHEMA, max_tokens=48)
         if step > 1:

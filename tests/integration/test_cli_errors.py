@@ -23,14 +23,17 @@ def test_bad_config_is_reported_with_the_key(tmp_path: Path, toml: str, expected
     for args in (["edge", "config"], ["edge", "run"], ["agent", "run", "--goal", "x"]):
         done = edgehub(*args, "-c", str(tmp_path / "edge.toml"), data_dir=tmp_path / "d")
         assert done.returncode == 2, done.stderr
-        assert expected in done.stderr and "Traceback" not in done.stderr
+        assert expected in done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path: Path) -> None:
     env = {"EDGEHUB_EDGE__MODEL__PATH": str(tmp_path / "nope.gguf")}
     done = edgehub("agent", "run", "--goal", "x", data_dir=tmp_path / "d", env=env)
     assert done.returncode == 2
-    assert "nope.gguf" in done.stderr and "not found" in done.stderr and "Traceback" not in done.stderr
+    assert "nope.gguf" in done.stderr
+    assert "not found" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.parametrize("kind", ["random", "truncated"])
@@ -45,7 +48,8 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path: Path, kind: str) -> None:
         "agent", "run", "--goal", "x", data_dir=tmp_path / "d", env={"EDGEHUB_EDGE__MODEL__PATH": str(bad)}
     )
     assert done.returncode == 2, done.stderr[-1500:]
-    assert "bad.gguf" in done.stderr and "Traceback" not in done.stderr
+    assert "bad.gguf" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_second_daemon_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
@@ -56,7 +60,8 @@ def test_second_daemon_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     try:
         assert DaemonLock.held(tmp_path)
         done = edgehub("edge", "run", data_dir=tmp_path)
-        assert done.returncode == 2 and "another edge daemon" in done.stderr
+        assert done.returncode == 2
+        assert "another edge daemon" in done.stderr
     finally:
         lock.release()
     assert not DaemonLock.held(tmp_path)

@@ -54,7 +54,8 @@ def test_killed_daemon_resumes_from_its_last_checkpoint(tmp_path: Path, point: s
     _submit_and_crash(tmp_path, GOAL, f"{point}@1")
     state, log = _only_agent(tmp_path)
     expected_before = 2 if point == "after_checkpoint" else 1
-    assert state.status == S.AGENT_STATUS_RUNNING and state.step == expected_before
+    assert state.status == S.AGENT_STATUS_RUNNING
+    assert state.step == expected_before
 
     _resume(tmp_path)
     state, log = _only_agent(tmp_path)

@@ -18,7 +18,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_defaults_need_no_file() -> None:
     cfg = load_config(None, env={})
-    assert cfg.model.n_batch == 64 and cfg.model.temperature == 0.0 and cfg.device.id == "local"
+    assert cfg.model.n_batch == 64
+    assert cfg.model.temperature == 0.0
+    assert cfg.device.id == "local"
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
@@ -42,7 +44,9 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
 def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, text), env=env)
-    assert info.value.key == key and key in str(info.value) and "edge.toml" in str(info.value)
+    assert info.value.key == key
+    assert key in str(info.value)
+    assert "edge.toml" in str(info.value)
 
 
 def test_invalid_toml_and_missing_file_are_clear(tmp_path: Path) -> None:

@@ -76,7 +76,8 @@ async def test_bad_calls_become_error_results_and_run_nothing(
     gw = ExecutionGateway(ToolRegistry([tool]), store, observation_limit=50)
     result = await run(gw, c, ctx(tmp_path, store))
     assert (result.ok, result.error) == (False, error)
-    assert tool.calls == 0 and store.get_intent("a1/0") is None
+    assert tool.calls == 0
+    assert store.get_intent("a1/0") is None
 
 
 @pytest.mark.parametrize(("behaviour", "error"), [("raise", "tool_error"), ("hang", "timeout")])
@@ -95,7 +96,8 @@ async def test_long_output_is_truncated_with_a_note(tmp_path: Path, store: Sqlit
         ToolRegistry([Counter("count", idempotent=True, behaviour="long")]), store, observation_limit=50
     )
     result = await run(gw, call("count", {"n": 1}), ctx(tmp_path, store))
-    assert result.output.startswith("x" * 50) and "50 more characters truncated" in result.output
+    assert result.output.startswith("x" * 50)
+    assert "50 more characters truncated" in result.output
 
 
 async def test_intent_is_recorded_before_the_tool_runs(tmp_path: Path, store: SqliteStore) -> None:
@@ -108,7 +110,8 @@ async def test_intent_is_recorded_before_the_tool_runs(tmp_path: Path, store: Sq
     tool = FunctionTool(ToolSpec("spy", "s", {"type": "object"}, idempotent=False), spy)
     gw = ExecutionGateway(ToolRegistry([tool]), store, observation_limit=50)
     await gw.execute(call("spy", {}), ctx(tmp_path, store), proposal_json='{"raw": "p"}')
-    assert seen[0] is not None and seen[0].proposal_json == '{"raw": "p"}'
+    assert seen[0] is not None
+    assert seen[0].proposal_json == '{"raw": "p"}'
 
 
 async def test_a_recorded_result_is_replayed_not_rerun(tmp_path: Path, store: SqliteStore) -> None:
@@ -144,4 +147,5 @@ async def test_a_denying_admission_check_prevents_the_run(tmp_path: Path, store:
     gw = ExecutionGateway(ToolRegistry([tool]), store, observation_limit=80, admissions=[DenyAll()])
     result = await run(gw, call("count", {"n": 1}), ctx(tmp_path, store))
     assert (result.error, tool.calls) == ("denied", 0)
-    assert "deny-all" in result.output and store.get_intent("a1/0") is None
+    assert "deny-all" in result.output
+    assert store.get_intent("a1/0") is None

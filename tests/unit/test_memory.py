@@ -44,7 +44,8 @@ def test_compactor_uses_the_models_summary() -> None:
     brain = FakeBrain(['{"summary": "wrote green to leaf.txt"}'])
     summary = Compactor(brain).summarize("goal", "", turns(4, 4), max_tokens=64)
     assert summary == "wrote green to leaf.txt"
-    assert brain.schemas[0] is not None and "summary" in brain.schemas[0]["properties"]
+    assert brain.schemas[0] is not None
+    assert "summary" in brain.schemas[0]["properties"]
 
 
 def test_compactor_falls_back_to_an_extractive_summary_on_bad_output() -> None:

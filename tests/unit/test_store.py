@@ -59,10 +59,13 @@ def test_checkpoint_commits_state_turns_event_intent_and_outbox_together(store: 
     assert [t.text for t in store.turns("a1")] == ["a0"]
     assert [e.event_id for e in store.mind_log("a1")] == ["a1/0/0/action"]
     intent = store.get_intent("a1/0")
-    assert intent is not None and intent.result is not None and intent.result.output == "out"
+    assert intent is not None
+    assert intent.result is not None
+    assert intent.result.output == "out"
     (entry,) = store.outbox_pending()
     assert entry.seq == seq == 1
-    assert entry.event.step.event_id == "a1/0/0/action" and entry.event.device_id == "dev-1"
+    assert entry.event.step.event_id == "a1/0/0/action"
+    assert entry.event.device_id == "dev-1"
 
 
 def test_a_failed_checkpoint_leaves_no_trace_of_the_step(store: SqliteStore) -> None:
@@ -86,7 +89,8 @@ def test_checkpointing_the_same_event_twice_changes_nothing(store: SqliteStore) 
     first = advance(store, "a1", 0)
     again = advance(store, "a1", 0)
     assert first == again
-    assert len(store.mind_log("a1")) == 1 and len(store.turns("a1")) == 1
+    assert len(store.mind_log("a1")) == 1
+    assert len(store.turns("a1")) == 1
 
 
 def test_outbox_sequence_is_gap_free_and_acks_are_cumulative(store: SqliteStore) -> None:
@@ -113,7 +117,8 @@ def test_a_second_connection_sees_committed_steps(store: SqliteStore, tmp_path: 
     advance(store, "a1", 0)
     reader = SqliteStore.open(store.path, device_id="dev-1")
     try:
-        assert reader.load_agent("a1").step == 1 and len(reader.mind_log("a1")) == 1
+        assert reader.load_agent("a1").step == 1
+        assert len(reader.mind_log("a1")) == 1
     finally:
         reader.close()
 

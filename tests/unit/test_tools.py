@@ -63,7 +63,10 @@ async def test_reading_a_missing_file_is_a_not_found_observation(ctx: ToolContex
 async def test_run_command_reports_exit_status_and_output(ctx: ToolContext) -> None:
     ok = await call("run_command", ctx, command="echo hi; echo err >&2")
     bad = await call("run_command", ctx, command="exit 3")
-    assert ok.ok and "exit status 0" in ok.output and "hi" in ok.output and "err" in ok.output
+    assert ok.ok
+    assert "exit status 0" in ok.output
+    assert "hi" in ok.output
+    assert "err" in ok.output
     assert (bad.ok, bad.error) == (False, "exit_status")
 
 
@@ -73,7 +76,8 @@ async def test_run_command_does_not_see_the_daemons_environment(ctx: ToolContext
         out = await call("run_command", ctx, command="env")
     finally:
         del os.environ["EDGEHUB_TEST_SECRET"]
-    assert "s3cret" not in out.output and "EDGEHUB_IDEMPOTENCY_KEY=a1/0" in out.output
+    assert "s3cret" not in out.output
+    assert "EDGEHUB_IDEMPOTENCY_KEY=a1/0" in out.output
 
 
 async def test_run_command_timeout_kills_the_whole_process_group(ctx: ToolContext) -> None:
@@ -102,7 +106,8 @@ async def test_remember_and_recall(ctx: ToolContext) -> None:
 
 async def test_finish_marks_the_agent_done(ctx: ToolContext) -> None:
     out = await call("finish", ctx, answer="42")
-    assert out.finish and out.output == "42"
+    assert out.finish
+    assert out.output == "42"
 
 
 def _noop(name: str, params: dict[str, object] | None = None) -> FunctionTool:
