@@ -41,6 +41,15 @@ TERMINAL = (S.AGENT_STATUS_FINISHED, S.AGENT_STATUS_FAILED, S.AGENT_STATUS_STOPP
 CountFn = Callable[[str], int]
 
 
+@dataclass(slots=True)
+class Window:
+    """L1 in memory: the turns after the summary, and their rendering in the prompt."""
+
+    from_step: int
+    turns: list[agent_pb2.Turn]
+    text: str
+
+
 @dataclass(frozen=True, slots=True)
 class LoopDeps:
     """Everything a running agent uses; built once per daemon."""
@@ -82,6 +91,8 @@ class AgentLoop:
         self.prompts = PromptBuilder(deps.registry.specs())
         self._schema = deps.registry.action_schema()
         self._header_tokens = deps.count_tokens(self.prompts.header)
+        self._task_tokens: dict[tuple[str, str], int] = {}  # (goal, summary) -> tokens; changes on compaction
+        self._windows: dict[str, Window] = {}
 
     async def run(self, agent_id: str, stop: asyncio.Event) -> agent_pb2.AgentState:
         state = self.d.store.load_agent(agent_id)
@@ -133,9 +144,19 @@ class AgentLoop:
         return ""
 
     # think -----------------------------------------------------------------------------------------
+    def _window(self, state: agent_pb2.AgentState) -> Window:
+        """The agent's L1 window; (re)loaded from L2 after a restart or a compaction."""
+        window = self._windows.get(state.agent_id)
+        if window is None or window.from_step != state.summarized_through:
+            turns = self.d.store.turns(state.agent_id, from_step=state.summarized_through)
+            window = Window(state.summarized_through, turns, self.prompts.turns(turns))
+            self._windows[state.agent_id] = window
+        return window
+
     def _prompt(self, state: agent_pb2.AgentState) -> str:
-        turns = self.d.store.turns(state.agent_id, from_step=state.summarized_through)
-        return self.prompts.render(state.goal, state.summary, turns, state.step)
+        window = self._window(state)
+        task = self.prompts.task(state.goal, state.summary)
+        return f"{self.prompts.header}{task}{window.text}Step {state.step + 1} action: "
 
     async def _think(self, state: agent_pb2.AgentState) -> Completion:
         prompt = self._prompt(state)
@@ -144,13 +165,17 @@ class AgentLoop:
         )
 
     def _window_budget(self, state: agent_pb2.AgentState) -> int:
-        task = self.d.count_tokens(self.prompts.task(state.goal, state.summary))
+        key = (state.goal, state.summary)
+        if key not in self._task_tokens:
+            self._task_tokens.clear()
+            self._task_tokens[key] = self.d.count_tokens(self.prompts.task(state.goal, state.summary))
+        task = self._task_tokens[key]
         room = self.d.n_ctx - self._header_tokens - task - self.d.max_action_tokens - 16
         configured = self.d.cfg.window_tokens
         return min(room, configured) if configured else room
 
     async def _compact_if_needed(self, state: agent_pb2.AgentState) -> agent_pb2.AgentState:
-        turns = self.d.store.turns(state.agent_id, from_step=state.summarized_through)
+        turns = self._window(state).turns
         fold = steps_to_compact(turns, self._window_budget(state))
         if not fold:
             return state
@@ -247,6 +272,9 @@ class AgentLoop:
         event.timings.total_ms = (time.perf_counter() - started) * 1000
         new.updated_at.GetCurrentTime()
         self.d.store.checkpoint(new, event, turns, result)
+        window = self._window(state)
+        window.turns.extend(turns)
+        window.text += self.prompts.turns(turns)
         return new
 
     def _turns(self, step: int, proposal: Proposal, result: agent_pb2.ToolResult) -> list[agent_pb2.Turn]:
@@ -266,6 +294,7 @@ class AgentLoop:
         event = self._event(new, S.STEP_KIND_END, "end")
         event.detail = reason
         self.d.store.checkpoint(new, event, [])
+        self._windows.pop(state.agent_id, None)
         return new
 
     def end(

@@ -28,6 +28,7 @@ class FakeBrain:
         self.prompts: list[str] = []
         self.schemas: list[dict[str, Any] | None] = []
         self._previous = ""
+        self._previous_tokens = 0
 
     @property
     def n_ctx(self) -> int:
@@ -57,14 +58,17 @@ class FakeBrain:
             text = self._script.pop(0)
         else:
             raise RuntimeError("FakeBrain script exhausted")
-        reused = len(self._previous) if prompt.startswith(self._previous) else 0
-        self._previous = prompt + text
-        total = self._count(prompt)
+        # like the real brain: only the text after the reused prefix is tokenized and "evaluated"
+        reused = self._previous and prompt.startswith(self._previous)
+        evaluated = self._count(prompt[len(self._previous) :] if reused else prompt)
+        total = (self._previous_tokens if reused else 0) + evaluated
+        completion = self._count(text)
+        self._previous, self._previous_tokens = prompt + text, total + completion
         return Completion(
             text=text,
             prompt_tokens=total,
-            evaluated_tokens=total - self._count(prompt[:reused]) if reused else total,
-            completion_tokens=self._count(text),
+            evaluated_tokens=evaluated,
+            completion_tokens=completion,
             eval_ms=0.0,
             decode_ms=(time.perf_counter() - started) * 1000,
             stop_reason="stop",
