@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import QUICK, Check, median, print_checks, print_table, write_result  # noqa: E402
-from llama_cpp import Llama  # noqa: E402
+from common import QUICK, Check, median, print_checks, print_table, write_result
+from llama_cpp import Llama
 
-from edgehub.edge.config import ModelConfig  # noqa: E402
-from edgehub.edge.llm.llama import LlamaBrain, default_model_path  # noqa: E402
+from edgehub.edge.config import ModelConfig
+from edgehub.edge.llm.llama import LlamaBrain, default_model_path
 
 THREADS = 2
 TOKENS = 48 if QUICK else 128
@@ -64,7 +64,7 @@ def throughput(cfg: ModelConfig) -> tuple[float, float]:
 
 
 def transcript(cfg: ModelConfig) -> tuple[list[int], list[int], list[int], list[float], list[float]]:
-    """(new, evaluated with reuse, evaluated without, eval ms with, eval ms without) per step after the first."""
+    """Per step after the first: new tokens, evaluated with / without reuse, eval ms with / without."""
     reuse, fresh = LlamaBrain.open(cfg), LlamaBrain.open(cfg)
     prompt = (
         "# Edge agent transcript\nGoal: tidy the logs folder and report what was removed.\nStep 1 action: "

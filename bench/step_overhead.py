@@ -29,12 +29,14 @@ from typing import Annotated, Any, TypedDict
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import QUICK, Check, median, pct, print_checks, print_table, write_result  # noqa: E402
-from langgraph.checkpoint.sqlite import SqliteSaver  # noqa: E402
-from langgraph.graph import END, START, StateGraph  # noqa: E402
-from llama_cpp import Llama  # noqa: E402
+import itertools
 
-from edgehub.edge.agent.loop import AgentLoop, LoopDeps, new_agent  # noqa: E402
+from common import QUICK, Check, median, pct, print_checks, print_table, write_result
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+from llama_cpp import Llama
+
+from edgehub.edge.agent.loop import AgentLoop, LoopDeps, new_agent
 from edgehub.edge.agent.tools import (
     ExecutionGateway,
     FunctionTool,
@@ -42,14 +44,14 @@ from edgehub.edge.agent.tools import (
     ToolOutput,
     ToolRegistry,
     ToolSpec,
-)  # noqa: E402
-from edgehub.edge.config import AgentConfig, ToolsConfig  # noqa: E402
-from edgehub.edge.llm.fake import FakeBrain  # noqa: E402
-from edgehub.edge.llm.gate import ModelGate  # noqa: E402
-from edgehub.edge.llm.llama import default_model_path  # noqa: E402
-from edgehub.edge.memory.compaction import Compactor  # noqa: E402
-from edgehub.edge.store.sqlite import SqliteStore  # noqa: E402
-from edgehub.protocol.v1 import agent_pb2  # noqa: E402
+)
+from edgehub.edge.config import AgentConfig, ToolsConfig
+from edgehub.edge.llm.fake import FakeBrain
+from edgehub.edge.llm.gate import ModelGate
+from edgehub.edge.llm.llama import default_model_path
+from edgehub.edge.memory.compaction import Compactor
+from edgehub.edge.store.sqlite import SqliteStore
+from edgehub.protocol.v1 import agent_pb2
 
 STEPS = 60 if QUICK else 300
 WARMUP = 5
@@ -104,7 +106,8 @@ async def edgehub_steps(tmp: Path, count_tokens: Any) -> list[float]:
         t = time.perf_counter()
         state = await loop.step(state)
         times.append((time.perf_counter() - t) * 1000)
-    assert state.step == STEPS + WARMUP and len(store.mind_log("bench", limit=10**6)) == STEPS + WARMUP
+    assert state.step == STEPS + WARMUP
+    assert len(store.mind_log("bench", limit=10**6)) == STEPS + WARMUP
     store.close()
     return times[WARMUP:]
 
@@ -140,7 +143,7 @@ def langgraph_steps(tmp: Path) -> list[float]:
         if "tools" in update:
             marks.append(time.perf_counter())
     conn.close()
-    times = [(b - a) * 1000 for a, b in zip(marks, marks[1:], strict=False)]
+    times = [(b - a) * 1000 for a, b in itertools.pairwise(marks)]
     assert len(times) == STEPS + WARMUP
     return times[WARMUP:]
 
