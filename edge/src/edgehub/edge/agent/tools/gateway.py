@@ -123,7 +123,10 @@ class ExecutionGateway:
             return {}, f"arguments are not valid JSON: {exc}"
         if not isinstance(args, dict):
             return {}, "arguments must be a JSON object"
-        errors = sorted(self.registry.validator(call.tool).iter_errors(args), key=lambda e: list(e.path))
+        validator = self.registry.validator(call.tool)
+        if validator.is_valid(args):  # the common case; collecting errors is the slow path
+            return args, ""
+        errors = sorted(validator.iter_errors(args), key=lambda e: list(e.path))
         if errors:
             where = "/".join(str(p) for p in errors[0].absolute_path) or "(arguments)"
             return args, f"{where}: {errors[0].message}"
