@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,3 +26,25 @@ def edgehub(
         cwd=ROOT,
         check=False,
     )
+
+
+def start_daemon(data_dir: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start ``edgehub edge run`` in the background; returns once it holds its data dir."""
+    full_env = {**os.environ, "EDGEHUB_EDGE__DEVICE__DATA_DIR": str(data_dir), **(env or {})}
+    proc = subprocess.Popen(
+        [*EDGEHUB, "edge", "run"],
+        env=full_env,
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    from edgehub.edge.app import DaemonLock
+
+    deadline = time.monotonic() + 60
+    while not DaemonLock.held(data_dir):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            out = proc.communicate(timeout=5)[0] if proc.poll() is not None else "(still starting)"
+            raise RuntimeError(f"edge daemon did not start: {out[-2000:]}")
+        time.sleep(0.1)
+    return proc

@@ -154,3 +154,15 @@ async def test_old_turns_are_compacted_into_a_summary_when_the_window_overflows(
     assert state.summarized_through > 0
     assert state.summary
     assert state.status == S.AGENT_STATUS_FINISHED
+
+
+async def test_a_resumed_step_does_not_duplicate_its_turns_in_the_next_prompt(tmp_path: Path) -> None:
+    loop, store, brain = make_loop(tmp_path, [act("finish", answer="done")])
+    store.create_agent(new_agent("a1", "g"))
+    proposal = parse_action(act("remember", key="k", value="v"))
+    store.begin_intent(Intent("a1/0", "a1", 0, "remember", proposal.args_json(), proposal.to_json(), None))
+    await loop.run("a1", asyncio.Event())
+    (prompt,) = brain.prompts
+    prompt = prompt.split("## Task", 1)[1]  # the header's worked examples have their own step 1
+    assert prompt.count("Step 1 action:") == 1
+    assert prompt.count("Step 1 observation:") == 1

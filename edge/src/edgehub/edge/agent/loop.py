@@ -274,8 +274,8 @@ class AgentLoop:
         u.wall_seconds += time.perf_counter() - started
         event.timings.total_ms = (time.perf_counter() - started) * 1000
         new.updated_at.GetCurrentTime()
+        window = self._window(state)  # before the commit: loading it after would include this step's turns
         self.d.store.checkpoint(new, event, turns, result)
-        window = self._window(state)
         window.turns.extend(turns)
         window.text += self.prompts.turns(turns)
         return new
