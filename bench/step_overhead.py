@@ -4,11 +4,13 @@ edgehub: ``AgentLoop.step`` with the real store (SQLite WAL, synchronous=FULL), 
 execution gateway (schema validation, durable intent record), the real prompt builder and the real
 Gemma tokenizer (loaded vocab-only) for token counts. The model's decoding is excluded by design: a
 scripted brain (``edgehub.edge.llm.fake``) returns the action at once. The tool is an in-process no-op
-marked non-idempotent, so its intent is recorded before it runs, as for any side-effecting tool.
+measured twice: idempotent (the common in-process case) and non-idempotent, where a durable intent
+(one more fsync'd commit) is recorded before it runs, as for any side-effecting tool.
 
 LangGraph: the same loop shape as a ``StateGraph`` (agent node proposing the same scripted action,
 tools node running the same no-op), compiled with ``SqliteSaver`` on a file with WAL and
-synchronous=FULL set on its connection (LangGraph sets WAL itself; FULL is set for parity). One step is
+synchronous=FULL set on its connection (LangGraph sets WAL itself; FULL is set for parity) and
+``durability="sync"`` (each checkpoint written before the next step, as edgehub does). One step is
 one agent + tools round, i.e. two super-steps and two checkpoints: that is how LangGraph persists.
 
 Both carry the same state: a 2 KB working summary plus the growing list of turns (same texts).
@@ -18,6 +20,7 @@ Targets: edgehub p50 <= 5 ms, and edgehub per-step cost <= 0.5 x LangGraph's.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import operator
 import sqlite3
@@ -77,11 +80,11 @@ def tokenizer() -> Any:
     return lambda text: len(vocab.tokenize(text.encode(), add_bos=False, special=False))
 
 
-async def edgehub_steps(tmp: Path, count_tokens: Any) -> list[float]:
+async def edgehub_steps(tmp: Path, count_tokens: Any, *, idempotent: bool) -> list[float]:
     store = SqliteStore.open(tmp / "edge.db", device_id="bench")
     brain = FakeBrain(lambda prompt: ACTION, n_ctx=10_000_000, count=count_tokens)
     registry = ToolRegistry.default(ToolsConfig(load_entry_points=False))
-    registry.register(FunctionTool(NOOP_SPEC, noop))
+    registry.register(FunctionTool(dataclasses.replace(NOOP_SPEC, idempotent=idempotent), noop))
     cfg = AgentConfig(max_steps=10**6, max_tool_calls=10**6, max_tokens=10**12)
     deps = LoopDeps(
         store=store,
@@ -122,7 +125,7 @@ def langgraph_steps(tmp: Path) -> list[float]:
     def agent(state: GraphState) -> dict[str, Any]:
         return {"turns": [ACTION]}
 
-    def tools(state: GraphState) -> dict[str, Any]:
+    def tools(state: GraphState) -> dict[str, Any]:  # the same no-op, without edgehub's gateway
         out = asyncio.run(noop(json.loads(state["turns"][-1])["args"]))
         return {"turns": [out.output], "step": state["step"] + 1}
 
@@ -139,7 +142,10 @@ def langgraph_steps(tmp: Path) -> list[float]:
     app = graph.compile(checkpointer=saver)
     config = {"configurable": {"thread_id": "bench"}, "recursion_limit": 10 * (STEPS + WARMUP)}
     marks = [time.perf_counter()]
-    for update in app.stream({"summary": SUMMARY, "turns": [], "step": 0}, config, stream_mode="updates"):
+    start = {"summary": SUMMARY, "turns": [], "step": 0}
+    # durability="sync": each checkpoint is written before the next step starts, as edgehub commits
+    # every step before the next (LangGraph's default "async" writes in a background thread)
+    for update in app.stream(start, config, stream_mode="updates", durability="sync"):
         if "tools" in update:
             marks.append(time.perf_counter())
     conn.close()
@@ -160,20 +166,28 @@ def main() -> None:
     count_tokens = tokenizer()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        ours = asyncio.run(edgehub_steps(tmp, count_tokens))
+        ours = asyncio.run(edgehub_steps(tmp / "a", count_tokens, idempotent=True))
+        ours_intent = asyncio.run(edgehub_steps(tmp / "b", count_tokens, idempotent=False))
         theirs = langgraph_steps(tmp)
-        size = state_bytes(tmp)
+        size = state_bytes(tmp / "a")
     rows = []
-    for name, t in (("edgehub AgentLoop.step", ours), ("LangGraph + SqliteSaver", theirs)):
+    sides = (
+        ("edgehub, idempotent tool", ours),
+        ("edgehub, non-idempotent tool (+ durable intent)", ours_intent),
+        ("LangGraph + SqliteSaver", theirs),
+    )
+    for name, t in sides:
         rows.append([name, f"{median(t):.2f}", f"{pct(t, 99):.2f}", f"{sum(t) / len(t):.2f}"])
     print_table(
         f"per-step overhead, {STEPS} steps (decoding excluded), final state ~{size / 1024:.0f} KB",
         ["side", "p50 ms", "p99 ms", "mean ms"],
         rows,
     )
-    p50, ratio = median(ours), median(ours) / median(theirs)
+    p50, worst = median(ours), median(ours_intent)
+    ratio = max(p50, worst) / median(theirs)  # the worse of the two tool kinds
     checks = [
         Check("step_overhead_p50_ms", p50, "ms", "<= 5", p50 <= 5.0),
+        Check("step_overhead_p50_ms_non_idempotent_tool", worst, "ms", "<= 5", worst <= 5.0),
         Check("edgehub_vs_langgraph_per_step_p50", ratio, "x", "<= 0.5", ratio <= 0.5),
     ]
     print_checks(checks)

@@ -149,3 +149,12 @@ async def test_a_denying_admission_check_prevents_the_run(tmp_path: Path, store:
     assert (result.error, tool.calls) == ("denied", 0)
     assert "deny-all" in result.output
     assert store.get_intent("a1/0") is None
+
+
+async def test_an_idempotent_call_needs_no_durable_intent(tmp_path: Path, store: SqliteStore) -> None:
+    tool = Counter("count", idempotent=True)
+    gw = ExecutionGateway(ToolRegistry([tool]), store, observation_limit=50)
+    result = await run(gw, call("count", {"n": 1}), ctx(tmp_path, store))
+    assert result.ok
+    assert tool.calls == 1
+    assert store.get_intent("a1/0") is None

@@ -3,7 +3,8 @@
 In order: the tool must exist; its arguments must be a JSON object valid against its schema; every
 admission check must admit it (the safety layer's policy engine plugs in here); a call already
 recorded for this idempotency key is replayed or, when its outcome is unknown and the tool is not
-idempotent, refused; the intent is made durable; only then does the tool run, under its timeout.
+idempotent, refused; the intent of a non-idempotent call is made durable; only then does the tool run,
+under its timeout.
 Every failure becomes a ``ToolResult`` with ``ok=False`` and an error kind the model can read: a bad
 call never raises into the agent loop. The result is persisted by the loop's checkpoint, atomically
 with the step.
@@ -101,7 +102,9 @@ class ExecutionGateway:
                 f"a previous attempt of this {call.tool} call was interrupted; its outcome is unknown and it "
                 "was not repeated. Check its effect before trying again.",
             ), None
-        if previous is None:
+        if previous is None and not tool.spec.idempotent:
+            # only a call that must not run twice pays for a durable intent (an fsync) before it runs;
+            # an idempotent call interrupted by a crash is simply proposed and run again
             self.intents.begin_intent(
                 Intent(
                     ctx.idempotency_key,
