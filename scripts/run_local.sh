@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-GOAL=${GOAL:-"Save the word hello to greeting.txt, then read greeting.txt back and finish with what it says."}
+GOAL=${GOAL:-"Save the word green to leaf.txt, then read leaf.txt back and finish with what it says."}
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/edgehub-run.XXXXXX")
 export EDGEHUB_EDGE__DEVICE__DATA_DIR="$RUN_DIR/edge-1"
 export EDGEHUB_EDGE__DEVICE__ID=edge-1

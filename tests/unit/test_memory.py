@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgehub.edge.llm.fake import FakeBrain
-from edgehub.edge.memory import Compactor, extractive_summary, select_window, steps_to_compact
+from edgehub.edge.memory import Compactor, extractive_summary, steps_to_compact
 from edgehub.protocol.v1 import agent_pb2
 
 S = agent_pb2
@@ -15,17 +15,6 @@ def turns(*tokens_per_step: int) -> list[agent_pb2.Turn]:
         out.append(S.Turn(step=step, role="action", text=f"a{step}", tokens=tokens // 2))
         out.append(S.Turn(step=step, role="observation", text=f"o{step}", tokens=tokens - tokens // 2))
     return out
-
-
-def test_window_keeps_the_most_recent_whole_steps_that_fit() -> None:
-    window = select_window(turns(10, 10, 10, 10), budget_tokens=25)
-    assert [(t.step, t.role) for t in window] == [
-        (2, "action"),
-        (2, "observation"),
-        (3, "action"),
-        (3, "observation"),
-    ]
-    assert select_window(turns(50), budget_tokens=10) == []
 
 
 def test_nothing_is_compacted_while_everything_fits() -> None:

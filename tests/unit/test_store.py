@@ -141,3 +141,10 @@ def test_a_corrupt_store_file_gives_a_clear_error(tmp_path: Path) -> None:
 def test_store_runs_in_wal_mode_with_full_sync(store: SqliteStore) -> None:
     assert store._scalar("PRAGMA journal_mode") == "wal"
     assert store._scalar("PRAGMA synchronous") == 2  # FULL
+
+
+def test_the_store_sqlite_can_load_extensions(store: SqliteStore) -> None:
+    # sqlite-vec (L3 memory) loads into this same database; this CPython's sqlite3 module cannot do that
+    store._conn.enable_load_extension(True)
+    with pytest.raises(apsw.ExtensionLoadingError):
+        store._conn.load_extension("/nonexistent/vec0")

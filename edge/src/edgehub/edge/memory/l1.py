@@ -1,5 +1,8 @@
 """L1: the token-budgeted active window of recent turns.
 
+The window is every turn after the summary; when it would outgrow its budget, the oldest steps are
+folded into the summary (compaction) rather than silently dropped, so nothing the agent saw is lost.
+
 A step's turns (its action and its observation) enter or leave the window together: a model shown an
 observation without the action that caused it (or the reverse) is confused, small models most of all.
 """
@@ -17,16 +20,6 @@ KEEP_LAST_STEPS = 2
 def _by_step(turns: Sequence[agent_pb2.Turn]) -> list[tuple[int, int]]:
     """(step, tokens) per step, oldest first."""
     return [(step, sum(t.tokens for t in group)) for step, group in groupby(turns, key=lambda t: t.step)]
-
-
-def select_window(turns: Sequence[agent_pb2.Turn], budget_tokens: int) -> list[agent_pb2.Turn]:
-    """The most recent whole steps whose turns fit ``budget_tokens``, in order."""
-    total, first = 0, None
-    for step, tokens in reversed(_by_step(turns)):
-        if total + tokens > budget_tokens:
-            break
-        total, first = total + tokens, step
-    return [] if first is None else [t for t in turns if t.step >= first]
 
 
 def steps_to_compact(turns: Sequence[agent_pb2.Turn], budget_tokens: int, keep: int = KEEP_LAST_STEPS) -> int:
