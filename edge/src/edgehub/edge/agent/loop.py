@@ -48,6 +48,13 @@ class Window:
     from_step: int
     turns: list[agent_pb2.Turn]
     text: str
+    tokens: int
+    """Sum of the turns' tokens (kept up to date so a step need not re-add them)."""
+
+    def extend(self, turns: list[agent_pb2.Turn], text: str) -> None:
+        self.turns.extend(turns)
+        self.text += text
+        self.tokens += sum(t.tokens for t in turns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +157,8 @@ class AgentLoop:
         window = self._windows.get(state.agent_id)
         if window is None or window.from_step != state.summarized_through:
             turns = self.d.store.turns(state.agent_id, from_step=state.summarized_through)
-            window = Window(state.summarized_through, turns, self.prompts.turns(turns))
+            tokens = sum(t.tokens for t in turns)
+            window = Window(state.summarized_through, turns, self.prompts.turns(turns), tokens)
             self._windows[state.agent_id] = window
         return window
 
@@ -176,8 +184,12 @@ class AgentLoop:
         return min(room, configured) if configured else room
 
     async def _compact_if_needed(self, state: agent_pb2.AgentState) -> agent_pb2.AgentState:
-        turns = self._window(state).turns
-        fold = steps_to_compact(turns, self._window_budget(state))
+        window = self._window(state)
+        budget = self._window_budget(state)
+        if window.tokens <= budget:
+            return state
+        turns = window.turns
+        fold = steps_to_compact(turns, budget)
         if not fold:
             return state
         old = [t for t in turns if t.step < fold]
@@ -276,8 +288,7 @@ class AgentLoop:
         new.updated_at.GetCurrentTime()
         window = self._window(state)  # before the commit: loading it after would include this step's turns
         self.d.store.checkpoint(new, event, turns, result)
-        window.turns.extend(turns)
-        window.text += self.prompts.turns(turns)
+        window.extend(turns, self.prompts.turns(turns))
         return new
 
     def _turns(
