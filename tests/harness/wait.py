@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -21,5 +22,21 @@ def assert_eventually(
                 f"timed out after {timeout:g} s waiting for {what or probe}: last saw {last!r}"
             )
         time.sleep(interval)
+        last = probe()
+    return last
+
+
+async def eventually(
+    probe: Callable[[], T], *, timeout: float = 120, interval: float = 0.05, what: str = ""
+) -> T:
+    """``assert_eventually`` for code running on the event loop (yields to it between probes)."""
+    deadline = time.monotonic() + timeout
+    last: T = probe()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out after {timeout:g} s waiting for {what or probe}: last saw {last!r}"
+            )
+        await asyncio.sleep(interval)
         last = probe()
     return last

@@ -138,8 +138,10 @@ async def test_an_interrupted_call_is_rerun_only_if_idempotent(
 
 
 class DenyAll:
-    async def admit(self, call: agent_pb2.ToolCall, spec: ToolSpec, ctx: ToolContext) -> Decision | None:
-        return Decision(allow=False, reason="not on the allow list", rule="deny-all")
+    async def admit(
+        self, call: agent_pb2.ToolCall, spec: ToolSpec, args: dict[str, object], ctx: ToolContext
+    ) -> Decision | None:
+        return Decision("deny", "not on the allow list", rule="deny-all")
 
 
 async def test_a_denying_admission_check_prevents_the_run(tmp_path: Path, store: SqliteStore) -> None:

@@ -21,6 +21,7 @@ from edgehub.edge.agent.tools import (
 from edgehub.edge.agent.tools import registry as registry_mod
 from edgehub.edge.config import ToolsConfig
 from edgehub.edge.errors import ToolError
+from edgehub.edge.safety import HostRunner
 from edgehub.edge.store import SqliteStore
 
 
@@ -29,7 +30,9 @@ def ctx(tmp_path: Path) -> ToolContext:
     ws = tmp_path / "ws"
     ws.mkdir()
     notes = SqliteStore.open(tmp_path / "e.db", device_id="d")
-    return ToolContext(agent_id="a1", step=0, idempotency_key="a1/0", workspace=ws, notes=notes)
+    return ToolContext(
+        agent_id="a1", step=0, idempotency_key="a1/0", workspace=ws, notes=notes, sandbox=HostRunner()
+    )
 
 
 async def call(name: str, ctx: ToolContext, **args: object) -> ToolOutput:
@@ -78,6 +81,13 @@ async def test_run_command_does_not_see_the_daemons_environment(ctx: ToolContext
         del os.environ["EDGEHUB_TEST_SECRET"]
     assert "s3cret" not in out.output
     assert "EDGEHUB_IDEMPOTENCY_KEY=a1/0" in out.output
+
+
+async def test_run_command_without_a_sandbox_refuses_to_run(ctx: ToolContext, tmp_path: Path) -> None:
+    bare = ToolContext("a1", 0, "a1/0", ctx.workspace, ctx.notes)
+    out = await call("run_command", bare, command="touch made")
+    assert (out.ok, out.error) == (False, "unavailable")
+    assert not (ctx.workspace / "made").exists()
 
 
 async def test_run_command_timeout_kills_the_whole_process_group(ctx: ToolContext) -> None:

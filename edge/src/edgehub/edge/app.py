@@ -31,6 +31,7 @@ from .errors import EdgeError
 from .llm.base import Brain
 from .llm.gate import ModelGate
 from .memory.compaction import Compactor
+from .safety.build import Safety, build_safety, build_scrubber
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger("edgehub.edge")
@@ -88,8 +89,10 @@ class EdgeDaemon:
         brain: Brain | None = None,
         drain_timeout: float = 30.0,
         poll_interval: float = 0.2,
+        config_path: Path | None = None,
     ) -> None:
         self.cfg = cfg
+        self.config_path = config_path
         self.drain_timeout = drain_timeout
         self.poll_interval = poll_interval
         self._brain = brain
@@ -100,6 +103,7 @@ class EdgeDaemon:
         self._closed = False
         self.store: SqliteStore | None = None
         self.loop: AgentLoop | None = None
+        self.safety: Safety | None = None
 
     async def __aenter__(self) -> EdgeDaemon:
         await self.open()
@@ -114,7 +118,10 @@ class EdgeDaemon:
         """Take the data dir, open the store and load the model."""
         self._lock.acquire()
         try:
-            self.store = SqliteStore.open(self.cfg.store_path, device_id=self.cfg.device.id)
+            self.store = SqliteStore.open(
+                self.cfg.store_path, device_id=self.cfg.device.id, outgoing=build_scrubber(self.cfg)
+            )
+            self.safety = build_safety(self.cfg, self.store, config_path=self.config_path)
             if self._brain is None:
                 from .llm.llama import LlamaBrain  # imported here: unit tests run without a model
 
@@ -126,10 +133,19 @@ class EdgeDaemon:
 
     def _deps(self, store: SqliteStore, brain: Brain) -> LoopDeps:
         registry = ToolRegistry.default(self.cfg.tools)
+        safety = self.safety
+        assert safety is not None
+        gateway = ExecutionGateway(
+            registry,
+            store,
+            observation_limit=self.cfg.agent.observation_chars,
+            admissions=safety.admissions,
+            interceptors=safety.interceptors,
+        )
         return LoopDeps(
             store=store,
             registry=registry,
-            gateway=ExecutionGateway(registry, store, observation_limit=self.cfg.agent.observation_chars),
+            gateway=gateway,
             model=ModelGate(brain),
             count_tokens=brain.count_tokens,
             compactor=Compactor(brain),
@@ -138,6 +154,8 @@ class EdgeDaemon:
             workspaces=self.cfg.workspaces,
             n_ctx=brain.n_ctx,
             max_action_tokens=self.cfg.model.max_action_tokens,
+            monitor=safety.monitor,
+            sandbox=safety.sandbox,
         )
 
     def submit(

@@ -22,6 +22,7 @@ from .agent.loop import new_agent
 from .app import DaemonLock, EdgeDaemon
 from .config import EdgeConfig, load_config
 from .errors import EdgeError
+from .safety.build import build_scrubber
 from .store.sqlite import SqliteStore
 from .trace import dumps, event_dict, print_event, print_summary, state_dict, status_name
 
@@ -38,14 +39,14 @@ ConfigOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON lines).")]
 
 
-def _config(path: Path | None) -> EdgeConfig:
+def load(path: Path | None) -> EdgeConfig:
     try:
         return load_config(path)
     except EdgeError as exc:
-        _fail(exc)
+        fail(exc)
 
 
-def _fail(exc: BaseException, code: int = 2) -> NoReturn:
+def fail(exc: BaseException | str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code)
 
@@ -65,11 +66,11 @@ def edge_run(
     ] = False,
 ) -> None:
     """Run the edge daemon until SIGTERM/SIGINT; running agents checkpoint and stop cleanly."""
-    cfg = _config(config)
+    cfg = load(config)
     _logging(log_level)
 
     async def main() -> None:
-        async with EdgeDaemon(cfg) as daemon:
+        async with EdgeDaemon(cfg, config_path=config) as daemon:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, daemon.request_stop)
@@ -78,20 +79,20 @@ def edge_run(
     try:
         asyncio.run(main())
     except EdgeError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @edge_app.command("config")
-def edge_config(config: ConfigOpt = None) -> None:
+def edgeload(config: ConfigOpt = None) -> None:
     """Print the effective configuration (file + environment + defaults) as JSON."""
-    console.print_json(_config(config).model_dump_json())
+    console.print_json(load(config).model_dump_json())
 
 
-def _open_store(cfg: EdgeConfig) -> SqliteStore:
+def open_store(cfg: EdgeConfig) -> SqliteStore:
     try:
-        return SqliteStore.open(cfg.store_path, device_id=cfg.device.id)
+        return SqliteStore.open(cfg.store_path, device_id=cfg.device.id, outgoing=build_scrubber(cfg))
     except EdgeError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _follow(store: SqliteStore, agent_id: str, as_json: bool, seen: int) -> int:
@@ -110,12 +111,18 @@ def _finish(store: SqliteStore, agent_id: str, as_json: bool) -> None:
         print(dumps({"agent": state_dict(state)}), flush=True)
     else:
         print_summary(console, state)
+    if state.status == S.AGENT_STATUS_AWAITING_APPROVAL:
+        key = f"{state.agent_id}/{state.step}"
+        err.print(f"waiting for an operator: edgehub approvals decide {key} --approve|--deny --by NAME")
+        raise typer.Exit(3)
     if state.status != S.AGENT_STATUS_FINISHED:
         raise typer.Exit(1)
 
 
-async def _run_in_process(cfg: EdgeConfig, goal: str, budget: agent_pb2.Budget, as_json: bool) -> str:
-    async with EdgeDaemon(cfg) as daemon:
+async def _run_in_process(
+    cfg: EdgeConfig, config: Path | None, goal: str, budget: agent_pb2.Budget, as_json: bool
+) -> str:
+    async with EdgeDaemon(cfg, config_path=config) as daemon:
         assert daemon.store is not None
         agent_id = daemon.submit(goal, budget=budget)
         loop = asyncio.get_running_loop()
@@ -141,14 +148,14 @@ def agent_run(
     """Run one agent to completion and print its trace.
 
     Uses the local daemon when one is running on the data dir; otherwise runs the agent in-process.
-    Exit status: 0 finished, 1 failed or stopped, 2 usage/config error.
+    Exit status: 0 finished, 1 failed or stopped, 2 usage/config error, 3 paused for an approval.
     """
-    cfg = _config(config)
+    cfg = load(config)
     budget = S.Budget(max_steps=max_steps)
     if not as_json:
         _logging("warning")
     if DaemonLock.held(cfg.device.data_dir):
-        store = _open_store(cfg)
+        store = open_store(cfg)
         agent_id = f"agent-{uuid.uuid4().hex[:12]}"
         state = new_agent(agent_id, goal, budget)
         store.create_agent(state)
@@ -159,21 +166,21 @@ def agent_run(
         _follow(store, agent_id, as_json, seen)
     else:
         try:
-            agent_id = asyncio.run(_run_in_process(cfg, goal, budget, as_json))
+            agent_id = asyncio.run(_run_in_process(cfg, config, goal, budget, as_json))
         except EdgeError as exc:
-            _fail(exc)
-        store = _open_store(cfg)
+            fail(exc)
+        store = open_store(cfg)
     _finish(store, agent_id, as_json)
 
 
 @agent_app.command("trace")
 def agent_trace(agent_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show the mind-log of an agent: thoughts, actions, observations, tokens, timings."""
-    store = _open_store(_config(config))
+    store = open_store(load(config))
     try:
         state = store.load_agent(agent_id)
     except EdgeError as exc:
-        _fail(exc, 1)
+        fail(exc, 1)
     _follow(store, agent_id, as_json, 0)
     if as_json:
         print(dumps({"agent": state_dict(state)}))
@@ -184,7 +191,7 @@ def agent_trace(agent_id: str, config: ConfigOpt = None, as_json: JsonOpt = Fals
 @agent_app.command("list")
 def agent_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """List the agents on this device."""
-    store = _open_store(_config(config))
+    store = open_store(load(config))
     states = store.list_agents()
     if as_json:
         for s in states:

@@ -14,7 +14,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -70,11 +70,53 @@ class ToolsConfig(_Section):
     command_timeout_s: float = Field(20.0, gt=0)
 
 
+class SandboxConfig(_Section):
+    mode: Literal["bwrap", "off"] = "bwrap"
+    """``bwrap``: every command in a bubblewrap sandbox. ``off``: no sandbox (development only)."""
+    memory_mb: int = Field(256, ge=16)
+    max_pids: int = Field(64, ge=4)
+    cpu_seconds: int = Field(10, ge=1)
+    file_mb: int = Field(64, ge=1)
+    """Largest file a command may write."""
+    cgroups: bool = True
+    """Enforce memory and process limits with a per-call cgroup (else rlimits only)."""
+    hide: list[Path] = []
+    """Extra paths covered with an empty tmpfs inside the sandbox."""
+    ro_binds: list[Path] = []
+    """Extra host paths visible read-only (e.g. a toolchain under /opt)."""
+
+
+class SafetyConfig(_Section):
+    policy: Path | None = None
+    """Policy file (TOML); None: the built-in default policy. Edits apply without a restart."""
+    rate_per_minute: float | None = Field(120.0, gt=0)
+    """Calls per minute per tool on this device; None: unlimited."""
+    tool_rate_per_minute: dict[str, float] = {}
+    """Per-tool overrides of ``rate_per_minute``."""
+    breaker_failures: int = Field(5, ge=1)
+    """Consecutive tool failures that open its circuit breaker."""
+    breaker_reset_s: float = Field(30.0, gt=0)
+    """How long an open breaker refuses calls before letting one through (half-open)."""
+    stuck_similarity: float = Field(0.95, gt=0, le=1)
+    stuck_steps: int = Field(5, ge=2)
+    """Near-identical consecutive thoughts that count as stuck."""
+    failing_repeats: int = Field(3, ge=2)
+    """The same failing call this many times in a row counts as stuck."""
+    stuck_warnings: int = Field(1, ge=0)
+    """Re-plan warnings before a stuck agent is stopped."""
+    pii_masking: bool = True
+    """Mask PII in everything that leaves the device (the outbox)."""
+    phone_region: str = Field("US", pattern=r"^[A-Z]{2}$")
+    """Region for phone numbers written without a country code."""
+
+
 class EdgeConfig(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
     agent: AgentConfig = AgentConfig()
     tools: ToolsConfig = ToolsConfig()
+    sandbox: SandboxConfig = SandboxConfig()
+    safety: SafetyConfig = SafetyConfig()
 
     @property
     def store_path(self) -> Path:
@@ -83,6 +125,10 @@ class EdgeConfig(_Section):
     @property
     def workspaces(self) -> Path:
         return self.device.data_dir / "workspaces"
+
+    @property
+    def vault_key_path(self) -> Path:
+        return self.device.data_dir / "vault.key"
 
 
 def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:

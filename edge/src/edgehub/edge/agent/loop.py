@@ -6,7 +6,11 @@ One step, in order:
    not asked again and a non-idempotent call is never repeated; otherwise the L1 window is compacted
    if it must be and the model proposes a grammar-constrained action;
 3. the execution gateway runs it (or turns it into an error observation);
-4. state + mind-log event + turns + intent result + outbox entry commit in one transaction.
+4. state + mind-log event + turns + intent result + outbox entry commit in one transaction;
+5. the stuck-loop monitor updates the agent's guard: a warning goes into the next prompt, a stop ends it.
+
+A call that policy marks needs-approval does not end the step: the agent is checkpointed as
+AWAITING_APPROVAL with the proposal, and the step resumes from that proposal once an operator decided.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgehub.protocol.v1 import agent_pb2
 
@@ -26,12 +30,15 @@ from ..llm.base import Completion
 from ..llm.gate import ModelGate
 from ..memory.compaction import Compactor
 from ..memory.l1 import steps_to_compact
-from ..store.base import EdgeStore
+from ..store.base import Approval, EdgeStore
 from .actions import Proposal, parse_action
 from .prompt import PromptBuilder
-from .tools.base import ToolContext
+from .tools.base import CommandRunner, ToolContext
 from .tools.gateway import ExecutionGateway
 from .tools.registry import ToolRegistry
+
+if TYPE_CHECKING:
+    from ..safety.stuck import StuckMonitor
 
 S = agent_pb2
 STATE_SCHEMA_VERSION = 1
@@ -72,6 +79,8 @@ class LoopDeps:
     workspaces: Path
     n_ctx: int
     max_action_tokens: int
+    monitor: StuckMonitor | None = None
+    sandbox: CommandRunner | None = None
 
 
 def event_id(state: agent_pb2.AgentState, kind: str) -> str:
@@ -117,10 +126,10 @@ class AgentLoop:
         if reason:
             return self._end(state, S.AGENT_STATUS_FAILED, reason)
         key = f"{state.agent_id}/{state.step}"
-        intent = self.d.store.get_intent(key)
         completion: Completion | None = None
-        if intent is not None:
-            proposal = Proposal.from_json(intent.proposal_json)
+        replay = self._replayed_proposal(key)
+        if replay is not None:
+            proposal = replay
         else:
             state = await self._compact_if_needed(state)
             completion = await self._think(state)
@@ -128,9 +137,54 @@ class AgentLoop:
         tool_started = time.perf_counter()
         result, output = await self._act(state, proposal, key)
         tool_ms = (time.perf_counter() - tool_started) * 1000
+        if result.error == "needs_approval":
+            return self._await_approval(state, proposal, result, completion)
         failpoints.hit("after_tool", state.step)
         new = self._commit(state, proposal, completion, result, output, started, tool_ms)
         failpoints.hit("after_checkpoint", state.step)
+        return new
+
+    def _replayed_proposal(self, key: str) -> Proposal | None:
+        """The proposal of a step that already got one: a pending intent or a decided approval."""
+        intent = self.d.store.get_intent(key)
+        if intent is not None:
+            return Proposal.from_json(intent.proposal_json)
+        approval = self.d.store.get_approval(key)
+        if approval is not None and approval.status != "pending":
+            return Proposal.from_json(approval.proposal_json)
+        return None
+
+    def _await_approval(
+        self,
+        state: agent_pb2.AgentState,
+        proposal: Proposal,
+        result: agent_pb2.ToolResult,
+        completion: Completion | None,
+    ) -> agent_pb2.AgentState:
+        """Checkpoint the agent as AWAITING_APPROVAL with its proposal; the step is not consumed."""
+        new = S.AgentState()
+        new.CopyFrom(state)
+        new.status = S.AGENT_STATUS_AWAITING_APPROVAL
+        if completion is not None:  # the model's work for this step is spent even though it waits
+            new.usage.evaluated_tokens += completion.evaluated_tokens
+            new.usage.completion_tokens += completion.completion_tokens
+        new.updated_at.GetCurrentTime()
+        event = self._event(new, S.STEP_KIND_APPROVAL_REQUESTED, "approval")
+        event.thought = proposal.thought
+        event.action.CopyFrom(S.ToolCall(tool=proposal.tool, args_json=proposal.args_json()))
+        event.observation.CopyFrom(result)
+        event.detail = result.output
+        approval = Approval(
+            key=result.idempotency_key,
+            agent_id=state.agent_id,
+            step=state.step,
+            tool=proposal.tool,
+            args_json=proposal.args_json(),
+            proposal_json=proposal.to_json(),
+            rule=result.decision.rule,
+            reason=result.decision.reason,
+        )
+        self.d.store.checkpoint(new, event, [], approval=approval)
         return new
 
     # budgets ---------------------------------------------------------------------------------------
@@ -165,7 +219,8 @@ class AgentLoop:
     def _prompt(self, state: agent_pb2.AgentState) -> str:
         window = self._window(state)
         task = self.prompts.task(state.goal, state.summary)
-        return f"{self.prompts.header}{task}{window.text}Step {state.step + 1} action: "
+        warning = self.prompts.warning(state.guard.warning) if state.guard.warning else ""
+        return f"{self.prompts.header}{task}{window.text}{warning}Step {state.step + 1} action: "
 
     async def _think(self, state: agent_pb2.AgentState) -> Completion:
         prompt = self._prompt(state)
@@ -223,6 +278,7 @@ class AgentLoop:
             idempotency_key=key,
             workspace=workspace,
             notes=self.d.store,
+            sandbox=self.d.sandbox,
         )
         return await self.d.gateway.execute(call, ctx, proposal_json=proposal.to_json())
 
@@ -279,6 +335,8 @@ class AgentLoop:
         if output is not None and output.finish and result.ok:
             new.status, new.answer = S.AGENT_STATUS_FINISHED, result.output
             event.detail = result.output
+        else:
+            self._guard(new, event, proposal, result)
         new.step += 1
         turns = self._turns(state.step, proposal, result, completion)
         event.status = new.status
@@ -290,6 +348,29 @@ class AgentLoop:
         self.d.store.checkpoint(new, event, turns, result)
         window.extend(turns, self.prompts.turns(turns))
         return new
+
+    def _guard(
+        self,
+        new: agent_pb2.AgentState,
+        event: agent_pb2.StepEvent,
+        proposal: Proposal,
+        result: agent_pb2.ToolResult,
+    ) -> None:
+        """Let the stuck-loop monitor judge this step; it may warn (prompt) or stop (FAILED) the agent."""
+        if self.d.monitor is None:
+            return
+        call = (
+            f"{proposal.tool} {proposal.args_json()}"
+            if proposal.ok
+            else f"invalid action: {proposal.error[:60]}"
+        )
+        verdict = self.d.monitor.observe(new.guard, proposal.thought, call, failed=not result.ok)
+        new.guard.CopyFrom(verdict.guard)
+        if verdict.action == "warn":
+            event.detail = f"warning: {verdict.reason}; the agent was told to re-plan"
+        elif verdict.action == "stop":
+            new.status, new.failure_reason = S.AGENT_STATUS_FAILED, verdict.reason
+            event.detail = verdict.reason
 
     def _turns(
         self, step: int, proposal: Proposal, result: agent_pb2.ToolResult, completion: Completion | None

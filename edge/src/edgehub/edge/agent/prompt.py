@@ -94,6 +94,11 @@ class PromptBuilder:
         return text
 
     @staticmethod
+    def warning(text: str) -> str:
+        """A platform warning (the stuck-loop monitor's), shown just before the next action."""
+        return f"Platform warning: {text}\n"
+
+    @staticmethod
     def turns(turns: Iterable[agent_pb2.Turn]) -> str:
         out = []
         for turn in turns:

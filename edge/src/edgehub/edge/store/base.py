@@ -31,6 +31,43 @@ class Intent:
 
 
 @dataclass(frozen=True, slots=True)
+class Approval:
+    """A tool call that policy marked needs-approval, and the operator's decision."""
+
+    key: str
+    """The call's idempotency key ``<agent_id>/<step>``."""
+    agent_id: str
+    step: int
+    tool: str
+    args_json: str
+    proposal_json: str
+    """The model's proposal, replayed on resume so the model is not asked again."""
+    rule: str
+    reason: str
+    status: str = "pending"
+    """``pending``, ``approved`` or ``denied``."""
+    decided_by: str = ""
+    note: str = ""
+    requested_at: float = 0.0
+    decided_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VaultEntry:
+    """A masked token and its sealed (encrypted) original."""
+
+    token: str
+    kind: str
+    sealed: bytes
+
+
+class OutgoingFilter(Protocol):
+    """Applied to every event as it enters the outbox (PII masking); returns vault entries to keep."""
+
+    def __call__(self, event: agent_pb2.StepEvent) -> tuple[agent_pb2.StepEvent, list[VaultEntry]]: ...
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxEntry:
     seq: int
     """Per-device, strictly increasing, gap-free."""
@@ -71,12 +108,30 @@ class EdgeStore(Protocol):
         event: agent_pb2.StepEvent,
         turns: list[agent_pb2.Turn],
         result: agent_pb2.ToolResult | None = None,
+        approval: Approval | None = None,
     ) -> int:
-        """Commit state + event (mind-log and outbox) + turns + intent result atomically.
+        """Commit state + event (mind-log and outbox) + turns + intent result + approval atomically.
 
         Returns the outbox sequence number given to the event.
         """
         ...
+
+    # approvals
+    def get_approval(self, key: str) -> Approval | None: ...
+
+    def list_approvals(self, status: str | None = "pending") -> list[Approval]: ...
+
+    def decide_approval(
+        self, approval: Approval, state: agent_pb2.AgentState, event: agent_pb2.StepEvent
+    ) -> None:
+        """Record a decision (``approval`` carries it) and the agent's new state and event, atomically.
+
+        Raises StoreError if the approval is not pending any more.
+        """
+        ...
+
+    # PII vault
+    def vault_get(self, token: str) -> VaultEntry | None: ...
 
     # L2 session memory
     def turns(self, agent_id: str, from_step: int = 0) -> list[agent_pb2.Turn]:

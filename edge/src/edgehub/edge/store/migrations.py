@@ -75,6 +75,40 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX outbox_unacked ON outbox(acked, seq);
         """,
     ),
+    Migration(
+        2,
+        "approvals for calls that policy marks needs-approval",
+        """
+        CREATE TABLE approvals (
+            key           TEXT PRIMARY KEY,      -- <agent_id>/<step>, the call's idempotency key
+            agent_id      TEXT NOT NULL,
+            step          INTEGER NOT NULL,
+            tool          TEXT NOT NULL,
+            args_json     TEXT NOT NULL,
+            proposal_json TEXT NOT NULL,
+            rule          TEXT NOT NULL,
+            reason        TEXT NOT NULL,
+            status        TEXT NOT NULL,         -- pending | approved | denied
+            decided_by    TEXT NOT NULL DEFAULT '',
+            note          TEXT NOT NULL DEFAULT '',
+            requested_at  REAL NOT NULL,
+            decided_at    REAL
+        );
+        CREATE INDEX approvals_by_status ON approvals(status, requested_at);
+        """,
+    ),
+    Migration(
+        3,
+        "PII vault: masked token -> the original, encrypted with the device's vault key",
+        """
+        CREATE TABLE pii_vault (
+            token      TEXT PRIMARY KEY,         -- e.g. <EMAIL_3f9a2c1b0d>
+            kind       TEXT NOT NULL,
+            sealed     BLOB NOT NULL,            -- AES-GCM(nonce || ciphertext) of the original
+            created_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -18,7 +18,7 @@ import apsw
 from edgehub.protocol.v1 import agent_pb2, events_pb2
 
 from ..errors import AgentNotFound, SchemaVersionError, StoreError
-from .base import Intent, OutboxEntry
+from .base import Approval, Intent, OutboxEntry, OutgoingFilter, VaultEntry
 from .migrations import LATEST, MIGRATIONS
 
 EDGE_EVENT_SCHEMA_VERSION = 1
@@ -27,13 +27,17 @@ EDGE_EVENT_SCHEMA_VERSION = 1
 class SqliteStore:
     """EdgeStore on one SQLite file. Not thread-safe: use it from one thread (the event loop)."""
 
-    def __init__(self, conn: apsw.Connection, *, path: Path, device_id: str) -> None:
+    def __init__(
+        self, conn: apsw.Connection, *, path: Path, device_id: str, outgoing: OutgoingFilter | None = None
+    ) -> None:
         self._conn = conn
         self.path = path
         self.device_id = device_id
+        self.outgoing = outgoing
+        """Applied to each event entering the outbox (PII masking); the mind-log keeps the original."""
 
     @classmethod
-    def open(cls, path: Path, *, device_id: str) -> SqliteStore:
+    def open(cls, path: Path, *, device_id: str, outgoing: OutgoingFilter | None = None) -> SqliteStore:
         """Open (creating and migrating as needed) the store at ``path``."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,7 +47,7 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            store = cls(conn, path=path, device_id=device_id)
+            store = cls(conn, path=path, device_id=device_id, outgoing=outgoing)
             store._migrate()
         except apsw.Error as exc:
             raise StoreError(f"cannot open: {exc.__class__.__name__}: {exc}", path=str(path)) from None
@@ -157,6 +161,7 @@ class SqliteStore:
         event: agent_pb2.StepEvent,
         turns: list[agent_pb2.Turn],
         result: agent_pb2.ToolResult | None = None,
+        approval: Approval | None = None,
     ) -> int:
         with self._tx():
             seq = self._scalar("SELECT seq FROM outbox WHERE event_id = ?", (event.event_id,))
@@ -168,19 +173,31 @@ class SqliteStore:
                     "INSERT INTO turns(agent_id, step, idx, role, text, tokens) VALUES (?,?,?,?,?,?)",
                     (state.agent_id, turn.step, idx, turn.role, turn.text, turn.tokens),
                 )
-            self._conn.execute(
-                "INSERT INTO mind_log(agent_id, step, kind, event_id, event) VALUES (?,?,?,?,?)",
-                (event.agent_id, event.step, event.kind, event.event_id, event.SerializeToString()),
-            )
+            self._log_event(event)
             if result is not None and result.idempotency_key:
                 self._conn.execute(
                     "UPDATE intents SET result = ? WHERE key = ?",
                     (result.SerializeToString(), result.idempotency_key),
                 )
+            if approval is not None:
+                self._put_approval(approval)
             return self._append_outbox(event)
+
+    def _log_event(self, event: agent_pb2.StepEvent) -> None:
+        self._conn.execute(
+            "INSERT INTO mind_log(agent_id, step, kind, event_id, event) VALUES (?,?,?,?,?)",
+            (event.agent_id, event.step, event.kind, event.event_id, event.SerializeToString()),
+        )
 
     def _append_outbox(self, step: agent_pb2.StepEvent) -> int:
         seq = int(self._scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox"))
+        if self.outgoing is not None:
+            step, sealed = self.outgoing(step)
+            for entry in sealed:
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO pii_vault(token, kind, sealed, created_at) VALUES (?,?,?,?)",
+                    (entry.token, entry.kind, entry.sealed, time.time()),
+                )
         envelope = events_pb2.EdgeEvent(
             schema_version=EDGE_EVENT_SCHEMA_VERSION,
             event_id=step.event_id,
@@ -195,6 +212,70 @@ class SqliteStore:
             (seq, step.event_id, envelope.SerializeToString(), time.time()),
         )
         return seq
+
+    # approvals -------------------------------------------------------------------------------------
+    _APPROVAL_COLS = (
+        "key, agent_id, step, tool, args_json, proposal_json, rule, reason, status, decided_by, note,"
+        " requested_at, decided_at"
+    )
+
+    def _put_approval(self, a: Approval) -> None:
+        self._conn.execute(
+            f"INSERT INTO approvals({self._APPROVAL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(key) DO UPDATE SET tool = excluded.tool, args_json = excluded.args_json,"
+            " proposal_json = excluded.proposal_json, rule = excluded.rule, reason = excluded.reason,"
+            " requested_at = excluded.requested_at WHERE approvals.status = 'pending'",
+            (
+                a.key,
+                a.agent_id,
+                a.step,
+                a.tool,
+                a.args_json,
+                a.proposal_json,
+                a.rule,
+                a.reason,
+                a.status,
+                a.decided_by,
+                a.note,
+                a.requested_at or time.time(),
+                a.decided_at,
+            ),
+        )
+
+    def get_approval(self, key: str) -> Approval | None:
+        row = self._conn.execute(
+            f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else Approval(*row)
+
+    def list_approvals(self, status: str | None = "pending") -> list[Approval]:
+        sql = f"SELECT {self._APPROVAL_COLS} FROM approvals"
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        return [Approval(*row) for row in self._rows(sql + " ORDER BY requested_at, key", args)]
+
+    def decide_approval(
+        self, approval: Approval, state: agent_pb2.AgentState, event: agent_pb2.StepEvent
+    ) -> None:
+        with self._tx():
+            self._conn.execute(
+                "UPDATE approvals SET status = ?, decided_by = ?, note = ?, decided_at = ?"
+                " WHERE key = ? AND status = 'pending'",
+                (approval.status, approval.decided_by, approval.note, time.time(), approval.key),
+            )
+            if self._conn.changes() != 1:
+                raise StoreError(f"approval {approval.key!r} is not pending", path=str(self.path))
+            self._put_state(state)
+            self._log_event(event)
+            self._append_outbox(event)
+
+    # PII vault -------------------------------------------------------------------------------------
+    def vault_get(self, token: str) -> VaultEntry | None:
+        row = self._conn.execute(
+            "SELECT token, kind, sealed FROM pii_vault WHERE token = ?", (token,)
+        ).fetchone()
+        return None if row is None else VaultEntry(str(row[0]), str(row[1]), bytes(row[2]))
 
     # L2 session memory -----------------------------------------------------------------------------
     def turns(self, agent_id: str, from_step: int = 0) -> list[agent_pb2.Turn]:

@@ -39,6 +39,10 @@ class _AgentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentStat
     """Stopped by a limit or an unrecoverable error; failure_reason is set."""
     AGENT_STATUS_STOPPED: _AgentStatus.ValueType  # 5
     """Stopped on request; can be started again."""
+    AGENT_STATUS_AWAITING_APPROVAL: _AgentStatus.ValueType  # 6
+    """Paused (checkpointed) until an operator approves or denies the call that policy marked
+    needs-approval; the pending approval holds the proposal so the model is not asked again.
+    """
 
 class AgentStatus(_AgentStatus, metaclass=_AgentStatusEnumTypeWrapper):
     """Lifecycle of an agent on a device."""
@@ -54,6 +58,10 @@ AGENT_STATUS_FAILED: AgentStatus.ValueType  # 4
 """Stopped by a limit or an unrecoverable error; failure_reason is set."""
 AGENT_STATUS_STOPPED: AgentStatus.ValueType  # 5
 """Stopped on request; can be started again."""
+AGENT_STATUS_AWAITING_APPROVAL: AgentStatus.ValueType  # 6
+"""Paused (checkpointed) until an operator approves or denies the call that policy marked
+needs-approval; the pending approval holds the proposal so the model is not asked again.
+"""
 Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
 
 class _StepKind:
@@ -69,6 +77,12 @@ class _StepKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepKind.Val
     """Older turns were compacted into the summary."""
     STEP_KIND_END: _StepKind.ValueType  # 3
     """The agent stopped: finished, failed or stopped."""
+    STEP_KIND_APPROVAL_REQUESTED: _StepKind.ValueType  # 4
+    """Policy required approval; the agent paused with the proposed call (detail says why)."""
+    STEP_KIND_APPROVAL_DECIDED: _StepKind.ValueType  # 5
+    """An operator approved or denied the paused call (detail says who and what)."""
+    STEP_KIND_WARNING: _StepKind.ValueType  # 6
+    """A guard (stuck-loop monitor) warned the agent to re-plan."""
 
 class StepKind(_StepKind, metaclass=_StepKindEnumTypeWrapper):
     """Kind of mind-log entry."""
@@ -80,6 +94,12 @@ STEP_KIND_COMPACTION: StepKind.ValueType  # 2
 """Older turns were compacted into the summary."""
 STEP_KIND_END: StepKind.ValueType  # 3
 """The agent stopped: finished, failed or stopped."""
+STEP_KIND_APPROVAL_REQUESTED: StepKind.ValueType  # 4
+"""Policy required approval; the agent paused with the proposed call (detail says why)."""
+STEP_KIND_APPROVAL_DECIDED: StepKind.ValueType  # 5
+"""An operator approved or denied the paused call (detail says who and what)."""
+STEP_KIND_WARNING: StepKind.ValueType  # 6
+"""A guard (stuck-loop monitor) warned the agent to re-plan."""
 Global___StepKind: _TypeAlias = StepKind  # noqa: Y015
 
 @_typing.final
@@ -202,6 +222,7 @@ class AgentState(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
+    GUARD_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     agent_id: _builtins.str
     goal: _builtins.str
@@ -228,6 +249,10 @@ class AgentState(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def guard(self) -> Global___Guard:
+        """The stuck-loop monitor's memory, kept durable so a restart does not reset it."""
+
     def __init__(
         self,
         *,
@@ -246,14 +271,91 @@ class AgentState(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         task_id: _builtins.str = ...,
+        guard: Global___Guard | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "guard", b"guard", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "epoch", b"epoch", "failure_reason", b"failure_reason", "goal", b"goal", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "epoch", b"epoch", "failure_reason", b"failure_reason", "goal", b"goal", "guard", b"guard", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
+
+@_typing.final
+class Guard(_message.Message):
+    """Stuck-loop monitor state: runs of near-identical thoughts and of the same failing call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIMILAR_RUN_FIELD_NUMBER: _builtins.int
+    LAST_THOUGHT_FIELD_NUMBER: _builtins.int
+    FAILING_CALL_FIELD_NUMBER: _builtins.int
+    FAILING_RUN_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
+    similar_run: _builtins.int
+    """Consecutive steps whose thought was near-identical to the one before (cosine similarity)."""
+    last_thought: _builtins.str
+    failing_call: _builtins.str
+    """"tool args_json" of the last failed call, and how many times in a row it failed."""
+    failing_run: _builtins.int
+    warnings: _builtins.int
+    """Re-plan warnings given so far; the warning text currently shown in the prompt (empty: none)."""
+    warning: _builtins.str
+    def __init__(
+        self,
+        *,
+        similar_run: _builtins.int = ...,
+        last_thought: _builtins.str = ...,
+        failing_call: _builtins.str = ...,
+        failing_run: _builtins.int = ...,
+        warnings: _builtins.int = ...,
+        warning: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failing_call", b"failing_call", "failing_run", b"failing_run", "last_thought", b"last_thought", "similar_run", b"similar_run", "warning", b"warning", "warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Guard: _TypeAlias = Guard  # noqa: Y015
+
+@_typing.final
+class PolicyDecision(_message.Message):
+    """What the policy engine (or another admission check) decided about a tool call, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EFFECT_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    POLICY_DIGEST_FIELD_NUMBER: _builtins.int
+    APPROVED_BY_FIELD_NUMBER: _builtins.int
+    effect: _builtins.str
+    """"allow", "deny" or "needs_approval"."""
+    rule: _builtins.str
+    """The rule that decided ("default" when no rule matched), and its explanation."""
+    reason: _builtins.str
+    policy_digest: _builtins.str
+    """Digest of the policy file that decided, so an audit can find the exact rules."""
+    approved_by: _builtins.str
+    """For calls that needed approval: who decided."""
+    def __init__(
+        self,
+        *,
+        effect: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        policy_digest: _builtins.str = ...,
+        approved_by: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "effect", b"effect", "policy_digest", b"policy_digest", "reason", b"reason", "rule", b"rule"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyDecision: _TypeAlias = PolicyDecision  # noqa: Y015
 
 @_typing.final
 class ToolCall(_message.Message):
@@ -296,6 +398,7 @@ class ToolResult(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     DURATION_MS_FIELD_NUMBER: _builtins.int
     REPLAYED_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
     idempotency_key: _builtins.str
     ok: _builtins.bool
     output: _builtins.str
@@ -305,6 +408,10 @@ class ToolResult(_message.Message):
     duration_ms: _builtins.float
     replayed: _builtins.bool
     """True when this result was replayed from the intent log instead of running the tool again."""
+    @_builtins.property
+    def decision(self) -> Global___PolicyDecision:
+        """The admission decision that let this call run or refused it."""
+
     def __init__(
         self,
         *,
@@ -314,10 +421,11 @@ class ToolResult(_message.Message):
         error: _builtins.str = ...,
         duration_ms: _builtins.float = ...,
         replayed: _builtins.bool = ...,
+        decision: Global___PolicyDecision | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duration_ms", b"duration_ms", "error", b"error", "idempotency_key", b"idempotency_key", "ok", b"ok", "output", b"output", "replayed", b"replayed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decision", b"decision", "duration_ms", b"duration_ms", "error", b"error", "idempotency_key", b"idempotency_key", "ok", b"ok", "output", b"output", "replayed", b"replayed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

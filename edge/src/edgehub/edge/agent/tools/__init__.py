@@ -2,7 +2,7 @@
 
 from .base import Notes, Tool, ToolContext, ToolOutput, ToolSpec
 from .builtins import FunctionTool, builtin_tools
-from .gateway import Admission, Decision, ExecutionGateway
+from .gateway import Admission, Decision, ExecutionGateway, Interceptor
 from .registry import ENTRY_POINT_GROUP, ToolRegistry
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Decision",
     "ExecutionGateway",
     "FunctionTool",
+    "Interceptor",
     "Notes",
     "Tool",
     "ToolContext",

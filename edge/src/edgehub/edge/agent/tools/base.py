@@ -32,6 +32,33 @@ class ToolSpec:
     """Example arguments shown to the model (helps small models)."""
 
 
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """How a command ended."""
+
+    exit_code: int
+    output: str
+    """The tail of stdout and stderr, interleaved."""
+    killed: str = ""
+    """Why the platform ended it ("wall-time limit ...", "memory limit ..."); empty when it exited."""
+    limit: str = ""
+    """Which limit ended it: ``timeout``, ``memory``, ``cpu`` or ``processes``; empty when none did."""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.killed
+
+
+class CommandRunner(Protocol):
+    """Runs one shell command for a tool call."""
+
+    async def run(
+        self, command: str, workspace: Path, *, timeout_s: float, env: dict[str, str]
+    ) -> CommandResult:
+        """Run ``command`` with ``workspace`` as its working (and only writable) directory."""
+        ...
+
+
 class Notes(Protocol):
     """The agent's key/value notes in L2 (used by remember/recall)."""
 
@@ -53,6 +80,8 @@ class ToolContext:
     workspace: Path
     """The agent's private folder; file tools stay inside it."""
     notes: Notes
+    sandbox: CommandRunner | None = None
+    """Where tools that run code must run it (bubblewrap unless the sandbox is turned off)."""
 
 
 @dataclass(frozen=True, slots=True)

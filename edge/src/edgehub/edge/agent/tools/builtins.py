@@ -1,16 +1,13 @@
 """Built-in tools: files in the agent's workspace, commands, notes, and finish.
 
 File tools accept only relative paths that resolve (symlinks included) inside the agent's workspace.
-``run_command`` runs in the workspace with a scrubbed environment and is killed with its whole
-process group at its timeout; the safety layer puts it in a bubblewrap sandbox.
+``run_command`` runs through the context's sandbox (``ToolContext.sandbox``: bubblewrap with limits,
+see ``edgehub.edge.safety.sandbox``); with no sandbox configured it refuses to run.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +16,6 @@ from typing import Any
 from .base import Tool, ToolContext, ToolOutput, ToolSpec
 
 MAX_FILE_CHARS = 64_000
-OUTPUT_TAIL_BYTES = 16_384
-SAFE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 Handler = Callable[[dict[str, Any], ToolContext], Awaitable[ToolOutput]]
 
@@ -84,39 +79,15 @@ async def write_file(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
     return ToolOutput(f"wrote {len(args['content'])} characters to {args['path']}")
 
 
-async def _read_tail(stream: asyncio.StreamReader) -> bytes:
-    tail = b""
-    while chunk := await stream.read(65536):
-        tail = (tail + chunk)[-OUTPUT_TAIL_BYTES:]
-    return tail
-
-
 async def run_command(args: dict[str, Any], ctx: ToolContext, *, timeout_s: float) -> ToolOutput:
-    env = {**SAFE_ENV, "HOME": str(ctx.workspace), "EDGEHUB_IDEMPOTENCY_KEY": ctx.idempotency_key}
-    proc = await asyncio.create_subprocess_shell(
-        args["command"],
-        cwd=ctx.workspace,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so a timeout kills every child too
-    )
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(timeout_s):
-            out = await _read_tail(proc.stdout)
-            code = await proc.wait()
-    except TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        await proc.wait()
-        return ToolOutput(f"killed after {timeout_s:g} s", ok=False, error="timeout")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # children left in the background die with the call
-    text = out.decode(errors="replace")
-    return ToolOutput(f"exit status {code}\n{text}", ok=code == 0, error="" if code == 0 else "exit_status")
+    if ctx.sandbox is None:
+        return ToolOutput("no sandbox is configured on this device", ok=False, error="unavailable")
+    env = {"EDGEHUB_IDEMPOTENCY_KEY": ctx.idempotency_key}
+    r = await ctx.sandbox.run(args["command"], ctx.workspace, timeout_s=timeout_s, env=env)
+    if r.killed:
+        kind = "timeout" if r.limit == "timeout" else "limit"
+        return ToolOutput(f"killed: {r.killed}\n{r.output}", ok=False, error=kind)
+    return ToolOutput(f"exit status {r.exit_code}\n{r.output}", ok=r.ok, error="" if r.ok else "exit_status")
 
 
 async def remember(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:

@@ -1,10 +1,11 @@
 """The execution gateway: the one path every tool call takes.
 
 In order: the tool must exist; its arguments must be a JSON object valid against its schema; every
-admission check must admit it (the safety layer's policy engine plugs in here); a call already
-recorded for this idempotency key is replayed or, when its outcome is unknown and the tool is not
-idempotent, refused; the intent of a non-idempotent call is made durable; only then does the tool run,
-under its timeout.
+admission check must admit it (the policy engine, rate limits); a call already recorded for this
+idempotency key is replayed or, when its outcome is unknown and the tool is not idempotent, refused;
+the intent of a non-idempotent call is made durable; only then does the tool run, under its timeout
+and inside every interceptor (circuit breakers). The deciding admission is recorded on the result
+(``ToolResult.decision``), so the mind-log says which rule let each call run or refused it.
 Every failure becomes a ``ToolResult`` with ``ok=False`` and an error kind the model can read: a bad
 call never raises into the agent loop. The result is persisted by the loop's checkpoint, atomically
 with the step.
@@ -15,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from edgehub.protocol.v1 import agent_pb2
 
@@ -29,20 +30,54 @@ from .registry import ToolRegistry
 S = agent_pb2
 
 
+Effect = Literal["allow", "deny", "needs_approval"]
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """An admission check's verdict on a call."""
 
-    allow: bool
+    effect: Effect
     reason: str
     rule: str = ""
-    """Which rule decided (recorded in the mind-log by the safety layer)."""
+    """Which rule decided (recorded in the mind-log)."""
+    digest: str = ""
+    """Digest of the policy that decided, when a policy did."""
+    error: str = "denied"
+    """Error kind the model sees when the call is refused (``denied``, ``rate_limited`` ...)."""
+    approved_by: str = ""
+
+    @property
+    def allow(self) -> bool:
+        return self.effect == "allow"
+
+    def to_proto(self) -> agent_pb2.PolicyDecision:
+        return S.PolicyDecision(
+            effect=self.effect,
+            rule=self.rule or "default",
+            reason=self.reason,
+            policy_digest=self.digest,
+            approved_by=self.approved_by,
+        )
 
 
 class Admission(Protocol):
     """A check consulted before a call is recorded and run; None means "no opinion"."""
 
-    async def admit(self, call: agent_pb2.ToolCall, spec: ToolSpec, ctx: ToolContext) -> Decision | None: ...
+    async def admit(
+        self, call: agent_pb2.ToolCall, spec: ToolSpec, args: dict[str, Any], ctx: ToolContext
+    ) -> Decision | None: ...
+
+
+Proceed = Callable[[], Awaitable[tuple[agent_pb2.ToolResult, "ToolOutput | None"]]]
+
+
+class Interceptor(Protocol):
+    """Wraps the run of an admitted call (e.g. a circuit breaker); must call ``proceed`` at most once."""
+
+    async def intercept(
+        self, spec: ToolSpec, ctx: ToolContext, proceed: Proceed
+    ) -> tuple[agent_pb2.ToolResult, ToolOutput | None]: ...
 
 
 class IntentLog(Protocol):
@@ -61,11 +96,13 @@ class ExecutionGateway:
         *,
         observation_limit: int,
         admissions: Sequence[Admission] = (),
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         self.registry = registry
         self.intents = intents
         self.observation_limit = observation_limit
         self.admissions = list(admissions)
+        self.interceptors = list(interceptors)
 
     async def execute(
         self, call: agent_pb2.ToolCall, ctx: ToolContext, *, proposal_json: str
@@ -87,9 +124,23 @@ class ExecutionGateway:
         args, problem = self._validate(call)
         if problem:
             return _error("invalid_args", problem), None
-        denied = await self._admit(call, tool.spec, ctx)
-        if denied is not None:
-            return _error("denied", f"{denied.reason} (rule {denied.rule or 'default'})"), None
+        decision = await self._admit(call, tool.spec, args, ctx)
+        if decision is not None and not decision.allow:
+            if decision.effect == "needs_approval":
+                text = f"needs an operator's approval: {decision.reason} (rule {decision.rule})"
+                refused = _error("needs_approval", text)
+            else:
+                refused = _error(decision.error, f"{decision.reason} (rule {decision.rule or 'default'})")
+            refused.decision.CopyFrom(decision.to_proto())
+            return refused, None
+        result, output = await self._record_and_run(tool, call, args, ctx, proposal_json)
+        if decision is not None and not result.replayed:
+            result.decision.CopyFrom(decision.to_proto())
+        return result, output
+
+    async def _record_and_run(
+        self, tool: Any, call: agent_pb2.ToolCall, args: dict[str, Any], ctx: ToolContext, proposal_json: str
+    ) -> tuple[agent_pb2.ToolResult, ToolOutput | None]:
         previous = self.intents.get_intent(ctx.idempotency_key)
         if previous is not None and previous.result is not None:
             replay = S.ToolResult()
@@ -117,7 +168,18 @@ class ExecutionGateway:
                 )
             )
         failpoints.hit("after_intent", ctx.step)
-        return await self._run(tool, tool.spec, args, ctx)
+        return await self._intercepted(tool, args, ctx)
+
+    async def _intercepted(
+        self, tool: Any, args: dict[str, Any], ctx: ToolContext
+    ) -> tuple[agent_pb2.ToolResult, ToolOutput | None]:
+        async def run() -> tuple[agent_pb2.ToolResult, ToolOutput | None]:
+            return await self._run(tool, tool.spec, args, ctx)
+
+        proceed: Proceed = run
+        for interceptor in reversed(self.interceptors):
+            proceed = _wrap(interceptor, tool.spec, ctx, proceed)
+        return await proceed()
 
     def _validate(self, call: agent_pb2.ToolCall) -> tuple[dict[str, Any], str]:
         try:
@@ -135,12 +197,19 @@ class ExecutionGateway:
             return args, f"{where}: {errors[0].message}"
         return args, ""
 
-    async def _admit(self, call: agent_pb2.ToolCall, spec: ToolSpec, ctx: ToolContext) -> Decision | None:
+    async def _admit(
+        self, call: agent_pb2.ToolCall, spec: ToolSpec, args: dict[str, Any], ctx: ToolContext
+    ) -> Decision | None:
+        """The first refusal, else the first allow (the policy's, which the mind-log records)."""
+        allowed: Decision | None = None
         for admission in self.admissions:
-            decision = await admission.admit(call, spec, ctx)
-            if decision is not None and not decision.allow:
+            decision = await admission.admit(call, spec, args, ctx)
+            if decision is None:
+                continue
+            if not decision.allow:
                 return decision
-        return None
+            allowed = allowed or decision
+        return allowed
 
     async def _run(
         self, tool: Any, spec: ToolSpec, args: dict[str, Any], ctx: ToolContext
@@ -160,6 +229,13 @@ class ExecutionGateway:
             return text
         cut = len(text) - self.observation_limit
         return text[: self.observation_limit] + f"… [{cut} more characters truncated]"
+
+
+def _wrap(interceptor: Interceptor, spec: ToolSpec, ctx: ToolContext, inner: Proceed) -> Proceed:
+    async def proceed() -> tuple[agent_pb2.ToolResult, ToolOutput | None]:
+        return await interceptor.intercept(spec, ctx, inner)
+
+    return proceed
 
 
 def _error(kind: str, message: str) -> agent_pb2.ToolResult:

@@ -1,0 +1,244 @@
+"""The policy engine: the model suggests, the platform decides.
+
+A policy is a TOML file operators read and review::
+
+    version = 1
+
+    [[rules]]
+    id = "no-network-tools"
+    tools = ["run_command"]
+    effect = "deny"
+    reason = "commands that reach the network"
+    args = { command = ["re:\\b(curl|wget|nc|ssh)\\b"] }
+
+    [[rules]]
+    id = "commands"
+    tools = ["run_command"]
+    effect = "allow"
+
+Rules are tried in file order and the first whose ``tools`` and ``args`` match decides: ``allow``,
+``deny`` or ``needs_approval``. A call no rule matches is denied (rule ``default``). ``tools`` are glob
+patterns on the tool name; ``args`` maps an argument name to patterns, all of which names must match
+(any one pattern per name): a glob (``fnmatch``, e.g. ``secrets/*``) or, prefixed ``re:``, a regular
+expression searched in the value. A rule naming an argument the call does not have does not match.
+
+The engine re-reads the file when it changes (checked on each decision with one ``stat``), so edits
+take effect without restarting the daemon. A broken edit is refused with a logged error and the last
+good policy stays in force: a typo never silently opens (or closes) everything.
+Nothing the model writes reaches this module except the call under decision: policy is never read
+from the agent's context.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import ConfigError
+
+log = logging.getLogger("edgehub.edge.policy")
+
+Effect = Literal["allow", "deny", "needs_approval"]
+POLICY_VERSION = 1
+DEFAULT_POLICY = "default_policy.toml"
+
+
+class RuleModel(BaseModel):
+    """One rule as written in the policy file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    tools: list[str] = Field(min_length=1)
+    effect: Effect
+    reason: str = ""
+    args: dict[str, list[str]] = {}
+
+    @field_validator("args")
+    @classmethod
+    def _patterns_compile(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for name, patterns in value.items():
+            if not patterns:
+                raise ValueError(f"args.{name}: give at least one pattern")
+            for pattern in patterns:
+                if pattern.startswith("re:"):
+                    try:
+                        re.compile(pattern[3:])
+                    except re.error as exc:
+                        raise ValueError(f"args.{name}: bad regular expression {pattern!r}: {exc}") from None
+        return value
+
+
+class PolicyModel(BaseModel):
+    """A policy file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: Literal[1]
+    rules: list[RuleModel] = []
+
+    @field_validator("rules")
+    @classmethod
+    def _unique_ids(cls, rules: list[RuleModel]) -> list[RuleModel]:
+        seen: set[str] = set()
+        for rule in rules:
+            if rule.id in seen:
+                raise ValueError(f"rule id {rule.id!r} is used twice")
+            seen.add(rule.id)
+        return rules
+
+
+Matcher = Callable[[str], bool]
+
+
+def _matcher(pattern: str) -> Matcher:
+    if pattern.startswith("re:"):
+        return re.compile(pattern[3:]).search  # type: ignore[return-value]
+    regex = re.compile(fnmatch.translate(pattern))
+    return regex.match  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A compiled rule."""
+
+    id: str
+    effect: Effect
+    reason: str
+    tools: tuple[Matcher, ...]
+    args: tuple[tuple[str, tuple[Matcher, ...]], ...]
+    source: RuleModel
+    """The rule as written (for listings)."""
+
+    @classmethod
+    def compile(cls, model: RuleModel) -> Rule:
+        return cls(
+            model.id,
+            model.effect,
+            model.reason,
+            tuple(_matcher(t) for t in model.tools),
+            tuple((name, tuple(_matcher(p) for p in pats)) for name, pats in model.args.items()),
+            model,
+        )
+
+    def matches(self, tool: str, args: dict[str, Any]) -> bool:
+        if not any(m(tool) for m in self.tools):
+            return False
+        for name, matchers in self.args:
+            value = args.get(name)
+            if value is None:
+                return False
+            text = value if isinstance(value, str) else str(value)
+            if not any(m(text) for m in matchers):
+                return False
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The engine's decision on one call."""
+
+    effect: Effect
+    rule: str
+    """The id of the deciding rule; ``default`` when none matched."""
+    reason: str
+    digest: str
+    """Short digest of the policy text that decided."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A loaded, compiled policy."""
+
+    rules: tuple[Rule, ...]
+    digest: str
+    source: str
+
+    @classmethod
+    def parse(cls, text: str, *, source: str) -> Policy:
+        """Parse and validate policy text; raise ConfigError naming the bad key."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"not valid TOML: {exc}", path=source) from None
+        try:
+            model = PolicyModel.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"]) or "(policy)"
+            raise ConfigError(f"{key}: {err['msg']}", key=key, path=source) from None
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        return cls(tuple(Rule.compile(r) for r in model.rules), digest, source)
+
+    def decide(self, tool: str, args: dict[str, Any]) -> Verdict:
+        for rule in self.rules:
+            if rule.matches(tool, args):
+                return Verdict(rule.effect, rule.id, rule.reason, self.digest)
+        return Verdict("deny", "default", "no rule allows this call (deny by default)", self.digest)
+
+
+def default_policy_text() -> str:
+    return files("edgehub.edge.safety").joinpath(DEFAULT_POLICY).read_text()
+
+
+class PolicyEngine:
+    """Decides calls against a policy file, re-reading it when it changes."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self.load_error = ""
+        """Why the last edit was refused (empty when the file in force is the file on disk)."""
+        self._stamp: tuple[int, int, int] | None = None
+        if path is None:
+            self.policy = Policy.parse(default_policy_text(), source="(built-in default policy)")
+        else:
+            self._stamp = self._stat()
+            self.policy = Policy.parse(self._read(), source=str(path))
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _read(self) -> str:
+        assert self.path is not None
+        try:
+            return self.path.read_text()
+        except FileNotFoundError:
+            raise ConfigError("policy file not found", path=str(self.path)) from None
+
+    def reload_if_changed(self) -> bool:
+        """Re-read the file if it changed; True when a new policy took effect."""
+        if self.path is None:
+            return False
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            policy = Policy.parse(self._read(), source=str(self.path))
+        except ConfigError as exc:
+            self.load_error = str(exc)
+            log.error("policy edit refused, the previous policy stays in force: %s", exc)
+            return False
+        self.policy, self.load_error = policy, ""
+        log.info("policy %s reloaded (digest %s, %d rules)", self.path, policy.digest, len(policy.rules))
+        return True
+
+    def decide(self, tool: str, args: dict[str, Any]) -> Verdict:
+        self.reload_if_changed()
+        return self.policy.decide(tool, args)
