@@ -27,15 +27,15 @@ def assert_eventually(
 
 
 async def eventually(
-    probe: Callable[[], T], *, timeout: float = 120, interval: float = 0.05, what: str = ""
+    probe: Callable[[], T], *, within: float = 120, interval: float = 0.05, what: str = ""
 ) -> T:
     """``assert_eventually`` for code running on the event loop (yields to it between probes)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     last: T = probe()
     while not last:
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"timed out after {timeout:g} s waiting for {what or probe}: last saw {last!r}"
+                f"timed out after {within:g} s waiting for {what or probe}: last saw {last!r}"
             )
         await asyncio.sleep(interval)
         last = probe()

@@ -153,13 +153,13 @@ async def test_policy_edits_take_effect_in_a_running_daemon(tmp_path: Path) -> N
         first = daemon.submit("one")
         store = daemon.store
         assert store is not None
-        await eventually(lambda: store.load_agent(first).status == S.AGENT_STATUS_FINISHED, timeout=30)
+        await eventually(lambda: store.load_agent(first).status == S.AGENT_STATUS_FINISHED, within=30)
         policy = tmp_path / "policy.toml"
         policy.write_text(POLICY.replace('args = { path = ["forbidden*"] }', 'args = { path = ["*.txt"] }'))
         st = policy.stat()
         os.utime(policy, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
         second = daemon.submit("two")
-        await eventually(lambda: store.load_agent(second).status == S.AGENT_STATUS_FINISHED, timeout=30)
+        await eventually(lambda: store.load_agent(second).status == S.AGENT_STATUS_FINISHED, within=30)
         daemon.request_stop()
         await runner
         assert actions(daemon, first)[0].observation.ok
