@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
-import resource
+import shlex
 import shutil
 import signal
 from dataclasses import dataclass
@@ -68,7 +68,7 @@ async def _read_tail(stream: asyncio.StreamReader) -> bytes:
 
 
 async def _run_process(
-    argv: list[str], *, timeout_s: float, cwd: Path, env: dict[str, str] | None, preexec: object = None
+    argv: list[str], *, timeout_s: float, cwd: Path, env: dict[str, str] | None
 ) -> tuple[int, bytes, bool]:
     """Run argv in its own session; kill its process group at the timeout. (code, tail, timed_out)."""
     proc = await asyncio.create_subprocess_exec(
@@ -79,7 +79,6 @@ async def _run_process(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         start_new_session=True,
-        preexec_fn=preexec,  # type: ignore[arg-type]
     )
     assert proc.stdout is not None
     timed_out = False
@@ -188,28 +187,27 @@ class BwrapSandbox:
             args += ["--setenv", key, value]
         return [*args, "--", "/bin/sh", "-c", command]
 
-    def _preexec(self, cgroup: CallCgroup | None) -> object:
-        limits = self.limits
-        procs = cgroup.procs_files if cgroup else ()
+    def _enter(self, cgroup: CallCgroup | None) -> list[str]:
+        """A /bin/sh prelude that joins the call's cgroups and sets rlimits, then execs bwrap.
 
-        def enter() -> None:  # runs in the child between fork and exec: keep it to syscalls
-            pid = str(os.getpid()).encode()
-            for f in procs:
-                fd = os.open(f, os.O_WRONLY)
-                try:
-                    os.write(fd, pid)
-                finally:
-                    os.close(fd)
-            cpu = limits.cpu_seconds
-            resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-            size = limits.file_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
-            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-            if not procs:  # no cgroup: bound the address space instead (coarser)
-                mem = limits.memory_mb * 1024 * 1024
-                resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-
-        return enter
+        Done in a shell rather than a Python ``preexec_fn`` so the daemon can spawn with vfork:
+        forking a process that maps a model costs page-table copying on every call.
+        """
+        lim = self.limits
+        # CPU: SIGXCPU at the soft limit (reported as such), SIGKILL a second later; -f counts 512 B blocks
+        cpu = lim.cpu_seconds
+        steps = [
+            "ulimit -c 0",
+            f"ulimit -S -t {cpu}",
+            f"ulimit -H -t {cpu + 1}",
+            f"ulimit -f {lim.file_mb * 2048}",
+        ]
+        if cgroup is None:  # no cgroup: bound the address space instead (coarser)
+            steps.append(f"ulimit -v {lim.memory_mb * 1024}")
+        steps += [f"echo $$ > {shlex.quote(str(procs))}" for procs in (cgroup.procs_files if cgroup else ())]
+        # any step failing means the limits are not in place: refuse to run (exit 125) rather than run without
+        script = " && ".join(steps) + ' || exit 125; exec "$@"'
+        return ["/bin/sh", "-c", script, "edgehub-sandbox"]
 
     async def run(
         self, command: str, workspace: Path, *, timeout_s: float, env: dict[str, str]
@@ -223,19 +221,23 @@ class BwrapSandbox:
             )
         try:
             code, out, timed_out = await _run_process(
-                self.argv(command, workspace, env),
+                [*self._enter(cgroup), *self.argv(command, workspace, env)],
                 timeout_s=timeout_s,
                 cwd=workspace,
-                env={},
-                preexec=self._preexec(cgroup),
+                env={"PATH": SAFE_PATH},
             )
             oom = cgroup.oom_killed() if cgroup else False
             pids_hit = cgroup.pids_limit_hit() if cgroup else False
         finally:
             if cgroup is not None:
                 cgroup.destroy()
+        text = out.decode(errors="replace")
+        if code == 125 and text.startswith("edgehub-sandbox:"):
+            return CommandResult(
+                code, text, "the sandbox could not apply its limits; the command did not run", "setup"
+            )
         limit, why = self._limit(code, timed_out, oom, pids_hit, timeout_s)
-        return CommandResult(code, out.decode(errors="replace"), why, limit)
+        return CommandResult(code, text, why, limit)
 
     def _limit(
         self, code: int, timed_out: bool, oom: bool, pids_hit: bool, timeout_s: float
