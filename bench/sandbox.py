@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import QUICK, Check, pct, print_checks, print_table, write_result  # noqa: E402
+from common import QUICK, Check, pct, print_checks, print_table, write_result
 
-from edgehub.edge.agent.tools import ToolContext, ToolSpec  # noqa: E402
-from edgehub.edge.safety import BwrapSandbox, HostRunner, PolicyAdmission, PolicyEngine  # noqa: E402
-from edgehub.edge.safety.policy import default_policy_text  # noqa: E402
-from edgehub.edge.store import SqliteStore  # noqa: E402
-from edgehub.protocol.v1 import agent_pb2  # noqa: E402
+from edgehub.edge.agent.tools import ToolContext, ToolSpec
+from edgehub.edge.safety import BwrapSandbox, HostRunner, PolicyAdmission, PolicyEngine
+from edgehub.edge.safety.policy import default_policy_text
+from edgehub.edge.store import SqliteStore
+from edgehub.protocol.v1 import agent_pb2
 
 CALLS = 30 if QUICK else 200
 DECISIONS = 2_000 if QUICK else 20_000
@@ -62,7 +62,7 @@ async def policy_figure(tmp: Path) -> float:
     args = {"command": "ls -l data && wc -l notes.txt"}
     call = agent_pb2.ToolCall(tool="run_command", args_json=json.dumps(args))
     decision = await admission.admit(call, spec, args, ctx)
-    assert decision.effect == "allow" and decision.rule == "sandboxed-commands", decision
+    assert (decision.effect, decision.rule) == ("allow", "sandboxed-commands"), decision
     t = time.perf_counter()
     for _ in range(DECISIONS):
         await admission.admit(call, spec, args, ctx)
