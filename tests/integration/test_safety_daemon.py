@@ -36,6 +36,13 @@ reason = "reports go to people"
 args = { path = ["report*"] }
 
 [[rules]]
+id = "fetch"
+tools = ["run_command"]
+effect = "allow"
+args = { command = ["re:^curl "] }
+network = ["localhost:*"]
+
+[[rules]]
 id = "rest"
 tools = ["write_file", "read_file", "remember", "recall", "finish", "run_command"]
 effect = "allow"
@@ -237,3 +244,34 @@ async def test_rate_limit_and_budgets_stop_the_agent_with_a_clear_reason(tmp_pat
         state = await run_goal(daemon)
     assert state.status == S.AGENT_STATUS_FAILED
     assert state.failure_reason == "tool-call budget exhausted (3 of 3) before finishing"
+
+
+async def test_a_policy_network_grant_reaches_the_sandbox_and_is_recorded(tmp_path: Path) -> None:
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nfetched")
+        await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    script = [
+        act("run_command", command=f"curl -sS -m 5 http://localhost:{port}/"),
+        act(
+            "run_command",
+            command=f"python3 -c \"import urllib.request as u; u.urlopen('http://localhost:{port}/')\"",
+        ),
+        act("finish", answer="ok"),
+    ]
+    try:
+        async with EdgeDaemon(config(tmp_path), brain=FakeBrain(script)) as daemon:
+            state = await run_goal(daemon)
+            steps = actions(daemon, state.agent_id)
+    finally:
+        server.close()
+    fetched, refused = steps[0].observation, steps[1].observation
+    assert fetched.ok, fetched.output
+    assert "fetched" in fetched.output
+    assert (fetched.decision.rule, list(fetched.decision.network)) == ("fetch", ["localhost:*"])
+    assert not refused.ok  # allowed by "rest", which grants no network
+    assert refused.decision.rule == "rest"

@@ -4,6 +4,7 @@ comes back as an observation, and the host is unchanged."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -185,3 +186,39 @@ def test_without_bubblewrap_commands_are_refused_with_the_fix(
         BwrapSandbox()
     host, _ = build_sandbox(cfg.model_copy(update={"sandbox": SandboxConfig(mode="off")}))
     assert isinstance(host, HostRunner)
+
+
+@pytest.fixture
+async def http_server() -> AsyncIterator[int]:
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.readuntil(b"\r\n\r\n")
+        w.write(b"HTTP/1.0 200 OK\r\nContent-Length: 11\r\n\r\nhello-grant")
+        await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_network_grant_opens_only_the_named_host_and_only_through_the_proxy(
+    ctx: ToolContext, http_server: int
+) -> None:
+    port = http_server
+    granted_ctx = dataclasses.replace(ctx, network=(f"localhost:{port}",))
+    out = await run(granted_ctx, f"curl -sS -m 5 http://localhost:{port}/")
+    assert out.ok, out.output
+    assert "hello-grant" in out.output
+    assert f"network: allowed localhost:{port}" in out.output
+    raw = f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=2)"
+    direct = await run(granted_ctx, f'python3 -c "{raw}"')
+    assert not direct.ok  # the grant is for the proxy path, not for raw sockets
+    other = await run(
+        dataclasses.replace(ctx, network=("docs.example.com:443",)), f"curl -sS -m 5 http://localhost:{port}/"
+    )
+    assert "hello-grant" not in other.output
+    assert f"network: denied localhost:{port}" in other.output
+    none = await run(ctx, f"curl -sS -m 5 http://localhost:{port}/")
+    assert "hello-grant" not in none.output
+    assert "network:" not in none.output

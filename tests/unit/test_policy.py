@@ -9,6 +9,7 @@ import pytest
 
 from edgehub.edge.errors import ConfigError
 from edgehub.edge.safety import Policy, PolicyEngine
+from edgehub.edge.safety.egress import granted
 from edgehub.edge.safety.policy import default_policy_text
 
 RULES = """
@@ -113,3 +114,40 @@ def test_the_built_in_default_policy_is_valid_and_denies_unknown_tools() -> None
     assert policy.decide("run_command", {"command": "rm -rf data"}).effect == "needs_approval"
     assert policy.decide("run_command", {"command": "ls"}).effect == "allow"
     assert policy.decide("http_post", {}).rule == "default"
+
+
+def test_a_rule_can_grant_named_hosts_to_the_calls_it_allows() -> None:
+    text = RULES.replace(
+        '[[rules]]\nid = "files"',
+        '[[rules]]\nid = "docs"\ntools = ["run_command"]\neffect = "allow"\n'
+        'args = { command = ["re:^curl "] }\nnetwork = ["docs.example.com:443", "*.pypi.org"]\n\n'
+        '[[rules]]\nid = "files"',
+    )
+    policy = Policy.parse(text, source="t")
+    verdict = policy.decide("run_command", {"command": "curl https://docs.example.com/a"})
+    assert (verdict.rule, verdict.network) == ("docs", ("docs.example.com:443", "*.pypi.org"))
+    assert policy.decide("read_file", {"path": "a"}).network == ()
+
+
+@pytest.mark.parametrize("grant", ["http://x.com", "a b", "x.com:1:2", "x.com/path"])
+def test_a_network_grant_must_be_a_host_pattern(grant: str) -> None:
+    text = f'version = 1\n[[rules]]\nid = "a"\ntools = ["x"]\neffect = "allow"\nnetwork = ["{grant}"]\n'
+    with pytest.raises(ConfigError, match="network"):
+        Policy.parse(text, source="t")
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "ok"),
+    [
+        ("docs.example.com", 443, True),
+        ("docs.example.com", 80, False),
+        ("files.pypi.org", 443, True),
+        ("files.pypi.org", 8443, False),
+        ("pypi.org.evil.com", 443, False),
+        ("DOCS.EXAMPLE.COM", 443, True),
+        ("localhost", 9000, True),
+    ],
+)
+def test_grants_match_host_and_port(host: str, port: int, ok: bool) -> None:
+    grants = ("docs.example.com:443", "*.pypi.org", "localhost:9*")
+    assert granted(grants, host, port) is ok

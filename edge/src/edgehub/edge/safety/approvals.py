@@ -40,7 +40,7 @@ class PolicyAdmission:
     ) -> Decision:
         v = self.engine.decide(call.tool, args)
         if v.effect != "needs_approval":
-            return Decision(v.effect, v.reason, v.rule, v.digest)
+            return Decision(v.effect, v.reason, v.rule, v.digest, network=v.network)
         a = self.approvals.get_approval(ctx.idempotency_key)
         if a is None or a.status == "pending" or (a.tool, a.args_json) != (call.tool, call.args_json):
             return Decision("needs_approval", v.reason, v.rule, v.digest)

@@ -70,12 +70,13 @@ def policy_check(
         policy = PolicyEngine(path).policy
     except EdgeError as exc:
         fail(exc)
-    table = Table("#", "rule", "effect", "tools", "when arguments match", "reason")
+    table = Table("#", "rule", "effect", "tools", "when arguments match", "network", "reason")
     table.title = f"{policy.source} (digest {policy.digest}); a call no rule matches is denied"
     for i, rule in enumerate(policy.rules, 1):
         src = rule.source
         when = "; ".join(f"{k}: {' | '.join(v)}" for k, v in src.args.items())
-        table.add_row(str(i), rule.id, rule.effect, ", ".join(src.tools), when, src.reason)
+        hosts = ", ".join(src.network)
+        table.add_row(str(i), rule.id, rule.effect, ", ".join(src.tools), when, hosts, src.reason)
     console.print(table)
 
 

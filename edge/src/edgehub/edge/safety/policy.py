@@ -9,7 +9,14 @@ A policy is a TOML file operators read and review::
     tools = ["run_command"]
     effect = "deny"
     reason = "commands that reach the network"
-    args = { command = ["re:\\b(curl|wget|nc|ssh)\\b"] }
+    args = { command = ["re:\\b(nc|ssh)\\b"] }
+
+    [[rules]]
+    id = "fetch-docs"
+    tools = ["run_command"]
+    effect = "allow"
+    args = { command = ["re:^curl "] }
+    network = ["docs.example.com:443"]
 
     [[rules]]
     id = "commands"
@@ -64,6 +71,16 @@ class RuleModel(BaseModel):
     effect: Effect
     reason: str = ""
     args: dict[str, list[str]] = {}
+    network: list[str] = []
+    """Hosts (``host[:port]`` globs) a sandboxed call allowed by this rule may reach."""
+
+    @field_validator("network")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        for grant in value:
+            if not re.fullmatch(r"[A-Za-z0-9*?.\[\]:-]+", grant) or grant.count(":") > 1:
+                raise ValueError(f"network: {grant!r} is not a host or host:port pattern")
+        return value
 
     @field_validator("args")
     @classmethod
@@ -118,6 +135,7 @@ class Rule:
     reason: str
     tools: tuple[Matcher, ...]
     args: tuple[tuple[str, tuple[Matcher, ...]], ...]
+    network: tuple[str, ...]
     source: RuleModel
     """The rule as written (for listings)."""
 
@@ -129,6 +147,7 @@ class Rule:
             model.reason,
             tuple(_matcher(t) for t in model.tools),
             tuple((name, tuple(_matcher(p) for p in pats)) for name, pats in model.args.items()),
+            tuple(model.network) if model.effect != "deny" else (),
             model,
         )
 
@@ -155,6 +174,8 @@ class Verdict:
     reason: str
     digest: str
     """Short digest of the policy text that decided."""
+    network: tuple[str, ...] = ()
+    """Hosts the call may reach (from the deciding rule's ``network``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +205,7 @@ class Policy:
     def decide(self, tool: str, args: dict[str, Any]) -> Verdict:
         for rule in self.rules:
             if rule.matches(tool, args):
-                return Verdict(rule.effect, rule.id, rule.reason, self.digest)
+                return Verdict(rule.effect, rule.id, rule.reason, self.digest, rule.network)
         return Verdict("deny", "default", "no rule allows this call (deny by default)", self.digest)
 
 

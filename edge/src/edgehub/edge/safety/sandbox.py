@@ -2,7 +2,8 @@
 
 What a sandboxed command gets (and nothing more):
 
-- no network: its own empty network namespace (even loopback reaches nothing of the host's);
+- no network: its own empty network namespace (even loopback reaches nothing of the host's), unless
+  the policy rule that allowed the call grants named hosts; then only those, through ``egress``;
 - a read-only view of ``/usr`` (and the ``/bin``, ``/lib*`` links into it) and of a short list of
   harmless ``/etc`` files; ``/root``, ``/home``, the daemon's data dir, config and keys are simply not
   there; paths in ``[sandbox] hide`` are covered with an empty tmpfs;
@@ -18,16 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import shlex
 import shutil
 import signal
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..agent.tools.base import CommandResult
 from .cgroups import CallCgroup, Cgroups
+from .egress import PROXY_PORT, SANDBOX_DIR, EgressProxy
 
 log = logging.getLogger("edgehub.edge.sandbox")
 
@@ -100,7 +104,13 @@ class HostRunner:
     """No sandbox: for development machines without bubblewrap (``[sandbox] mode = "off"``)."""
 
     async def run(
-        self, command: str, workspace: Path, *, timeout_s: float, env: dict[str, str]
+        self,
+        command: str,
+        workspace: Path,
+        *,
+        timeout_s: float,
+        env: dict[str, str],
+        network: tuple[str, ...] = (),
     ) -> CommandResult:
         full_env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": str(workspace), **env}
         code, out, timed_out = await _run_process(
@@ -179,10 +189,23 @@ class BwrapSandbox:
                 args += ["--tmpfs", str(hidden)]
         return args
 
-    def argv(self, command: str, workspace: Path, env: dict[str, str]) -> list[str]:
+    def argv(
+        self, command: str, workspace: Path, env: dict[str, str], *, egress: Path | None = None
+    ) -> list[str]:
         args = [*self._fixed, "--bind", str(workspace.resolve()), "/workspace", "--chdir", "/workspace"]
         args += ["--clearenv"]
         base = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "HOME": "/workspace", "TMPDIR": "/tmp"}
+        if egress is not None:
+            proxy = f"http://127.0.0.1:{PROXY_PORT}"
+            base |= {k: proxy for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+            args += ["--bind", str(egress), SANDBOX_DIR]
+            # the forwarder joins the sandbox's loopback to the daemon's egress proxy, then the command runs
+            ready = "/tmp/.edgehub-egress-ready"
+            wait = f"i=0; while [ ! -e {ready} ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done"
+            start = f'python3 {SANDBOX_DIR}/forwarder.py >/dev/null 2>&1 & {wait}; exec /bin/sh -c "$1"'
+            for key, value in {**base, **env}.items():
+                args += ["--setenv", key, value]
+            return [*args, "--", "/bin/sh", "-c", start, "edgehub-egress", command]
         for key, value in {**base, **env}.items():
             args += ["--setenv", key, value]
         return [*args, "--", "/bin/sh", "-c", command]
@@ -210,7 +233,27 @@ class BwrapSandbox:
         return ["/bin/sh", "-c", script, "edgehub-sandbox"]
 
     async def run(
-        self, command: str, workspace: Path, *, timeout_s: float, env: dict[str, str]
+        self,
+        command: str,
+        workspace: Path,
+        *,
+        timeout_s: float,
+        env: dict[str, str],
+        network: tuple[str, ...] = (),
+    ) -> CommandResult:
+        if not network:
+            return await self._run(command, workspace, timeout_s, env)
+        with tempfile.TemporaryDirectory(prefix="edgehub-egress-") as tmp:
+            proxy = EgressProxy(network, Path(tmp))
+            await proxy.start()
+            try:
+                result = await self._run(command, workspace, timeout_s, env, egress=Path(tmp))
+            finally:
+                await proxy.close()
+        return dataclasses.replace(result, output=result.output + proxy.report())
+
+    async def _run(
+        self, command: str, workspace: Path, timeout_s: float, env: dict[str, str], egress: Path | None = None
     ) -> CommandResult:
         cgroup = None
         if self.cgroups is not None:
@@ -221,7 +264,7 @@ class BwrapSandbox:
             )
         try:
             code, out, timed_out = await _run_process(
-                [*self._enter(cgroup), *self.argv(command, workspace, env)],
+                [*self._enter(cgroup), *self.argv(command, workspace, env, egress=egress)],
                 timeout_s=timeout_s,
                 cwd=workspace,
                 env={"PATH": SAFE_PATH},

@@ -7,9 +7,11 @@ Versioning: this package is edgehub.v1. Fields are only ever added (never renumb
 re-typed); every persisted message carries schema_version so readers can migrate.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -331,6 +333,7 @@ class PolicyDecision(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     POLICY_DIGEST_FIELD_NUMBER: _builtins.int
     APPROVED_BY_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     effect: _builtins.str
     """"allow", "deny" or "needs_approval"."""
     rule: _builtins.str
@@ -340,6 +343,10 @@ class PolicyDecision(_message.Message):
     """Digest of the policy file that decided, so an audit can find the exact rules."""
     approved_by: _builtins.str
     """For calls that needed approval: who decided."""
+    @_builtins.property
+    def network(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Hosts the call was allowed to reach from its sandbox (the deciding rule's network grant)."""
+
     def __init__(
         self,
         *,
@@ -348,10 +355,11 @@ class PolicyDecision(_message.Message):
         reason: _builtins.str = ...,
         policy_digest: _builtins.str = ...,
         approved_by: _builtins.str = ...,
+        network: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "effect", b"effect", "policy_digest", b"policy_digest", "reason", b"reason", "rule", b"rule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "effect", b"effect", "network", b"network", "policy_digest", b"policy_digest", "reason", b"reason", "rule", b"rule"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

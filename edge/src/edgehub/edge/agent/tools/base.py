@@ -53,7 +53,13 @@ class CommandRunner(Protocol):
     """Runs one shell command for a tool call."""
 
     async def run(
-        self, command: str, workspace: Path, *, timeout_s: float, env: dict[str, str]
+        self,
+        command: str,
+        workspace: Path,
+        *,
+        timeout_s: float,
+        env: dict[str, str],
+        network: tuple[str, ...] = (),
     ) -> CommandResult:
         """Run ``command`` with ``workspace`` as its working (and only writable) directory."""
         ...
@@ -82,6 +88,8 @@ class ToolContext:
     notes: Notes
     sandbox: CommandRunner | None = None
     """Where tools that run code must run it (bubblewrap unless the sandbox is turned off)."""
+    network: tuple[str, ...] = ()
+    """Hosts this call may reach from the sandbox: the policy rule's grant (empty: no network)."""
 
 
 @dataclass(frozen=True, slots=True)

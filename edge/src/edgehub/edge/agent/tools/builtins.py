@@ -83,7 +83,9 @@ async def run_command(args: dict[str, Any], ctx: ToolContext, *, timeout_s: floa
     if ctx.sandbox is None:
         return ToolOutput("no sandbox is configured on this device", ok=False, error="unavailable")
     env = {"EDGEHUB_IDEMPOTENCY_KEY": ctx.idempotency_key}
-    r = await ctx.sandbox.run(args["command"], ctx.workspace, timeout_s=timeout_s, env=env)
+    r = await ctx.sandbox.run(
+        args["command"], ctx.workspace, timeout_s=timeout_s, env=env, network=ctx.network
+    )
     if r.killed:
         kind = "timeout" if r.limit == "timeout" else "limit"
         return ToolOutput(f"killed: {r.killed}\n{r.output}", ok=False, error=kind)

@@ -14,6 +14,7 @@ with the step.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -46,6 +47,8 @@ class Decision:
     error: str = "denied"
     """Error kind the model sees when the call is refused (``denied``, ``rate_limited`` ...)."""
     approved_by: str = ""
+    network: tuple[str, ...] = ()
+    """Hosts the call may reach from its sandbox (a policy grant)."""
 
     @property
     def allow(self) -> bool:
@@ -58,6 +61,7 @@ class Decision:
             reason=self.reason,
             policy_digest=self.digest,
             approved_by=self.approved_by,
+            network=list(self.network),
         )
 
 
@@ -133,6 +137,8 @@ class ExecutionGateway:
                 refused = _error(decision.error, f"{decision.reason} (rule {decision.rule or 'default'})")
             refused.decision.CopyFrom(decision.to_proto())
             return refused, None
+        if decision is not None and decision.network:
+            ctx = dataclasses.replace(ctx, network=decision.network)
         result, output = await self._record_and_run(tool, call, args, ctx, proposal_json)
         if decision is not None and not result.replayed:
             result.decision.CopyFrom(decision.to_proto())
