@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from edgehub.edge.agent.loop import new_agent
 from edgehub.edge.errors import AgentNotFound, SchemaVersionError, StoreError
 from edgehub.edge.store import Intent, SqliteStore
+from edgehub.edge.store.base import Approval
+from edgehub.edge.store.migrations import LATEST, MIGRATIONS
 from edgehub.protocol.v1 import agent_pb2
 
 S = agent_pb2
@@ -121,6 +124,44 @@ def test_a_second_connection_sees_committed_steps(store: SqliteStore, tmp_path: 
         assert len(reader.mind_log("a1")) == 1
     finally:
         reader.close()
+
+
+def test_an_approval_is_stored_with_the_paused_step_and_decided_once(store: SqliteStore) -> None:
+    store.create_agent(new_agent("a1", "g"))
+    state = store.load_agent("a1")
+    state.status = S.AGENT_STATUS_AWAITING_APPROVAL
+    pending = Approval("a1/0", "a1", 0, "run_command", '{"command": "rm -rf x"}', "{}", "r", "why")
+    store.checkpoint(state, step_event("a1", 0, "approval"), [], approval=pending)
+    assert store.load_agent("a1").status == S.AGENT_STATUS_AWAITING_APPROVAL
+    assert [a.key for a in store.list_approvals()] == ["a1/0"]
+    state.status = S.AGENT_STATUS_RUNNING
+    decided = dataclasses.replace(pending, status="approved", decided_by="ana")
+    store.decide_approval(decided, state, step_event("a1", 0, "approval-decided"))
+    got = store.get_approval("a1/0")
+    assert got is not None
+    assert (got.status, got.decided_by) == ("approved", "ana")
+    assert store.load_agent("a1").status == S.AGENT_STATUS_RUNNING
+    assert store.list_approvals() == []
+    with pytest.raises(StoreError, match="not pending"):
+        store.decide_approval(dataclasses.replace(pending, status="denied"), state, step_event("a1", 0, "x"))
+    assert store.get_approval("a1/0").status == "approved"  # type: ignore[union-attr]
+
+
+def test_a_store_from_an_older_edgehub_is_migrated_keeping_its_agents(tmp_path: Path) -> None:
+    conn = apsw.Connection(str(tmp_path / "e.db"))
+    conn.execute(MIGRATIONS[0].sql)
+    conn.execute("PRAGMA user_version = 1")
+    state = new_agent("old", "from v1")
+    conn.execute(
+        "INSERT INTO agents(agent_id, status, state, created_at, updated_at) VALUES (?,?,?,?,?)",
+        ("old", state.status, state.SerializeToString(), 0.0, 0.0),
+    )
+    conn.close()
+    store = SqliteStore.open(tmp_path / "e.db", device_id="d")
+    assert store.schema_version == LATEST
+    assert store.load_agent("old").goal == "from v1"
+    assert store.list_approvals() == []
+    assert store.vault_get("<EMAIL_abcdefghij>") is None
 
 
 def test_a_store_from_a_newer_edgehub_is_refused(tmp_path: Path) -> None:

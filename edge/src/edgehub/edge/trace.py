@@ -41,6 +41,17 @@ def print_event(console: Console, event: agent_pb2.StepEvent) -> None:
     if event.kind == S.STEP_KIND_END:
         console.print(f"[bold red]{status_name(event.status)}[/]: {escape(event.detail)}")
         return
+    if event.kind == S.STEP_KIND_APPROVAL_REQUESTED:
+        key = f"{event.agent_id}/{event.step}"
+        console.print(
+            f"[bold yellow]step {n} waits for approval[/] [cyan]{escape(event.action.tool)}[/] "
+            f"{escape(_short(event.action.args_json, 120))}: {escape(_short(event.detail))}\n"
+            f"  decide with: edgehub approvals decide {key} --approve|--deny --by NAME"
+        )
+        return
+    if event.kind == S.STEP_KIND_APPROVAL_DECIDED:
+        console.print(f"[bold yellow]step {n} approval[/]: {escape(event.detail)}")
+        return
     obs = event.observation
     tool = escape(event.action.tool or "(invalid action)")
     args = escape(_short(event.action.args_json, 120))
@@ -55,6 +66,13 @@ def print_event(console: Console, event: agent_pb2.StepEvent) -> None:
     mark = "[green]ok[/]" if obs.ok else f"[red]{escape(obs.error)}[/]"
     replay = " [dim](replayed)[/]" if obs.replayed else ""
     console.print(f"  {mark}{replay}: {escape(_short(obs.output))}")
+    d = obs.decision
+    if d.effect:
+        who = f", approved by {escape(d.approved_by)}" if d.approved_by else ""
+        hosts = f", network: {escape(', '.join(d.network))}" if d.network else ""
+        console.print(f"  [dim]policy: {d.effect} by rule {escape(d.rule)}{who}{hosts}[/]")
+    if event.detail and event.detail != obs.output:  # a guard's warning or stop reason
+        console.print(f"  [yellow]{escape(_short(event.detail))}[/]")
 
 
 def print_summary(console: Console, state: agent_pb2.AgentState) -> None:

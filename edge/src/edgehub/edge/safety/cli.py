@@ -35,9 +35,10 @@ def approvals_list(
         for a in items:
             print(dumps({f: getattr(a, f) for f in a.__dataclass_fields__ if f != "proposal_json"}))
         return
-    table = Table("key", "tool", "arguments", "rule", "status", "decided by")
+    table = Table("tool", "arguments", "rule", "status", "decided by")
+    table.add_column("key", no_wrap=True, overflow="fold")
     for a in items:
-        table.add_row(a.key, a.tool, a.args_json[:70], a.rule, a.status, a.decided_by)
+        table.add_row(a.tool, a.args_json[:70], a.rule, a.status, a.decided_by, a.key)
     console.print(table)
 
 
