@@ -65,3 +65,38 @@ def test_second_daemon_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
     finally:
         lock.release()
     assert not DaemonLock.held(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        (None, "policy file not found"),
+        ("version = 1\n[[rules]]\nid = 'x'\ntools = ['*']\neffect = 'allow-all'\n", "rules.0.effect"),
+        ("version = 1\n[[rules]\n", "not valid TOML"),
+    ],
+)
+def test_a_missing_or_broken_policy_stops_the_daemon_with_a_clear_error(
+    tmp_path: Path, policy: str | None, expected: str
+) -> None:
+    path = tmp_path / "policy.toml"
+    if policy is not None:
+        path.write_text(policy)
+    env = {"EDGEHUB_EDGE__SAFETY__POLICY": str(path)}
+    for args in (["edge", "run"], ["agent", "run", "--goal", "x"], ["policy", "check"]):
+        done = edgehub(*args, data_dir=tmp_path / "d", env=env)
+        assert done.returncode == 2, done.stderr
+        assert expected in done.stderr
+        assert "policy.toml" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_policy_try_shows_the_deciding_rule(tmp_path: Path) -> None:
+    allowed = edgehub("policy", "try", "run_command", '{"command": "ls"}', data_dir=tmp_path)
+    assert allowed.returncode == 0
+    assert "allow (rule sandboxed-commands)" in allowed.stdout
+    held = edgehub("policy", "try", "run_command", '{"command": "rm -rf data"}', data_dir=tmp_path)
+    assert held.returncode == 1
+    assert "needs_approval (rule destructive-commands)" in held.stdout
+    bad = edgehub("policy", "try", "run_command", "{oops", data_dir=tmp_path)
+    assert bad.returncode == 2
+    assert "not valid JSON" in bad.stderr
