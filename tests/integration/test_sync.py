@@ -1,0 +1,191 @@
+"""Edge -> hub replication on a real nats-server and the real edge store: every event arrives exactly
+once and in per-agent order, through hub downtime, nats-server restarts and concurrent hub consumers;
+bad messages go to the dead-letter stream and processing continues."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import apsw
+import pytest
+
+from edgehub.edge.agent.loop import new_agent
+from edgehub.edge.store import SqliteStore
+from edgehub.protocol import subjects
+from edgehub.protocol.v1 import agent_pb2, events_pb2
+from edgehub.sync import EventApplier, NatsServer, OutboxPublisher
+from tests.harness.nats import connect, nats_server  # noqa: F401 - fixture
+from tests.harness.wait import eventually
+
+S = agent_pb2
+DEVICE = "dev.1"  # a dot, to prove ids cannot spill into other subject tokens
+
+
+def fill_outbox(path: Path, n: int, agents: int = 10) -> SqliteStore:
+    """``n`` step events spread over ``agents`` agents, committed in one transaction (test set-up only)."""
+    store = SqliteStore.open(path, device_id=DEVICE)
+    existing = {a.agent_id for a in store.list_agents()}
+    for a in range(agents):
+        if f"agent-{a}" not in existing:
+            store.create_agent(new_agent(f"agent-{a}", "g"))
+    store.close()
+    conn = apsw.Connection(str(path))
+    conn.execute("BEGIN IMMEDIATE")
+    start = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox").fetchone()[0]
+    for i in range(n):
+        seq = start + i + 1
+        agent = f"agent-{seq % agents}"
+        step = S.StepEvent(
+            schema_version=1, event_id=f"{agent}/0/{seq}/action", agent_id=agent, device_id=DEVICE, step=seq
+        )
+        env = events_pb2.EdgeEvent(
+            schema_version=1, event_id=step.event_id, device_id=DEVICE, seq=seq, agent_id=agent, step=step
+        )
+        conn.execute(
+            "INSERT INTO outbox(seq, event_id, event, created_at) VALUES (?,?,?,?)",
+            (seq, step.event_id, env.SerializeToString(), time.time()),
+        )
+    conn.execute("COMMIT")
+    conn.close()
+    return SqliteStore.open(path, device_id=DEVICE)
+
+
+class Hub:
+    """What a hub does with an event, for the test: an idempotent record keyed by event id."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.by_id: dict[str, events_pb2.EdgeEvent] = {}
+        self.order: dict[str, list[int]] = defaultdict(list)
+
+    async def apply(self, event: events_pb2.EdgeEvent) -> None:
+        self.calls += 1
+        if event.event_id not in self.by_id:
+            self.by_id[event.event_id] = event
+            self.order[event.agent_id].append(event.step.step)
+
+    def assert_exactly_once_in_order(self, n: int) -> None:
+        assert len(self.by_id) == n
+        assert sorted(e.seq for e in self.by_id.values()) == list(range(1, n + 1))
+        for agent, steps in self.order.items():
+            assert steps == sorted(steps), f"{agent} applied out of order"
+
+
+@contextlib.asynccontextmanager
+async def running(*coros: object) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(c(stop)) for c in coros]  # type: ignore[operator]
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+
+async def test_10k_events_queued_while_the_hub_is_down_arrive_once_and_in_order(
+    tmp_path: Path,
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
+    store = fill_outbox(tmp_path / "edge.db", 10_000)
+    edge = await connect(nats_server, "edge")
+    publisher = OutboxPublisher(store, edge.jetstream())
+    async with running(publisher.run):
+        await eventually(lambda: not store.outbox_pending(1), within=120, what="the outbox to drain")
+    hub_nc = await connect(nats_server, "hub")
+    hub = Hub()
+    applier = EventApplier(hub_nc.jetstream(), hub.apply)
+    async with running(applier.run):
+        await eventually(lambda: len(hub.by_id) == 10_000, within=120, what="every event applied")
+    hub.assert_exactly_once_in_order(10_000)
+    assert hub.calls == 10_000
+    await edge.close()
+    await hub_nc.close()
+
+
+async def test_events_written_while_nats_is_down_replay_after_restart_exactly_once(
+    tmp_path: Path,
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
+    store = fill_outbox(tmp_path / "edge.db", 2_000)
+    edge, hub_nc = await connect(nats_server, "edge"), await connect(nats_server, "hub")
+    hub = Hub()
+    publisher = OutboxPublisher(store, edge.jetstream(), ack_timeout_s=1.0)
+    applier = EventApplier(hub_nc.jetstream(), hub.apply, ack_wait_s=3.0)
+    async with running(publisher.run, applier.run):
+        await eventually(lambda: len(hub.by_id) >= 500, within=60)
+        await nats_server.kill()  # mid-replay, no clean shutdown
+        store.close()
+        store = fill_outbox(tmp_path / "edge.db", 3_000)  # the edge keeps working offline
+        publisher.outbox = store
+        await nats_server.restart()
+        await eventually(
+            lambda: len(hub.by_id) == 5_000,
+            within=120,
+            what=lambda: (
+                f"replay: {len(hub.by_id)} applied, {applier.stats}, {publisher.stats}, "  # type: ignore[arg-type]
+                f"{len(store.outbox_pending(10_000))} pending"
+            ),
+        )
+    hub.assert_exactly_once_in_order(5_000)
+    assert not store.outbox_pending(1)
+    await edge.close()
+    await hub_nc.close()
+
+
+async def test_two_hub_consumers_apply_every_event_exactly_once(
+    tmp_path: Path,
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
+    store = fill_outbox(tmp_path / "edge.db", 5_000)
+    edge = await connect(nats_server, "edge")
+    hub = Hub()
+    a, b = await connect(nats_server, "hub-a"), await connect(nats_server, "hub-b")
+    appliers = [
+        EventApplier(a.jetstream(), hub.apply, batch=64),
+        EventApplier(b.jetstream(), hub.apply, batch=64),
+    ]
+    publisher = OutboxPublisher(store, edge.jetstream())
+    async with running(publisher.run, appliers[0].run, appliers[1].run):
+        await eventually(lambda: len(hub.by_id) == 5_000, within=120)
+    hub.assert_exactly_once_in_order(5_000)
+    assert hub.calls == 5_000
+    assert all(x.stats.applied > 0 for x in appliers), [x.stats for x in appliers]
+    for nc in (edge, a, b):
+        await nc.close()
+
+
+@pytest.mark.parametrize(
+    ("subject", "payload", "reason"),
+    [
+        (subjects.events(DEVICE, "agent-0"), b"\xff\xfe not protobuf", "malformed"),
+        (subjects.events(DEVICE, "agent-0"), b"\x08" + b"\x63", "unknown schema version 99"),
+        (subjects.events("other", "agent-0"), None, "subject says other/agent-0"),
+    ],
+)
+async def test_bad_messages_are_dead_lettered_with_a_reason_and_processing_continues(
+    tmp_path: Path,
+    nats_server: NatsServer,  # noqa: F811
+    subject: str,
+    payload: bytes | None,
+    reason: str,
+) -> None:
+    store = fill_outbox(tmp_path / "edge.db", 20, agents=1)
+    good = store.outbox_pending(1)[0].event
+    nc = await connect(nats_server)
+    js = nc.jetstream()
+    await js.publish(subject, payload if payload is not None else good.SerializeToString())
+    hub = Hub()
+    applier = EventApplier(js, hub.apply)
+    publisher = OutboxPublisher(store, js)
+    async with running(applier.run, publisher.run):
+        await eventually(lambda: len(hub.by_id) == 20, within=60)
+    assert applier.stats.dead_lettered == 1
+    dlq = await js.get_last_msg(subjects.DEADLETTER_STREAM, subjects.deadletter("events"))
+    assert dlq.headers is not None
+    assert reason in dlq.headers["Edgehub-Reason"]
+    await nc.close()
