@@ -28,6 +28,7 @@ from .agent.tools.gateway import ExecutionGateway
 from .agent.tools.registry import ToolRegistry
 from .config import EdgeConfig
 from .errors import EdgeError
+from .hublink import HubLink
 from .llm.base import Brain
 from .llm.gate import ModelGate
 from .memory.compaction import Compactor
@@ -104,6 +105,7 @@ class EdgeDaemon:
         self.store: SqliteStore | None = None
         self.loop: AgentLoop | None = None
         self.safety: Safety | None = None
+        self.hublink: HubLink | None = None
 
     async def __aenter__(self) -> EdgeDaemon:
         await self.open()
@@ -176,13 +178,25 @@ class EdgeDaemon:
         assert self.store is not None, "open() first"
         assert self.loop is not None
         log.info("edge daemon %s running on %s", self.cfg.device.id, self.cfg.device.data_dir)
-        while not self._stop.is_set():
-            self._start_ready()
-            if until_idle and not self._tasks:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.poll_interval)
-        await self._drain()
+        sync_stop = asyncio.Event()
+        link = None
+        if self.cfg.hub.nats_url:
+            self.hublink = HubLink(self.cfg.hub, self.store, self.cfg.device.id)
+            link = asyncio.create_task(self.hublink.run(sync_stop), name="hublink")
+        try:
+            while not self._stop.is_set():
+                self._start_ready()
+                if self.hublink is not None:
+                    self.hublink.check_alarm()
+                if until_idle and not self._tasks:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), self.poll_interval)
+            await self._drain()
+        finally:
+            sync_stop.set()  # after the agents' last checkpoints, so the final drain sends them
+            if link is not None:
+                await link
 
     def _start_ready(self) -> None:
         assert self.store is not None

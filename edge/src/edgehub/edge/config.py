@@ -110,6 +110,15 @@ class SafetyConfig(_Section):
     """Region for phone numbers written without a country code."""
 
 
+class HubLinkConfig(_Section):
+    nats_url: str | None = None
+    """NATS server or cluster of the hub (``nats://host:4222``); None: offline, the outbox keeps growing."""
+    outbox_alarm: int = Field(100_000, ge=1)
+    """Undelivered events above which the daemon raises an alarm (it never drops them)."""
+    publish_batch: int = Field(256, ge=1, le=10_000)
+    """Outbox entries in flight at once."""
+
+
 class EdgeConfig(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
@@ -117,6 +126,7 @@ class EdgeConfig(_Section):
     tools: ToolsConfig = ToolsConfig()
     sandbox: SandboxConfig = SandboxConfig()
     safety: SafetyConfig = SafetyConfig()
+    hub: HubLinkConfig = HubLinkConfig()
 
     @property
     def store_path(self) -> Path:

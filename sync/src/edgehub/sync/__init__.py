@@ -8,7 +8,7 @@ per-device order, dead letters for bad messages).
 from .applier import ApplierStats, EventApplier, decode, kv_key
 from .errors import MessageRejected, SyncError
 from .publisher import OutboxPublisher, PublisherStats
-from .server import NatsServer
+from .server import NatsServer, free_port
 from .streams import BUCKETS, STREAMS, ensure_topology
 
 __all__ = [
@@ -23,5 +23,6 @@ __all__ = [
     "SyncError",
     "decode",
     "ensure_topology",
+    "free_port",
     "kv_key",
 ]

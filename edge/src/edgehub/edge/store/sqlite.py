@@ -321,6 +321,10 @@ class SqliteStore:
         rows = self._rows("SELECT seq, event FROM outbox WHERE acked = 0 ORDER BY seq LIMIT ?", (limit,))
         return [OutboxEntry(seq=s, event=events_pb2.EdgeEvent.FromString(e)) for s, e in rows]
 
+    def outbox_depth(self) -> int:
+        """Entries not yet acknowledged by the hub side."""
+        return int(self._scalar("SELECT COUNT(*) FROM outbox WHERE acked = 0"))
+
     def outbox_ack(self, upto_seq: int) -> None:
         with self._tx():
             self._conn.execute("UPDATE outbox SET acked = 1 WHERE acked = 0 AND seq <= ?", (upto_seq,))

@@ -1,0 +1,88 @@
+"""The edge's link to the hub: replicate the outbox over NATS JetStream while the daemon runs.
+
+Connects with unlimited reconnects (the edge works offline; the outbox keeps growing on disk and
+drains in order when the hub side is back), publishes through ``edgehub.sync.OutboxPublisher``, and
+raises an alarm when more than ``[hub] outbox_alarm`` events wait. Nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats
+from nats.aio.client import Client
+
+from edgehub.sync import OutboxPublisher
+
+from .config import HubLinkConfig
+from .store.sqlite import SqliteStore
+
+log = logging.getLogger("edgehub.edge.hublink")
+
+
+async def _quiet(exc: Exception) -> None:
+    log.debug("hub link: %s", exc)
+
+
+class HubLink:
+    """Runs the outbox publisher; ``run(stop)`` returns after a final drain attempt."""
+
+    def __init__(self, cfg: HubLinkConfig, store: SqliteStore, device_id: str) -> None:
+        assert cfg.nats_url, "HubLink needs [hub] nats_url"
+        self.url = cfg.nats_url
+        self.cfg = cfg
+        self.store = store
+        self.device_id = device_id
+        self.publisher: OutboxPublisher | None = None
+        self._alarmed = False
+
+    async def _connect(self, stop: asyncio.Event) -> Client | None:
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                return await nats.connect(
+                    self.url,
+                    name=f"edgehub-edge-{self.device_id}",
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1.0,
+                    error_cb=_quiet,
+                )
+            except Exception as exc:
+                log.warning("hub at %s unreachable (%s); working offline", self.cfg.nats_url, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 30.0)
+        return None
+
+    def check_alarm(self) -> None:
+        depth = self.store.outbox_depth()
+        if depth > self.cfg.outbox_alarm and not self._alarmed:
+            log.error(
+                "ALARM: %d events wait for the hub (limit %d); they are kept on disk until delivered",
+                depth,
+                self.cfg.outbox_alarm,
+            )
+            self._alarmed = True
+        elif depth <= self.cfg.outbox_alarm and self._alarmed:
+            log.warning("outbox back under the alarm limit (%d events waiting)", depth)
+            self._alarmed = False
+
+    async def _flush(self) -> None:
+        assert self.publisher is not None
+        while await self.publisher.drain_once():
+            pass
+
+    async def run(self, stop: asyncio.Event) -> None:
+        nc = await self._connect(stop)
+        if nc is None:
+            return
+        self.publisher = OutboxPublisher(self.store, nc.jetstream(), batch=self.cfg.publish_batch)
+        try:
+            await self.publisher.run(stop)
+            with contextlib.suppress(Exception):  # send what the drain checkpointed, for a few seconds
+                await asyncio.wait_for(self._flush(), 10.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
