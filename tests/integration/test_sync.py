@@ -19,6 +19,7 @@ from edgehub.edge.store import SqliteStore
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, events_pb2
 from edgehub.sync import EventApplier, NatsServer, OutboxPublisher
+from edgehub.sync.lease import Lease
 from tests.harness.nats import connect, nats_server  # noqa: F401 - fixture
 from tests.harness.wait import eventually
 
@@ -137,7 +138,7 @@ async def test_events_written_while_nats_is_down_replay_after_restart_exactly_on
     await hub_nc.close()
 
 
-async def test_two_hub_consumers_apply_every_event_exactly_once(
+async def test_two_hubs_apply_every_event_exactly_once_and_fail_over_when_the_active_one_dies(
     tmp_path: Path,
     nats_server: NatsServer,  # noqa: F811
 ) -> None:
@@ -145,17 +146,32 @@ async def test_two_hub_consumers_apply_every_event_exactly_once(
     edge = await connect(nats_server, "edge")
     hub = Hub()
     a, b = await connect(nats_server, "hub-a"), await connect(nats_server, "hub-b")
-    appliers = [
-        EventApplier(a.jetstream(), hub.apply, batch=64),
-        EventApplier(b.jetstream(), hub.apply, batch=64),
-    ]
+    hub_a = EventApplier(a.jetstream(), hub.apply, batch=64, lease=Lease(a.jetstream(), "events", "hub-a"))
+    hub_b = EventApplier(b.jetstream(), hub.apply, batch=64, lease=Lease(b.jetstream(), "events", "hub-b"))
+    stop_a = asyncio.Event()
+    task_a = asyncio.create_task(hub_a.run(stop_a))
+    probe = Lease(edge.jetstream(), "events", "observer")
+    for _ in range(100):  # hub-a takes the lease first
+        if await probe.holder_now() == "hub-a":
+            break
+        await asyncio.sleep(0.05)
+    assert await probe.holder_now() == "hub-a"
     publisher = OutboxPublisher(store, edge.jetstream())
-    async with running(publisher.run, appliers[0].run, appliers[1].run):
-        await eventually(lambda: len(hub.by_id) == 5_000, within=120)
+    async with running(publisher.run, hub_b.run):
+        await eventually(lambda: len(hub.by_id) >= 1_000, within=60)
+        assert hub_b.stats.applied == 0  # standing by while hub-a holds the lease
+        await a.close()  # hub-a is cut off: it cannot release its lease, which must expire
+        stop_a.set()
+        await asyncio.wait_for(task_a, 30)
+        await eventually(
+            lambda: len(hub.by_id) == 5_000,
+            within=120,
+            what=lambda: f"{len(hub.by_id)} applied, {hub_a.stats}, {hub_b.stats}, {publisher.stats}",
+        )
     hub.assert_exactly_once_in_order(5_000)
-    assert hub.calls == 5_000
-    assert all(x.stats.applied > 0 for x in appliers), [x.stats for x in appliers]
-    for nc in (edge, a, b):
+    assert hub_b.stats.applied > 0
+    assert hub_a.stats.applied + hub_b.stats.applied >= 5_000
+    for nc in (edge, b):
         await nc.close()
 
 

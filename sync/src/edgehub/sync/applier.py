@@ -1,6 +1,9 @@
 """Hub side: apply each device's events exactly once and in order, across any number of hub processes.
 
-Every hub process pulls from one shared durable consumer, so the stream's work is split between them.
+The hub processes share one durable consumer. Strict per-device order and a shared pull consumer do
+not mix (messages are handed out alternately, so every process sees gaps), so the consumer is
+leased: one process applies at a time and another takes over within a lease TTL when it dies
+(``lease``). The record below keeps the hand-over exact even if two overlap for a moment.
 The record of what was applied is the hub's own, not the server's de-duplication window (which is
 time-limited): per device, the outbox sequence applied last, in the ``edgehub-applied`` KV bucket,
 advanced with compare-and-set. For an event with sequence ``n`` from a device whose record says ``m``:
@@ -39,6 +42,7 @@ from edgehub.protocol import subjects
 from edgehub.protocol.v1 import events_pb2
 
 from .errors import MessageRejected
+from .lease import Lease
 from .streams import APPLIED, HUB_EVENTS_CONSUMER, MAX_EVENT_BYTES
 
 log = logging.getLogger("edgehub.sync.applier")
@@ -74,6 +78,27 @@ def decode(msg: Msg) -> events_pb2.EdgeEvent:
     return event
 
 
+async def _propagate(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+@dataclass
+class _Device:
+    """One device's position during a batch."""
+
+    recorded: int
+    """What the KV record says (as read, or as waited for)."""
+    revision: int | None
+    last: int = -1
+    """The last sequence applied in this batch (starts at ``recorded``)."""
+    blocked: bool = False
+
+    def __post_init__(self) -> None:
+        if self.last < 0:
+            self.last = self.recorded
+
+
 @dataclass
 class ApplierStats:
     applied: int = 0
@@ -93,16 +118,21 @@ class EventApplier:
         durable: str = HUB_EVENTS_CONSUMER,
         batch: int = 256,
         gap_delay_s: float = 0.2,
-        gap_wait_s: float = 2.0,
-        ack_wait_s: float = 30.0,
+        gap_wait_s: float | None = None,
+        ack_wait_s: float = 10.0,
+        lease: Lease | None = None,
     ) -> None:
         self.js = js
         self.apply = apply
         self.durable = durable
         self.batch = batch
         self.gap_delay_s = gap_delay_s
-        self.gap_wait_s = gap_wait_s
+        # without a lease other hubs may be applying the gap right now: worth waiting for; with one,
+        # a gap is a message held by a dead holder, back after ack_wait: defer at once
+        self.gap_wait_s = gap_wait_s if gap_wait_s is not None else (0.0 if lease else 2.0)
         self.ack_wait_s = ack_wait_s
+        self.lease = lease
+        """None: consume unconditionally (a single hub, tests)."""
         self.stats = ApplierStats()
         self._kv: KeyValue | None = None
 
@@ -125,6 +155,32 @@ class EventApplier:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` (while holding the lease, if there is one)."""
+        if self.lease is None:
+            await self._consume(stop)
+            return
+        while not stop.is_set():
+            try:
+                acquired = await self.lease.acquire()
+            except Exception as exc:
+                log.warning("lease %s: %s", self.lease.name, exc)
+                acquired = False
+            if not acquired:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.lease.ttl_s / 3)
+                continue
+            halt = asyncio.Event()
+            keeper = asyncio.create_task(self.lease.hold(halt, stop))
+            watcher = asyncio.create_task(_propagate(stop, halt))
+            try:
+                await self._consume(halt)
+            finally:
+                keeper.cancel()
+                watcher.cancel()
+                await asyncio.gather(keeper, watcher, return_exceptions=True)
+                await self.lease.release()
+
+    async def _consume(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``; survives server restarts and lost consumers (it re-subscribes)."""
         sub: JetStreamContext.PullSubscription | None = None
         while not stop.is_set():
@@ -142,47 +198,88 @@ class EventApplier:
                 sub = None
                 await asyncio.sleep(0.2)
                 continue
-            for msg in msgs:
-                try:
-                    await self.handle(msg)
-                except Exception as exc:  # left unacknowledged: redelivered after ack_wait
-                    log.warning("could not apply %s (%s: %s)", msg.subject, exc.__class__.__name__, exc)
-                    break
+            try:
+                await self.handle_batch(msgs)
+            except Exception as exc:  # left unacknowledged: redelivered after ack_wait
+                log.warning("could not apply a batch (%s: %s)", exc.__class__.__name__, exc)
 
     async def handle(self, msg: Msg) -> None:
-        try:
-            event = decode(msg)
-        except MessageRejected as rejected:
-            await self._dead_letter(msg, rejected.reason)
-            return
+        """Apply one message (a batch of one)."""
+        await self.handle_batch([msg])
+
+    async def handle_batch(self, msgs: list[Msg]) -> None:
+        """Apply a fetched batch: one KV read and one CAS write per device, then the acks.
+
+        Within the batch, each device's events are applied in sequence order (a redelivered event
+        may arrive after newer ones). Acks go out only after the record moved, so a crash anywhere
+        leaves the events unacknowledged (redelivered, then recognised as applied or applied again
+        idempotently), never acknowledged but unrecorded.
+        """
         kv = await self._applied()
-        key = kv_key(event.device_id)
-        last, revision = await self._last(kv, key)
-        if event.seq <= last:
-            self.stats.duplicates += 1
+        devices: dict[str, _Device] = {}
+        done: list[Msg] = []
+        decoded: list[tuple[str, events_pb2.EdgeEvent, Msg]] = []
+        for msg in msgs:
+            try:
+                event = decode(msg)
+            except MessageRejected as rejected:
+                await self._dead_letter(msg, rejected.reason)
+                continue
+            decoded.append((kv_key(event.device_id), event, msg))
+        # redeliveries arrive after newer messages: per device, sequence order is what counts
+        decoded.sort(key=lambda d: (d[0], d[1].seq))
+        for key, event, msg in decoded:
+            if key not in devices:
+                devices[key] = _Device(*await self._last(kv, key))
+            if await self._admit(kv, key, devices[key], event, msg):
+                await self.apply(event)
+                devices[key].last = event.seq
+                self.stats.applied += 1
+                done.append(msg)
+            elif not devices[key].blocked and event.seq <= devices[key].last:
+                done.append(msg)
+        for key, dev in devices.items():
+            if dev.last > dev.recorded:
+                await self._record(kv, key, dev)
+        for msg in done:
             await msg.ack()
-            return
-        if event.seq > last + 1:
-            last, revision = await self._wait_for(kv, key, event.seq - 1)
-            if last < event.seq - 1:
-                self.stats.deferred += 1
-                await msg.nak(delay=self.gap_delay_s)
-                return
-            if event.seq <= last:
+
+    async def _admit(
+        self, kv: KeyValue, key: str, dev: _Device, event: events_pb2.EdgeEvent, msg: Msg
+    ) -> bool:
+        """True: apply it now. False: a duplicate (caller acks) or deferred (nak'd here)."""
+        if dev.blocked:
+            await self._defer(msg)
+            return False
+        if event.seq <= dev.last:
+            self.stats.duplicates += 1
+            return False
+        if event.seq > dev.last + 1 and dev.last == dev.recorded:
+            # nothing applied for this device in this batch yet: another hub may be applying the gap
+            dev.recorded, dev.revision = await self._wait_for(kv, key, event.seq - 1)
+            dev.last = dev.recorded
+            if event.seq <= dev.last:
                 self.stats.duplicates += 1
-                await msg.ack()
-                return
-        await self.apply(event)
+                return False
+        if event.seq == dev.last + 1:
+            return True
+        dev.blocked = True  # keep this device's order: everything after the gap waits too
+        await self._defer(msg)
+        return False
+
+    async def _defer(self, msg: Msg) -> None:
+        self.stats.deferred += 1
+        await msg.nak(delay=self.gap_delay_s)
+
+    async def _record(self, kv: KeyValue, key: str, dev: _Device) -> None:
         try:
-            if revision is None:
-                await kv.create(key, str(event.seq).encode())
+            if dev.revision is None:
+                await kv.create(key, str(dev.last).encode())
             else:
-                await kv.update(key, str(event.seq).encode(), last=revision)
+                await kv.update(key, str(dev.last).encode(), last=dev.revision)
         except KeyWrongLastSequenceError:
-            # another hub advanced it concurrently; our apply was idempotent, so nothing is lost
-            log.info("device %s: seq %d recorded by another hub", event.device_id, event.seq)
-        self.stats.applied += 1
-        await msg.ack()
+            # another hub advanced it concurrently; the applies were idempotent, so nothing is lost
+            log.info("device %s: seq %d recorded by another hub", key, dev.last)
 
     async def _wait_for(self, kv: KeyValue, key: str, seq: int) -> tuple[int, int | None]:
         deadline = asyncio.get_running_loop().time() + self.gap_wait_s

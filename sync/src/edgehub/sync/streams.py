@@ -54,10 +54,16 @@ class BucketSpec:
     name: str
     description: str
     history: int = 1
+    ttl_s: float | None = None
+    """Entries not updated for this long expire (leases)."""
 
     def config(self) -> KeyValueConfig:
         return KeyValueConfig(
-            bucket=self.name, description=self.description, history=self.history, storage=StorageType.FILE
+            bucket=self.name,
+            description=self.description,
+            history=self.history,
+            storage=StorageType.FILE,
+            ttl=self.ttl_s,
         )
 
 
@@ -82,7 +88,11 @@ STREAMS = (
 APPLIED = BucketSpec("edgehub-applied", "per device: the outbox sequence the hub applied last")
 AGENTS = BucketSpec("edgehub-agents", "agent registry: owner device, epoch, status, last step")
 DEVICES = BucketSpec("edgehub-devices", "device twins: reported state and last heartbeat")
-BUCKETS = (APPLIED, AGENTS, DEVICES)
+LEASE_TTL_S = 6.0
+LEASES = BucketSpec(
+    "edgehub-leases", "single-active work among hub processes (holder id, renewed)", ttl_s=LEASE_TTL_S
+)
+BUCKETS = (APPLIED, AGENTS, DEVICES, LEASES)
 
 HUB_EVENTS_CONSUMER = "hub-events"
 """The durable pull consumer every hub process shares (work is split between them)."""
