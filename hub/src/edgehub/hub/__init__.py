@@ -1,1 +1,9 @@
-"""The edgehub hub daemon (fleet registry, management API, planner, L4 graph): issue 4 onwards."""
+"""The edgehub hub daemon: applies edge events to the fleet registry (issue 4 grows it into the
+management API, planner and L4 graph)."""
+
+from .app import HubDaemon
+from .config import HubConfig, load_config
+from .errors import HubConfigError, HubError
+from .registry import AgentRegistry
+
+__all__ = ["AgentRegistry", "HubConfig", "HubConfigError", "HubDaemon", "HubError", "load_config"]

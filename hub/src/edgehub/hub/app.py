@@ -1,0 +1,89 @@
+"""The hub daemon: applies every edge's events to the fleet registry (and, as issue 4 lands, serves
+the management API).
+
+Lifecycle as everywhere: ``async with HubDaemon(cfg) as hub: await hub.run()``; ``request_stop()``
+(SIGTERM) ends the run, ``shutdown()`` is idempotent. With no ``[nats] url`` the daemon starts an
+embedded nats-server (JetStream, ``sync_interval: always``) on 127.0.0.1 and stops it on shutdown.
+Several hub processes may run against one NATS: they share the event consumer through a lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+
+import nats
+from nats.aio.client import Client
+
+from edgehub.sync import EventApplier, NatsServer, ensure_topology
+from edgehub.sync.lease import Lease
+
+from .config import HubConfig
+from .registry import AgentRegistry
+
+log = logging.getLogger("edgehub.hub")
+
+
+async def _quiet(exc: Exception) -> None:
+    log.debug("nats: %s", exc)
+
+
+class HubDaemon:
+    def __init__(self, cfg: HubConfig) -> None:
+        self.cfg = cfg
+        self.server: NatsServer | None = None
+        self.nc: Client | None = None
+        self.registry: AgentRegistry | None = None
+        self.applier: EventApplier | None = None
+        self._stop = asyncio.Event()
+        self._closed = False
+
+    @property
+    def url(self) -> str:
+        if self.cfg.nats.url:
+            return self.cfg.nats.url
+        assert self.server is not None
+        return self.server.url
+
+    async def __aenter__(self) -> HubDaemon:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()
+
+    async def open(self) -> None:
+        if not self.cfg.nats.url:
+            n = self.cfg.nats
+            self.server = await NatsServer.start(n.embedded_store, port=n.embedded_port)
+            log.info("embedded nats-server on %s (store %s)", self.server.url, n.embedded_store)
+        self.nc = await nats.connect(
+            self.url, name=f"edgehub-hub-{self.cfg.hub.id}", max_reconnect_attempts=-1, error_cb=_quiet
+        )
+        js = self.nc.jetstream()
+        await ensure_topology(js)
+        self.registry = AgentRegistry(js)
+        self.applier = EventApplier(js, self.registry.apply, lease=Lease(js, "events", self.cfg.hub.id))
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        assert self.applier is not None, "open() first"
+        log.info("hub %s running on %s", self.cfg.hub.id, self.url)
+        await self.applier.run(self._stop)
+
+    async def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        if self.nc is not None:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+        if self.server is not None:
+            await self.server.stop()

@@ -1,0 +1,71 @@
+"""Hub daemon configuration: TOML, then ``EDGEHUB_HUB__<SECTION>__<KEY>`` environment overrides."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import HubConfigError
+
+ENV_PREFIX = "EDGEHUB_HUB__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NatsConfig(_Section):
+    url: str | None = None
+    """An existing NATS cluster (production); None: start an embedded nats-server."""
+    embedded_port: int = Field(4222, ge=0, le=65535)
+    """Port of the embedded server on 127.0.0.1 (0: any free port)."""
+    embedded_store: Path = Path(".edgehub/hub/nats")
+
+
+class HubSection(_Section):
+    id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    """This process's name in leases and logs (several hub processes may run at once)."""
+
+
+class HubConfig(_Section):
+    hub: HubSection = HubSection()
+    nats: NatsConfig = NatsConfig()
+
+
+def _env(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX):
+            *parents, leaf = (p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
+            node = tree
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[leaf] = json.loads(value) if value[:1] in "[{" else value
+    return tree
+
+
+def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> HubConfig:
+    """Load ``path`` (optional) then environment overrides; HubConfigError names the bad key."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise HubConfigError(f"{path}: file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise HubConfigError(f"{path}: not valid TOML: {exc}") from None
+    for section, values in _env(os.environ if env is None else env).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return HubConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise HubConfigError(f"{key}: {err['msg']}") from None

@@ -1,0 +1,25 @@
+"""The hub daemon as a subprocess, with its embedded nats-server on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from edgehub.sync import free_port
+
+EDGEHUB = [sys.executable, "-m", "edgehub.cli"]
+
+
+def start_hub(tmp_path: Path, hub_id: str = "hub-test") -> tuple[subprocess.Popen[str], str]:
+    """Start ``edgehub hub run``; returns the process and the NATS URL edges should use."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "EDGEHUB_HUB__NATS__EMBEDDED_PORT": str(port),
+        "EDGEHUB_HUB__NATS__EMBEDDED_STORE": str(tmp_path / "nats"),
+        "EDGEHUB_HUB__HUB__ID": hub_id,
+    }
+    proc = subprocess.Popen([*EDGEHUB, "hub", "run"], env=env, stderr=subprocess.PIPE, text=True)
+    return proc, f"nats://127.0.0.1:{port}"
