@@ -1,36 +1,58 @@
 #!/usr/bin/env bash
 # `make run`: a local edgehub on the real model solving a sample goal.
 #
-# Today: one edge daemon (a real background process on the Gemma 3 270M GGUF) and the CLI submitting a
-# goal to it and following its mind-log. The hub, NATS and Neo4j join this script as their issues land.
+# Today: a hub daemon (with its embedded nats-server, JetStream) and one edge daemon on the Gemma 3
+# 270M GGUF replicating its mind-log to it; the CLI submits a goal to the edge and follows it, then
+# reads the agent back from the hub's fleet registry. Neo4j and more edges join as their issues land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GOAL=${GOAL:-"Save the word green to leaf.txt, then read leaf.txt back and finish with what it says."}
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/edgehub-run.XXXXXX")
+NATS_PORT=$(uv run --no-sync python -c 'from edgehub.sync import free_port; print(free_port())')
+NATS_URL="nats://127.0.0.1:$NATS_PORT"
+export EDGEHUB_HUB__NATS__EMBEDDED_PORT=$NATS_PORT
+export EDGEHUB_HUB__NATS__EMBEDDED_STORE="$RUN_DIR/hub/nats"
+export EDGEHUB_HUB__HUB__ID=hub-1
 export EDGEHUB_EDGE__DEVICE__DATA_DIR="$RUN_DIR/edge-1"
 export EDGEHUB_EDGE__DEVICE__ID=edge-1
+export EDGEHUB_EDGE__HUB__NATS_URL=$NATS_URL
 EH="uv run --no-sync edgehub"
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
-cleanup() {
-    if [[ -n "${DAEMON:-}" ]] && kill -0 "$DAEMON" 2>/dev/null; then
-        step "stopping the edge daemon (SIGTERM: agents checkpoint and drain)"
-        kill -TERM "$DAEMON"; wait "$DAEMON" || true
+stop() {  # stop NAME PID: SIGTERM and wait
+    if [[ -n "${2:-}" ]] && kill -0 "$2" 2>/dev/null; then
+        step "stopping $1 (SIGTERM: drains and checkpoints)"
+        kill -TERM "$2"; wait "$2" || true
     fi
 }
+cleanup() { stop "the edge daemon" "${EDGE:-}"; stop "the hub" "${HUB:-}"; }
 trap cleanup EXIT
+wait_for() {  # wait_for LOG PID TEXT
+    for _ in $(seq 150); do
+        grep -q "$3" "$1" 2>/dev/null && return 0
+        kill -0 "$2" 2>/dev/null || { cat "$1"; exit 1; }
+        sleep 0.2
+    done
+    cat "$1"; exit 1
+}
+
+step "starting the hub hub-1 with an embedded nats-server on $NATS_URL (log in $RUN_DIR/hub.log)"
+$EH hub run >"$RUN_DIR/hub.log" 2>&1 &
+HUB=$!
+wait_for "$RUN_DIR/hub.log" "$HUB" "listening for edges"
 
 step "starting edge daemon edge-1 (data in $RUN_DIR, log in $RUN_DIR/edge-1.log)"
 $EH edge run -c examples/edge.toml >"$RUN_DIR/edge-1.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 100); do
-    [[ -f "$RUN_DIR/edge-1/edge.lock" ]] && grep -q running "$RUN_DIR/edge-1.log" 2>/dev/null && break
-    kill -0 "$DAEMON" 2>/dev/null || { cat "$RUN_DIR/edge-1.log"; exit 1; }
-    sleep 0.2
-done
+EDGE=$!
+wait_for "$RUN_DIR/edge-1.log" "$EDGE" "running"
 
 step "goal: $GOAL"
-$EH agent run -c examples/edge.toml --goal "$GOAL"
+rc=0
+$EH agent run -c examples/edge.toml --goal "$GOAL" || rc=$?
 step "workspace files:"
 find "$RUN_DIR/edge-1/workspaces" -type f -printf '  %P\n'
+step "the hub's fleet registry (replicated over NATS JetStream, PII-masked):"
+sleep 1
+$EH hub agents --nats "$NATS_URL"
+exit $rc
