@@ -3,6 +3,7 @@ the agent appears in the fleet registry with its device and final status; SIGTER
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
@@ -11,8 +12,11 @@ from pathlib import Path
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
 from edgehub.edge.llm.fake import FakeBrain
+from edgehub.protocol.v1 import agent_pb2
 from tests.harness.hub import EDGEHUB, start_hub
 from tests.harness.wait import assert_eventually, eventually
+
+S = agent_pb2
 
 
 def act(tool: str, **args: object) -> str:
@@ -52,3 +56,80 @@ async def test_an_edge_agent_appears_in_the_hub_registry(tmp_path: Path) -> None
         _, stderr = hub.communicate(timeout=30)
     assert hub.returncode == 0, stderr[-2000:]
     assert "listening for edges" in stderr
+
+
+async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: Path) -> None:
+    hub, url = start_hub(tmp_path, "hub-cmd")
+    policy = tmp_path / "policy.toml"
+    policy.write_text(
+        'version = 1\n[[rules]]\nid = "ask"\ntools = ["write_file"]\neffect = "needs_approval"\n'
+        '[[rules]]\nid = "rest"\ntools = ["*"]\neffect = "allow"\n'
+    )
+    cfg = EdgeConfig.model_validate(
+        {
+            "device": {"id": "pi-garage", "data_dir": str(tmp_path / "edge")},
+            "tools": {"load_entry_points": False},
+            "hub": {"nats_url": url},
+            "safety": {"policy": str(policy), "stuck_warnings": 100, "failing_repeats": 100},
+        }
+    )
+
+    def brain(prompt: str) -> str:
+        if "Goal: loop" in prompt:
+            return act("run_command", command="sleep 1")
+        if prompt.endswith("Step 1 action: "):  # the report goal first writes (needs approval)
+            return act("write_file", path="report.txt", content="ok")
+        return act("finish", answer="ok")
+
+    try:
+        assert_eventually(lambda: (tmp_path / "nats" / "nats.conf").exists(), timeout=30)
+        async with EdgeDaemon(cfg, brain=FakeBrain(brain)) as edge:
+            runner = asyncio.create_task(edge.run())
+            store = edge.store
+            assert store is not None
+
+            def hub_cli(*args: str) -> subprocess.CompletedProcess[str]:
+                return subprocess.run([*EDGEHUB, "hub", *args, "--nats", url], capture_output=True, text=True)
+
+            started = await asyncio.to_thread(
+                hub_cli, "start-agent", "-d", "pi-garage", "-g", "loop", "--agent-id", "a-loop"
+            )
+            assert started.returncode == 0, started.stderr
+            await eventually(
+                lambda: store.has_agent("a-loop") and store.load_agent("a-loop").usage.steps >= 1, within=30
+            )
+            await asyncio.to_thread(hub_cli, "stop-agent", "a-loop", "-d", "pi-garage", "--reason", "enough")
+            await eventually(lambda: store.load_agent("a-loop").status == S.AGENT_STATUS_STOPPED, within=30)
+            assert store.load_agent("a-loop").failure_reason == "enough"
+
+            await asyncio.to_thread(
+                hub_cli, "start-agent", "-d", "pi-garage", "-g", "report", "--agent-id", "a-rep"
+            )
+            await eventually(
+                lambda: (
+                    store.has_agent("a-rep")
+                    and store.load_agent("a-rep").status == S.AGENT_STATUS_AWAITING_APPROVAL
+                ),
+                within=30,
+            )
+            decided = await asyncio.to_thread(
+                hub_cli, "decide", "a-rep/0", "-d", "pi-garage", "--approve", "--by", "ops-ana"
+            )
+            assert decided.returncode == 0, decided.stderr
+            await eventually(lambda: store.load_agent("a-rep").status == S.AGENT_STATUS_FINISHED, within=30)
+            approval = store.get_approval("a-rep/0")
+            assert approval is not None
+            assert approval.decided_by == "ops-ana"
+            records = await eventually(
+                lambda: (
+                    {r["agent_id"]: r["status"] for r in agents(url)}.get("a-rep") == "finished"
+                    and agents(url)
+                ),
+                within=30,
+            )
+            assert {r["agent_id"]: r["status"] for r in records}["a-loop"] == "stopped"
+            edge.request_stop()
+            await runner
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        hub.communicate(timeout=30)

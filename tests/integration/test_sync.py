@@ -17,8 +17,9 @@ import pytest
 from edgehub.edge.agent.loop import new_agent
 from edgehub.edge.store import SqliteStore
 from edgehub.protocol import subjects
-from edgehub.protocol.v1 import agent_pb2, events_pb2
+from edgehub.protocol.v1 import agent_pb2, commands_pb2, events_pb2
 from edgehub.sync import EventApplier, NatsServer, OutboxPublisher
+from edgehub.sync.commands import CommandConsumer, new_command, send_command
 from edgehub.sync.lease import Lease
 from tests.harness.nats import connect, nats_server  # noqa: F401 - fixture
 from tests.harness.wait import eventually
@@ -204,4 +205,37 @@ async def test_bad_messages_are_dead_lettered_with_a_reason_and_processing_conti
     dlq = await js.get_last_msg(subjects.DEADLETTER_STREAM, subjects.deadletter("events"))
     assert dlq.headers is not None
     assert reason in dlq.headers["Edgehub-Reason"]
+    await nc.close()
+
+
+async def test_commands_reach_only_their_device_once_bad_ones_are_dead_lettered_and_failures_retry(
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
+    nc = await connect(nats_server)
+    js = nc.jetstream()
+    seen: list[str] = []
+    failed_once: set[str] = set()
+
+    async def handle(cmd: commands_pb2.Command) -> None:
+        if cmd.command_id.endswith("flaky") and cmd.command_id not in failed_once:
+            failed_once.add(cmd.command_id)
+            raise RuntimeError("store busy")
+        seen.append(cmd.command_id)
+
+    start = new_command(DEVICE, "test")
+    start.command_id += "-flaky"
+    start.start_agent.agent_id, start.start_agent.goal = "a1", "g"
+    other = new_command("dev-2", "test")
+    other.stop_agent.agent_id = "a9"
+    await send_command(js, start)
+    await send_command(js, start)  # a resend: de-duplicated by its Nats-Msg-Id
+    await send_command(js, other)
+    await js.publish(subjects.commands(DEVICE), b"\xff garbage")
+    consumer = CommandConsumer(js, DEVICE, handle, retry_delay_s=0.2)
+    async with running(consumer.run):
+        await eventually(lambda: seen == [start.command_id] and consumer.rejected == 1, within=30)
+    assert other.command_id not in seen
+    dlq = await js.get_last_msg(subjects.DEADLETTER_STREAM, subjects.deadletter("commands"))
+    assert dlq.headers is not None
+    assert "malformed" in dlq.headers["Edgehub-Reason"]
     await nc.close()

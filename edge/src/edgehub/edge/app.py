@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
-from edgehub.protocol.v1 import agent_pb2
+from edgehub.protocol.v1 import agent_pb2, commands_pb2
 
 from .agent.loop import AgentLoop, LoopDeps, new_agent
 from .agent.tools.gateway import ExecutionGateway
@@ -32,6 +32,7 @@ from .hublink import HubLink
 from .llm.base import Brain
 from .llm.gate import ModelGate
 from .memory.compaction import Compactor
+from .safety.approvals import ApprovalError, decide
 from .safety.build import Safety, build_safety, build_scrubber
 from .store.sqlite import SqliteStore
 
@@ -100,6 +101,8 @@ class EdgeDaemon:
         self._own_brain = brain is None
         self._lock = DaemonLock(cfg.device.data_dir)
         self._stop = asyncio.Event()
+        self._agent_stops: dict[str, asyncio.Event] = {}
+        self._stop_reasons: dict[str, str] = {}
         self._tasks: dict[str, asyncio.Task[agent_pb2.AgentState]] = {}
         self._closed = False
         self.store: SqliteStore | None = None
@@ -172,6 +175,35 @@ class EdgeDaemon:
     def request_stop(self) -> None:
         """Ask every agent to stop after its current step (SIGTERM handler)."""
         self._stop.set()
+        for stop in self._agent_stops.values():
+            stop.set()
+
+    async def stop_agent(self, agent_id: str, reason: str) -> agent_pb2.AgentState:
+        """Stop one agent after its current step; returns once STOPPED is committed."""
+        assert self.loop is not None, "open() first"
+        task = self._tasks.get(agent_id)
+        if task is not None:
+            self._stop_reasons[agent_id] = reason
+            self._agent_stops.setdefault(agent_id, asyncio.Event()).set()
+            await asyncio.shield(task)
+        return self.loop.end(agent_id, S.AGENT_STATUS_STOPPED, reason)
+
+    async def apply_command(self, cmd: commands_pb2.Command) -> None:
+        """Apply a hub command; returns once its effect is committed (then the command is acked)."""
+        assert self.store is not None
+        kind = cmd.WhichOneof("body")
+        log.info("command %s from %s: %s", cmd.command_id, cmd.issued_by or "hub", kind)
+        if kind == "start_agent":
+            start = cmd.start_agent
+            if not self.store.has_agent(start.agent_id):
+                self.submit(start.goal, agent_id=start.agent_id, budget=start.budget)
+        elif kind == "stop_agent":
+            if self.store.has_agent(cmd.stop_agent.agent_id):
+                await self.stop_agent(cmd.stop_agent.agent_id, cmd.stop_agent.reason or "stopped by the hub")
+        elif kind == "decide_approval":
+            d = cmd.decide_approval
+            with contextlib.suppress(ApprovalError):  # already decided: the effect is there
+                decide(self.store, d.key, approve=d.approve, by=d.by, note=d.note)
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Schedule agents until stopped (or, with ``until_idle``, until none is left to run)."""
@@ -181,7 +213,9 @@ class EdgeDaemon:
         sync_stop = asyncio.Event()
         link = None
         if self.cfg.hub.nats_url:
-            self.hublink = HubLink(self.cfg.hub, self.store, self.cfg.device.id)
+            self.hublink = HubLink(
+                self.cfg.hub, self.store, self.cfg.device.id, on_command=self.apply_command
+            )
             link = asyncio.create_task(self.hublink.run(sync_stop), name="hublink")
         try:
             while not self._stop.is_set():
@@ -213,11 +247,19 @@ class EdgeDaemon:
     async def _run_agent(self, agent_id: str) -> agent_pb2.AgentState:
         assert self.loop is not None
         try:
-            state = await self.loop.run(agent_id, self._stop)
+            stop = self._agent_stops.setdefault(agent_id, asyncio.Event())
+            if self._stop.is_set():
+                stop.set()
+            state = await self.loop.run(agent_id, stop)
         except Exception as exc:  # a bug in one agent's step must not take the others down
             log.exception("agent %s failed with an internal error", agent_id)
             reason = f"internal error: {exc.__class__.__name__}: {exc}"
             state = self.loop.end(agent_id, S.AGENT_STATUS_FAILED, reason)
+        finally:
+            self._agent_stops.pop(agent_id, None)
+        stopped_for = self._stop_reasons.pop(agent_id, None)
+        if stopped_for is not None:  # stopped on request (not a drain, which resumes on restart)
+            state = self.loop.end(agent_id, S.AGENT_STATUS_STOPPED, stopped_for)
         log.info("agent %s: %s", agent_id, S.AgentStatus.Name(state.status))
         return state
 
@@ -236,7 +278,7 @@ class EdgeDaemon:
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
+        self.request_stop()
         await self._drain()
         self._release()
 

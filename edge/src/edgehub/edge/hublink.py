@@ -1,4 +1,5 @@
-"""The edge's link to the hub: replicate the outbox over NATS JetStream while the daemon runs.
+"""The edge's link to the hub: replicate the outbox over NATS JetStream while the daemon runs, and
+apply the hub's commands to this device (acknowledged once their effect is committed).
 
 Connects with unlimited reconnects (the edge works offline; the outbox keeps growing on disk and
 drains in order when the hub side is back), publishes through ``edgehub.sync.OutboxPublisher``, and
@@ -15,6 +16,7 @@ import nats
 from nats.aio.client import Client
 
 from edgehub.sync import OutboxPublisher
+from edgehub.sync.commands import CommandConsumer, Handler
 
 from .config import HubLinkConfig
 from .store.sqlite import SqliteStore
@@ -29,13 +31,17 @@ async def _quiet(exc: Exception) -> None:
 class HubLink:
     """Runs the outbox publisher; ``run(stop)`` returns after a final drain attempt."""
 
-    def __init__(self, cfg: HubLinkConfig, store: SqliteStore, device_id: str) -> None:
+    def __init__(
+        self, cfg: HubLinkConfig, store: SqliteStore, device_id: str, *, on_command: Handler | None = None
+    ) -> None:
         assert cfg.nats_url, "HubLink needs [hub] nats_url"
         self.url = cfg.nats_url
         self.cfg = cfg
         self.store = store
         self.device_id = device_id
         self.publisher: OutboxPublisher | None = None
+        self.on_command = on_command
+        self.commands: CommandConsumer | None = None
         self._alarmed = False
 
     async def _connect(self, stop: asyncio.Event) -> Client | None:
@@ -79,8 +85,14 @@ class HubLink:
         if nc is None:
             return
         self.publisher = OutboxPublisher(self.store, nc.jetstream(), batch=self.cfg.publish_batch)
+        consumer = None
+        if self.on_command is not None:
+            self.commands = CommandConsumer(nc.jetstream(), self.device_id, self.on_command)
+            consumer = asyncio.create_task(self.commands.run(stop), name="commands")
         try:
             await self.publisher.run(stop)
+            if consumer is not None:
+                await consumer
             with contextlib.suppress(Exception):  # send what the drain checkpointed, for a few seconds
                 await asyncio.wait_for(self._flush(), 10.0)
         finally:

@@ -5,6 +5,6 @@ The ``.proto`` sources live in ``protocol/proto/edgehub/v1``; the generated modu
 they are stale). Field numbers are never reused or re-typed: messages only grow.
 """
 
-from .v1 import agent_pb2, events_pb2, task_pb2
+from .v1 import agent_pb2, commands_pb2, events_pb2, task_pb2
 
-__all__ = ["agent_pb2", "events_pb2", "task_pb2"]
+__all__ = ["agent_pb2", "commands_pb2", "events_pb2", "task_pb2"]

@@ -100,6 +100,9 @@ class SqliteStore:
         except apsw.ConstraintError:
             raise StoreError(f"agent {state.agent_id!r} already exists", path=str(self.path)) from None
 
+    def has_agent(self, agent_id: str) -> bool:
+        return self._scalar("SELECT 1 FROM agents WHERE agent_id = ?", (agent_id,)) is not None
+
     def load_agent(self, agent_id: str) -> agent_pb2.AgentState:
         blob = self._scalar("SELECT state FROM agents WHERE agent_id = ?", (agent_id,))
         if blob is None:

@@ -1,0 +1,143 @@
+"""Hub -> edge commands: published to ``edgehub.cmd.<device>``, consumed by that device through its own
+durable consumer, acknowledged only after the command's effect is committed at the edge.
+
+A command the edge cannot decode goes to the dead-letter stream with the reason and is acknowledged;
+one whose handler fails is negatively acknowledged and comes back later (handlers are idempotent by
+``command_id`` or by the effect itself, e.g. an agent id that already exists).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+from google.protobuf.message import DecodeError
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from edgehub.protocol import subjects
+from edgehub.protocol.v1 import commands_pb2
+
+from .errors import MessageRejected
+from .streams import MAX_EVENT_BYTES
+
+log = logging.getLogger("edgehub.sync.commands")
+
+COMMAND_SCHEMA_VERSION = 1
+Handler = Callable[[commands_pb2.Command], Awaitable[None]]
+
+
+def consumer_name(device_id: str) -> str:
+    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", device_id):
+        return f"edge-{device_id}"
+    return "edge-x" + device_id.encode().hex()[:120]
+
+
+def new_command(device_id: str, issued_by: str) -> commands_pb2.Command:
+    cmd = commands_pb2.Command(
+        schema_version=COMMAND_SCHEMA_VERSION,
+        command_id=f"cmd-{uuid.uuid4().hex}",
+        device_id=device_id,
+        issued_by=issued_by,
+    )
+    cmd.issued_at.GetCurrentTime()
+    return cmd
+
+
+async def send_command(js: JetStreamContext, command: commands_pb2.Command) -> None:
+    """Publish ``command`` durably (waits for the stream's ack)."""
+    await js.publish(
+        subjects.commands(command.device_id),
+        command.SerializeToString(),
+        headers={"Nats-Msg-Id": command.command_id},
+        stream=subjects.COMMANDS_STREAM,
+    )
+
+
+def decode_command(msg: Msg, device_id: str) -> commands_pb2.Command:
+    if len(msg.data) > MAX_EVENT_BYTES:
+        raise MessageRejected(f"oversized: {len(msg.data)} bytes")
+    try:
+        cmd = commands_pb2.Command.FromString(msg.data)
+    except DecodeError as exc:
+        raise MessageRejected(f"malformed: not a Command ({exc})") from None
+    if cmd.schema_version != COMMAND_SCHEMA_VERSION:
+        raise MessageRejected(f"unknown schema version {cmd.schema_version}")
+    if cmd.device_id != device_id or not cmd.command_id or not cmd.WhichOneof("body"):
+        raise MessageRejected(f"not a command for {device_id}: {cmd.device_id!r}/{cmd.command_id!r}")
+    return cmd
+
+
+class CommandConsumer:
+    """One device's command consumer."""
+
+    def __init__(
+        self, js: JetStreamContext, device_id: str, handle: Handler, *, retry_delay_s: float = 1.0
+    ) -> None:
+        self.js = js
+        self.device_id = device_id
+        self.handle = handle
+        self.retry_delay_s = retry_delay_s
+        self.applied = 0
+        self.rejected = 0
+
+    async def _subscribe(self) -> JetStreamContext.PullSubscription:
+        return await self.js.pull_subscribe(
+            subjects.commands(self.device_id),
+            durable=consumer_name(self.device_id),
+            stream=subjects.COMMANDS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=30
+            ),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        sub: JetStreamContext.PullSubscription | None = None
+        while not stop.is_set():
+            try:
+                if sub is None:
+                    sub = await self._subscribe()
+                msgs = await sub.fetch(16, timeout=0.5)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception as exc:  # no stream yet, server restarting, connection re-established
+                log.debug("command fetch failed (%s: %s)", exc.__class__.__name__, exc)
+                if sub is not None:
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
+                sub = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                continue
+            for msg in msgs:
+                await self._one(msg)
+
+    async def _one(self, msg: Msg) -> None:
+        try:
+            cmd = decode_command(msg, self.device_id)
+        except MessageRejected as rejected:
+            log.warning("command rejected: %s", rejected.reason)
+            self.rejected += 1
+            headers = {"Edgehub-Reason": rejected.reason[:500], "Edgehub-Subject": msg.subject}
+            with contextlib.suppress(Exception):
+                await self.js.publish(
+                    subjects.deadletter("commands"), msg.data[:MAX_EVENT_BYTES], headers=headers
+                )
+            await msg.ack()
+            return
+        try:
+            await self.handle(cmd)
+        except Exception as exc:
+            log.warning(
+                "command %s failed (%s: %s); retrying later", cmd.command_id, exc.__class__.__name__, exc
+            )
+            await msg.nak(delay=self.retry_delay_s)
+            return
+        self.applied += 1
+        await msg.ack()
