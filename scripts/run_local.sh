@@ -55,4 +55,6 @@ find "$RUN_DIR/edge-1/workspaces" -type f -printf '  %P\n'
 step "the hub's fleet registry (replicated over NATS JetStream, PII-masked):"
 sleep 1
 $EH hub agents --nats "$NATS_URL"
+step "devices reporting to the hub (twins over JetStream KV):"
+$EH hub devices --nats "$NATS_URL"
 exit $rc

@@ -23,11 +23,17 @@ def act(tool: str, **args: object) -> str:
     return json.dumps({"thought": "go", "tool": tool, "args": args})
 
 
-def agents(url: str) -> list[dict[str, object]]:
-    done = subprocess.run(
-        [*EDGEHUB, "hub", "agents", "--nats", url, "--json"], capture_output=True, text=True
-    )
+def registry(what: str, url: str) -> list[dict[str, object]]:
+    done = subprocess.run([*EDGEHUB, "hub", what, "--nats", url, "--json"], capture_output=True, text=True)
     return [json.loads(line) for line in done.stdout.splitlines()] if done.returncode == 0 else []
+
+
+def agents(url: str) -> list[dict[str, object]]:
+    return registry("agents", url)
+
+
+def devices(url: str) -> dict[str, dict[str, object]]:
+    return {str(d["device_id"]): d for d in registry("devices", url)}
 
 
 async def test_an_edge_agent_appears_in_the_hub_registry(tmp_path: Path) -> None:
@@ -43,8 +49,20 @@ async def test_an_edge_agent_appears_in_the_hub_registry(tmp_path: Path) -> None
         )
         script = [act("write_file", path="a.txt", content="x"), act("finish", answer="done")]
         async with EdgeDaemon(cfg, brain=FakeBrain(script)) as edge:
+            runner = asyncio.create_task(edge.run())
+            twin = await eventually(lambda: devices(url).get("pi-kitchen"), within=30)
+            assert twin["online"] is True
+            assert twin["version"] == "0.1.0"
             agent_id = edge.submit("write a file")
-            await edge.run(until_idle=True)
+            store = edge.store
+            assert store is not None
+            await eventually(lambda: store.load_agent(agent_id).status == S.AGENT_STATUS_FINISHED, within=30)
+            edge.request_stop()
+            await runner
+        gone = await eventually(
+            lambda: devices(url)["pi-kitchen"]["online"] is False and devices(url), within=30
+        )
+        assert gone["pi-kitchen"]["state"] == "stopped"
         records = await eventually(
             lambda: [r for r in agents(url) if r["agent_id"] == agent_id and r["status"] == "finished"],
             within=60,

@@ -178,6 +178,10 @@ class EdgeDaemon:
         for stop in self._agent_stops.values():
             stop.set()
 
+    def report(self) -> dict[str, object]:
+        """What this device reports in its twin besides version, hardware and load."""
+        return {"agents_running": sorted(self._tasks), "max_concurrent": self.cfg.agent.max_concurrent}
+
     async def stop_agent(self, agent_id: str, reason: str) -> agent_pb2.AgentState:
         """Stop one agent after its current step; returns once STOPPED is committed."""
         assert self.loop is not None, "open() first"

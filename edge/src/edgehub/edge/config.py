@@ -117,6 +117,8 @@ class HubLinkConfig(_Section):
     """Undelivered events above which the daemon raises an alarm (it never drops them)."""
     publish_batch: int = Field(256, ge=1, le=10_000)
     """Outbox entries in flight at once."""
+    heartbeat_s: float = Field(5.0, gt=0)
+    """How often the device reports its twin (version, hardware, load, agents) to the hub."""
 
 
 class EdgeConfig(_Section):

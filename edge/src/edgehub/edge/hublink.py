@@ -10,18 +10,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import nats
 from nats.aio.client import Client
 
-from edgehub.sync import OutboxPublisher
+from edgehub.sync import OutboxPublisher, kv_key
 from edgehub.sync.commands import CommandConsumer, Handler
+from edgehub.sync.streams import DEVICES
 
 from .config import HubLinkConfig
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger("edgehub.edge.hublink")
+
+
+def _version() -> str:
+    try:
+        return version("edgehub-edge")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 async def _quiet(exc: Exception) -> None:
@@ -32,7 +47,13 @@ class HubLink:
     """Runs the outbox publisher; ``run(stop)`` returns after a final drain attempt."""
 
     def __init__(
-        self, cfg: HubLinkConfig, store: SqliteStore, device_id: str, *, on_command: Handler | None = None
+        self,
+        cfg: HubLinkConfig,
+        store: SqliteStore,
+        device_id: str,
+        *,
+        on_command: Handler | None = None,
+        report: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         assert cfg.nats_url, "HubLink needs [hub] nats_url"
         self.url = cfg.nats_url
@@ -41,6 +62,8 @@ class HubLink:
         self.device_id = device_id
         self.publisher: OutboxPublisher | None = None
         self.on_command = on_command
+        self.report = report
+        """The device's reported state for its twin (merged into each heartbeat)."""
         self.commands: CommandConsumer | None = None
         self._alarmed = False
 
@@ -75,6 +98,34 @@ class HubLink:
             log.warning("outbox back under the alarm limit (%d events waiting)", depth)
             self._alarmed = False
 
+    def twin(self, state: str) -> dict[str, Any]:
+        return {
+            "device_id": self.device_id,
+            "state": state,
+            "heartbeat_s": self.cfg.heartbeat_s,
+            "sent_at": time.time(),
+            "version": _version(),
+            "hardware": {"arch": platform.machine(), "cpus": os.cpu_count(), "kernel": platform.release()},
+            "load": os.getloadavg()[0],
+            "outbox_depth": self.store.outbox_depth(),
+            **(self.report() if self.report else {}),
+        }
+
+    async def _heartbeat(self, nc: Client, stop: asyncio.Event) -> None:
+        """Report the twin every ``heartbeat_s`` (and a last "stopped" one on shutdown)."""
+        kv = None
+        while True:
+            state = "stopped" if stop.is_set() else "running"
+            try:
+                kv = kv or await nc.jetstream().key_value(DEVICES.name)
+                await kv.put(kv_key(self.device_id), json.dumps(self.twin(state)).encode())
+            except Exception as exc:  # no hub topology yet, or disconnected: the next beat retries
+                log.debug("heartbeat not sent: %s", exc)
+            if stop.is_set():
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.cfg.heartbeat_s)
+
     async def _flush(self) -> None:
         assert self.publisher is not None
         while await self.publisher.drain_once():
@@ -85,14 +136,13 @@ class HubLink:
         if nc is None:
             return
         self.publisher = OutboxPublisher(self.store, nc.jetstream(), batch=self.cfg.publish_batch)
-        consumer = None
+        helpers = [asyncio.create_task(self._heartbeat(nc, stop), name="heartbeat")]
         if self.on_command is not None:
             self.commands = CommandConsumer(nc.jetstream(), self.device_id, self.on_command)
-            consumer = asyncio.create_task(self.commands.run(stop), name="commands")
+            helpers.append(asyncio.create_task(self.commands.run(stop), name="commands"))
         try:
             await self.publisher.run(stop)
-            if consumer is not None:
-                await consumer
+            await asyncio.gather(*helpers)
             with contextlib.suppress(Exception):  # send what the drain checkpointed, for a few seconds
                 await asyncio.wait_for(self._flush(), 10.0)
         finally:

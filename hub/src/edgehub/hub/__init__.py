@@ -4,6 +4,14 @@ management API, planner and L4 graph)."""
 from .app import HubDaemon
 from .config import HubConfig, load_config
 from .errors import HubConfigError, HubError
-from .registry import AgentRegistry
+from .registry import AgentRegistry, DeviceRegistry
 
-__all__ = ["AgentRegistry", "HubConfig", "HubConfigError", "HubDaemon", "HubError", "load_config"]
+__all__ = [
+    "AgentRegistry",
+    "DeviceRegistry",
+    "HubConfig",
+    "HubConfigError",
+    "HubDaemon",
+    "HubError",
+    "load_config",
+]

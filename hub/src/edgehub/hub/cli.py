@@ -23,7 +23,7 @@ from edgehub.sync.commands import new_command, send_command
 from .app import HubDaemon
 from .config import HubConfig, load_config
 from .errors import HubError
-from .registry import AgentRegistry
+from .registry import AgentRegistry, DeviceRegistry
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -102,6 +102,46 @@ def hub_agents(
 
 
 NatsOpt = Annotated[str, typer.Option("--nats", help="The hub's NATS URL.")]
+
+
+@hub_app.command("devices")
+def hub_devices(
+    nats_url: NatsOpt = "nats://127.0.0.1:4222",
+    as_json: Annotated[bool, typer.Option("--json", help="JSON lines.")] = False,
+) -> None:
+    """List devices with their reported twin; online = heartbeats arriving."""
+
+    async def main() -> list[dict[str, object]]:
+        nc = await nats.connect(nats_url, max_reconnect_attempts=0, connect_timeout=3)
+        try:
+            return await DeviceRegistry(nc.jetstream()).all()
+        finally:
+            await nc.close()
+
+    try:
+        records = asyncio.run(main())
+    except Exception as exc:
+        fail(f"cannot read the registry at {nats_url}: {exc.__class__.__name__}: {exc}", 1)
+    if as_json:
+        for r in records:
+            print(json.dumps(r))
+        return
+    table = Table("device", "online", "last seen", "version", "load", "agents running", "outbox")
+    for r in records:
+        online = "[green]yes[/]" if r["online"] else "[red]no[/]"
+        running = ", ".join(r.get("agents_running", [])) or "-"  # type: ignore[arg-type]
+        table.add_row(
+            str(r["device_id"]),
+            online,
+            f"{r['last_seen_s']} s ago",
+            str(r.get("version")),
+            f"{r.get('load', 0):.2f}",
+            running,
+            str(r.get("outbox_depth")),
+        )
+    console.print(table)
+
+
 DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="Target device id.")]
 
 
