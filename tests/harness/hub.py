@@ -12,10 +12,14 @@ from edgehub.sync import free_port
 EDGEHUB = [sys.executable, "-m", "edgehub.cli"]
 
 
-def start_hub(tmp_path: Path, hub_id: str = "hub-test") -> tuple[subprocess.Popen[str], str]:
+def start_hub(
+    tmp_path: Path, hub_id: str = "hub-test", *, metrics_port: int | None = None
+) -> tuple[subprocess.Popen[str], str]:
     """Start ``edgehub hub run``; returns the process and the NATS URL edges should use."""
     port = free_port()
+    metrics = {"EDGEHUB_HUB__METRICS__PORT": str(metrics_port)} if metrics_port else {}
     env = {
+        **metrics,
         **os.environ,
         "EDGEHUB_HUB__NATS__EMBEDDED_PORT": str(port),
         "EDGEHUB_HUB__NATS__EMBEDDED_STORE": str(tmp_path / "nats"),

@@ -7,12 +7,14 @@ import asyncio
 import json
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
 from edgehub.edge.llm.fake import FakeBrain
 from edgehub.protocol.v1 import agent_pb2
+from edgehub.sync import free_port
 from tests.harness.hub import EDGEHUB, start_hub
 from tests.harness.wait import assert_eventually, eventually
 
@@ -36,8 +38,14 @@ def devices(url: str) -> dict[str, dict[str, object]]:
     return {str(d["device_id"]): d for d in registry("devices", url)}
 
 
-async def test_an_edge_agent_appears_in_the_hub_registry(tmp_path: Path) -> None:
-    hub, url = start_hub(tmp_path)
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return str(r.read().decode())
+
+
+async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_sides(tmp_path: Path) -> None:
+    hub_metrics = free_port()
+    hub, url = start_hub(tmp_path, metrics_port=hub_metrics)
     try:
         assert_eventually(lambda: (tmp_path / "nats" / "nats.conf").exists(), timeout=30)
         cfg = EdgeConfig.model_validate(
@@ -45,6 +53,7 @@ async def test_an_edge_agent_appears_in_the_hub_registry(tmp_path: Path) -> None
                 "device": {"id": "pi-kitchen", "data_dir": str(tmp_path / "edge")},
                 "tools": {"load_entry_points": False},
                 "hub": {"nats_url": url},
+                "metrics": {"port": 0},
             }
         )
         script = [act("write_file", path="a.txt", content="x"), act("finish", answer="done")]
@@ -57,6 +66,14 @@ async def test_an_edge_agent_appears_in_the_hub_registry(tmp_path: Path) -> None
             store = edge.store
             assert store is not None
             await eventually(lambda: store.load_agent(agent_id).status == S.AGENT_STATUS_FINISHED, within=30)
+            assert edge.metrics_port is not None
+            edge_metrics = await asyncio.to_thread(scrape, edge.metrics_port)
+            assert (
+                'edgehub_edge_steps_total{device="pi-kitchen",outcome="ok",tool="write_file"} 1.0'
+                in edge_metrics
+            )
+            assert 'edgehub_edge_agents_running{device="pi-kitchen"}' in edge_metrics
+            assert "edgehub_edge_step_seconds_bucket" in edge_metrics
             edge.request_stop()
             await runner
         gone = await eventually(
@@ -69,6 +86,12 @@ async def test_an_edge_agent_appears_in_the_hub_registry(tmp_path: Path) -> None
         )
         assert records[0]["device_id"] == "pi-kitchen"
         assert records[0]["step"] == 1
+        hub_text = await asyncio.to_thread(scrape, hub_metrics)
+        applied = [
+            line for line in hub_text.splitlines() if line.startswith("edgehub_hub_events_applied_total")
+        ]
+        assert applied
+        assert float(applied[0].split()[-1]) >= 2
     finally:
         hub.send_signal(signal.SIGTERM)
         _, stderr = hub.communicate(timeout=30)

@@ -18,8 +18,11 @@ import functools
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgehub.protocol.v1 import agent_pb2, commands_pb2
 
@@ -32,6 +35,7 @@ from .hublink import HubLink
 from .llm.base import Brain
 from .llm.gate import ModelGate
 from .memory.compaction import Compactor
+from .metrics import EdgeMetrics
 from .safety.approvals import ApprovalError, decide
 from .safety.build import Safety, build_safety, build_scrubber
 from .store.sqlite import SqliteStore
@@ -109,6 +113,9 @@ class EdgeDaemon:
         self.loop: AgentLoop | None = None
         self.safety: Safety | None = None
         self.hublink: HubLink | None = None
+        self.metrics = EdgeMetrics(cfg.device.id)
+        self.metrics_port: int | None = None
+        self.metrics.add_collector(self._collect)
 
     async def __aenter__(self) -> EdgeDaemon:
         await self.open()
@@ -132,6 +139,9 @@ class EdgeDaemon:
 
                 self._brain = await asyncio.to_thread(LlamaBrain.open, self.cfg.model)
             self.loop = AgentLoop(self._deps(self.store, self._brain))
+            if self.cfg.metrics.port is not None:
+                self.metrics_port = self.metrics.serve(self.cfg.metrics.addr, self.cfg.metrics.port)
+                log.info("metrics on http://%s:%d/metrics", self.cfg.metrics.addr, self.metrics_port)
         except BaseException:
             self._release()
             raise
@@ -161,6 +171,7 @@ class EdgeDaemon:
             max_action_tokens=self.cfg.model.max_action_tokens,
             monitor=safety.monitor,
             sandbox=safety.sandbox,
+            on_step=self.metrics.observe_step,
         )
 
     def submit(
@@ -177,6 +188,23 @@ class EdgeDaemon:
         self._stop.set()
         for stop in self._agent_stops.values():
             stop.set()
+
+    def _collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        d = self.cfg.device.id
+        if self.store is not None:
+            depth = GaugeMetricFamily(
+                "edgehub_edge_outbox_depth", "Events waiting for the hub", labels=["device"]
+            )
+            depth.add_metric([d], self.store.outbox_depth())
+            yield depth
+        running = GaugeMetricFamily("edgehub_edge_agents_running", "Agents stepping now", labels=["device"])
+        running.add_metric([d], len(self._tasks))
+        yield running
+        publisher = self.hublink.publisher if self.hublink else None
+        if publisher is not None:
+            sent = CounterMetricFamily("edgehub_edge_events_published", "Events published", labels=["device"])
+            sent.add_metric([d], publisher.stats.published)
+            yield sent
 
     def report(self) -> dict[str, object]:
         """What this device reports in its twin besides version, hardware and load."""
@@ -287,6 +315,7 @@ class EdgeDaemon:
         self._release()
 
     def _release(self) -> None:
+        self.metrics.close()
         if self.store is not None:
             self.store.close()
         if self._own_brain and self._brain is not None:

@@ -121,6 +121,12 @@ class HubLinkConfig(_Section):
     """How often the device reports its twin (version, hardware, load, agents) to the hub."""
 
 
+class MetricsConfig(_Section):
+    port: int | None = Field(None, ge=0, le=65535)
+    """Serve Prometheus metrics on this port (0: any free port); None: off."""
+    addr: str = "127.0.0.1"
+
+
 class EdgeConfig(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
@@ -129,6 +135,7 @@ class EdgeConfig(_Section):
     sandbox: SandboxConfig = SandboxConfig()
     safety: SafetyConfig = SafetyConfig()
     hub: HubLinkConfig = HubLinkConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @property
     def store_path(self) -> Path:

@@ -12,10 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from types import TracebackType
+from wsgiref.simple_server import WSGIServer
 
 import nats
 from nats.aio.client import Client
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from edgehub.sync import EventApplier, NatsServer, ensure_topology
 from edgehub.sync.lease import Lease
@@ -39,6 +44,10 @@ class HubDaemon:
         self.applier: EventApplier | None = None
         self._stop = asyncio.Event()
         self._closed = False
+        self.registry_metrics = CollectorRegistry()
+        self.registry_metrics.register(_ApplierCollector(self))
+        self._metrics_server: WSGIServer | None = None
+        self.metrics_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -68,6 +77,11 @@ class HubDaemon:
         await ensure_topology(js)
         self.registry = AgentRegistry(js)
         self.applier = EventApplier(js, self.registry.apply, lease=Lease(js, "events", self.cfg.hub.id))
+        m = self.cfg.metrics
+        if m.port is not None:
+            self._metrics_server, _ = start_http_server(m.port, addr=m.addr, registry=self.registry_metrics)
+            self.metrics_port = int(self._metrics_server.server_port)
+            log.info("metrics on http://%s:%d/metrics", m.addr, self.metrics_port)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -87,3 +101,36 @@ class HubDaemon:
                 await self.nc.close()
         if self.server is not None:
             await self.server.stop()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+
+
+class _ApplierCollector(Collector):
+    """Event application counters, read from the applier at scrape time."""
+
+    def __init__(self, hub: HubDaemon) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        applier = self.hub.applier
+        if applier is None:
+            return
+        hub_id = self.hub.cfg.hub.id
+        for name, value, text in (
+            ("edgehub_hub_events_applied", applier.stats.applied, "Events applied to the registry"),
+            (
+                "edgehub_hub_events_duplicate",
+                applier.stats.duplicates,
+                "Resent or redelivered events skipped",
+            ),
+            ("edgehub_hub_events_deferred", applier.stats.deferred, "Events deferred behind a sequence gap"),
+            (
+                "edgehub_hub_events_dead_lettered",
+                applier.stats.dead_lettered,
+                "Messages sent to dead letters",
+            ),
+        ):
+            family = CounterMetricFamily(name, text, labels=["hub"])
+            family.add_metric([hub_id], value)
+            yield family

@@ -34,9 +34,16 @@ class HubSection(_Section):
     """This process's name in leases and logs (several hub processes may run at once)."""
 
 
+class MetricsConfig(_Section):
+    port: int | None = Field(None, ge=0, le=65535)
+    """Serve Prometheus metrics on this port (0: any free port); None: off."""
+    addr: str = "127.0.0.1"
+
+
 class HubConfig(_Section):
     hub: HubSection = HubSection()
     nats: NatsConfig = NatsConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
 
 def _env(env: Mapping[str, str]) -> dict[str, Any]:

@@ -81,6 +81,8 @@ class LoopDeps:
     max_action_tokens: int
     monitor: StuckMonitor | None = None
     sandbox: CommandRunner | None = None
+    on_step: Callable[[agent_pb2.StepEvent], None] | None = None
+    """Told about every committed action step (metrics)."""
 
 
 def event_id(state: agent_pb2.AgentState, kind: str) -> str:
@@ -347,6 +349,8 @@ class AgentLoop:
         window = self._window(state)  # before the commit: loading it after would include this step's turns
         self.d.store.checkpoint(new, event, turns, result)
         window.extend(turns, self.prompts.turns(turns))
+        if self.d.on_step is not None:
+            self.d.on_step(event)
         return new
 
     def _guard(

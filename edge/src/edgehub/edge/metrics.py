@@ -1,0 +1,70 @@
+"""Prometheus metrics of the edge daemon (``[metrics] port``; off by default).
+
+One registry per daemon (several daemons can live in one test process). Steps are observed from
+the mind-log events the loop commits; outbox depth and publishing from the hub link at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from edgehub.protocol.v1 import agent_pb2
+
+S = agent_pb2
+
+
+class EdgeMetrics:
+    def __init__(self, device_id: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"device": device_id}
+        self.steps = Counter(
+            "edgehub_edge_steps",
+            "Agent steps committed",
+            ["device", "tool", "outcome"],
+            registry=self.registry,
+        )
+        self.step_seconds = Histogram(
+            "edgehub_edge_step_seconds",
+            "Wall time of one step (model + tool + checkpoint)",
+            ["device"],
+            buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=self.registry,
+        )
+        self.tokens = Counter(
+            "edgehub_edge_tokens", "Model tokens by kind", ["device", "kind"], registry=self.registry
+        )
+        self._labels = labels
+        self._server: WSGIServer | None = None
+
+    def observe_step(self, event: agent_pb2.StepEvent) -> None:
+        if event.kind != S.STEP_KIND_ACTION:
+            return
+        d = self._labels["device"]
+        outcome = "ok" if event.observation.ok else (event.observation.error or "error")
+        self.steps.labels(d, event.action.tool or "(invalid)", outcome).inc()
+        self.step_seconds.labels(d).observe(event.timings.total_ms / 1000)
+        self.tokens.labels(d, "evaluated").inc(event.tokens.evaluated)
+        self.tokens.labels(d, "completion").inc(event.tokens.completion)
+
+    def add_collector(self, collect: Callable[[], Iterator[GaugeMetricFamily | CounterMetricFamily]]) -> None:
+        class _Fn(Collector):
+            def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+                return collect()
+
+        self.registry.register(_Fn())
+
+    def serve(self, addr: str, port: int) -> int:
+        """Serve /metrics on a background thread; returns the bound port."""
+        self._server, _ = start_http_server(port, addr=addr, registry=self.registry)
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
