@@ -13,10 +13,14 @@ EDGEHUB = [sys.executable, "-m", "edgehub.cli"]
 
 
 def start_hub(
-    tmp_path: Path, hub_id: str = "hub-test", *, metrics_port: int | None = None
+    tmp_path: Path, hub_id: str = "hub-test", *, metrics_port: int | None = None, port: int = 0
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start ``edgehub hub run``; returns the process and the NATS URL edges should use."""
-    port = free_port()
+    """Start ``edgehub hub run``; returns the process and the NATS URL edges should use.
+
+    The embedded nats-server keeps its store in ``tmp_path / "nats"``; pass ``port`` to restart a
+    hub on the same server address after killing the previous one.
+    """
+    port = port or free_port()
     metrics = {"EDGEHUB_HUB__METRICS__PORT": str(metrics_port)} if metrics_port else {}
     env = {
         **metrics,

@@ -10,11 +10,14 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+from nats.js.errors import KeyNotFoundError
+
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
 from edgehub.edge.llm.fake import FakeBrain
 from edgehub.protocol.v1 import agent_pb2
-from edgehub.sync import free_port
+from edgehub.sync import OutboxPublisher, free_port, kv_key
+from edgehub.sync.streams import APPLIED
 from tests.harness.hub import EDGEHUB, start_hub
 from tests.harness.wait import assert_eventually, eventually
 
@@ -171,6 +174,51 @@ async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: P
             assert {r["agent_id"]: r["status"] for r in records}["a-loop"] == "stopped"
             edge.request_stop()
             await runner
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        hub.communicate(timeout=30)
+
+
+async def test_a_hub_killed_mid_replay_resumes_and_applies_every_event(tmp_path: Path) -> None:
+    from tests.harness.nats import connect as connect_client
+    from tests.integration.test_sync import DEVICE, fill_outbox  # the same queue the sync tests use
+
+    hub, url = start_hub(tmp_path, "hub-k")
+    store = fill_outbox(tmp_path / "edge.db", 10_000)
+    try:
+        assert_eventually(lambda: (tmp_path / "nats" / "nats.conf").exists(), timeout=30)
+        server_ref = type("S", (), {"url": url})
+        nc = await connect_client(server_ref, "edge")  # type: ignore[arg-type]
+        publisher = OutboxPublisher(store, nc.jetstream())
+        while await publisher.drain_once():
+            pass
+        kv = await nc.jetstream().key_value(APPLIED.name)
+
+        async def applied() -> int:
+            try:
+                return int((await kv.get(kv_key(DEVICE))).value or b"0")
+            except KeyNotFoundError:
+                return 0
+            except Exception:  # the embedded server is down between the kill and the restart
+                return -1
+
+        for _ in range(600):
+            if await applied() >= 1_000:
+                break
+            await asyncio.sleep(0.01)
+        before_kill = await applied()
+        hub.kill()  # kill -9 mid-replay (its embedded nats-server goes down with it)
+        hub.wait(timeout=10)
+        assert 1_000 <= before_kill < 10_000
+        hub, _ = start_hub(tmp_path, "hub-k2", port=int(url.rsplit(":", 1)[1]))
+        for _ in range(1200):
+            if await applied() == 10_000:
+                break
+            await asyncio.sleep(0.05)
+        assert await applied() == 10_000
+        records = {str(r["agent_id"]): r for r in agents(url)}
+        assert {r["device_seq"] for r in records.values()} == set(range(9_991, 10_001))
+        await nc.close()
     finally:
         hub.send_signal(signal.SIGTERM)
         hub.communicate(timeout=30)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -28,6 +29,12 @@ jetstream {{
   sync_interval: always
 }}
 """
+
+
+def _die_with_parent() -> None:
+    """An embedded server must not outlive its owner (even a kill -9 of it): SIGTERM on parent death."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def nats_server_binary() -> str:
@@ -65,30 +72,45 @@ class NatsServer:
 
     async def _launch(self, max_payload: int = 8 * 1024 * 1024) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        conf = self.store_dir / "nats.conf"
-        conf.write_text(
-            CONFIG.format(
-                port=self.port, monitor=self.monitor_port, max_payload=max_payload, store=self.store_dir
+        log_path = self.store_dir / "nats-server.log"
+        for _ in range(50):  # the port may still be held by a previous server shutting down
+            self.monitor_port = free_port()  # fresh each launch: only this process answers on it
+            conf = self.store_dir / "nats.conf"
+            conf.write_text(
+                CONFIG.format(
+                    port=self.port, monitor=self.monitor_port, max_payload=max_payload, store=self.store_dir
+                )
             )
-        )
-        self.process = await asyncio.create_subprocess_exec(
-            nats_server_binary(),
-            "-c",
-            str(conf),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+            with log_path.open("ab") as log_file:  # a file, not a pipe nobody reads
+                self.process = await asyncio.create_subprocess_exec(
+                    nats_server_binary(),
+                    "-c",
+                    str(conf),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=log_file,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+            if await self._listening():
+                return
+            tail = log_path.read_text(errors="replace")[-800:]
+            if "address already in use" not in tail:
+                raise SyncError(f"nats-server did not start (log {log_path}): {tail[-500:]}")
+            await asyncio.sleep(0.2)
+        raise SyncError(f"127.0.0.1:{self.port} stayed in use; nats-server could not start")
+
+    async def _listening(self) -> bool:
+        assert self.process is not None
         for _ in range(200):
             if self.process.returncode is not None:
-                err = (await self.process.stderr.read()).decode() if self.process.stderr else ""
-                raise SyncError(f"nats-server exited at start: {err[-500:]}")
+                return False
             with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
+                for port in (self.monitor_port, self.port):  # the monitor port proves it is ours
+                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.close()
+                return True
             await asyncio.sleep(0.05)
-        raise SyncError(f"nats-server did not listen on 127.0.0.1:{self.port}")
+        return False
 
     async def restart(self) -> None:
         """Stop (SIGTERM) and start again on the same port and store."""
