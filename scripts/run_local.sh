@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make run`: a local edgehub on the real model solving a sample goal.
 #
-# Today: a hub daemon (with its embedded nats-server, JetStream) and one edge daemon on the Gemma 3
-# 270M GGUF replicating its mind-log to it; the CLI submits a goal to the edge and follows it, then
-# reads the agent back from the hub's fleet registry. Neo4j and more edges join as their issues land.
+# Today: a hub daemon (embedded nats-server with JetStream, gRPC management API) and one edge daemon
+# on the Gemma 3 270M GGUF replicating its mind-log to it; the CLI submits a goal to the edge and
+# follows it, then reads the agent, the device and the trace back through the hub's API.
+# Neo4j and more edges join as their issues land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ GOAL=${GOAL:-"Save the word green to leaf.txt, then read leaf.txt back and finis
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/edgehub-run.XXXXXX")
 NATS_PORT=$(uv run --no-sync python -c 'from edgehub.sync import free_port; print(free_port())')
 NATS_URL="nats://127.0.0.1:$NATS_PORT"
+API_PORT=$(uv run --no-sync python -c 'from edgehub.sync import free_port; print(free_port())')
+export EDGEHUB_HUB__API__ADDR="127.0.0.1:$API_PORT"
+export EDGEHUB_API="127.0.0.1:$API_PORT"   # where `edgehub agents|devices` find the hub's gRPC API
 export EDGEHUB_HUB__NATS__EMBEDDED_PORT=$NATS_PORT
 export EDGEHUB_HUB__NATS__EMBEDDED_STORE="$RUN_DIR/hub/nats"
 export EDGEHUB_HUB__HUB__ID=hub-1
@@ -37,7 +41,7 @@ wait_for() {  # wait_for LOG PID TEXT
     cat "$1"; exit 1
 }
 
-step "starting the hub hub-1 with an embedded nats-server on $NATS_URL (log in $RUN_DIR/hub.log)"
+step "starting the hub hub-1: embedded nats-server on $NATS_URL, gRPC API on $EDGEHUB_API (log in $RUN_DIR/hub.log)"
 $EH hub run >"$RUN_DIR/hub.log" 2>&1 &
 HUB=$!
 wait_for "$RUN_DIR/hub.log" "$HUB" "listening for edges"
@@ -52,9 +56,12 @@ rc=0
 $EH agent run -c examples/edge.toml --goal "$GOAL" || rc=$?
 step "workspace files:"
 find "$RUN_DIR/edge-1/workspaces" -type f -printf '  %P\n'
-step "the hub's fleet registry (replicated over NATS JetStream, PII-masked):"
 sleep 1
-$EH hub agents --nats "$NATS_URL"
-step "devices reporting to the hub (twins over JetStream KV):"
-$EH hub devices --nats "$NATS_URL"
+step "the hub's view through its management API: edgehub agents list"
+$EH agents list
+step "edgehub devices list (twins reported over JetStream KV)"
+$EH devices list
+AGENT=$($EH agents list --json | tail -1 | uv run --no-sync python -c 'import json,sys; print(json.loads(sys.stdin.read())["agent_id"])')
+step "edgehub agents trace $AGENT (the mind-log as the hub received it, PII-masked)"
+$EH agents trace "$AGENT"
 exit $rc

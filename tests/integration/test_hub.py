@@ -10,6 +10,9 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nats.js.errors import KeyNotFoundError
 
 from edgehub.edge.app import EdgeDaemon
@@ -28,17 +31,45 @@ def act(tool: str, **args: object) -> str:
     return json.dumps({"thought": "go", "tool": tool, "args": args})
 
 
-def registry(what: str, url: str) -> list[dict[str, object]]:
-    done = subprocess.run([*EDGEHUB, "hub", what, "--nats", url, "--json"], capture_output=True, text=True)
+def registry(what: str, api: str) -> list[dict[str, object]]:
+    """``edgehub agents list`` / ``edgehub devices list`` through the hub's gRPC API."""
+    done = subprocess.run([*EDGEHUB, what, "list", "--api", api, "--json"], capture_output=True, text=True)
     return [json.loads(line) for line in done.stdout.splitlines()] if done.returncode == 0 else []
 
 
-def agents(url: str) -> list[dict[str, object]]:
-    return registry("agents", url)
+def agents(api: str) -> list[dict[str, object]]:
+    return registry("agents", api)
 
 
-def devices(url: str) -> dict[str, dict[str, object]]:
-    return {str(d["device_id"]): d for d in registry("devices", url)}
+def devices(api: str) -> dict[str, dict[str, object]]:
+    return {str(d["device_id"]): d for d in registry("devices", api)}
+
+
+def check_api_errors_health_and_reflection(api: str) -> None:
+    missing = subprocess.run(
+        [*EDGEHUB, "agents", "get", "nope", "--api", api], capture_output=True, text=True
+    )
+    assert missing.returncode == 1
+    assert "not_found: no agent 'nope'" in missing.stderr
+    bad = subprocess.run(
+        [*EDGEHUB, "agents", "start", "-d", "x", "-g", " ", "--api", api], capture_output=True, text=True
+    )
+    assert bad.returncode == 2
+    assert "invalid_argument" in bad.stderr
+    down = subprocess.run(
+        [*EDGEHUB, "devices", "list", "--api", "127.0.0.1:1"], capture_output=True, text=True
+    )
+    assert down.returncode == 2
+    assert "cannot reach the hub API at 127.0.0.1:1" in down.stderr
+    with grpc.insecure_channel(api) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=5
+        )
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for r in replies for s in r.list_services_response.service}
+    assert "edgehub.v1.HubService" in names
 
 
 def scrape(port: int) -> str:
@@ -48,7 +79,7 @@ def scrape(port: int) -> str:
 
 async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_sides(tmp_path: Path) -> None:
     hub_metrics = free_port()
-    hub, url = start_hub(tmp_path, metrics_port=hub_metrics)
+    hub, url, api = start_hub(tmp_path, metrics_port=hub_metrics)
     try:
         assert_eventually(lambda: (tmp_path / "nats" / "nats.conf").exists(), timeout=30)
         cfg = EdgeConfig.model_validate(
@@ -62,7 +93,7 @@ async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_si
         script = [act("write_file", path="a.txt", content="x"), act("finish", answer="done")]
         async with EdgeDaemon(cfg, brain=FakeBrain(script)) as edge:
             runner = asyncio.create_task(edge.run())
-            twin = await eventually(lambda: devices(url).get("pi-kitchen"), within=30)
+            twin = await eventually(lambda: devices(api).get("pi-kitchen"), within=30)
             assert twin["online"] is True
             assert twin["version"] == "0.1.0"
             agent_id = edge.submit("write a file")
@@ -80,15 +111,26 @@ async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_si
             edge.request_stop()
             await runner
         gone = await eventually(
-            lambda: devices(url)["pi-kitchen"]["online"] is False and devices(url), within=30
+            lambda: devices(api)["pi-kitchen"]["online"] is False and devices(api), within=30
         )
         assert gone["pi-kitchen"]["state"] == "stopped"
         records = await eventually(
-            lambda: [r for r in agents(url) if r["agent_id"] == agent_id and r["status"] == "finished"],
+            lambda: [r for r in agents(api) if r["agent_id"] == agent_id and r["status"] == "finished"],
             within=60,
         )
         assert records[0]["device_id"] == "pi-kitchen"
         assert records[0]["step"] == 1
+        trace = await asyncio.to_thread(
+            subprocess.run,
+            [*EDGEHUB, "agents", "trace", agent_id, "--api", api, "--json"],
+            capture_output=True,
+            text=True,
+        )
+        assert [json.loads(line)["action"]["tool"] for line in trace.stdout.splitlines()] == [
+            "write_file",
+            "finish",
+        ]
+        await asyncio.to_thread(check_api_errors_health_and_reflection, api)
         hub_text = await asyncio.to_thread(scrape, hub_metrics)
         applied = [
             line for line in hub_text.splitlines() if line.startswith("edgehub_hub_events_applied_total")
@@ -103,7 +145,7 @@ async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_si
 
 
 async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: Path) -> None:
-    hub, url = start_hub(tmp_path, "hub-cmd")
+    hub, url, api = start_hub(tmp_path, "hub-cmd")
     policy = tmp_path / "policy.toml"
     policy.write_text(
         'version = 1\n[[rules]]\nid = "ask"\ntools = ["write_file"]\neffect = "needs_approval"\n'
@@ -132,22 +174,24 @@ async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: P
             store = edge.store
             assert store is not None
 
-            def hub_cli(*args: str) -> subprocess.CompletedProcess[str]:
-                return subprocess.run([*EDGEHUB, "hub", *args, "--nats", url], capture_output=True, text=True)
+            def hub_cli(*args: str) -> subprocess.CompletedProcess[str]:  # the operator's CLI on the gRPC API
+                return subprocess.run(
+                    [*EDGEHUB, "agents", *args, "--api", api], capture_output=True, text=True
+                )
 
             started = await asyncio.to_thread(
-                hub_cli, "start-agent", "-d", "pi-garage", "-g", "loop", "--agent-id", "a-loop"
+                hub_cli, "start", "-d", "pi-garage", "-g", "loop", "--agent-id", "a-loop"
             )
             assert started.returncode == 0, started.stderr
             await eventually(
                 lambda: store.has_agent("a-loop") and store.load_agent("a-loop").usage.steps >= 1, within=30
             )
-            await asyncio.to_thread(hub_cli, "stop-agent", "a-loop", "-d", "pi-garage", "--reason", "enough")
+            await asyncio.to_thread(hub_cli, "stop", "a-loop", "-d", "pi-garage", "--reason", "enough")
             await eventually(lambda: store.load_agent("a-loop").status == S.AGENT_STATUS_STOPPED, within=30)
             assert store.load_agent("a-loop").failure_reason == "enough"
 
             await asyncio.to_thread(
-                hub_cli, "start-agent", "-d", "pi-garage", "-g", "report", "--agent-id", "a-rep"
+                hub_cli, "start", "-d", "pi-garage", "-g", "report", "--agent-id", "a-rep"
             )
             await eventually(
                 lambda: (
@@ -166,8 +210,8 @@ async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: P
             assert approval.decided_by == "ops-ana"
             records = await eventually(
                 lambda: (
-                    {r["agent_id"]: r["status"] for r in agents(url)}.get("a-rep") == "finished"
-                    and agents(url)
+                    {r["agent_id"]: r["status"] for r in agents(api)}.get("a-rep") == "finished"
+                    and agents(api)
                 ),
                 within=30,
             )
@@ -183,7 +227,7 @@ async def test_a_hub_killed_mid_replay_resumes_and_applies_every_event(tmp_path:
     from tests.harness.nats import connect as connect_client
     from tests.integration.test_sync import DEVICE, fill_outbox  # the same queue the sync tests use
 
-    hub, url = start_hub(tmp_path, "hub-k")
+    hub, url, api = start_hub(tmp_path, "hub-k")
     store = fill_outbox(tmp_path / "edge.db", 10_000)
     try:
         assert_eventually(lambda: (tmp_path / "nats" / "nats.conf").exists(), timeout=30)
@@ -210,14 +254,15 @@ async def test_a_hub_killed_mid_replay_resumes_and_applies_every_event(tmp_path:
         hub.kill()  # kill -9 mid-replay (its embedded nats-server goes down with it)
         hub.wait(timeout=10)
         assert 1_000 <= before_kill < 10_000
-        hub, _ = start_hub(tmp_path, "hub-k2", port=int(url.rsplit(":", 1)[1]))
+        hub, _, api = start_hub(tmp_path, "hub-k2", port=int(url.rsplit(":", 1)[1]))
         for _ in range(1200):
             if await applied() == 10_000:
                 break
             await asyncio.sleep(0.05)
         assert await applied() == 10_000
-        records = {str(r["agent_id"]): r for r in agents(url)}
-        assert {r["device_seq"] for r in records.values()} == set(range(9_991, 10_001))
+        records = {str(r["agent_id"]): r for r in agents(api)}
+        last_seqs = {int(str(r["last_event"]).split("/")[2]) for r in records.values()}
+        assert last_seqs == set(range(9_991, 10_001))  # every agent's record reached its last event
         await nc.close()
     finally:
         hub.send_signal(signal.SIGTERM)

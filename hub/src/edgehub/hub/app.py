@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from wsgiref.simple_server import WSGIServer
 
+import grpc
 import nats
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry, start_http_server
@@ -25,6 +26,7 @@ from prometheus_client.registry import Collector
 from edgehub.sync import EventApplier, NatsServer, ensure_topology
 from edgehub.sync.lease import Lease
 
+from .api import serve
 from .config import HubConfig
 from .registry import AgentRegistry
 
@@ -48,6 +50,8 @@ class HubDaemon:
         self.registry_metrics.register(_ApplierCollector(self))
         self._metrics_server: WSGIServer | None = None
         self.metrics_port: int | None = None
+        self.api: grpc.aio.Server | None = None
+        self.api_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -77,11 +81,17 @@ class HubDaemon:
         await ensure_topology(js)
         self.registry = AgentRegistry(js)
         self.applier = EventApplier(js, self.registry.apply, lease=Lease(js, "events", self.cfg.hub.id))
+        self.api, self.api_port = await serve(js, self.cfg.api.addr)
+        log.info("management API (gRPC) on %s", self.api_address)
         m = self.cfg.metrics
         if m.port is not None:
             self._metrics_server, _ = start_http_server(m.port, addr=m.addr, registry=self.registry_metrics)
             self.metrics_port = int(self._metrics_server.server_port)
             log.info("metrics on http://%s:%d/metrics", m.addr, self.metrics_port)
+
+    @property
+    def api_address(self) -> str:
+        return f"{self.cfg.api.addr.rsplit(':', 1)[0]}:{self.api_port}"
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -96,6 +106,8 @@ class HubDaemon:
             return
         self._closed = True
         self._stop.set()
+        if self.api is not None:
+            await self.api.stop(grace=2.0)
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()

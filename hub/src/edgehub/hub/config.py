@@ -40,10 +40,16 @@ class MetricsConfig(_Section):
     addr: str = "127.0.0.1"
 
 
+class ApiConfig(_Section):
+    addr: str = "127.0.0.1:7443"
+    """gRPC management API address (port 0: any free port). No TLS yet: keep it on loopback."""
+
+
 class HubConfig(_Section):
     hub: HubSection = HubSection()
     nats: NatsConfig = NatsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    api: ApiConfig = ApiConfig()
 
 
 def _env(env: Mapping[str, str]) -> dict[str, Any]:

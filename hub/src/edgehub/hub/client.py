@@ -1,0 +1,164 @@
+"""``edgehub devices ...`` and ``edgehub agents ...``: the fleet through the hub's gRPC API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import grpc
+import typer
+from google.protobuf.json_format import MessageToDict
+from rich.console import Console
+from rich.table import Table
+
+from edgehub.protocol.v1 import hub_pb2, hub_pb2_grpc
+
+H = hub_pb2
+T = TypeVar("T")
+console = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+devices_app = typer.Typer(
+    help="Devices reporting to the hub (through its management API).", no_args_is_help=True
+)
+agents_app = typer.Typer(
+    help="Agents across the fleet (through the hub's management API).", no_args_is_help=True
+)
+
+ApiOpt = Annotated[str, typer.Option("--api", envvar="EDGEHUB_API", help="The hub's management API address.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines.")]
+DEFAULT_API = "127.0.0.1:7443"
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def call(api: str, method: Callable[[hub_pb2_grpc.HubServiceStub], T]) -> T:
+    """One API call with a clear error for each status an operator can act on."""
+    with grpc.insecure_channel(api) as channel:
+        try:
+            return method(hub_pb2_grpc.HubServiceStub(channel))
+        except grpc.RpcError as exc:
+            code, detail = exc.code(), exc.details()
+            if code == grpc.StatusCode.UNAVAILABLE:
+                fail(f"cannot reach the hub API at {api} (is `edgehub hub run` running?)", 2)
+            fail(f"{code.name.lower()}: {detail}", 2 if code == grpc.StatusCode.INVALID_ARGUMENT else 1)
+
+
+def _json(msg: Any) -> str:
+    return json.dumps(
+        MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    )
+
+
+@devices_app.command("list")
+def devices_list(api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
+    """Devices with their reported twin; online = heartbeats arriving."""
+    reply = call(api, lambda s: s.ListDevices(H.ListDevicesRequest(), timeout=10))
+    if as_json:
+        for d in reply.devices:
+            print(_json(d))
+        return
+    table = Table("device", "online", "last seen", "version", "load", "agents running", "outbox")
+    for d in reply.devices:
+        online = "[green]yes[/]" if d.online else "[red]no[/]"
+        running = ", ".join(d.agents_running) or "-"
+        table.add_row(
+            d.device_id,
+            online,
+            f"{d.last_seen_s:.0f} s ago",
+            d.version,
+            f"{d.load:.2f}",
+            running,
+            str(d.outbox_depth),
+        )
+    console.print(table)
+
+
+@agents_app.command("list")
+def agents_list(
+    device: Annotated[str, typer.Option("--device", "-d", help="Only this device's agents.")] = "",
+    api: ApiOpt = DEFAULT_API,
+    as_json: JsonOpt = False,
+) -> None:
+    """Agents the hub knows of, with owner device and status."""
+    reply = call(api, lambda s: s.ListAgents(H.ListAgentsRequest(device_id=device), timeout=10))
+    if as_json:
+        for a in reply.agents:
+            print(_json(a))
+        return
+    table = Table("agent", "device", "status", "step", "detail")
+    for a in reply.agents:
+        table.add_row(a.agent_id, a.device_id, a.status, str(a.step), a.detail[:60])
+    console.print(table)
+
+
+@agents_app.command("get")
+def agents_get(agent_id: str, api: ApiOpt = DEFAULT_API) -> None:
+    """One agent's registry record (JSON)."""
+    print(_json(call(api, lambda s: s.GetAgent(H.GetAgentRequest(agent_id=agent_id), timeout=10))))
+
+
+@agents_app.command("start")
+def agents_start(
+    device: Annotated[str, typer.Option("--device", "-d", help="Device to run it on.")],
+    goal: Annotated[str, typer.Option("--goal", "-g", help="What the agent should achieve.")],
+    agent_id: Annotated[str, typer.Option(help="Agent id (default: assigned by the hub).")] = "",
+    by: Annotated[str, typer.Option(help="Who starts it (audited).")] = "cli",
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Start an agent on a device (it runs when the device is online; started once)."""
+    req = H.StartAgentRequest(device_id=device, goal=goal, agent_id=agent_id, issued_by=by)
+    reply = call(api, lambda s: s.StartAgent(req, timeout=10))
+    console.print(f"agent {reply.agent_id} (command {reply.command_id} to {device})")
+
+
+@agents_app.command("stop")
+def agents_stop(
+    agent_id: str,
+    reason: Annotated[str, typer.Option(help="Recorded as the stop reason.")] = "stopped by an operator",
+    device: Annotated[str, typer.Option("--device", "-d", help="Default: the agent's owner.")] = "",
+    by: Annotated[str, typer.Option(help="Who stops it (audited).")] = "cli",
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Stop an agent after its current step (checkpointed)."""
+    req = H.StopAgentRequest(agent_id=agent_id, device_id=device, reason=reason, issued_by=by)
+    reply = call(api, lambda s: s.StopAgent(req, timeout=10))
+    console.print(f"stop sent to {reply.device_id} (command {reply.command_id})")
+
+
+@agents_app.command("decide")
+def agents_decide(
+    key: Annotated[str, typer.Argument(help="Approval key AGENT/STEP.")],
+    by: Annotated[str, typer.Option("--by", help="Who decides (audited).")],
+    approve: Annotated[bool, typer.Option("--approve/--deny", help="Let the call run, or refuse it.")],
+    note: Annotated[str, typer.Option(help="Why.")] = "",
+    device: Annotated[str, typer.Option("--device", "-d", help="Default: the agent's owner.")] = "",
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Relay an approval decision to the device where the agent waits."""
+    req = H.DecideApprovalRequest(key=key, device_id=device, approve=approve, by=by, note=note)
+    reply = call(api, lambda s: s.DecideApproval(req, timeout=10))
+    console.print(f"decision sent to {reply.device_id} (command {reply.command_id})")
+
+
+@agents_app.command("trace")
+def agents_trace(agent_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
+    """The agent's mind-log as the hub received it (PII-masked), all pages."""
+    token = ""
+    while True:
+        req = H.TraceAgentRequest(agent_id=agent_id, page_size=500, page_token=token)
+        reply = call(api, lambda s, r=req: s.TraceAgent(r, timeout=30))  # type: ignore[misc]
+        for e in reply.events:
+            if as_json:
+                print(_json(e))
+            else:
+                tool = e.action.tool or "-"
+                line = f"{e.action.args_json[:80]} -> {e.observation.output[:80]}"
+                console.print(f"step {e.step + 1} [cyan]{tool}[/] {line}")
+        token = reply.next_page_token
+        if not token:
+            return
