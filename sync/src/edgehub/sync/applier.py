@@ -30,7 +30,6 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import nats.errors
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -43,6 +42,7 @@ from edgehub.protocol.v1 import events_pb2
 
 from .errors import MessageRejected
 from .lease import Lease
+from .pull import pull_forever
 from .streams import APPLIED, HUB_EVENTS_CONSUMER, MAX_EVENT_BYTES
 
 log = logging.getLogger("edgehub.sync.applier")
@@ -182,26 +182,7 @@ class EventApplier:
 
     async def _consume(self, stop: asyncio.Event) -> None:
         """Consume until ``stop``; survives server restarts and lost consumers (it re-subscribes)."""
-        sub: JetStreamContext.PullSubscription | None = None
-        while not stop.is_set():
-            try:
-                if sub is None:
-                    sub = await self._subscribe()
-                msgs = await sub.fetch(self.batch, timeout=0.5)
-            except nats.errors.TimeoutError:
-                continue
-            except Exception as exc:  # server restarting, consumer lost, connection re-established
-                log.warning("fetch failed (%s: %s); re-subscribing", exc.__class__.__name__, exc)
-                if sub is not None:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
-                sub = None
-                await asyncio.sleep(0.2)
-                continue
-            try:
-                await self.handle_batch(msgs)
-            except Exception as exc:  # left unacknowledged: redelivered after ack_wait
-                log.warning("could not apply a batch (%s: %s)", exc.__class__.__name__, exc)
+        await pull_forever(self._subscribe, self.handle_batch, stop, batch=self.batch, log=log, what="events")
 
     async def handle(self, msg: Msg) -> None:
         """Apply one message (a batch of one)."""

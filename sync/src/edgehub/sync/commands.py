@@ -15,7 +15,6 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 
-import nats.errors
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -25,6 +24,7 @@ from edgehub.protocol import subjects
 from edgehub.protocol.v1 import commands_pb2
 
 from .errors import MessageRejected
+from .pull import pull_forever
 from .streams import MAX_EVENT_BYTES
 
 log = logging.getLogger("edgehub.sync.commands")
@@ -98,25 +98,13 @@ class CommandConsumer:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        sub: JetStreamContext.PullSubscription | None = None
-        while not stop.is_set():
-            try:
-                if sub is None:
-                    sub = await self._subscribe()
-                msgs = await sub.fetch(16, timeout=0.5)
-            except nats.errors.TimeoutError:
-                continue
-            except Exception as exc:  # no stream yet, server restarting, connection re-established
-                log.debug("command fetch failed (%s: %s)", exc.__class__.__name__, exc)
-                if sub is not None:
-                    with contextlib.suppress(Exception):
-                        await sub.unsubscribe()
-                sub = None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                continue
-            for msg in msgs:
-                await self._one(msg)
+        await pull_forever(
+            self._subscribe, self._batch, stop, batch=16, log=log, what="commands", retry_s=1.0
+        )
+
+    async def _batch(self, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            await self._one(msg)
 
     async def _one(self, msg: Msg) -> None:
         try:
