@@ -184,10 +184,6 @@ class EventApplier:
         """Consume until ``stop``; survives server restarts and lost consumers (it re-subscribes)."""
         await pull_forever(self._subscribe, self.handle_batch, stop, batch=self.batch, log=log, what="events")
 
-    async def handle(self, msg: Msg) -> None:
-        """Apply one message (a batch of one)."""
-        await self.handle_batch([msg])
-
     async def handle_batch(self, msgs: list[Msg]) -> None:
         """Apply a fetched batch: one KV read and one CAS write per device, then the acks.
 

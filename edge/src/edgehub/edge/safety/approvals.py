@@ -11,6 +11,7 @@ The policy in force at resume still wins: an approved call that policy now denie
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 from edgehub.protocol.v1 import agent_pb2
@@ -65,13 +66,8 @@ def decide(store: EdgeStore, key: str, *, approve: bool, by: str, note: str = ""
         raise ApprovalError(f"approval {key!r} was already {pending.status} by {pending.decided_by}")
     if not by.strip():
         raise ApprovalError("say who decides (--by NAME): decisions are audited")
-    decided = Approval(
-        **{
-            **{f: getattr(pending, f) for f in pending.__dataclass_fields__},
-            "status": "approved" if approve else "denied",
-            "decided_by": by,
-            "note": note,
-        }
+    decided = dataclasses.replace(
+        pending, status="approved" if approve else "denied", decided_by=by, note=note
     )
     state = store.load_agent(pending.agent_id)
     if state.status == S.AGENT_STATUS_AWAITING_APPROVAL:

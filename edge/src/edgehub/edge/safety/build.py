@@ -32,7 +32,6 @@ class Safety:
     sandbox: CommandRunner | None
     sandbox_problem: str
     monitor: StuckMonitor
-    scrubber: Scrubber | None
 
 
 def build_scrubber(cfg: EdgeConfig) -> Scrubber | None:
@@ -77,5 +76,4 @@ def build_safety(cfg: EdgeConfig, store: EdgeStore, *, config_path: Path | None 
         monitor=StuckMonitor(
             StuckSettings(s.stuck_similarity, s.stuck_steps, s.failing_repeats, s.stuck_warnings)
         ),
-        scrubber=build_scrubber(cfg),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated
@@ -33,7 +34,7 @@ def approvals_list(
     items = store.list_approvals(None if all_ else "pending")
     if as_json:
         for a in items:
-            print(dumps({f: getattr(a, f) for f in a.__dataclass_fields__ if f != "proposal_json"}))
+            print(dumps({k: v for k, v in dataclasses.asdict(a).items() if k != "proposal_json"}))
         return
     table = Table("tool", "arguments", "rule", "status", "decided by")
     table.add_column("key", no_wrap=True, overflow="fold")

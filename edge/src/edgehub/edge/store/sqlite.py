@@ -325,8 +325,15 @@ class SqliteStore:
         return [OutboxEntry(seq=s, event=events_pb2.EdgeEvent.FromString(e)) for s, e in rows]
 
     def outbox_depth(self) -> int:
-        """Entries not yet acknowledged by the hub side."""
-        return int(self._scalar("SELECT COUNT(*) FROM outbox WHERE acked = 0"))
+        """Entries not yet acknowledged by the hub side.
+
+        Sequences are gap-free and acks cumulative, so this is the newest seq minus the newest acked
+        one: two index lookups instead of counting a backlog that may hold days of offline events
+        (the daemon asks on every scheduler tick).
+        """
+        newest = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox")
+        acked = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox WHERE acked = 1")
+        return int(newest) - int(acked)
 
     def outbox_ack(self, upto_seq: int) -> None:
         with self._tx():
