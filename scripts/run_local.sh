@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make run`: a local edgehub on the real model solving a sample goal.
 #
-# Today: a hub daemon (embedded nats-server with JetStream, gRPC management API) and one edge daemon
-# on the Gemma 3 270M GGUF replicating its mind-log to it; the CLI submits a goal to the edge and
-# follows it, then reads the agent, the device and the trace back through the hub's API.
+# Today: a hub daemon (embedded nats-server with JetStream in operator mode, gRPC management API over
+# TLS) and one edge daemon on the Gemma 3 270M GGUF, enrolled with a one-time token, replicating its
+# mind-log to it with its own NATS credentials; the CLI submits a goal to the edge and follows it,
+# then reads the agent, the device and the trace back through the hub's API as the admin operator.
 # Neo4j and more edges join as their issues land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,13 +15,16 @@ NATS_PORT=$(uv run --no-sync python -c 'from edgehub.sync import free_port; prin
 NATS_URL="nats://127.0.0.1:$NATS_PORT"
 API_PORT=$(uv run --no-sync python -c 'from edgehub.sync import free_port; print(free_port())')
 export EDGEHUB_HUB__API__ADDR="127.0.0.1:$API_PORT"
+export EDGEHUB_HUB__API__DEVICE_ADDR="127.0.0.1:0"
 export EDGEHUB_API="127.0.0.1:$API_PORT"   # where `edgehub agents|devices` find the hub's gRPC API
 export EDGEHUB_HUB__NATS__EMBEDDED_PORT=$NATS_PORT
 export EDGEHUB_HUB__NATS__EMBEDDED_STORE="$RUN_DIR/hub/nats"
+export EDGEHUB_HUB__AUTH__DIR="$RUN_DIR/hub/trust"     # operator keys, the API's CA, the admin token
+export EDGEHUB_CA="$RUN_DIR/hub/trust/ca.pem"           # the CLI verifies the hub with it
+export EDGEHUB_TOKEN_FILE="$RUN_DIR/hub/trust/admin.token"
 export EDGEHUB_HUB__HUB__ID=hub-1
 export EDGEHUB_EDGE__DEVICE__DATA_DIR="$RUN_DIR/edge-1"
 export EDGEHUB_EDGE__DEVICE__ID=edge-1
-export EDGEHUB_EDGE__HUB__NATS_URL=$NATS_URL
 EH="uv run --no-sync edgehub"
 
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
@@ -45,6 +49,10 @@ step "starting the hub hub-1: embedded nats-server on $NATS_URL, gRPC API on $ED
 $EH hub run >"$RUN_DIR/hub.log" 2>&1 &
 HUB=$!
 wait_for "$RUN_DIR/hub.log" "$HUB" "listening for edges"
+
+step "enrolling edge-1: a one-time token from the hub, traded for the device's own credentials"
+TOKEN=$($EH devices enroll-token edge-1 --ttl 600 | tail -1)
+$EH edge enroll -c examples/edge.toml --token "$TOKEN"
 
 step "starting edge daemon edge-1 (data in $RUN_DIR, log in $RUN_DIR/edge-1.log)"
 $EH edge run -c examples/edge.toml >"$RUN_DIR/edge-1.log" 2>&1 &

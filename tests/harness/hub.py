@@ -1,28 +1,98 @@
-"""The hub daemon as a subprocess, with its embedded nats-server on a free loopback port."""
+"""The hub daemon as a subprocess, with its embedded nats-server on a free loopback port, its trust
+folder (NATS operator keys, the API's CA, the first admin token) in the test's temp folder."""
 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from nats.aio.client import RawCredentials
+
 from edgehub.sync import free_port
+from edgehub.sync.auth import Trust
 
 EDGEHUB = [sys.executable, "-m", "edgehub.cli"]
 
 
+@dataclass
+class Hub:
+    proc: subprocess.Popen[str]
+    url: str
+    """The NATS URL edges use."""
+    api: str
+    trust: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What the operator's CLI needs: the API, its CA, the admin token."""
+        return {
+            "EDGEHUB_API": self.api,
+            "EDGEHUB_CA": str(self.trust / "ca.pem"),
+            "EDGEHUB_TOKEN_FILE": str(self.trust / "admin.token"),
+        }
+
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``edgehub ARGS`` as the admin operator."""
+        return subprocess.run(
+            [*EDGEHUB, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env, **(env or {})},
+            timeout=120,
+            check=False,
+        )
+
+    def creds(self, name: str = "test") -> RawCredentials:
+        """Unrestricted NATS credentials (what a hub process uses), for tests that act as the hub."""
+        return RawCredentials(Trust.load_or_create(self.trust).hub_creds(name))
+
+    def enroll(self, device_id: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+        """Enroll a device the way an operator does: a one-time token, then ``edgehub edge enroll``."""
+        token = self.cli("devices", "enroll-token", device_id)
+        assert token.returncode == 0, token.stderr
+        return self.cli(
+            "edge",
+            "enroll",
+            "--token",
+            token.stdout.strip().splitlines()[-1],
+            env={"EDGEHUB_EDGE__DEVICE__ID": device_id, "EDGEHUB_EDGE__DEVICE__DATA_DIR": str(data_dir)},
+        )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until the API accepts connections (the trust folder and topology exist by then)."""
+        host, port = self.api.rsplit(":", 1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the hub exited: {self.proc.communicate()[1][-2000:]}")
+            try:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"the hub's API at {self.api} did not come up in {timeout} s")
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        _, stderr = self.proc.communicate(timeout=30)
+        return stderr
+
+
 def start_hub(
     tmp_path: Path, hub_id: str = "hub-test", *, metrics_port: int | None = None, port: int = 0
-) -> tuple[subprocess.Popen[str], str, str]:
-    """Start ``edgehub hub run``; returns the process, the NATS URL edges use and the API address.
-
-    The embedded nats-server keeps its store in ``tmp_path / "nats"``; pass ``port`` to restart a
-    hub on the same server address after killing the previous one.
-    """
+) -> Hub:
+    """Start ``edgehub hub run``. The embedded nats-server keeps its store in ``tmp_path / "nats"``
+    and the trust folder is ``tmp_path / "trust"``; pass ``port`` to restart a hub on the same server
+    address after killing the previous one."""
     port = port or free_port()
     api = f"127.0.0.1:{free_port()}"
     metrics = {"EDGEHUB_HUB__METRICS__PORT": str(metrics_port)} if metrics_port else {}
+    trust = tmp_path / "trust"
     env = {
         **metrics,
         **os.environ,
@@ -30,6 +100,8 @@ def start_hub(
         "EDGEHUB_HUB__NATS__EMBEDDED_STORE": str(tmp_path / "nats"),
         "EDGEHUB_HUB__HUB__ID": hub_id,
         "EDGEHUB_HUB__API__ADDR": api,
+        "EDGEHUB_HUB__API__DEVICE_ADDR": "127.0.0.1:0",
+        "EDGEHUB_HUB__AUTH__DIR": str(trust),
     }
     proc = subprocess.Popen([*EDGEHUB, "hub", "run"], env=env, stderr=subprocess.PIPE, text=True)
-    return proc, f"nats://127.0.0.1:{port}", api
+    return Hub(proc, f"nats://127.0.0.1:{port}", api, trust)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from nats.aio.client import Client
+from nats.aio.client import Client, RawCredentials
 
 from edgehub.sync import NatsServer, ensure_topology
 
@@ -23,9 +23,10 @@ async def _quiet(exc: Exception) -> None:
     """Connection errors while a test has the server down are expected; the client reconnects."""
 
 
-async def connect(server: NatsServer, name: str = "test") -> Client:
+async def connect(server: NatsServer, name: str = "test", creds: RawCredentials | None = None) -> Client:
     nc = await nats.connect(
         server.url,
+        user_credentials=creds,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.1,

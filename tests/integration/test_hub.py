@@ -5,24 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import urllib.request
 from pathlib import Path
 
 import grpc
+import nats
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
 from edgehub.edge.llm.fake import FakeBrain
+from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2
 from edgehub.sync import OutboxPublisher, free_port, kv_key
 from edgehub.sync.streams import APPLIED
-from tests.harness.hub import EDGEHUB, start_hub
-from tests.harness.wait import assert_eventually, eventually
+from tests.harness.hub import Hub, start_hub
+from tests.harness.wait import eventually
 
 S = agent_pb2
 
@@ -31,37 +32,32 @@ def act(tool: str, **args: object) -> str:
     return json.dumps({"thought": "go", "tool": tool, "args": args})
 
 
-def registry(what: str, api: str) -> list[dict[str, object]]:
+def registry(what: str, hub: Hub) -> list[dict[str, object]]:
     """``edgehub agents list`` / ``edgehub devices list`` through the hub's gRPC API."""
-    done = subprocess.run([*EDGEHUB, what, "list", "--api", api, "--json"], capture_output=True, text=True)
+    done = hub.cli(what, "list", "--json")
     return [json.loads(line) for line in done.stdout.splitlines()] if done.returncode == 0 else []
 
 
-def agents(api: str) -> list[dict[str, object]]:
-    return registry("agents", api)
+def agents(hub: Hub) -> list[dict[str, object]]:
+    return registry("agents", hub)
 
 
-def devices(api: str) -> dict[str, dict[str, object]]:
-    return {str(d["device_id"]): d for d in registry("devices", api)}
+def devices(hub: Hub) -> dict[str, dict[str, object]]:
+    return {str(d["device_id"]): d for d in registry("devices", hub)}
 
 
-def check_api_errors_health_and_reflection(api: str) -> None:
-    missing = subprocess.run(
-        [*EDGEHUB, "agents", "get", "nope", "--api", api], capture_output=True, text=True
-    )
+def check_api_errors_health_and_reflection(hub: Hub) -> None:
+    missing = hub.cli("agents", "get", "nope")
     assert missing.returncode == 1
     assert "not_found: no agent 'nope'" in missing.stderr
-    bad = subprocess.run(
-        [*EDGEHUB, "agents", "start", "-d", "x", "-g", " ", "--api", api], capture_output=True, text=True
-    )
+    bad = hub.cli("agents", "start", "-d", "x", "-g", " ")
     assert bad.returncode == 2
     assert "invalid_argument" in bad.stderr
-    down = subprocess.run(
-        [*EDGEHUB, "devices", "list", "--api", "127.0.0.1:1"], capture_output=True, text=True
-    )
+    down = hub.cli("devices", "list", "--api", "127.0.0.1:1")
     assert down.returncode == 2
     assert "cannot reach the hub API at 127.0.0.1:1" in down.stderr
-    with grpc.insecure_channel(api) as channel:
+    tls = grpc.ssl_channel_credentials((hub.trust / "ca.pem").read_bytes())
+    with grpc.secure_channel(hub.api, tls) as channel:  # health and reflection need no token
         status = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=""), timeout=5
         )
@@ -79,21 +75,22 @@ def scrape(port: int) -> str:
 
 async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_sides(tmp_path: Path) -> None:
     hub_metrics = free_port()
-    hub, url, api = start_hub(tmp_path, metrics_port=hub_metrics)
+    hub = start_hub(tmp_path, metrics_port=hub_metrics)
     try:
-        assert_eventually(lambda: (tmp_path / "nats" / "nats.conf").exists(), timeout=30)
-        cfg = EdgeConfig.model_validate(
+        await asyncio.to_thread(hub.wait_ready)
+        enrolled = await asyncio.to_thread(hub.enroll, "pi-kitchen", tmp_path / "edge")
+        assert enrolled.returncode == 0, enrolled.stderr
+        cfg = EdgeConfig.model_validate(  # no nats_url: the URLs and credentials come from enrollment
             {
                 "device": {"id": "pi-kitchen", "data_dir": str(tmp_path / "edge")},
                 "tools": {"load_entry_points": False},
-                "hub": {"nats_url": url},
                 "metrics": {"port": 0},
             }
         )
         script = [act("write_file", path="a.txt", content="x"), act("finish", answer="done")]
         async with EdgeDaemon(cfg, brain=FakeBrain(script)) as edge:
             runner = asyncio.create_task(edge.run())
-            twin = await eventually(lambda: devices(api).get("pi-kitchen"), within=30)
+            twin = await eventually(lambda: devices(hub).get("pi-kitchen"), within=30)
             assert twin["online"] is True
             assert twin["version"] == "0.1.0"
             agent_id = edge.submit("write a file")
@@ -111,26 +108,21 @@ async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_si
             edge.request_stop()
             await runner
         gone = await eventually(
-            lambda: devices(api)["pi-kitchen"]["online"] is False and devices(api), within=30
+            lambda: devices(hub)["pi-kitchen"]["online"] is False and devices(hub), within=30
         )
         assert gone["pi-kitchen"]["state"] == "stopped"
         records = await eventually(
-            lambda: [r for r in agents(api) if r["agent_id"] == agent_id and r["status"] == "finished"],
+            lambda: [r for r in agents(hub) if r["agent_id"] == agent_id and r["status"] == "finished"],
             within=60,
         )
         assert records[0]["device_id"] == "pi-kitchen"
         assert records[0]["step"] == 1
-        trace = await asyncio.to_thread(
-            subprocess.run,
-            [*EDGEHUB, "agents", "trace", agent_id, "--api", api, "--json"],
-            capture_output=True,
-            text=True,
-        )
+        trace = await asyncio.to_thread(hub.cli, "agents", "trace", agent_id, "--json")
         assert [json.loads(line)["action"]["tool"] for line in trace.stdout.splitlines()] == [
             "write_file",
             "finish",
         ]
-        await asyncio.to_thread(check_api_errors_health_and_reflection, api)
+        await asyncio.to_thread(check_api_errors_health_and_reflection, hub)
         hub_text = await asyncio.to_thread(scrape, hub_metrics)
         applied = [
             line for line in hub_text.splitlines() if line.startswith("edgehub_hub_events_applied_total")
@@ -138,14 +130,13 @@ async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_si
         assert applied
         assert float(applied[0].split()[-1]) >= 2
     finally:
-        hub.send_signal(signal.SIGTERM)
-        _, stderr = hub.communicate(timeout=30)
-    assert hub.returncode == 0, stderr[-2000:]
+        stderr = hub.stop()
+    assert hub.proc.returncode == 0, stderr[-2000:]
     assert "listening for edges" in stderr
 
 
 async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: Path) -> None:
-    hub, url, api = start_hub(tmp_path, "hub-cmd")
+    hub = start_hub(tmp_path, "hub-cmd")
     policy = tmp_path / "policy.toml"
     policy.write_text(
         'version = 1\n[[rules]]\nid = "ask"\ntools = ["write_file"]\neffect = "needs_approval"\n'
@@ -155,8 +146,8 @@ async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: P
         {
             "device": {"id": "pi-garage", "data_dir": str(tmp_path / "edge")},
             "tools": {"load_entry_points": False},
-            "hub": {"nats_url": url},
             "safety": {"policy": str(policy), "stuck_warnings": 100, "failing_repeats": 100},
+            "hub": {"heartbeat_s": 0.5},
         }
     )
 
@@ -168,16 +159,15 @@ async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: P
         return act("finish", answer="ok")
 
     try:
-        assert_eventually(lambda: (tmp_path / "nats" / "nats.conf").exists(), timeout=30)
+        await asyncio.to_thread(hub.wait_ready)
+        assert (await asyncio.to_thread(hub.enroll, "pi-garage", tmp_path / "edge")).returncode == 0
         async with EdgeDaemon(cfg, brain=FakeBrain(brain)) as edge:
             runner = asyncio.create_task(edge.run())
             store = edge.store
             assert store is not None
 
             def hub_cli(*args: str) -> subprocess.CompletedProcess[str]:  # the operator's CLI on the gRPC API
-                return subprocess.run(
-                    [*EDGEHUB, "agents", *args, "--api", api], capture_output=True, text=True
-                )
+                return hub.cli("agents", *args)
 
             started = await asyncio.to_thread(
                 hub_cli, "start", "-d", "pi-garage", "-g", "loop", "--agent-id", "a-loop"
@@ -207,32 +197,63 @@ async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: P
             await eventually(lambda: store.load_agent("a-rep").status == S.AGENT_STATUS_FINISHED, within=30)
             approval = store.get_approval("a-rep/0")
             assert approval is not None
-            assert approval.decided_by == "ops-ana"
+            assert approval.decided_by == "operator:admin"  # who the token says, not what the caller typed
+            assert approval.note.startswith("ops-ana")
             records = await eventually(
                 lambda: (
-                    {r["agent_id"]: r["status"] for r in agents(api)}.get("a-rep") == "finished"
-                    and agents(api)
+                    {r["agent_id"]: r["status"] for r in agents(hub)}.get("a-rep") == "finished"
+                    and agents(hub)
                 ),
                 within=30,
             )
             assert {r["agent_id"]: r["status"] for r in records}["a-loop"] == "stopped"
+
+            # drain: the twin says so, a new agent is refused with the reason in the device's dead letters
+            drained = await asyncio.to_thread(
+                hub.cli, "devices", "drain", "pi-garage", "--reason", "maintenance"
+            )
+            assert drained.returncode == 0, drained.stderr
+            await eventually(lambda: devices(hub).get("pi-garage", {}).get("draining") is True, within=30)
+            await asyncio.to_thread(hub_cli, "start", "-d", "pi-garage", "-g", "late", "--agent-id", "a-late")
+            nc = await nats.connect(hub.url, user_credentials=hub.creds())
+            js = nc.jetstream()
+
+            async def refused() -> str:
+                try:
+                    msg = await js.get_last_msg(
+                        subjects.DEADLETTER_STREAM, subjects.device_deadletter("pi-garage")
+                    )
+                except NotFoundError:
+                    return ""
+                return (msg.headers or {}).get("Edgehub-Reason", "")
+
+            for _ in range(300):
+                if reason := await refused():
+                    break
+                await asyncio.sleep(0.1)
+            assert "is draining: a-late not started" in reason
+            await nc.close()
+            assert not store.has_agent("a-late")
+            await asyncio.to_thread(hub.cli, "devices", "drain", "pi-garage", "--resume")
+            await eventually(lambda: devices(hub)["pi-garage"]["draining"] is False, within=30)
+            await asyncio.to_thread(hub_cli, "start", "-d", "pi-garage", "-g", "late", "--agent-id", "a-late")
+            await eventually(lambda: store.has_agent("a-late"), within=30)
             edge.request_stop()
             await runner
     finally:
-        hub.send_signal(signal.SIGTERM)
-        hub.communicate(timeout=30)
+        hub.stop()
 
 
 async def test_a_hub_killed_mid_replay_resumes_and_applies_every_event(tmp_path: Path) -> None:
     from tests.harness.nats import connect as connect_client
     from tests.integration.test_sync import DEVICE, fill_outbox  # the same queue the sync tests use
 
-    hub, url, api = start_hub(tmp_path, "hub-k")
+    hub = start_hub(tmp_path, "hub-k")
     store = fill_outbox(tmp_path / "edge.db", 10_000)
     try:
-        assert_eventually(lambda: (tmp_path / "nats" / "nats.conf").exists(), timeout=30)
-        server_ref = type("S", (), {"url": url})
-        nc = await connect_client(server_ref, "edge")  # type: ignore[arg-type]
+        await asyncio.to_thread(hub.wait_ready)
+        server_ref = type("S", (), {"url": hub.url})
+        nc = await connect_client(server_ref, "edge", creds=hub.creds())  # type: ignore[arg-type]
         publisher = OutboxPublisher(store, nc.jetstream())
         while await publisher.drain_once():
             pass
@@ -251,19 +272,18 @@ async def test_a_hub_killed_mid_replay_resumes_and_applies_every_event(tmp_path:
                 break
             await asyncio.sleep(0.01)
         before_kill = await applied()
-        hub.kill()  # kill -9 mid-replay (its embedded nats-server goes down with it)
-        hub.wait(timeout=10)
+        hub.proc.kill()  # kill -9 mid-replay (its embedded nats-server goes down with it)
+        hub.proc.wait(timeout=10)
         assert 1_000 <= before_kill < 10_000
-        hub, _, api = start_hub(tmp_path, "hub-k2", port=int(url.rsplit(":", 1)[1]))
+        hub = start_hub(tmp_path, "hub-k2", port=int(hub.url.rsplit(":", 1)[1]))
         for _ in range(1200):
             if await applied() == 10_000:
                 break
             await asyncio.sleep(0.05)
         assert await applied() == 10_000
-        records = {str(r["agent_id"]): r for r in agents(api)}
+        records = {str(r["agent_id"]): r for r in agents(hub)}
         last_seqs = {int(str(r["last_event"]).split("/")[2]) for r in records.values()}
         assert last_seqs == set(range(9_991, 10_001))  # every agent's record reached its last event
         await nc.close()
     finally:
-        hub.send_signal(signal.SIGTERM)
-        hub.communicate(timeout=30)
+        hub.stop()

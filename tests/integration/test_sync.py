@@ -235,7 +235,7 @@ async def test_commands_reach_only_their_device_once_bad_ones_are_dead_lettered_
     async with running(consumer.run):
         await eventually(lambda: seen == [start.command_id] and consumer.rejected == 1, within=30)
     assert other.command_id not in seen
-    dlq = await js.get_last_msg(subjects.DEADLETTER_STREAM, subjects.deadletter("commands"))
+    dlq = await js.get_last_msg(subjects.DEADLETTER_STREAM, subjects.device_deadletter(DEVICE))
     assert dlq.headers is not None
     assert "malformed" in dlq.headers["Edgehub-Reason"]
     await nc.close()

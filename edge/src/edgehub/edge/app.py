@@ -25,6 +25,7 @@ from types import TracebackType
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgehub.protocol.v1 import agent_pb2, commands_pb2
+from edgehub.sync.errors import MessageRejected
 
 from .agent.loop import AgentLoop, LoopDeps, new_agent
 from .agent.tools.gateway import ExecutionGateway
@@ -32,6 +33,7 @@ from .agent.tools.registry import ToolRegistry
 from .config import EdgeConfig
 from .errors import EdgeError
 from .hublink import HubLink
+from .identity import DeviceIdentity
 from .llm.base import Brain
 from .llm.gate import ModelGate
 from .memory.compaction import Compactor
@@ -208,7 +210,24 @@ class EdgeDaemon:
 
     def report(self) -> dict[str, object]:
         """What this device reports in its twin besides version, hardware and load."""
-        return {"agents_running": sorted(self._tasks), "max_concurrent": self.cfg.agent.max_concurrent}
+        return {
+            "agents_running": sorted(self._tasks),
+            "max_concurrent": self.cfg.agent.max_concurrent,
+            "draining": self.draining,
+        }
+
+    @property
+    def draining(self) -> bool:
+        """Drained by the hub: running agents finish, new ones are refused (kept across restarts)."""
+        return (self.cfg.device.data_dir / "draining").exists()
+
+    def set_draining(self, on: bool, reason: str) -> None:
+        marker = self.cfg.device.data_dir / "draining"
+        if on:
+            marker.write_text(reason + "\n")
+        else:
+            marker.unlink(missing_ok=True)
+        log.warning("device %s %s: %s", self.cfg.device.id, "draining" if on else "resumed", reason)
 
     async def stop_agent(self, agent_id: str, reason: str) -> agent_pb2.AgentState:
         """Stop one agent after its current step; returns once STOPPED is committed."""
@@ -228,7 +247,13 @@ class EdgeDaemon:
         if kind == "start_agent":
             start = cmd.start_agent
             if not self.store.has_agent(start.agent_id):
+                if self.draining:
+                    raise MessageRejected(
+                        f"device {self.cfg.device.id} is draining: {start.agent_id} not started"
+                    )
                 self.submit(start.goal, agent_id=start.agent_id, budget=start.budget)
+        elif kind == "drain":
+            self.set_draining(not cmd.drain.resume, cmd.drain.reason)
         elif kind == "stop_agent":
             if self.store.has_agent(cmd.stop_agent.agent_id):
                 await self.stop_agent(cmd.stop_agent.agent_id, cmd.stop_agent.reason or "stopped by the hub")
@@ -244,9 +269,15 @@ class EdgeDaemon:
         log.info("edge daemon %s running on %s", self.cfg.device.id, self.cfg.device.data_dir)
         sync_stop = asyncio.Event()
         link = None
-        if self.cfg.hub.nats_url:
+        identity = DeviceIdentity.load(self.cfg.identity_dir, self.cfg.device.id)
+        if self.cfg.hub.nats_url or identity is not None:
             self.hublink = HubLink(
-                self.cfg.hub, self.store, self.cfg.device.id, on_command=self.apply_command
+                self.cfg.hub,
+                self.store,
+                self.cfg.device.id,
+                on_command=self.apply_command,
+                report=self.report,
+                identity=identity,
             )
             link = asyncio.create_task(self.hublink.run(sync_stop), name="hublink")
         try:

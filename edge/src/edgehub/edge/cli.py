@@ -22,6 +22,7 @@ from .agent.loop import new_agent
 from .app import DaemonLock, EdgeDaemon
 from .config import EdgeConfig, load_config
 from .errors import EdgeError
+from .identity import DeviceIdentity, enroll
 from .safety.build import build_scrubber
 from .store.sqlite import SqliteStore
 from .trace import dumps, event_dict, print_event, print_summary, state_dict, status_name
@@ -80,6 +81,37 @@ def edge_run(
         asyncio.run(main())
     except EdgeError as exc:
         fail(exc)
+
+
+@edge_app.command("enroll")
+def edge_enroll(
+    token: Annotated[str, typer.Option("--token", envvar="EDGEHUB_ENROLL_TOKEN", help="One-time token.")],
+    api: Annotated[str, typer.Option("--api", envvar="EDGEHUB_API", help="The hub's API address.")],
+    ca: Annotated[
+        Path, typer.Option("--ca", envvar="EDGEHUB_CA", help="The hub's CA certificate (PEM), to verify it.")
+    ],
+    config: ConfigOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing identity.")] = False,
+) -> None:
+    """Enroll this device with the hub: trade a one-time token (`edgehub devices enroll-token`) for
+    its own NATS credentials and client certificate, kept in <data_dir>/identity."""
+    cfg = load(config)
+    try:
+        existing = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
+    except EdgeError:
+        existing = None  # unreadable: enrolling again is the fix
+    if existing is not None and not force:
+        fail(f"{cfg.device.id} is already enrolled ({cfg.identity_dir}); --force to enroll again")
+    try:
+        ca_pem = ca.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read the CA certificate {ca}: {exc.strerror}")
+    try:
+        identity = enroll(cfg.identity_dir, cfg.device.id, api, token, ca_pem)
+    except EdgeError as exc:
+        fail(exc)
+    urls = ", ".join(identity.nats_urls) or "(none: set [hub] nats_url)"
+    console.print(f"enrolled {identity.device_id}: credentials in {identity.folder}; NATS {urls}")
 
 
 @edge_app.command("config")

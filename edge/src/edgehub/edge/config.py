@@ -112,7 +112,8 @@ class SafetyConfig(_Section):
 
 class HubLinkConfig(_Section):
     nats_url: str | None = None
-    """NATS server or cluster of the hub (``nats://host:4222``); None: offline, the outbox keeps growing."""
+    """NATS server or cluster of the hub (``nats://host:4222``); None: the URLs enrollment gave, and
+    with no enrollment either, offline (the outbox keeps growing)."""
     outbox_alarm: int = Field(100_000, ge=1)
     """Undelivered events above which the daemon raises an alarm (it never drops them)."""
     publish_batch: int = Field(256, ge=1, le=10_000)
@@ -144,6 +145,11 @@ class EdgeConfig(_Section):
     @property
     def workspaces(self) -> Path:
         return self.device.data_dir / "workspaces"
+
+    @property
+    def identity_dir(self) -> Path:
+        """Credentials from enrollment (``edgehub edge enroll``)."""
+        return self.device.data_dir / "identity"
 
     @property
     def vault_key_path(self) -> Path:

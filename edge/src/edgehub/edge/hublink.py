@@ -27,6 +27,7 @@ from edgehub.sync.commands import CommandConsumer, Handler
 from edgehub.sync.streams import DEVICES
 
 from .config import HubLinkConfig
+from .identity import DeviceIdentity
 from .store.sqlite import SqliteStore
 
 log = logging.getLogger("edgehub.edge.hublink")
@@ -54,9 +55,12 @@ class HubLink:
         *,
         on_command: Handler | None = None,
         report: Callable[[], dict[str, Any]] | None = None,
+        identity: DeviceIdentity | None = None,
     ) -> None:
-        assert cfg.nats_url, "HubLink needs [hub] nats_url"
-        self.url = cfg.nats_url
+        urls = [cfg.nats_url] if cfg.nats_url else list(identity.nats_urls if identity else ())
+        assert urls, "HubLink needs [hub] nats_url or an enrolled identity"
+        self.urls = urls
+        self.identity = identity
         self.cfg = cfg
         self.store = store
         self.device_id = device_id
@@ -69,17 +73,24 @@ class HubLink:
 
     async def _connect(self, stop: asyncio.Event) -> Client | None:
         delay = 0.5
+        auth: dict[str, Any] = {}
+        if self.identity is not None:
+            auth = {"user_credentials": str(self.identity.creds), "inbox_prefix": self.identity.inbox_prefix}
+        else:
+            log.warning("device %s is not enrolled (edgehub edge enroll): connecting without credentials",
+                        self.device_id)  # fmt: skip
         while not stop.is_set():
             try:
                 return await nats.connect(
-                    self.url,
+                    self.urls,
                     name=f"edgehub-edge-{self.device_id}",
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1.0,
                     error_cb=_quiet,
+                    **auth,
                 )
             except Exception as exc:
-                log.warning("hub at %s unreachable (%s); working offline", self.cfg.nats_url, exc)
+                log.warning("hub at %s unreachable (%s); working offline", ", ".join(self.urls), exc)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, 30.0)

@@ -1,15 +1,17 @@
-"""The management API (gRPC ``edgehub.v1.HubService``), with server reflection and the standard
-health service. Reads come from the registries in JetStream KV and the events stream; actions are
-commands to devices (``edgehub.sync.commands``).
-
-Not yet: TLS, operator authentication and roles (issue 4's identity part); bind to loopback until then.
+"""The management API (gRPC ``edgehub.v1.HubService`` over TLS), with server reflection and the
+standard health service. Reads come from the registries in JetStream KV and the events stream;
+actions are commands to devices (``edgehub.sync.commands``), issued in the authenticated caller's
+name. Who may call what is ``access``; enrollment mints a device's NATS credentials (``Trust``) and
+client certificate (``CertificateAuthority``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -20,8 +22,11 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import commands_pb2, events_pb2, hub_pb2, hub_pb2_grpc
+from edgehub.sync.auth import AuthError, Trust, inbox_prefix, is_user_key
 from edgehub.sync.commands import new_command, send_command
+from edgehub.sync.tls import CertificateAuthority
 
+from .access import MAX_ENROLL_TTL_S, AccessInterceptor, EnrollmentRefused, Role, Tokens, current
 from .registry import AgentRegistry, DeviceRegistry
 
 H = hub_pb2
@@ -41,26 +46,114 @@ def _agent(r: dict[str, Any]) -> hub_pb2.AgentRecord:
     )
 
 
+_DEVICE_FIELDS = {"device_id", "online", "last_seen_s", "version", "load", "agents_running", "outbox_depth",
+                  "state", "draining", "sent_at", "heartbeat_s"}  # fmt: skip
+
+
+def _device(d: dict[str, Any]) -> hub_pb2.Device:
+    return H.Device(
+        device_id=str(d["device_id"]),
+        online=bool(d["online"]),
+        last_seen_s=float(d["last_seen_s"]),
+        version=str(d.get("version", "")),
+        load=float(d.get("load", 0)),
+        agents_running=[str(a) for a in d.get("agents_running", [])],
+        outbox_depth=int(d.get("outbox_depth", 0)),
+        state=str(d.get("state", "")),
+        draining=bool(d.get("draining", False)),
+        twin_json=json.dumps({k: v for k, v in d.items() if k not in _DEVICE_FIELDS}, sort_keys=True),
+    )
+
+
+@dataclass
+class Identity:
+    """What enrollment hands out: NATS credentials, client certificates, where to connect."""
+
+    trust: Trust
+    ca: CertificateAuthority
+    nats_urls: list[str]
+    tokens: Tokens
+    device_api: str = ""
+    """Where devices call the API with their client certificate (set by ``serve``)."""
+
+
 class HubService(hub_pb2_grpc.HubServiceServicer):
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, identity: Identity) -> None:
         self.js = js
+        self.identity = identity
         self.agents = AgentRegistry(js)
         self.devices = DeviceRegistry(js)
 
     async def ListDevices(self, request: H.ListDevicesRequest, context: Any) -> H.ListDevicesResponse:
-        out = H.ListDevicesResponse()
-        for d in await self.devices.all():
-            out.devices.add(
-                device_id=str(d["device_id"]),
-                online=bool(d["online"]),
-                last_seen_s=float(d["last_seen_s"]),
-                version=str(d.get("version", "")),
-                load=float(d.get("load", 0)),
-                agents_running=[str(a) for a in d.get("agents_running", [])],
-                outbox_depth=int(d.get("outbox_depth", 0)),
-                state=str(d.get("state", "")),
+        return H.ListDevicesResponse(devices=[_device(d) for d in await self.devices.all()])
+
+    async def GetDevice(self, request: H.GetDeviceRequest, context: Any) -> H.Device:
+        me = current()
+        if me.device_id is not None and me.device_id != request.device_id:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{me.name} may only read itself")
+        found = [d for d in await self.devices.all() if d["device_id"] == request.device_id]
+        if not found:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"device {request.device_id!r} never reported")
+        return _device(found[0])
+
+    async def DrainDevice(self, request: H.DrainDeviceRequest, context: Any) -> H.CommandAccepted:
+        if not request.device_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id is required")
+        cmd = new_command(request.device_id, current().name)
+        cmd.drain.reason = request.reason or "drained through the hub API"
+        cmd.drain.resume = request.resume
+        await self._send(cmd, context)
+        return H.CommandAccepted(command_id=cmd.command_id, device_id=request.device_id)
+
+    async def WhoAmI(self, request: H.WhoAmIRequest, context: Any) -> H.Principal:
+        me = current()
+        return H.Principal(name=me.name, role=me.role)  # type: ignore[arg-type]
+
+    async def CreateApiToken(self, request: H.CreateApiTokenRequest, context: Any) -> H.ApiToken:
+        if not request.name.strip() or request.role not in (
+            Role.ROLE_VIEWER,
+            Role.ROLE_OPERATOR,
+            Role.ROLE_ADMIN,
+        ):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name and a role (viewer|operator|admin)")
+        token = await self.identity.tokens.create_api_token(request.name, request.role, current().name)
+        return H.ApiToken(token=token, name=request.name, role=request.role)
+
+    async def CreateEnrollmentToken(
+        self, request: H.CreateEnrollmentTokenRequest, context: Any
+    ) -> H.EnrollmentToken:
+        if not request.device_id or request.ttl_s > MAX_ENROLL_TTL_S:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id, and ttl_s at most 30 days")
+        token, expires = await self.identity.tokens.create_enrollment(
+            request.device_id, request.ttl_s or 3600, current().name
+        )
+        return H.EnrollmentToken(
+            token=token, device_id=request.device_id, expires_at=expires, ca_pem=self.identity.ca.pem.decode()
+        )
+
+    async def Enroll(self, request: H.EnrollRequest, context: Any) -> H.EnrollResponse:
+        if not request.token or not request.device_id or not is_user_key(request.nats_user_key):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "token, device_id and a user nkey (U...) are required"
             )
-        return out
+        try:  # check the request before spending the token on it
+            cert = self.identity.ca.sign_device(request.device_id, request.csr_pem.encode())
+            jwt = self.identity.trust.device_jwt(request.device_id, request.nats_user_key)
+        except AuthError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        try:
+            await self.identity.tokens.spend_enrollment(request.token, request.device_id)
+        except EnrollmentRefused as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return H.EnrollResponse(
+            device_id=request.device_id,
+            nats_jwt=jwt,
+            nats_urls=self.identity.nats_urls,
+            client_cert_pem=cert.decode(),
+            ca_pem=self.identity.ca.pem.decode(),
+            inbox_prefix=inbox_prefix(request.device_id),
+            device_api=self.identity.device_api,
+        )
 
     async def ListAgents(self, request: H.ListAgentsRequest, context: Any) -> H.ListAgentsResponse:
         records = await self.agents.all()
@@ -89,7 +182,7 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
     async def StartAgent(self, request: H.StartAgentRequest, context: Any) -> H.StartAgentResponse:
         if not request.device_id or not request.goal.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id and goal are required")
-        cmd = new_command(request.device_id, request.issued_by or "api")
+        cmd = new_command(request.device_id, current().name)
         cmd.start_agent.agent_id = request.agent_id or f"agent-{uuid.uuid4().hex[:12]}"
         cmd.start_agent.goal = request.goal
         cmd.start_agent.budget.CopyFrom(request.budget)
@@ -101,19 +194,21 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
 
     async def StopAgent(self, request: H.StopAgentRequest, context: Any) -> H.CommandAccepted:
         device = await self._device_of(request.agent_id, request.device_id, context)
-        cmd = new_command(device, request.issued_by or "api")
+        cmd = new_command(device, current().name)
         cmd.stop_agent.agent_id = request.agent_id
         cmd.stop_agent.reason = request.reason or "stopped through the hub API"
         await self._send(cmd, context)
         return H.CommandAccepted(command_id=cmd.command_id, device_id=device)
 
     async def DecideApproval(self, request: H.DecideApprovalRequest, context: Any) -> H.CommandAccepted:
-        if "/" not in request.key or not request.by.strip():
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key (AGENT/STEP) and by are required")
+        if "/" not in request.key:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key (AGENT/STEP) is required")
         device = await self._device_of(request.key.rsplit("/", 1)[0], request.device_id, context)
-        cmd = new_command(device, request.by)
+        by = current().name
+        cmd = new_command(device, by)
         d = cmd.decide_approval
-        d.key, d.approve, d.by, d.note = request.key, request.approve, request.by, request.note
+        d.key, d.approve, d.by = request.key, request.approve, by
+        d.note = f"{request.by}: {request.note}" if request.by and request.by not in by else request.note
         await self._send(cmd, context)
         return H.CommandAccepted(command_id=cmd.command_id, device_id=device)
 
@@ -149,10 +244,15 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
         return out
 
 
-async def serve(js: JetStreamContext, addr: str) -> tuple[grpc.aio.Server, int]:
-    """Start the API (plus health and reflection) on ``addr`` ("127.0.0.1:0" for any port)."""
-    server = grpc.aio.server()
-    hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(js), server)
+async def serve(
+    js: JetStreamContext, addr: str, device_addr: str, identity: Identity, server_pair: tuple[bytes, bytes]
+) -> tuple[grpc.aio.Server, int, int]:
+    """Start the API (plus health and reflection), TLS with ``server_pair`` (certificate, key), on two
+    ports ("host:0" for any): ``addr`` for operators (bearer tokens) and enrollment, ``device_addr``
+    for devices, which must present a client certificate from the hub's CA (mutual TLS). Returns the
+    server and both ports; ``identity.device_api`` is set to the device address."""
+    server = grpc.aio.server(interceptors=[AccessInterceptor(identity.tokens)])
+    hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(js, identity), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (
@@ -161,8 +261,14 @@ async def serve(js: JetStreamContext, addr: str) -> tuple[grpc.aio.Server, int]:
         health.SERVICE_NAME,
     )
     reflection.enable_server_reflection(names, server)
-    port = server.add_insecure_port(addr)
+    cert, key = server_pair
+    port = server.add_secure_port(addr, grpc.ssl_server_credentials([(key, cert)]))
+    mutual = grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=identity.ca.pem, require_client_auth=True
+    )
+    device_port = server.add_secure_port(device_addr, mutual)
+    identity.device_api = f"{device_addr.rsplit(':', 1)[0]}:{device_port}"
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set(names[0], health_pb2.HealthCheckResponse.SERVING)
-    return server, port
+    return server, port, device_port

@@ -18,17 +18,20 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 import nats
-from nats.aio.client import Client
+from nats.aio.client import Client, RawCredentials
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from edgehub.sync import EventApplier, NatsServer, ensure_topology
+from edgehub.sync.auth import Trust
 from edgehub.sync.lease import Lease
+from edgehub.sync.tls import CertificateAuthority
 
-from .api import serve
+from .access import Tokens, bootstrap_admin
+from .api import Identity, serve
 from .config import HubConfig
-from .registry import AgentRegistry
+from .registry import AgentRegistry, DeviceWatcher
 
 log = logging.getLogger("edgehub.hub")
 
@@ -44,6 +47,7 @@ class HubDaemon:
         self.nc: Client | None = None
         self.registry: AgentRegistry | None = None
         self.applier: EventApplier | None = None
+        self.devices: DeviceWatcher | None = None
         self._stop = asyncio.Event()
         self._closed = False
         self.registry_metrics = CollectorRegistry()
@@ -52,6 +56,7 @@ class HubDaemon:
         self.metrics_port: int | None = None
         self.api: grpc.aio.Server | None = None
         self.api_port: int | None = None
+        self.device_api_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -70,19 +75,40 @@ class HubDaemon:
         await self.shutdown()
 
     async def open(self) -> None:
+        trust_dir = self.cfg.auth.dir
+        trust = Trust.load_or_create(trust_dir)
+        ca = CertificateAuthority.load_or_create(trust_dir)
         if not self.cfg.nats.url:
             n = self.cfg.nats
-            self.server = await NatsServer.start(n.embedded_store, port=n.embedded_port)
+            self.server = await NatsServer.start(
+                n.embedded_store, port=n.embedded_port, auth=trust.server_config()
+            )
             log.info("embedded nats-server on %s (store %s)", self.server.url, n.embedded_store)
         self.nc = await nats.connect(
-            self.url, name=f"edgehub-hub-{self.cfg.hub.id}", max_reconnect_attempts=-1, error_cb=_quiet
+            self.url,
+            name=f"edgehub-hub-{self.cfg.hub.id}",
+            user_credentials=RawCredentials(trust.hub_creds(self.cfg.hub.id)),
+            max_reconnect_attempts=-1,
+            error_cb=_quiet,
         )
         js = self.nc.jetstream()
         await ensure_topology(js)
         self.registry = AgentRegistry(js)
         self.applier = EventApplier(js, self.registry.apply, lease=Lease(js, "events", self.cfg.hub.id))
-        self.api, self.api_port = await serve(js, self.cfg.api.addr)
-        log.info("management API (gRPC) on %s", self.api_address)
+        self.devices = DeviceWatcher(js, self.registry_metrics)
+        tokens = Tokens(js)
+        admin = await bootstrap_admin(tokens, trust_dir)
+        identity = Identity(trust, ca, self.cfg.nats.advertise or [self.url], tokens)
+        self.api, self.api_port, self.device_api_port = await serve(
+            js, self.cfg.api.addr, self.cfg.api.device_addr, identity, ca.server_pair(self.cfg.api.tls_names)
+        )
+        log.info(
+            "management API (gRPC, TLS) on %s, for devices (mutual TLS) on %s; CA %s, admin token in %s",
+            self.api_address,
+            identity.device_api,
+            ca.folder / "ca.pem",
+            admin,
+        )
         m = self.cfg.metrics
         if m.port is not None:
             self._metrics_server, _ = start_http_server(m.port, addr=m.addr, registry=self.registry_metrics)
@@ -98,8 +124,15 @@ class HubDaemon:
 
     async def run(self) -> None:
         assert self.applier is not None, "open() first"
+        assert self.devices is not None, "open() first"
         log.info("hub %s running on %s", self.cfg.hub.id, self.url)
-        await self.applier.run(self._stop)
+        tasks = [asyncio.create_task(c.run(self._stop)) for c in (self.applier, self.devices)]
+        try:
+            for done in (await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION))[0]:
+                done.result()
+        finally:
+            self._stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def shutdown(self) -> None:
         if self._closed:

@@ -1,9 +1,17 @@
-"""``edgehub devices ...`` and ``edgehub agents ...``: the fleet through the hub's gRPC API."""
+"""``edgehub devices ...``, ``edgehub agents ...`` and ``edgehub tokens ...``: the fleet through the
+hub's gRPC API.
+
+The API is TLS with the hub's own CA and wants a bearer token: ``EDGEHUB_CA`` names the CA file and
+``EDGEHUB_TOKEN`` (or ``EDGEHUB_TOKEN_FILE``) the token. On the hub's machine both default to the
+hub's trust folder (``.edgehub/hub/trust/ca.pem`` and ``admin.token``, or ``EDGEHUB_HUB__AUTH__DIR``).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import grpc
@@ -36,15 +44,41 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def call(api: str, method: Callable[[hub_pb2_grpc.HubServiceStub], T]) -> T:
+def _trust_dir() -> Path:
+    return Path(os.environ.get("EDGEHUB_HUB__AUTH__DIR", ".edgehub/hub/trust"))
+
+
+def credentials(*, token: bool = True) -> grpc.ChannelCredentials:
+    """TLS against the hub's CA, plus the operator's bearer token (when ``token``)."""
+    ca = Path(os.environ.get("EDGEHUB_CA") or _trust_dir() / "ca.pem")
+    try:
+        creds = grpc.ssl_channel_credentials(ca.read_bytes())
+    except OSError as exc:
+        fail(f"cannot read the hub's CA certificate {ca} ({exc.strerror}): set EDGEHUB_CA", 2)
+    if not token:
+        return creds
+    value = os.environ.get("EDGEHUB_TOKEN", "")
+    token_file = Path(os.environ.get("EDGEHUB_TOKEN_FILE") or _trust_dir() / "admin.token")
+    if not value and token_file.exists():
+        value = token_file.read_text().strip()
+    if not value:
+        return creds  # the hub answers UNAUTHENTICATED, with advice below
+    return grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(value))
+
+
+def call(
+    api: str, method: Callable[[hub_pb2_grpc.HubServiceStub], T], creds: grpc.ChannelCredentials | None = None
+) -> T:
     """One API call with a clear error for each status an operator can act on."""
-    with grpc.insecure_channel(api) as channel:
+    with grpc.secure_channel(api, creds or credentials()) as channel:
         try:
             return method(hub_pb2_grpc.HubServiceStub(channel))
         except grpc.RpcError as exc:
             code, detail = exc.code(), exc.details()
             if code == grpc.StatusCode.UNAVAILABLE:
-                fail(f"cannot reach the hub API at {api} (is `edgehub hub run` running?)", 2)
+                fail(f"cannot reach the hub API at {api} (is `edgehub hub run` running? {detail})", 2)
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                fail(f"{detail}: set EDGEHUB_TOKEN (the first admin token is in the hub's admin.token)", 2)
             fail(f"{code.name.lower()}: {detail}", 2 if code == grpc.StatusCode.INVALID_ARGUMENT else 1)
 
 
@@ -65,6 +99,7 @@ def devices_list(api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
     table = Table("device", "online", "last seen", "version", "load", "agents running", "outbox")
     for d in reply.devices:
         online = "[green]yes[/]" if d.online else "[red]no[/]"
+        online += " (draining)" if d.draining else ""
         running = ", ".join(d.agents_running) or "-"
         table.add_row(
             d.device_id,
@@ -76,6 +111,70 @@ def devices_list(api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
             str(d.outbox_depth),
         )
     console.print(table)
+
+
+@devices_app.command("get")
+def devices_get(device_id: str, api: ApiOpt = DEFAULT_API) -> None:
+    """One device's twin (JSON)."""
+    print(_json(call(api, lambda s: s.GetDevice(H.GetDeviceRequest(device_id=device_id), timeout=10))))
+
+
+@devices_app.command("drain")
+def devices_drain(
+    device_id: str,
+    reason: Annotated[str, typer.Option(help="Recorded with the command.")] = "drained by an operator",
+    resume: Annotated[bool, typer.Option("--resume", help="Undo a drain: take new agents again.")] = False,
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Let the device finish its running agents and take no new ones."""
+    req = H.DrainDeviceRequest(device_id=device_id, reason=reason, resume=resume)
+    reply = call(api, lambda s: s.DrainDevice(req, timeout=10))
+    console.print(f"{'resume' if resume else 'drain'} sent to {reply.device_id} (command {reply.command_id})")
+
+
+@devices_app.command("enroll-token")
+def devices_enroll_token(
+    device_id: str,
+    ttl: Annotated[int, typer.Option(help="Seconds the token stays valid.")] = 3600,
+    api: ApiOpt = DEFAULT_API,
+    as_json: JsonOpt = False,
+) -> None:
+    """A one-time token with which DEVICE_ID can enroll (`edgehub edge enroll`); needs an admin token."""
+    req = H.CreateEnrollmentTokenRequest(device_id=device_id, ttl_s=ttl)
+    reply = call(api, lambda s: s.CreateEnrollmentToken(req, timeout=10))
+    if as_json:
+        print(_json(reply))
+        return
+    console.print(f"enrollment token for {device_id} (one use, {ttl} s):")
+    print(reply.token)
+
+
+tokens_app = typer.Typer(help="Operator API tokens (roles: viewer, operator, admin).", no_args_is_help=True)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: str,
+    role: Annotated[
+        str, typer.Option(help="viewer (read), operator (act on agents/devices), admin.")
+    ] = "viewer",
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """A new bearer token for NAME; printed once (the hub keeps only its hash)."""
+    roles = {"viewer": H.ROLE_VIEWER, "operator": H.ROLE_OPERATOR, "admin": H.ROLE_ADMIN}
+    if role not in roles:
+        fail(f"unknown role {role!r} (viewer, operator, admin)", 2)
+    reply = call(
+        api, lambda s: s.CreateApiToken(H.CreateApiTokenRequest(name=name, role=roles[role]), timeout=10)
+    )
+    print(reply.token)
+
+
+@tokens_app.command("whoami")
+def tokens_whoami(api: ApiOpt = DEFAULT_API) -> None:
+    """Who the hub takes you for, and your role."""
+    me = call(api, lambda s: s.WhoAmI(H.WhoAmIRequest(), timeout=10))
+    console.print(f"{me.name} ({H.Role.Name(me.role).removeprefix('ROLE_').lower()})")
 
 
 @agents_app.command("list")
@@ -107,11 +206,10 @@ def agents_start(
     device: Annotated[str, typer.Option("--device", "-d", help="Device to run it on.")],
     goal: Annotated[str, typer.Option("--goal", "-g", help="What the agent should achieve.")],
     agent_id: Annotated[str, typer.Option(help="Agent id (default: assigned by the hub).")] = "",
-    by: Annotated[str, typer.Option(help="Who starts it (audited).")] = "cli",
     api: ApiOpt = DEFAULT_API,
 ) -> None:
     """Start an agent on a device (it runs when the device is online; started once)."""
-    req = H.StartAgentRequest(device_id=device, goal=goal, agent_id=agent_id, issued_by=by)
+    req = H.StartAgentRequest(device_id=device, goal=goal, agent_id=agent_id)
     reply = call(api, lambda s: s.StartAgent(req, timeout=10))
     console.print(f"agent {reply.agent_id} (command {reply.command_id} to {device})")
 
@@ -121,11 +219,10 @@ def agents_stop(
     agent_id: str,
     reason: Annotated[str, typer.Option(help="Recorded as the stop reason.")] = "stopped by an operator",
     device: Annotated[str, typer.Option("--device", "-d", help="Default: the agent's owner.")] = "",
-    by: Annotated[str, typer.Option(help="Who stops it (audited).")] = "cli",
     api: ApiOpt = DEFAULT_API,
 ) -> None:
-    """Stop an agent after its current step (checkpointed)."""
-    req = H.StopAgentRequest(agent_id=agent_id, device_id=device, reason=reason, issued_by=by)
+    """Stop an agent after its current step (checkpointed); audited under your token's name."""
+    req = H.StopAgentRequest(agent_id=agent_id, device_id=device, reason=reason)
     reply = call(api, lambda s: s.StopAgent(req, timeout=10))
     console.print(f"stop sent to {reply.device_id} (command {reply.command_id})")
 
@@ -133,13 +230,13 @@ def agents_stop(
 @agents_app.command("decide")
 def agents_decide(
     key: Annotated[str, typer.Argument(help="Approval key AGENT/STEP.")],
-    by: Annotated[str, typer.Option("--by", help="Who decides (audited).")],
     approve: Annotated[bool, typer.Option("--approve/--deny", help="Let the call run, or refuse it.")],
+    by: Annotated[str, typer.Option("--by", help="On whose behalf (noted; audited as your token).")] = "",
     note: Annotated[str, typer.Option(help="Why.")] = "",
     device: Annotated[str, typer.Option("--device", "-d", help="Default: the agent's owner.")] = "",
     api: ApiOpt = DEFAULT_API,
 ) -> None:
-    """Relay an approval decision to the device where the agent waits."""
+    """Relay an approval decision to the device where the agent waits (audited as your token's name)."""
     req = H.DecideApprovalRequest(key=key, device_id=device, approve=approve, by=by, note=note)
     reply = call(api, lambda s: s.DecideApproval(req, timeout=10))
     console.print(f"decision sent to {reply.device_id} (command {reply.command_id})")

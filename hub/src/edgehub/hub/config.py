@@ -27,6 +27,8 @@ class NatsConfig(_Section):
     embedded_port: int = Field(4222, ge=0, le=65535)
     """Port of the embedded server on 127.0.0.1 (0: any free port)."""
     embedded_store: Path = Path(".edgehub/hub/nats")
+    advertise: list[str] = []
+    """NATS URLs handed to devices at enrollment (default: the url, or the embedded server's)."""
 
 
 class HubSection(_Section):
@@ -42,7 +44,17 @@ class MetricsConfig(_Section):
 
 class ApiConfig(_Section):
     addr: str = "127.0.0.1:7443"
-    """gRPC management API address (port 0: any free port). No TLS yet: keep it on loopback."""
+    """gRPC management API address for operators and enrollment (port 0: any free port); always TLS."""
+    device_addr: str = "127.0.0.1:7444"
+    """The same API for enrolled devices: mutual TLS, client certificates from the hub's CA."""
+    tls_names: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1", socket.gethostname()])
+    """Host names and IPs in the API's server certificate (what clients dial)."""
+
+
+class AuthConfig(_Section):
+    dir: Path = Path(".edgehub/hub/trust")
+    """The hub's trust folder (0700): NATS operator/account keys, the API's CA, the first admin token.
+    Every hub process of a deployment uses the same one (a shared secret volume in production)."""
 
 
 class HubConfig(_Section):
@@ -50,6 +62,7 @@ class HubConfig(_Section):
     nats: NatsConfig = NatsConfig()
     metrics: MetricsConfig = MetricsConfig()
     api: ApiConfig = ApiConfig()
+    auth: AuthConfig = AuthConfig()
 
 
 def _env(env: Mapping[str, str]) -> dict[str, Any]:

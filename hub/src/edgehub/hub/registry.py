@@ -1,26 +1,40 @@
 """The fleet registry's agent records, kept in JetStream KV (``edgehub-agents``) so any hub process
-can read and update them.
+can read and update them, and the device twins the edges put in ``edgehub-devices``.
 
 Each applied event updates its agent's record: owner device, epoch, status, step, and the device
 sequence of the event that wrote it. Events of one device arrive in order, so a record only moves
 forward; replaying an event is harmless (the record is rewritten with the same content).
+
+``DeviceRegistry`` reads the twins on request (the API); ``DeviceWatcher`` keeps the hub's live view
+of them from a KV watch and measures how late heartbeats arrive. Both judge "online" with ``is_online``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from edgehub.protocol.v1 import agent_pb2, events_pb2
 from edgehub.sync import kv_key
 from edgehub.sync.streams import AGENTS, DEVICES
 
 S = agent_pb2
+log = logging.getLogger("edgehub.hub.registry")
+
+MISSED_BEATS = 3
+"""A device is offline once this many heartbeats in a row have not arrived."""
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 def status_name(status: int) -> str:
@@ -60,22 +74,162 @@ class _Records:
         return record
 
 
+def heartbeat_age(twin: dict[str, Any], now: float) -> float:
+    """Seconds since the device sent ``twin`` (by the device's clock)."""
+    return now - float(twin.get("sent_at", 0))
+
+
+def is_online(twin: dict[str, Any], now: float) -> bool:
+    """Running, and its last heartbeat is at most ``MISSED_BEATS`` intervals old."""
+    beats = MISSED_BEATS * float(twin.get("heartbeat_s", 5))
+    return twin.get("state") == "running" and heartbeat_age(twin, now) <= beats
+
+
 class DeviceRegistry(_Records):
     """Device twins as the devices report them (``edgehub-devices``); online = a recent heartbeat."""
 
     bucket = DEVICES.name
-    MISSED_BEATS = 3
+    MISSED_BEATS = MISSED_BEATS
 
     async def all(self, now: float | None = None) -> list[dict[str, Any]]:
         now = time.time() if now is None else now
         records = await super().all()
         for r in records:
-            age = now - float(r.get("sent_at", 0))
-            r["last_seen_s"] = round(age, 1)
-            r["online"] = r.get("state") == "running" and age <= self.MISSED_BEATS * float(
-                r.get("heartbeat_s", 5)
-            )
+            r["last_seen_s"] = round(heartbeat_age(r, now), 1)
+            r["online"] = is_online(r, now)
         return sorted(records, key=lambda r: str(r["device_id"]))
+
+
+@dataclass(frozen=True, slots=True)
+class SeenTwin:
+    """A device twin in the hub's live view."""
+
+    twin: dict[str, Any]
+    """The record as the device last put it (``sent_at``, ``heartbeat_s``, ``state``, ...)."""
+    seen_at: float
+    """When this hub received it (hub clock, ``time.time()``)."""
+    revision: int
+    """Its KV revision (the bucket stream's sequence): a re-watch skips what the view already has."""
+
+
+class DeviceWatcher:
+    """The hub's live view of the device twins (device id -> ``SeenTwin``), from a watch on the
+    ``edgehub-devices`` bucket, with two metrics on the registry passed in:
+
+    - ``edgehub_hub_heartbeat_lag_seconds`` (histogram): per update, hub receive time minus the
+      device's ``sent_at``, so it includes any clock skew between the two (clamped at 0). A watch's
+      initial snapshot is not timed (a twin may be days old), except newer twins of devices already in
+      the view: updates missed while the watch was down, whose lag is real.
+    - ``edgehub_hub_devices_online`` (gauge): ``is_online`` over the view, computed at scrape time.
+
+    ``run(stop)`` re-creates the watch after any error (server restart, lost connection) every
+    ``retry_s``, logging a repeated error once. nats-py's ordered consumer already re-subscribes after
+    missed idle heartbeats; as a backstop, when no update arrived for ``idle_check_s`` the watcher asks
+    the bucket for its last sequence and re-watches if the bucket moved on without it.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        metrics: CollectorRegistry,
+        *,
+        retry_s: float = 0.5,
+        idle_check_s: float = 5.0,
+    ) -> None:
+        self.js = js
+        self.retry_s = retry_s
+        self.idle_check_s = idle_check_s
+        self.view: dict[str, SeenTwin] = {}
+        self.watches = 0
+        """How many watches were created (1 + re-watches)."""
+        self._ids: dict[str, str] = {}  # KV key -> device id (deletes carry only the key)
+        self._horizon = 0  # the highest bucket sequence the current watch has accounted for
+        self._last_error = ""
+        self.lag = Histogram(
+            "edgehub_hub_heartbeat_lag_seconds",
+            "Heartbeat lag: hub receive time minus the device's sent_at",
+            buckets=LAG_BUCKETS,
+            registry=metrics,
+        )
+        self.online = Gauge(
+            "edgehub_hub_devices_online",
+            "Devices with a recent heartbeat (as the hub sees them)",
+            registry=metrics,
+        )
+        self.online.set_function(self.count_online)
+
+    def count_online(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        seen = list(self.view.values())  # one C-level copy: the metrics thread reads while the loop writes
+        return sum(is_online(s.twin, now) for s in seen)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self._watch(stop)
+            except Exception as exc:  # server restarting, connection re-established, bucket missing
+                error = f"{exc.__class__.__name__}: {exc}"
+                level = logging.DEBUG if error == self._last_error else logging.WARNING
+                log.log(level, "device watch failed (%s); re-watching", error)
+                self._last_error = error
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.retry_s)
+
+    async def _last_seq(self, kv: KeyValue) -> int:
+        return int((await kv.status()).stream_info.state.last_seq)
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        kv = await self.js.key_value(DEVICES.name)
+        self._horizon = await self._last_seq(kv)  # everything up to here is in the snapshot or superseded
+        watcher = await kv.watchall()
+        self.watches += 1
+        live, idle_since = False, time.monotonic()
+        try:
+            while not stop.is_set():
+                try:
+                    entry = await watcher.updates(timeout=0.5)  # short: notice ``stop`` promptly
+                except nats.errors.TimeoutError:
+                    if time.monotonic() - idle_since >= self.idle_check_s:
+                        await self._check(kv)
+                        idle_since = time.monotonic()
+                    continue
+                idle_since = time.monotonic()
+                if entry is None:  # the end of the initial snapshot
+                    live = True
+                    continue
+                self._apply(entry, live)
+                self._last_error = ""
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()
+
+    async def _check(self, kv: KeyValue) -> None:
+        last = await self._last_seq(kv)  # raises while the server is unreachable
+        if last > self._horizon:
+            raise RuntimeError(f"the watch is stale: the bucket is at {last}, the watch at {self._horizon}")
+
+    def _apply(self, entry: KeyValue.Entry, live: bool) -> None:
+        revision = entry.revision or 0
+        self._horizon = max(self._horizon, revision)
+        device_id = self._ids.get(entry.key, entry.key)
+        known = self.view.get(device_id)
+        if known is not None and revision <= known.revision:
+            return  # a re-watch's snapshot: already in the view
+        if entry.operation in (KV_DEL, KV_PURGE):
+            self.view.pop(device_id, None)
+            return
+        seen_at = time.time()
+        try:
+            twin: dict[str, Any] = json.loads(entry.value or b"{}")
+            device_id = str(twin.get("device_id") or entry.key)
+            sent_at = float(twin["sent_at"]) if "sent_at" in twin else None
+        except (ValueError, TypeError, AttributeError) as exc:  # not JSON, not an object, bad sent_at
+            log.debug("twin %s unreadable: %s", entry.key, exc)
+            return
+        self._ids[entry.key] = device_id
+        self.view[device_id] = SeenTwin(twin, seen_at, revision)
+        if sent_at is not None and (live or known is not None):
+            self.lag.observe(max(0.0, seen_at - sent_at))
 
 
 class AgentRegistry(_Records):

@@ -5,6 +5,7 @@ Subjects carry the device (and, for events, the agent) so permissions and querie
     edgehub.ev.<device>.<agent>     events from an edge (EdgeEvent)            stream EDGEHUB_EVENTS
     edgehub.cmd.<device>            commands to an edge                        stream EDGEHUB_COMMANDS
     edgehub.dlq.<source>            messages that could not be processed       stream EDGEHUB_DEADLETTER
+    edgehub.dlq.edge.<device>       ... that a device could not process        stream EDGEHUB_DEADLETTER
 
 Ids become single subject tokens: characters NATS treats specially (``.``, ``*``, ``>``, spaces and
 ``%`` itself) are percent-encoded, so ``dev.1`` is the token ``dev%2E1`` and can never widen a
@@ -60,6 +61,11 @@ ALL_COMMANDS = f"{PREFIX}.cmd.>"
 
 def deadletter(source: str) -> str:
     return f"{PREFIX}.dlq.{token(source)}"
+
+
+def device_deadletter(device_id: str) -> str:
+    """Dead letters a device reports (commands it could not decode): one subject per device."""
+    return f"{PREFIX}.dlq.edge.{token(device_id)}"
 
 
 ALL_DEADLETTER = f"{PREFIX}.dlq.>"

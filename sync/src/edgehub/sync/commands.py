@@ -1,8 +1,9 @@
 """Hub -> edge commands: published to ``edgehub.cmd.<device>``, consumed by that device through its own
 durable consumer, acknowledged only after the command's effect is committed at the edge.
 
-A command the edge cannot decode goes to the dead-letter stream with the reason and is acknowledged;
-one whose handler fails is negatively acknowledged and comes back later (handlers are idempotent by
+A command the edge cannot decode, or whose handler refuses it for good (``MessageRejected``), goes to
+the device's dead-letter subject with the reason and is acknowledged; one whose handler fails otherwise
+is negatively acknowledged and comes back later (handlers are idempotent by
 ``command_id`` or by the effect itself, e.g. an agent id that already exists).
 """
 
@@ -106,21 +107,27 @@ class CommandConsumer:
         for msg in msgs:
             await self._one(msg)
 
+    async def _reject(self, msg: Msg, rejected: MessageRejected) -> None:
+        log.warning("command rejected: %s", rejected.reason)
+        self.rejected += 1
+        headers = {"Edgehub-Reason": rejected.reason[:500], "Edgehub-Subject": msg.subject}
+        with contextlib.suppress(Exception):
+            await self.js.publish(
+                subjects.device_deadletter(self.device_id), msg.data[:MAX_EVENT_BYTES], headers=headers
+            )
+        await msg.ack()
+
     async def _one(self, msg: Msg) -> None:
         try:
             cmd = decode_command(msg, self.device_id)
         except MessageRejected as rejected:
-            log.warning("command rejected: %s", rejected.reason)
-            self.rejected += 1
-            headers = {"Edgehub-Reason": rejected.reason[:500], "Edgehub-Subject": msg.subject}
-            with contextlib.suppress(Exception):
-                await self.js.publish(
-                    subjects.deadletter("commands"), msg.data[:MAX_EVENT_BYTES], headers=headers
-                )
-            await msg.ack()
+            await self._reject(msg, rejected)
             return
         try:
             await self.handle(cmd)
+        except MessageRejected as rejected:  # the handler refuses it for good (e.g. the device drains)
+            await self._reject(msg, rejected)
+            return
         except Exception as exc:
             log.warning(
                 "command %s failed (%s: %s); retrying later", cmd.command_id, exc.__class__.__name__, exc

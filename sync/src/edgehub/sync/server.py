@@ -28,7 +28,7 @@ jetstream {{
   store_dir: "{store}"
   sync_interval: always
 }}
-"""
+{auth}"""
 
 
 def _die_with_parent() -> None:
@@ -58,6 +58,8 @@ class NatsServer:
     store_dir: Path
     port: int
     monitor_port: int
+    auth: str = ""
+    """Extra configuration for authentication (``Trust.server_config()``); empty: open to anyone."""
     process: asyncio.subprocess.Process | None = None
 
     @property
@@ -65,8 +67,10 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     @classmethod
-    async def start(cls, store_dir: Path, *, port: int = 0, max_payload: int = 8 * 1024 * 1024) -> NatsServer:
-        server = cls(Path(store_dir), port or free_port(), free_port())
+    async def start(
+        cls, store_dir: Path, *, port: int = 0, max_payload: int = 8 * 1024 * 1024, auth: str = ""
+    ) -> NatsServer:
+        server = cls(Path(store_dir), port or free_port(), free_port(), auth)
         await server._launch(max_payload)
         return server
 
@@ -78,7 +82,11 @@ class NatsServer:
             conf = self.store_dir / "nats.conf"
             conf.write_text(
                 CONFIG.format(
-                    port=self.port, monitor=self.monitor_port, max_payload=max_payload, store=self.store_dir
+                    port=self.port,
+                    monitor=self.monitor_port,
+                    max_payload=max_payload,
+                    store=self.store_dir,
+                    auth=self.auth,
                 )
             )
             with log_path.open("ab") as log_file:  # a file, not a pipe nobody reads

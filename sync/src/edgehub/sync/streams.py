@@ -92,7 +92,11 @@ LEASE_TTL_S = 6.0
 LEASES = BucketSpec(
     "edgehub-leases", "single-active work among hub processes (holder id, renewed)", ttl_s=LEASE_TTL_S
 )
-BUCKETS = (APPLIED, AGENTS, DEVICES, LEASES)
+TOKENS = BucketSpec("edgehub-tokens", "API bearer tokens by SHA-256: operator name and role")
+ENROLLMENTS = BucketSpec(
+    "edgehub-enrollments", "one-time device enrollment tokens by SHA-256: device id, expiry"
+)
+BUCKETS = (APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS)
 
 HUB_EVENTS_CONSUMER = "hub-events"
 """The durable pull consumer every hub process shares (work is split between them)."""

@@ -33,6 +33,7 @@ class Command(_message.Message):
     START_AGENT_FIELD_NUMBER: _builtins.int
     STOP_AGENT_FIELD_NUMBER: _builtins.int
     DECIDE_APPROVAL_FIELD_NUMBER: _builtins.int
+    DRAIN_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     command_id: _builtins.str
     """Unique; also the Nats-Msg-Id."""
@@ -47,6 +48,8 @@ class Command(_message.Message):
     def stop_agent(self) -> Global___StopAgent: ...
     @_builtins.property
     def decide_approval(self) -> Global___DecideApproval: ...
+    @_builtins.property
+    def drain(self) -> Global___Drain: ...
     def __init__(
         self,
         *,
@@ -58,16 +61,41 @@ class Command(_message.Message):
         start_agent: Global___StartAgent | None = ...,
         stop_agent: Global___StopAgent | None = ...,
         decide_approval: Global___DecideApproval | None = ...,
+        drain: Global___Drain | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "decide_approval", b"decide_approval", "issued_at", b"issued_at", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "decide_approval", b"decide_approval", "drain", b"drain", "issued_at", b"issued_at", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_id", b"command_id", "decide_approval", b"decide_approval", "device_id", b"device_id", "issued_at", b"issued_at", "issued_by", b"issued_by", "schema_version", b"schema_version", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_id", b"command_id", "decide_approval", b"decide_approval", "device_id", b"device_id", "drain", b"drain", "issued_at", b"issued_at", "issued_by", b"issued_by", "schema_version", b"schema_version", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_agent", "stop_agent", "decide_approval"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_agent", "stop_agent", "decide_approval", "drain"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class Drain(_message.Message):
+    """Finish the agents that run, take no new ones (resume=true: take them again)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    RESUME_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    resume: _builtins.bool
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        resume: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "resume", b"resume"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Drain: _TypeAlias = Drain  # noqa: Y015
 
 @_typing.final
 class StartAgent(_message.Message):

@@ -39,6 +39,16 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.ListDevicesRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.ListDevicesResponse.FromString,
                 _registered_method=True)
+        self.GetDevice = channel.unary_unary(
+                '/edgehub.v1.HubService/GetDevice',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.GetDeviceRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Device.FromString,
+                _registered_method=True)
+        self.DrainDevice = channel.unary_unary(
+                '/edgehub.v1.HubService/DrainDevice',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.DrainDeviceRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.CommandAccepted.FromString,
+                _registered_method=True)
         self.ListAgents = channel.unary_unary(
                 '/edgehub.v1.HubService/ListAgents',
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.ListAgentsRequest.SerializeToString,
@@ -69,6 +79,26 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.DecideApprovalRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.CommandAccepted.FromString,
                 _registered_method=True)
+        self.CreateEnrollmentToken = channel.unary_unary(
+                '/edgehub.v1.HubService/CreateEnrollmentToken',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.CreateEnrollmentTokenRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.EnrollmentToken.FromString,
+                _registered_method=True)
+        self.Enroll = channel.unary_unary(
+                '/edgehub.v1.HubService/Enroll',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.EnrollResponse.FromString,
+                _registered_method=True)
+        self.CreateApiToken = channel.unary_unary(
+                '/edgehub.v1.HubService/CreateApiToken',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.CreateApiTokenRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.ApiToken.FromString,
+                _registered_method=True)
+        self.WhoAmI = channel.unary_unary(
+                '/edgehub.v1.HubService/WhoAmI',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Principal.FromString,
+                _registered_method=True)
 
 
 class HubServiceServicer:
@@ -76,6 +106,19 @@ class HubServiceServicer:
 
     def ListDevices(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainDevice(self, request, context):
+        """Sends a drain command: the device finishes what runs and takes no new agents (resume=true undoes it).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -118,6 +161,35 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEnrollmentToken(self, request, context):
+        """A one-time token with which one device (by id) can enroll, valid for ttl_s.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Enroll(self, request, context):
+        """A device trades its enrollment token for credentials: a NATS user JWT for the public key it sent
+        (its seed never leaves it) and a client certificate for the CSR it sent. The token is then spent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiToken(self, request, context):
+        """A bearer token for an operator; shown once, stored only as a hash.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WhoAmI(self, request, context):
+        """The caller as the hub sees it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -125,6 +197,16 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.ListDevices,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.ListDevicesRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.ListDevicesResponse.SerializeToString,
+            ),
+            'GetDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDevice,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.GetDeviceRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Device.SerializeToString,
+            ),
+            'DrainDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainDevice,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.DrainDeviceRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.CommandAccepted.SerializeToString,
             ),
             'ListAgents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAgents,
@@ -156,6 +238,26 @@ def add_HubServiceServicer_to_server(servicer, server):
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.DecideApprovalRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.CommandAccepted.SerializeToString,
             ),
+            'CreateEnrollmentToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnrollmentToken,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.CreateEnrollmentTokenRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.EnrollmentToken.SerializeToString,
+            ),
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.EnrollRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.EnrollResponse.SerializeToString,
+            ),
+            'CreateApiToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiToken,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.CreateApiTokenRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.ApiToken.SerializeToString,
+            ),
+            'WhoAmI': grpc.unary_unary_rpc_method_handler(
+                    servicer.WhoAmI,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Principal.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'edgehub.v1.HubService', rpc_method_handlers)
@@ -184,6 +286,60 @@ class HubService:
             '/edgehub.v1.HubService/ListDevices',
             edgehub_dot_v1_dot_hub__pb2.ListDevicesRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.ListDevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/GetDevice',
+            edgehub_dot_v1_dot_hub__pb2.GetDeviceRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/DrainDevice',
+            edgehub_dot_v1_dot_hub__pb2.DrainDeviceRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.CommandAccepted.FromString,
             options,
             channel_credentials,
             insecure,
@@ -346,6 +502,114 @@ class HubService:
             '/edgehub.v1.HubService/DecideApproval',
             edgehub_dot_v1_dot_hub__pb2.DecideApprovalRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.CommandAccepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEnrollmentToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/CreateEnrollmentToken',
+            edgehub_dot_v1_dot_hub__pb2.CreateEnrollmentTokenRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.EnrollmentToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/Enroll',
+            edgehub_dot_v1_dot_hub__pb2.EnrollRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/CreateApiToken',
+            edgehub_dot_v1_dot_hub__pb2.CreateApiTokenRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.ApiToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WhoAmI(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/WhoAmI',
+            edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.Principal.FromString,
             options,
             channel_credentials,
             insecure,
