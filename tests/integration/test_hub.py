@@ -129,6 +129,12 @@ async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_si
         ]
         assert applied
         assert float(applied[0].split()[-1]) >= 2
+        metric = {
+            line.split()[0]: float(line.split()[-1]) for line in hub_text.splitlines() if line[:1] != "#"
+        }
+        assert metric["edgehub_hub_event_lag_seconds_count"] >= 2  # every applied event observed
+        assert metric["edgehub_hub_event_queue_seconds_count"] >= 2
+        assert metric["edgehub_hub_events_pending"] == 0  # all applied and acknowledged
     finally:
         stderr = hub.stop()
     assert hub.proc.returncode == 0, stderr[-2000:]

@@ -1,5 +1,5 @@
-"""The hub daemon: applies every edge's events to the fleet registry (and, as issue 4 lands, serves
-the management API).
+"""The hub daemon: applies every edge's events to the fleet registry, watches device twins, serves
+the management API (gRPC, TLS) and Prometheus metrics.
 
 Lifecycle as everywhere: ``async with HubDaemon(cfg) as hub: await hub.run()``; ``request_stop()``
 (SIGTERM) ends the run, ``shutdown()`` is idempotent. With no ``[nats] url`` the daemon starts an
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterator
 from types import TracebackType
 from wsgiref.simple_server import WSGIServer
@@ -19,13 +20,18 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 import nats
 from nats.aio.client import Client, RawCredentials
-from prometheus_client import CollectorRegistry, start_http_server
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from edgehub.protocol import subjects
+from edgehub.protocol.v1 import events_pb2
 from edgehub.sync import EventApplier, NatsServer, ensure_topology
 from edgehub.sync.auth import Trust
 from edgehub.sync.lease import Lease
+from edgehub.sync.streams import HUB_EVENTS_CONSUMER
 from edgehub.sync.tls import CertificateAuthority
 
 from .access import Tokens, bootstrap_admin
@@ -52,6 +58,7 @@ class HubDaemon:
         self._closed = False
         self.registry_metrics = CollectorRegistry()
         self.registry_metrics.register(_ApplierCollector(self))
+        self.lag = EventLag(self.registry_metrics)
         self._metrics_server: WSGIServer | None = None
         self.metrics_port: int | None = None
         self.api: grpc.aio.Server | None = None
@@ -94,7 +101,9 @@ class HubDaemon:
         js = self.nc.jetstream()
         await ensure_topology(js)
         self.registry = AgentRegistry(js)
-        self.applier = EventApplier(js, self.registry.apply, lease=Lease(js, "events", self.cfg.hub.id))
+        self.applier = EventApplier(
+            js, self.registry.apply, lease=Lease(js, "events", self.cfg.hub.id), observe=self.lag.observe
+        )
         self.devices = DeviceWatcher(js, self.registry_metrics)
         tokens = Tokens(js)
         admin = await bootstrap_admin(tokens, trust_dir)
@@ -126,7 +135,11 @@ class HubDaemon:
         assert self.applier is not None, "open() first"
         assert self.devices is not None, "open() first"
         log.info("hub %s running on %s", self.cfg.hub.id, self.url)
-        tasks = [asyncio.create_task(c.run(self._stop)) for c in (self.applier, self.devices)]
+        assert self.nc is not None
+        lag = self.lag.run(self.nc.jetstream(), self._stop)
+        tasks = [
+            asyncio.create_task(c) for c in (self.applier.run(self._stop), self.devices.run(self._stop), lag)
+        ]
         try:
             for done in (await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION))[0]:
                 done.result()
@@ -149,6 +162,49 @@ class HubDaemon:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+
+
+class EventLag:
+    """How far behind the edges the hub is: per applied event, seconds since its step happened on the
+    device and since the stream stored it; and events the shared consumer has not yet applied."""
+
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.from_device = Histogram(
+            "edgehub_hub_event_lag_seconds",
+            "From the step on the device to its event applied at the hub (includes offline time)",
+            buckets=self.BUCKETS,
+            registry=registry,
+        )
+        self.from_stream = Histogram(
+            "edgehub_hub_event_queue_seconds",
+            "From the stream storing an event to the hub applying it",
+            buckets=self.BUCKETS,
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "edgehub_hub_events_pending",
+            "Events in the stream the hub consumer has not acknowledged (undelivered + in flight)",
+            registry=registry,
+        )
+
+    def observe(self, event: events_pb2.EdgeEvent, msg: Msg) -> None:
+        now = time.time()
+        if event.step.HasField("at"):
+            self.from_device.observe(max(0.0, now - event.step.at.ToMilliseconds() / 1000))
+        with contextlib.suppress(Exception):  # a message without JetStream metadata
+            self.from_stream.observe(max(0.0, now - msg.metadata.timestamp.timestamp()))
+
+    async def run(self, js: JetStreamContext, stop: asyncio.Event, every_s: float = 2.0) -> None:
+        while not stop.is_set():
+            try:
+                info = await js.consumer_info(subjects.EVENTS_STREAM, HUB_EVENTS_CONSUMER)
+                self.pending.set(info.num_pending + info.num_ack_pending)
+            except Exception as exc:  # not created yet, or NATS restarting: the next poll retries
+                log.debug("consumer lag unavailable: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), every_s)
 
 
 class _ApplierCollector(Collector):

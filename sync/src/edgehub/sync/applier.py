@@ -49,6 +49,8 @@ log = logging.getLogger("edgehub.sync.applier")
 
 SUPPORTED_EVENT_VERSIONS = frozenset({1})
 Apply = Callable[[events_pb2.EdgeEvent], Awaitable[None]]
+Observe = Callable[[events_pb2.EdgeEvent, Msg], None]
+"""Called after each event is applied (metrics: lag from the step's time and the stream's)."""
 _KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 
 
@@ -121,9 +123,11 @@ class EventApplier:
         gap_wait_s: float | None = None,
         ack_wait_s: float = 10.0,
         lease: Lease | None = None,
+        observe: Observe | None = None,
     ) -> None:
         self.js = js
         self.apply = apply
+        self.observe = observe
         self.durable = durable
         self.batch = batch
         self.gap_delay_s = gap_delay_s
@@ -212,6 +216,8 @@ class EventApplier:
                 await self.apply(event)
                 devices[key].last = event.seq
                 self.stats.applied += 1
+                if self.observe is not None:
+                    self.observe(event, msg)
                 done.append(msg)
             elif not devices[key].blocked and event.seq <= devices[key].last:
                 done.append(msg)
