@@ -39,6 +39,10 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ("[device]\nid = 'has spaces'\n", {}, "device.id"),
         ("[agentt]\n", {}, "agentt"),
         ("", {"EDGEHUB_EDGE__AGENT__MAX_STEPS": "-1"}, "agent.max_steps"),
+        ("[tracing]\nsample_ratio = 1.5\n", {}, "tracing.sample_ratio"),
+        ("", {"EDGEHUB_EDGE__TRACING__SAMPLE_RATIO": "-0.1"}, "tracing.sample_ratio"),
+        ("", {"EDGEHUB_EDGE__TRACING__SAMPLE_RATIO": "half"}, "tracing.sample_ratio"),
+        ("[tracing]\notlp_endpoint = '127.0.0.1:4317'\n", {}, "tracing.otlp_endpoint"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:
@@ -47,6 +51,20 @@ def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str],
     assert info.value.key == key
     assert key in str(info.value)
     assert "edge.toml" in str(info.value)
+
+
+def test_tracing_is_off_by_default_and_the_environment_points_it_at_a_collector() -> None:
+    assert load_config(None, env={}).tracing.otlp_endpoint is None
+    env = {
+        "EDGEHUB_EDGE__TRACING__OTLP_ENDPOINT": "http://127.0.0.1:4317",
+        "EDGEHUB_EDGE__TRACING__SAMPLE_RATIO": "0.25",
+    }
+    tracing = load_config(None, env=env).tracing
+    assert (tracing.otlp_endpoint, tracing.sample_ratio, tracing.service_name) == (
+        "http://127.0.0.1:4317",
+        0.25,
+        "edgehub-edge",
+    )
 
 
 def test_invalid_toml_and_missing_file_are_clear(tmp_path: Path) -> None:

@@ -41,6 +41,7 @@ from .metrics import EdgeMetrics
 from .safety.approvals import ApprovalError, decide
 from .safety.build import Safety, build_safety, build_scrubber
 from .store.sqlite import SqliteStore
+from .tracing import Tracing
 
 log = logging.getLogger("edgehub.edge")
 S = agent_pb2
@@ -118,6 +119,7 @@ class EdgeDaemon:
         self.metrics = EdgeMetrics(cfg.device.id)
         self.metrics_port: int | None = None
         self.metrics.add_collector(self._collect)
+        self.tracing = Tracing()  # off until open()
 
     async def __aenter__(self) -> EdgeDaemon:
         await self.open()
@@ -140,6 +142,7 @@ class EdgeDaemon:
                 from .llm.llama import LlamaBrain  # imported here: unit tests run without a model
 
                 self._brain = await asyncio.to_thread(LlamaBrain.open, self.cfg.model)
+            self.tracing = Tracing.from_config(self.cfg.tracing, self.cfg.device.id)
             self.loop = AgentLoop(self._deps(self.store, self._brain))
             if self.cfg.metrics.port is not None:
                 self.metrics_port = self.metrics.serve(self.cfg.metrics.addr, self.cfg.metrics.port)
@@ -174,6 +177,7 @@ class EdgeDaemon:
             monitor=safety.monitor,
             sandbox=safety.sandbox,
             on_step=self.metrics.observe_step,
+            tracer=self.tracing.tracer,
         )
 
     def submit(
@@ -337,15 +341,17 @@ class EdgeDaemon:
         await asyncio.gather(*pending, return_exceptions=True)
 
     async def shutdown(self) -> None:
-        """Stop agents (drained), close the store and the model. Idempotent."""
+        """Stop agents (drained), flush their traces, close the store and the model. Idempotent."""
         if self._closed:
             return
         self._closed = True
         self.request_stop()
         await self._drain()
+        await asyncio.to_thread(self.tracing.shutdown)  # may wait for a slow collector: off the loop
         self._release()
 
     def _release(self) -> None:
+        self.tracing.shutdown()  # a no-op once shut down; here for a failed open()
         self.metrics.close()
         if self.store is not None:
             self.store.close()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -128,6 +129,27 @@ class MetricsConfig(_Section):
     addr: str = "127.0.0.1"
 
 
+_OTLP_ENDPOINT = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[^/\s:\[\]]+)(:\d{1,5})?/?")
+
+
+class TracingConfig(_Section):
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector for traces of agent runs and steps (``http://127.0.0.1:4317``; ``https://``
+    for TLS); None: off, at no cost. The standard ``OTEL_EXPORTER_OTLP_*`` variables (headers,
+    certificates, timeout, compression) still apply."""
+    service_name: str = Field("edgehub-edge", min_length=1)
+    """``service.name`` of the traces (the device id is ``device.id``)."""
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Fraction of agent runs traced; a run's steps are kept or dropped together."""
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not _OTLP_ENDPOINT.fullmatch(value):
+            raise ValueError("should be http://HOST:PORT, or https://HOST:PORT for TLS")
+        return value
+
+
 class EdgeConfig(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
@@ -137,6 +159,7 @@ class EdgeConfig(_Section):
     safety: SafetyConfig = SafetyConfig()
     hub: HubLinkConfig = HubLinkConfig()
     metrics: MetricsConfig = MetricsConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @property
     def store_path(self) -> Path:

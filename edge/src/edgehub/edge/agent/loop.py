@@ -11,6 +11,8 @@ One step, in order:
 
 A call that policy marks needs-approval does not end the step: the agent is checkpointed as
 AWAITING_APPROVAL with the proposal, and the step resumes from that proposal once an operator decided.
+
+Runs, steps and their phases are traced (``..tracing``) when the daemon gives the loop a tracer.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from ..llm.gate import ModelGate
 from ..memory.compaction import Compactor
 from ..memory.l1 import steps_to_compact
 from ..store.base import Approval, EdgeStore
+from ..tracing import AgentSpans
 from .actions import Proposal, parse_action
 from .prompt import PromptBuilder
 from .tools.base import CommandRunner, ToolContext
@@ -38,6 +41,8 @@ from .tools.gateway import ExecutionGateway
 from .tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
     from ..safety.stuck import StuckMonitor
 
 S = agent_pb2
@@ -83,6 +88,8 @@ class LoopDeps:
     sandbox: CommandRunner | None = None
     on_step: Callable[[agent_pb2.StepEvent], None] | None = None
     """Told about every committed action step (metrics)."""
+    tracer: Tracer | None = None
+    """Spans of runs, steps and phases (``..tracing``); None or the API's no-op tracer: none, at no cost."""
 
 
 def event_id(state: agent_pb2.AgentState, kind: str) -> str:
@@ -112,17 +119,24 @@ class AgentLoop:
         self._task_tokens: dict[tuple[str, str], int] = {}  # (goal, summary) -> tokens; changes on compaction
         self._windows: dict[str, Window] = {}
         self._workspaces: set[str] = set()
+        self._spans = AgentSpans(deps.tracer)
 
     async def run(self, agent_id: str, stop: asyncio.Event) -> agent_pb2.AgentState:
         state = self.d.store.load_agent(agent_id)
-        if state.status == S.AGENT_STATUS_PENDING:
-            state.status = S.AGENT_STATUS_RUNNING
-            self.d.store.update_agent(state)
-        while state.status == S.AGENT_STATUS_RUNNING and not stop.is_set():
-            state = await self.step(state)
+        with self._spans.run(state, self.d.device_id) as span:
+            if state.status == S.AGENT_STATUS_PENDING:
+                state.status = S.AGENT_STATUS_RUNNING
+                self.d.store.update_agent(state)
+            while state.status == S.AGENT_STATUS_RUNNING and not stop.is_set():
+                state = await self.step(state)
+            self._spans.run_ended(span, state)
         return state
 
     async def step(self, state: agent_pb2.AgentState) -> agent_pb2.AgentState:
+        with self._spans.step(state):
+            return await self._step(state)
+
+    async def _step(self, state: agent_pb2.AgentState) -> agent_pb2.AgentState:
         started = time.perf_counter()
         reason = self._exhausted(state)
         if reason:
@@ -137,7 +151,9 @@ class AgentLoop:
             completion = await self._think(state)
             proposal = parse_action(completion.text)
         tool_started = time.perf_counter()
-        result, output = await self._act(state, proposal, key)
+        with self._spans.phase("act") as span:
+            result, output = await self._act(state, proposal, key)
+            self._spans.acted(span, result)
         tool_ms = (time.perf_counter() - tool_started) * 1000
         if result.error == "needs_approval":
             return self._await_approval(state, proposal, result, completion)
@@ -186,7 +202,7 @@ class AgentLoop:
             rule=result.decision.rule,
             reason=result.decision.reason,
         )
-        self.d.store.checkpoint(new, event, [], approval=approval)
+        self._checkpoint(new, event, [], approval=approval)
         return new
 
     # budgets ---------------------------------------------------------------------------------------
@@ -225,10 +241,13 @@ class AgentLoop:
         return f"{self.prompts.header}{task}{window.text}{warning}Step {state.step + 1} action: "
 
     async def _think(self, state: agent_pb2.AgentState) -> Completion:
-        prompt = self._prompt(state)
-        return await self.d.model.complete(
-            prompt, json_schema=self._schema, max_tokens=self.d.max_action_tokens
-        )
+        with self._spans.phase("think") as span:
+            prompt = self._prompt(state)
+            completion = await self.d.model.complete(
+                prompt, json_schema=self._schema, max_tokens=self.d.max_action_tokens
+            )
+            self._spans.thought(span, completion)
+        return completion
 
     def _window_budget(self, state: agent_pb2.AgentState) -> int:
         key = (state.goal, state.summary)
@@ -250,15 +269,16 @@ class AgentLoop:
         if not fold:
             return state
         old = [t for t in turns if t.step < fold]
-        summary = await self.d.model.call(
-            lambda: self.d.compactor.summarize(state.goal, state.summary, old, max_tokens=160)
-        )
-        new = S.AgentState()
-        new.CopyFrom(state)
-        new.summary, new.summarized_through = summary, fold
-        event = self._event(new, S.STEP_KIND_COMPACTION, "compaction")
-        event.detail = summary
-        self.d.store.checkpoint(new, event, [])
+        with self._spans.phase("compact"):
+            summary = await self.d.model.call(
+                lambda: self.d.compactor.summarize(state.goal, state.summary, old, max_tokens=160)
+            )
+            new = S.AgentState()
+            new.CopyFrom(state)
+            new.summary, new.summarized_through = summary, fold
+            event = self._event(new, S.STEP_KIND_COMPACTION, "compaction")
+            event.detail = summary
+            self._checkpoint(new, event, [])
         return new
 
     # act -------------------------------------------------------------------------------------------
@@ -285,6 +305,18 @@ class AgentLoop:
         return await self.d.gateway.execute(call, ctx, proposal_json=proposal.to_json())
 
     # commit ----------------------------------------------------------------------------------------
+    def _checkpoint(
+        self,
+        state: agent_pb2.AgentState,
+        event: agent_pb2.StepEvent,
+        turns: list[agent_pb2.Turn],
+        result: agent_pb2.ToolResult | None = None,
+        approval: Approval | None = None,
+    ) -> None:
+        with self._spans.phase("checkpoint"):
+            self.d.store.checkpoint(state, event, turns, result, approval)
+        self._spans.committed(event)
+
     def _event(
         self, state: agent_pb2.AgentState, kind: agent_pb2.StepKind.ValueType, name: str
     ) -> agent_pb2.StepEvent:
@@ -347,7 +379,7 @@ class AgentLoop:
         event.timings.total_ms = (time.perf_counter() - started) * 1000
         new.updated_at.GetCurrentTime()
         window = self._window(state)  # before the commit: loading it after would include this step's turns
-        self.d.store.checkpoint(new, event, turns, result)
+        self._checkpoint(new, event, turns, result)
         window.extend(turns, self.prompts.turns(turns))
         if self.d.on_step is not None:
             self.d.on_step(event)
@@ -396,7 +428,7 @@ class AgentLoop:
         new.updated_at.GetCurrentTime()
         event = self._event(new, S.STEP_KIND_END, "end")
         event.detail = reason
-        self.d.store.checkpoint(new, event, [])
+        self._checkpoint(new, event, [])
         self._windows.pop(state.agent_id, None)
         return new
 
@@ -407,4 +439,5 @@ class AgentLoop:
         state = self.d.store.load_agent(agent_id)
         if state.status in TERMINAL:
             return state
-        return self._end(state, status, reason)
+        with self._spans.end(agent_id, status):
+            return self._end(state, status, reason)
