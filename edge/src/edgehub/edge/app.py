@@ -37,6 +37,8 @@ from .identity import DeviceIdentity
 from .llm.base import Brain
 from .llm.gate import ModelGate
 from .memory.compaction import Compactor
+from .memory.embed import shared_embedder
+from .memory.episodic import EpisodeIndexer, EpisodicMemory
 from .metrics import EdgeMetrics
 from .safety.approvals import ApprovalError, decide
 from .safety.build import Safety, build_safety, build_scrubber
@@ -116,6 +118,8 @@ class EdgeDaemon:
         self.loop: AgentLoop | None = None
         self.safety: Safety | None = None
         self.hublink: HubLink | None = None
+        self.indexer: EpisodeIndexer | None = None
+        """L3: indexes each committed step (``[memory] episodic``)."""
         self.metrics = EdgeMetrics(cfg.device.id)
         self.metrics_port: int | None = None
         self.metrics.add_collector(self._collect)
@@ -143,6 +147,12 @@ class EdgeDaemon:
 
                 self._brain = await asyncio.to_thread(LlamaBrain.open, self.cfg.model)
             self.tracing = Tracing.from_config(self.cfg.tracing, self.cfg.device.id)
+            if self.cfg.memory.episodic:
+                embedder = await asyncio.to_thread(shared_embedder)
+                memory = EpisodicMemory(
+                    self.store, embedder, half_life_s=self.cfg.memory.half_life_days * 86400
+                )
+                self.indexer = EpisodeIndexer(memory)
             self.loop = AgentLoop(self._deps(self.store, self._brain))
             if self.cfg.metrics.port is not None:
                 self.metrics_port = self.metrics.serve(self.cfg.metrics.addr, self.cfg.metrics.port)
@@ -176,9 +186,15 @@ class EdgeDaemon:
             max_action_tokens=self.cfg.model.max_action_tokens,
             monitor=safety.monitor,
             sandbox=safety.sandbox,
-            on_step=self.metrics.observe_step,
+            on_step=self._on_step,
             tracer=self.tracing.tracer,
+            memory=self.indexer.memory if self.indexer is not None else None,
         )
+
+    def _on_step(self, event: agent_pb2.StepEvent) -> None:
+        self.metrics.observe_step(event)
+        if self.indexer is not None:
+            self.indexer.notify(event)
 
     def submit(
         self, goal: str, *, agent_id: str | None = None, budget: agent_pb2.Budget | None = None
@@ -284,6 +300,9 @@ class EdgeDaemon:
                 identity=identity,
             )
             link = asyncio.create_task(self.hublink.run(sync_stop), name="hublink")
+        indexing = None
+        if self.indexer is not None:
+            indexing = asyncio.create_task(self.indexer.run(sync_stop), name="l3-indexer")
         try:
             while not self._stop.is_set():
                 self._start_ready()
@@ -298,6 +317,8 @@ class EdgeDaemon:
             sync_stop.set()  # after the agents' last checkpoints, so the final drain sends them
             if link is not None:
                 await link
+            if indexing is not None:  # what it has not indexed yet, the next start catches up with
+                await indexing
 
     def _start_ready(self) -> None:
         assert self.store is not None

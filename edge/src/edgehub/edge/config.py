@@ -63,6 +63,13 @@ class AgentConfig(_Section):
     """Agents stepping at once (they share the model; calls to it are serialised)."""
 
 
+class MemoryConfig(_Section):
+    episodic: bool = True
+    """L3: embed each step into sqlite-vec and let ``recall`` find earlier steps by meaning."""
+    half_life_days: float = Field(7.0, gt=0)
+    """Recall weighs a memory this old half as much as a new one (similarity and importance equal)."""
+
+
 class ToolsConfig(_Section):
     enabled: list[str] | None = None
     """Tool names offered to agents; None: every registered tool."""
@@ -154,6 +161,7 @@ class EdgeConfig(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
     agent: AgentConfig = AgentConfig()
+    memory: MemoryConfig = MemoryConfig()
     tools: ToolsConfig = ToolsConfig()
     sandbox: SandboxConfig = SandboxConfig()
     safety: SafetyConfig = SafetyConfig()

@@ -36,7 +36,7 @@ from ..store.base import Approval, EdgeStore
 from ..tracing import AgentSpans
 from .actions import Proposal, parse_action
 from .prompt import PromptBuilder
-from .tools.base import CommandRunner, ToolContext
+from .tools.base import CommandRunner, Recall, ToolContext
 from .tools.gateway import ExecutionGateway
 from .tools.registry import ToolRegistry
 
@@ -89,6 +89,8 @@ class LoopDeps:
     on_step: Callable[[agent_pb2.StepEvent], None] | None = None
     """Told about every committed action step (metrics)."""
     tracer: Tracer | None = None
+    memory: Recall | None = None
+    """L3 episodic memory for the remember/recall tools (None: off)."""
     """Spans of runs, steps and phases (``..tracing``); None or the API's no-op tracer: none, at no cost."""
 
 
@@ -301,6 +303,7 @@ class AgentLoop:
             workspace=workspace,
             notes=self.d.store,
             sandbox=self.d.sandbox,
+            memory=self.d.memory,
         )
         return await self.d.gateway.execute(call, ctx, proposal_json=proposal.to_json())
 

@@ -61,6 +61,22 @@ class VaultEntry:
     sealed: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """An L3 memory: what happened, when, how much it matters, where it came from."""
+
+    key: str
+    agent_id: str
+    text: str
+    at: float
+    importance: float
+    source_step: int
+    embedding: bytes = b""
+    """float32 x 384, little-endian (empty when read back)."""
+    distance: float = 0.0
+    """Cosine distance to the query (recall results only)."""
+
+
 class OutgoingFilter(Protocol):
     """Applied to every event as it enters the outbox (PII masking); returns vault entries to keep."""
 

@@ -109,6 +109,27 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        4,
+        "L3 episodic memory: episodes and their embeddings (sqlite-vec, 384-d, cosine)",
+        """
+        CREATE TABLE episodes (
+            id          INTEGER PRIMARY KEY,     -- also the rowid in episode_vectors
+            key         TEXT NOT NULL UNIQUE,    -- the source event id (or remember/<agent>/<hash>)
+            agent_id    TEXT NOT NULL,
+            text        TEXT NOT NULL,
+            at          REAL NOT NULL,           -- when it happened (unix seconds)
+            importance  REAL NOT NULL,           -- 0..1
+            source_step INTEGER NOT NULL,
+            pruned_at   REAL                     -- set when consolidation abstracted it away
+        );
+        CREATE INDEX episodes_by_agent ON episodes(agent_id, at);
+        CREATE VIRTUAL TABLE episode_vectors USING vec0(
+            agent_id TEXT,
+            embedding float[384] distance_metric=cosine
+        );
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

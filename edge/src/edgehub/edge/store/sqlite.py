@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import apsw
+import sqlite_vec
 
 from edgehub.protocol.v1 import agent_pb2, events_pb2
 
 from ..errors import AgentNotFound, SchemaVersionError, StoreError
-from .base import Approval, Intent, OutboxEntry, OutgoingFilter, VaultEntry
+from .base import Approval, Episode, Intent, OutboxEntry, OutgoingFilter, VaultEntry
 from .migrations import LATEST, MIGRATIONS
 
 EDGE_EVENT_SCHEMA_VERSION = 1
@@ -43,6 +44,9 @@ class SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
             conn = apsw.Connection(str(path))
+            conn.enable_load_extension(True)
+            conn.load_extension(sqlite_vec.loadable_path())  # L3 vectors (episode_vectors)
+            conn.enable_load_extension(False)
             conn.set_busy_timeout(5000)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
@@ -311,6 +315,59 @@ class SqliteStore:
             (agent_id, *args, limit),
         )
         return [(str(k), str(v)) for k, v in rows]
+
+    # L3 episodes ---------------------------------------------------------------------------------
+    def add_episodes(self, episodes: Sequence[Episode]) -> int:
+        """Store episodes with their embeddings (one transaction); a key already stored is skipped.
+        Returns how many were new."""
+        added = 0
+        with self._tx():
+            for e in episodes:
+                if self._scalar("SELECT 1 FROM episodes WHERE key = ?", (e.key,)):
+                    continue
+                self._conn.execute(
+                    "INSERT INTO episodes(key, agent_id, text, at, importance, source_step)"
+                    " VALUES (?,?,?,?,?,?)",
+                    (e.key, e.agent_id, e.text, e.at, e.importance, e.source_step),
+                )
+                rowid = self._conn.last_insert_rowid()
+                self._conn.execute(
+                    "INSERT INTO episode_vectors(rowid, agent_id, embedding) VALUES (?,?,?)",
+                    (rowid, e.agent_id, e.embedding),
+                )
+                added += 1
+        return added
+
+    def nearest_episodes(self, embedding: bytes, k: int, agent_id: str | None = None) -> list[Episode]:
+        """The ``k`` episodes nearest to ``embedding`` (KNN on sqlite-vec), pruned ones left out, each
+        with ``distance`` (cosine distance) set."""
+        where = " AND agent_id = ?" if agent_id is not None else ""
+        args: tuple[Any, ...] = (embedding, k, agent_id) if agent_id is not None else (embedding, k)
+        rows = self._rows(
+            "SELECT e.key, e.agent_id, e.text, e.at, e.importance, e.source_step, v.distance"
+            " FROM (SELECT rowid, distance FROM episode_vectors WHERE embedding MATCH ? AND k = ?"
+            f"{where}) v JOIN episodes e ON e.id = v.rowid WHERE e.pruned_at IS NULL ORDER BY v.distance",
+            args,
+        )
+        return [
+            Episode(
+                str(r[0]), str(r[1]), str(r[2]), float(r[3]), float(r[4]), int(r[5]), distance=float(r[6])
+            )
+            for r in rows
+        ]
+
+    def episode_count(self) -> int:
+        return int(self._scalar("SELECT COUNT(*) FROM episodes WHERE pruned_at IS NULL"))
+
+    def unindexed_steps(self, after_id: int = 0, limit: int = 256) -> list[tuple[int, agent_pb2.StepEvent]]:
+        """(mind-log id, step) of action and end steps after ``after_id`` that have no episode yet,
+        oldest first (L3 catches up from the mind-log, its source of truth)."""
+        rows = self._rows(
+            "SELECT m.id, m.event FROM mind_log m LEFT JOIN episodes e ON e.key = m.event_id"
+            " WHERE m.id > ? AND e.id IS NULL AND m.kind IN (?, ?) ORDER BY m.id LIMIT ?",
+            (after_id, agent_pb2.STEP_KIND_ACTION, agent_pb2.STEP_KIND_END, limit),
+        )
+        return [(int(r[0]), agent_pb2.StepEvent.FromString(r[1])) for r in rows]
 
     # mind-log and outbox ---------------------------------------------------------------------------
     def mind_log(self, agent_id: str, after_step: int = -1, limit: int = 1000) -> list[agent_pb2.StepEvent]:

@@ -75,6 +75,14 @@ class Notes(Protocol):
     def search_notes(self, agent_id: str, query: str, limit: int = 5) -> list[tuple[str, str]]: ...
 
 
+class Recall(Protocol):
+    """L3 episodic memory as tools see it (``memory.episodic.EpisodicMemory``)."""
+
+    async def remember(self, agent_id: str, text: str, importance: float, step: int) -> bool: ...
+
+    async def recall_texts(self, query: str, k: int, agent_id: str) -> list[str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ToolContext:
     """What a tool call may use besides its arguments."""
@@ -90,6 +98,8 @@ class ToolContext:
     """Where tools that run code must run it (bubblewrap unless the sandbox is turned off)."""
     network: tuple[str, ...] = ()
     """Hosts this call may reach from the sandbox: the policy rule's grant (empty: no network)."""
+    memory: Recall | None = None
+    """L3 episodic memory (None: off); remember/recall use it beside the L2 notes."""
 
 
 @dataclass(frozen=True, slots=True)

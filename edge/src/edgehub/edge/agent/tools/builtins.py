@@ -92,19 +92,29 @@ async def run_command(args: dict[str, Any], ctx: ToolContext, *, timeout_s: floa
     return ToolOutput(f"exit status {r.exit_code}\n{r.output}", ok=r.ok, error="" if r.ok else "exit_status")
 
 
+RECALL_EPISODES = 3
+
+
 async def remember(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
     ctx.notes.put_note(ctx.agent_id, args["key"], args["value"])
+    if ctx.memory is not None:  # also an L3 episode, so recall finds it by meaning, not only by key
+        await ctx.memory.remember(ctx.agent_id, f"{args['key']}: {args['value']}", 0.8, ctx.step)
     return ToolOutput(f"remembered {args['key']}")
 
 
 async def recall(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+    """The note under that exact key; else notes matching the words, then L3 memories by meaning."""
     exact = ctx.notes.get_note(ctx.agent_id, args["query"])
     if exact is not None:
         return ToolOutput(f"{args['query']}: {exact}")
-    hits = ctx.notes.search_notes(ctx.agent_id, args["query"])
-    if not hits:
+    lines = [f"{k}: {v}" for k, v in ctx.notes.search_notes(ctx.agent_id, args["query"])]
+    if ctx.memory is not None:
+        for text in await ctx.memory.recall_texts(args["query"], RECALL_EPISODES, ctx.agent_id):
+            if text not in lines:
+                lines.append(text)
+    if not lines:
         return ToolOutput(f"nothing remembered about {args['query']!r}")
-    return ToolOutput("\n".join(f"{k}: {v}" for k, v in hits))
+    return ToolOutput("\n".join(lines))
 
 
 async def finish(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:

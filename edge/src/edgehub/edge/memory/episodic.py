@@ -1,0 +1,188 @@
+"""L3 episodic memory: what an agent did and saw, embedded and recalled by meaning.
+
+Episodes are derived from the mind-log (each action step and each end becomes one) after the step's
+checkpoint, in their own transaction, keyed by the step's event id: indexing is idempotent and a crash
+between a checkpoint and its episode is repaired by ``catch_up`` (the mind-log is the source of truth,
+L3 is an index of it). Agents can also ``remember`` a note explicitly, with an importance.
+
+Recall = KNN in sqlite-vec (``embedding MATCH ? AND k = ?``, cosine) for ``k * OVERSAMPLE``
+candidates, re-ranked by ``similarity x recency x importance``::
+
+    score = (1 - cosine_distance) * (0.5 ** (age / half_life)) ** recency_weight * (0.5 + 0.5 * importance)
+
+so an old memory fades but is not forgotten, and an unimportant one counts half, never zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import numpy as np
+
+from edgehub.protocol.v1 import agent_pb2
+
+from ..store.base import Episode
+from ..store.sqlite import SqliteStore
+
+S = agent_pb2
+log = logging.getLogger("edgehub.edge.memory")
+OVERSAMPLE = 4
+TEXT_LIMIT = 600
+
+
+class Embedder(Protocol):
+    dim: int
+
+    def embed(self, texts: list[str]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Recalled:
+    episode: Episode
+    similarity: float
+    score: float
+
+
+def step_text(event: agent_pb2.StepEvent) -> str:
+    """What an episode says about a step: the thought, the call and what came back (truncated)."""
+    if event.kind == S.STEP_KIND_END:
+        return f"Finished: {event.detail}"[:TEXT_LIMIT]
+    call = f"{event.action.tool}({event.action.args_json})" if event.action.tool else ""
+    seen = event.observation.output or event.observation.error
+    return f"{event.thought} | {call} -> {seen}"[:TEXT_LIMIT]
+
+
+def step_importance(event: agent_pb2.StepEvent) -> float:
+    """A failure or an outcome matters more than a routine step."""
+    if event.kind == S.STEP_KIND_END or event.action.tool == "finish":
+        return 0.9
+    if event.observation.error or not event.observation.ok:
+        return 0.8
+    return 0.5
+
+
+class EpisodicMemory:
+    """L3 on the device's store. Embedding runs in a worker thread; SQLite stays on the caller's."""
+
+    def __init__(
+        self,
+        store: SqliteStore,
+        embedder: Embedder,
+        *,
+        half_life_s: float = 7 * 24 * 3600.0,
+        recency_weight: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.half_life_s = half_life_s
+        self.recency_weight = recency_weight
+        self.clock = clock
+        self._last_id = 0
+        self._catching_up = asyncio.Lock()
+
+    def _vectors(self, texts: list[str]) -> list[bytes]:
+        return [np.asarray(v, np.float32).tobytes() for v in self.embedder.embed(texts)]
+
+    async def add(self, episodes: Sequence[Episode]) -> int:
+        """Embed (in a thread) and store ``episodes``; returns how many were new."""
+        if not episodes:
+            return 0
+        vectors = await asyncio.to_thread(self._vectors, [e.text for e in episodes])
+        return self.store.add_episodes(
+            [replace(e, embedding=v) for e, v in zip(episodes, vectors, strict=True)]
+        )
+
+    async def index_steps(self, events: Sequence[agent_pb2.StepEvent]) -> int:
+        return await self.add(
+            [
+                Episode(
+                    key=e.event_id,
+                    agent_id=e.agent_id,
+                    text=step_text(e),
+                    at=e.at.ToMilliseconds() / 1000 if e.HasField("at") else self.clock(),
+                    importance=step_importance(e),
+                    source_step=e.step,
+                )
+                for e in events
+                if e.kind in (S.STEP_KIND_ACTION, S.STEP_KIND_END)
+            ]
+        )
+
+    async def catch_up(self, batch: int = 256) -> int:
+        """Index every mind-log step that has no episode yet (new steps, or steps a crash left
+        unindexed); returns how many episodes were added. Incremental: it continues after the last
+        mind-log row it saw, and one runs at a time."""
+        total = 0
+        async with self._catching_up:
+            while pending := self.store.unindexed_steps(self._last_id, batch):
+                total += await self.index_steps([event for _, event in pending])
+                self._last_id = pending[-1][0]
+        return total
+
+    async def remember(self, agent_id: str, text: str, importance: float, step: int) -> bool:
+        """An explicit memory (the ``remember`` tool); the same text twice is stored once."""
+        key = f"remember/{agent_id}/{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        episode = Episode(
+            key, agent_id, text[:TEXT_LIMIT], self.clock(), max(0.0, min(1.0, importance)), step
+        )
+        return await self.add([episode]) == 1
+
+    async def recall(self, query: str, k: int = 5, *, agent_id: str | None = None) -> list[Recalled]:
+        """The ``k`` most relevant episodes for ``query`` (this agent's only, when ``agent_id``)."""
+        if k <= 0 or not query.strip():
+            return []
+        await self.catch_up()  # read your own steps: the ones just committed are recallable
+        (vector,) = await asyncio.to_thread(self._vectors, [query])
+        return self.rank(self.store.nearest_episodes(vector, k * OVERSAMPLE, agent_id), k)
+
+    async def recall_texts(self, query: str, k: int, agent_id: str) -> list[str]:
+        """What the ``recall`` tool shows: this agent's best memories, as text."""
+        return [r.episode.text for r in await self.recall(query, k, agent_id=agent_id)]
+
+    def rank(self, candidates: Sequence[Episode], k: int) -> list[Recalled]:
+        now = self.clock()
+        scored = []
+        for e in candidates:
+            similarity = 1.0 - e.distance
+            age = max(0.0, now - e.at)
+            recency = (
+                (0.5 ** (age / self.half_life_s)) ** self.recency_weight if self.half_life_s > 0 else 1.0
+            )
+            scored.append(Recalled(e, similarity, similarity * recency * (0.5 + 0.5 * e.importance)))
+        return sorted(scored, key=lambda r: r.score, reverse=True)[:k]
+
+
+class EpisodeIndexer:
+    """Keeps L3 up to date while the daemon runs: ``notify`` (the loop's step hook) wakes it, and it
+    catches up with the mind-log (all of it on the first pass), so recall rarely has to wait."""
+
+    def __init__(self, memory: EpisodicMemory) -> None:
+        self.memory = memory
+        self.indexed = 0
+        self._wake = asyncio.Event()
+
+    def notify(self, _event: agent_pb2.StepEvent | None = None) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._wake.set()
+        while not stop.is_set():
+            waker = asyncio.create_task(self._wake.wait())
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait((waker, stopper), return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
+            stopper.cancel()
+            if stop.is_set():
+                return
+            self._wake.clear()
+            try:
+                self.indexed += await self.memory.catch_up()
+            except Exception as exc:  # L3 is an index of the mind-log: the next wake or start retries
+                log.warning("L3 indexing failed (%s: %s); will retry", exc.__class__.__name__, exc)
