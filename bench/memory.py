@@ -1,0 +1,181 @@
+"""bench/memory: long-term memory, one section per tier (each returns its checks; main writes them all).
+
+L4 (``l4``): the hub's knowledge graph on a real Neo4j Community server (hub/neo4j-launcher, -Xmx512m,
+128 MB page cache) through the async Python driver.
+- ingest: ``KnowledgeGraph.ingest`` of facts (half literal facts on functional predicates, so about a
+  third of them close an earlier fact; half relations between entities), 5,000 facts per transaction
+  (QUICK: 2,000; UNWIND, MERGE on the fact id, contradiction checks), beside one fact per transaction.
+  The peer, in the same run on the same server: the plain ``UNWIND $rows AS r CREATE (n:Raw) SET n = r``
+  of as many nodes with as many properties, batched and one per transaction: what Neo4j and the driver
+  allow. Anchor (PLATFORM.md): ~70k items/s batched, > 900x one per transaction.
+- queries on the graph just built (100k facts, 10k entities; QUICK: 10k / 1k): a 2-hop query
+  (``multi_hop`` along any relation, either direction, up to 100 paths) from random entities, p50/p99;
+  the same as known a second ago (the same answers through the transaction-time path: recorded and
+  superseded times, validity recomputed from CLOSES edges) and a depth-2 ``neighbourhood`` (up to 100
+  entities and their facts), for information. Target: 2-hop p50 <= 20 ms, the L3 recall budget
+  (DESIGN.md), so a step can afford either memory alike.
+Batched rates leave out the first two batches (JIT and query planning warm-up).
+
+L3 (``l3``): added with the edge's episodic memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import QUICK, Check, pct, print_checks, print_table, write_result
+
+from edgehub.hub.knowledge import AsOf, Entity, Fact, Hop, KnowledgeGraph, Neo4jServer, Provenance
+
+FACTS = 10_000 if QUICK else 100_000
+ENTITIES = FACTS // 10
+BATCH = 2_000 if QUICK else 5_000
+ONE_BY_ONE = 200 if QUICK else 500
+QUERIES = 200 if QUICK else 500
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+RELATIONS = ("linked_to", "near", "feeds")
+LITERALS = ("status", "temperature_c", "firmware")
+
+
+def make_facts(n: int, seed: int, start: datetime) -> list[Fact]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        subject = f"e{rnd.randrange(ENTITIES)}"
+        prov = Provenance(device_id=f"edge-{i % 50}", agent_id=f"agent-{i % 200}", step_id=f"s{seed}-{i}")
+        when = start + timedelta(seconds=i)
+        if i % 2:
+            other = f"e{rnd.randrange(ENTITIES)}"
+            out.append(Fact(subject, rnd.choice(RELATIONS), when, prov, object=other, functional=False))
+        else:
+            out.append(Fact(subject, rnd.choice(LITERALS), when, prov, value=rnd.randrange(1_000_000)))
+    return out
+
+
+def raw_rows(n: int, tag: str) -> list[dict[str, Any]]:
+    """Plain nodes with as many properties as a stored fact (15), none of the graph logic."""
+    return [{f"p{k}": f"{tag}-{i}-{k}" for k in range(15)} for i in range(n)]
+
+
+async def timed(work: Callable[[], Awaitable[object]]) -> float:
+    t = time.perf_counter()
+    await work()
+    return time.perf_counter() - t
+
+
+async def ingest_rates(g: KnowledgeGraph) -> dict[str, float]:
+    await g.ingest([Entity(f"e{i}", f"Entity {i}", "thing") for i in range(ENTITIES)])
+    facts = make_facts(FACTS, 1, T0)
+    times = []
+    for i in range(0, FACTS, BATCH):
+        times.append(await timed(lambda i=i: g.ingest([], facts[i : i + BATCH])))
+    batched = BATCH * len(times[2:]) / sum(times[2:])
+    later = make_facts(ONE_BY_ONE, 2, T0 + timedelta(days=30))
+    one = ONE_BY_ONE / sum([await timed(lambda f=f: g.ingest([], [f])) for f in later])
+    return {"batched": batched, "one": one}
+
+
+async def raw_rates(g: KnowledgeGraph) -> dict[str, float]:
+    query = "UNWIND $rows AS r CREATE (n:Raw) SET n = r"
+    rows = raw_rows(FACTS, "b")
+    times = []
+    for i in range(0, FACTS, BATCH):
+        times.append(await timed(lambda i=i: g.driver.execute_query(query, rows=rows[i : i + BATCH])))
+    batched = BATCH * len(times[2:]) / sum(times[2:])
+    singles = raw_rows(ONE_BY_ONE, "o")
+    one = ONE_BY_ONE / sum(
+        [await timed(lambda r=r: g.driver.execute_query(query, rows=[r])) for r in singles]
+    )
+    async with g.driver.session() as session:  # leave the graph as the queries expect it
+        await (
+            await session.run("MATCH (n:Raw) CALL (n) { DELETE n } IN TRANSACTIONS OF 10000 ROWS")
+        ).consume()
+    return {"batched": batched, "one": one}
+
+
+async def latencies(query: Callable[[str], Awaitable[object]]) -> list[float]:
+    rnd = random.Random(3)
+    for _ in range(20):
+        await query(f"e{rnd.randrange(ENTITIES)}")
+    out = []
+    for _ in range(QUERIES):
+        out.append(await timed(lambda: query(f"e{rnd.randrange(ENTITIES)}")) * 1000)
+    return out
+
+
+async def query_latencies(g: KnowledgeGraph) -> dict[str, list[float]]:
+    two = [Hop(direction="both"), Hop(direction="both")]
+    # everything is recorded by then, so the same answers as "2-hop", through the transaction-time path
+    past = AsOf(known_at=datetime.now(UTC) - timedelta(seconds=1))
+    return {
+        "2-hop": await latencies(lambda e: g.multi_hop(e, two, limit=100)),
+        "2-hop as known earlier": await latencies(lambda e: g.multi_hop(e, two, as_of=past, limit=100)),
+        "neighbourhood depth 2": await latencies(lambda e: g.neighbourhood(e, depth=2, limit=100)),
+    }
+
+
+async def l4_measure() -> tuple[dict[str, float], dict[str, float], dict[str, list[float]], float]:
+    with tempfile.TemporaryDirectory() as d:
+        server = await Neo4jServer.start(Path(d) / "neo4j")
+        try:
+            g = await KnowledgeGraph.connect(server.uri, server.user, server.password)
+            await g.migrate()
+            raw = await raw_rates(g)
+            ours = await ingest_rates(g)
+            queries = await query_latencies(g)
+            await g.close()
+        finally:
+            await server.stop()
+    return ours, raw, queries, server.started_in
+
+
+def l4() -> list[Check]:
+    """The L4 section: prints its tables, returns its checks."""
+    ours, raw, queries, started_in = asyncio.run(l4_measure())
+    ratio = {k: v["batched"] / v["one"] for k, v in (("ours", ours), ("raw", raw))}
+    print_table(
+        f"L4 ingest into Neo4j Community 5.26 (JVM ready in {started_in:.1f} s), {FACTS:,} facts, "
+        f"{BATCH:,} per transaction",
+        ["figure", "edgehub ingest (facts)", "raw UNWIND CREATE (nodes)"],
+        [
+            ["batched items/s", f"{ours['batched']:,.0f}", f"{raw['batched']:,.0f}"],
+            ["one per transaction items/s", f"{ours['one']:,.1f}", f"{raw['one']:,.1f}"],
+            ["batched / one per transaction", f"{ratio['ours']:,.0f}x", f"{ratio['raw']:,.0f}x"],
+        ],
+    )
+    print_table(
+        f"L4 queries on {FACTS:,} facts and {ENTITIES:,} entities, {QUERIES} random starts each",
+        ["query", "p50 ms", "p99 ms"],
+        [[name, f"{pct(v, 50):.1f}", f"{pct(v, 99):.1f}"] for name, v in queries.items()],
+    )
+    p50 = pct(queries["2-hop"], 50)
+    return [
+        Check(
+            "l4_batched_ingest_facts_per_s",
+            round(ours["batched"]),
+            "facts/s",
+            ">= 70000",
+            ours["batched"] >= 70_000,
+        ),
+        Check("l4_batched_vs_one_per_tx", round(ratio["ours"], 1), "x", ">= 900", ratio["ours"] >= 900),
+        Check("l4_two_hop_p50_ms", round(p50, 2), "ms", "<= 20", p50 <= 20),
+    ]
+
+
+def main() -> None:
+    checks = l4()
+    print_checks(checks)
+    print(f"wrote {write_result('memory', checks)}")
+
+
+if __name__ == "__main__":
+    main()

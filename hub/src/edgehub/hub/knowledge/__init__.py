@@ -1,0 +1,60 @@
+"""The hub's L4 memory: a bi-temporal knowledge graph with provenance on Neo4j.
+
+``model`` (entities, facts, provenance, fact ids, validation), ``graph`` (``KnowledgeGraph``: batched
+idempotent writes, contradiction handling, as-of queries), ``migrations`` (the schema, appended),
+``server`` (``Neo4jServer``: the embedded Neo4j Community launcher for tests and local runs),
+``service`` (``KnowledgeService``: what the hub daemon runs from its ``[neo4j]`` config).
+See docs/knowledge.md.
+"""
+
+from .errors import (
+    BatchRejected,
+    GraphUnavailable,
+    InvalidKnowledge,
+    KnowledgeError,
+    Neo4jLaunchError,
+    SchemaError,
+)
+from .graph import KnowledgeGraph
+from .migrations import LATEST, MIGRATIONS, Migration, migrate
+from .model import (
+    AsOf,
+    Entity,
+    Fact,
+    GraphPath,
+    Hop,
+    IngestResult,
+    Provenance,
+    StoredFact,
+    Subgraph,
+    fact_id,
+)
+from .server import Neo4jServer, default_launcher_dir
+from .service import KnowledgeService
+
+__all__ = [
+    "LATEST",
+    "MIGRATIONS",
+    "AsOf",
+    "BatchRejected",
+    "Entity",
+    "Fact",
+    "GraphPath",
+    "GraphUnavailable",
+    "Hop",
+    "IngestResult",
+    "InvalidKnowledge",
+    "KnowledgeError",
+    "KnowledgeGraph",
+    "KnowledgeService",
+    "Migration",
+    "Neo4jLaunchError",
+    "Neo4jServer",
+    "Provenance",
+    "SchemaError",
+    "StoredFact",
+    "Subgraph",
+    "default_launcher_dir",
+    "fact_id",
+    "migrate",
+]

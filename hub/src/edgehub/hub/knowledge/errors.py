@@ -1,0 +1,55 @@
+"""Errors of the L4 knowledge graph (under the hub's root, ``HubError``).
+
+HubError
+└── KnowledgeError            root of the graph's errors; ``retryable`` says whether the same call may succeed
+    ├── InvalidKnowledge      an entity, fact or query argument failed validation before anything was sent;
+    │                         ``index`` (position in the batch) and ``field`` name the culprit
+    ├── BatchRejected         Neo4j rejected a write (constraint, type, ...); the whole batch rolled back;
+    │                         ``code`` is Neo4j's status code
+    ├── GraphUnavailable      Neo4j cannot be reached or authenticated to (retryable when it is the network)
+    ├── SchemaError           the graph's migrations do not match this code (newer graph, edited migration)
+    └── Neo4jLaunchError      the embedded Neo4j launcher is missing or did not start (``log`` has the tail)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import HubError
+
+
+class KnowledgeError(HubError):
+    """Root of the knowledge graph's errors."""
+
+    retryable: bool = False
+
+
+class InvalidKnowledge(KnowledgeError):
+    def __init__(self, message: str, *, field: str = "", index: int | None = None) -> None:
+        where = f"item {index}: " if index is not None else ""
+        super().__init__(f"{where}{field + ': ' if field else ''}{message}")
+        self.field = field
+        self.index = index
+
+
+class BatchRejected(KnowledgeError):
+    def __init__(self, message: str, *, code: str = "", retryable: bool = False) -> None:
+        super().__init__(f"the batch was rolled back: {message}" + (f" ({code})" if code else ""))
+        self.code = code
+        self.retryable = retryable
+
+
+class GraphUnavailable(KnowledgeError):
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class SchemaError(KnowledgeError):
+    pass
+
+
+class Neo4jLaunchError(KnowledgeError):
+    def __init__(self, message: str, *, log: Path | None = None) -> None:
+        super().__init__(message + (f" (log {log})" if log else ""))
+        self.log = log
