@@ -14,7 +14,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import apsw
 import pytest
+import sqlite_vec
 
 from edgehub.edge.agent.loop import new_agent
 from edgehub.edge.app import EdgeDaemon
@@ -24,6 +26,7 @@ from edgehub.edge.memory.embed import MiniLM
 from edgehub.edge.memory.episodic import EpisodicMemory
 from edgehub.edge.store import SqliteStore
 from edgehub.edge.store.base import Episode
+from edgehub.edge.store.migrations import MIGRATIONS
 from edgehub.protocol.v1 import agent_pb2
 
 S = agent_pb2
@@ -154,3 +157,35 @@ async def test_a_daemons_agent_recalls_an_earlier_step_by_meaning(tmp_path: Path
 
 def act(tool: str, thought: str = "go", **args: object) -> str:
     return json.dumps({"thought": thought, "tool": tool, "args": args})
+
+
+def test_a_version_4_store_upgrades_its_episodes_to_two_stage_search(
+    tmp_path: Path, embedder: MiniLM
+) -> None:
+    """Migration 5 moves each float vector into its episode row and builds the binary index from it."""
+    conn = apsw.Connection(str(tmp_path / "edge.db"))
+    conn.enable_load_extension(True)
+    conn.load_extension(sqlite_vec.loadable_path())
+    for migration in MIGRATIONS[:4]:
+        conn.execute(migration.sql)
+    conn.execute("PRAGMA user_version=4")
+    texts = {"old-1": "The coolant tank is almost empty.", "old-2": "Visitor badges are at the east gate."}
+    for rowid, (key, text) in enumerate(texts.items(), start=1):
+        conn.execute(
+            "INSERT INTO episodes(id, key, agent_id, text, at, importance, source_step)"
+            " VALUES (?,?,?,?,?,?,?)",
+            (rowid, key, "a1", text, time.time(), 0.5, 0),
+        )
+        conn.execute(
+            "INSERT INTO episode_vectors(rowid, agent_id, embedding) VALUES (?,?,?)",
+            (rowid, "a1", embedder.embed_one(text).tobytes()),
+        )
+    conn.close()
+    store = SqliteStore.open(tmp_path / "edge.db", device_id="dev-1")
+    assert store.schema_version == 5
+    (best,) = store.nearest_episodes(embedder.embed_one("we need more coolant").tobytes(), 1)
+    assert best.key == "old-1"
+    assert best.distance == pytest.approx(
+        1 - float(embedder.embed_one("we need more coolant") @ embedder.embed_one(texts["old-1"])), abs=1e-5
+    )
+    store.close()

@@ -130,6 +130,22 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        5,
+        "L3 search in two stages: binary-quantized vectors for the scan, exact float32 ones to re-score",
+        """
+        ALTER TABLE episodes ADD COLUMN embedding BLOB;  -- float32 x 384, unit length
+        UPDATE episodes
+            SET embedding = (SELECT v.embedding FROM episode_vectors v WHERE v.rowid = episodes.id);
+        CREATE VIRTUAL TABLE episode_bits USING vec0(
+            agent_id TEXT,
+            bits bit[384]                              -- sign bits of the embedding (hamming distance)
+        );
+        INSERT INTO episode_bits(rowid, agent_id, bits)
+            SELECT id, agent_id, vec_quantize_binary(embedding) FROM episodes;
+        DROP TABLE episode_vectors;
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
