@@ -53,6 +53,7 @@ async def test_device_watcher_times_heartbeats_counts_online_and_survives_a_serv
         listed = {r["device_id"]: r["online"] for r in await DeviceRegistry(nc.jetstream()).all()}
         assert listed == {"dev-old": False, "dev-a": True, "dev-b": True, "dev.c": False}
         assert 0 <= (metrics.get_sample_value("edgehub_hub_heartbeat_lag_seconds_sum") or 0) < 3
+        assert metrics.get_sample_value("edgehub_hub_heartbeat_queue_seconds_count") == 3
 
         await nats_server.kill()
         await nats_server.restart()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,10 @@ from edgehub.sync.commands import new_command, send_command
 from edgehub.sync.tls import CertificateAuthority
 
 from .access import MAX_ENROLL_TTL_S, AccessInterceptor, EnrollmentRefused, Role, Tokens, current
-from .registry import AgentRegistry, DeviceRegistry
+from .registry import AgentRegistry, DeviceRegistry, DeviceWatcher
 
 H = hub_pb2
+log = logging.getLogger("edgehub.hub.api")
 MAX_PAGE = 1000
 
 
@@ -78,20 +80,34 @@ class Identity:
 
 
 class HubService(hub_pb2_grpc.HubServiceServicer):
-    def __init__(self, js: JetStreamContext, identity: Identity) -> None:
+    def __init__(
+        self, js: JetStreamContext, identity: Identity, watcher: DeviceWatcher | None = None
+    ) -> None:
         self.js = js
         self.identity = identity
         self.agents = AgentRegistry(js)
         self.devices = DeviceRegistry(js)
+        self.watcher = watcher
+        """The hub's live view of the twins: device reads come from it once it has synced."""
+
+    async def _devices(self) -> list[dict[str, Any]]:
+        live = self.watcher.records() if self.watcher is not None else None
+        return live if live is not None else await self.devices.all()
 
     async def ListDevices(self, request: H.ListDevicesRequest, context: Any) -> H.ListDevicesResponse:
-        return H.ListDevicesResponse(devices=[_device(d) for d in await self.devices.all()])
+        out = H.ListDevicesResponse()
+        for d in await self._devices():
+            try:
+                out.devices.append(_device(d))
+            except (KeyError, TypeError, ValueError):  # a twin a device wrote badly: skipped, not fatal
+                log.warning("device twin with bad fields skipped: %.200r", d)
+        return out
 
     async def GetDevice(self, request: H.GetDeviceRequest, context: Any) -> H.Device:
         me = current()
         if me.device_id is not None and me.device_id != request.device_id:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{me.name} may only read itself")
-        found = [d for d in await self.devices.all() if d["device_id"] == request.device_id]
+        found = [d for d in await self._devices() if d.get("device_id") == request.device_id]
         if not found:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"device {request.device_id!r} never reported")
         return _device(found[0])
@@ -245,14 +261,19 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
 
 
 async def serve(
-    js: JetStreamContext, addr: str, device_addr: str, identity: Identity, server_pair: tuple[bytes, bytes]
+    js: JetStreamContext,
+    addr: str,
+    device_addr: str,
+    identity: Identity,
+    server_pair: tuple[bytes, bytes],
+    watcher: DeviceWatcher | None = None,
 ) -> tuple[grpc.aio.Server, int, int]:
     """Start the API (plus health and reflection), TLS with ``server_pair`` (certificate, key), on two
     ports ("host:0" for any): ``addr`` for operators (bearer tokens) and enrollment, ``device_addr``
     for devices, which must present a client certificate from the hub's CA (mutual TLS). Returns the
     server and both ports; ``identity.device_api`` is set to the device address."""
     server = grpc.aio.server(interceptors=[AccessInterceptor(identity.tokens)])
-    hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(js, identity), server)
+    hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(js, identity, watcher), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (

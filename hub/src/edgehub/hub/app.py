@@ -109,7 +109,12 @@ class HubDaemon:
         admin = await bootstrap_admin(tokens, trust_dir)
         identity = Identity(trust, ca, self.cfg.nats.advertise or [self.url], tokens)
         self.api, self.api_port, self.device_api_port = await serve(
-            js, self.cfg.api.addr, self.cfg.api.device_addr, identity, ca.server_pair(self.cfg.api.tls_names)
+            js,
+            self.cfg.api.addr,
+            self.cfg.api.device_addr,
+            identity,
+            ca.server_pair(self.cfg.api.tls_names),
+            self.devices,
         )
         log.info(
             "management API (gRPC, TLS) on %s, for devices (mutual TLS) on %s; CA %s, admin token in %s",

@@ -61,7 +61,8 @@ class _Records:
             keys = await kv.keys()
         except Exception:  # an empty bucket raises NoKeysError
             return []
-        records = [await self.get_key(kv, k) for k in keys]
+        # a key written while the listing runs can be listed twice
+        records = [await self.get_key(kv, k) for k in dict.fromkeys(keys)]
         return [r for r in records if r]
 
     @staticmethod
@@ -114,12 +115,14 @@ class SeenTwin:
 
 class DeviceWatcher:
     """The hub's live view of the device twins (device id -> ``SeenTwin``), from a watch on the
-    ``edgehub-devices`` bucket, with two metrics on the registry passed in:
+    ``edgehub-devices`` bucket, with three metrics on the registry passed in:
 
     - ``edgehub_hub_heartbeat_lag_seconds`` (histogram): per update, hub receive time minus the
       device's ``sent_at``, so it includes any clock skew between the two (clamped at 0). A watch's
       initial snapshot is not timed (a twin may be days old), except newer twins of devices already in
       the view: updates missed while the watch was down, whose lag is real.
+    - ``edgehub_hub_heartbeat_queue_seconds`` (histogram): the hub's own share of it, hub receive
+      time minus the time the server stored the twin (as ``edgehub_hub_event_queue_seconds``).
     - ``edgehub_hub_devices_online`` (gauge): ``is_online`` over the view, computed at scrape time.
 
     ``run(stop)`` re-creates the watch after any error (server restart, lost connection) every
@@ -140,6 +143,8 @@ class DeviceWatcher:
         self.retry_s = retry_s
         self.idle_check_s = idle_check_s
         self.view: dict[str, SeenTwin] = {}
+        self.synced = False
+        """The view holds every twin the bucket had when the first watch started (then stays live)."""
         self.watches = 0
         """How many watches were created (1 + re-watches)."""
         self._ids: dict[str, str] = {}  # KV key -> device id (deletes carry only the key)
@@ -151,12 +156,34 @@ class DeviceWatcher:
             buckets=LAG_BUCKETS,
             registry=metrics,
         )
+        self.queue = Histogram(
+            "edgehub_hub_heartbeat_queue_seconds",
+            "From NATS storing a twin to the hub receiving it",
+            buckets=LAG_BUCKETS,
+            registry=metrics,
+        )
         self.online = Gauge(
             "edgehub_hub_devices_online",
             "Devices with a recent heartbeat (as the hub sees them)",
             registry=metrics,
         )
         self.online.set_function(self.count_online)
+
+    def records(self, now: float | None = None) -> list[dict[str, Any]] | None:
+        """The twins as ``DeviceRegistry.all`` returns them, from the live view (no store reads);
+        None until the first snapshot is complete."""
+        if not self.synced:
+            return None
+        now = time.time() if now is None else now
+        out = []
+        for seen in list(self.view.values()):
+            if not isinstance(seen.twin, dict) or not isinstance(seen.twin.get("device_id"), str):
+                continue  # what a device wrote is input: a twin without an id lists nothing
+            r = dict(seen.twin)
+            r["last_seen_s"] = round(heartbeat_age(r, now), 1)
+            r["online"] = is_online(r, now)
+            out.append(r)
+        return sorted(out, key=lambda r: str(r.get("device_id", "")))
 
     def count_online(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
@@ -196,6 +223,7 @@ class DeviceWatcher:
                 idle_since = time.monotonic()
                 if entry is None:  # the end of the initial snapshot
                     live = True
+                    self.synced = True
                     continue
                 self._apply(entry, live)
                 self._last_error = ""
@@ -228,8 +256,13 @@ class DeviceWatcher:
             return
         self._ids[entry.key] = device_id
         self.view[device_id] = SeenTwin(twin, seen_at, revision)
-        if sent_at is not None and (live or known is not None):
+        if not (live or known is not None):
+            return
+        if sent_at is not None:
             self.lag.observe(max(0.0, seen_at - sent_at))
+        stored: Any = entry.created  # nats-py types it int; it is the message's datetime
+        if stored is not None:
+            self.queue.observe(max(0.0, seen_at - stored.timestamp()))
 
 
 class AgentRegistry(_Records):

@@ -7,7 +7,6 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
@@ -37,7 +36,7 @@ async def pull_forever(
             if sub is None:
                 sub = await subscribe()
             msgs = await sub.fetch(batch, timeout=0.5)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats.errors.TimeoutError, and the asyncio one a fetch deadline raises
             continue
         except Exception as exc:  # server restarting, consumer lost, connection re-established
             error = f"{exc.__class__.__name__}: {exc}"
