@@ -34,6 +34,7 @@ apt_install() {  # apt_install COMMAND PACKAGE: install PACKAGE when COMMAND is 
     fi
 }
 apt_install bwrap bubblewrap
+apt_install setpriv util-linux  # `setpriv --pdeathsig`: embedded servers die with their owner
 
 if ! command -v uv >/dev/null 2>&1; then
     step "installing uv $UV_VERSION"

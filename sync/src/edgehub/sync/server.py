@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -31,10 +30,16 @@ jetstream {{
 {auth}"""
 
 
-def _die_with_parent() -> None:
-    """An embedded server must not outlive its owner (even a kill -9 of it): SIGTERM on parent death."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def die_with_parent() -> list[str]:
+    """A command prefix that makes the child get SIGTERM when this process dies (even by kill -9):
+    util-linux's ``setpriv --pdeathsig``, which then execs the real command (same PID).
+
+    Not a ``preexec_fn``: Python code between fork and exec can deadlock when another thread held a
+    lock at fork time (the L3 embedder's worker threads do), and the parent then waits forever for
+    the exec. Without setpriv the child is only stopped by an orderly shutdown.
+    """
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
 
 def nats_server_binary() -> str:
@@ -91,13 +96,13 @@ class NatsServer:
             )
             with log_path.open("ab") as log_file:  # a file, not a pipe nobody reads
                 self.process = await asyncio.create_subprocess_exec(
+                    *die_with_parent(),
                     nats_server_binary(),
                     "-c",
                     str(conf),
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=log_file,
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
                 )
             if await self._listening():
                 return

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import secrets
 import shutil
@@ -22,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from edgehub.sync import free_port
+from edgehub.sync.server import die_with_parent
 
 from .errors import Neo4jLaunchError
 
@@ -34,13 +34,6 @@ PORT_IN_USE = 3  # the launcher's exit status when Bolt's port is taken
 def default_launcher_dir() -> Path:
     """Where bootstrap.sh builds the launcher: ``$EDGEHUB_CACHE/neo4j`` (default ``~/.cache/edgehub``)."""
     return Path(os.environ.get("EDGEHUB_CACHE", Path.home() / ".cache" / "edgehub")) / "neo4j"
-
-
-def _die_with_parent() -> None:
-    """The JVM must not outlive its owner (even a kill -9 of it): SIGTERM on parent death, which runs
-    the launcher's shutdown hook (a clean Neo4j shutdown). The same as sync's embedded nats-server."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _java() -> str:
@@ -127,13 +120,13 @@ class Neo4jServer:
             offset = self.log_path.stat().st_size if self.log_path.exists() else 0
             with self.log_path.open("ab") as log_file:  # a file, not a pipe nobody reads
                 self.process = await asyncio.create_subprocess_exec(
+                    *die_with_parent(),
                     *self._command(),
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log_file,
                     stderr=log_file,
                     env={**os.environ, "NEO4J_PASSWORD": self.password},
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
                 )
             if await self._ready(offset, ready_timeout):
                 self.started_in = time.monotonic() - t0
