@@ -258,7 +258,7 @@ def start_hub(tmp: Path) -> Hub:
     config.write_text(
         f'[hub]\nid = "bench-hub"\n\n[nats]\nembedded_port = {port}\nembedded_store = "{tmp / "nats"}"\n\n'
         f'[metrics]\nport = {metrics}\n\n[api]\naddr = "{api}"\ndevice_addr = "127.0.0.1:0"\n\n'
-        f'[auth]\ndir = "{tmp / "trust"}"\n'
+        f'[auth]\ndir = "{tmp / "trust"}"\n\n[neo4j]\nenabled = false\n'  # no JVM beside what is measured
     )
     log = tmp / "hub.log"
     with log.open("wb") as f:

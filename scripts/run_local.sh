@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # `make run`: a local edgehub on the real model solving a sample goal.
 #
-# Today: a hub daemon (embedded nats-server with JetStream in operator mode, gRPC management API over
-# TLS) and one edge daemon on the Gemma 3 270M GGUF, enrolled with a one-time token, replicating its
-# mind-log to it with its own NATS credentials; the CLI submits a goal to the edge and follows it,
-# then reads the agent, the device and the trace back through the hub's API as the admin operator.
-# Neo4j and more edges join as their issues land.
+# Today: a hub daemon (embedded nats-server with JetStream in operator mode, an embedded Neo4j for the
+# L4 knowledge graph, gRPC management API over TLS) and one edge daemon on the Gemma 3 270M GGUF,
+# enrolled with a one-time token, replicating its mind-log to it with its own NATS credentials; the
+# CLI submits a goal to the edge and follows it (the edge keeps L3 episodes of each step), then reads
+# the agent, the device and the trace back through the hub's API as the admin operator.
+# More edges, knowledge tools and planning join as their issues land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +21,7 @@ export EDGEHUB_API="127.0.0.1:$API_PORT"   # where `edgehub agents|devices` find
 export EDGEHUB_HUB__NATS__EMBEDDED_PORT=$NATS_PORT
 export EDGEHUB_HUB__NATS__EMBEDDED_STORE="$RUN_DIR/hub/nats"
 export EDGEHUB_HUB__AUTH__DIR="$RUN_DIR/hub/trust"     # operator keys, the API's CA, the admin token
+export EDGEHUB_HUB__NEO4J__EMBEDDED_DATA="$RUN_DIR/hub/neo4j"   # the L4 graph's embedded Neo4j
 export EDGEHUB_CA="$RUN_DIR/hub/trust/ca.pem"           # the CLI verifies the hub with it
 export EDGEHUB_TOKEN_FILE="$RUN_DIR/hub/trust/admin.token"
 export EDGEHUB_HUB__HUB__ID=hub-1
@@ -37,7 +39,7 @@ stop() {  # stop NAME PID: SIGTERM and wait
 cleanup() { stop "the edge daemon" "${EDGE:-}"; stop "the hub" "${HUB:-}"; }
 trap cleanup EXIT
 wait_for() {  # wait_for LOG PID TEXT
-    for _ in $(seq 150); do
+    for _ in $(seq 900); do  # up to 3 minutes: the hub's Neo4j JVM is slow to start on a busy machine
         grep -q "$3" "$1" 2>/dev/null && return 0
         kill -0 "$2" 2>/dev/null || { cat "$1"; exit 1; }
         sleep 0.2
@@ -45,7 +47,7 @@ wait_for() {  # wait_for LOG PID TEXT
     cat "$1"; exit 1
 }
 
-step "starting the hub hub-1: embedded nats-server on $NATS_URL, gRPC API on $EDGEHUB_API (log in $RUN_DIR/hub.log)"
+step "starting the hub hub-1: embedded nats-server on $NATS_URL, Neo4j (L4), gRPC API on $EDGEHUB_API (log in $RUN_DIR/hub.log)"
 $EH hub run >"$RUN_DIR/hub.log" 2>&1 &
 HUB=$!
 wait_for "$RUN_DIR/hub.log" "$HUB" "listening for edges"

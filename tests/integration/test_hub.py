@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -23,7 +24,7 @@ from edgehub.protocol.v1 import agent_pb2
 from edgehub.sync import OutboxPublisher, free_port, kv_key
 from edgehub.sync.streams import APPLIED
 from tests.harness.hub import Hub, start_hub
-from tests.harness.wait import eventually
+from tests.harness.wait import assert_eventually, eventually
 
 S = agent_pb2
 
@@ -293,3 +294,20 @@ async def test_a_hub_killed_mid_replay_resumes_and_applies_every_event(tmp_path:
         await nc.close()
     finally:
         hub.stop()
+
+
+def test_the_hub_runs_its_embedded_neo4j_and_stops_it_with_itself(tmp_path: Path) -> None:
+    hub = start_hub(tmp_path, "hub-l4", neo4j=True)
+    try:
+        hub.wait_ready(timeout=240)  # the API comes up once the JVM is ready too
+        java = subprocess.run(["pgrep", "-f", str(tmp_path / "neo4j")], capture_output=True, text=True)
+        assert java.stdout.strip(), "no Neo4j JVM for this hub"
+    finally:
+        stderr = hub.stop()
+    assert hub.proc.returncode == 0, stderr[-2000:]
+    text = " ".join(re.sub(r"\S*\.py:\d+", " ", stderr).split())  # rich wraps lines around file:line
+    assert "knowledge graph (L4, Neo4j) at bolt://127.0.0.1:" in text
+    assert_eventually(
+        lambda: not subprocess.run(["pgrep", "-f", str(tmp_path / "neo4j")], capture_output=True).stdout,
+        timeout=30,
+    )

@@ -37,6 +37,7 @@ from edgehub.sync.tls import CertificateAuthority
 from .access import Tokens, bootstrap_admin
 from .api import Identity, serve
 from .config import HubConfig
+from .knowledge import KnowledgeService
 from .registry import AgentRegistry, DeviceWatcher
 
 log = logging.getLogger("edgehub.hub")
@@ -54,6 +55,8 @@ class HubDaemon:
         self.registry: AgentRegistry | None = None
         self.applier: EventApplier | None = None
         self.devices: DeviceWatcher | None = None
+        self.knowledge: KnowledgeService | None = None
+        """The L4 graph (``[neo4j]``; the embedded Neo4j when no uri is set)."""
         self._stop = asyncio.Event()
         self._closed = False
         self.registry_metrics = CollectorRegistry()
@@ -82,6 +85,21 @@ class HubDaemon:
         await self.shutdown()
 
     async def open(self) -> None:
+        knowledge = None
+        if self.cfg.neo4j.enabled:  # the JVM starts while NATS and the API come up
+            self.knowledge = KnowledgeService(self.cfg.neo4j)
+            knowledge = asyncio.create_task(self.knowledge.start(), name="neo4j")
+        try:
+            await self._open_sync_and_api(knowledge)
+        except BaseException:
+            if knowledge is not None:
+                knowledge.cancel()
+                await asyncio.gather(knowledge, return_exceptions=True)
+            raise
+
+    async def _open_sync_and_api(self, knowledge: asyncio.Task[object] | None) -> None:
+        """NATS, the topology and the registries; then (the graph ready) the API, so a hub whose API
+        answers is a hub that is fully up."""
         trust_dir = self.cfg.auth.dir
         trust = Trust.load_or_create(trust_dir)
         ca = CertificateAuthority.load_or_create(trust_dir)
@@ -102,12 +120,20 @@ class HubDaemon:
         await ensure_topology(js)
         self.registry = AgentRegistry(js)
         self.applier = EventApplier(
-            js, self.registry.apply, lease=Lease(js, "events", self.cfg.hub.id), observe=self.lag.observe
+            js,
+            self.registry.apply,
+            lease=Lease(js, "events", self.cfg.hub.id),
+            observe=self.lag.observe,
+            apply_batch=self.registry.apply_batch,
         )
         self.devices = DeviceWatcher(js, self.registry_metrics)
         tokens = Tokens(js)
         admin = await bootstrap_admin(tokens, trust_dir)
         identity = Identity(trust, ca, self.cfg.nats.advertise or [self.url], tokens)
+        if knowledge is not None:
+            await knowledge
+            assert self.knowledge is not None
+            log.info("knowledge graph (L4, Neo4j) at %s", self.knowledge.uri)
         self.api, self.api_port, self.device_api_port = await serve(
             js,
             self.cfg.api.addr,
@@ -142,15 +168,29 @@ class HubDaemon:
         log.info("hub %s running on %s", self.cfg.hub.id, self.url)
         assert self.nc is not None
         lag = self.lag.run(self.nc.jetstream(), self._stop)
-        tasks = [
-            asyncio.create_task(c) for c in (self.applier.run(self._stop), self.devices.run(self._stop), lag)
-        ]
+        parts = [self.applier.run(self._stop), self.devices.run(self._stop), lag, self._watch_knowledge()]
+        tasks = [asyncio.create_task(c) for c in parts]
         try:
             for done in (await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION))[0]:
                 done.result()
         finally:
             self._stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch_knowledge(self) -> None:
+        """Until stopped; raises (ending the run) if the embedded Neo4j dies."""
+        if self.knowledge is None:
+            return
+        watch = asyncio.create_task(self.knowledge.run())
+        stop = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait((watch, stop), return_when=asyncio.FIRST_COMPLETED)
+            if watch.done():
+                watch.result()
+        finally:
+            watch.cancel()
+            stop.cancel()
+            await asyncio.gather(watch, stop, return_exceptions=True)
 
     async def shutdown(self) -> None:
         if self._closed:
@@ -164,6 +204,8 @@ class HubDaemon:
                 await self.nc.close()
         if self.server is not None:
             await self.server.stop()
+        if self.knowledge is not None:
+            await self.knowledge.shutdown()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

@@ -61,6 +61,8 @@ class Neo4jConfig(_Section):
     """The L4 knowledge graph's Neo4j. Defaults come from the standard NEO4J_URI, NEO4J_USER and
     NEO4J_PASSWORD variables; the TOML file and EDGEHUB_HUB__NEO4J__* override them."""
 
+    enabled: bool = True
+    """Keep the L4 knowledge graph; false: the hub runs without one (tests and benches that need none)."""
     uri: str | None = Field(default_factory=lambda: os.environ.get("NEO4J_URI") or None)
     """The operator's Neo4j (``neo4j://`` or ``bolt://``); None: start the embedded Neo4j Community
     launcher on 127.0.0.1 (built by make setup)."""

@@ -269,6 +269,20 @@ class AgentRegistry(_Records):
     bucket = AGENTS.name
 
     async def apply(self, event: events_pb2.EdgeEvent) -> None:
+        await self.apply_batch([event])
+
+    async def apply_batch(self, events: list[events_pb2.EdgeEvent]) -> None:
+        """One record write per agent: the last of its events in the batch (events of a device come in
+        sequence order, and a record is a function of the event that wrote it)."""
+        latest: dict[str, events_pb2.EdgeEvent] = {}
+        for event in events:
+            latest[event.agent_id] = event
+        kv = await self._bucket()
+        for event in latest.values():
+            await kv.put(kv_key(event.agent_id), json.dumps(self._record(event)).encode())
+
+    @staticmethod
+    def _record(event: events_pb2.EdgeEvent) -> dict[str, Any]:
         step = event.step
         record = {
             "agent_id": event.agent_id,
@@ -282,8 +296,7 @@ class AgentRegistry(_Records):
         }
         if step.kind == S.STEP_KIND_END or step.status in (S.AGENT_STATUS_FINISHED, S.AGENT_STATUS_FAILED):
             record["detail"] = step.detail[:500]
-        kv = await self._bucket()
-        await kv.put(kv_key(event.agent_id), json.dumps(record).encode())
+        return record
 
     async def get(self, agent_id: str) -> dict[str, Any] | None:
         return await self.get_key(await self._bucket(), kv_key(agent_id))

@@ -49,6 +49,9 @@ log = logging.getLogger("edgehub.sync.applier")
 
 SUPPORTED_EVENT_VERSIONS = frozenset({1})
 Apply = Callable[[events_pb2.EdgeEvent], Awaitable[None]]
+ApplyBatch = Callable[[list[events_pb2.EdgeEvent]], Awaitable[None]]
+"""Applies a batch's admitted events (in per-device sequence order) at once: lets the registry write
+one record per agent per batch instead of one per event."""
 Observe = Callable[[events_pb2.EdgeEvent, Msg], None]
 """Called after each event is applied (metrics: lag from the step's time and the stream's)."""
 _KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
@@ -124,9 +127,11 @@ class EventApplier:
         ack_wait_s: float = 10.0,
         lease: Lease | None = None,
         observe: Observe | None = None,
+        apply_batch: ApplyBatch | None = None,
     ) -> None:
         self.js = js
         self.apply = apply
+        self.apply_batch = apply_batch or self._apply_each
         self.observe = observe
         self.durable = durable
         self.batch = batch
@@ -209,23 +214,31 @@ class EventApplier:
             decoded.append((kv_key(event.device_id), event, msg))
         # redeliveries arrive after newer messages: per device, sequence order is what counts
         decoded.sort(key=lambda d: (d[0], d[1].seq))
+        admitted: list[tuple[events_pb2.EdgeEvent, Msg]] = []
         for key, event, msg in decoded:
             if key not in devices:
                 devices[key] = _Device(*await self._last(kv, key))
             if await self._admit(kv, key, devices[key], event, msg):
-                await self.apply(event)
                 devices[key].last = event.seq
-                self.stats.applied += 1
-                if self.observe is not None:
-                    self.observe(event, msg)
+                admitted.append((event, msg))
                 done.append(msg)
             elif not devices[key].blocked and event.seq <= devices[key].last:
                 done.append(msg)
+        if admitted:  # applied before the records move and before any ack
+            await self.apply_batch([event for event, _ in admitted])
+            self.stats.applied += len(admitted)
+            if self.observe is not None:
+                for event, msg in admitted:
+                    self.observe(event, msg)
         for key, dev in devices.items():
             if dev.last > dev.recorded:
                 await self._record(kv, key, dev)
         for msg in done:
             await msg.ack()
+
+    async def _apply_each(self, events: list[events_pb2.EdgeEvent]) -> None:
+        for event in events:
+            await self.apply(event)
 
     async def _admit(
         self, kv: KeyValue, key: str, dev: _Device, event: events_pb2.EdgeEvent, msg: Msg
