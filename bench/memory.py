@@ -259,7 +259,7 @@ def l3() -> list[Check]:
     return [
         Check(f"l3_knn_p50_ms_at_{largest // 1000}k", round(p50, 2), "ms", "<= 20", p50 <= 20),
         Check(
-            f"l3_top20_overlap_with_exact_at_{largest // 1000}k",
+            f"l3_exact_top5_found_at_{largest // 1000}k",
             round(overlap, 3),
             "",
             ">= 0.95",
