@@ -82,10 +82,13 @@ class Neo4jServer:
         """Start on ``port`` (0: a free loopback port) with the data in ``data_dir``; returns once Bolt
         accepts authenticated sessions. ``password`` None: a random one (the launcher applies it even
         to an existing data dir)."""
+        if password is not None and password.startswith("-"):
+            # neo4j-admin's set-initial-password would read it as an option and refuse to start
+            raise Neo4jLaunchError("the embedded Neo4j's password may not start with '-'")
         server = cls(
             Path(data_dir),
             port or free_port(),
-            password or secrets.token_urlsafe(18),
+            password or secrets.token_hex(16),  # token_urlsafe may begin with "-" (1 start in 64 failed)
             Path(launcher_dir) if launcher_dir else default_launcher_dir(),
             heap_mb,
             pagecache_mb,
