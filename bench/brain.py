@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import QUICK, Check, median, print_checks, print_table, write_result
 from llama_cpp import Llama
 
-from edgehub.edge.config import ModelConfig
-from edgehub.edge.llm.llama import LlamaBrain, default_model_path
+from edgehub.llm import LlamaSettings, default_model_path
+from edgehub.llm.llama import LlamaBrain
 
 THREADS = 2
 TOKENS = 48 if QUICK else 128
@@ -45,7 +45,7 @@ def brain_rate(brain: LlamaBrain) -> float:
     return (out.completion_tokens - 1) / (out.decode_ms / 1000)
 
 
-def throughput(cfg: ModelConfig) -> tuple[float, float]:
+def throughput(cfg: LlamaSettings) -> tuple[float, float]:
     raw = Llama(
         model_path=str(default_model_path()),
         n_ctx=cfg.n_ctx,
@@ -63,7 +63,7 @@ def throughput(cfg: ModelConfig) -> tuple[float, float]:
     return median(raw_rates), median(brain_rates)
 
 
-def transcript(cfg: ModelConfig) -> tuple[list[int], list[int], list[int], list[float], list[float]]:
+def transcript(cfg: LlamaSettings) -> tuple[list[int], list[int], list[int], list[float], list[float]]:
     """Per step after the first: new tokens, evaluated with / without reuse, eval ms with / without."""
     reuse, fresh = LlamaBrain.open(cfg), LlamaBrain.open(cfg)
     prompt = (
@@ -91,7 +91,7 @@ def transcript(cfg: ModelConfig) -> tuple[list[int], list[int], list[int], list[
 
 
 def main() -> None:
-    cfg = ModelConfig(n_ctx=2048, n_threads=THREADS, n_batch=64)
+    cfg = LlamaSettings(n_ctx=2048, n_threads=THREADS, n_batch=64)
     raw, brain = throughput(cfg)
     print_table(
         f"decoding, {TOKENS} tokens, {THREADS} threads, greedy, median of {RUNS}",

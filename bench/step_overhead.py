@@ -3,7 +3,7 @@
 edgehub: ``AgentLoop.step`` with the real store (SQLite WAL, synchronous=FULL), the real registry and
 execution gateway (schema validation, durable intent record), the real prompt builder and the real
 Gemma tokenizer (loaded vocab-only) for token counts. The model's decoding is excluded by design: a
-scripted brain (``edgehub.edge.llm.fake``) returns the action at once. The tool is an in-process no-op
+scripted brain (``edgehub.llm.fake``) returns the action at once. The tool is an in-process no-op
 measured twice: idempotent (the common in-process case) and non-idempotent, where a durable intent
 (one more fsync'd commit) is recorded before it runs, as for any side-effecting tool.
 
@@ -49,11 +49,11 @@ from edgehub.edge.agent.tools import (
     ToolSpec,
 )
 from edgehub.edge.config import AgentConfig, ToolsConfig
-from edgehub.edge.llm.fake import FakeBrain
-from edgehub.edge.llm.gate import ModelGate
-from edgehub.edge.llm.llama import default_model_path
 from edgehub.edge.memory.compaction import Compactor
 from edgehub.edge.store.sqlite import SqliteStore
+from edgehub.llm import default_model_path
+from edgehub.llm.fake import FakeBrain
+from edgehub.llm.gate import ModelGate
 from edgehub.protocol.v1 import agent_pb2
 
 STEPS = 60 if QUICK else 300

@@ -45,22 +45,40 @@ command -v uv >/dev/null || { echo "uv is not on PATH after installing it; add ~
 
 LLAMA_VERSION=$(sed -n '/^name = "llama-cpp-python"$/{n;s/^version = "\(.*\)"$/\1/p}' uv.lock)
 WHEELS="${EDGEHUB_CACHE:-$HOME/.cache/edgehub}/wheels"
+# llama.cpp builds for this CPU (-march=native). On a CPU with AMX its AMX matmul kernels crash
+# (SIGSEGV in ggml_backend_amx_mul_mat on the project's Xeon VMs with llama-cpp-python 0.3.36) and
+# -march=native cannot be told to leave AMX out, so there the build lists the CPU's other features.
+# $CMAKE_ARGS, when set, replaces this choice. The flags are recorded beside the wheel (and in the venv):
+# a wheel built with other flags is rebuilt (and reinstalled).
+LLAMA_CMAKE_ARGS=""
+if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+    LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+    LLAMA_CMAKE_ARGS+=" -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON"
+    LLAMA_CMAKE_ARGS+=" -DGGML_AVX512_BF16=ON"
+fi
+LLAMA_CMAKE_ARGS="${CMAKE_ARGS:-$LLAMA_CMAKE_ARGS}"
+LLAMA_BUILD="$LLAMA_VERSION $LLAMA_CMAKE_ARGS"
 shopt -s nullglob
 wheel=("$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl)
-if (( ${#wheel[@]} == 0 )); then
+built_with="$LLAMA_VERSION $(cat "$WHEELS/llama_cpp_python-$LLAMA_VERSION.flags" 2>/dev/null || true)"
+if (( ${#wheel[@]} == 0 )) || [[ "$built_with" != "$LLAMA_BUILD" ]]; then
     step "building llama-cpp-python $LLAMA_VERSION into $WHEELS (once; about 5-7 minutes on 2 cores)"
     mkdir -p "$WHEELS"
-    CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-        python3 -m pip wheel --quiet --disable-pip-version-check --no-deps \
+    rm -f "${wheel[@]}"
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
+        python3 -m pip wheel --quiet --disable-pip-version-check --no-deps --no-cache-dir \
         "llama-cpp-python==$LLAMA_VERSION" -w "$WHEELS"
+    echo "$LLAMA_CMAKE_ARGS" >"$WHEELS/llama_cpp_python-$LLAMA_VERSION.flags"
     wheel=("$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl)
 fi
 
 step "syncing Python dependencies from uv.lock"
 uv sync --locked --quiet --no-install-package llama-cpp-python
-if ! uv run --no-sync python -c 'import llama_cpp' 2>/dev/null; then
+if ! uv run --no-sync python -c 'import llama_cpp' 2>/dev/null \
+    || [[ "$(cat .venv/llama-cpp-python.build 2>/dev/null)" != "$LLAMA_BUILD" ]]; then
     step "installing llama-cpp-python from ${wheel[0]}"
-    uv pip install --quiet --no-deps "${wheel[0]}"
+    uv pip install --quiet --no-deps --reinstall "${wheel[0]}"
+    echo "$LLAMA_BUILD" >.venv/llama-cpp-python.build
 fi
 
 NEO4J_DIR="${EDGEHUB_CACHE:-$HOME/.cache/edgehub}/neo4j"
@@ -82,4 +100,4 @@ if ! uv run --no-sync python -c "import llama_cpp, apsw" 2>/dev/null; then
     echo "llama_cpp or apsw failed to import after sync" >&2; exit 1
 fi
 
-step "model: $(uv run --no-sync python -c 'from edgehub.edge.llm import default_model_path; print(default_model_path())')"
+step "model: $(uv run --no-sync python -c 'from edgehub.llm import default_model_path; print(default_model_path())')"

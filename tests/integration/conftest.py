@@ -6,18 +6,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from edgehub.edge.config import ModelConfig
-from edgehub.edge.llm.llama import LlamaBrain
+from edgehub.llm import LlamaSettings
+from edgehub.llm.llama import LlamaBrain
 from tests.harness.neo4j import graph_fixture, neo4j_server_fixture  # noqa: F401 - one Neo4j per session
 
 
 @pytest.fixture(scope="session")
-def model_config() -> ModelConfig:
-    return ModelConfig(n_ctx=2048, n_threads=2, n_batch=64)
+def llama_settings() -> LlamaSettings:
+    return LlamaSettings(n_ctx=2048, n_threads=2, n_batch=64)
 
 
 @pytest.fixture(scope="session")
-def brain(model_config: ModelConfig) -> Iterator[LlamaBrain]:
-    b = LlamaBrain.open(model_config)
+def brain(llama_settings: LlamaSettings) -> Iterator[LlamaBrain]:
+    b = LlamaBrain.open(llama_settings)
     yield b
     b.close()

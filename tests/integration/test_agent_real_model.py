@@ -9,7 +9,7 @@ import pytest
 
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import AgentConfig, DeviceConfig, EdgeConfig
-from edgehub.edge.llm.llama import LlamaBrain
+from edgehub.llm.llama import LlamaBrain
 from edgehub.protocol.v1 import agent_pb2
 
 S = agent_pb2

@@ -7,8 +7,8 @@ import json
 import pytest
 from jsonschema import validate
 
-from edgehub.edge.config import ModelConfig
-from edgehub.edge.llm.llama import LlamaBrain
+from edgehub.llm import LlamaSettings
+from edgehub.llm.llama import LlamaBrain
 
 pytestmark = pytest.mark.model
 
@@ -30,7 +30,7 @@ def test_grammar_constrained_output_is_valid_json_for_the_schema(brain: LlamaBra
 
 
 def test_prefix_reuse_evaluates_only_new_tokens_and_changes_no_output(
-    brain: LlamaBrain, model_config: ModelConfig
+    brain: LlamaBrain, llama_settings: LlamaSettings
 ) -> None:
     prompt, previous, reused_outputs = PROMPT, "", []
     for step in range(1, 4):
@@ -43,7 +43,7 @@ def test_prefix_reuse_evaluates_only_new_tokens_and_changes_no_output(
         previous = prompt + out.text
         prompt = previous + f'\nStep {step} observation: "nothing here"\nStep {step + 1} action: '
 
-    fresh = LlamaBrain.open(model_config)
+    fresh = LlamaBrain.open(llama_settings)
     try:
         # the same prompts evaluated from scratch each time give the same greedy outputs
         prompt = PROMPT

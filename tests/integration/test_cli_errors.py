@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgehub.edge.llm.llama import default_model_path
+from edgehub.llm import default_model_path
 from tests.harness.cli import edgehub
 
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from edgehub.edge.llm.llama import LlamaBrain
 from edgehub.edge.memory.compaction import SCHEMA, Compactor, extractive_summary
+from edgehub.llm.llama import LlamaBrain
 from edgehub.protocol.v1 import agent_pb2
 
 pytestmark = pytest.mark.model

@@ -18,7 +18,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
-from edgehub.edge.llm.fake import FakeBrain
+from edgehub.llm.fake import FakeBrain
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2
 from edgehub.sync import OutboxPublisher, free_port, kv_key

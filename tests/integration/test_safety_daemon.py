@@ -10,8 +10,8 @@ from pathlib import Path
 
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
-from edgehub.edge.llm.fake import FakeBrain
 from edgehub.edge.safety import decide
+from edgehub.llm.fake import FakeBrain
 from edgehub.protocol.v1 import agent_pb2
 from tests.harness.cli import edgehub
 from tests.harness.wait import eventually

@@ -1,4 +1,5 @@
-"""The layout is the architecture: protocol <- sync <- {hub, edge}; hub and edge never meet."""
+"""The layout is the architecture: protocol <- sync <- {hub, edge}; hub and edge never meet. The brain
+(llm) stands alone: both daemons run it, it imports no other member."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
     "protocol": ("edgehub.sync", "edgehub.edge", "edgehub.hub", "edgehub.cli"),
     "sync": ("edgehub.edge", "edgehub.hub", "edgehub.cli"),
+    "llm": ("edgehub.sync", "edgehub.edge", "edgehub.hub", "edgehub.cli"),
     "edge": ("edgehub.hub",),
     "hub": ("edgehub.edge",),
     "cli": ("edgehub.edge", "edgehub.hub"),
@@ -40,4 +42,10 @@ def test_member_imports_only_what_the_layering_allows(member: str) -> None:
 def test_edge_does_not_depend_on_hub_packages() -> None:
     text = (ROOT / "edge" / "pyproject.toml").read_text()
     assert "edgehub-hub" not in text
+    assert "neo4j" not in text
+
+
+def test_the_brain_depends_on_no_other_member() -> None:
+    text = (ROOT / "llm" / "pyproject.toml").read_text()
+    assert "edgehub-" not in text.split("[build-system]")[0].split("dependencies", 1)[1]
     assert "neo4j" not in text

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from edgehub.edge.llm.fake import FakeBrain
 from edgehub.edge.memory import Compactor, extractive_summary, steps_to_compact
+from edgehub.llm.fake import FakeBrain
 from edgehub.protocol.v1 import agent_pb2
 
 S = agent_pb2

@@ -25,12 +25,12 @@ from edgehub.edge.agent.tools.gateway import ExecutionGateway
 from edgehub.edge.agent.tools.registry import ToolRegistry
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import AgentConfig, EdgeConfig, ToolsConfig, TracingConfig
-from edgehub.edge.llm.fake import FakeBrain
-from edgehub.edge.llm.gate import ModelGate
 from edgehub.edge.memory.compaction import Compactor
 from edgehub.edge.safety import PolicyAdmission, PolicyEngine
 from edgehub.edge.store.sqlite import SqliteStore
 from edgehub.edge.tracing import AgentSpans, Tracing
+from edgehub.llm.fake import FakeBrain
+from edgehub.llm.gate import ModelGate
 from edgehub.protocol.v1 import agent_pb2
 
 S = agent_pb2

@@ -41,10 +41,10 @@ from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Span, StatusCode, Tracer, get_current_span
 from opentelemetry.util.types import AttributeValue
 
+from edgehub.llm import Completion
 from edgehub.protocol.v1 import agent_pb2
 
 from .config import TracingConfig
-from .llm.base import Completion
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider

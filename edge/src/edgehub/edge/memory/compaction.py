@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+from edgehub.llm import Brain
 from edgehub.protocol.v1 import agent_pb2
-
-from ..llm.base import Brain
 
 SCHEMA = {
     "type": "object",

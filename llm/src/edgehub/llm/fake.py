@@ -1,6 +1,6 @@
 """A scripted brain for unit tests of logic (and for benchmarks that exclude decoding by design).
 
-Never used by the daemon: it only lives here so tests and benchmarks share one implementation.
+Never used by a daemon: it only lives here so tests and benchmarks share one implementation.
 """
 
 from __future__ import annotations

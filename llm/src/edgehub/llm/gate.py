@@ -1,8 +1,9 @@
 """Async access to a blocking brain: one call at a time, off the event loop.
 
-A llama.cpp context is single-threaded state (its KV cache is the reused prompt prefix), so every
-agent on the device shares the brain through this gate, which serialises calls with an asyncio lock
-and runs them in a worker thread so the daemon keeps serving while the model decodes.
+A llama.cpp context is single-threaded state (its KV cache is the reused prompt prefix), so every user
+of one brain (the agents on a device, the hub's jobs) shares it through this gate, which serialises
+calls with an asyncio lock and runs them in a worker thread so the daemon keeps serving while the
+model decodes.
 """
 
 from __future__ import annotations

