@@ -5,8 +5,9 @@
 # L4 knowledge graph, gRPC management API over TLS) and one edge daemon on the Gemma 3 270M GGUF,
 # enrolled with a one-time token, replicating its mind-log to it with its own NATS credentials; the
 # CLI submits a goal to the edge and follows it (the edge keeps L3 episodes of each step), then reads
-# the agent, the device and the trace back through the hub's API as the admin operator.
-# More edges, knowledge tools and planning join as their issues land.
+# the agent, the device and the trace back through the hub's API as the admin operator, and runs a
+# consolidation of the edge's replicated episodes into the L4 graph with the hub's own model.
+# More edges and planning join as their issues land.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,4 +75,6 @@ $EH devices list
 AGENT=$($EH agents list --json | tail -1 | uv run --no-sync python -c 'import json,sys; print(json.loads(sys.stdin.read())["agent_id"])')
 step "edgehub agents trace $AGENT (the mind-log as the hub received it, PII-masked)"
 $EH agents trace "$AGENT"
+step "edgehub knowledge consolidate (the edge's L3 episodes, replicated to the hub, abstracted into L4 facts by the hub's model)"
+$EH knowledge consolidate || rc=$?
 exit $rc

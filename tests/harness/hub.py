@@ -90,10 +90,12 @@ def start_hub(
     metrics_port: int | None = None,
     port: int = 0,
     neo4j: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Hub:
     """Start ``edgehub hub run``. The embedded nats-server keeps its store in ``tmp_path / "nats"``
-    and the trust folder is ``tmp_path / "trust"``; pass ``port`` to restart a hub on the same server
-    address after killing the previous one. ``neo4j``: also start its embedded Neo4j (a JVM: slow)."""
+        and the trust folder is ``tmp_path / "trust"``; pass ``port`` to restart a hub on the same server
+        address after killing the previous one. ``neo4j``: also start its embedded Neo4j (a JVM: slow), or
+    with ``EDGEHUB_HUB__NEO4J__URI`` in ``env``, use that one. ``env`` overrides any setting."""
     port = port or free_port()
     api = f"127.0.0.1:{free_port()}"
     metrics = {"EDGEHUB_HUB__METRICS__PORT": str(metrics_port)} if metrics_port else {}
@@ -109,6 +111,7 @@ def start_hub(
         "EDGEHUB_HUB__AUTH__DIR": str(trust),
         "EDGEHUB_HUB__NEO4J__ENABLED": "true" if neo4j else "false",
         "EDGEHUB_HUB__NEO4J__EMBEDDED_DATA": str(tmp_path / "neo4j"),
+        **(env or {}),
     }
     proc = subprocess.Popen([*EDGEHUB, "hub", "run"], env=env, stderr=subprocess.PIPE, text=True)
     return Hub(proc, f"nats://127.0.0.1:{port}", api, trust)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
-from edgehub.edge.llm.fake import FakeBrain
+from edgehub.llm.fake import FakeBrain
 from edgehub.protocol.v1 import events_pb2
 from edgehub.sync import EventApplier, NatsServer, free_port
 from tests.harness.nats import connect, nats_server  # noqa: F401 - fixture
@@ -28,11 +28,13 @@ SCRIPT = [
 
 
 def config(tmp_path: Path, url: str) -> EdgeConfig:
+    """Step events only: L3 episodes (replicated too, by default) are counted in test_consolidation."""
     return EdgeConfig.model_validate(
         {
             "device": {"id": "dev-7", "data_dir": str(tmp_path / "edge")},
             "tools": {"load_entry_points": False},
             "hub": {"nats_url": url},
+            "memory": {"replicate": False},
         }
     )
 

@@ -21,12 +21,12 @@ import sqlite_vec
 from edgehub.edge.agent.loop import new_agent
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig, MemoryConfig
-from edgehub.edge.llm.fake import FakeBrain
 from edgehub.edge.memory.embed import MiniLM
 from edgehub.edge.memory.episodic import EpisodicMemory
 from edgehub.edge.store import SqliteStore
 from edgehub.edge.store.base import Episode
-from edgehub.edge.store.migrations import MIGRATIONS
+from edgehub.edge.store.migrations import LATEST, MIGRATIONS
+from edgehub.llm.fake import FakeBrain
 from edgehub.protocol.v1 import agent_pb2
 
 S = agent_pb2
@@ -155,6 +155,40 @@ async def test_a_daemons_agent_recalls_an_earlier_step_by_meaning(tmp_path: Path
         assert recalled.observation.output.startswith("nothing remembered")
 
 
+async def test_a_later_agent_starts_with_what_an_earlier_one_learned_in_its_prompt(tmp_path: Path) -> None:
+    """Recall in the prompt, with real embeddings: a later agent's very first prompt holds an earlier
+    agent's step about the same pump, and not an unrelated one."""
+    first = [
+        act("write_file", thought="Log the reading", path="p3.txt", content="P-3 vibration 11.2 mm/s"),
+        act("finish", thought="done", answer="logged"),
+    ]
+    unrelated = [
+        act("write_file", thought="Order paper", path="order.txt", content="10 reams of A4 for the office"),
+        act("finish", thought="done", answer="ordered"),
+    ]
+    cfg = EdgeConfig.model_validate(
+        {
+            "device": {"id": "dev-l3", "data_dir": str(tmp_path / "edge")},
+            "tools": {"load_entry_points": False},
+        }
+    )
+    async with EdgeDaemon(cfg, brain=FakeBrain(first + unrelated)) as edge:
+        edge.submit("check pump P-3")
+        await edge.run(until_idle=True)
+        edge.submit("order paper")
+        await edge.run(until_idle=True)
+    brain = FakeBrain([act("finish", thought="known", answer="11.2 mm/s")])
+    async with EdgeDaemon(cfg, brain=brain) as edge:
+        agent_id = edge.submit("check the vibration of pump P-3 again")
+        await edge.run(until_idle=True)
+        assert edge.store is not None
+        recalled = list(edge.store.load_agent(agent_id).recalled)
+    task = brain.prompts[0].split("## Task", 1)[1]
+    assert any("P-3 vibration 11.2 mm/s" in m for m in recalled), recalled
+    assert "P-3 vibration 11.2 mm/s" in task
+    assert "A4" not in task
+
+
 def act(tool: str, thought: str = "go", **args: object) -> str:
     return json.dumps({"thought": thought, "tool": tool, "args": args})
 
@@ -182,7 +216,7 @@ def test_a_version_4_store_upgrades_its_episodes_to_two_stage_search(
         )
     conn.close()
     store = SqliteStore.open(tmp_path / "edge.db", device_id="dev-1")
-    assert store.schema_version == 5
+    assert store.schema_version == LATEST
     (best,) = store.nearest_episodes(embedder.embed_one("we need more coolant").tobytes(), 1)
     assert best.key == "old-1"
     assert best.distance == pytest.approx(

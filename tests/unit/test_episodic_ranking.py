@@ -42,7 +42,7 @@ def test_steps_become_short_episodes_and_failures_or_outcomes_matter_more() -> N
     step = S.StepEvent(kind=S.STEP_KIND_ACTION, thought="Read the sensor")
     step.action.tool, step.action.args_json = "read_sensor", '{"id": "P-3"}'
     step.observation.ok, step.observation.output = True, "11.2 mm/s" + "x" * 2000
-    assert step_text(step).startswith('Read the sensor | read_sensor({"id": "P-3"}) -> 11.2 mm/s')
+    assert step_text(step).startswith("Read the sensor: P-3 (read_sensor -> 11.2 mm/s")
     assert len(step_text(step)) == 600
     assert step_importance(step) == 0.5
     step.observation.ok, step.observation.error = False, "timeout"

@@ -10,7 +10,9 @@ import pytest
 
 from edgehub.hub.config import load_config
 from edgehub.hub.knowledge import MIGRATIONS, Entity, Fact, Hop, InvalidKnowledge, Provenance, cypher, fact_id
+from edgehub.hub.knowledge.episodes import episode_records
 from edgehub.hub.knowledge.model import MAX_BATCH, MAX_TEXT, object_key, plan, validate_batch
+from edgehub.protocol.v1 import events_pb2
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=UTC)
 P = Provenance(device_id="edge-1", agent_id="agent-7")
@@ -131,7 +133,8 @@ def test_migrations_are_numbered_in_order_and_idempotent() -> None:
         assert all("IF NOT EXISTS" in s for s in m.statements), m.name
     # Pinned: an applied migration must never change (append a new one); migrate() refuses a graph
     # whose recorded checksum differs, so a change here would lock every deployed hub out.
-    assert [m.checksum for m in MIGRATIONS] == ["9d98d677b9ab2c17", "10f76cb4ee4d04cc"]
+    pinned = ["9d98d677b9ab2c17", "10f76cb4ee4d04cc", "17d831cfd61c67d6", "d363177486ec8750"]
+    assert [m.checksum for m in MIGRATIONS] == pinned
 
 
 def test_query_builders_take_values_as_parameters_only() -> None:
@@ -158,3 +161,41 @@ def test_neo4j_config_defaults_to_the_standard_variables_and_hub_settings_overri
     assert "s3cret" not in repr(operator)
     override = load_config(env={"EDGEHUB_HUB__NEO4J__URI": "bolt://10.0.0.5:7687"}).neo4j
     assert override.uri == "bolt://10.0.0.5:7687"
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("line 3", "line 3"),
+        ('line AND "3" OR *:*', 'line and \\"3\\" or \\*\\:\\*'),
+        ("a+b (c) [d] {e} ~f^2 g? h/i \\", "a\\+b \\(c\\) \\[d\\] \\{e\\} \\~f\\^2 g\\? h\\/i \\\\"),
+        ("  ", ""),
+    ],
+)
+def test_a_users_words_are_only_ever_words_to_lucene(text: str, words: str) -> None:
+    assert cypher.lucene_words(text) == words
+
+
+def test_replicated_episodes_that_cannot_be_stored_are_dropped_not_raised() -> None:
+    def event(**kw: object) -> events_pb2.EdgeEvent:
+        ep = events_pb2.Episode(key="k", text="belt slipped", embedding=[0.05] * 384, importance=0.5)
+        for name, value in kw.items():
+            if name == "embedding":
+                del ep.embedding[:]
+                ep.embedding.extend(value)  # type: ignore[arg-type]
+            else:
+                setattr(ep, name, value)
+        ep.at.FromSeconds(1_700_000_000)
+        return events_pb2.EdgeEvent(event_id="episode/k", device_id="dev-1", agent_id="a1", episode=ep)
+
+    bad = [
+        event(text=""),
+        event(text="x" * 20_000),
+        event(embedding=[0.1] * 10),
+        event(embedding=[float("nan")] * 384),
+        event(importance=3.0),
+        event(key=""),
+    ]
+    (record,) = episode_records([event(), *bad])
+    assert (record.id, record.step, len(record.embedding)) == ("dev-1/k", 0, 384)
+    assert record.at == datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)

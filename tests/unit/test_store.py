@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import apsw
+import numpy as np
 import pytest
 
 from edgehub.edge.agent.loop import new_agent
 from edgehub.edge.errors import AgentNotFound, SchemaVersionError, StoreError
+from edgehub.edge.safety import Scrubber, VaultKey
 from edgehub.edge.store import Intent, SqliteStore
-from edgehub.edge.store.base import Approval
+from edgehub.edge.store.base import Approval, Episode
 from edgehub.edge.store.migrations import LATEST, MIGRATIONS
 from edgehub.protocol.v1 import agent_pb2
 
@@ -189,3 +192,56 @@ def test_the_store_sqlite_can_load_extensions(store: SqliteStore) -> None:
     store._conn.enable_load_extension(True)
     with pytest.raises(apsw.ExtensionLoadingError):
         store._conn.load_extension("/nonexistent/vec0")
+
+
+def _episode(key: str, text: str = "the belt on line 3 slipped", agent_id: str = "a1") -> Episode:
+    vector = np.zeros(384, np.float32)
+    vector[hash(key) % 384] = 1.0
+    return Episode(key, agent_id, text, 1_700_000_000.0, 0.5, 3, vector.tobytes())
+
+
+def test_replicated_episodes_enter_the_outbox_masked_in_the_same_transaction(tmp_path: Path) -> None:
+    scrubber = Scrubber(VaultKey(os.urandom(32)))
+    store = SqliteStore.open(tmp_path / "edge.db", device_id="dev-1", outgoing=scrubber)
+    text = "mail ana@example.com about the belt"
+    assert store.add_episodes([_episode("k1", text)], replicate="all-MiniLM-L6-v2") == 1
+    assert store.add_episodes([_episode("k1", text)], replicate="all-MiniLM-L6-v2") == 0  # idempotent
+    assert store.add_episodes([_episode("k2")]) == 1  # not replicated
+    (entry,) = store.outbox_pending()
+    event = entry.event
+    assert (event.event_id, event.device_id, event.agent_id) == ("episode/k1", "dev-1", "a1")
+    ep = event.episode
+    assert "ana@example.com" not in ep.text
+    assert "<EMAIL_" in ep.text
+    assert (ep.key, ep.step, ep.embedding_model, len(ep.embedding)) == ("k1", 3, "all-MiniLM-L6-v2", 384)
+    assert ep.at.ToSeconds() == 1_700_000_000
+    assert store.nearest_episodes(_episode("k1").embedding, 1)[0].text == text  # the device keeps it
+    store.close()
+
+
+def test_pruned_episodes_leave_recall_and_are_deleted_after_retention(store: SqliteStore) -> None:
+    store.add_episodes([_episode(f"k{i}") for i in range(4)])
+    marked, deleted = store.prune_episodes(["k0", "k1", "nope"], "run-1", keep_s=3600, now=1000.0)
+    assert (marked, deleted) == (2, 0)
+    assert store.episode_count() == 2
+    assert store.prune_episodes(["k0"], "run-2", keep_s=3600, now=2000.0) == (0, 0)  # first mark kept
+    assert {e.key for e in store.nearest_episodes(_episode("k0").embedding, 4)} == {"k2", "k3"}
+    marked, deleted = store.prune_episodes(["k2"], "run-3", keep_s=3600, now=4600.0)  # run-1's are due
+    assert (marked, deleted) == (1, 2)
+    assert store.episode_count() == 1
+    assert store.prune_episodes([], "run-4", keep_s=0, now=4600.0) == (0, 1)  # 0: at once
+    assert store.episode_count() == 1
+    assert store._scalar("SELECT COUNT(*) FROM episode_bits") == 1
+
+
+def test_the_knowledge_cache_keeps_the_newest_answers(store: SqliteStore) -> None:
+    assert store.knowledge_cached("line 3") is None
+    store.cache_knowledge("line 3", b"old", 1.0)
+    store.cache_knowledge("line 3", b"new", 2.0)
+    assert store.knowledge_cached("line 3") == (b"new", 2.0)
+    store.KNOWLEDGE_CACHE_ROWS = 3  # type: ignore[misc]
+    for i in range(5):
+        store.cache_knowledge(f"q{i}", b"a", 10.0 + i)
+    assert store._scalar("SELECT COUNT(*) FROM knowledge_cache") == 3
+    assert store.knowledge_cached("q4") is not None
+    assert store.knowledge_cached("q1") is None

@@ -24,18 +24,19 @@ from types import TracebackType
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from edgehub.llm import Brain, ModelGate
 from edgehub.protocol.v1 import agent_pb2, commands_pb2
 from edgehub.sync.errors import MessageRejected
 
 from .agent.loop import AgentLoop, LoopDeps, new_agent
+from .agent.tools.builtins import knowledge_tool
 from .agent.tools.gateway import ExecutionGateway
 from .agent.tools.registry import ToolRegistry
 from .config import EdgeConfig
 from .errors import EdgeError
-from .hublink import HubLink
+from .hublink import HubLink, daemon_version
 from .identity import DeviceIdentity
-from .llm.base import Brain
-from .llm.gate import ModelGate
+from .knowledge import KnowledgeClient
 from .memory.compaction import Compactor
 from .memory.embed import shared_embedder
 from .memory.episodic import EpisodeIndexer, EpisodicMemory
@@ -120,6 +121,10 @@ class EdgeDaemon:
         self.hublink: HubLink | None = None
         self.indexer: EpisodeIndexer | None = None
         """L3: indexes each committed step (``[memory] episodic``)."""
+        self.identity: DeviceIdentity | None = None
+        """Credentials from ``edgehub edge enroll`` (None: not enrolled)."""
+        self.knowledge: KnowledgeClient | None = None
+        """The knowledge tool's way to the hub's L4 graph (None: this device has no hub)."""
         self.metrics = EdgeMetrics(cfg.device.id)
         self.metrics_port: int | None = None
         self.metrics.add_collector(self._collect)
@@ -143,14 +148,27 @@ class EdgeDaemon:
             )
             self.safety = build_safety(self.cfg, self.store, config_path=self.config_path)
             if self._brain is None:
-                from .llm.llama import LlamaBrain  # imported here: unit tests run without a model
+                from .brain import open_brain  # imported here: unit tests run without a model
 
-                self._brain = await asyncio.to_thread(LlamaBrain.open, self.cfg.model)
+                self._brain = await asyncio.to_thread(open_brain, self.cfg.model)
             self.tracing = Tracing.from_config(self.cfg.tracing, self.cfg.device.id)
+            self.identity = DeviceIdentity.load(self.cfg.identity_dir, self.cfg.device.id)
+            has_hub = bool(self.cfg.hub.nats_url or self.identity is not None)
+            if has_hub:
+                self.knowledge = KnowledgeClient(
+                    self.store,
+                    self.cfg.device.id,
+                    lambda: self.hublink.nc if self.hublink is not None else None,
+                    timeout_s=self.cfg.hub.knowledge_timeout_s,
+                    cache_s=self.cfg.hub.knowledge_cache_s,
+                )
             if self.cfg.memory.episodic:
                 embedder = await asyncio.to_thread(shared_embedder)
                 memory = EpisodicMemory(
-                    self.store, embedder, half_life_s=self.cfg.memory.half_life_days * 86400
+                    self.store,
+                    embedder,
+                    half_life_s=self.cfg.memory.half_life_days * 86400,
+                    replicate=has_hub and self.cfg.memory.replicate,
                 )
                 self.indexer = EpisodeIndexer(memory)
             self.loop = AgentLoop(self._deps(self.store, self._brain))
@@ -162,7 +180,8 @@ class EdgeDaemon:
             raise
 
     def _deps(self, store: SqliteStore, brain: Brain) -> LoopDeps:
-        registry = ToolRegistry.default(self.cfg.tools)
+        extra = [knowledge_tool(timeout_s=self.cfg.hub.knowledge_timeout_s)] if self.knowledge else []
+        registry = ToolRegistry.default(self.cfg.tools, extra)
         safety = self.safety
         assert safety is not None
         gateway = ExecutionGateway(
@@ -189,6 +208,7 @@ class EdgeDaemon:
             on_step=self._on_step,
             tracer=self.tracing.tracer,
             memory=self.indexer.memory if self.indexer is not None else None,
+            knowledge=self.knowledge,
         )
 
     def _on_step(self, event: agent_pb2.StepEvent) -> None:
@@ -281,6 +301,20 @@ class EdgeDaemon:
             d = cmd.decide_approval
             with contextlib.suppress(ApprovalError):  # already decided: the effect is there
                 decide(self.store, d.key, approve=d.approve, by=d.by, note=d.note)
+        elif kind == "prune_episodes":
+            keep_s = self.cfg.memory.keep_consolidated_days * 86400
+            marked, deleted = self.store.prune_episodes(
+                list(cmd.prune_episodes.keys), cmd.prune_episodes.run_id, keep_s=keep_s
+            )
+            log.info(
+                "consolidation %s: %d episodes pruned, %d deleted (retention %.1f days)",
+                cmd.prune_episodes.run_id,
+                marked,
+                deleted,
+                self.cfg.memory.keep_consolidated_days,
+            )
+        else:  # a newer hub's command this daemon does not know: dead letters, with the reason
+            raise MessageRejected(f"unknown command {kind or '(empty)'}; this daemon is {daemon_version()}")
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Schedule agents until stopped (or, with ``until_idle``, until none is left to run)."""
@@ -289,7 +323,7 @@ class EdgeDaemon:
         log.info("edge daemon %s running on %s", self.cfg.device.id, self.cfg.device.data_dir)
         sync_stop = asyncio.Event()
         link = None
-        identity = DeviceIdentity.load(self.cfg.identity_dir, self.cfg.device.id)
+        identity = self.identity
         if self.cfg.hub.nats_url or identity is not None:
             self.hublink = HubLink(
                 self.cfg.hub,

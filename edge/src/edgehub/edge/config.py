@@ -61,6 +61,9 @@ class AgentConfig(_Section):
     """Observations longer than this are truncated before the model sees them."""
     max_concurrent: int = Field(2, ge=1)
     """Agents stepping at once (they share the model; calls to it are serialised)."""
+    recall_tokens: int = Field(120, ge=0)
+    """Room in the prompt's task block for L3 memories of earlier agents that bear on the goal
+    (recalled at the start and at each compaction; ``[memory] episodic`` on); 0: none."""
 
 
 class MemoryConfig(_Section):
@@ -68,6 +71,12 @@ class MemoryConfig(_Section):
     """L3: embed each step into sqlite-vec and let ``recall`` find earlier steps by meaning."""
     half_life_days: float = Field(7.0, gt=0)
     """Recall weighs a memory this old half as much as a new one (similarity and importance equal)."""
+    replicate: bool = True
+    """Send each new episode (PII-masked, with its embedding) to the hub, whose consolidation turns the
+    fleet's episodes into L4 facts."""
+    keep_consolidated_days: float = Field(7.0, ge=0)
+    """Keep an episode this long after the hub consolidated it (recall skips it meanwhile); 0: delete
+    at once."""
 
 
 class ToolsConfig(_Section):
@@ -128,6 +137,11 @@ class HubLinkConfig(_Section):
     """Outbox entries in flight at once."""
     heartbeat_s: float = Field(5.0, gt=0)
     """How often the device reports its twin (version, hardware, load, agents) to the hub."""
+    knowledge_timeout_s: float = Field(3.0, gt=0, le=60)
+    """The ``knowledge`` tool waits this long for the hub before it answers "hub unreachable"."""
+    knowledge_cache_s: float = Field(300.0, ge=0)
+    """Reuse the hub's answer to the same question for this long without asking again (offline, the
+    last answer of any age is used, marked with its age)."""
 
 
 class MetricsConfig(_Section):

@@ -22,7 +22,7 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 
-from edgehub.sync import OutboxPublisher, kv_key
+from edgehub.sync import OutboxPublisher, Stopped, kv_key, until_stopped
 from edgehub.sync.commands import CommandConsumer, Handler
 from edgehub.sync.streams import DEVICES
 
@@ -33,7 +33,7 @@ from .store.sqlite import SqliteStore
 log = logging.getLogger("edgehub.edge.hublink")
 
 
-def _version() -> str:
+def daemon_version() -> str:
     try:
         return version("edgehub-edge")
     except PackageNotFoundError:
@@ -69,6 +69,8 @@ class HubLink:
         self.report = report
         """The device's reported state for its twin (merged into each heartbeat)."""
         self.commands: CommandConsumer | None = None
+        self.nc: Client | None = None
+        """The connection while ``run`` holds one (request/reply for the knowledge tool)."""
         self._alarmed = False
 
     async def _connect(self, stop: asyncio.Event) -> Client | None:
@@ -80,8 +82,8 @@ class HubLink:
             log.warning("device %s is not enrolled (edgehub edge enroll): connecting without credentials",
                         self.device_id)  # fmt: skip
         while not stop.is_set():
-            try:
-                return await nats.connect(
+            try:  # nats-py retries a first connect forever itself: a stop must end that too
+                connecting = nats.connect(
                     self.urls,
                     name=f"edgehub-edge-{self.device_id}",
                     max_reconnect_attempts=-1,
@@ -89,6 +91,9 @@ class HubLink:
                     error_cb=_quiet,
                     **auth,
                 )
+                return await until_stopped(connecting, stop)
+            except Stopped:
+                return None
             except Exception as exc:
                 log.warning("hub at %s unreachable (%s); working offline", ", ".join(self.urls), exc)
                 with contextlib.suppress(TimeoutError):
@@ -115,7 +120,7 @@ class HubLink:
             "state": state,
             "heartbeat_s": self.cfg.heartbeat_s,
             "sent_at": time.time(),
-            "version": _version(),
+            "version": daemon_version(),
             "hardware": {"arch": platform.machine(), "cpus": os.cpu_count(), "kernel": platform.release()},
             "load": os.getloadavg()[0],
             "outbox_depth": self.store.outbox_depth(),
@@ -146,6 +151,7 @@ class HubLink:
         nc = await self._connect(stop)
         if nc is None:
             return
+        self.nc = nc
         self.publisher = OutboxPublisher(self.store, nc.jetstream(), batch=self.cfg.publish_batch)
         helpers = [asyncio.create_task(self._heartbeat(nc, stop), name="heartbeat")]
         if self.on_command is not None:
@@ -157,5 +163,6 @@ class HubLink:
             with contextlib.suppress(Exception):  # send what the drain checkpointed, for a few seconds
                 await asyncio.wait_for(self._flush(), 10.0)
         finally:
+            self.nc = None
             with contextlib.suppress(Exception):
                 await nc.close()

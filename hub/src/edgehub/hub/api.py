@@ -28,6 +28,9 @@ from edgehub.sync.commands import new_command, send_command
 from edgehub.sync.tls import CertificateAuthority
 
 from .access import MAX_ENROLL_TTL_S, AccessInterceptor, EnrollmentRefused, Role, Tokens, current
+from .knowledge.dreamer import DreamReport
+from .knowledge.dreamer_service import DreamerService
+from .knowledge.errors import KnowledgeError
 from .registry import AgentRegistry, DeviceRegistry, DeviceWatcher
 
 H = hub_pb2
@@ -79,9 +82,27 @@ class Identity:
     """Where devices call the API with their client certificate (set by ``serve``)."""
 
 
+def _report(r: DreamReport) -> hub_pb2.ConsolidateReport:
+    return H.ConsolidateReport(
+        run_id=r.run_id,
+        clusters=r.clusters,
+        facts_written=r.facts_written,
+        episodes_consolidated=r.episodes_consolidated,
+        episodes_considered=r.episodes_considered,
+        episodes_settled=r.episodes_settled,
+        prune=[H.PrunedEpisodes(device_id=d, keys=list(keys)) for d, keys in r.prune.items()],
+        rejected=[H.RejectedCluster(cluster=c, reason=why) for c, why in r.rejected],
+        recorded=r.recorded,
+    )
+
+
 class HubService(hub_pb2_grpc.HubServiceServicer):
     def __init__(
-        self, js: JetStreamContext, identity: Identity, watcher: DeviceWatcher | None = None
+        self,
+        js: JetStreamContext,
+        identity: Identity,
+        watcher: DeviceWatcher | None = None,
+        dreamer: DreamerService | None = None,
     ) -> None:
         self.js = js
         self.identity = identity
@@ -89,6 +110,8 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
         self.devices = DeviceRegistry(js)
         self.watcher = watcher
         """The hub's live view of the twins: device reads come from it once it has synced."""
+        self.dreamer = dreamer
+        """Consolidation (None: this hub runs none)."""
 
     async def _devices(self) -> list[dict[str, Any]]:
         live = self.watcher.records() if self.watcher is not None else None
@@ -228,6 +251,22 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
         await self._send(cmd, context)
         return H.CommandAccepted(command_id=cmd.command_id, device_id=device)
 
+    async def Consolidate(self, request: H.ConsolidateRequest, context: Any) -> H.ConsolidateReport:
+        if self.dreamer is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, "consolidation is not enabled on this hub"
+            )
+        assert self.dreamer is not None
+        if len(request.run_id) > 128:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id: at most 128 characters")
+        try:
+            report = await self.dreamer.consolidate_now(request.run_id or None)
+        except KnowledgeError as exc:
+            code = grpc.StatusCode.UNAVAILABLE if exc.retryable else grpc.StatusCode.FAILED_PRECONDITION
+            await context.abort(code, str(exc))
+        log.info("consolidation %s run by %s", report.run_id or "(nothing to do)", current().name)
+        return _report(report)
+
     async def TraceAgent(self, request: H.TraceAgentRequest, context: Any) -> H.TraceAgentResponse:
         await self._record(request.agent_id, context)
         size = min(request.page_size or 100, MAX_PAGE)
@@ -246,16 +285,19 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
             ),
         )
         out = H.TraceAgentResponse()
-        last = 0
+        last = fetched = 0
         try:
             with contextlib.suppress(asyncio.TimeoutError, Exception):
                 for msg in await sub.fetch(size, timeout=0.5):
-                    out.events.append(events_pb2.EdgeEvent.FromString(msg.data).step)
+                    fetched += 1
                     last = msg.metadata.sequence.stream
+                    event = events_pb2.EdgeEvent.FromString(msg.data)
+                    if event.WhichOneof("body") == "step":  # the agent's episodes travel beside its steps
+                        out.events.append(event.step)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        if len(out.events) == size:
+        if fetched == size:
             out.next_page_token = str(last + 1)
         return out
 
@@ -267,13 +309,15 @@ async def serve(
     identity: Identity,
     server_pair: tuple[bytes, bytes],
     watcher: DeviceWatcher | None = None,
+    dreamer: DreamerService | None = None,
 ) -> tuple[grpc.aio.Server, int, int]:
     """Start the API (plus health and reflection), TLS with ``server_pair`` (certificate, key), on two
     ports ("host:0" for any): ``addr`` for operators (bearer tokens) and enrollment, ``device_addr``
     for devices, which must present a client certificate from the hub's CA (mutual TLS). Returns the
-    server and both ports; ``identity.device_api`` is set to the device address."""
+    server and both ports; ``identity.device_api`` is set to the device address. ``Consolidate`` runs
+    ``dreamer`` (None: it answers FAILED_PRECONDITION)."""
     server = grpc.aio.server(interceptors=[AccessInterceptor(identity.tokens)])
-    hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(js, identity, watcher), server)
+    hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(js, identity, watcher, dreamer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import events_pb2
-from edgehub.sync import EventApplier, NatsServer, ensure_topology
+from edgehub.sync import EventApplier, NatsServer, Stopped, ensure_topology, until_stopped
 from edgehub.sync.auth import Trust
 from edgehub.sync.lease import Lease
 from edgehub.sync.streams import HUB_EVENTS_CONSUMER
@@ -37,7 +37,9 @@ from edgehub.sync.tls import CertificateAuthority
 from .access import Tokens, bootstrap_admin
 from .api import Identity, serve
 from .config import HubConfig
-from .knowledge import KnowledgeService
+from .knowledge import DreamerService, KnowledgeService
+from .knowledge.episodes import episode_records
+from .knowledge.responder import KnowledgeResponder
 from .registry import AgentRegistry, DeviceWatcher
 
 log = logging.getLogger("edgehub.hub")
@@ -57,6 +59,11 @@ class HubDaemon:
         self.devices: DeviceWatcher | None = None
         self.knowledge: KnowledgeService | None = None
         """The L4 graph (``[neo4j]``; the embedded Neo4j when no uri is set)."""
+        self.responder: KnowledgeResponder | None = None
+        """Answers the agents' knowledge tool (NATS request/reply), with the graph."""
+        self.dreamer: DreamerService | None = None
+        """Consolidation of L3 episodes into L4 facts (``[dreamer]``; needs the graph)."""
+        self.episodes_dropped = 0
         self._stop = asyncio.Event()
         self._closed = False
         self.registry_metrics = CollectorRegistry()
@@ -124,7 +131,7 @@ class HubDaemon:
             self.registry.apply,
             lease=Lease(js, "events", self.cfg.hub.id),
             observe=self.lag.observe,
-            apply_batch=self.registry.apply_batch,
+            apply_batch=self._apply_batch,
         )
         self.devices = DeviceWatcher(js, self.registry_metrics)
         tokens = Tokens(js)
@@ -134,6 +141,11 @@ class HubDaemon:
             await knowledge
             assert self.knowledge is not None
             log.info("knowledge graph (L4, Neo4j) at %s", self.knowledge.uri)
+            graph = self.knowledge
+            self.responder = KnowledgeResponder(self.nc, lambda: graph.graph, metrics=self.registry_metrics)
+            if self.cfg.dreamer.enabled:
+                self.dreamer = DreamerService(self.cfg.dreamer, graph.graph, js)
+                await self.dreamer.start()  # checks the GGUF only; the model loads at the first run
         self.api, self.api_port, self.device_api_port = await serve(
             js,
             self.cfg.api.addr,
@@ -141,6 +153,7 @@ class HubDaemon:
             identity,
             ca.server_pair(self.cfg.api.tls_names),
             self.devices,
+            dreamer=self.dreamer,
         )
         log.info(
             "management API (gRPC, TLS) on %s, for devices (mutual TLS) on %s; CA %s, admin token in %s",
@@ -169,6 +182,10 @@ class HubDaemon:
         assert self.nc is not None
         lag = self.lag.run(self.nc.jetstream(), self._stop)
         parts = [self.applier.run(self._stop), self.devices.run(self._stop), lag, self._watch_knowledge()]
+        if self.responder is not None:
+            parts.append(self.responder.run(self._stop))
+        if self.dreamer is not None:
+            parts.append(self.dreamer.run(self._stop))
         tasks = [asyncio.create_task(c) for c in parts]
         try:
             for done in (await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION))[0]:
@@ -177,20 +194,29 @@ class HubDaemon:
             self._stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _apply_batch(self, events: list[events_pb2.EdgeEvent]) -> None:
+        """Step events to the agent registry; episodes (L3, replicated for consolidation) to the graph,
+        in the same batch, so a batch is acked only when both have it. A hub without a graph
+        (``[neo4j] enabled = false``) counts episodes and drops them."""
+        assert self.registry is not None
+        steps = [e for e in events if e.WhichOneof("body") == "step"]
+        if steps:
+            await self.registry.apply_batch(steps)
+        episodes = [e for e in events if e.WhichOneof("body") == "episode"]
+        if not episodes:
+            return
+        if self.knowledge is None:
+            self.episodes_dropped += len(episodes)
+            log.debug("%d episodes dropped: this hub keeps no knowledge graph", len(episodes))
+            return
+        await self.knowledge.graph.add_episodes(episode_records(episodes))
+
     async def _watch_knowledge(self) -> None:
         """Until stopped; raises (ending the run) if the embedded Neo4j dies."""
         if self.knowledge is None:
             return
-        watch = asyncio.create_task(self.knowledge.run())
-        stop = asyncio.create_task(self._stop.wait())
-        try:
-            await asyncio.wait((watch, stop), return_when=asyncio.FIRST_COMPLETED)
-            if watch.done():
-                watch.result()
-        finally:
-            watch.cancel()
-            stop.cancel()
-            await asyncio.gather(watch, stop, return_exceptions=True)
+        with contextlib.suppress(Stopped):
+            await until_stopped(self.knowledge.run(), self._stop)
 
     async def shutdown(self) -> None:
         if self._closed:
@@ -199,6 +225,8 @@ class HubDaemon:
         self._stop.set()
         if self.api is not None:
             await self.api.stop(grace=2.0)
+        if self.dreamer is not None:
+            await self.dreamer.shutdown()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()

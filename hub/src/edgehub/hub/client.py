@@ -1,5 +1,5 @@
-"""``edgehub devices ...``, ``edgehub agents ...`` and ``edgehub tokens ...``: the fleet through the
-hub's gRPC API.
+"""``edgehub devices ...``, ``edgehub agents ...``, ``edgehub tokens ...`` and ``edgehub knowledge ...``:
+the fleet through the hub's gRPC API.
 
 The API is TLS with the hub's own CA and wants a bearer token: ``EDGEHUB_CA`` names the CA file and
 ``EDGEHUB_TOKEN`` (or ``EDGEHUB_TOKEN_FILE``) the token. On the hub's machine both default to the
@@ -32,6 +32,9 @@ devices_app = typer.Typer(
 )
 agents_app = typer.Typer(
     help="Agents across the fleet (through the hub's management API).", no_args_is_help=True
+)
+knowledge_app = typer.Typer(
+    help="The hub's L4 knowledge graph (through the hub's management API).", no_args_is_help=True
 )
 
 ApiOpt = Annotated[str, typer.Option("--api", envvar="EDGEHUB_API", help="The hub's management API address.")]
@@ -259,3 +262,34 @@ def agents_trace(agent_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = Fa
         token = reply.next_page_token
         if not token:
             return
+
+
+@knowledge_app.command("consolidate")
+def knowledge_consolidate(
+    run_id: Annotated[
+        str,
+        typer.Option(help="Default: derived from the episodes. A recorded run id shows that run."),
+    ] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 1800.0,
+    api: ApiOpt = DEFAULT_API,
+    as_json: JsonOpt = False,
+) -> None:
+    """Consolidate now: cluster the fleet's pending episodes, abstract each cluster into facts with the
+    hub's model, and tell the edges which episodes to prune. Needs an operator token."""
+    req = H.ConsolidateRequest(run_id=run_id)
+    reply = call(api, lambda s: s.Consolidate(req, timeout=timeout))
+    if as_json:
+        print(_json(reply))
+        return
+    if not reply.run_id:
+        console.print(f"nothing to consolidate ({reply.episodes_considered} pending episodes, no cluster)")
+    else:
+        again = " (recorded earlier; nothing done now)" if reply.recorded else ""
+        console.print(
+            f"run {reply.run_id}{again}: {reply.clusters} clusters, {reply.facts_written} facts written, "
+            f"{reply.episodes_consolidated} episodes consolidated, {reply.episodes_settled} settled"
+        )
+        for p in reply.prune:
+            console.print(f"  {p.device_id}: {len(p.keys)} episodes to prune")
+    for r in reply.rejected:
+        console.print(f"  [yellow]rejected[/] {r.cluster}: {r.reason}")

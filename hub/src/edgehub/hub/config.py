@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import HubConfigError
 
@@ -79,6 +79,44 @@ class Neo4jConfig(_Section):
     """Where make setup built the launcher (None: $EDGEHUB_CACHE/neo4j)."""
 
 
+class DreamerConfig(_Section):
+    """Consolidation ("dreamer"): clusters of L3 episodes from the edges become L4 facts, written by the
+    hub's own model (the same llama.cpp brain as the edges'); the edges then prune what was abstracted.
+    Needs the knowledge graph (``[neo4j]``)."""
+
+    enabled: bool = True
+    interval_s: float = Field(3600.0, ge=0)
+    """Run this often (the first run one interval after start); 0: only on demand (API/CLI)."""
+    model_path: Path | None = None
+    """GGUF file; None: the Gemma 3 270M package's model, the edges' default."""
+    n_ctx: int = Field(2048, ge=512, le=131072)
+    n_threads: int | None = Field(None, ge=1, le=256)
+    """None: one per available core."""
+    n_batch: int = Field(64, ge=8, le=4096)
+    similarity: float = Field(0.5, gt=0.0, le=1.0)
+    """Cosine similarity (MiniLM embeddings) at which two episodes are about the same thing."""
+    min_cluster: int = Field(2, ge=1, le=64)
+    """Episodes a cluster needs before it is abstracted (1: single episodes too)."""
+    max_cluster: int = Field(8, ge=1, le=64)
+    """At most this many episodes per cluster (they share the model's context)."""
+    batch: int = Field(1000, ge=1, le=10_000)
+    """Pending episodes one run takes (oldest first)."""
+    max_facts: int = Field(5, ge=1, le=8)
+    """Facts kept per cluster."""
+    max_tokens: int = Field(256, ge=32, le=2048)
+    """Tokens the model may write per cluster."""
+    settle_after_days: float = Field(7.0, gt=0)
+    """An episode with no similar one for this long stops waiting for a cluster (it stays in L3)."""
+    prune: bool = True
+    """Send each edge a PruneEpisodes command for its episodes a run consolidated."""
+
+    @model_validator(mode="after")
+    def _cluster_bounds(self) -> DreamerConfig:
+        if self.max_cluster < self.min_cluster:
+            raise ValueError(f"max_cluster ({self.max_cluster}) is below min_cluster ({self.min_cluster})")
+        return self
+
+
 class HubConfig(_Section):
     hub: HubSection = HubSection()
     nats: NatsConfig = NatsConfig()
@@ -86,6 +124,7 @@ class HubConfig(_Section):
     api: ApiConfig = ApiConfig()
     auth: AuthConfig = AuthConfig()
     neo4j: Neo4jConfig = Field(default_factory=Neo4jConfig)
+    dreamer: DreamerConfig = DreamerConfig()
 
 
 def _env(env: Mapping[str, str]) -> dict[str, Any]:

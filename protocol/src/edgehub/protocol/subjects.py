@@ -6,6 +6,7 @@ Subjects carry the device (and, for events, the agent) so permissions and querie
     edgehub.cmd.<device>            commands to an edge                        stream EDGEHUB_COMMANDS
     edgehub.dlq.<source>            messages that could not be processed       stream EDGEHUB_DEADLETTER
     edgehub.dlq.edge.<device>       ... that a device could not process        stream EDGEHUB_DEADLETTER
+    edgehub.kg.<device>             a device's L4 knowledge queries (request/reply, core NATS)
 
 Ids become single subject tokens: characters NATS treats specially (``.``, ``*``, ``>``, spaces and
 ``%`` itself) are percent-encoded, so ``dev.1`` is the token ``dev%2E1`` and can never widen a
@@ -69,6 +70,22 @@ def device_deadletter(device_id: str) -> str:
 
 
 ALL_DEADLETTER = f"{PREFIX}.dlq.>"
+
+
+def knowledge(device_id: str) -> str:
+    """Where a device sends its L4 knowledge queries (the hub answers, queue group ``edgehub-kg``)."""
+    return f"{PREFIX}.kg.{token(device_id)}"
+
+
+ALL_KNOWLEDGE = f"{PREFIX}.kg.*"
+
+
+def parse_knowledge(subject: str) -> str:
+    """The device_id of a knowledge subject; ValueError if it is not one."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[:2] != [PREFIX, "kg"]:
+        raise ValueError(f"not a knowledge subject: {subject!r}")
+    return untoken(parts[2])
 
 
 def parse_events(subject: str) -> tuple[str, str]:

@@ -6,10 +6,11 @@ per-device order, dead letters for bad messages).
 """
 
 from .applier import ApplierStats, EventApplier, decode, kv_key
-from .errors import MessageRejected, SyncError
+from .errors import MessageRejected, Stopped, SyncError
 from .publisher import OutboxPublisher, PublisherStats
 from .server import NatsServer, free_port
 from .streams import BUCKETS, STREAMS, ensure_topology
+from .waiting import until_stopped
 
 __all__ = [
     "BUCKETS",
@@ -20,9 +21,11 @@ __all__ = [
     "NatsServer",
     "OutboxPublisher",
     "PublisherStats",
+    "Stopped",
     "SyncError",
     "decode",
     "ensure_topology",
     "free_port",
     "kv_key",
+    "until_stopped",
 ]

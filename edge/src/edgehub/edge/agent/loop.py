@@ -18,25 +18,25 @@ Runs, steps and their phases are traced (``..tracing``) when the daemon gives th
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edgehub.llm import Completion, ModelGate
 from edgehub.protocol.v1 import agent_pb2
 
 from .. import failpoints
 from ..config import AgentConfig
-from ..llm.base import Completion
-from ..llm.gate import ModelGate
 from ..memory.compaction import Compactor
 from ..memory.l1 import steps_to_compact
 from ..store.base import Approval, EdgeStore
 from ..tracing import AgentSpans
 from .actions import Proposal, parse_action
 from .prompt import PromptBuilder
-from .tools.base import CommandRunner, Recall, ToolContext
+from .tools.base import CommandRunner, Knowledge, Recall, ToolContext
 from .tools.gateway import ExecutionGateway
 from .tools.registry import ToolRegistry
 
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from ..safety.stuck import StuckMonitor
 
 S = agent_pb2
+log = logging.getLogger("edgehub.edge.agent")
 STATE_SCHEMA_VERSION = 1
 EVENT_SCHEMA_VERSION = 1
 TERMINAL = (S.AGENT_STATUS_FINISHED, S.AGENT_STATUS_FAILED, S.AGENT_STATUS_STOPPED)
@@ -89,9 +90,11 @@ class LoopDeps:
     on_step: Callable[[agent_pb2.StepEvent], None] | None = None
     """Told about every committed action step (metrics)."""
     tracer: Tracer | None = None
+    """Spans of runs, steps and phases (``..tracing``); None or the API's no-op tracer: none, at no cost."""
     memory: Recall | None = None
     """L3 episodic memory for the remember/recall tools (None: off)."""
-    """Spans of runs, steps and phases (``..tracing``); None or the API's no-op tracer: none, at no cost."""
+    knowledge: Knowledge | None = None
+    """The hub's L4 knowledge graph for the knowledge tool (None: no hub)."""
 
 
 def event_id(state: agent_pb2.AgentState, kind: str) -> str:
@@ -118,7 +121,8 @@ class AgentLoop:
         self.prompts = PromptBuilder(deps.registry.specs())
         self._schema = deps.registry.action_schema()
         self._header_tokens = deps.count_tokens(self.prompts.header)
-        self._task_tokens: dict[tuple[str, str], int] = {}  # (goal, summary) -> tokens; changes on compaction
+        self._empty_task = deps.count_tokens(self.prompts.task("", ""))
+        self._task_tokens: dict[str, int] = {}  # task block -> tokens; it changes only on compaction
         self._windows: dict[str, Window] = {}
         self._workspaces: set[str] = set()
         self._spans = AgentSpans(deps.tracer)
@@ -128,6 +132,8 @@ class AgentLoop:
         with self._spans.run(state, self.d.device_id) as span:
             if state.status == S.AGENT_STATUS_PENDING:
                 state.status = S.AGENT_STATUS_RUNNING
+                if state.step == 0:
+                    state.recalled[:] = await self._recall(state, state.goal)
                 self.d.store.update_agent(state)
             while state.status == S.AGENT_STATUS_RUNNING and not stop.is_set():
                 state = await self.step(state)
@@ -238,7 +244,7 @@ class AgentLoop:
 
     def _prompt(self, state: agent_pb2.AgentState) -> str:
         window = self._window(state)
-        task = self.prompts.task(state.goal, state.summary)
+        task = self._task(state)
         warning = self.prompts.warning(state.guard.warning) if state.guard.warning else ""
         return f"{self.prompts.header}{task}{window.text}{warning}Step {state.step + 1} action: "
 
@@ -251,11 +257,29 @@ class AgentLoop:
             self._spans.thought(span, completion)
         return completion
 
+    def _task(self, state: agent_pb2.AgentState) -> str:
+        return self.prompts.task(state.goal, state.summary, state.recalled)
+
+    async def _recall(self, state: agent_pb2.AgentState, query: str) -> list[str]:
+        """L3 memories for the task block, within ``recall_tokens`` (none when L3 is off)."""
+        budget = self.d.cfg.recall_tokens
+        if self.d.memory is None or budget <= 0:
+            return []
+
+        def fits(texts: list[str]) -> bool:
+            return self.d.count_tokens(self.prompts.task("", "", texts)) - self._empty_task <= budget
+
+        try:
+            return await self.d.memory.recall_for_prompt(query, state.agent_id, fits)
+        except Exception as exc:  # L3 is an aid: the agent works without it
+            log.warning("recall for %s failed (%s: %s)", state.agent_id, type(exc).__name__, exc)
+            return []
+
     def _window_budget(self, state: agent_pb2.AgentState) -> int:
-        key = (state.goal, state.summary)
+        key = self._task(state)
         if key not in self._task_tokens:
             self._task_tokens.clear()
-            self._task_tokens[key] = self.d.count_tokens(self.prompts.task(state.goal, state.summary))
+            self._task_tokens[key] = self.d.count_tokens(key)
         task = self._task_tokens[key]
         room = self.d.n_ctx - self._header_tokens - task - self.d.max_action_tokens - 16
         configured = self.d.cfg.window_tokens
@@ -278,6 +302,7 @@ class AgentLoop:
             new = S.AgentState()
             new.CopyFrom(state)
             new.summary, new.summarized_through = summary, fold
+            new.recalled[:] = await self._recall(new, f"{state.goal} {summary}")
             event = self._event(new, S.STEP_KIND_COMPACTION, "compaction")
             event.detail = summary
             self._checkpoint(new, event, [])
@@ -304,6 +329,7 @@ class AgentLoop:
             notes=self.d.store,
             sandbox=self.d.sandbox,
             memory=self.d.memory,
+            knowledge=self.d.knowledge,
         )
         return await self.d.gateway.execute(call, ctx, proposal_json=proposal.to_json())
 

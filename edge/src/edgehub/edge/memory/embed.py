@@ -74,6 +74,7 @@ class MiniLM:
     """``embed(texts) -> float32 [n, 384]``, unit length. Thread-safe (one forward pass at a time)."""
 
     dim = DIM
+    name = "all-MiniLM-L6-v2"
 
     def __init__(self, folder: Path | None = None) -> None:
         folder = folder or model_dir()

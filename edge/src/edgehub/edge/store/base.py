@@ -82,6 +82,10 @@ class OutgoingFilter(Protocol):
 
     def __call__(self, event: agent_pb2.StepEvent) -> tuple[agent_pb2.StepEvent, list[VaultEntry]]: ...
 
+    def mask(self, text: str, sealed: list[VaultEntry] | None = None) -> str:
+        """``text`` with what the filter masks replaced (vault entries appended to ``sealed``)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:

@@ -146,6 +146,20 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP TABLE episode_vectors;
         """,
     ),
+    Migration(
+        6,
+        "answers of the hub's knowledge graph, kept for offline use; episodes consolidated by the hub",
+        """
+        CREATE TABLE knowledge_cache (
+            query      TEXT PRIMARY KEY,         -- the question, lower-cased, spaces collapsed
+            answer     BLOB NOT NULL,            -- KnowledgeAnswer (protobuf)
+            fetched_at REAL NOT NULL
+        );
+        CREATE INDEX knowledge_cache_by_age ON knowledge_cache(fetched_at);
+        ALTER TABLE episodes ADD COLUMN pruned_by TEXT;  -- the hub's consolidation run
+        CREATE INDEX episodes_pruned ON episodes(pruned_at) WHERE pruned_at IS NOT NULL;
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

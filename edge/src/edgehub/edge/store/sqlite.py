@@ -198,26 +198,48 @@ class SqliteStore:
         )
 
     def _append_outbox(self, step: agent_pb2.StepEvent) -> int:
-        seq = int(self._scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox"))
         if self.outgoing is not None:
             step, sealed = self.outgoing(step)
-            for entry in sealed:
-                self._conn.execute(
-                    "INSERT OR IGNORE INTO pii_vault(token, kind, sealed, created_at) VALUES (?,?,?,?)",
-                    (entry.token, entry.kind, entry.sealed, time.time()),
-                )
-        envelope = events_pb2.EdgeEvent(
-            schema_version=EDGE_EVENT_SCHEMA_VERSION,
-            event_id=step.event_id,
-            device_id=self.device_id,
-            seq=seq,
-            agent_id=step.agent_id,
-            epoch=step.epoch,
-            step=step,
+            self._seal(sealed)
+        return self._enqueue(
+            events_pb2.EdgeEvent(event_id=step.event_id, agent_id=step.agent_id, epoch=step.epoch, step=step)
         )
+
+    def _append_episode(self, e: Episode, model: str) -> int:
+        text = e.text
+        if self.outgoing is not None:
+            sealed: list[VaultEntry] = []
+            text = self.outgoing.mask(text, sealed)
+            self._seal(sealed)
+        body = events_pb2.Episode(
+            key=e.key,
+            text=text,
+            embedding=np.frombuffer(e.embedding, np.float32).tolist(),
+            embedding_model=model,
+            importance=e.importance,
+            step=e.source_step,
+        )
+        body.at.FromMilliseconds(int(e.at * 1000))
+        return self._enqueue(
+            events_pb2.EdgeEvent(event_id=f"episode/{e.key}", agent_id=e.agent_id, episode=body)
+        )
+
+    def _seal(self, sealed: Sequence[VaultEntry]) -> None:
+        for entry in sealed:
+            self._conn.execute(
+                "INSERT OR IGNORE INTO pii_vault(token, kind, sealed, created_at) VALUES (?,?,?,?)",
+                (entry.token, entry.kind, entry.sealed, time.time()),
+            )
+
+    def _enqueue(self, envelope: events_pb2.EdgeEvent) -> int:
+        """Append an event to the outbox with the next sequence number (inside the caller's transaction)."""
+        seq = int(self._scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox"))
+        envelope.schema_version = EDGE_EVENT_SCHEMA_VERSION
+        envelope.device_id = self.device_id
+        envelope.seq = seq
         self._conn.execute(
             "INSERT INTO outbox(seq, event_id, event, created_at) VALUES (?,?,?,?)",
-            (seq, step.event_id, envelope.SerializeToString(), time.time()),
+            (seq, envelope.event_id, envelope.SerializeToString(), time.time()),
         )
         return seq
 
@@ -318,9 +340,10 @@ class SqliteStore:
         return [(str(k), str(v)) for k, v in rows]
 
     # L3 episodes ---------------------------------------------------------------------------------
-    def add_episodes(self, episodes: Sequence[Episode]) -> int:
+    def add_episodes(self, episodes: Sequence[Episode], *, replicate: str | None = None) -> int:
         """Store episodes with their embeddings (one transaction); a key already stored is skipped.
-        Returns how many were new."""
+        ``replicate`` (the embedding model's name): each new episode also enters the outbox, in the
+        same transaction, PII-masked, for the hub's consolidation. Returns how many were new."""
         added = 0
         with self._tx():
             for e in episodes:
@@ -335,6 +358,8 @@ class SqliteStore:
                     "INSERT INTO episode_bits(rowid, agent_id, bits) VALUES (?, ?, vec_quantize_binary(?))",
                     (self._conn.last_insert_rowid(), e.agent_id, e.embedding),
                 )
+                if replicate is not None:
+                    self._append_episode(e, replicate)
                 added += 1
         return added
 
@@ -378,6 +403,33 @@ class SqliteStore:
             for r, d in ((rows[i], distances[i]) for i in order)
         ]
 
+    def prune_episodes(
+        self, keys: Sequence[str], run_id: str, *, keep_s: float, now: float | None = None
+    ) -> tuple[int, int]:
+        """Mark episodes consolidated by the hub's run ``run_id`` (recall no longer returns them), then
+        delete every episode marked at least ``keep_s`` ago (the retention policy; 0: these at once).
+        Returns (marked now, deleted). Idempotent: an episode already marked keeps its first mark."""
+        now = time.time() if now is None else now
+        delete_before = now - keep_s
+        with self._tx():
+            marked = 0
+            for key in keys:
+                self._conn.execute(
+                    "UPDATE episodes SET pruned_at = ?, pruned_by = ? WHERE key = ? AND pruned_at IS NULL",
+                    (now, run_id, key),
+                )
+                marked += self._conn.changes()
+            doomed = [
+                int(r[0])
+                for r in self._rows("SELECT id FROM episodes WHERE pruned_at <= ?", (delete_before,))
+            ]
+            for chunk in range(0, len(doomed), 500):
+                ids = doomed[chunk : chunk + 500]
+                marks = ",".join("?" * len(ids))
+                self._conn.execute(f"DELETE FROM episode_bits WHERE rowid IN ({marks})", tuple(ids))
+                self._conn.execute(f"DELETE FROM episodes WHERE id IN ({marks})", tuple(ids))
+        return marked, len(doomed)
+
     def episode_count(self) -> int:
         return int(self._scalar("SELECT COUNT(*) FROM episodes WHERE pruned_at IS NULL"))
 
@@ -390,6 +442,27 @@ class SqliteStore:
             (after_id, agent_pb2.STEP_KIND_ACTION, agent_pb2.STEP_KIND_END, limit),
         )
         return [(int(r[0]), agent_pb2.StepEvent.FromString(r[1])) for r in rows]
+
+    # knowledge cache -------------------------------------------------------------------------------
+    KNOWLEDGE_CACHE_ROWS = 2000
+
+    def knowledge_cached(self, query: str) -> tuple[bytes, float] | None:
+        """(answer, fetched_at) of the last answer to ``query``, or None."""
+        rows = self._rows("SELECT answer, fetched_at FROM knowledge_cache WHERE query = ?", (query,))
+        return (bytes(rows[0][0]), float(rows[0][1])) if rows else None
+
+    def cache_knowledge(self, query: str, answer: bytes, fetched_at: float) -> None:
+        """Keep the answer (replacing an older one); the oldest beyond KNOWLEDGE_CACHE_ROWS go."""
+        with self._tx():
+            self._conn.execute(
+                "INSERT OR REPLACE INTO knowledge_cache(query, answer, fetched_at) VALUES (?,?,?)",
+                (query, answer, fetched_at),
+            )
+            self._conn.execute(
+                "DELETE FROM knowledge_cache WHERE query IN (SELECT query FROM knowledge_cache"
+                " ORDER BY fetched_at DESC LIMIT -1 OFFSET ?)",
+                (self.KNOWLEDGE_CACHE_ROWS,),
+            )
 
     # mind-log and outbox ---------------------------------------------------------------------------
     def mind_log(self, agent_id: str, after_step: int = -1, limit: int = 1000) -> list[agent_pb2.StepEvent]:

@@ -3,12 +3,18 @@
 ``model`` (entities, facts, provenance, fact ids, validation), ``graph`` (``KnowledgeGraph``: batched
 idempotent writes, contradiction handling, as-of queries), ``migrations`` (the schema, appended),
 ``server`` (``Neo4jServer``: the embedded Neo4j Community launcher for tests and local runs),
-``service`` (``KnowledgeService``: what the hub daemon runs from its ``[neo4j]`` config).
+``service`` (``KnowledgeService``: what the hub daemon runs from its ``[neo4j]`` config);
+consolidation of L3 episodes into facts: ``clusters``, ``abstraction``, ``dreamer`` (``Dreamer``) and
+``dreamer_service`` (``DreamerService``, from the ``[dreamer]`` config).
 See docs/knowledge.md.
 """
 
+from .dreamer import Dreamer, DreamReport
+from .dreamer_service import DreamerService
 from .errors import (
     BatchRejected,
+    ConsolidationConflict,
+    DreamerError,
     GraphUnavailable,
     InvalidKnowledge,
     KnowledgeError,
@@ -19,7 +25,10 @@ from .graph import KnowledgeGraph
 from .migrations import LATEST, MIGRATIONS, Migration, migrate
 from .model import (
     AsOf,
+    DreamPlan,
+    DreamRun,
     Entity,
+    EpisodeRecord,
     Fact,
     GraphPath,
     Hop,
@@ -37,7 +46,15 @@ __all__ = [
     "MIGRATIONS",
     "AsOf",
     "BatchRejected",
+    "ConsolidationConflict",
+    "DreamPlan",
+    "DreamReport",
+    "DreamRun",
+    "Dreamer",
+    "DreamerError",
+    "DreamerService",
     "Entity",
+    "EpisodeRecord",
     "Fact",
     "GraphPath",
     "GraphUnavailable",

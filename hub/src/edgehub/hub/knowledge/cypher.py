@@ -10,6 +10,11 @@ came from and what it closed):
     (:Fact)-[:OBJECT]->(:Entity)           relations (the object is an entity)
     (:Fact)-[:CLOSES {recorded_at, valid_to}]->(:Fact)    a contradiction ended the other's validity
     (:Fact)-[:SUPERSEDES {recorded_at}]->(:Fact)          same start, other object: a correction
+    (:Episode {id, device_id, agent_id, key, text, embedding, at, importance, step, received_at, batch,
+               consolidated_run, consolidated_at, settled_run, settled_reason})
+                                           an edge's L3 memory; labelled :Pending until a run takes it
+    (:Fact)-[:ABSTRACTED_FROM]->(:Episode) consolidation: the episodes a fact was abstracted from
+    (:DreamRun {id, at, clusters, facts, episodes, settled, rejected, prune_sent_at})
     (:Migration {version, name, checksum, applied_at})
 
 ``valid_to`` is denormalised: the earliest of ``stated_valid_to`` and every CLOSES edge's ``valid_to``.
@@ -147,6 +152,32 @@ def projection(var: str, latest: bool) -> str:
 ENTITY = "e {.id, .name, .kind}"
 
 
+# an exact id first; else the fulltext index on names and ids (migration 3), best match first
+LOOKUP = """
+OPTIONAL MATCH (exact:Entity {id: $text})
+CALL (exact) {
+  WITH exact WHERE exact IS NOT NULL
+  RETURN exact AS e, 1.0e9 AS score
+  UNION
+  WITH exact WHERE exact IS NULL
+  CALL db.index.fulltext.queryNodes('entity_names', $words) YIELD node, score
+  RETURN node AS e, score
+}
+WITH e, score ORDER BY score DESC LIMIT $limit
+RETURN collect(e {.id, .name, .kind}) AS entities
+"""
+
+# Lucene's query syntax: these characters (and the words AND OR NOT) mean something; a user's words
+# are escaped so they are only ever words
+LUCENE_SPECIAL = frozenset('+-&|!(){}[]^"~*?:\\/')
+
+
+def lucene_words(text: str) -> str:
+    """``text`` as plain Lucene terms (each character with a meaning escaped; operators lower-cased)."""
+    escaped = "".join(f"\\{c}" if c in LUCENE_SPECIAL else c for c in text)
+    return " ".join(w.lower() if w in ("AND", "OR", "NOT", "TO") else w for w in escaped.split())
+
+
 def facts_about(direction: str, latest: bool, history: bool) -> str:
     rel = {"out": ":SUBJECT", "in": ":OBJECT", "both": ":SUBJECT|OBJECT"}[direction]
     when = known("f", latest) if history else visible("f", latest)
@@ -195,3 +226,88 @@ def multi_hop(hops: Sequence[Hop], latest: bool) -> str:
         f"WITH [{entities}] AS entities, [{facts}] AS facts LIMIT $limit\n"
         f"RETURN collect({{entities: entities, facts: facts}}) AS paths"
     )
+
+
+# -- episodes and consolidation ("dreamer") ------------------------------------------------------
+
+# New episodes are :Pending; one already stored (a resent event) is left exactly as it is.
+ADD_EPISODES = """
+UNWIND $episodes AS ep
+MERGE (e:Episode {id: ep.id})
+ON CREATE SET e += ep.props, e.at = datetime(ep.at), e.received_at = $now, e.batch = $batch, e:Pending
+WITH e WHERE e.batch = $batch
+RETURN count(e) AS created
+"""
+
+PENDING_EPISODES = """
+MATCH (e:Episode:Pending)
+WITH e ORDER BY e.at, e.id LIMIT $limit
+RETURN collect(e {.id, .device_id, .agent_id, .key, .text, .embedding, .importance, .step,
+                  at: toString(e.at)}) AS episodes
+"""
+
+# A write takes each episode's lock (held to the end of the transaction), so the pending check after
+# it sees what a concurrent run committed: two hubs never consolidate one episode twice.
+LOCK_EPISODES = """
+UNWIND $ids AS id
+MATCH (e:Episode {id: id})
+SET e.dream_lock = $run
+REMOVE e.dream_lock
+"""
+
+STILL_PENDING = """
+UNWIND $ids AS id
+MATCH (e:Episode:Pending {id: id})
+RETURN collect(e.id) AS pending
+"""
+
+LINK_SOURCES = """
+UNWIND $links AS link
+MATCH (f:Fact {id: link.fact})
+UNWIND link.episodes AS episode_id
+MATCH (e:Episode {id: episode_id})
+MERGE (f)-[:ABSTRACTED_FROM]->(e)
+"""
+
+MARK_CONSOLIDATED = """
+UNWIND $ids AS id
+MATCH (e:Episode {id: id})
+REMOVE e:Pending
+SET e.consolidated_run = $run, e.consolidated_at = $now
+"""
+
+MARK_SETTLED = """
+UNWIND $settled AS s
+MATCH (e:Episode {id: s.id})
+REMOVE e:Pending
+SET e.settled_run = $run, e.settled_reason = s.reason
+"""
+
+# CREATE, not MERGE: a run id is used once (the unique constraint refuses a second, rolling it back)
+RECORD_RUN = """
+CREATE (r:DreamRun {id: $run, at: $now, clusters: $clusters, facts: $facts, episodes: $episodes,
+                    settled: $settled, rejected: $rejected})
+"""
+
+DREAM_RUN = """
+MATCH (r:DreamRun {id: $run})
+RETURN r {.id, .clusters, .facts, .episodes, .settled, .rejected, at: toString(r.at),
+          prune_sent: r.prune_sent_at IS NOT NULL} AS run
+"""
+
+EPISODES_TO_PRUNE = """
+MATCH (e:Episode {consolidated_run: $run})
+WITH e.device_id AS device, e.key AS key ORDER BY device, key
+RETURN device, collect(key) AS keys
+"""
+
+UNSENT_PRUNES = """
+MATCH (r:DreamRun) WHERE r.prune_sent_at IS NULL AND r.episodes > 0
+WITH r ORDER BY r.at
+RETURN collect(r.id) AS runs
+"""
+
+MARK_PRUNE_SENT = """
+MATCH (r:DreamRun {id: $run})
+SET r.prune_sent_at = coalesce(r.prune_sent_at, $now)
+"""

@@ -8,7 +8,10 @@ HubError
     │                         ``code`` is Neo4j's status code
     ├── GraphUnavailable      Neo4j cannot be reached or authenticated to (retryable when it is the network)
     ├── SchemaError           the graph's migrations do not match this code (newer graph, edited migration)
-    └── Neo4jLaunchError      the embedded Neo4j launcher is missing or did not start (``log`` has the tail)
+    ├── Neo4jLaunchError      the embedded Neo4j launcher is missing or did not start (``log`` has the tail)
+    ├── ConsolidationConflict another consolidation took some of the run's episodes first; nothing of the
+    │                         run was written (retryable: the next run starts from what is still pending)
+    └── DreamerError          the consolidation job cannot run: its model is missing or unusable (``path``)
 """
 
 from __future__ import annotations
@@ -53,3 +56,21 @@ class Neo4jLaunchError(KnowledgeError):
     def __init__(self, message: str, *, log: Path | None = None) -> None:
         super().__init__(message + (f" (log {log})" if log else ""))
         self.log = log
+
+
+class ConsolidationConflict(KnowledgeError):
+    retryable = True
+
+    def __init__(self, run_id: str, episodes: list[str]) -> None:
+        shown = ", ".join(episodes[:5]) + (" ..." if len(episodes) > 5 else "")
+        super().__init__(
+            f"run {run_id}: {len(episodes)} episodes were no longer pending ({shown}); nothing was written"
+        )
+        self.run_id = run_id
+        self.episodes = episodes
+
+
+class DreamerError(KnowledgeError):
+    def __init__(self, message: str, *, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path

@@ -20,12 +20,16 @@ from neo4j import AsyncDriver, AsyncGraphDatabase, AsyncManagedTransaction
 from neo4j import exceptions as nx
 
 from . import cypher
-from .errors import BatchRejected, GraphUnavailable, InvalidKnowledge, KnowledgeError
+from .errors import BatchRejected, ConsolidationConflict, GraphUnavailable, InvalidKnowledge, KnowledgeError
 from .migrations import migrate
 from .model import (
+    MAX_ID,
     AsOf,
     Direction,
+    DreamPlan,
+    DreamRun,
     Entity,
+    EpisodeRecord,
     Fact,
     GraphPath,
     Hop,
@@ -37,6 +41,7 @@ from .model import (
     plan,
     utc,
     validate_batch,
+    validate_episodes,
     validate_predicate,
 )
 
@@ -103,6 +108,46 @@ def _stored(row: dict[str, Any]) -> StoredFact:
     return StoredFact(fact, row["id"], _required(row["recorded_at"]), _time(row.get("valid_to")))
 
 
+def _episode_row(r: EpisodeRecord) -> dict[str, Any]:
+    props = {
+        "device_id": r.device_id,
+        "agent_id": r.agent_id,
+        "key": r.key,
+        "text": r.text,
+        "embedding": [float(x) for x in r.embedding],
+        "importance": float(r.importance),
+        "step": r.step,
+    }
+    return {"id": r.id, "props": props, "at": _iso(r.at)}
+
+
+def _episode(row: dict[str, Any]) -> EpisodeRecord:
+    return EpisodeRecord(
+        device_id=row["device_id"],
+        agent_id=row["agent_id"] or "",
+        key=row["key"],
+        text=row["text"],
+        embedding=tuple(row["embedding"]),
+        at=_required(row["at"]),
+        importance=float(row["importance"]),
+        step=int(row["step"]),
+    )
+
+
+def _dream_run(row: dict[str, Any]) -> DreamRun:
+    rejected = tuple(tuple(r.split("\t", 1)) for r in row.get("rejected") or [])
+    return DreamRun(
+        id=row["id"],
+        at=_required(row["at"]),
+        clusters=int(row["clusters"]),
+        facts=int(row["facts"]),
+        episodes=int(row["episodes"]),
+        settled=int(row["settled"]),
+        rejected=tuple((r[0], r[-1]) for r in rejected),
+        prune_sent=bool(row["prune_sent"]),
+    )
+
+
 def _entity(row: dict[str, Any]) -> Entity:
     return Entity(row["id"], row.get("name") or "", row.get("kind") or "thing")
 
@@ -118,6 +163,39 @@ def _translate(exc: Exception) -> KnowledgeError:
     if isinstance(exc, nx.DriverError):
         return GraphUnavailable(f"Neo4j driver error: {exc}")
     return KnowledgeError(str(exc))
+
+
+def _ingest_work(
+    entities: Sequence[Entity], facts: Sequence[Fact], now: datetime
+) -> Callable[[AsyncManagedTransaction], Awaitable[IngestResult]]:
+    """The statements that write a validated batch, as a function of a transaction (so a caller can
+    put them in a larger transaction)."""
+    entity_rows = [{"id": e.id, "name": e.name or e.id, "kind": e.kind} for e in entities]
+    declared = {e.id for e in entities}
+    named = sorted(({f.subject for f in facts} | {f.object for f in facts if f.object}) - declared)
+    groups = [
+        (
+            cypher.INGEST_FUNCTIONAL_FACTS if group[0].functional else cypher.INGEST_FACTS,
+            [_row(f) for f in group],
+        )
+        for group in plan(facts)
+    ]
+    ingest_id = uuid.uuid4().hex
+
+    async def work(tx: AsyncManagedTransaction) -> IngestResult:
+        counts = {"entities": 0, "created": 0, "closed": 0, "superseded": 0}
+        if entity_rows:
+            record = await (await tx.run(cypher.UPSERT_ENTITIES, entities=entity_rows, now=now)).single()
+            counts["entities"] = record["entities"] if record else 0
+        if named:
+            await (await tx.run(cypher.ENSURE_ENTITIES, ids=named, now=now)).consume()
+        for query, rows in groups:
+            record = await (await tx.run(query, facts=rows, now=now, ingest=ingest_id)).single()
+            for key in ("created", "closed", "superseded"):
+                counts[key] += int(record[key] or 0) if record else 0
+        return IngestResult(**counts, ids=tuple(f.id for f in facts))
+
+    return work
 
 
 class KnowledgeGraph:
@@ -184,32 +262,7 @@ class KnowledgeGraph:
         the batch stays); GraphUnavailable if Neo4j cannot be reached."""
         validate_batch(entities, facts)
         now = utc(recorded_at or datetime.now(UTC), "recorded_at")
-        entity_rows = [{"id": e.id, "name": e.name or e.id, "kind": e.kind} for e in entities]
-        declared = {e.id for e in entities}
-        named = sorted(({f.subject for f in facts} | {f.object for f in facts if f.object}) - declared)
-        groups = [
-            (
-                cypher.INGEST_FUNCTIONAL_FACTS if group[0].functional else cypher.INGEST_FACTS,
-                [_row(f) for f in group],
-            )
-            for group in plan(facts)
-        ]
-        ingest_id = uuid.uuid4().hex
-
-        async def work(tx: AsyncManagedTransaction) -> IngestResult:
-            counts = {"entities": 0, "created": 0, "closed": 0, "superseded": 0}
-            if entity_rows:
-                record = await (await tx.run(cypher.UPSERT_ENTITIES, entities=entity_rows, now=now)).single()
-                counts["entities"] = record["entities"] if record else 0
-            if named:
-                await (await tx.run(cypher.ENSURE_ENTITIES, ids=named, now=now)).consume()
-            for query, rows in groups:
-                record = await (await tx.run(query, facts=rows, now=now, ingest=ingest_id)).single()
-                for key in ("created", "closed", "superseded"):
-                    counts[key] += int(record[key] or 0) if record else 0
-            return IngestResult(**counts, ids=tuple(f.id for f in facts))
-
-        return await self._write(work)
+        return await self._write(_ingest_work(entities, facts, now))
 
     async def retract(self, ids: Sequence[str], *, recorded_at: datetime | None = None) -> int:
         """Stop believing these facts from ``recorded_at`` (default now) on; returns how many changed.
@@ -221,6 +274,94 @@ class KnowledgeGraph:
             return int(record["retracted"]) if record else 0
 
         return await self._write(work)
+
+    # -- episodes and consolidation ------------------------------------------------------------
+
+    async def add_episodes(self, records: Sequence[EpisodeRecord]) -> int:
+        """Store replicated L3 episodes (one transaction; MERGE on ``EpisodeRecord.id``, so a resent
+        episode changes nothing); returns how many were new. New episodes wait for consolidation."""
+        validate_episodes(records)
+        unique = list({r.id: r for r in reversed(records)}.values())[::-1]  # the first of each id
+        rows = [_episode_row(r) for r in unique]
+        if not rows:
+            return 0
+        now = datetime.now(UTC)
+
+        async def work(tx: AsyncManagedTransaction) -> int:
+            query = cypher.ADD_EPISODES
+            record = await (await tx.run(query, episodes=rows, now=now, batch=uuid.uuid4().hex)).single()
+            return int(record["created"]) if record else 0
+
+        return await self._write(work)
+
+    async def pending_episodes(self, limit: int) -> list[EpisodeRecord]:
+        """Episodes no consolidation run has taken yet, oldest first."""
+        _check_limit(limit)
+        rows = await self._read(cypher.PENDING_EPISODES, AsOf(), limit=limit)
+        return [_episode(e) for e in rows[0]["episodes"]] if rows else []
+
+    async def consolidate(self, dream: DreamPlan, *, recorded_at: datetime | None = None) -> IngestResult:
+        """Write one consolidation run in ONE transaction: its entities and facts (as ``ingest``), each
+        fact's ``ABSTRACTED_FROM`` links, the episodes it consolidated or settled (no longer pending)
+        and its ``DreamRun`` record. ConsolidationConflict if another run took any of its episodes
+        first; BatchRejected if Neo4j refuses any of it (the run id already used, for one). Either way
+        nothing of the run stays."""
+        validate_batch(dream.entities, dream.facts)
+        ids = {f.id for f in dream.facts}
+        if set(dream.sources) - ids or ids - set(dream.sources):
+            raise InvalidKnowledge("every fact needs its source episodes, and only those", field="sources")
+        now = utc(recorded_at or datetime.now(UTC), "recorded_at")
+        ingest = _ingest_work(dream.entities, dream.facts, now)
+        taken = sorted(set(dream.consolidated) | set(dream.settled))
+        links = [{"fact": f, "episodes": list(eps)} for f, eps in dream.sources.items()]
+        settled = [{"id": e, "reason": why} for e, why in dream.settled.items()]
+        run: dict[str, Any] = {
+            "run": dream.run_id,
+            "now": now,
+            "clusters": dream.clusters,
+            "episodes": len(dream.consolidated),
+            "settled": len(settled),
+            "rejected": [f"{cluster}\t{reason}" for cluster, reason in dream.rejected],
+        }
+
+        async def work(tx: AsyncManagedTransaction) -> IngestResult:
+            await (await tx.run(cypher.LOCK_EPISODES, ids=taken, run=dream.run_id)).consume()
+            record = await (await tx.run(cypher.STILL_PENDING, ids=taken)).single()
+            gone = sorted(set(taken) - set(record["pending"] if record else []))
+            if gone:
+                raise ConsolidationConflict(dream.run_id, gone)
+            result = await ingest(tx)
+            await (await tx.run(cypher.LINK_SOURCES, links=links)).consume()
+            mark = {"ids": list(dream.consolidated), "run": dream.run_id, "now": now}
+            await (await tx.run(cypher.MARK_CONSOLIDATED, mark)).consume()
+            await (await tx.run(cypher.MARK_SETTLED, settled=settled, run=dream.run_id)).consume()
+            await (await tx.run(cypher.RECORD_RUN, **run, facts=result.created)).consume()
+            return result
+
+        return await self._write(work)
+
+    async def dream_run(self, run_id: str) -> DreamRun | None:
+        """The recorded consolidation run ``run_id``, if it was written."""
+        rows = await self._read(cypher.DREAM_RUN, AsOf(), run=run_id)
+        return _dream_run(rows[0]["run"]) if rows else None
+
+    async def episodes_to_prune(self, run_id: str) -> dict[str, list[str]]:
+        """device id -> the keys of that device's episodes run ``run_id`` consolidated."""
+        rows = await self._read(cypher.EPISODES_TO_PRUNE, AsOf(), run=run_id)
+        return {r["device"]: list(r["keys"]) for r in rows}
+
+    async def unsent_prunes(self) -> list[str]:
+        """Runs that consolidated episodes whose edges were not yet told to prune them, oldest first."""
+        rows = await self._read(cypher.UNSENT_PRUNES, AsOf())
+        return list(rows[0]["runs"]) if rows else []
+
+    async def mark_prune_sent(self, run_id: str) -> None:
+        now = datetime.now(UTC)
+
+        async def work(tx: AsyncManagedTransaction) -> None:
+            await (await tx.run(cypher.MARK_PRUNE_SENT, run=run_id, now=now)).consume()
+
+        await self._write(work)
 
     async def _write(self, work: Callable[[AsyncManagedTransaction], Awaitable[T]]) -> T:
         try:
@@ -247,6 +388,18 @@ class KnowledgeGraph:
             f"MATCH (e:Entity {{id: $id}}) RETURN {cypher.ENTITY} AS e", AsOf(), id=entity_id
         )
         return _entity(rows[0]["e"]) if rows else None
+
+    async def lookup(self, text: str, *, limit: int = 5) -> list[Entity]:
+        """Entities ``text`` names: the one whose id it is, else the best matches of its words against
+        names and ids (case-insensitive, best first). ``[]``: nothing matches."""
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_ID:
+            raise InvalidKnowledge(f"must be 1 to {MAX_ID} characters", field="text")
+        _check_limit(limit)
+        words = cypher.lucene_words(text)
+        if not words:
+            return []
+        rows = await self._read(cypher.LOOKUP, AsOf(), text=text, words=words, limit=limit)
+        return [_entity(e) for e in rows[0]["entities"]] if rows else []
 
     async def facts_about(
         self,

@@ -51,6 +51,21 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX entity_kind IF NOT EXISTS FOR (e:Entity) ON (e.kind)",
         ),
     ),
+    Migration(
+        3,
+        "entity search by name words (the agents' knowledge tool)",
+        ("CREATE FULLTEXT INDEX entity_names IF NOT EXISTS FOR (e:Entity) ON EACH [e.name, e.id]",),
+    ),
+    Migration(
+        4,
+        "episodes (L3 replicated) and consolidation runs",
+        (
+            "CREATE CONSTRAINT episode_id IF NOT EXISTS FOR (e:Episode) REQUIRE e.id IS UNIQUE",
+            "CREATE INDEX episode_consolidated_run IF NOT EXISTS FOR (e:Episode) ON (e.consolidated_run)",
+            "CREATE INDEX episode_device IF NOT EXISTS FOR (e:Episode) ON (e.device_id)",
+            "CREATE CONSTRAINT dream_run_id IF NOT EXISTS FOR (r:DreamRun) REQUIRE r.id IS UNIQUE",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -13,7 +13,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -27,6 +27,8 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MAX_ID = 512
 MAX_TEXT = 16_384
 MAX_BATCH = 50_000
+EMBEDDING_DIM = 384
+"""Episode embeddings: all-MiniLM-L6-v2, what the edges embed with."""
 PREDICATE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 Direction = Literal["out", "in", "both"]
 
@@ -87,6 +89,74 @@ class Fact:
     @property
     def is_relation(self) -> bool:
         return self.object is not None
+
+
+@dataclass(frozen=True, slots=True)
+class EpisodeRecord:
+    """One L3 episode as an edge replicated it (the consolidation's input)."""
+
+    device_id: str
+    """The device whose agent lived it."""
+    agent_id: str
+    """The agent that lived it."""
+    key: str
+    """The edge's episode key (unique on that device): what a prune command names."""
+    text: str
+    """What happened (PII-masked at the edge)."""
+    embedding: tuple[float, ...]
+    """The edge's embedding of the text: all-MiniLM-L6-v2, 384 floats, unit length."""
+    at: datetime
+    """When it happened (timezone-aware)."""
+    importance: float
+    """0..1: failures and outcomes more than routine steps."""
+    step: int
+    """The mind-log step it came from (0: remembered explicitly)."""
+
+    @property
+    def id(self) -> str:
+        """Unique in the fleet."""
+        return f"{self.device_id}/{self.key}"
+
+
+@dataclass(frozen=True, slots=True)
+class DreamPlan:
+    """Everything one consolidation run writes, in one transaction (``KnowledgeGraph.consolidate``)."""
+
+    run_id: str
+    """Stable for the set of episodes the run took (a re-run after a crash has the same id)."""
+    entities: tuple[Entity, ...]
+    """Entities the facts name that the graph does not have yet."""
+    facts: tuple[Fact, ...]
+    """Validated facts abstracted from the clusters."""
+    sources: Mapping[str, tuple[str, ...]]
+    """Fact id -> the ids of the episodes it was abstracted from (``ABSTRACTED_FROM``)."""
+    consolidated: tuple[str, ...]
+    """Episode ids abstracted into facts: no longer pending; the edges may prune them."""
+    settled: Mapping[str, str]
+    """Episode id -> why it leaves the pending set without a fact (the model found none, or it stayed
+    alone too long). Settled episodes are not pruned: they stay in L3 at their edge."""
+    clusters: int
+    """Clusters the model abstracted."""
+    rejected: tuple[tuple[str, str], ...] = ()
+    """(cluster id, reason) for every fact or cluster dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class DreamRun:
+    """A consolidation run as the graph recorded it."""
+
+    id: str
+    at: datetime
+    """When it was written."""
+    clusters: int
+    facts: int
+    """Facts it created."""
+    episodes: int
+    """Episodes it consolidated."""
+    settled: int
+    rejected: tuple[tuple[str, str], ...]
+    prune_sent: bool
+    """The edges were sent their prune commands."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +333,34 @@ def validate_fact(fact: Fact, index: int | None = None) -> None:
         _text(text, f"provenance.{name}", index, empty=True)
     if not any(fields.values()):
         raise InvalidKnowledge("needs a device, agent, episode or step id", field="provenance", index=index)
+
+
+def validate_episode(episode: EpisodeRecord, index: int | None = None) -> None:
+    _text(episode.device_id, "device_id", index)
+    _text(episode.agent_id, "agent_id", index, empty=True)
+    _text(episode.key, "key", index)
+    _text(episode.text, "text", index, MAX_TEXT)
+    if not episode.text.strip():
+        raise InvalidKnowledge("must not be blank", field="text", index=index)
+    vector = episode.embedding
+    finite = all(isinstance(x, float | int) and math.isfinite(x) for x in vector)
+    if len(vector) != EMBEDDING_DIM or not finite:
+        raise InvalidKnowledge(f"must be {EMBEDDING_DIM} finite numbers", field="embedding", index=index)
+    if not any(vector):
+        raise InvalidKnowledge("must not be all zeros", field="embedding", index=index)
+    utc(episode.at, "at", index)
+    if not isinstance(episode.importance, float | int) or not 0.0 <= episode.importance <= 1.0:
+        raise InvalidKnowledge("must be 0..1", field="importance", index=index)
+    step = episode.step
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= INT64_MAX:
+        raise InvalidKnowledge("must be an integer 0..2^63-1", field="step", index=index)
+
+
+def validate_episodes(episodes: Sequence[EpisodeRecord]) -> None:
+    if len(episodes) > MAX_BATCH:
+        raise InvalidKnowledge(f"a batch holds at most {MAX_BATCH} items; split it")
+    for i, episode in enumerate(episodes):
+        validate_episode(episode, i)
 
 
 def validate_batch(entities: Sequence[Entity], facts: Sequence[Fact]) -> None:

@@ -225,6 +225,7 @@ class AgentState(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
     GUARD_FIELD_NUMBER: _builtins.int
+    RECALLED_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     agent_id: _builtins.str
     goal: _builtins.str
@@ -255,6 +256,13 @@ class AgentState(_message.Message):
     def guard(self) -> Global___Guard:
         """The stuck-loop monitor's memory, kept durable so a restart does not reset it."""
 
+    @_builtins.property
+    def recalled(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """L3 memories of earlier agents on this device that bear on the goal, recalled when the agent
+        starts and again at each compaction, shown in the prompt's task block (so the prompt stays
+        append-only between compactions, and a resumed agent sees the same prompt).
+        """
+
     def __init__(
         self,
         *,
@@ -274,10 +282,11 @@ class AgentState(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         task_id: _builtins.str = ...,
         guard: Global___Guard | None = ...,
+        recalled: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "guard", b"guard", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "epoch", b"epoch", "failure_reason", b"failure_reason", "goal", b"goal", "guard", b"guard", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "epoch", b"epoch", "failure_reason", b"failure_reason", "goal", b"goal", "guard", b"guard", "recalled", b"recalled", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,10 +6,12 @@ Commands from the hub to one edge device, through the EDGEHUB_COMMANDS stream
 only after the command's effect is committed in its store.
 """
 
+from collections import abc as _abc
 from edgehub.protocol.v1 import agent_pb2 as _agent_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -34,6 +36,7 @@ class Command(_message.Message):
     STOP_AGENT_FIELD_NUMBER: _builtins.int
     DECIDE_APPROVAL_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
+    PRUNE_EPISODES_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     command_id: _builtins.str
     """Unique; also the Nats-Msg-Id."""
@@ -50,6 +53,8 @@ class Command(_message.Message):
     def decide_approval(self) -> Global___DecideApproval: ...
     @_builtins.property
     def drain(self) -> Global___Drain: ...
+    @_builtins.property
+    def prune_episodes(self) -> Global___PruneEpisodes: ...
     def __init__(
         self,
         *,
@@ -62,12 +67,13 @@ class Command(_message.Message):
         stop_agent: Global___StopAgent | None = ...,
         decide_approval: Global___DecideApproval | None = ...,
         drain: Global___Drain | None = ...,
+        prune_episodes: Global___PruneEpisodes | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "decide_approval", b"decide_approval", "drain", b"drain", "issued_at", b"issued_at", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "decide_approval", b"decide_approval", "drain", b"drain", "issued_at", b"issued_at", "prune_episodes", b"prune_episodes", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_id", b"command_id", "decide_approval", b"decide_approval", "device_id", b"device_id", "drain", b"drain", "issued_at", b"issued_at", "issued_by", b"issued_by", "schema_version", b"schema_version", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_id", b"command_id", "decide_approval", b"decide_approval", "device_id", b"device_id", "drain", b"drain", "issued_at", b"issued_at", "issued_by", b"issued_by", "prune_episodes", b"prune_episodes", "schema_version", b"schema_version", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_agent", "stop_agent", "decide_approval", "drain"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_agent", "stop_agent", "decide_approval", "drain", "prune_episodes"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -179,3 +185,33 @@ class DecideApproval(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecideApproval: _TypeAlias = DecideApproval  # noqa: Y015
+
+@_typing.final
+class PruneEpisodes(_message.Message):
+    """L3 episodes the hub's consolidation abstracted into L4 facts: the edge marks them consolidated and
+    deletes them per its retention policy ([memory] keep_consolidated_days).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The consolidation run that abstracted them (audit)."""
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The edge's episode keys (Episode.key)."""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PruneEpisodes: _TypeAlias = PruneEpisodes  # noqa: Y015

@@ -3,18 +3,21 @@
 isort:skip_file
 The envelope of everything an edge sends to the hub through its outbox."""
 
+from collections import abc as _abc
 from edgehub.protocol.v1 import agent_pb2 as _agent_pb2
 from edgehub.protocol.v1 import task_pb2 as _task_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
 
-if sys.version_info >= (3, 10):
-    from typing import TypeAlias as _TypeAlias
+if sys.version_info >= (3, 11):
+    from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
-    from typing_extensions import TypeAlias as _TypeAlias
+    from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -30,6 +33,7 @@ class EdgeEvent(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     STEP_FIELD_NUMBER: _builtins.int
     TASK_RESULT_FIELD_NUMBER: _builtins.int
+    EPISODE_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     event_id: _builtins.str
     """Stable id, sent as Nats-Msg-Id and used by the hub as its idempotency key."""
@@ -42,6 +46,8 @@ class EdgeEvent(_message.Message):
     def step(self) -> _agent_pb2.StepEvent: ...
     @_builtins.property
     def task_result(self) -> _task_pb2.TaskResult: ...
+    @_builtins.property
+    def episode(self) -> Global___Episode: ...
     def __init__(
         self,
         *,
@@ -53,13 +59,62 @@ class EdgeEvent(_message.Message):
         epoch: _builtins.int = ...,
         step: _agent_pb2.StepEvent | None = ...,
         task_result: _task_pb2.TaskResult | None = ...,
+        episode: Global___Episode | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "step", b"step", "task_result", b"task_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "episode", b"episode", "step", b"step", "task_result", b"task_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "body", b"body", "device_id", b"device_id", "epoch", b"epoch", "event_id", b"event_id", "schema_version", b"schema_version", "seq", b"seq", "step", b"step", "task_result", b"task_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "body", b"body", "device_id", b"device_id", "episode", b"episode", "epoch", b"epoch", "event_id", b"event_id", "schema_version", b"schema_version", "seq", b"seq", "step", b"step", "task_result", b"task_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["step", "task_result"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["step", "task_result", "episode"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___EdgeEvent: _TypeAlias = EdgeEvent  # noqa: Y015
+
+@_typing.final
+class Episode(_message.Message):
+    """One L3 episodic memory of an agent, replicated so the hub can consolidate episodes of the whole
+    fleet into L4 facts. Its text is PII-masked like every outgoing event.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    EMBEDDING_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    IMPORTANCE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The edge's key (the step's event id, or remember/<hash>): stable, so resends are idempotent."""
+    text: _builtins.str
+    embedding_model: _builtins.str
+    importance: _builtins.float
+    """0..1: how much it matters (failures and outcomes more than routine steps)."""
+    step: _builtins.int
+    """The mind-log step it came from (0: remembered explicitly)."""
+    @_builtins.property
+    def embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The edge's embedding of the (unmasked) text: all-MiniLM-L6-v2, 384 floats, L2-normalised."""
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        text: _builtins.str = ...,
+        embedding: _abc.Iterable[_builtins.float] | None = ...,
+        embedding_model: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        importance: _builtins.float = ...,
+        step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "embedding", b"embedding", "embedding_model", b"embedding_model", "importance", b"importance", "key", b"key", "step", b"step", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Episode: _TypeAlias = Episode  # noqa: Y015

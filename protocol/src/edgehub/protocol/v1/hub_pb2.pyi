@@ -6,7 +6,8 @@ token; devices use it to enroll (with a one-time token) and then, on the hub's d
 TLS), with their client certificate.
 Errors use standard status codes: UNAUTHENTICATED (no or unknown credentials), PERMISSION_DENIED
 (the caller's role is too low), NOT_FOUND (unknown agent or device), INVALID_ARGUMENT (bad input),
-FAILED_PRECONDITION (expired or used enrollment token), UNAVAILABLE (NATS unreachable).
+FAILED_PRECONDITION (expired or used enrollment token; a feature this hub does not run),
+UNAVAILABLE (NATS or the knowledge graph unreachable).
 """
 
 from collections import abc as _abc
@@ -55,6 +56,121 @@ ROLE_VIEWER: Role.ValueType  # 3
 ROLE_OPERATOR: Role.ValueType  # 4
 ROLE_ADMIN: Role.ValueType  # 5
 Global___Role: _TypeAlias = Role  # noqa: Y015
+
+@_typing.final
+class ConsolidateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Empty: derived from the episodes the run takes. A run id already recorded returns its report."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsolidateRequest: _TypeAlias = ConsolidateRequest  # noqa: Y015
+
+@_typing.final
+class ConsolidateReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    CLUSTERS_FIELD_NUMBER: _builtins.int
+    FACTS_WRITTEN_FIELD_NUMBER: _builtins.int
+    EPISODES_CONSOLIDATED_FIELD_NUMBER: _builtins.int
+    EPISODES_CONSIDERED_FIELD_NUMBER: _builtins.int
+    EPISODES_SETTLED_FIELD_NUMBER: _builtins.int
+    PRUNE_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    clusters: _builtins.int
+    facts_written: _builtins.int
+    episodes_consolidated: _builtins.int
+    episodes_considered: _builtins.int
+    episodes_settled: _builtins.int
+    recorded: _builtins.bool
+    """The run id had already been run: this is its record."""
+    @_builtins.property
+    def prune(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrunedEpisodes]:
+        """Per device: the keys of its episodes this run consolidated (sent as PruneEpisodes)."""
+
+    @_builtins.property
+    def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___RejectedCluster]:
+        """Facts and clusters the checks dropped, with the reason."""
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        clusters: _builtins.int = ...,
+        facts_written: _builtins.int = ...,
+        episodes_consolidated: _builtins.int = ...,
+        episodes_considered: _builtins.int = ...,
+        episodes_settled: _builtins.int = ...,
+        prune: _abc.Iterable[Global___PrunedEpisodes] | None = ...,
+        rejected: _abc.Iterable[Global___RejectedCluster] | None = ...,
+        recorded: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "episodes_considered", b"episodes_considered", "episodes_consolidated", b"episodes_consolidated", "episodes_settled", b"episodes_settled", "facts_written", b"facts_written", "prune", b"prune", "recorded", b"recorded", "rejected", b"rejected", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsolidateReport: _TypeAlias = ConsolidateReport  # noqa: Y015
+
+@_typing.final
+class PrunedEpisodes(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    KEYS_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrunedEpisodes: _TypeAlias = PrunedEpisodes  # noqa: Y015
+
+@_typing.final
+class RejectedCluster(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLUSTER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    cluster: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        cluster: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster", b"cluster", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RejectedCluster: _TypeAlias = RejectedCluster  # noqa: Y015
 
 @_typing.final
 class Principal(_message.Message):

@@ -99,6 +99,11 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.Principal.FromString,
                 _registered_method=True)
+        self.Consolidate = channel.unary_unary(
+                '/edgehub.v1.HubService/Consolidate',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.ConsolidateRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.ConsolidateReport.FromString,
+                _registered_method=True)
 
 
 class HubServiceServicer:
@@ -190,6 +195,16 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Consolidate(self, request, context):
+        """Runs consolidation ("dreamer") now: clusters the pending L3 episodes of the fleet, abstracts each
+        cluster into L4 facts with the hub's model, and sends each device a PruneEpisodes command for its
+        episodes that were abstracted. Waits for the run (minutes on a small CPU model: set a long
+        deadline). FAILED_PRECONDITION when the hub runs no consolidation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -257,6 +272,11 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.Principal.SerializeToString,
+            ),
+            'Consolidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Consolidate,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.ConsolidateRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.ConsolidateReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -610,6 +630,33 @@ class HubService:
             '/edgehub.v1.HubService/WhoAmI',
             edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.Principal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Consolidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/Consolidate',
+            edgehub_dot_v1_dot_hub__pb2.ConsolidateRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.ConsolidateReport.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,6 +7,7 @@ zero-argument factory returning a tool, or a list of tools).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -82,6 +83,18 @@ class Recall(Protocol):
 
     async def recall_texts(self, query: str, k: int, agent_id: str) -> list[str]: ...
 
+    async def recall_for_prompt(
+        self, query: str, agent_id: str, fits: Callable[[list[str]], bool]
+    ) -> list[str]:
+        """Other agents' memories that bear on ``query``, best first, as many as ``fits`` allows."""
+        ...
+
+
+class Knowledge(Protocol):
+    """The hub's L4 knowledge graph as the ``knowledge`` tool sees it (``edge.knowledge``)."""
+
+    async def ask(self, agent_id: str, about: str) -> ToolOutput: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ToolContext:
@@ -100,6 +113,8 @@ class ToolContext:
     """Hosts this call may reach from the sandbox: the policy rule's grant (empty: no network)."""
     memory: Recall | None = None
     """L3 episodic memory (None: off); remember/recall use it beside the L2 notes."""
+    knowledge: Knowledge | None = None
+    """The hub's knowledge graph (None: this device has no hub)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,25 @@ async def recall(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
     return ToolOutput("\n".join(lines))
 
 
+async def knowledge(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+    if ctx.knowledge is None:
+        return ToolOutput("this device has no hub to ask", ok=False, error="unavailable")
+    return await ctx.knowledge.ask(ctx.agent_id, args["about"])
+
+
+def knowledge_tool(*, timeout_s: float) -> Tool:
+    """The ``knowledge`` tool: offered only on devices with a hub (the daemon adds it)."""
+    spec = ToolSpec(
+        "knowledge",
+        "Ask the fleet's shared knowledge about a thing: a device, a site, a part.",
+        _obj(["about"], about=_str(128)),
+        idempotent=True,
+        timeout_s=timeout_s + 5,
+        example={"about": "line 3"},
+    )
+    return FunctionTool(spec, knowledge)
+
+
 async def finish(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
     return ToolOutput(args["answer"], finish=True)
 

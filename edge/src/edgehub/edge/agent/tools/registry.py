@@ -71,11 +71,13 @@ class ToolRegistry:
                 self.register(tool)
 
     @classmethod
-    def default(cls, cfg: ToolsConfig) -> ToolRegistry:
-        """Built-ins + entry-point tools, filtered by ``cfg.enabled``."""
+    def default(cls, cfg: ToolsConfig, extra: Iterable[Tool] = ()) -> ToolRegistry:
+        """Built-ins (+ ``extra``, before ``finish``) + entry-point tools, filtered by ``cfg.enabled``."""
         from .builtins import builtin_tools  # local: builtins imports this module's siblings
 
-        registry = cls(builtin_tools(command_timeout_s=cfg.command_timeout_s))
+        tools = builtin_tools(command_timeout_s=cfg.command_timeout_s)
+        last = [t for t in tools if t.spec.name == "finish"]
+        registry = cls([*(t for t in tools if t.spec.name != "finish"), *extra, *last])
         if cfg.load_entry_points:
             registry.load_entry_points()
         return registry.only(cfg.enabled) if cfg.enabled is not None else registry
