@@ -19,10 +19,12 @@ from edgehub.edge.identity import DeviceIdentity, EnrollmentError, enroll
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import hub_pb2 as H  # noqa: N812 - the house alias
 from edgehub.protocol.v1 import hub_pb2_grpc
+from edgehub.sync.auth import decode_jwt
 from edgehub.sync.commands import CommandConsumer, consumer_name, new_command, send_command
 from edgehub.sync.streams import DEVICES
 from edgehub.sync.tls import CertificateAuthority, csr, key_pem, new_key
 from tests.harness.hub import Hub, start_hub
+from tests.harness.wait import eventually
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +233,57 @@ def test_a_device_certificate_identifies_the_device_for_its_own_records_only(
     rogue = (other_ca.sign_device("dev-a", csr("dev-a", rogue_key)), key_pem(rogue_key))
     _, impostor = stub(hub, cert=rogue, addr=identity.device_api)  # a certificate the hub did not issue
     assert code_of(lambda: impostor.WhoAmI(H.WhoAmIRequest(), timeout=5)) == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+def user_key(identity: DeviceIdentity) -> str:
+    """The NATS user public key of a device's credentials (the JWT's subject)."""
+    jwt = identity.creds.read_text().split("-----BEGIN NATS USER JWT-----\n", 1)[1].split("\n", 1)[0]
+    return str(decode_jwt(jwt)["sub"])
+
+
+async def test_a_revoked_device_is_cut_off_from_nats_and_the_api_until_enrolled_again(
+    hub: Hub, tmp_path: Path
+) -> None:
+    identity = await asyncio.to_thread(enrolled, hub, "dev-r", tmp_path / "r")
+    errors: list[str] = []
+    nc = await device_client(identity, errors)
+    await nc.publish(subjects.events("dev-r", "a1"), b"x")
+    await nc.flush()
+    cert = ((identity.folder / "device.pem").read_bytes(), (identity.folder / "device.key").read_bytes())
+    _, as_device = stub(hub, cert=cert, addr=identity.device_api)
+    assert as_device.WhoAmI(H.WhoAmIRequest(), timeout=10).name == "device:dev-r"  # type: ignore[attr-defined]
+
+    # only an admin may revoke
+    operator = hub.cli("tokens", "create", "rita", "--role", "operator")
+    denied = hub.cli("devices", "revoke", "dev-r", env={"EDGEHUB_TOKEN": operator.stdout.strip()})
+    assert denied.returncode != 0
+    assert "needs role admin" in denied.stderr
+    revoked = await asyncio.to_thread(hub.cli, "devices", "revoke", "dev-r", "--reason", "stolen", "--json")
+    assert revoked.returncode == 0, revoked.stderr
+    reply = json.loads(revoked.stdout)
+    assert reply["applied"] is True
+    assert reply["user_keys"] == [user_key(identity)]
+
+    # the server closes its connection and refuses it again; the API refuses its certificate
+    await eventually(lambda: not nc.is_connected, within=10, what="the revoked device to be disconnected")
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(
+            list(identity.nats_urls),
+            user_credentials=str(identity.creds),
+            inbox_prefix=identity.inbox_prefix,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+        )
+    assert code_of(lambda: as_device.WhoAmI(H.WhoAmIRequest(), timeout=10)) == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    await nc.close()
+
+    # enrolled again (a new token, a new key and certificate), it works again; others were never affected
+    again = await asyncio.to_thread(enrolled, hub, "dev-r", tmp_path / "r2")
+    assert user_key(again) != user_key(identity)
+    nc2 = await device_client(again, errors)
+    await nc2.publish(subjects.events("dev-r", "a1"), b"y")
+    await nc2.flush()
+    await nc2.close()
+    cert2 = ((again.folder / "device.pem").read_bytes(), (again.folder / "device.key").read_bytes())
+    _, as_device2 = stub(hub, cert=cert2, addr=again.device_api)
+    assert as_device2.WhoAmI(H.WhoAmIRequest(), timeout=10).name == "device:dev-r"  # type: ignore[attr-defined]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import nkeys
@@ -12,6 +13,7 @@ import pytest
 from cryptography import x509
 
 from edgehub.edge.identity import DeviceIdentity, EnrollmentError
+from edgehub.hub import access
 from edgehub.hub.access import ANONYMOUS, Principal, required_roles
 from edgehub.protocol.v1 import hub_pb2
 from edgehub.sync.auth import (
@@ -150,3 +152,26 @@ def test_a_stored_identity_belongs_to_one_device_and_a_broken_one_says_so(tmp_pa
     (tmp_path / "identity.json").write_text("{not json")
     with pytest.raises(EnrollmentError, match="unreadable"):
         DeviceIdentity.load(tmp_path, "dev-1")
+
+
+def test_revocations_ride_in_the_account_jwt_and_the_operator_jwt_never_changes(tmp_path: Path) -> None:
+    trust = Trust.load_or_create(tmp_path / "trust")
+    plain = decode_jwt(trust.account_jwt("account"))
+    assert "revocations" not in plain["nats"]
+    user = public_key(keypair(new_seed(nkeys.PREFIX_BYTE_USER)))
+    claims = decode_jwt(trust.account_jwt("account", {user: 1_800_000_000}))
+    assert claims["nats"]["revocations"] == {user: 1_800_000_000}
+    # a nats-server refuses a configuration reload that changes its trusted operator
+    assert trust.operator_jwt() == trust.operator_jwt()
+    config = trust.server_config({user: 1_800_000_000})
+    assert trust.operator_jwt() in config
+    assert trust.server_config().split("resolver:")[0] == config.split("resolver:")[0]
+
+
+def test_a_certificate_counts_as_issued_when_it_was_signed_not_when_it_became_valid(tmp_path: Path) -> None:
+    ca = CertificateAuthority.load_or_create(tmp_path / "ca")
+    before = time.time()
+    pem = ca.sign_device("dev-1", csr("dev-1", new_key()))
+    issued = access._issued_at(pem)
+    assert before - 2 <= issued <= time.time() + 2  # back-dating for clock drift is allowed for
+    assert access._issued_at(b"not a certificate") == 0.0  # unreadable: covered by any revocation

@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyNotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from edgehub.protocol.v1 import hub_pb2
+from edgehub.sync import kv_key
 from edgehub.sync.auth import write_secret
-from edgehub.sync.streams import ENROLLMENTS, TOKENS
+from edgehub.sync.streams import CREDENTIALS, ENROLLMENTS, TOKENS
+from edgehub.sync.tls import BACKDATE
 
 log = logging.getLogger("edgehub.hub.access")
 
@@ -170,6 +173,88 @@ async def bootstrap_admin(tokens: Tokens, folder: Path) -> Path:
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
+class Credentials:
+    """What enrollment issued to each device (its NATS user keys) and whether it is revoked, in KV
+    (``edgehub-credentials``, one record per device, updated by compare-and-set), so every hub process
+    sees the same. ``revoked_at`` is cached for TOKEN_CACHE_S: a revocation reaches the device API of
+    other hub processes within that."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self._kv: KeyValue | None = None
+        self._cache: dict[str, tuple[float, float | None]] = {}
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self.js.key_value(CREDENTIALS.name)
+        return self._kv
+
+    async def _get(self, device_id: str) -> tuple[dict[str, Any], int]:
+        try:
+            entry = await (await self._bucket()).get(kv_key(device_id))
+        except KeyNotFoundError:
+            return {"device_id": device_id, "user_keys": {}, "revoked_at": None}, 0
+        return json.loads(entry.value or b"{}"), int(entry.revision or 0)
+
+    async def _update(self, device_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        kv = await self._bucket()
+        for _ in range(20):  # another hub process may write the same record: compare-and-set, retry
+            record, revision = await self._get(device_id)
+            change(record)
+            data = json.dumps(record).encode()
+            try:
+                if revision:
+                    await kv.update(kv_key(device_id), data, last=revision)
+                else:
+                    await kv.create(kv_key(device_id), data)
+            except (APIError, KeyWrongLastSequenceError):
+                continue
+            self._cache.pop(device_id, None)
+            return record
+        raise RuntimeError(f"the credentials record of {device_id} kept changing; try again")
+
+    async def issued(self, device_id: str, user_key: str) -> None:
+        """Enrollment gave ``device_id`` the NATS user ``user_key``."""
+
+        def add(record: dict[str, Any]) -> None:
+            record["user_keys"][user_key] = time.time()
+
+        await self._update(device_id, add)
+
+    async def revoke(self, device_id: str, by: str, reason: str) -> dict[str, Any]:
+        """Revoke every credential issued to the device until now; returns its record."""
+        now = time.time()
+
+        def mark(record: dict[str, Any]) -> None:
+            record.update(revoked_at=now, revoked_by=by, reason=reason)
+
+        return await self._update(device_id, mark)
+
+    async def revocations(self) -> dict[str, int]:
+        """NATS user key -> unix time for every revoked device (what the account JWT carries)."""
+        kv = await self._bucket()
+        out: dict[str, int] = {}
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return out
+        for key in keys:
+            record = json.loads((await kv.get(key)).value or b"{}")
+            at = record.get("revoked_at")
+            if at:  # the keys issued before it (a device enrolled again since has a new, valid one)
+                out.update({k: int(at) + 1 for k, issued in record["user_keys"].items() if issued <= at})
+        return out
+
+    async def revoked_at(self, device_id: str) -> float | None:
+        hit = self._cache.get(device_id)
+        if hit and time.monotonic() - hit[0] < TOKEN_CACHE_S:
+            return hit[1]
+        record, _ = await self._get(device_id)
+        at = record.get("revoked_at")
+        self._cache[device_id] = (time.monotonic(), at)
+        return at
+
+
 class AccessInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates each HubService call and checks its declared role before the handler runs.
 
@@ -178,8 +263,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
     HubService (health, reflection) pass through.
     """
 
-    def __init__(self, tokens: Tokens) -> None:
+    def __init__(self, tokens: Tokens, credentials: Credentials | None = None) -> None:
         self.tokens = tokens
+        self.credentials = credentials
         self.roles = required_roles()
 
     async def intercept_service(
@@ -229,7 +315,23 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or malformed bearer token")
             assert found is not None
             return found
-        names = context.auth_context().get("x509_common_name") or []
+        auth = context.auth_context()
+        names = auth.get("x509_common_name") or []
         if names:
-            return Principal(f"device:{names[0].decode()}", Role.ROLE_DEVICE)
+            device_id = names[0].decode()
+            if self.credentials is not None:
+                revoked = await self.credentials.revoked_at(device_id)
+                pem = (auth.get("x509_pem_cert") or [b""])[0]
+                if revoked is not None and _issued_at(pem) <= revoked:
+                    await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"device {device_id} is revoked")
+            return Principal(f"device:{device_id}", Role.ROLE_DEVICE)
         return ANONYMOUS
+
+
+def _issued_at(pem: bytes) -> float:
+    """When a client certificate was issued (0: unreadable, so a revocation covers it)."""
+    try:
+        start = x509.load_pem_x509_certificate(pem).not_valid_before_utc
+    except ValueError:
+        return 0.0
+    return (start + BACKDATE).timestamp()

@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +26,18 @@ from edgehub.protocol import subjects
 from edgehub.protocol.v1 import commands_pb2, events_pb2, hub_pb2, hub_pb2_grpc
 from edgehub.sync.auth import AuthError, Trust, inbox_prefix, is_user_key
 from edgehub.sync.commands import new_command, send_command
+from edgehub.sync.errors import SyncError
 from edgehub.sync.tls import CertificateAuthority
 
-from .access import MAX_ENROLL_TTL_S, AccessInterceptor, EnrollmentRefused, Role, Tokens, current
+from .access import (
+    MAX_ENROLL_TTL_S,
+    AccessInterceptor,
+    Credentials,
+    EnrollmentRefused,
+    Role,
+    Tokens,
+    current,
+)
 from .knowledge.dreamer import DreamReport
 from .knowledge.dreamer_service import DreamerService
 from .knowledge.errors import KnowledgeError
@@ -78,8 +88,11 @@ class Identity:
     ca: CertificateAuthority
     nats_urls: list[str]
     tokens: Tokens
+    credentials: Credentials
     device_api: str = ""
     """Where devices call the API with their client certificate (set by ``serve``)."""
+    apply_revocations: Callable[[dict[str, int]], Awaitable[bool]] | None = None
+    """Loads revocations into the hub's embedded nats-server (True: done); None: NATS is external."""
 
 
 def _report(r: DreamReport) -> hub_pb2.ConsolidateReport:
@@ -144,6 +157,28 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
         await self._send(cmd, context)
         return H.CommandAccepted(command_id=cmd.command_id, device_id=request.device_id)
 
+    async def RevokeDevice(self, request: H.RevokeDeviceRequest, context: Any) -> H.RevokeDeviceResponse:
+        if not request.device_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "device_id is required")
+        identity = self.identity
+        reason = request.reason or "revoked through the hub API"
+        record = await identity.credentials.revoke(request.device_id, current().name, reason)
+        revocations = await identity.credentials.revocations()
+        applied = False
+        if identity.apply_revocations is not None:
+            try:
+                applied = await identity.apply_revocations(revocations)
+            except SyncError as exc:  # recorded: the next hub start loads it; say so
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"revoked, but NATS did not reload: {exc}")
+        log.warning("device %s revoked by %s: %s", request.device_id, current().name, reason)
+        return H.RevokeDeviceResponse(
+            device_id=request.device_id,
+            user_keys=sorted(record["user_keys"]),
+            revoked_at=record["revoked_at"],
+            applied=applied,
+            account_jwt=identity.trust.account_jwt("account", revocations),
+        )
+
     async def WhoAmI(self, request: H.WhoAmIRequest, context: Any) -> H.Principal:
         me = current()
         return H.Principal(name=me.name, role=me.role)  # type: ignore[arg-type]
@@ -184,6 +219,7 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
             await self.identity.tokens.spend_enrollment(request.token, request.device_id)
         except EnrollmentRefused as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        await self.identity.credentials.issued(request.device_id, request.nats_user_key)
         return H.EnrollResponse(
             device_id=request.device_id,
             nats_jwt=jwt,
@@ -316,7 +352,7 @@ async def serve(
     for devices, which must present a client certificate from the hub's CA (mutual TLS). Returns the
     server and both ports; ``identity.device_api`` is set to the device address. ``Consolidate`` runs
     ``dreamer`` (None: it answers FAILED_PRECONDITION)."""
-    server = grpc.aio.server(interceptors=[AccessInterceptor(identity.tokens)])
+    server = grpc.aio.server(interceptors=[AccessInterceptor(identity.tokens, identity.credentials)])
     hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(js, identity, watcher, dreamer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -34,7 +34,7 @@ from edgehub.sync.lease import Lease
 from edgehub.sync.streams import HUB_EVENTS_CONSUMER
 from edgehub.sync.tls import CertificateAuthority
 
-from .access import Tokens, bootstrap_admin
+from .access import Credentials, Tokens, bootstrap_admin
 from .api import Identity, serve
 from .config import HubConfig
 from .knowledge import DreamerService, KnowledgeService
@@ -136,7 +136,19 @@ class HubDaemon:
         self.devices = DeviceWatcher(js, self.registry_metrics)
         tokens = Tokens(js)
         admin = await bootstrap_admin(tokens, trust_dir)
-        identity = Identity(trust, ca, self.cfg.nats.advertise or [self.url], tokens)
+        credentials = Credentials(js)
+        identity = Identity(trust, ca, self.cfg.nats.advertise or [self.url], tokens, credentials)
+        if self.server is not None:  # the embedded server refuses revoked devices from the start
+            server = self.server
+
+            async def apply(revocations: dict[str, int]) -> bool:
+                await server.reload(trust.server_config(revocations))
+                return True
+
+            identity.apply_revocations = apply
+            if revoked := await credentials.revocations():
+                await apply(revoked)
+                log.info("%d revoked device credentials loaded into nats-server", len(revoked))
         if knowledge is not None:
             await knowledge
             assert self.knowledge is not None

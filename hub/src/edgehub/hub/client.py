@@ -135,6 +135,32 @@ def devices_drain(
     console.print(f"{'resume' if resume else 'drain'} sent to {reply.device_id} (command {reply.command_id})")
 
 
+@devices_app.command("revoke")
+def devices_revoke(
+    device_id: str,
+    reason: Annotated[str, typer.Option(help="Recorded with the revocation.")] = "revoked by an operator",
+    api: ApiOpt = DEFAULT_API,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a device's credentials: its NATS connections are closed and refused, its certificates no
+    longer open the device API. Enrolling it again (a new token) gives it new ones. Needs admin."""
+    reply = call(
+        api, lambda s: s.RevokeDevice(H.RevokeDeviceRequest(device_id=device_id, reason=reason), timeout=30)
+    )
+    if as_json:
+        print(_json(reply))
+        return
+    console.print(
+        f"revoked {reply.device_id}: {len(reply.user_keys)} NATS user keys, its certificates until now"
+    )
+    if not reply.applied:
+        console.print(
+            "[yellow]this hub's NATS is external:[/] push the account JWT below to its resolver "
+            "(e.g. nsc push, or a $SYS claims update) to close the device's connections"
+        )
+        print(reply.account_jwt)
+
+
 @devices_app.command("enroll-token")
 def devices_enroll_token(
     device_id: str,

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -182,6 +183,7 @@ class Trust:
         self.operator = keys["operator"]
         self.account = keys["account"]
         self.system = keys["system"]
+        self._operator_jwt: str | None = None
 
     @classmethod
     def load_or_create(cls, folder: Path) -> Trust:
@@ -207,30 +209,43 @@ class Trust:
         return public_key(self.account)
 
     def operator_jwt(self) -> str:
-        return encode_jwt(
-            {
-                "name": "edgehub",
-                "sub": public_key(self.operator),
-                "nats": {"type": "operator", "version": 2, "system_account": public_key(self.system)},
-            },
-            self.operator,
-        )
+        """Issued once per Trust: a server reloading its configuration refuses any change of it."""
+        if self._operator_jwt is None:
+            self._operator_jwt = encode_jwt(
+                {
+                    "name": "edgehub",
+                    "sub": public_key(self.operator),
+                    "nats": {"type": "operator", "version": 2, "system_account": public_key(self.system)},
+                },
+                self.operator,
+            )
+        return self._operator_jwt
 
-    def account_jwt(self, which: str) -> str:
+    def account_jwt(self, which: str, revocations: Mapping[str, int] | None = None) -> str:
+        """The account's JWT; ``revocations`` (user public key -> unix time): JWTs of those users issued
+        before that time are refused, and their connections closed when a server loads it."""
         kp, name = (self.account, APP_ACCOUNT) if which == "account" else (self.system, SYS_ACCOUNT)
         limits = {**_ACCOUNT_LIMITS, **(_JETSTREAM if which == "account" else {})}
-        nats_claims = {"type": "account", "version": 2, "limits": limits, "default_permissions": {}}
+        nats_claims: dict[str, Any] = {
+            "type": "account",
+            "version": 2,
+            "limits": limits,
+            "default_permissions": {},
+        }
+        if revocations:
+            nats_claims["revocations"] = dict(sorted(revocations.items()))
         return encode_jwt({"name": name, "sub": public_key(kp), "nats": nats_claims}, self.operator)
 
-    def server_config(self) -> str:
-        """The nats-server configuration block that makes a server trust this hub's operator."""
+    def server_config(self, revocations: Mapping[str, int] | None = None) -> str:
+        """The nats-server configuration block that makes a server trust this hub's operator (and
+        refuse the revoked users)."""
         app, sys_ = public_key(self.account), public_key(self.system)
         return (
             f'operator: "{self.operator_jwt()}"\n'
             f"system_account: {sys_}\n"
             "resolver: MEMORY\n"
             "resolver_preload: {\n"
-            f'  {app}: "{self.account_jwt("account")}"\n'
+            f'  {app}: "{self.account_jwt("account", revocations)}"\n'
             f'  {sys_}: "{self.account_jwt("system")}"\n'
             "}\n"
         )

@@ -27,7 +27,10 @@ jetstream {{
   store_dir: "{store}"
   sync_interval: always
 }}
+# authentication (rewritten in place by NatsServer.reload)
 {auth}"""
+AUTH_MARK = "# authentication (rewritten in place by NatsServer.reload)"
+RELOADED = "Reloaded server configuration"
 
 
 def die_with_parent() -> list[str]:
@@ -124,6 +127,27 @@ class NatsServer:
                 return True
             await asyncio.sleep(0.05)
         return False
+
+    async def reload(self, auth: str, *, wait_s: float = 10.0) -> None:
+        """Apply new authentication configuration (revocations) without a restart: rewrite the config
+        and SIGHUP; returns once the server logged the reload. SyncError if it did not."""
+        if self.process is None or self.process.returncode is not None:
+            raise SyncError("nats-server is not running")
+        self.auth = auth
+        conf = self.store_dir / "nats.conf"
+        text = conf.read_text()
+        head, _, _ = text.partition(AUTH_MARK)
+        conf.write_text(f"{head}{AUTH_MARK}\n{auth}\n")
+        log_path = self.store_dir / "nats-server.log"
+        before = log_path.read_text(errors="replace").count(RELOADED)
+        os.kill(self.process.pid, signal.SIGHUP)
+        deadline = asyncio.get_running_loop().time() + wait_s
+        while asyncio.get_running_loop().time() < deadline:
+            tail = log_path.read_text(errors="replace")
+            if tail.count(RELOADED) > before:
+                return
+            await asyncio.sleep(0.05)
+        raise SyncError(f"nats-server did not reload its configuration (log {log_path}): {tail[-400:]}")
 
     async def restart(self) -> None:
         """Stop (SIGTERM) and start again on the same port and store."""

@@ -96,7 +96,10 @@ TOKENS = BucketSpec("edgehub-tokens", "API bearer tokens by SHA-256: operator na
 ENROLLMENTS = BucketSpec(
     "edgehub-enrollments", "one-time device enrollment tokens by SHA-256: device id, expiry"
 )
-BUCKETS = (APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS)
+CREDENTIALS = BucketSpec(
+    "edgehub-credentials", "per device: the NATS user keys enrollment issued, and its revocation"
+)
+BUCKETS = (APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS, CREDENTIALS)
 
 HUB_EVENTS_CONSUMER = "hub-events"
 """The durable pull consumer every hub process shares (work is split between them)."""

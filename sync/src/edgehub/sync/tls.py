@@ -44,6 +44,10 @@ def _name(cn: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, cn)])  # fmt: skip
 
 
+BACKDATE = dt.timedelta(minutes=5)
+"""Certificates are valid from this long before they are issued (clocks of devices drift)."""
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -96,7 +100,7 @@ class CertificateAuthority:
             .issuer_name(_name("edgehub CA"))
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(_now() - dt.timedelta(minutes=5))
+            .not_valid_before(_now() - BACKDATE)
             .not_valid_after(_now() + dt.timedelta(days=CA_DAYS))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
@@ -122,7 +126,7 @@ class CertificateAuthority:
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(_now() - dt.timedelta(minutes=5))
+            .not_valid_before(_now() - BACKDATE)
             .not_valid_after(_now() + dt.timedelta(days=LEAF_DAYS))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)

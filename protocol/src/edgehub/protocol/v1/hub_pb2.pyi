@@ -256,6 +256,65 @@ class DrainDeviceRequest(_message.Message):
 Global___DrainDeviceRequest: _TypeAlias = DrainDeviceRequest  # noqa: Y015
 
 @_typing.final
+class RevokeDeviceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeDeviceRequest: _TypeAlias = RevokeDeviceRequest  # noqa: Y015
+
+@_typing.final
+class RevokeDeviceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    USER_KEYS_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    ACCOUNT_JWT_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    revoked_at: _builtins.float
+    applied: _builtins.bool
+    """This hub's embedded nats-server reloaded the account with the revocation. False with an external
+    NATS: push account_jwt to its resolver (e.g. `nsc push`, or a $SYS claims update).
+    """
+    account_jwt: _builtins.str
+    @_builtins.property
+    def user_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """NATS user keys revoked (every key the device enrolled with)."""
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        user_keys: _abc.Iterable[_builtins.str] | None = ...,
+        revoked_at: _builtins.float = ...,
+        applied: _builtins.bool = ...,
+        account_jwt: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_jwt", b"account_jwt", "applied", b"applied", "device_id", b"device_id", "revoked_at", b"revoked_at", "user_keys", b"user_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeDeviceResponse: _TypeAlias = RevokeDeviceResponse  # noqa: Y015
+
+@_typing.final
 class CreateEnrollmentTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -49,6 +49,11 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.DrainDeviceRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.CommandAccepted.FromString,
                 _registered_method=True)
+        self.RevokeDevice = channel.unary_unary(
+                '/edgehub.v1.HubService/RevokeDevice',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceResponse.FromString,
+                _registered_method=True)
         self.ListAgents = channel.unary_unary(
                 '/edgehub.v1.HubService/ListAgents',
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.ListAgentsRequest.SerializeToString,
@@ -123,6 +128,14 @@ class HubServiceServicer:
 
     def DrainDevice(self, request, context):
         """Sends a drain command: the device finishes what runs and takes no new agents (resume=true undoes it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeDevice(self, request, context):
+        """Revoke a device's credentials: its NATS user keys (connections closed, reconnects refused) and
+        its client certificates issued so far. Enrolling it again with a new token gives it new ones.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,6 +235,11 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.DrainDevice,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.DrainDeviceRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.CommandAccepted.SerializeToString,
+            ),
+            'RevokeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDevice,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceResponse.SerializeToString,
             ),
             'ListAgents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAgents,
@@ -360,6 +378,33 @@ class HubService:
             '/edgehub.v1.HubService/DrainDevice',
             edgehub_dot_v1_dot_hub__pb2.DrainDeviceRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.CommandAccepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/RevokeDevice',
+            edgehub_dot_v1_dot_hub__pb2.RevokeDeviceRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.RevokeDeviceResponse.FromString,
             options,
             channel_credentials,
             insecure,
