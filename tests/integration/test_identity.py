@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -287,3 +288,40 @@ async def test_a_revoked_device_is_cut_off_from_nats_and_the_api_until_enrolled_
     cert2 = ((again.folder / "device.pem").read_bytes(), (again.folder / "device.key").read_bytes())
     _, as_device2 = stub(hub, cert=cert2, addr=again.device_api)
     assert as_device2.WhoAmI(H.WhoAmIRequest(), timeout=10).name == "device:dev-r"  # type: ignore[attr-defined]
+
+
+def test_operator_tokens_are_listed_without_secrets_expire_and_can_be_deleted(hub: Hub) -> None:
+    made = hub.cli("tokens", "create", "tess", "--role", "viewer")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    _, as_tess = stub(hub, token)
+    listing = H.ListAgentsRequest()
+    assert code_of(lambda: as_tess.ListAgents(listing, timeout=10)) == grpc.StatusCode.OK  # type: ignore[attr-defined]
+    listed = hub.cli("tokens", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    tess = [r for r in rows if r["name"] == "tess"]
+    assert tess
+    assert tess[0]["role"] == "ROLE_VIEWER"
+    assert tess[0]["created_by"] == "operator:admin"
+    assert token not in listed.stdout  # only hashes are kept, and only a prefix of one is shown
+    assert hub.cli("tokens", "list", env={"EDGEHUB_TOKEN": token}).returncode != 0  # admin only
+
+    deleted = hub.cli("tokens", "delete", "tess")
+    assert deleted.returncode == 0, deleted.stderr
+    assert "deleted 1 token(s) of tess" in deleted.stdout
+    assert code_of(lambda: as_tess.ListAgents(listing, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+    missing = hub.cli("tokens", "delete", "tess")
+    assert missing.returncode != 0
+    assert "no token named 'tess'" in missing.stderr
+
+    admin = (hub.trust / "admin.token").read_text().strip()
+    _, as_admin = stub(hub, admin)
+    brief = as_admin.CreateApiToken(  # type: ignore[attr-defined]
+        H.CreateApiTokenRequest(name="brief", role=H.ROLE_VIEWER, ttl_s=1.0), timeout=10
+    )
+    assert brief.expires_at > 0
+    _, as_brief = stub(hub, brief.token)
+    assert code_of(lambda: as_brief.ListAgents(listing, timeout=10)) == grpc.StatusCode.OK  # type: ignore[attr-defined]
+    time.sleep(max(0.0, brief.expires_at - time.time()) + 0.2)
+    assert code_of(lambda: as_brief.ListAgents(listing, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ spent with compare-and-delete: two devices racing with one token cannot both enr
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import json
@@ -91,36 +92,74 @@ class Tokens:
     def __init__(self, js: JetStreamContext) -> None:
         self.js = js
         self._kv: dict[str, KeyValue] = {}
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._cache: dict[str, tuple[float, tuple[Principal | None, float]]] = {}
 
     async def _bucket(self, name: str) -> KeyValue:
         if name not in self._kv:
             self._kv[name] = await self.js.key_value(name)
         return self._kv[name]
 
-    async def create_api_token(self, name: str, role: int, created_by: str) -> str:
+    async def create_api_token(
+        self, name: str, role: int, created_by: str, ttl_s: float = 0.0
+    ) -> tuple[str, float]:
+        """A new token and when it expires (0: never)."""
         token = f"eht_{secrets.token_urlsafe(32)}"
-        await self.register_api_token(token, name, role, created_by)
-        return token
+        expires = time.time() + ttl_s if ttl_s > 0 else 0.0
+        await self.register_api_token(token, name, role, created_by, expires)
+        return token, expires
 
-    async def register_api_token(self, token: str, name: str, role: int, created_by: str) -> None:
-        record = {"name": name, "role": role_name(role), "created_by": created_by, "created_at": time.time()}
+    async def register_api_token(
+        self, token: str, name: str, role: int, created_by: str, expires_at: float = 0.0
+    ) -> None:
+        record = {
+            "name": name,
+            "role": role_name(role),
+            "created_by": created_by,
+            "created_at": time.time(),
+            "expires_at": expires_at,
+        }
         await (await self._bucket(TOKENS.name)).put(digest(token), json.dumps(record).encode())
         self._cache.pop(digest(token), None)
 
+    async def api_tokens(self) -> list[tuple[str, dict[str, Any]]]:
+        """(digest, record) of every operator token, by name."""
+        kv = await self._bucket(TOKENS.name)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return []
+        out = []
+        for key in keys:
+            with contextlib.suppress(KeyNotFoundError):  # deleted meanwhile
+                out.append((key, json.loads((await kv.get(key)).value or b"{}")))
+        return sorted(out, key=lambda kr: (kr[1].get("name", ""), kr[1].get("created_at", 0)))
+
+    async def delete_api_tokens(self, name: str) -> int:
+        """Delete every token of ``name``; how many there were."""
+        kv = await self._bucket(TOKENS.name)
+        doomed = [key for key, record in await self.api_tokens() if record.get("name") == name]
+        for key in doomed:
+            await kv.delete(key)
+            self._cache.pop(key, None)
+        return len(doomed)
+
     async def operator(self, token: str) -> Principal | None:
+        """The token's operator; None if it was never made, was deleted or has expired."""
         key = digest(token)
         hit = self._cache.get(key)
         if hit and time.monotonic() - hit[0] < TOKEN_CACHE_S:
-            return hit[1]
+            principal, expires = hit[1]
+            return principal if not expires or time.time() < expires else None
+        expires = 0.0
         try:
             entry = await (await self._bucket(TOKENS.name)).get(key)
             record = json.loads(entry.value or b"{}")
             found: Principal | None = Principal(f"operator:{record['name']}", ROLE_NAMES[record["role"]])
-        except KeyNotFoundError:
+            expires = float(record.get("expires_at") or 0)
+        except KeyNotFoundError:  # never made, or deleted
             found = None
-        self._cache[key] = (time.monotonic(), found)
-        return found
+        self._cache[key] = (time.monotonic(), (found, expires))
+        return found if not expires or time.time() < expires else None
 
     async def create_enrollment(self, device_id: str, ttl_s: float, created_by: str) -> tuple[str, float]:
         token = f"ehe_{secrets.token_urlsafe(32)}"

@@ -31,6 +31,7 @@ from edgehub.sync.tls import CertificateAuthority
 
 from .access import (
     MAX_ENROLL_TTL_S,
+    ROLE_NAMES,
     AccessInterceptor,
     Credentials,
     EnrollmentRefused,
@@ -190,8 +191,38 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
             Role.ROLE_ADMIN,
         ):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name and a role (viewer|operator|admin)")
-        token = await self.identity.tokens.create_api_token(request.name, request.role, current().name)
-        return H.ApiToken(token=token, name=request.name, role=request.role)
+        if request.ttl_s < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ttl_s must be 0 (never expires) or more")
+        token, expires = await self.identity.tokens.create_api_token(
+            request.name, request.role, current().name, request.ttl_s
+        )
+        return H.ApiToken(token=token, name=request.name, role=request.role, expires_at=expires)
+
+    async def ListApiTokens(self, request: H.ListApiTokensRequest, context: Any) -> H.ListApiTokensResponse:
+        return H.ListApiTokensResponse(
+            tokens=[
+                H.ApiTokenInfo(
+                    name=r.get("name", ""),
+                    role=ROLE_NAMES.get(r.get("role", ""), Role.ROLE_UNSPECIFIED),
+                    created_by=r.get("created_by", ""),
+                    created_at=r.get("created_at", 0.0),
+                    expires_at=r.get("expires_at") or 0.0,
+                    id=key[:12],
+                )
+                for key, r in await self.identity.tokens.api_tokens()
+            ]
+        )
+
+    async def DeleteApiTokens(
+        self, request: H.DeleteApiTokensRequest, context: Any
+    ) -> H.DeleteApiTokensResponse:
+        if not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name is required")
+        deleted = await self.identity.tokens.delete_api_tokens(request.name)
+        if not deleted:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no token named {request.name!r}")
+        log.warning("%d API tokens of %s deleted by %s", deleted, request.name, current().name)
+        return H.DeleteApiTokensResponse(deleted=deleted)
 
     async def CreateEnrollmentToken(
         self, request: H.CreateEnrollmentTokenRequest, context: Any

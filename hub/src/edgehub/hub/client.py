@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -187,16 +188,46 @@ def tokens_create(
     role: Annotated[
         str, typer.Option(help="viewer (read), operator (act on agents/devices), admin.")
     ] = "viewer",
+    days: Annotated[float, typer.Option(help="Expire after this many days (0: never).", min=0)] = 0.0,
     api: ApiOpt = DEFAULT_API,
 ) -> None:
-    """A new bearer token for NAME; printed once (the hub keeps only its hash)."""
+    """A new bearer token for NAME; printed once (the hub keeps only its hash). Needs admin."""
     roles = {"viewer": H.ROLE_VIEWER, "operator": H.ROLE_OPERATOR, "admin": H.ROLE_ADMIN}
     if role not in roles:
         fail(f"unknown role {role!r} (viewer, operator, admin)", 2)
-    reply = call(
-        api, lambda s: s.CreateApiToken(H.CreateApiTokenRequest(name=name, role=roles[role]), timeout=10)
-    )
+    req = H.CreateApiTokenRequest(name=name, role=roles[role], ttl_s=days * 86400)
+    reply = call(api, lambda s: s.CreateApiToken(req, timeout=10))
     print(reply.token)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "never"
+
+
+@tokens_app.command("list")
+def tokens_list(api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
+    """Operator tokens: name, role, who made them, when they expire (never the secrets). Needs admin."""
+    reply = call(api, lambda s: s.ListApiTokens(H.ListApiTokensRequest(), timeout=10))
+    if as_json:
+        for tok in reply.tokens:
+            print(_json(tok))
+        return
+    table = Table("name", "role", "id", "created by", "created", "expires")
+    now = time.time()
+    for tok in reply.tokens:
+        expired = " (expired)" if tok.expires_at and tok.expires_at <= now else ""
+        role = H.Role.Name(tok.role).removeprefix("ROLE_").lower()
+        table.add_row(
+            tok.name, role, tok.id, tok.created_by, _when(tok.created_at), _when(tok.expires_at) + expired
+        )
+    console.print(table)
+
+
+@tokens_app.command("delete")
+def tokens_delete(name: str, api: ApiOpt = DEFAULT_API) -> None:
+    """Delete every token of operator NAME (they stop working within 5 s). Needs admin."""
+    reply = call(api, lambda s: s.DeleteApiTokens(H.DeleteApiTokensRequest(name=name), timeout=10))
+    console.print(f"deleted {reply.deleted} token(s) of {name}")
 
 
 @tokens_app.command("whoami")

@@ -26,7 +26,7 @@ from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor
 from edgehub.protocol.v1 import agent_pb2 as edgehub_dot_v1_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65\x64gehub/v1/hub.proto\x12\nedgehub.v1\x1a google/protobuf/descriptor.proto\x1a\x16\x65\x64gehub/v1/agent.proto\"$\n\x12\x43onsolidateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x8e\x02\n\x11\x43onsolidateReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lusters\x18\x02 \x01(\r\x12\x15\n\rfacts_written\x18\x03 \x01(\r\x12\x1d\n\x15\x65pisodes_consolidated\x18\x04 \x01(\r\x12\x1b\n\x13\x65pisodes_considered\x18\x05 \x01(\r\x12\x18\n\x10\x65pisodes_settled\x18\x06 \x01(\r\x12)\n\x05prune\x18\x07 \x03(\x0b\x32\x1a.edgehub.v1.PrunedEpisodes\x12-\n\x08rejected\x18\x08 \x03(\x0b\x32\x1b.edgehub.v1.RejectedCluster\x12\x10\n\x08recorded\x18\t \x01(\x08\"1\n\x0ePrunedEpisodes\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\"2\n\x0fRejectedCluster\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\tPrincipal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.edgehub.v1.Role\"\x0f\n\rWhoAmIRequest\"%\n\x10GetDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"G\n\x12\x44rainDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06resume\x18\x03 \x01(\x08\"8\n\x13RevokeDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"v\n\x14RevokeDeviceResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x11\n\tuser_keys\x18\x02 \x03(\t\x12\x12\n\nrevoked_at\x18\x03 \x01(\x01\x12\x0f\n\x07\x61pplied\x18\x04 \x01(\x08\x12\x13\n\x0b\x61\x63\x63ount_jwt\x18\x05 \x01(\t\"@\n\x1c\x43reateEnrollmentTokenRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\r\"W\n\x0f\x45nrollmentToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x0e\n\x06\x63\x61_pem\x18\x04 \x01(\t\"Y\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x15\n\rnats_user_key\x18\x03 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\t\"\x9b\x01\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08nats_jwt\x18\x02 \x01(\t\x12\x11\n\tnats_urls\x18\x03 \x03(\t\x12\x17\n\x0f\x63lient_cert_pem\x18\x04 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x05 \x01(\t\x12\x14\n\x0cinbox_prefix\x18\x06 \x01(\t\x12\x12\n\ndevice_api\x18\x07 \x01(\t\"E\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.edgehub.v1.Role\"G\n\x08\x41piToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1e\n\x04role\x18\x03 \x01(\x0e\x32\x10.edgehub.v1.Role\"\xc1\x01\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x13\n\x0blast_seen_s\x18\x03 \x01(\x01\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0c\n\x04load\x18\x05 \x01(\x01\x12\x16\n\x0e\x61gents_running\x18\x06 \x03(\t\x12\x14\n\x0coutbox_depth\x18\x07 \x01(\x04\x12\r\n\x05state\x18\x08 \x01(\t\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x11\n\ttwin_json\x18\n \x01(\t\"\x14\n\x12ListDevicesRequest\":\n\x13ListDevicesResponse\x12#\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x12.edgehub.v1.Device\"\x97\x01\n\x0b\x41gentRecord\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\r\x12\x12\n\nlast_event\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\"&\n\x11ListAgentsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"=\n\x12ListAgentsResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.edgehub.v1.AgentRecord\"#\n\x0fGetAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"}\n\x11StartAgentRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\"\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x12.edgehub.v1.Budget\x12\x11\n\tissued_by\x18\x05 \x01(\t\":\n\x12StartAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\"Z\n\x10StopAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tissued_by\x18\x04 \x01(\t\"8\n\x0f\x43ommandAccepted\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"L\n\x11TraceAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12TraceAgentResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.edgehub.v1.StepEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x15\x44\x65\x63ideApprovalRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x03 \x01(\x08\x12\n\n\x02\x62y\x18\x04 \x01(\t\x12\x0c\n\x04note\x18\x05 \x01(\t*r\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_PUBLIC\x10\x01\x12\x0f\n\x0bROLE_DEVICE\x10\x02\x12\x0f\n\x0bROLE_VIEWER\x10\x03\x12\x11\n\rROLE_OPERATOR\x10\x04\x12\x0e\n\nROLE_ADMIN\x10\x05\x32\xcd\t\n\nHubService\x12T\n\x0bListDevices\x12\x1e.edgehub.v1.ListDevicesRequest\x1a\x1f.edgehub.v1.ListDevicesResponse\"\x04\xe8\xe0\x18\x03\x12\x43\n\tGetDevice\x12\x1c.edgehub.v1.GetDeviceRequest\x1a\x12.edgehub.v1.Device\"\x04\xe8\xe0\x18\x02\x12P\n\x0b\x44rainDevice\x12\x1e.edgehub.v1.DrainDeviceRequest\x1a\x1b.edgehub.v1.CommandAccepted\"\x04\xe8\xe0\x18\x04\x12W\n\x0cRevokeDevice\x12\x1f.edgehub.v1.RevokeDeviceRequest\x1a .edgehub.v1.RevokeDeviceResponse\"\x04\xe8\xe0\x18\x05\x12Q\n\nListAgents\x12\x1d.edgehub.v1.ListAgentsRequest\x1a\x1e.edgehub.v1.ListAgentsResponse\"\x04\xe8\xe0\x18\x03\x12\x46\n\x08GetAgent\x12\x1b.edgehub.v1.GetAgentRequest\x1a\x17.edgehub.v1.AgentRecord\"\x04\xe8\xe0\x18\x03\x12Q\n\nStartAgent\x12\x1d.edgehub.v1.StartAgentRequest\x1a\x1e.edgehub.v1.StartAgentResponse\"\x04\xe8\xe0\x18\x04\x12L\n\tStopAgent\x12\x1c.edgehub.v1.StopAgentRequest\x1a\x1b.edgehub.v1.CommandAccepted\"\x04\xe8\xe0\x18\x04\x12Q\n\nTraceAgent\x12\x1d.edgehub.v1.TraceAgentRequest\x1a\x1e.edgehub.v1.TraceAgentResponse\"\x04\xe8\xe0\x18\x03\x12V\n\x0e\x44\x65\x63ideApproval\x12!.edgehub.v1.DecideApprovalRequest\x1a\x1b.edgehub.v1.CommandAccepted\"\x04\xe8\xe0\x18\x04\x12\x64\n\x15\x43reateEnrollmentToken\x12(.edgehub.v1.CreateEnrollmentTokenRequest\x1a\x1b.edgehub.v1.EnrollmentToken\"\x04\xe8\xe0\x18\x05\x12\x45\n\x06\x45nroll\x12\x19.edgehub.v1.EnrollRequest\x1a\x1a.edgehub.v1.EnrollResponse\"\x04\xe8\xe0\x18\x01\x12O\n\x0e\x43reateApiToken\x12!.edgehub.v1.CreateApiTokenRequest\x1a\x14.edgehub.v1.ApiToken\"\x04\xe8\xe0\x18\x05\x12@\n\x06WhoAmI\x12\x19.edgehub.v1.WhoAmIRequest\x1a\x15.edgehub.v1.Principal\"\x04\xe8\xe0\x18\x02\x12R\n\x0b\x43onsolidate\x12\x1e.edgehub.v1.ConsolidateRequest\x1a\x1d.edgehub.v1.ConsolidateReport\"\x04\xe8\xe0\x18\x04:I\n\rrequired_role\x12\x1e.google.protobuf.MethodOptions\x18\x8d\x8c\x03 \x01(\x0e\x32\x10.edgehub.v1.Roleb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x65\x64gehub/v1/hub.proto\x12\nedgehub.v1\x1a google/protobuf/descriptor.proto\x1a\x16\x65\x64gehub/v1/agent.proto\"$\n\x12\x43onsolidateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x8e\x02\n\x11\x43onsolidateReport\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x10\n\x08\x63lusters\x18\x02 \x01(\r\x12\x15\n\rfacts_written\x18\x03 \x01(\r\x12\x1d\n\x15\x65pisodes_consolidated\x18\x04 \x01(\r\x12\x1b\n\x13\x65pisodes_considered\x18\x05 \x01(\r\x12\x18\n\x10\x65pisodes_settled\x18\x06 \x01(\r\x12)\n\x05prune\x18\x07 \x03(\x0b\x32\x1a.edgehub.v1.PrunedEpisodes\x12-\n\x08rejected\x18\x08 \x03(\x0b\x32\x1b.edgehub.v1.RejectedCluster\x12\x10\n\x08recorded\x18\t \x01(\x08\"1\n\x0ePrunedEpisodes\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\"2\n\x0fRejectedCluster\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"9\n\tPrincipal\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.edgehub.v1.Role\"\x0f\n\rWhoAmIRequest\"%\n\x10GetDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"G\n\x12\x44rainDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06resume\x18\x03 \x01(\x08\"8\n\x13RevokeDeviceRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"v\n\x14RevokeDeviceResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x11\n\tuser_keys\x18\x02 \x03(\t\x12\x12\n\nrevoked_at\x18\x03 \x01(\x01\x12\x0f\n\x07\x61pplied\x18\x04 \x01(\x08\x12\x13\n\x0b\x61\x63\x63ount_jwt\x18\x05 \x01(\t\"@\n\x1c\x43reateEnrollmentTokenRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05ttl_s\x18\x02 \x01(\r\"W\n\x0f\x45nrollmentToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x0e\n\x06\x63\x61_pem\x18\x04 \x01(\t\"Y\n\rEnrollRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x15\n\rnats_user_key\x18\x03 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x04 \x01(\t\"\x9b\x01\n\x0e\x45nrollResponse\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x10\n\x08nats_jwt\x18\x02 \x01(\t\x12\x11\n\tnats_urls\x18\x03 \x03(\t\x12\x17\n\x0f\x63lient_cert_pem\x18\x04 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x05 \x01(\t\x12\x14\n\x0cinbox_prefix\x18\x06 \x01(\t\x12\x12\n\ndevice_api\x18\x07 \x01(\t\"T\n\x15\x43reateApiTokenRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.edgehub.v1.Role\x12\r\n\x05ttl_s\x18\x03 \x01(\x01\"[\n\x08\x41piToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x1e\n\x04role\x18\x03 \x01(\x0e\x32\x10.edgehub.v1.Role\x12\x12\n\nexpires_at\x18\x04 \x01(\x01\"\x16\n\x14ListApiTokensRequest\"\x84\x01\n\x0c\x41piTokenInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1e\n\x04role\x18\x02 \x01(\x0e\x32\x10.edgehub.v1.Role\x12\x12\n\ncreated_by\x18\x03 \x01(\t\x12\x12\n\ncreated_at\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\n\n\x02id\x18\x06 \x01(\t\"A\n\x15ListApiTokensResponse\x12(\n\x06tokens\x18\x01 \x03(\x0b\x32\x18.edgehub.v1.ApiTokenInfo\"&\n\x16\x44\x65leteApiTokensRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"*\n\x17\x44\x65leteApiTokensResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\r\"\xc1\x01\n\x06\x44\x65vice\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0e\n\x06online\x18\x02 \x01(\x08\x12\x13\n\x0blast_seen_s\x18\x03 \x01(\x01\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x0c\n\x04load\x18\x05 \x01(\x01\x12\x16\n\x0e\x61gents_running\x18\x06 \x03(\t\x12\x14\n\x0coutbox_depth\x18\x07 \x01(\x04\x12\r\n\x05state\x18\x08 \x01(\t\x12\x10\n\x08\x64raining\x18\t \x01(\x08\x12\x11\n\ttwin_json\x18\n \x01(\t\"\x14\n\x12ListDevicesRequest\":\n\x13ListDevicesResponse\x12#\n\x07\x64\x65vices\x18\x01 \x03(\x0b\x32\x12.edgehub.v1.Device\"\x97\x01\n\x0b\x41gentRecord\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0c\n\x04step\x18\x05 \x01(\r\x12\x12\n\nlast_event\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x12\n\nupdated_at\x18\x08 \x01(\x01\"&\n\x11ListAgentsRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"=\n\x12ListAgentsResponse\x12\'\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x17.edgehub.v1.AgentRecord\"#\n\x0fGetAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\"}\n\x11StartAgentRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\"\n\x06\x62udget\x18\x04 \x01(\x0b\x32\x12.edgehub.v1.Budget\x12\x11\n\tissued_by\x18\x05 \x01(\t\":\n\x12StartAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\"Z\n\x10StopAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tissued_by\x18\x04 \x01(\t\"8\n\x0f\x43ommandAccepted\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\"L\n\x11TraceAgentRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x12TraceAgentResponse\x12%\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x15.edgehub.v1.StepEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"b\n\x15\x44\x65\x63ideApprovalRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x03 \x01(\x08\x12\n\n\x02\x62y\x18\x04 \x01(\t\x12\x0c\n\x04note\x18\x05 \x01(\t*r\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_PUBLIC\x10\x01\x12\x0f\n\x0bROLE_DEVICE\x10\x02\x12\x0f\n\x0bROLE_VIEWER\x10\x03\x12\x11\n\rROLE_OPERATOR\x10\x04\x12\x0e\n\nROLE_ADMIN\x10\x05\x32\x8b\x0b\n\nHubService\x12T\n\x0bListDevices\x12\x1e.edgehub.v1.ListDevicesRequest\x1a\x1f.edgehub.v1.ListDevicesResponse\"\x04\xe8\xe0\x18\x03\x12\x43\n\tGetDevice\x12\x1c.edgehub.v1.GetDeviceRequest\x1a\x12.edgehub.v1.Device\"\x04\xe8\xe0\x18\x02\x12P\n\x0b\x44rainDevice\x12\x1e.edgehub.v1.DrainDeviceRequest\x1a\x1b.edgehub.v1.CommandAccepted\"\x04\xe8\xe0\x18\x04\x12W\n\x0cRevokeDevice\x12\x1f.edgehub.v1.RevokeDeviceRequest\x1a .edgehub.v1.RevokeDeviceResponse\"\x04\xe8\xe0\x18\x05\x12Q\n\nListAgents\x12\x1d.edgehub.v1.ListAgentsRequest\x1a\x1e.edgehub.v1.ListAgentsResponse\"\x04\xe8\xe0\x18\x03\x12\x46\n\x08GetAgent\x12\x1b.edgehub.v1.GetAgentRequest\x1a\x17.edgehub.v1.AgentRecord\"\x04\xe8\xe0\x18\x03\x12Q\n\nStartAgent\x12\x1d.edgehub.v1.StartAgentRequest\x1a\x1e.edgehub.v1.StartAgentResponse\"\x04\xe8\xe0\x18\x04\x12L\n\tStopAgent\x12\x1c.edgehub.v1.StopAgentRequest\x1a\x1b.edgehub.v1.CommandAccepted\"\x04\xe8\xe0\x18\x04\x12Q\n\nTraceAgent\x12\x1d.edgehub.v1.TraceAgentRequest\x1a\x1e.edgehub.v1.TraceAgentResponse\"\x04\xe8\xe0\x18\x03\x12V\n\x0e\x44\x65\x63ideApproval\x12!.edgehub.v1.DecideApprovalRequest\x1a\x1b.edgehub.v1.CommandAccepted\"\x04\xe8\xe0\x18\x04\x12\x64\n\x15\x43reateEnrollmentToken\x12(.edgehub.v1.CreateEnrollmentTokenRequest\x1a\x1b.edgehub.v1.EnrollmentToken\"\x04\xe8\xe0\x18\x05\x12\x45\n\x06\x45nroll\x12\x19.edgehub.v1.EnrollRequest\x1a\x1a.edgehub.v1.EnrollResponse\"\x04\xe8\xe0\x18\x01\x12O\n\x0e\x43reateApiToken\x12!.edgehub.v1.CreateApiTokenRequest\x1a\x14.edgehub.v1.ApiToken\"\x04\xe8\xe0\x18\x05\x12Z\n\rListApiTokens\x12 .edgehub.v1.ListApiTokensRequest\x1a!.edgehub.v1.ListApiTokensResponse\"\x04\xe8\xe0\x18\x05\x12`\n\x0f\x44\x65leteApiTokens\x12\".edgehub.v1.DeleteApiTokensRequest\x1a#.edgehub.v1.DeleteApiTokensResponse\"\x04\xe8\xe0\x18\x05\x12@\n\x06WhoAmI\x12\x19.edgehub.v1.WhoAmIRequest\x1a\x15.edgehub.v1.Principal\"\x04\xe8\xe0\x18\x02\x12R\n\x0b\x43onsolidate\x12\x1e.edgehub.v1.ConsolidateRequest\x1a\x1d.edgehub.v1.ConsolidateReport\"\x04\xe8\xe0\x18\x04:I\n\rrequired_role\x12\x1e.google.protobuf.MethodOptions\x18\x8d\x8c\x03 \x01(\x0e\x32\x10.edgehub.v1.Roleb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,12 +59,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HUBSERVICE'].methods_by_name['Enroll']._serialized_options = b'\350\340\030\001'
   _globals['_HUBSERVICE'].methods_by_name['CreateApiToken']._loaded_options = None
   _globals['_HUBSERVICE'].methods_by_name['CreateApiToken']._serialized_options = b'\350\340\030\005'
+  _globals['_HUBSERVICE'].methods_by_name['ListApiTokens']._loaded_options = None
+  _globals['_HUBSERVICE'].methods_by_name['ListApiTokens']._serialized_options = b'\350\340\030\005'
+  _globals['_HUBSERVICE'].methods_by_name['DeleteApiTokens']._loaded_options = None
+  _globals['_HUBSERVICE'].methods_by_name['DeleteApiTokens']._serialized_options = b'\350\340\030\005'
   _globals['_HUBSERVICE'].methods_by_name['WhoAmI']._loaded_options = None
   _globals['_HUBSERVICE'].methods_by_name['WhoAmI']._serialized_options = b'\350\340\030\002'
   _globals['_HUBSERVICE'].methods_by_name['Consolidate']._loaded_options = None
   _globals['_HUBSERVICE'].methods_by_name['Consolidate']._serialized_options = b'\350\340\030\004'
-  _globals['_ROLE']._serialized_start=2595
-  _globals['_ROLE']._serialized_end=2709
+  _globals['_ROLE']._serialized_start=2940
+  _globals['_ROLE']._serialized_end=3054
   _globals['_CONSOLIDATEREQUEST']._serialized_start=94
   _globals['_CONSOLIDATEREQUEST']._serialized_end=130
   _globals['_CONSOLIDATEREPORT']._serialized_start=133
@@ -94,37 +98,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENROLLRESPONSE']._serialized_start=1121
   _globals['_ENROLLRESPONSE']._serialized_end=1276
   _globals['_CREATEAPITOKENREQUEST']._serialized_start=1278
-  _globals['_CREATEAPITOKENREQUEST']._serialized_end=1347
-  _globals['_APITOKEN']._serialized_start=1349
-  _globals['_APITOKEN']._serialized_end=1420
-  _globals['_DEVICE']._serialized_start=1423
-  _globals['_DEVICE']._serialized_end=1616
-  _globals['_LISTDEVICESREQUEST']._serialized_start=1618
-  _globals['_LISTDEVICESREQUEST']._serialized_end=1638
-  _globals['_LISTDEVICESRESPONSE']._serialized_start=1640
-  _globals['_LISTDEVICESRESPONSE']._serialized_end=1698
-  _globals['_AGENTRECORD']._serialized_start=1701
-  _globals['_AGENTRECORD']._serialized_end=1852
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1854
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1892
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1894
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1955
-  _globals['_GETAGENTREQUEST']._serialized_start=1957
-  _globals['_GETAGENTREQUEST']._serialized_end=1992
-  _globals['_STARTAGENTREQUEST']._serialized_start=1994
-  _globals['_STARTAGENTREQUEST']._serialized_end=2119
-  _globals['_STARTAGENTRESPONSE']._serialized_start=2121
-  _globals['_STARTAGENTRESPONSE']._serialized_end=2179
-  _globals['_STOPAGENTREQUEST']._serialized_start=2181
-  _globals['_STOPAGENTREQUEST']._serialized_end=2271
-  _globals['_COMMANDACCEPTED']._serialized_start=2273
-  _globals['_COMMANDACCEPTED']._serialized_end=2329
-  _globals['_TRACEAGENTREQUEST']._serialized_start=2331
-  _globals['_TRACEAGENTREQUEST']._serialized_end=2407
-  _globals['_TRACEAGENTRESPONSE']._serialized_start=2409
-  _globals['_TRACEAGENTRESPONSE']._serialized_end=2493
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=2495
-  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=2593
-  _globals['_HUBSERVICE']._serialized_start=2712
-  _globals['_HUBSERVICE']._serialized_end=3941
+  _globals['_CREATEAPITOKENREQUEST']._serialized_end=1362
+  _globals['_APITOKEN']._serialized_start=1364
+  _globals['_APITOKEN']._serialized_end=1455
+  _globals['_LISTAPITOKENSREQUEST']._serialized_start=1457
+  _globals['_LISTAPITOKENSREQUEST']._serialized_end=1479
+  _globals['_APITOKENINFO']._serialized_start=1482
+  _globals['_APITOKENINFO']._serialized_end=1614
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_start=1616
+  _globals['_LISTAPITOKENSRESPONSE']._serialized_end=1681
+  _globals['_DELETEAPITOKENSREQUEST']._serialized_start=1683
+  _globals['_DELETEAPITOKENSREQUEST']._serialized_end=1721
+  _globals['_DELETEAPITOKENSRESPONSE']._serialized_start=1723
+  _globals['_DELETEAPITOKENSRESPONSE']._serialized_end=1765
+  _globals['_DEVICE']._serialized_start=1768
+  _globals['_DEVICE']._serialized_end=1961
+  _globals['_LISTDEVICESREQUEST']._serialized_start=1963
+  _globals['_LISTDEVICESREQUEST']._serialized_end=1983
+  _globals['_LISTDEVICESRESPONSE']._serialized_start=1985
+  _globals['_LISTDEVICESRESPONSE']._serialized_end=2043
+  _globals['_AGENTRECORD']._serialized_start=2046
+  _globals['_AGENTRECORD']._serialized_end=2197
+  _globals['_LISTAGENTSREQUEST']._serialized_start=2199
+  _globals['_LISTAGENTSREQUEST']._serialized_end=2237
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=2239
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=2300
+  _globals['_GETAGENTREQUEST']._serialized_start=2302
+  _globals['_GETAGENTREQUEST']._serialized_end=2337
+  _globals['_STARTAGENTREQUEST']._serialized_start=2339
+  _globals['_STARTAGENTREQUEST']._serialized_end=2464
+  _globals['_STARTAGENTRESPONSE']._serialized_start=2466
+  _globals['_STARTAGENTRESPONSE']._serialized_end=2524
+  _globals['_STOPAGENTREQUEST']._serialized_start=2526
+  _globals['_STOPAGENTREQUEST']._serialized_end=2616
+  _globals['_COMMANDACCEPTED']._serialized_start=2618
+  _globals['_COMMANDACCEPTED']._serialized_end=2674
+  _globals['_TRACEAGENTREQUEST']._serialized_start=2676
+  _globals['_TRACEAGENTREQUEST']._serialized_end=2752
+  _globals['_TRACEAGENTRESPONSE']._serialized_start=2754
+  _globals['_TRACEAGENTRESPONSE']._serialized_end=2838
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_start=2840
+  _globals['_DECIDEAPPROVALREQUEST']._serialized_end=2938
+  _globals['_HUBSERVICE']._serialized_start=3057
+  _globals['_HUBSERVICE']._serialized_end=4476
 # @@protoc_insertion_point(module_scope)

@@ -99,6 +99,16 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.CreateApiTokenRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.ApiToken.FromString,
                 _registered_method=True)
+        self.ListApiTokens = channel.unary_unary(
+                '/edgehub.v1.HubService/ListApiTokens',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.ListApiTokensRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.ListApiTokensResponse.FromString,
+                _registered_method=True)
+        self.DeleteApiTokens = channel.unary_unary(
+                '/edgehub.v1.HubService/DeleteApiTokens',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.DeleteApiTokensRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.DeleteApiTokensResponse.FromString,
+                _registered_method=True)
         self.WhoAmI = channel.unary_unary(
                 '/edgehub.v1.HubService/WhoAmI',
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.SerializeToString,
@@ -201,6 +211,20 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApiTokens(self, request, context):
+        """Operator tokens (never the secrets: the hub keeps only their SHA-256).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteApiTokens(self, request, context):
+        """Delete every token of an operator name (other hub processes stop accepting it within 5 s).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def WhoAmI(self, request, context):
         """The caller as the hub sees it.
         """
@@ -285,6 +309,16 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.CreateApiToken,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.CreateApiTokenRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.ApiToken.SerializeToString,
+            ),
+            'ListApiTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiTokens,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.ListApiTokensRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.ListApiTokensResponse.SerializeToString,
+            ),
+            'DeleteApiTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteApiTokens,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.DeleteApiTokensRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.DeleteApiTokensResponse.SerializeToString,
             ),
             'WhoAmI': grpc.unary_unary_rpc_method_handler(
                     servicer.WhoAmI,
@@ -648,6 +682,60 @@ class HubService:
             '/edgehub.v1.HubService/CreateApiToken',
             edgehub_dot_v1_dot_hub__pb2.CreateApiTokenRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.ApiToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/ListApiTokens',
+            edgehub_dot_v1_dot_hub__pb2.ListApiTokensRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.ListApiTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteApiTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/DeleteApiTokens',
+            edgehub_dot_v1_dot_hub__pb2.DeleteApiTokensRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.DeleteApiTokensResponse.FromString,
             options,
             channel_credentials,
             insecure,
