@@ -36,14 +36,16 @@ class Hub:
             "EDGEHUB_TOKEN_FILE": str(self.trust / "admin.token"),
         }
 
-    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         """``edgehub ARGS`` as the admin operator."""
         return subprocess.run(
             [*EDGEHUB, *args],
             capture_output=True,
             text=True,
             env={**os.environ, **self.env, **(env or {})},
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
 

@@ -105,7 +105,8 @@ async def test_episodes_from_two_devices_become_facts_with_provenance_and_are_pr
         assert edge1 is not None
         assert edge2 is not None
         before2 = keys(edge2)
-        out = await asyncio.to_thread(hub.cli, "knowledge", "consolidate", "--json")
+        # the model loads and writes two clusters' facts: minutes on a busy two-core machine
+        out = await asyncio.to_thread(hub.cli, "knowledge", "consolidate", "--json", timeout=900)
         assert out.returncode == 0, out.stderr
         report = json.loads(out.stdout)
         print("consolidation:", report)

@@ -223,3 +223,82 @@ def test_a_version_4_store_upgrades_its_episodes_to_two_stage_search(
         1 - float(embedder.embed_one("we need more coolant") @ embedder.embed_one(texts["old-1"])), abs=1e-5
     )
     store.close()
+
+
+def test_a_version_6_store_rebuilds_its_sign_bit_index_in_partitions(
+    tmp_path: Path, embedder: MiniLM
+) -> None:
+    """Migration 7 rebuilds episode_bits with the partition key (id % 8) from the episodes' own float
+    vectors: every episode, pruned or not, is searchable again, and add and prune keep it in step."""
+    conn = apsw.Connection(str(tmp_path / "edge.db"))
+    conn.enable_load_extension(True)
+    conn.load_extension(sqlite_vec.loadable_path())
+    for migration in MIGRATIONS[:6]:
+        conn.execute(migration.sql)
+    conn.execute("PRAGMA user_version=6")
+    texts = [
+        "The coolant tank is almost empty.",
+        "Visitor badges are at the east gate.",
+        "Conveyor belt 2 slipped twice this morning.",
+        "The forklift battery was swapped at 14:00.",
+        "Pump P-3 vibration is above the alarm limit.",
+        "Hall B lights flicker near door 4.",
+        "The spare key is in cabinet B4.",
+        "Oven 1 reached 240 degrees before the alarm.",
+        "Line 3 stopped for a jammed label printer.",
+        "The compressor filter is due for a change.",
+    ]
+    for rowid, text in enumerate(texts, start=1):
+        vector = embedder.embed_one(text).tobytes()
+        conn.execute(
+            "INSERT INTO episodes(id, key, agent_id, text, at, importance, source_step, embedding, pruned_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                rowid,
+                f"old-{rowid}",
+                f"a{rowid % 2}",
+                text,
+                time.time(),
+                0.5,
+                0,
+                vector,
+                5.0 if rowid == 2 else None,
+            ),
+        )
+        conn.execute(
+            "INSERT INTO episode_bits(rowid, agent_id, bits) VALUES (?, ?, vec_quantize_binary(?))",
+            (rowid, f"a{rowid % 2}", vector),
+        )
+    conn.close()
+    store = SqliteStore.open(tmp_path / "edge.db", device_id="dev-1")
+    assert store.schema_version == LATEST
+    assert store._rows("SELECT rowid, part FROM episode_bits ORDER BY rowid") == [
+        (i, i % 8) for i in range(1, 11)
+    ]
+    query = embedder.embed_one("we need more coolant")
+    (best,) = store.nearest_episodes(query.tobytes(), 1)
+    assert best.key == "old-1"
+    assert best.distance == pytest.approx(1 - float(query @ embedder.embed_one(texts[0])), abs=1e-5)
+    assert {e.key for e in store.nearest_episodes(query.tobytes(), 10)} == {
+        f"old-{i}" for i in range(1, 11) if i != 2
+    }  # the pruned one stays out
+    (mine,) = store.nearest_episodes(embedder.embed_one("where is the key?").tobytes(), 1, agent_id="a1")
+    assert mine.key == "old-7"
+    new = Episode(
+        "new-1",
+        "a1",
+        "Coolant was refilled.",
+        time.time(),
+        0.5,
+        1,
+        embedder.embed_one("Coolant was refilled.").tobytes(),
+    )
+    assert store.add_episodes([new]) == 1
+    assert store._rows("SELECT part FROM episode_bits WHERE rowid = 11") == [(11 % 8,)]
+    assert store.prune_episodes([], "run-1", keep_s=0, now=10.0) == (0, 1)  # old-2, marked before
+    assert (
+        store._scalar("SELECT COUNT(*) FROM episode_bits")
+        == store._scalar("SELECT COUNT(*) FROM episodes")
+        == 10
+    )
+    store.close()

@@ -17,6 +17,7 @@ from edgehub.edge.safety import Scrubber, VaultKey
 from edgehub.edge.store import Intent, SqliteStore
 from edgehub.edge.store.base import Approval, Episode
 from edgehub.edge.store.migrations import LATEST, MIGRATIONS
+from edgehub.edge.store.sqlite import EPISODE_PARTS
 from edgehub.protocol.v1 import agent_pb2
 
 S = agent_pb2
@@ -232,6 +233,35 @@ def test_pruned_episodes_leave_recall_and_are_deleted_after_retention(store: Sql
     assert store.prune_episodes([], "run-4", keep_s=0, now=4600.0) == (0, 1)  # 0: at once
     assert store.episode_count() == 1
     assert store._scalar("SELECT COUNT(*) FROM episode_bits") == 1
+
+
+def test_episode_search_covers_every_partition_and_stays_exact(store: SqliteStore) -> None:
+    """The sign-bit index is split in EPISODE_PARTS partitions (migration 7), each scanned for its share
+    of the candidates: with candidates enough for every row, the answer is the exact nearest, overall
+    and for one agent; add and prune keep the index and the episodes in step."""
+    rnd = np.random.default_rng(7)
+    vectors = rnd.standard_normal((200, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    store.add_episodes(
+        [
+            Episode(f"k{i}", f"a{i % 3}", f"memory {i}", 1.0, 0.5, i, v.tobytes())
+            for i, v in enumerate(vectors)
+        ]
+    )
+    parts = store._rows("SELECT part, COUNT(*) FROM episode_bits GROUP BY part")
+    assert parts == [(p, 200 // EPISODE_PARTS) for p in range(EPISODE_PARTS)]
+    query = vectors[17] + 0.5 * vectors[42]
+    query /= np.linalg.norm(query)
+    exact = [f"k{i}" for i in np.argsort(-(vectors @ query))]
+    found = store.nearest_episodes(query.tobytes(), 10, candidates=200)
+    assert [e.key for e in found] == exact[:10]
+    assert found[0].distance == pytest.approx(1 - float(vectors[17] @ query), abs=1e-5)
+    mine = [e.key for e in store.nearest_episodes(query.tobytes(), 5, "a2", candidates=200)]
+    assert mine == [k for k in exact if int(k[1:]) % 3 == 2][:5]
+    assert len(store.nearest_episodes(query.tobytes(), 10, candidates=16)) == 10  # 2 per partition
+    assert store.prune_episodes(exact[:3], "run-1", keep_s=0, now=10.0) == (3, 3)
+    assert store._scalar("SELECT COUNT(*) FROM episode_bits") == store.episode_count() == 197
+    assert [e.key for e in store.nearest_episodes(query.tobytes(), 4)] == exact[3:7]
 
 
 def test_the_knowledge_cache_keeps_the_newest_answers(store: SqliteStore) -> None:

@@ -160,6 +160,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE INDEX episodes_pruned ON episodes(pruned_at) WHERE pruned_at IS NOT NULL;
         """,
     ),
+    Migration(
+        7,
+        "L3 search: the binary-quantized vectors in 8 partitions, each scanned for its share of candidates",
+        """
+        -- sqlite-vec's KNN picks each chunk's k nearest by repeated minimum search (time ~ k x rows):
+        -- asking each of 8 partitions (episode id % 8, sqlite.py EPISODE_PARTS) for k/8 costs 1/8.
+        DROP TABLE episode_bits;
+        CREATE VIRTUAL TABLE episode_bits USING vec0(
+            part INTEGER PARTITION KEY,                -- episodes.id % 8
+            agent_id TEXT,
+            bits bit[384]                              -- sign bits of the embedding (hamming distance)
+        );
+        INSERT INTO episode_bits(rowid, part, agent_id, bits)
+            SELECT id, id % 8, agent_id, vec_quantize_binary(embedding) FROM episodes
+            WHERE embedding IS NOT NULL;
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
