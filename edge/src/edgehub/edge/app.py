@@ -153,8 +153,7 @@ class EdgeDaemon:
                 self._brain = await asyncio.to_thread(open_brain, self.cfg.model)
             self.tracing = Tracing.from_config(self.cfg.tracing, self.cfg.device.id)
             self.identity = DeviceIdentity.load(self.cfg.identity_dir, self.cfg.device.id)
-            has_hub = bool(self.cfg.hub.nats_url or self.identity is not None)
-            if has_hub:
+            if self.has_hub:
                 self.knowledge = KnowledgeClient(
                     self.store,
                     self.cfg.device.id,
@@ -168,7 +167,7 @@ class EdgeDaemon:
                     self.store,
                     embedder,
                     half_life_s=self.cfg.memory.half_life_days * 86400,
-                    replicate=has_hub and self.cfg.memory.replicate,
+                    replicate=self.has_hub and self.cfg.memory.replicate,
                 )
                 self.indexer = EpisodeIndexer(memory)
             self.loop = AgentLoop(self._deps(self.store, self._brain))
@@ -224,6 +223,11 @@ class EdgeDaemon:
         agent_id = agent_id or f"agent-{uuid.uuid4().hex[:12]}"
         self.store.create_agent(new_agent(agent_id, goal, budget))
         return agent_id
+
+    @property
+    def has_hub(self) -> bool:
+        """A hub is configured (``[hub] nats_url``) or the device is enrolled with one."""
+        return bool(self.cfg.hub.nats_url or self.identity is not None)
 
     def request_stop(self) -> None:
         """Ask every agent to stop after its current step (SIGTERM handler)."""
@@ -323,15 +327,14 @@ class EdgeDaemon:
         log.info("edge daemon %s running on %s", self.cfg.device.id, self.cfg.device.data_dir)
         sync_stop = asyncio.Event()
         link = None
-        identity = self.identity
-        if self.cfg.hub.nats_url or identity is not None:
+        if self.has_hub:
             self.hublink = HubLink(
                 self.cfg.hub,
                 self.store,
                 self.cfg.device.id,
                 on_command=self.apply_command,
                 report=self.report,
-                identity=identity,
+                identity=self.identity,
             )
             link = asyncio.create_task(self.hublink.run(sync_stop), name="hublink")
         indexing = None
