@@ -1,14 +1,20 @@
 """bench/sync: edge -> hub replication beside raw nats-py on the same nats-server.
 
-edgehub: the real edge store's outbox (SQLite), ``OutboxPublisher`` and the hub's ``EventApplier``
-(per-device CAS record in KV, acks after the record moves). Raw: ``js.publish_async`` of the same
-payloads and a pull consumer that fetches and acks them: the limit the server and client allow.
+edgehub: the real edge store's outbox (SQLite), ``OutboxPublisher`` and the hub's ``EventApplier`` as
+the hub daemon runs it (default batch; per-device CAS record in KV, acks after the record moves; the
+daemon's lag histograms observed per event), applying into the hub's real ``AgentRegistry`` (one
+fsynced KV put per agent per batch). Raw: ``js.publish_async`` of the same payloads and a pull
+consumer that fetches (nats-py ``PullSubscription.fetch``, 512 at a time) and acks them. Replay only:
+the applier's own pull loop consuming and acknowledging the same queue with no apply (the ceiling
+for the edgehub replay on this machine).
 
-- latency: one event at a time, from the outbox commit to the hub's apply callback (edgehub; the
-  publisher is woken by the commit) vs from publish to fetch (raw). Target p99 <= 10 ms.
+- latency: one event at a time, from the outbox commit to the event's record written in the agent
+  registry (edgehub; the publisher is woken by the commit) vs from publish to fetch (raw). Target
+  p99 <= 10 ms.
 - sustained: N events produced while the hub consumes, events/s end to end. Target >= 20,000/s.
 - replay: N events queued while the hub is down, then applied. Target >= 10,000/s.
-- loss and duplicates over all runs. Target 0 and 0.
+- loss and duplicates over all runs, and each agent's registry record checked against its last
+  event. Target 0, 0 and 0.
 """
 
 from __future__ import annotations
@@ -21,14 +27,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import nats
+from nats.js.api import AckPolicy, ConsumerConfig
+from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import QUICK, Check, pct, print_checks, print_table, write_result
 
 from edgehub.edge.agent.loop import new_agent
 from edgehub.edge.store import SqliteStore
+from edgehub.hub.app import EventLag
+from edgehub.hub.registry import AgentRegistry
+from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, events_pb2
 from edgehub.sync import EventApplier, NatsServer, OutboxPublisher, ensure_topology
+from edgehub.sync.applier import _Pull
 
 S = agent_pb2
 N = 10_000 if QUICK else 100_000
@@ -59,16 +71,35 @@ class BulkOutbox(SqliteStore):
                 self._append_outbox(ev.step)
 
 
-class Recorder:
-    def __init__(self) -> None:
+class Tracked:
+    """The hub's agent registry, noting what reached it once its write returned (loss, duplicates,
+    latency)."""
+
+    def __init__(self, registry: AgentRegistry) -> None:
+        self.registry = registry
         self.seen: dict[str, int] = {}
-        self.calls = 0
         self.at: dict[int, float] = {}
+        self.last: dict[str, events_pb2.EdgeEvent] = {}
 
     async def apply(self, ev: events_pb2.EdgeEvent) -> None:
-        self.calls += 1
-        self.seen[ev.event_id] = self.seen.get(ev.event_id, 0) + 1
-        self.at[ev.seq] = time.perf_counter()
+        await self.apply_batch([ev])
+
+    async def apply_batch(self, events: list[events_pb2.EdgeEvent]) -> None:
+        await self.registry.apply_batch(events)
+        now = time.perf_counter()
+        for ev in events:
+            self.seen[ev.event_id] = self.seen.get(ev.event_id, 0) + 1
+            self.at[ev.seq] = now
+            self.last[ev.agent_id] = ev
+
+    async def records_wrong(self) -> int:
+        """Agents whose registry record is not the one their last event wrote."""
+        wrong = 0
+        for agent, ev in self.last.items():
+            record = await self.registry.get(agent)
+            if record is None or (record["device_seq"], record["last_event"]) != (ev.seq, ev.event_id):
+                wrong += 1
+        return wrong
 
 
 async def _until(cond: Callable[[], bool], within: float = 600) -> None:
@@ -85,10 +116,11 @@ async def edgehub_side(server: NatsServer, tmp: Path) -> dict[str, float]:
         store.create_agent(new_agent(f"agent-{a}", "g"))
     edge, hub = await nats.connect(server.url), await nats.connect(server.url)
     await ensure_topology(hub.jetstream())
-    rec = Recorder()
+    rec = Tracked(AgentRegistry(hub.jetstream()))
     publisher = OutboxPublisher(store, edge.jetstream(), batch=512, idle_poll_s=0.05)
-    applier = EventApplier(hub.jetstream(), rec.apply, batch=512)
-    out: dict[str, float] = {}
+    lag = EventLag(CollectorRegistry())  # the hub's per-event lag histograms
+    applier = EventApplier(hub.jetstream(), rec.apply, apply_batch=rec.apply_batch, observe=lag.observe)
+    out: dict[str, float] = {"batch": applier.batch}
 
     # replay: queued while the hub is down
     store.enqueue(N)
@@ -125,6 +157,28 @@ async def edgehub_side(server: NatsServer, tmp: Path) -> dict[str, float]:
     stop_pub.set()
     stop_hub.set()
     await asyncio.gather(pub_task, hub_task)
+    out["records_wrong"] = await rec.records_wrong()
+    out["agents"] = len(rec.last)
+
+    # the pull loop alone: the same queue again, consumed and acknowledged with no apply
+    pull = _Pull(hub.jetstream(), "bench-pull-only", applier.batch)
+    await pull.open(
+        ConsumerConfig(
+            name="bench-pull-only",
+            durable_name="bench-pull-only",
+            filter_subject=subjects.ALL_EVENTS,
+            ack_policy=AckPolicy.EXPLICIT,
+            max_ack_pending=20_000,
+        )
+    )
+    got, t = 0, time.perf_counter()
+    while got < N:
+        for msg in await pull.take():
+            await msg.ack()
+            got += 1
+    out["replay_pull_only"] = N / (time.perf_counter() - t)
+    await pull.close()
+
     await edge.close()
     await hub.close()
     store.close()
@@ -184,14 +238,21 @@ async def main() -> None:
         finally:
             await server.stop()
     print_table(
-        f"edge -> hub over one nats-server (sync_interval: always), {N:,} events per run",
+        f"edge -> hub over one nats-server (sync_interval: always), {N:,} events per run, "
+        f"applier batch {ours['batch']:.0f}",
         ["figure", "edgehub", "raw nats-py"],
         [
             ["latency p50 ms", f"{ours['p50']:.2f}", f"{raw['p50']:.2f}"],
             ["latency p99 ms", f"{ours['p99']:.2f}", f"{raw['p99']:.2f}"],
             ["sustained events/s", f"{ours['sustained']:,.0f}", f"{raw['sustained']:,.0f}"],
             ["replay events/s", f"{ours['replay']:,.0f}", f"{raw['replay']:,.0f}"],
+            ["replay events/s, pull loop alone (ack, no apply)", f"{ours['replay_pull_only']:,.0f}", "-"],
             ["lost / duplicated", f"{ours['lost']:.0f} / {ours['dups']:.0f}", "-"],
+            [
+                "agent registry records as their last event wrote them",
+                f"{ours['agents'] - ours['records_wrong']:.0f} / {ours['agents']:.0f}",
+                "-",
+            ],
         ],
     )
     checks = [
@@ -206,6 +267,7 @@ async def main() -> None:
         Check("replay_events_per_s", round(ours["replay"]), "events/s", ">= 10000", ours["replay"] >= 10_000),
         Check("events_lost", ours["lost"], "events", "== 0", ours["lost"] == 0),
         Check("events_duplicated", ours["dups"], "events", "== 0", ours["dups"] == 0),
+        Check("registry_records_wrong", ours["records_wrong"], "agents", "== 0", ours["records_wrong"] == 0),
     ]
     print_checks(checks)
     print(f"wrote {write_result('sync', checks)}")

@@ -255,7 +255,10 @@ async def test_a_hub_killed_mid_replay_resumes_and_applies_every_event(tmp_path:
     from tests.harness.nats import connect as connect_client
     from tests.integration.test_sync import DEVICE, fill_outbox  # the same queue the sync tests use
 
-    hub = start_hub(tmp_path, "hub-k")
+    # batches of 100: the replay takes a hundred KV records, so "mid-replay" is a wide window even on a
+    # loaded machine (with the default 1,024 it is ten records in about 0.4 s)
+    small = {"EDGEHUB_HUB__HUB__EVENTS_BATCH": "100"}
+    hub = start_hub(tmp_path, "hub-k", env=small)
     store = fill_outbox(tmp_path / "edge.db", 10_000)
     try:
         await asyncio.to_thread(hub.wait_ready)
@@ -274,15 +277,16 @@ async def test_a_hub_killed_mid_replay_resumes_and_applies_every_event(tmp_path:
             except Exception:  # the embedded server is down between the kill and the restart
                 return -1
 
-        for _ in range(600):
-            if await applied() >= 1_000:
+        before_kill = 0
+        for _ in range(3000):
+            if (before_kill := await applied()) >= 1_000:
                 break
-            await asyncio.sleep(0.01)
-        before_kill = await applied()
+            await asyncio.sleep(0.002)
         hub.proc.kill()  # kill -9 mid-replay (its embedded nats-server goes down with it)
         hub.proc.wait(timeout=10)
         assert 1_000 <= before_kill < 10_000
-        hub = start_hub(tmp_path, "hub-k2", port=int(hub.url.rsplit(":", 1)[1]))
+        hub = start_hub(tmp_path, "hub-k2", port=int(hub.url.rsplit(":", 1)[1]), env=small)
+        await asyncio.to_thread(hub.wait_ready)
         for _ in range(1200):
             if await applied() == 10_000:
                 break

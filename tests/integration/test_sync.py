@@ -239,3 +239,119 @@ async def test_commands_reach_only_their_device_once_bad_ones_are_dead_lettered_
     assert dlq.headers is not None
     assert "malformed" in dlq.headers["Edgehub-Reason"]
     await nc.close()
+
+
+# The applier's own pull loop (``_Pull``): the cases nats-py's fetch used to handle for it.
+
+
+async def test_a_deleted_consumer_is_recreated_and_every_event_is_still_applied_once(
+    tmp_path: Path,
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
+    store = fill_outbox(tmp_path / "edge.db", 300, agents=3)
+    nc = await connect(nats_server)
+    js = nc.jetstream()
+    hub = Hub()
+    applier = EventApplier(js, hub.apply, batch=50)
+    publisher = OutboxPublisher(store, js)
+    async with running(applier.run, publisher.run):
+        await eventually(lambda: len(hub.by_id) == 300, within=60)
+        # an operator (or a stream re-creation) removes the durable consumer under a running hub
+        await js.delete_consumer(subjects.EVENTS_STREAM, applier.durable)
+        fill_outbox(tmp_path / "edge.db", 200, agents=3).close()
+        await eventually(lambda: len(hub.by_id) == 500, within=60, what="events after the consumer came back")
+        # the new consumer starts from the stream's beginning: the record, not the server, says applied
+        await eventually(lambda: applier.stats.duplicates >= 300, within=30)
+    hub.assert_exactly_once_in_order(500)
+    assert hub.calls == 500
+    await nc.close()
+
+
+async def test_an_event_carrying_a_status_header_is_applied_not_taken_for_a_server_status(
+    tmp_path: Path,
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
+    """Server statuses (408, 409...) come as header-only messages; a device may put any header on its
+    event, but its message has an ack subject and a server status has none."""
+    store = fill_outbox(tmp_path / "edge.db", 3, agents=1)
+    events = [e.event for e in store.outbox_pending(10)]
+    nc = await connect(nats_server)
+    js = nc.jetstream()
+    for event in events:
+        headers = {"Status": "404", "Description": "No Messages"} if event.seq == 2 else None
+        await js.publish(subjects.events(DEVICE, event.agent_id), event.SerializeToString(), headers=headers)
+    hub = Hub()
+    applier = EventApplier(js, hub.apply)
+    async with running(applier.run):
+        await eventually(lambda: len(hub.by_id) == 3, within=30)
+    hub.assert_exactly_once_in_order(3)
+    assert applier.stats.dead_lettered == 0
+    await nc.close()
+
+
+async def test_a_batch_applied_longer_than_the_ack_wait_is_not_redelivered_meanwhile(
+    tmp_path: Path,
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
+    """The applier reports the batch (and what waits behind it) in progress every third of the ack
+    wait; without that the server would redeliver the whole batch while it is still being applied."""
+    store = fill_outbox(tmp_path / "edge.db", 40, agents=2)
+    nc = await connect(nats_server)
+    js = nc.jetstream()
+    publisher = OutboxPublisher(store, js)
+    async with running(publisher.run):
+        await eventually(lambda: not store.outbox_pending(1), within=30)
+    hub = Hub()
+    slow_once = asyncio.Event()
+
+    async def slow_apply(event: events_pb2.EdgeEvent) -> None:
+        if not slow_once.is_set():
+            slow_once.set()
+            await asyncio.sleep(3.5)  # more than three ack waits
+        await hub.apply(event)
+
+    applier = EventApplier(js, slow_apply, batch=20, ack_wait_s=1.0)
+    async with running(applier.run):
+        await eventually(lambda: len(hub.by_id) == 40, within=30)
+        await asyncio.sleep(1.5)  # a redelivery would come back within one more ack wait
+    hub.assert_exactly_once_in_order(40)
+    assert hub.calls == 40
+    assert applier.stats.duplicates == 0, "the server redelivered events that were being applied"
+    await nc.close()
+
+
+async def test_messages_delivered_but_not_yet_taken_go_back_at_once_when_the_hub_stops(
+    tmp_path: Path,
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
+    """A stopping hub negatively acknowledges what it had received but not started on, so another hub
+    gets those events now rather than after the ack wait."""
+    from edgehub.sync.applier import _Pull, kv_key
+    from edgehub.sync.streams import APPLIED
+
+    store = fill_outbox(tmp_path / "edge.db", 30, agents=1)
+    nc = await connect(nats_server)
+    js = nc.jetstream()
+    publisher = OutboxPublisher(store, js)
+    async with running(publisher.run):
+        await eventually(lambda: not store.outbox_pending(1), within=30)
+    applier = EventApplier(js, Hub().apply, ack_wait_s=30.0)
+    pull = _Pull(js, applier.durable, batch=10)
+    await pull.open(applier._consumer_config())
+    taken = await pull.take()
+    assert len(taken) == 10
+    await eventually(lambda: len(pull.waiting) == 10, within=10, what="the next batch delivered meanwhile")
+    await pull.close()
+    # the first 10 are applied, as the applier does it: the record moves, then the acks
+    await (await js.key_value(APPLIED.name)).put(kv_key(DEVICE), b"10")
+    for msg in taken:
+        await msg.ack()
+
+    hub = Hub()
+    second = EventApplier(js, hub.apply, ack_wait_s=30.0)
+    async with running(second.run):
+        # the server counts a nak'd message as pending until it is redelivered: what shows the nak is
+        # a second hub getting the 10 waiting ones long before their 30 s ack wait ends
+        await eventually(lambda: len(hub.by_id) == 20, within=10, what="the rest, long before the ack wait")
+    assert sorted(e.seq for e in hub.by_id.values()) == list(range(11, 31))
+    await nc.close()

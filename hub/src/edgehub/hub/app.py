@@ -132,6 +132,7 @@ class HubDaemon:
             lease=Lease(js, "events", self.cfg.hub.id),
             observe=self.lag.observe,
             apply_batch=self._apply_batch,
+            batch=self.cfg.hub.events_batch,
         )
         self.devices = DeviceWatcher(js, self.registry_metrics)
         tokens = Tokens(js)

@@ -34,6 +34,9 @@ class NatsConfig(_Section):
 class HubSection(_Section):
     id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     """This process's name in leases and logs (several hub processes may run at once)."""
+    events_batch: int = Field(1024, ge=1, le=10_000)
+    """Events pulled and applied per batch: larger batches replay faster (one registry write per
+    agent per batch), smaller ones bound the memory and the work redone after a crash."""
 
 
 class MetricsConfig(_Section):

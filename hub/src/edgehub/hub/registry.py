@@ -273,13 +273,16 @@ class AgentRegistry(_Records):
 
     async def apply_batch(self, events: list[events_pb2.EdgeEvent]) -> None:
         """One record write per agent: the last of its events in the batch (events of a device come in
-        sequence order, and a record is a function of the event that wrote it)."""
+        sequence order, and a record is a function of the event that wrote it). The writes go out
+        together and are awaited together: each is a separate key, and the server syncs each put to
+        disk, so one at a time would add a round trip per agent to every batch."""
         latest: dict[str, events_pb2.EdgeEvent] = {}
         for event in events:
             latest[event.agent_id] = event
         kv = await self._bucket()
-        for event in latest.values():
-            await kv.put(kv_key(event.agent_id), json.dumps(self._record(event)).encode())
+        await asyncio.gather(
+            *(kv.put(kv_key(e.agent_id), json.dumps(self._record(e)).encode()) for e in latest.values())
+        )
 
     @staticmethod
     def _record(event: events_pb2.EdgeEvent) -> dict[str, Any]:

@@ -19,30 +19,40 @@ advanced with compare-and-set. For an event with sequence ``n`` from a device wh
 A message that cannot be decoded, is too large, has an unknown schema version, or whose subject does
 not match its content goes to the dead-letter stream with the reason in the ``Edgehub-Reason``
 header, and is acknowledged: it never crashes the consumer or blocks the ones behind it.
+
+Messages come through ``_Pull``, not nats-py's ``PullSubscription.fetch``: fetch waits for each
+message in an asyncio task of its own (about 60 µs a message on the 2-core VM, more than the rest of
+the hub's work per event) and asks the server for nothing while the caller applies a batch; ``_Pull``
+keeps one pull request open on its own inbox, collects what the server delivers, and asks for the
+next batch as soon as the open request is spent, so the server delivers while the hub applies
+(docs/benchmarks.md, bench/sync).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
+from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import events_pb2
 
-from .errors import MessageRejected
+from .errors import MessageRejected, SyncError
 from .lease import Lease
-from .pull import pull_forever
 from .streams import APPLIED, HUB_EVENTS_CONSUMER, MAX_EVENT_BYTES
 
 log = logging.getLogger("edgehub.sync.applier")
@@ -61,6 +71,12 @@ def kv_key(device_id: str) -> str:
     return device_id if _KV_KEY.match(device_id) else "x-" + device_id.encode().hex()
 
 
+@functools.lru_cache(maxsize=65_536)
+def _parse_subject(subject: str) -> tuple[str, str]:
+    """``subjects.parse_events``, remembered: a fleet sends from a bounded set of agents."""
+    return subjects.parse_events(subject)
+
+
 def decode(msg: Msg) -> events_pb2.EdgeEvent:
     """The event in ``msg``, or MessageRejected with the reason."""
     if len(msg.data) > MAX_EVENT_BYTES:
@@ -72,7 +88,7 @@ def decode(msg: Msg) -> events_pb2.EdgeEvent:
     if event.schema_version not in SUPPORTED_EVENT_VERSIONS:
         raise MessageRejected(f"unknown schema version {event.schema_version}")
     try:
-        device, agent = subjects.parse_events(msg.subject)
+        device, agent = _parse_subject(msg.subject)
     except ValueError as exc:
         raise MessageRejected(str(exc)) from None
     if (device, agent) != (event.device_id, event.agent_id) or event.seq < 1:
@@ -86,6 +102,146 @@ def decode(msg: Msg) -> events_pb2.EdgeEvent:
 async def _propagate(source: asyncio.Event, target: asyncio.Event) -> None:
     await source.wait()
     target.set()
+
+
+_REQUEST_ENDS = frozenset({"batch completed", "message size exceeds maxbytes"})
+"""409 descriptions that only say a pull request is over (ask for the next batch at once)."""
+
+
+class _PullBroken(SyncError):
+    """The consumer is gone (deleted, or the stream is missing): subscribe again."""
+
+
+class _Pull:
+    """A durable pull consumer read through this process's own inbox.
+
+    One pull request is open at a time (``batch`` messages, ``max_bytes``, expiring after
+    ``expires_s``), each answered on its own subject under this process's inbox; stream messages are
+    collected as they arrive and ``take`` hands them out in batches. A new request goes out as soon as
+    the open one is spent (its last message, or a status ending it) while fewer than ``batch``
+    messages wait to be taken, so the server delivers the next batch while the caller applies this
+    one. Messages are never acknowledged here.
+
+    Stream messages carry their ack subject as reply; status messages from the server (request
+    expired or completed, consumer deleted, no responders) carry none, so a ``Status`` header a device
+    put on an event cannot pass for one; a status about an earlier request (answered on its own
+    subject) does not end the open one.
+    """
+
+    MAX_BYTES = 16 * 1024 * 1024
+    """Per request: bounds what waits in memory (each event is at most MAX_EVENT_BYTES)."""
+
+    def __init__(
+        self, js: JetStreamContext, durable: str, batch: int, *, expires_s: float = 5.0, poll_s: float = 0.5
+    ) -> None:
+        self.js = js
+        # nats-py has no public accessor for the connection of a JetStream context
+        self.nc: Client = js._nc
+        self.durable = durable
+        self.batch = batch
+        self.expires_s = expires_s
+        self.poll_s = poll_s
+        self.wake = asyncio.Event()
+        """Set when messages or a status arrived, or by whoever wants ``take`` to return at once."""
+        self._next = f"{js._prefix}.CONSUMER.MSG.NEXT.{subjects.EVENTS_STREAM}.{durable}"
+        self._sub: Subscription | None = None
+        self._inbox = ""
+        self._ready: list[Msg] = []
+        self._requests = 0
+        self._current = ""
+        """The reply subject of the open request; empty: none is open."""
+        self._open = 0
+        """Messages the open request may still deliver."""
+        self._expires_at = 0.0
+        self._reconnects = 0
+        self._pause_until = 0.0
+        self._broken = ""
+
+    async def open(self, config: ConsumerConfig) -> None:
+        """Create the durable consumer if it does not exist (a running one keeps its config, as with
+        ``pull_subscribe``) and subscribe to this process's inbox."""
+        try:
+            await self.js.consumer_info(subjects.EVENTS_STREAM, self.durable)
+        except NotFoundError:
+            await self.js.add_consumer(subjects.EVENTS_STREAM, config)
+        self._inbox = self.nc.new_inbox()
+        self._sub = await self.nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
+
+    async def close(self) -> None:
+        """Unsubscribe; what was delivered but not taken goes back to the consumer at once."""
+        left, self._ready = self._ready, []
+        with contextlib.suppress(Exception):  # the connection may be gone
+            if self._sub is not None:
+                await self._sub.unsubscribe()
+            for msg in left:
+                await msg.nak()
+
+    @property
+    def waiting(self) -> tuple[Msg, ...]:
+        """Delivered, not yet taken."""
+        return tuple(self._ready)
+
+    async def take(self) -> list[Msg]:
+        """Up to ``batch`` delivered messages; waits up to ``poll_s`` (or until ``wake``) for some."""
+        if self._broken:
+            raise _PullBroken(self._broken)
+        await self._request_if_spent()
+        if not self._ready:
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), self.poll_s)
+            if self._broken:
+                raise _PullBroken(self._broken)
+        taken = self._ready[: self.batch]
+        del self._ready[: self.batch]
+        await self._request_if_spent()
+        return taken
+
+    async def _request_if_spent(self) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        lost = now > self._expires_at or self.nc.stats["reconnects"] != self._reconnects
+        if (self._current and not lost) or len(self._ready) >= self.batch or now < self._pause_until:
+            return
+        # a request the server forgot (restart, reconnect) is replaced; a late answer to it only
+        # delivers more messages, which are as good as any
+        self._requests += 1
+        self._current = f"{self._inbox}.{self._requests}"
+        self._open = self.batch
+        self._expires_at = now + self.expires_s + 1.0
+        self._reconnects = self.nc.stats["reconnects"]
+        request = {"batch": self.batch, "expires": int(self.expires_s * 1e9), "max_bytes": self.MAX_BYTES}
+        await self.nc.publish(self._next, json.dumps(request).encode(), reply=self._current)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        current = msg.subject == self._current
+        if msg.reply:
+            self._ready.append(msg)
+            if current:
+                self._open -= 1
+                if self._open <= 0:
+                    self._current = ""
+                    await self._request_if_spent()
+            self.wake.set()
+            return
+        headers = msg.headers or {}
+        status, description = headers.get("Status", ""), headers.get("Description", "").strip()
+        if status == "503" or description.lower() in ("consumer deleted", "consumer is push based"):
+            self._broken = f"{status} {description or 'no responders'}".strip()
+        elif not current or status == "100":  # about an earlier request; or a heartbeat
+            return
+        else:
+            self._current = ""
+            if status not in ("404", "408") and description.lower() not in _REQUEST_ENDS:
+                # a limit or a leadership change: ask again, but not in a tight loop
+                log.debug("events: pull request ended with %s %s", status, description)
+                self._pause_until = asyncio.get_running_loop().time() + 0.2
+            await self._request_if_spent()
+        self.wake.set()
+
+
+def _device_and_seq(item: tuple[str, int, events_pb2.EdgeEvent, Msg]) -> tuple[str, int]:
+    return item[0], item[1]
 
 
 @dataclass
@@ -121,7 +277,7 @@ class EventApplier:
         apply: Apply,
         *,
         durable: str = HUB_EVENTS_CONSUMER,
-        batch: int = 256,
+        batch: int = 1024,
         gap_delay_s: float = 0.2,
         gap_wait_s: float | None = None,
         ack_wait_s: float = 10.0,
@@ -150,17 +306,17 @@ class EventApplier:
             self._kv = await self.js.key_value(APPLIED.name)
         return self._kv
 
-    async def _subscribe(self) -> JetStreamContext.PullSubscription:
-        return await self.js.pull_subscribe(
-            subjects.ALL_EVENTS,
-            durable=self.durable,
-            stream=subjects.EVENTS_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self.ack_wait_s,
-                max_ack_pending=20_000,
-            ),
+    def _consumer_config(self) -> ConsumerConfig:
+        # explicit acks, one per event, sent after the record moved: AckAll would let a later ack
+        # cover an event deferred in this batch, or one a dead lease holder had not applied yet
+        return ConsumerConfig(
+            name=self.durable,
+            durable_name=self.durable,
+            filter_subject=subjects.ALL_EVENTS,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait_s,
+            max_ack_pending=20_000,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -189,12 +345,54 @@ class EventApplier:
                 await asyncio.gather(keeper, watcher, return_exceptions=True)
                 await self.lease.release()
 
-    async def _consume(self, stop: asyncio.Event) -> None:
-        """Consume until ``stop``; survives server restarts and lost consumers (it re-subscribes)."""
-        await pull_forever(self._subscribe, self.handle_batch, stop, batch=self.batch, log=log, what="events")
+    async def _consume(self, stop: asyncio.Event, retry_s: float = 0.2) -> None:
+        """Consume until ``stop``; survives server restarts and lost consumers (it re-subscribes).
+
+        A batch whose handling raises is left unacknowledged: redelivered after the ack wait."""
+        last_error = ""
+        while not stop.is_set():
+            pull = _Pull(self.js, self.durable, self.batch)
+            waker = asyncio.create_task(_propagate(stop, pull.wake))
+            try:
+                await pull.open(self._consumer_config())
+                while not stop.is_set():
+                    msgs = await pull.take()
+                    last_error = ""
+                    if not msgs:
+                        continue
+                    try:
+                        await self._handle_in_time(msgs, pull)
+                    except Exception as exc:
+                        log.warning("events: a batch failed (%s: %s)", exc.__class__.__name__, exc)
+            except Exception as exc:  # server restarting, consumer lost, connection re-established
+                error = f"{exc.__class__.__name__}: {exc}"
+                level = logging.DEBUG if error == last_error else logging.WARNING  # say it once
+                log.log(level, "events: pull failed (%s); re-subscribing", error)
+                last_error = error
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), retry_s)
+            finally:
+                waker.cancel()
+                await pull.close()
+
+    async def _handle_in_time(self, msgs: list[Msg], pull: _Pull) -> None:
+        """``handle_batch``; while it runs longer than a third of the ack wait (many devices and
+        agents in one batch on a slow disk, or a gap being waited for), the batch and what was
+        delivered behind it are reported in progress, so the server does not redeliver them meanwhile."""
+        handling = asyncio.ensure_future(self.handle_batch(msgs))
+        try:
+            while not (await asyncio.wait({handling}, timeout=self.ack_wait_s / 3))[0]:
+                with contextlib.suppress(Exception):  # the connection is gone: the batch fails anyway
+                    for msg in (*msgs, *pull.waiting):
+                        if not msg.is_acked:
+                            await msg.in_progress()
+        finally:
+            if not handling.done():
+                handling.cancel()
+        handling.result()
 
     async def handle_batch(self, msgs: list[Msg]) -> None:
-        """Apply a fetched batch: one KV read and one CAS write per device, then the acks.
+        """Apply a batch: one KV read and one CAS write per device (each concurrent), then the acks.
 
         Within the batch, each device's events are applied in sequence order (a redelivered event
         may arrive after newer ones). Acks go out only after the record moved, so a crash anywhere
@@ -202,65 +400,74 @@ class EventApplier:
         idempotently), never acknowledged but unrecorded.
         """
         kv = await self._applied()
-        devices: dict[str, _Device] = {}
-        done: list[Msg] = []
-        decoded: list[tuple[str, events_pb2.EdgeEvent, Msg]] = []
+        decoded: list[tuple[str, int, events_pb2.EdgeEvent, Msg]] = []
         for msg in msgs:
             try:
                 event = decode(msg)
             except MessageRejected as rejected:
                 await self._dead_letter(msg, rejected.reason)
                 continue
-            decoded.append((kv_key(event.device_id), event, msg))
+            decoded.append((kv_key(event.device_id), event.seq, event, msg))
+        if not decoded:
+            return
         # redeliveries arrive after newer messages: per device, sequence order is what counts
-        decoded.sort(key=lambda d: (d[0], d[1].seq))
+        decoded.sort(key=_device_and_seq)
+        keys = list(dict.fromkeys(key for key, _, _, _ in decoded))
+        read = await asyncio.gather(*(self._last(kv, key) for key in keys))
+        devices = {key: _Device(*last) for key, last in zip(keys, read, strict=True)}
         admitted: list[tuple[events_pb2.EdgeEvent, Msg]] = []
-        for key, event, msg in decoded:
-            if key not in devices:
-                devices[key] = _Device(*await self._last(kv, key))
-            if await self._admit(kv, key, devices[key], event, msg):
-                devices[key].last = event.seq
+        done: list[Msg] = []
+        deferred: list[Msg] = []
+        for key, seq, event, msg in decoded:
+            dev = devices[key]
+            if dev.blocked:
+                deferred.append(msg)
+            elif seq == dev.last + 1:
+                dev.last = seq
                 admitted.append((event, msg))
                 done.append(msg)
-            elif not devices[key].blocked and event.seq <= devices[key].last:
+            elif seq <= dev.last:  # applied before: a resend or a redelivery
+                self.stats.duplicates += 1
                 done.append(msg)
+            elif await self._after_gap(kv, key, dev, seq):
+                dev.last = seq
+                admitted.append((event, msg))
+                done.append(msg)
+            elif not dev.blocked:  # the wait showed it applied elsewhere
+                done.append(msg)
+            else:
+                deferred.append(msg)
         if admitted:  # applied before the records move and before any ack
             await self.apply_batch([event for event, _ in admitted])
             self.stats.applied += len(admitted)
             if self.observe is not None:
                 for event, msg in admitted:
                     self.observe(event, msg)
-        for key, dev in devices.items():
-            if dev.last > dev.recorded:
-                await self._record(kv, key, dev)
+        await asyncio.gather(
+            *(self._record(kv, key, dev) for key, dev in devices.items() if dev.last > dev.recorded)
+        )
         for msg in done:
             await msg.ack()
+        for msg in deferred:
+            await self._defer(msg)
 
     async def _apply_each(self, events: list[events_pb2.EdgeEvent]) -> None:
         for event in events:
             await self.apply(event)
 
-    async def _admit(
-        self, kv: KeyValue, key: str, dev: _Device, event: events_pb2.EdgeEvent, msg: Msg
-    ) -> bool:
-        """True: apply it now. False: a duplicate (caller acks) or deferred (nak'd here)."""
-        if dev.blocked:
-            await self._defer(msg)
-            return False
-        if event.seq <= dev.last:
-            self.stats.duplicates += 1
-            return False
-        if event.seq > dev.last + 1 and dev.last == dev.recorded:
+    async def _after_gap(self, kv: KeyValue, key: str, dev: _Device, seq: int) -> bool:
+        """``seq`` is past ``dev.last + 1``. True: apply it now. False: a duplicate after all (the
+        caller acks it), or deferred: ``dev`` is then blocked for the rest of the batch."""
+        if dev.last == dev.recorded:
             # nothing applied for this device in this batch yet: another hub may be applying the gap
-            dev.recorded, dev.revision = await self._wait_for(kv, key, event.seq - 1)
+            dev.recorded, dev.revision = await self._wait_for(kv, key, seq - 1)
             dev.last = dev.recorded
-            if event.seq <= dev.last:
+            if seq <= dev.last:
                 self.stats.duplicates += 1
                 return False
-        if event.seq == dev.last + 1:
-            return True
+            if seq == dev.last + 1:
+                return True
         dev.blocked = True  # keep this device's order: everything after the gap waits too
-        await self._defer(msg)
         return False
 
     async def _defer(self, msg: Msg) -> None:
