@@ -3,12 +3,13 @@ folder (NATS operator keys, the API's CA, the first admin token) in the test's t
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from nats.aio.client import RawCredentials
@@ -26,6 +27,8 @@ class Hub:
     """The NATS URL edges use."""
     api: str
     trust: Path
+    prefix: list[str] = field(default_factory=list)
+    """Runs a command where the hub runs (its network namespace, see ``tests.harness.netns``)."""
 
     @property
     def env(self) -> dict[str, str]:
@@ -41,7 +44,7 @@ class Hub:
     ) -> subprocess.CompletedProcess[str]:
         """``edgehub ARGS`` as the admin operator."""
         return subprocess.run(
-            [*EDGEHUB, *args],
+            [*self.prefix, *EDGEHUB, *args],
             capture_output=True,
             text=True,
             env={**os.environ, **self.env, **(env or {})},
@@ -53,11 +56,15 @@ class Hub:
         """Unrestricted NATS credentials (what a hub process uses), for tests that act as the hub."""
         return RawCredentials(Trust.load_or_create(self.trust).hub_creds(name))
 
-    def enroll(self, device_id: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
-        """Enroll a device the way an operator does: a one-time token, then ``edgehub edge enroll``."""
+    def enroll(
+        self, device_id: str, data_dir: Path, prefix: list[str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Enroll a device the way an operator does: a one-time token, then ``edgehub edge enroll``
+        (where the device runs: ``prefix``, e.g. its network namespace)."""
         token = self.cli("devices", "enroll-token", device_id)
         assert token.returncode == 0, token.stderr
-        return self.cli(
+        device = Hub(self.proc, self.url, self.api, self.trust, prefix or [])
+        return device.cli(
             "edge",
             "enroll",
             "--token",
@@ -72,6 +79,17 @@ class Hub:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"the hub exited: {self.proc.communicate()[1][-2000:]}")
+            if self.prefix:  # in another namespace: ask from there
+                probe = f"import socket; socket.create_connection(({host!r}, {port}), 1)"
+                if (
+                    subprocess.run(
+                        [*self.prefix, sys.executable, "-c", probe], capture_output=True
+                    ).returncode
+                    == 0
+                ):
+                    return
+                time.sleep(0.3)
+                continue
             try:
                 socket.create_connection((host, int(port)), timeout=1).close()
                 return
@@ -93,13 +111,19 @@ def start_hub(
     port: int = 0,
     neo4j: bool = False,
     env: dict[str, str] | None = None,
+    prefix: list[str] | None = None,
+    host: str = "127.0.0.1",
+    device_port: int = 0,
 ) -> Hub:
     """Start ``edgehub hub run``. The embedded nats-server keeps its store in ``tmp_path / "nats"``
         and the trust folder is ``tmp_path / "trust"``; pass ``port`` to restart a hub on the same server
         address after killing the previous one. ``neo4j``: also start its embedded Neo4j (a JVM: slow), or
-    with ``EDGEHUB_HUB__NEO4J__URI`` in ``env``, use that one. ``env`` overrides any setting."""
+    with ``EDGEHUB_HUB__NEO4J__URI`` in ``env``, use that one. ``env`` overrides any setting.
+    ``prefix`` runs the hub elsewhere (a network namespace), listening on ``host`` there.
+    ``device_port``: the device API's port (0: any; a hub restarted for the same devices needs the
+    port it had, which enrollment told them)."""
     port = port or free_port()
-    api = f"127.0.0.1:{free_port()}"
+    api = f"{host}:{free_port()}"
     metrics = {"EDGEHUB_HUB__METRICS__PORT": str(metrics_port)} if metrics_port else {}
     trust = tmp_path / "trust"
     env = {
@@ -109,11 +133,15 @@ def start_hub(
         "EDGEHUB_HUB__NATS__EMBEDDED_STORE": str(tmp_path / "nats"),
         "EDGEHUB_HUB__HUB__ID": hub_id,
         "EDGEHUB_HUB__API__ADDR": api,
-        "EDGEHUB_HUB__API__DEVICE_ADDR": "127.0.0.1:0",
+        "EDGEHUB_HUB__API__DEVICE_ADDR": f"{host}:{device_port}",
+        "EDGEHUB_HUB__NATS__EMBEDDED_HOST": host,
+        "EDGEHUB_HUB__API__TLS_NAMES": json.dumps(["localhost", "127.0.0.1", host]),
         "EDGEHUB_HUB__AUTH__DIR": str(trust),
         "EDGEHUB_HUB__NEO4J__ENABLED": "true" if neo4j else "false",
         "EDGEHUB_HUB__NEO4J__EMBEDDED_DATA": str(tmp_path / "neo4j"),
         **(env or {}),
     }
-    proc = subprocess.Popen([*EDGEHUB, "hub", "run"], env=env, stderr=subprocess.PIPE, text=True)
-    return Hub(proc, f"nats://127.0.0.1:{port}", api, trust)
+    proc = subprocess.Popen(
+        [*(prefix or []), *EDGEHUB, "hub", "run"], env=env, stderr=subprocess.PIPE, text=True
+    )
+    return Hub(proc, f"nats://{host}:{port}", api, trust, prefix or [])

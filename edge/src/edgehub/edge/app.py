@@ -18,7 +18,7 @@ import functools
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -41,6 +41,7 @@ from .memory.compaction import Compactor
 from .memory.embed import shared_embedder
 from .memory.episodic import EpisodeIndexer, EpisodicMemory
 from .metrics import EdgeMetrics
+from .migration import migrate_in, migrate_out
 from .safety.approvals import ApprovalError, decide
 from .safety.build import Safety, build_safety, build_scrubber
 from .store.sqlite import SqliteStore
@@ -49,6 +50,16 @@ from .tracing import Tracing
 log = logging.getLogger("edgehub.edge")
 S = agent_pb2
 ACTIVE = (S.AGENT_STATUS_PENDING, S.AGENT_STATUS_RUNNING)
+
+
+def _agent_of(cmd: commands_pb2.Command) -> str:
+    """The agent a command is about ('' for device-wide commands)."""
+    kind = cmd.WhichOneof("body")
+    if kind == "decide_approval":
+        return cmd.decide_approval.key.rsplit("/", 1)[0]
+    if kind in ("stop_agent", "migrate_out", "migrate_in", "start_agent"):
+        return str(getattr(cmd, kind).agent_id)
+    return ""
 
 
 class DaemonLock:
@@ -113,6 +124,8 @@ class EdgeDaemon:
         self._stop = asyncio.Event()
         self._agent_stops: dict[str, asyncio.Event] = {}
         self._stop_reasons: dict[str, str] = {}
+        self._held: set[str] = set()
+        """Agents the scheduler must not start (stopped for a migration)."""
         self._tasks: dict[str, asyncio.Task[agent_pb2.AgentState]] = {}
         self._closed = False
         self.store: SqliteStore | None = None
@@ -283,12 +296,62 @@ class EdgeDaemon:
             await asyncio.shield(task)
         return self.loop.end(agent_id, S.AGENT_STATUS_STOPPED, reason)
 
+    @contextlib.asynccontextmanager
+    async def hold(self, agent_id: str) -> AsyncIterator[None]:
+        """Stop the agent after its current step (checkpointed, status unchanged) and keep the
+        scheduler from starting it again while the block runs."""
+        self._held.add(agent_id)
+        try:
+            task = self._tasks.get(agent_id)
+            if task is not None:
+                self._agent_stops.setdefault(agent_id, asyncio.Event()).set()
+                await asyncio.shield(task)
+            yield
+        finally:
+            self._held.discard(agent_id)
+
+    async def _check_epoch(self, cmd: commands_pb2.Command) -> None:
+        """Fencing: a command about an agent carries its epoch as the hub knows it. Older than this
+        device's copy: refused. Newer: this copy is stale (the agent moved on without it), so it
+        stands down: stopped, marked MIGRATED, never run here again. A copy that left with a
+        migration takes no commands but that migration's own."""
+        assert self.store is not None
+        kind = cmd.WhichOneof("body")
+        agent_id = _agent_of(cmd)
+        if kind in ("start_agent", "migrate_in") or not (agent_id and self.store.has_agent(agent_id)):
+            return  # start: idempotent by agent id; migrate_in: brings a newer epoch by design
+        local = self.store.load_agent(agent_id)
+        if local.status == S.AGENT_STATUS_MIGRATED and kind != "migrate_out":
+            where = f" to {local.migrated_to}" if local.migrated_to else ""
+            raise MessageRejected(f"agent {agent_id} left this device{where} (epoch {local.epoch})")
+        if cmd.epoch < local.epoch:
+            raise MessageRejected(
+                f"stale command for {agent_id}: epoch {cmd.epoch}, this device has {local.epoch}"
+            )
+        if cmd.epoch > local.epoch and local.status != S.AGENT_STATUS_MIGRATED:
+            async with self.hold(agent_id):
+                self.store.mark_migrated(agent_id, "", "")
+            log.error(
+                "agent %s: the hub knows epoch %d, this copy is %d: stood down",
+                agent_id,
+                cmd.epoch,
+                local.epoch,
+            )
+            raise MessageRejected(
+                f"{agent_id}: this device's copy (epoch {local.epoch}) is stale; stood down"
+            )
+
     async def apply_command(self, cmd: commands_pb2.Command) -> None:
         """Apply a hub command; returns once its effect is committed (then the command is acked)."""
         assert self.store is not None
         kind = cmd.WhichOneof("body")
         log.info("command %s from %s: %s", cmd.command_id, cmd.issued_by or "hub", kind)
-        if kind == "start_agent":
+        await self._check_epoch(cmd)
+        if kind == "migrate_out":
+            await migrate_out(self, cmd)
+        elif kind == "migrate_in":
+            await migrate_in(self, cmd)
+        elif kind == "start_agent":
             start = cmd.start_agent
             if not self.store.has_agent(start.agent_id):
                 if self.draining:
@@ -361,6 +424,8 @@ class EdgeDaemon:
         assert self.store is not None
         for state in self.store.list_agents(ACTIVE):
             if state.agent_id in self._tasks or len(self._tasks) >= self.cfg.agent.max_concurrent:
+                continue
+            if state.agent_id in self._held:
                 continue
             task = asyncio.create_task(self._run_agent(state.agent_id), name=state.agent_id)
             self._tasks[state.agent_id] = task

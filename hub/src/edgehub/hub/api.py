@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,6 +27,7 @@ from edgehub.protocol.v1 import commands_pb2, events_pb2, hub_pb2, hub_pb2_grpc
 from edgehub.sync.auth import AuthError, Trust, inbox_prefix, is_user_key
 from edgehub.sync.commands import new_command, send_command
 from edgehub.sync.errors import SyncError
+from edgehub.sync.streams import MAX_HANDOVER_BYTES
 from edgehub.sync.tls import CertificateAuthority
 
 from .access import (
@@ -42,10 +43,13 @@ from .access import (
 from .knowledge.dreamer import DreamReport
 from .knowledge.dreamer_service import DreamerService
 from .knowledge.errors import KnowledgeError
-from .registry import AgentRegistry, DeviceRegistry, DeviceWatcher
+from .migration import MigrationError, MigrationService
+from .migration import to_proto as migration_proto
+from .registry import AgentRegistry, DeviceRegistry, DeviceWatcher, fence
 
 H = hub_pb2
 log = logging.getLogger("edgehub.hub.api")
+T = TypeVar("T")
 MAX_PAGE = 1000
 
 
@@ -126,6 +130,7 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
         """The hub's live view of the twins: device reads come from it once it has synced."""
         self.dreamer = dreamer
         """Consolidation (None: this hub runs none)."""
+        self.migrations = MigrationService(js, self.agents, self._devices)
 
     async def _devices(self) -> list[dict[str, Any]]:
         live = self.watcher.records() if self.watcher is not None else None
@@ -295,12 +300,21 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
         await self._send(cmd, context)
         return H.StartAgentResponse(agent_id=cmd.start_agent.agent_id, command_id=cmd.command_id)
 
-    async def _device_of(self, agent_id: str, device_id: str, context: Any) -> str:
-        return device_id or str((await self._record(agent_id, context))["device_id"])
+    async def _owner(self, agent_id: str, device_id: str, context: Any) -> tuple[str, int]:
+        """The device to send an agent's command to (the caller's choice, else its owner) and the
+        agent's epoch as the hub knows it (0 when unknown: the device does not check it)."""
+        record = await self.agents.get(agent_id) if agent_id else None
+        if record is None:
+            if not device_id:
+                await self._record(agent_id, context)  # aborts: NOT_FOUND or INVALID_ARGUMENT
+            return device_id, 0
+        owner = str(record["device_id"])
+        return device_id or owner, int(record.get("epoch", 0)) if device_id in ("", owner) else 0
 
     async def StopAgent(self, request: H.StopAgentRequest, context: Any) -> H.CommandAccepted:
-        device = await self._device_of(request.agent_id, request.device_id, context)
+        device, epoch = await self._owner(request.agent_id, request.device_id, context)
         cmd = new_command(device, current().name)
+        cmd.epoch = epoch
         cmd.stop_agent.agent_id = request.agent_id
         cmd.stop_agent.reason = request.reason or "stopped through the hub API"
         await self._send(cmd, context)
@@ -309,9 +323,10 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
     async def DecideApproval(self, request: H.DecideApprovalRequest, context: Any) -> H.CommandAccepted:
         if "/" not in request.key:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key (AGENT/STEP) is required")
-        device = await self._device_of(request.key.rsplit("/", 1)[0], request.device_id, context)
+        device, epoch = await self._owner(request.key.rsplit("/", 1)[0], request.device_id, context)
         by = current().name
         cmd = new_command(device, by)
+        cmd.epoch = epoch
         d = cmd.decide_approval
         d.key, d.approve, d.by = request.key, request.approve, by
         d.note = f"{request.by}: {request.note}" if request.by and request.by not in by else request.note
@@ -334,8 +349,48 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
         log.info("consolidation %s run by %s", report.run_id or "(nothing to do)", current().name)
         return _report(report)
 
+    # migration -----------------------------------------------------------------------------------
+    async def _migrating(self, step: Awaitable[T], context: Any) -> T:
+        try:
+            return await step
+        except MigrationError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+            raise  # not reached: abort raises
+
+    async def _device_caller(self, context: Any) -> str:
+        device = current().device_id
+        if device is None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "only a device (its client certificate) hands agents over"
+            )
+        assert device is not None
+        return device
+
+    async def MigrateAgent(self, request: H.MigrateAgentRequest, context: Any) -> H.Migration:
+        start = self.migrations.start(request.agent_id, request.to_device, current().name)
+        return migration_proto(await self._migrating(start, context))
+
+    async def GetMigration(self, request: H.GetMigrationRequest, context: Any) -> H.Migration:
+        found = await self.migrations.get(request.agent_id)
+        if found is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"agent {request.agent_id!r} was never migrated")
+        assert found is not None
+        return migration_proto(found)
+
+    async def PutHandover(self, request: H.PutHandoverRequest, context: Any) -> H.Migration:
+        device = await self._device_caller(context)
+        return migration_proto(await self._migrating(self.migrations.put_handover(device, request), context))
+
+    async def GetHandover(self, request: H.GetHandoverRequest, context: Any) -> H.Handover:
+        device = await self._device_caller(context)
+        return await self._migrating(self.migrations.get_handover(device, request), context)
+
+    async def CompleteHandover(self, request: H.CompleteHandoverRequest, context: Any) -> H.Migration:
+        device = await self._device_caller(context)
+        return migration_proto(await self._migrating(self.migrations.complete(device, request), context))
+
     async def TraceAgent(self, request: H.TraceAgentRequest, context: Any) -> H.TraceAgentResponse:
-        await self._record(request.agent_id, context)
+        record = await self._record(request.agent_id, context)
         size = min(request.page_size or 100, MAX_PAGE)
         try:
             start = int(request.page_token or "1")
@@ -359,8 +414,11 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
                     fetched += 1
                     last = msg.metadata.sequence.stream
                     event = events_pb2.EdgeEvent.FromString(msg.data)
-                    if event.WhichOneof("body") == "step":  # the agent's episodes travel beside its steps
-                        out.events.append(event.step)
+                    if event.WhichOneof("body") != "step":  # the agent's episodes travel beside its steps
+                        continue
+                    if fence(record, event):  # a stale copy's step (dead-lettered when it arrived)
+                        continue
+                    out.events.append(event.step)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -383,7 +441,11 @@ async def serve(
     for devices, which must present a client certificate from the hub's CA (mutual TLS). Returns the
     server and both ports; ``identity.device_api`` is set to the device address. ``Consolidate`` runs
     ``dreamer`` (None: it answers FAILED_PRECONDITION)."""
-    server = grpc.aio.server(interceptors=[AccessInterceptor(identity.tokens, identity.credentials)])
+    size = MAX_HANDOVER_BYTES + 1024 * 1024  # an agent's state in a migration, plus the envelope
+    server = grpc.aio.server(
+        interceptors=[AccessInterceptor(identity.tokens, identity.credentials)],
+        options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+    )
     hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(js, identity, watcher, dreamer), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

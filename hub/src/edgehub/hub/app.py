@@ -40,6 +40,7 @@ from .config import HubConfig
 from .knowledge import DreamerService, KnowledgeService
 from .knowledge.episodes import episode_records
 from .knowledge.responder import KnowledgeResponder
+from .migration import MigrationService
 from .registry import AgentRegistry, DeviceWatcher
 
 log = logging.getLogger("edgehub.hub")
@@ -64,6 +65,8 @@ class HubDaemon:
         self.dreamer: DreamerService | None = None
         """Consolidation of L3 episodes into L4 facts (``[dreamer]``; needs the graph)."""
         self.episodes_dropped = 0
+        self.events_fenced = 0
+        """Events refused by the single-owner fence (see ``registry.fence``), dead-lettered."""
         self._stop = asyncio.Event()
         self._closed = False
         self.registry_metrics = CollectorRegistry()
@@ -113,7 +116,7 @@ class HubDaemon:
         if not self.cfg.nats.url:
             n = self.cfg.nats
             self.server = await NatsServer.start(
-                n.embedded_store, port=n.embedded_port, auth=trust.server_config()
+                n.embedded_store, port=n.embedded_port, auth=trust.server_config(), host=n.embedded_host
             )
             log.info("embedded nats-server on %s (store %s)", self.server.url, n.embedded_store)
         self.nc = await nats.connect(
@@ -194,7 +197,16 @@ class HubDaemon:
         log.info("hub %s running on %s", self.cfg.hub.id, self.url)
         assert self.nc is not None
         lag = self.lag.run(self.nc.jetstream(), self._stop)
-        parts = [self.applier.run(self._stop), self.devices.run(self._stop), lag, self._watch_knowledge()]
+        migrations = MigrationService(
+            self.nc.jetstream(), self.registry or AgentRegistry(self.nc.jetstream())
+        )
+        parts = [
+            self.applier.run(self._stop),
+            self.devices.run(self._stop),
+            lag,
+            self._watch_knowledge(),
+            migrations.run(self._stop),
+        ]
         if self.responder is not None:
             parts.append(self.responder.run(self._stop))
         if self.dreamer is not None:
@@ -214,7 +226,8 @@ class HubDaemon:
         assert self.registry is not None
         steps = [e for e in events if e.WhichOneof("body") == "step"]
         if steps:
-            await self.registry.apply_batch(steps)
+            for event, reason in await self.registry.apply_batch(steps):
+                await self._fenced(event, reason)
         episodes = [e for e in events if e.WhichOneof("body") == "episode"]
         if not episodes:
             return
@@ -223,6 +236,17 @@ class HubDaemon:
             log.debug("%d episodes dropped: this hub keeps no knowledge graph", len(episodes))
             return
         await self.knowledge.graph.add_episodes(episode_records(episodes))
+
+    async def _fenced(self, event: events_pb2.EdgeEvent, reason: str) -> None:
+        """An event its device may not send for the agent (a stale copy after a migration, another
+        device's agent): not applied; kept in the dead letters with the reason."""
+        assert self.nc is not None
+        self.events_fenced += 1
+        log.warning("event %s from %s refused: %s", event.event_id, event.device_id, reason)
+        headers = {"Edgehub-Reason": f"fenced: {reason}"[:500], "Edgehub-Subject": event.event_id[:200]}
+        await self.nc.jetstream().publish(
+            subjects.deadletter("events"), event.SerializeToString(), headers=headers
+        )
 
     async def _watch_knowledge(self) -> None:
         """Until stopped; raises (ending the run) if the embedded Neo4j dies."""
@@ -318,6 +342,11 @@ class _ApplierCollector(Collector):
                 "edgehub_hub_events_dead_lettered",
                 applier.stats.dead_lettered,
                 "Messages sent to dead letters",
+            ),
+            (
+                "edgehub_hub_events_fenced",
+                self.hub.events_fenced,
+                "Events refused because their device does not own the agent at their epoch",
             ),
         ):
             family = CounterMetricFamily(name, text, labels=["hub"])

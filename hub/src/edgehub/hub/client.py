@@ -302,6 +302,50 @@ def agents_decide(
     console.print(f"decision sent to {reply.device_id} (command {reply.command_id})")
 
 
+def _show_migration(m: H.Migration, as_json: bool) -> None:
+    if as_json:
+        print(_json(m))
+        return
+    line = f"migration {m.migration_id}: {m.agent_id} {m.source_device} -> {m.target_device}, {m.phase}"
+    if m.phase in ("importing", "done", "rolled_back"):
+        line += f" at step {m.step}, epoch {m.from_epoch} -> {m.to_epoch}, {m.bytes:,} bytes"
+    if m.done_at and m.exported_at:
+        line += f", resumed {m.done_at - m.exported_at:.3f} s after the hand-over"
+    console.print(line)
+    if m.error:
+        console.print(f"  [yellow]{m.error}[/]")
+
+
+@agents_app.command("migrate")
+def agents_migrate(
+    agent_id: str,
+    to: Annotated[str, typer.Option("--to", help="The device to move the agent to.")],
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the outcome (0: do not wait).")] = 60.0,
+    api: ApiOpt = DEFAULT_API,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move an active agent to another device: it stops at a step boundary on its device, its state
+    moves through the hub, and it resumes at the same step on the target (epoch + 1). Exit code 1
+    when the migration fails or is rolled back."""
+    m = call(
+        api, lambda s: s.MigrateAgent(H.MigrateAgentRequest(agent_id=agent_id, to_device=to), timeout=10)
+    )
+    deadline = time.monotonic() + wait
+    while m.phase in ("exporting", "importing") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        m = call(api, lambda s: s.GetMigration(H.GetMigrationRequest(agent_id=agent_id), timeout=10))
+    _show_migration(m, as_json)
+    if m.phase in ("failed", "rolled_back"):
+        raise typer.Exit(1)
+
+
+@agents_app.command("migration")
+def agents_migration(agent_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
+    """The agent's latest migration and its phase."""
+    m = call(api, lambda s: s.GetMigration(H.GetMigrationRequest(agent_id=agent_id), timeout=10))
+    _show_migration(m, as_json)
+
+
 @agents_app.command("trace")
 def agents_trace(agent_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
     """The agent's mind-log as the hub received it (PII-masked), all pages."""

@@ -25,7 +25,10 @@ class NatsConfig(_Section):
     url: str | None = None
     """An existing NATS cluster (production); None: start an embedded nats-server."""
     embedded_port: int = Field(4222, ge=0, le=65535)
-    """Port of the embedded server on 127.0.0.1 (0: any free port)."""
+    """Port of the embedded server (0: any free port)."""
+    embedded_host: str = "127.0.0.1"
+    """Address the embedded server listens on: loopback serves edges on this machine only; a LAN
+    address (or 0.0.0.0) serves devices on the network (they authenticate with their credentials)."""
     embedded_store: Path = Path(".edgehub/hub/nats")
     advertise: list[str] = []
     """NATS URLs handed to devices at enrollment (default: the url, or the embedded server's)."""

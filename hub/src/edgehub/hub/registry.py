@@ -21,7 +21,7 @@ from typing import Any
 
 import nats.errors
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
@@ -39,6 +39,41 @@ LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5
 
 def status_name(status: int) -> str:
     return S.AgentStatus.Name(status).removeprefix("AGENT_STATUS_").lower()  # type: ignore[arg-type]
+
+
+def fence(record: dict[str, Any] | None, event: events_pb2.EdgeEvent) -> str:
+    """Why ``event`` may not be applied to the agent ``record`` describes ('' when it may).
+
+    Without a migration history the owner is the device of the record. With one (``epochs``: the
+    epoch, its device and the step it started at, oldest first), an event is accepted only from the
+    device that owned its epoch and for that epoch's steps: the source's late events from before the
+    hand-over are history; anything a stale copy did after it is refused."""
+    if record is None:
+        return ""
+    history = record.get("epochs")
+    if not history:
+        owner, epoch = str(record.get("device_id", "")), int(record.get("epoch", 0))
+        if event.device_id != owner:
+            return f"agent {event.agent_id} belongs to device {owner} (epoch {epoch}), not {event.device_id}"
+        return ""
+    for i, entry in enumerate(history):
+        if int(entry["epoch"]) != event.epoch:
+            continue
+        if entry["device"] != event.device_id:
+            return (
+                f"agent {event.agent_id} epoch {event.epoch} belongs to device {entry['device']}, "
+                f"not {event.device_id}"
+            )
+        step = event.step.step if event.WhichOneof("body") == "step" else int(entry["from_step"])
+        end = int(history[i + 1]["from_step"]) if i + 1 < len(history) else None
+        if step < int(entry["from_step"]) or (end is not None and step >= end):
+            return (
+                f"stale epoch: agent {event.agent_id} step {step} at epoch {event.epoch} from "
+                f"{event.device_id}, but epoch {history[-1]['epoch']} owns it "
+                f"from step {history[-1]['from_step']}"
+            )
+        return ""
+    return f"unknown epoch {event.epoch} for agent {event.agent_id} (known: {[e['epoch'] for e in history]})"
 
 
 class _Records:
@@ -271,18 +306,87 @@ class AgentRegistry(_Records):
     async def apply(self, event: events_pb2.EdgeEvent) -> None:
         await self.apply_batch([event])
 
-    async def apply_batch(self, events: list[events_pb2.EdgeEvent]) -> None:
-        """One record write per agent: the last of its events in the batch (events of a device come in
-        sequence order, and a record is a function of the event that wrote it). The writes go out
-        together and are awaited together: each is a separate key, and the server syncs each put to
-        disk, so one at a time would add a round trip per agent to every batch."""
-        latest: dict[str, events_pb2.EdgeEvent] = {}
+    async def apply_batch(self, events: list[events_pb2.EdgeEvent]) -> list[tuple[events_pb2.EdgeEvent, str]]:
+        """One record write per agent: the last of its events in the batch that its owner at the
+        current epoch sent (events of a device come in sequence order, and a record is a function of
+        the event that wrote it). Each record is read and written with compare-and-set, so a
+        migration moving the agent meanwhile is never overwritten; the agents' reads and writes go out
+        together (each is a separate key, and the server syncs each put to disk). Returns the events
+        ``fence`` refused, with the reason (a stale copy of a migrated agent, another device's agent)."""
+        by_agent: dict[str, list[events_pb2.EdgeEvent]] = {}
         for event in events:
-            latest[event.agent_id] = event
+            by_agent.setdefault(event.agent_id, []).append(event)
         kv = await self._bucket()
-        await asyncio.gather(
-            *(kv.put(kv_key(e.agent_id), json.dumps(self._record(e)).encode()) for e in latest.values())
-        )
+        refused = await asyncio.gather(*(self._apply_agent(kv, evs) for evs in by_agent.values()))
+        return [r for rs in refused for r in rs]
+
+    async def _apply_agent(
+        self, kv: KeyValue, events: list[events_pb2.EdgeEvent], attempts: int = 8
+    ) -> list[tuple[events_pb2.EdgeEvent, str]]:
+        key = kv_key(events[0].agent_id)
+        for _ in range(attempts):
+            try:
+                entry = await kv.get(key)
+                record: dict[str, Any] | None = json.loads(entry.value or b"{}")
+                revision: int | None = entry.revision
+            except KeyNotFoundError:
+                record, revision = None, None
+            refused, latest = [], None
+            for event in events:
+                reason = fence(record, event)
+                if reason:
+                    refused.append((event, reason))
+                elif record is None or event.epoch >= int(record.get("epoch", 0)):
+                    latest = event  # an older epoch's late event is history: it moves no record
+            if latest is None:
+                return refused
+            new = self._record(latest)
+            for kept in ("epochs", "migration"):
+                if record is not None and kept in record:
+                    new[kept] = record[kept]
+            try:
+                if revision is None:
+                    await kv.create(key, json.dumps(new).encode())
+                else:
+                    await kv.update(key, json.dumps(new).encode(), last=revision)
+                return refused
+            except KeyWrongLastSequenceError:
+                continue  # a migration moved it (or another hub wrote it): read again
+        raise RuntimeError(f"agent record {key}: {attempts} conflicting writes in a row")
+
+    async def transfer(
+        self, agent_id: str, from_epoch: int, to_epoch: int, device: str, step: int, migration_id: str
+    ) -> bool:
+        """Give the agent to ``device`` from ``step`` on with ``to_epoch`` (compare-and-set, the
+        migration's commit point). True also when it was done before; False when the record is at
+        neither epoch (it moved on without this migration)."""
+        kv = await self._bucket()
+        key = kv_key(agent_id)
+        while True:
+            entry = await kv.get(key)
+            record: dict[str, Any] = json.loads(entry.value or b"{}")
+            epoch = int(record.get("epoch", 0))
+            if epoch == to_epoch:
+                return True
+            if epoch != from_epoch:
+                return False
+            history = record.get("epochs") or [
+                {"epoch": epoch, "device": record["device_id"], "from_step": 0}
+            ]
+            history.append({"epoch": to_epoch, "device": device, "from_step": step})
+            record.update(
+                epochs=history,
+                epoch=to_epoch,
+                device_id=device,
+                migration=migration_id,
+                step=step,
+                updated_at=time.time(),
+            )
+            try:
+                await kv.update(key, json.dumps(record).encode(), last=entry.revision)
+                return True
+            except KeyWrongLastSequenceError:
+                continue
 
     @staticmethod
     def _record(event: events_pb2.EdgeEvent) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from .errors import SyncError
 
 CONFIG = """\
-listen: 127.0.0.1:{port}
+listen: {host}:{port}
 http: 127.0.0.1:{monitor}
 max_payload: {max_payload}
 jetstream {{
@@ -69,16 +69,28 @@ class NatsServer:
     auth: str = ""
     """Extra configuration for authentication (``Trust.server_config()``); empty: open to anyone."""
     process: asyncio.subprocess.Process | None = None
+    host: str = "127.0.0.1"
+    """The address clients connect to (the monitor port stays on loopback)."""
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        return f"nats://{self._dial}:{self.port}"
+
+    @property
+    def _dial(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
 
     @classmethod
     async def start(
-        cls, store_dir: Path, *, port: int = 0, max_payload: int = 8 * 1024 * 1024, auth: str = ""
+        cls,
+        store_dir: Path,
+        *,
+        port: int = 0,
+        max_payload: int = 8 * 1024 * 1024,
+        auth: str = "",
+        host: str = "127.0.0.1",
     ) -> NatsServer:
-        server = cls(Path(store_dir), port or free_port(), free_port(), auth)
+        server = cls(Path(store_dir), port or free_port(), free_port(), auth, host=host)
         await server._launch(max_payload)
         return server
 
@@ -90,6 +102,7 @@ class NatsServer:
             conf = self.store_dir / "nats.conf"
             conf.write_text(
                 CONFIG.format(
+                    host=self.host,
                     port=self.port,
                     monitor=self.monitor_port,
                     max_payload=max_payload,
@@ -113,7 +126,7 @@ class NatsServer:
             if "address already in use" not in tail:
                 raise SyncError(f"nats-server did not start (log {log_path}): {tail[-500:]}")
             await asyncio.sleep(0.2)
-        raise SyncError(f"127.0.0.1:{self.port} stayed in use; nats-server could not start")
+        raise SyncError(f"{self.host}:{self.port} stayed in use; nats-server could not start")
 
     async def _listening(self) -> bool:
         assert self.process is not None
@@ -121,8 +134,8 @@ class NatsServer:
             if self.process.returncode is not None:
                 return False
             with contextlib.suppress(OSError):
-                for port in (self.monitor_port, self.port):  # the monitor port proves it is ours
-                    _, writer = await asyncio.open_connection("127.0.0.1", port)
+                for host, port in (("127.0.0.1", self.monitor_port), (self._dial, self.port)):
+                    _, writer = await asyncio.open_connection(host, port)  # the monitor proves it is ours
                     writer.close()
                 return True
             await asyncio.sleep(0.05)

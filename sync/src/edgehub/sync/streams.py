@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -99,7 +100,16 @@ ENROLLMENTS = BucketSpec(
 CREDENTIALS = BucketSpec(
     "edgehub-credentials", "per device: the NATS user keys enrollment issued, and its revocation"
 )
-BUCKETS = (APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS, CREDENTIALS)
+MIGRATIONS = BucketSpec(
+    "edgehub-migrations", "per agent: its latest migration (phase, source, target, epochs), by CAS"
+)
+BUCKETS = (APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS, CREDENTIALS, MIGRATIONS)
+
+HANDOVERS = "edgehub-handovers"
+"""Object store: the AgentBundle of each migration in flight, by migration id (hub credentials only:
+devices put and get theirs through the API, which checks that the migration is theirs)."""
+HANDOVER_TTL_S = 7 * 24 * 3600.0
+MAX_HANDOVER_BYTES = 16 * 1024 * 1024
 
 HUB_EVENTS_CONSUMER = "hub-events"
 """The durable pull consumer every hub process shares (work is split between them)."""
@@ -117,3 +127,13 @@ async def ensure_topology(js: JetStreamContext) -> None:
             await js.key_value(bucket.name)
         except (NotFoundError, BadRequestError):
             await js.create_key_value(bucket.config())
+    try:
+        await js.object_store(HANDOVERS)
+    except (NotFoundError, BadRequestError):
+        config = ObjectStoreConfig(
+            bucket=HANDOVERS,
+            description="agent state handed over in migrations, by migration id",
+            ttl=HANDOVER_TTL_S,
+            storage=StorageType.FILE,
+        )
+        await js.create_object_store(HANDOVERS, config=config)

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from edgehub.llm import Completion, ModelGate
 from edgehub.protocol.v1 import agent_pb2
+from edgehub.sync import failpoints
 
-from .. import failpoints
 from ..config import AgentConfig
 from ..memory.compaction import Compactor
 from ..memory.l1 import steps_to_compact

@@ -45,6 +45,10 @@ class _AgentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentStat
     """Paused (checkpointed) until an operator approves or denies the call that policy marked
     needs-approval; the pending approval holds the proposal so the model is not asked again.
     """
+    AGENT_STATUS_MIGRATED: _AgentStatus.ValueType  # 7
+    """Moved to another device by a migration (or superseded there): a newer epoch owns the agent, and
+    this device keeps its copy only as history. Never run again here unless migrated back.
+    """
 
 class AgentStatus(_AgentStatus, metaclass=_AgentStatusEnumTypeWrapper):
     """Lifecycle of an agent on a device."""
@@ -63,6 +67,10 @@ AGENT_STATUS_STOPPED: AgentStatus.ValueType  # 5
 AGENT_STATUS_AWAITING_APPROVAL: AgentStatus.ValueType  # 6
 """Paused (checkpointed) until an operator approves or denies the call that policy marked
 needs-approval; the pending approval holds the proposal so the model is not asked again.
+"""
+AGENT_STATUS_MIGRATED: AgentStatus.ValueType  # 7
+"""Moved to another device by a migration (or superseded there): a newer epoch owns the agent, and
+this device keeps its copy only as history. Never run again here unless migrated back.
 """
 Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
 
@@ -226,6 +234,9 @@ class AgentState(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     GUARD_FIELD_NUMBER: _builtins.int
     RECALLED_FIELD_NUMBER: _builtins.int
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    MIGRATED_TO_FIELD_NUMBER: _builtins.int
+    MIGRATED_FROM_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     agent_id: _builtins.str
     goal: _builtins.str
@@ -244,6 +255,11 @@ class AgentState(_message.Message):
     """Why the agent stopped (status FAILED or STOPPED)."""
     task_id: _builtins.str
     """Task this agent works on, when dispatched by the hub."""
+    migration_id: _builtins.str
+    """Set when the agent left this device (status MIGRATED): the migration and the device it went to."""
+    migrated_to: _builtins.str
+    migrated_from: Global___AgentStatus.ValueType
+    """The status it had when it left (what it resumes with, on the target or back here)."""
     @_builtins.property
     def budget(self) -> Global___Budget: ...
     @_builtins.property
@@ -283,14 +299,140 @@ class AgentState(_message.Message):
         task_id: _builtins.str = ...,
         guard: Global___Guard | None = ...,
         recalled: _abc.Iterable[_builtins.str] | None = ...,
+        migration_id: _builtins.str = ...,
+        migrated_to: _builtins.str = ...,
+        migrated_from: Global___AgentStatus.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "guard", b"guard", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "epoch", b"epoch", "failure_reason", b"failure_reason", "goal", b"goal", "guard", b"guard", "recalled", b"recalled", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "epoch", b"epoch", "failure_reason", b"failure_reason", "goal", b"goal", "guard", b"guard", "migrated_from", b"migrated_from", "migrated_to", b"migrated_to", "migration_id", b"migration_id", "recalled", b"recalled", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
+
+@_typing.final
+class AgentBundle(_message.Message):
+    """What moves with an agent in a migration: its durable state (L1/L2, plan, mental model, budgets and
+    usage, monitor state), its notes, and its approvals. Written by the source at a step boundary,
+    carried by the hub, imported by the target in one transaction with the new epoch.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    TURNS_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
+    APPROVALS_FIELD_NUMBER: _builtins.int
+    SOURCE_DEVICE_FIELD_NUMBER: _builtins.int
+    EXPORTED_AT_FIELD_NUMBER: _builtins.int
+    schema_version: _builtins.int
+    source_device: _builtins.str
+    @_builtins.property
+    def state(self) -> Global___AgentState: ...
+    @_builtins.property
+    def turns(self) -> _containers.RepeatedCompositeFieldContainer[Global___Turn]: ...
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentNote]: ...
+    @_builtins.property
+    def approvals(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApprovalRecord]: ...
+    @_builtins.property
+    def exported_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        schema_version: _builtins.int = ...,
+        state: Global___AgentState | None = ...,
+        turns: _abc.Iterable[Global___Turn] | None = ...,
+        notes: _abc.Iterable[Global___AgentNote] | None = ...,
+        approvals: _abc.Iterable[Global___ApprovalRecord] | None = ...,
+        source_device: _builtins.str = ...,
+        exported_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["exported_at", b"exported_at", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approvals", b"approvals", "exported_at", b"exported_at", "notes", b"notes", "schema_version", b"schema_version", "source_device", b"source_device", "state", b"state", "turns", b"turns"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentBundle: _TypeAlias = AgentBundle  # noqa: Y015
+
+@_typing.final
+class AgentNote(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    value: _builtins.str
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentNote: _TypeAlias = AgentNote  # noqa: Y015
+
+@_typing.final
+class ApprovalRecord(_message.Message):
+    """A tool call that policy marked needs-approval, and its decision (the edge's approvals table)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    TOOL_FIELD_NUMBER: _builtins.int
+    ARGS_JSON_FIELD_NUMBER: _builtins.int
+    PROPOSAL_JSON_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    step: _builtins.int
+    tool: _builtins.str
+    args_json: _builtins.str
+    proposal_json: _builtins.str
+    rule: _builtins.str
+    reason: _builtins.str
+    status: _builtins.str
+    decided_by: _builtins.str
+    note: _builtins.str
+    requested_at: _builtins.float
+    decided_at: _builtins.float
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        step: _builtins.int = ...,
+        tool: _builtins.str = ...,
+        args_json: _builtins.str = ...,
+        proposal_json: _builtins.str = ...,
+        rule: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        status: _builtins.str = ...,
+        decided_by: _builtins.str = ...,
+        note: _builtins.str = ...,
+        requested_at: _builtins.float = ...,
+        decided_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "decided_at", b"decided_at", "decided_by", b"decided_by", "key", b"key", "note", b"note", "proposal_json", b"proposal_json", "reason", b"reason", "requested_at", b"requested_at", "rule", b"rule", "status", b"status", "step", b"step", "tool", b"tool"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalRecord: _TypeAlias = ApprovalRecord  # noqa: Y015
 
 @_typing.final
 class Guard(_message.Message):

@@ -32,17 +32,24 @@ class Command(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     ISSUED_BY_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     START_AGENT_FIELD_NUMBER: _builtins.int
     STOP_AGENT_FIELD_NUMBER: _builtins.int
     DECIDE_APPROVAL_FIELD_NUMBER: _builtins.int
     DRAIN_FIELD_NUMBER: _builtins.int
     PRUNE_EPISODES_FIELD_NUMBER: _builtins.int
+    MIGRATE_OUT_FIELD_NUMBER: _builtins.int
+    MIGRATE_IN_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     command_id: _builtins.str
     """Unique; also the Nats-Msg-Id."""
     device_id: _builtins.str
     issued_by: _builtins.str
     """Operator or hub component that issued it (audited)."""
+    epoch: _builtins.int
+    """For commands about one agent: the agent's epoch as the hub knows it (fencing). A device whose copy
+    is newer refuses the command; a device whose copy is older stands down (its copy is stale).
+    """
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -55,6 +62,10 @@ class Command(_message.Message):
     def drain(self) -> Global___Drain: ...
     @_builtins.property
     def prune_episodes(self) -> Global___PruneEpisodes: ...
+    @_builtins.property
+    def migrate_out(self) -> Global___MigrateOut: ...
+    @_builtins.property
+    def migrate_in(self) -> Global___MigrateIn: ...
     def __init__(
         self,
         *,
@@ -63,21 +74,90 @@ class Command(_message.Message):
         device_id: _builtins.str = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         issued_by: _builtins.str = ...,
+        epoch: _builtins.int = ...,
         start_agent: Global___StartAgent | None = ...,
         stop_agent: Global___StopAgent | None = ...,
         decide_approval: Global___DecideApproval | None = ...,
         drain: Global___Drain | None = ...,
         prune_episodes: Global___PruneEpisodes | None = ...,
+        migrate_out: Global___MigrateOut | None = ...,
+        migrate_in: Global___MigrateIn | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "decide_approval", b"decide_approval", "drain", b"drain", "issued_at", b"issued_at", "prune_episodes", b"prune_episodes", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "decide_approval", b"decide_approval", "drain", b"drain", "issued_at", b"issued_at", "migrate_in", b"migrate_in", "migrate_out", b"migrate_out", "prune_episodes", b"prune_episodes", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_id", b"command_id", "decide_approval", b"decide_approval", "device_id", b"device_id", "drain", b"drain", "issued_at", b"issued_at", "issued_by", b"issued_by", "prune_episodes", b"prune_episodes", "schema_version", b"schema_version", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "command_id", b"command_id", "decide_approval", b"decide_approval", "device_id", b"device_id", "drain", b"drain", "epoch", b"epoch", "issued_at", b"issued_at", "issued_by", b"issued_by", "migrate_in", b"migrate_in", "migrate_out", b"migrate_out", "prune_episodes", b"prune_episodes", "schema_version", b"schema_version", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_agent", "stop_agent", "decide_approval", "drain", "prune_episodes"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_agent", "stop_agent", "decide_approval", "drain", "prune_episodes", "migrate_out", "migrate_in"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
 Global___Command: _TypeAlias = Command  # noqa: Y015
+
+@_typing.final
+class MigrateOut(_message.Message):
+    """Migration, on the source: stop the agent at its next step boundary, keep it from running here
+    (status MIGRATED), and hand its state to the hub (HubService.PutHandover on the device port).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    TARGET_DEVICE_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    migration_id: _builtins.str
+    target_device: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        migration_id: _builtins.str = ...,
+        target_device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "migration_id", b"migration_id", "target_device", b"target_device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrateOut: _TypeAlias = MigrateOut  # noqa: Y015
+
+@_typing.final
+class MigrateIn(_message.Message):
+    """Migration, on the target: fetch the handed-over state (HubService.GetHandover), check its digest,
+    import it with the new epoch, resume the agent at the same step, and report (CompleteHandover).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    SOURCE_DEVICE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    migration_id: _builtins.str
+    epoch: _builtins.int
+    """The agent's new epoch: this device owns the agent from here on."""
+    source_device: _builtins.str
+    digest: _builtins.str
+    """SHA-256 (hex) of the AgentBundle bytes."""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        migration_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        source_device: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "digest", b"digest", "epoch", b"epoch", "migration_id", b"migration_id", "source_device", b"source_device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrateIn: _TypeAlias = MigrateIn  # noqa: Y015
 
 @_typing.final
 class Drain(_message.Message):

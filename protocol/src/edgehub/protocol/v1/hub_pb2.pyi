@@ -58,6 +58,224 @@ ROLE_ADMIN: Role.ValueType  # 5
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final
+class MigrateAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    TO_DEVICE_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    to_device: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        to_device: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "to_device", b"to_device"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MigrateAgentRequest: _TypeAlias = MigrateAgentRequest  # noqa: Y015
+
+@_typing.final
+class GetMigrationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMigrationRequest: _TypeAlias = GetMigrationRequest  # noqa: Y015
+
+@_typing.final
+class Migration(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_DEVICE_FIELD_NUMBER: _builtins.int
+    TARGET_DEVICE_FIELD_NUMBER: _builtins.int
+    FROM_EPOCH_FIELD_NUMBER: _builtins.int
+    TO_EPOCH_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    REQUESTED_BY_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    EXPORTED_AT_FIELD_NUMBER: _builtins.int
+    DONE_AT_FIELD_NUMBER: _builtins.int
+    migration_id: _builtins.str
+    agent_id: _builtins.str
+    source_device: _builtins.str
+    target_device: _builtins.str
+    from_epoch: _builtins.int
+    to_epoch: _builtins.int
+    phase: _builtins.str
+    """exporting -> importing -> done; or failed (nothing moved), or rolled_back (the state went back
+    to the source with a newer epoch).
+    """
+    step: _builtins.int
+    """The step the agent resumes at."""
+    bytes: _builtins.int
+    digest: _builtins.str
+    error: _builtins.str
+    requested_by: _builtins.str
+    started_at: _builtins.float
+    updated_at: _builtins.float
+    exported_at: _builtins.float
+    done_at: _builtins.float
+    def __init__(
+        self,
+        *,
+        migration_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        source_device: _builtins.str = ...,
+        target_device: _builtins.str = ...,
+        from_epoch: _builtins.int = ...,
+        to_epoch: _builtins.int = ...,
+        phase: _builtins.str = ...,
+        step: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        digest: _builtins.str = ...,
+        error: _builtins.str = ...,
+        requested_by: _builtins.str = ...,
+        started_at: _builtins.float = ...,
+        updated_at: _builtins.float = ...,
+        exported_at: _builtins.float = ...,
+        done_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "bytes", b"bytes", "digest", b"digest", "done_at", b"done_at", "error", b"error", "exported_at", b"exported_at", "from_epoch", b"from_epoch", "migration_id", b"migration_id", "phase", b"phase", "requested_by", b"requested_by", "source_device", b"source_device", "started_at", b"started_at", "step", b"step", "target_device", b"target_device", "to_epoch", b"to_epoch", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Migration: _TypeAlias = Migration  # noqa: Y015
+
+@_typing.final
+class PutHandoverRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    migration_id: _builtins.str
+    bundle: _builtins.bytes
+    """An AgentBundle (at most 16 MiB); empty when refused."""
+    digest: _builtins.str
+    """SHA-256 (hex) of bundle."""
+    refused: _builtins.str
+    """Why the source cannot hand the agent over (it is not active there, it is unknown): the
+    migration fails and nothing moves.
+    """
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        migration_id: _builtins.str = ...,
+        bundle: _builtins.bytes = ...,
+        digest: _builtins.str = ...,
+        refused: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "bundle", b"bundle", "digest", b"digest", "migration_id", b"migration_id", "refused", b"refused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutHandoverRequest: _TypeAlias = PutHandoverRequest  # noqa: Y015
+
+@_typing.final
+class GetHandoverRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    migration_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        migration_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "migration_id", b"migration_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHandoverRequest: _TypeAlias = GetHandoverRequest  # noqa: Y015
+
+@_typing.final
+class Handover(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLE_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    bundle: _builtins.bytes
+    digest: _builtins.str
+    epoch: _builtins.int
+    def __init__(
+        self,
+        *,
+        bundle: _builtins.bytes = ...,
+        digest: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "digest", b"digest", "epoch", b"epoch"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Handover: _TypeAlias = Handover  # noqa: Y015
+
+@_typing.final
+class CompleteHandoverRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    migration_id: _builtins.str
+    refused: _builtins.str
+    """Why the target could not import it: the hub gives the agent back to the source."""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        migration_id: _builtins.str = ...,
+        refused: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "migration_id", b"migration_id", "refused", b"refused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CompleteHandoverRequest: _TypeAlias = CompleteHandoverRequest  # noqa: Y015
+
+@_typing.final
 class ConsolidateRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -119,6 +119,31 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.ConsolidateRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.ConsolidateReport.FromString,
                 _registered_method=True)
+        self.MigrateAgent = channel.unary_unary(
+                '/edgehub.v1.HubService/MigrateAgent',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.MigrateAgentRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Migration.FromString,
+                _registered_method=True)
+        self.GetMigration = channel.unary_unary(
+                '/edgehub.v1.HubService/GetMigration',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.GetMigrationRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Migration.FromString,
+                _registered_method=True)
+        self.PutHandover = channel.unary_unary(
+                '/edgehub.v1.HubService/PutHandover',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.PutHandoverRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Migration.FromString,
+                _registered_method=True)
+        self.GetHandover = channel.unary_unary(
+                '/edgehub.v1.HubService/GetHandover',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.GetHandoverRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Handover.FromString,
+                _registered_method=True)
+        self.CompleteHandover = channel.unary_unary(
+                '/edgehub.v1.HubService/CompleteHandover',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.CompleteHandoverRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Migration.FromString,
+                _registered_method=True)
 
 
 class HubServiceServicer:
@@ -242,6 +267,45 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MigrateAgent(self, request, context):
+        """Move a running (or pending, or paused) agent to another device: the source stops it at a step
+        boundary and hands its state over, the hub bumps the agent's epoch (compare-and-set), the target
+        resumes it at the same step. Returns at once with the migration; GetMigration follows it.
+        FAILED_PRECONDITION: the agent is not active, the target is the owner, unknown, offline or
+        draining, or another migration of the agent is in progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMigration(self, request, context):
+        """The agent's latest migration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutHandover(self, request, context):
+        """Source device: the agent's state for a migration (or why it cannot give it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHandover(self, request, context):
+        """Target device: the state handed over for a migration to it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteHandover(self, request, context):
+        """Target device: the agent was imported and resumes here (or why it could not be).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -329,6 +393,31 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.Consolidate,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.ConsolidateRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.ConsolidateReport.SerializeToString,
+            ),
+            'MigrateAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.MigrateAgent,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.MigrateAgentRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Migration.SerializeToString,
+            ),
+            'GetMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMigration,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.GetMigrationRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Migration.SerializeToString,
+            ),
+            'PutHandover': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutHandover,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.PutHandoverRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Migration.SerializeToString,
+            ),
+            'GetHandover': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHandover,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.GetHandoverRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Handover.SerializeToString,
+            ),
+            'CompleteHandover': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteHandover,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.CompleteHandoverRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Migration.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -790,6 +879,141 @@ class HubService:
             '/edgehub.v1.HubService/Consolidate',
             edgehub_dot_v1_dot_hub__pb2.ConsolidateRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.ConsolidateReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/MigrateAgent',
+            edgehub_dot_v1_dot_hub__pb2.MigrateAgentRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/GetMigration',
+            edgehub_dot_v1_dot_hub__pb2.GetMigrationRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutHandover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/PutHandover',
+            edgehub_dot_v1_dot_hub__pb2.PutHandoverRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHandover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/GetHandover',
+            edgehub_dot_v1_dot_hub__pb2.GetHandoverRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.Handover.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteHandover(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/CompleteHandover',
+            edgehub_dot_v1_dot_hub__pb2.CompleteHandoverRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.Migration.FromString,
             options,
             channel_credentials,
             insecure,

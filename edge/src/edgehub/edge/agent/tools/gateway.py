@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from edgehub.protocol.v1 import agent_pb2
+from edgehub.sync import failpoints
 
-from ... import failpoints
 from ...store.base import Intent
 from .base import ToolContext, ToolOutput, ToolSpec
 from .registry import ToolRegistry

@@ -1,9 +1,15 @@
-"""Crash injection for durability tests: kill the daemon at a named point of a step.
+"""Crash injection for durability tests: kill the daemon (edge or hub) at a named point.
 
 ``EDGEHUB_FAILPOINTS="after_tool@2"`` makes the process SIGKILL itself when step 2 reaches the point
-``after_tool``; several points are comma-separated. Unset (always, in production) it costs one dict
-lookup. Points: ``after_intent`` (intent durable, tool not run), ``after_tool`` (tool ran, step not
-checkpointed), ``after_checkpoint`` (step committed).
+``after_tool``; several points are comma-separated; without ``@N`` a point fires whatever the step.
+Unset (always, in production) it costs one dict lookup. Points:
+
+- edge, in a step: ``after_intent`` (intent durable, tool not run), ``after_tool`` (tool ran, step
+  not checkpointed), ``after_checkpoint`` (step committed);
+- edge, in a migration (the step is the agent's): ``migrate_out.marked`` (the source stood down, the
+  state not handed over), ``migrate_in.imported`` (the target imported, not reported);
+- hub, in a migration: ``migration.transferred`` (the epoch moved, the migration not yet importing),
+  ``migration.importing`` (importing recorded, MigrateIn not sent).
 """
 
 from __future__ import annotations
