@@ -100,4 +100,6 @@ if ! uv run --no-sync python -c "import llama_cpp, apsw" 2>/dev/null; then
     echo "llama_cpp or apsw failed to import after sync" >&2; exit 1
 fi
 
+scripts/criu.sh  # CRIU >= 4 + pycriu for the warm worker's snapshots (built once into the cache)
+
 step "model: $(uv run --no-sync python -c 'from edgehub.llm import default_model_path; print(default_model_path())')"

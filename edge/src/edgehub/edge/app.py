@@ -160,7 +160,11 @@ class EdgeDaemon:
                 self.cfg.store_path, device_id=self.cfg.device.id, outgoing=build_scrubber(self.cfg)
             )
             self.safety = build_safety(self.cfg, self.store, config_path=self.config_path)
-            if self._brain is None:
+            if self._brain is None and self.cfg.snapshot.enabled:  # the model in a worker CRIU can snapshot
+                from .worker import open_worker_brain
+
+                self._brain = await asyncio.to_thread(open_worker_brain, self.cfg)
+            elif self._brain is None:
                 from .brain import open_brain  # imported here: unit tests run without a model
 
                 self._brain = await asyncio.to_thread(open_brain, self.cfg.model)
@@ -403,6 +407,11 @@ class EdgeDaemon:
         indexing = None
         if self.indexer is not None:
             indexing = asyncio.create_task(self.indexer.run(sync_stop), name="l3-indexer")
+        sleeper = None
+        if self._own_brain and self.cfg.snapshot.enabled:
+            from .worker import idle_checkpoints
+
+            sleeper = idle_checkpoints(self._brain, self.cfg.snapshot, sync_stop)
         try:
             while not self._stop.is_set():
                 self._start_ready()
@@ -419,6 +428,8 @@ class EdgeDaemon:
                 await link
             if indexing is not None:  # what it has not indexed yet, the next start catches up with
                 await indexing
+            if sleeper is not None:
+                await sleeper
 
     def _start_ready(self) -> None:
         assert self.store is not None

@@ -120,6 +120,24 @@ def edgeload(config: ConfigOpt = None) -> None:
     console.print_json(load(config).model_dump_json())
 
 
+@edge_app.command("doctor")
+def edge_doctor(config: ConfigOpt = None) -> None:
+    """Check what this device needs (model, bubblewrap, CRIU, the hub) and how to fix what is missing.
+
+    Exit status: 0 when everything the configuration requires is there, 1 otherwise."""
+    from .doctor import diagnose
+
+    findings = diagnose(load(config))
+    table = Table("check", "status", "found", "fix")
+    for f in findings:
+        missing = "[red]MISSING[/]" if f.required else "[yellow]missing (optional)[/]"
+        status = "[green]OK[/]" if f.ok else missing
+        table.add_row(f.name, status, f.detail, f.fix)
+    console.print(table)
+    if any(f.required and not f.ok for f in findings):
+        raise typer.Exit(1)
+
+
 def open_store(cfg: EdgeConfig) -> SqliteStore:
     try:
         return SqliteStore.open(cfg.store_path, device_id=cfg.device.id, outgoing=build_scrubber(cfg))

@@ -171,6 +171,21 @@ class TracingConfig(_Section):
         return value
 
 
+class SnapshotConfig(_Section):
+    enabled: bool = False
+    """Run the model in a worker process that CRIU checkpoints when idle and restores on the next call
+    (docs/wake.md). Off by default: it needs root (or CAP_CHECKPOINT_RESTORE) and a CRIU that passes
+    ``criu check`` (``edgehub edge doctor`` says whether this device has both); without them every wake
+    is a cold start, so turning it on where they are missing costs a process and gains nothing."""
+    dir: Path | None = None
+    """Image folder; None: ``<data_dir>/snapshots``. A tmpfs (``/dev/shm/edgehub``) restores fastest,
+    but the image then stays in RAM (about 100 MB for the default model)."""
+    idle_s: float = Field(60.0, gt=0)
+    """Checkpoint the worker once no agent has called the model for this long."""
+    criu: Path | None = None
+    """CRIU binary; None: the one bootstrap links beside the venv's Python, else ``criu`` on PATH."""
+
+
 class EdgeConfig(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
@@ -182,6 +197,7 @@ class EdgeConfig(_Section):
     hub: HubLinkConfig = HubLinkConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
+    snapshot: SnapshotConfig = SnapshotConfig()
 
     @property
     def store_path(self) -> Path:
