@@ -53,6 +53,11 @@ def start_edge(
         )
 
 
+def count_slowly(prompt: str) -> str:
+    """A brain whose agent never finishes: one short command a step (bench/migrate)."""
+    return json.dumps({"thought": "count", "tool": "run_command", "args": {"command": "sleep 0.3"}})
+
+
 async def main(config: dict[str, Any], script: str) -> None:
     from edgehub.edge.app import EdgeDaemon
     from edgehub.edge.config import EdgeConfig

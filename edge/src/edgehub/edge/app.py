@@ -431,6 +431,11 @@ class EdgeDaemon:
             if sleeper is not None:
                 await sleeper
 
+    def schedule(self) -> None:
+        """Start what is ready now (an agent just imported), not at the scheduler's next tick."""
+        if self.loop is not None and not self._stop.is_set():
+            self._start_ready()
+
     def _start_ready(self) -> None:
         assert self.store is not None
         for state in self.store.list_agents(ACTIVE):

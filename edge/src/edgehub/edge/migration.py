@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import grpc
@@ -118,6 +119,9 @@ async def migrate_in(daemon: EdgeDaemon, cmd: commands_pb2.Command) -> None:
         if refused:
             log.warning("migration %s: agent %s refused: %s", m.migration_id, m.agent_id, refused)
             done.refused = refused
+        else:
+            daemon.schedule()  # resume it now, not at the scheduler's next tick
+            done.resumed_at = time.time()
         await api.stub.CompleteHandover(done, timeout=api.timeout_s)
 
 

@@ -309,8 +309,8 @@ def _show_migration(m: H.Migration, as_json: bool) -> None:
     line = f"migration {m.migration_id}: {m.agent_id} {m.source_device} -> {m.target_device}, {m.phase}"
     if m.phase in ("importing", "done", "rolled_back"):
         line += f" at step {m.step}, epoch {m.from_epoch} -> {m.to_epoch}, {m.bytes:,} bytes"
-    if m.done_at and m.exported_at:
-        line += f", resumed {m.done_at - m.exported_at:.3f} s after the hand-over"
+    if m.resumed_at and m.stopped_at:
+        line += f"; stop to resume {1000 * (m.resumed_at - m.stopped_at):.0f} ms"
     console.print(line)
     if m.error:
         console.print(f"  [yellow]{m.error}[/]")

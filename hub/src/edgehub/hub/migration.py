@@ -92,6 +92,8 @@ def to_proto(m: dict[str, Any]) -> hub_pb2.Migration:
         updated_at=float(m.get("updated_at", 0)),
         exported_at=float(m.get("exported_at", 0)),
         done_at=float(m.get("done_at", 0)),
+        stopped_at=float(m.get("stopped_at", 0)),
+        resumed_at=float(m.get("resumed_at", 0)),
     )
 
 
@@ -262,7 +264,13 @@ class MigrationService:
             return await self._fail(found, f"the source's state is unusable: {problem}")
         bundle = agent_pb2.AgentBundle.FromString(req.bundle)
         await (await self._store()).put(m["migration_id"], req.bundle)
-        m.update(step=bundle.state.step, bytes=len(req.bundle), digest=req.digest, exported_at=time.time())
+        m.update(
+            step=bundle.state.step,
+            bytes=len(req.bundle),
+            digest=req.digest,
+            exported_at=time.time(),
+            stopped_at=bundle.exported_at.ToMilliseconds() / 1000,
+        )
         return await self._hand_to(found, m["target"])
 
     @staticmethod
@@ -337,7 +345,11 @@ class MigrationService:
                 to_epoch=int(m["to_epoch"]) + 1,
             )
             return await self._hand_to(found, m["source"])
-        m.update(phase="rolled_back" if m.get("rolled_back_from") else "done", done_at=time.time())
+        m.update(
+            phase="rolled_back" if m.get("rolled_back_from") else "done",
+            done_at=time.time(),
+            resumed_at=req.resumed_at,
+        )
         m = await self._put(m, found.revision)
         with contextlib.suppress(Exception):  # it expires anyway (HANDOVER_TTL_S)
             await (await self._store()).delete(m["migration_id"])

@@ -118,6 +118,8 @@ class Migration(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     EXPORTED_AT_FIELD_NUMBER: _builtins.int
     DONE_AT_FIELD_NUMBER: _builtins.int
+    STOPPED_AT_FIELD_NUMBER: _builtins.int
+    RESUMED_AT_FIELD_NUMBER: _builtins.int
     migration_id: _builtins.str
     agent_id: _builtins.str
     source_device: _builtins.str
@@ -138,6 +140,11 @@ class Migration(_message.Message):
     updated_at: _builtins.float
     exported_at: _builtins.float
     done_at: _builtins.float
+    stopped_at: _builtins.float
+    """When the source stopped the agent (it wrote the bundle) and when the target resumed it, each by
+    its own clock: resumed_at - stopped_at is the stop-to-resume time when the clocks agree.
+    """
+    resumed_at: _builtins.float
     def __init__(
         self,
         *,
@@ -157,10 +164,12 @@ class Migration(_message.Message):
         updated_at: _builtins.float = ...,
         exported_at: _builtins.float = ...,
         done_at: _builtins.float = ...,
+        stopped_at: _builtins.float = ...,
+        resumed_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "bytes", b"bytes", "digest", b"digest", "done_at", b"done_at", "error", b"error", "exported_at", b"exported_at", "from_epoch", b"from_epoch", "migration_id", b"migration_id", "phase", b"phase", "requested_by", b"requested_by", "source_device", b"source_device", "started_at", b"started_at", "step", b"step", "target_device", b"target_device", "to_epoch", b"to_epoch", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "bytes", b"bytes", "digest", b"digest", "done_at", b"done_at", "error", b"error", "exported_at", b"exported_at", "from_epoch", b"from_epoch", "migration_id", b"migration_id", "phase", b"phase", "requested_by", b"requested_by", "resumed_at", b"resumed_at", "source_device", b"source_device", "started_at", b"started_at", "step", b"step", "stopped_at", b"stopped_at", "target_device", b"target_device", "to_epoch", b"to_epoch", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -256,20 +265,24 @@ class CompleteHandoverRequest(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     MIGRATION_ID_FIELD_NUMBER: _builtins.int
     REFUSED_FIELD_NUMBER: _builtins.int
+    RESUMED_AT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     migration_id: _builtins.str
     refused: _builtins.str
     """Why the target could not import it: the hub gives the agent back to the source."""
+    resumed_at: _builtins.float
+    """When the target's scheduler started the imported agent (unix seconds)."""
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         migration_id: _builtins.str = ...,
         refused: _builtins.str = ...,
+        resumed_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "migration_id", b"migration_id", "refused", b"refused"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "migration_id", b"migration_id", "refused", b"refused", "resumed_at", b"resumed_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
