@@ -1,0 +1,26 @@
+"""Errors of the planner (under the hub's root, ``HubError``).
+
+HubError
+└── PlanningError      root of the planner's errors
+    └── PlanRejected   the model's plan is unusable and nothing of it may be dispatched; ``reason`` says
+                       why in words an operator (and a re-prompted model) can act on
+"""
+
+from __future__ import annotations
+
+from ..errors import HubError
+
+
+class PlanningError(HubError):
+    """Root of the planner's errors."""
+
+    retryable: bool = False
+
+
+class PlanRejected(PlanningError):
+    """A draft plan that failed parsing or validation. Asking the model again may give a better one,
+    but the same draft never passes, so it is not ``retryable``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"plan rejected: {reason}")
+        self.reason = reason

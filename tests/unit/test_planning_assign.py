@@ -1,0 +1,190 @@
+"""Placing ready tasks on devices (capability, availability, free slots, spread, locality, labels,
+affinity) and reading device twins of any daemon version into ``DeviceView``s."""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+
+from edgehub.hub.planning import BUILTIN_TOOLS, DeviceView, Plan, PlanDraft, Unplaced, assign, validate
+
+NOW = 1_700_000_000.0
+
+
+def dev(device_id: str, *extra: str, **over: Any) -> DeviceView:
+    fields: dict[str, Any] = {"online": True, "tools": BUILTIN_TOOLS | set(extra)} | over
+    if "labels" in fields:
+        fields["labels"] = MappingProxyType(fields["labels"])
+    if "memories" in fields:
+        fields["memories"] = frozenset(fields["memories"])
+    return DeviceView(device_id, **fields)
+
+
+def plan(*tasks: dict[str, Any], fleet: list[DeviceView] | None = None) -> Plan:
+    """A validated plan (against a fleet that can run anything, unless ``fleet`` is given)."""
+    everything = [dev("any", "camera", "gpio", labels={"site": "hall-5", "gpu": "yes"})]
+    return validate(PlanDraft.model_validate({"tasks": list(tasks)}), fleet or everything)
+
+
+def task(id: str, *needs: str, **over: Any) -> dict[str, Any]:
+    return {"id": id, "goal": f"do {id}", "needs": list(needs), "tools": [], "estimate_tokens": 10} | over
+
+
+FORK = plan(task("scan"), task("left", "scan"), task("right", "scan"), task("join", "left", "right"))
+
+
+def test_parallel_tasks_are_spread_over_two_devices() -> None:
+    devices = [dev("edge-1", max_concurrent=4), dev("edge-2", max_concurrent=4)]
+    placed = assign(FORK, FORK.ready({"scan"}), devices).placed
+    assert set(placed) == {"left", "right"}
+    assert set(placed.values()) == {"edge-1", "edge-2"}
+
+
+def test_spread_wins_over_a_lighter_load_but_load_decides_otherwise() -> None:
+    devices = [dev("edge-1", max_concurrent=4, load=0.1), dev("edge-2", max_concurrent=4, load=3.0)]
+    assert dict(assign(FORK, ["scan"], devices).placed) == {"scan": "edge-1"}
+    assert sorted(assign(FORK, ["left", "right"], devices).placed.values()) == ["edge-1", "edge-2"]
+
+
+def test_the_only_device_takes_parallel_tasks_while_it_has_slots() -> None:
+    result = assign(FORK, ["left", "right"], [dev("edge-1", max_concurrent=2, running=1)])
+    assert dict(result.placed) == {"left": "edge-1"}
+    assert result.unplaced == (
+        Unplaced("right", "every device that could run it is full: edge-1 (1/2 running, 1 more sent)"),
+    )
+
+
+def test_only_devices_with_all_the_tools_are_chosen() -> None:
+    p = plan(task("photo", tools=["camera", "read_file"]), task("plain"))
+    devices = [dev("edge-1"), dev("edge-2", "camera")]
+    assert dict(assign(p, ["photo"], devices).placed) == {"photo": "edge-2"}
+
+
+def test_offline_and_draining_devices_are_skipped() -> None:
+    devices = [dev("edge-1", online=False), dev("edge-2", draining=True), dev("edge-3", load=5.0)]
+    assert dict(assign(FORK, ["scan"], devices).placed) == {"scan": "edge-3"}
+
+
+def test_a_device_that_holds_related_memories_is_preferred() -> None:
+    p = plan(task("oil", goal="Check the oil pressure history of pump P-3"))
+    devices = [dev("edge-1"), dev("edge-2", memories={"pump", "p", "pressure"}, load=0.5)]
+    assert dict(assign(p, ["oil"], devices).placed) == {"oil": "edge-2"}
+
+
+def test_affinity_prefers_a_device_and_busy_slots_count_as_taken() -> None:
+    devices = [dev("edge-1"), dev("edge-2")]
+    assert dict(assign(FORK, ["scan"], devices, affinity={"scan": "edge-2"}).placed) == {"scan": "edge-2"}
+    placed = assign(FORK, ["scan"], devices, affinity={"scan": "edge-2"}, busy={"edge-2": 2}).placed
+    assert dict(placed) == {"scan": "edge-1"}
+
+
+def test_labels_must_match_and_avoided_labels_exclude() -> None:
+    devices = [
+        dev("edge-1", labels={"site": "hall-5", "gpu": "yes"}),
+        dev("edge-2", labels={"site": "hall-6"}),
+    ]
+    p = plan(task("a", labels={"site": "hall-5"}), task("b", avoid={"gpu": "yes"}), fleet=devices)
+    assert dict(assign(p, ["a", "b"], devices).placed) == {"a": "edge-1", "b": "edge-2"}
+
+
+def test_the_most_constrained_task_is_placed_first() -> None:
+    """'free' could go anywhere; placed first, it would take the camera device's only slot."""
+    p = plan(task("free"), task("photo", tools=["camera"]))
+    devices = [dev("edge-1", "camera", max_concurrent=1), dev("edge-2", max_concurrent=1, load=2.0)]
+    assert dict(assign(p, ["free", "photo"], devices).placed) == {"photo": "edge-1", "free": "edge-2"}
+
+
+def test_ties_are_broken_by_device_id_whatever_the_order() -> None:
+    devices = [dev("edge-b"), dev("edge-a"), dev("edge-c")]
+    assert dict(assign(FORK, ["scan"], devices).placed) == {"scan": "edge-a"}
+    assert assign(FORK, ["left", "right"], devices) == assign(FORK, ["right", "left"], devices[::-1])
+
+
+def test_nothing_placeable_comes_back_with_a_reason_per_task() -> None:
+    p = plan(
+        task("photo", tools=["camera"]),
+        task("gpio", tools=["gpio"]),
+        task("site", labels={"site": "hall-5"}),
+        task("busy"),
+    )
+    devices = [
+        dev("edge-1", max_concurrent=1, running=1, labels={"site": "hall-6"}),
+        dev("edge-2", "gpio", online=False),
+        dev("edge-3", "gpio", draining=True),
+    ]
+    result = assign(p, ["photo", "gpio", "site", "busy"], devices)
+    assert result.placed == {}
+    assert result.unplaced == (
+        Unplaced("photo", "no device offers camera"),
+        Unplaced("gpio", "every device with its tools is unavailable: edge-2 (offline), edge-3 (draining)"),
+        Unplaced("site", "no available device with its tools has the labels {'site': 'hall-5'}"),
+        Unplaced("busy", "every device that could run it is full: edge-1 (1/1 running, 0 more sent)"),
+    )
+    assert assign(p, ["busy"], []).unplaced == (Unplaced("busy", "no devices"),)
+
+
+def test_tasks_not_in_the_plan_are_refused() -> None:
+    with pytest.raises(ValueError, match="tasks not in the plan: ghost"):
+        assign(FORK, ["scan", "ghost"], [dev("edge-1")])
+
+
+def twin(**over: Any) -> dict[str, Any]:
+    return {
+        "device_id": "edge-1",
+        "state": "running",
+        "heartbeat_s": 5,
+        "sent_at": NOW - 1,
+        "version": "0.1.0",
+        "hardware": {"arch": "aarch64", "cpus": 4, "kernel": "6.1"},
+        "load": 1.5,
+        "outbox_depth": 0,
+        "agents_running": ["agent-1"],
+        "max_concurrent": 3,
+        "draining": False,
+    } | over
+
+
+def test_a_current_twin_is_read_in_full() -> None:
+    view = DeviceView.from_twin(twin(labels={"site": "hall-5"}, tools=["read_file", "camera", 7]), NOW)
+    assert view.eligible
+    assert (view.load, view.cpus, view.running, view.max_concurrent, view.free_slots) == (1.5, 4, 1, 3, 2)
+    assert view.tools == {"read_file", "camera"}
+    assert view.labels == {"site": "hall-5"}
+    assert view.arch == "aarch64"
+
+
+def test_a_twin_from_an_old_daemon_takes_the_defaults() -> None:
+    view = DeviceView.from_twin({"device_id": "old", "state": "running", "sent_at": NOW}, NOW)
+    assert view.online
+    assert view.eligible
+    assert view.tools == BUILTIN_TOOLS
+    assert (view.running, view.max_concurrent, view.load, view.cpus) == (0, 2, 0.0, 1)
+    assert (view.labels, view.model, view.memories) == ({}, "", frozenset())
+
+
+@pytest.mark.parametrize(
+    ("over", "online", "eligible"),
+    [
+        ({"sent_at": NOW - 60}, False, False),
+        ({"state": "stopped"}, False, False),
+        ({"draining": True}, True, False),
+        ({"sent_at": "yesterday"}, False, False),
+        ({"heartbeat_s": None}, False, False),
+    ],
+)
+def test_online_and_draining_are_read_cautiously(over: dict[str, Any], online: bool, eligible: bool) -> None:
+    view = DeviceView.from_twin(twin(**over), NOW)
+    assert (view.online, view.eligible) == (online, eligible)
+
+
+def test_malformed_numbers_fall_back_to_cautious_values() -> None:
+    view = DeviceView.from_twin(
+        twin(load=math.nan, max_concurrent="lots", agents_running=2, hardware=None, memories=["Pump ", 3]),
+        NOW,
+    )
+    assert (view.load, view.max_concurrent, view.running, view.cpus) == (0.0, 2, 2, 1)
+    assert view.memories == {"pump"}
+    assert DeviceView.from_twin(twin(agents_running=True, max_concurrent=math.inf), NOW).running == 0
