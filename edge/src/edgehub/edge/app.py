@@ -275,6 +275,10 @@ class EdgeDaemon:
             "agents_running": sorted(self._tasks),
             "max_concurrent": self.cfg.agent.max_concurrent,
             "draining": self.draining,
+            # what the hub's planner places tasks by (capabilities, affinity, model)
+            "tools": self.loop.d.registry.names() if self.loop is not None else [],
+            "labels": dict(self.cfg.device.labels),
+            "model": self._brain.fingerprint if self._brain is not None else "",
         }
 
     @property

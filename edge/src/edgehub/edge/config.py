@@ -33,6 +33,8 @@ class DeviceConfig(_Section):
     """Device identity (assigned at enrollment once the hub issue lands)."""
     data_dir: Path = Path(".edgehub/edge")
     """Where the store, agent workspaces and snapshots live."""
+    labels: dict[str, str] = {}
+    """Reported to the hub in the twin (e.g. ``site = "plant-3"``): the planner's affinity selectors."""
 
 
 class ModelConfig(_Section):
