@@ -1,5 +1,5 @@
 """The layout is the architecture: protocol <- sync <- {hub, edge}; hub and edge never meet. The brain
-(llm) stands alone: both daemons run it, it imports no other member."""
+(llm) and the hardware profiles stand alone: the daemons use them, they import no other member."""
 
 from __future__ import annotations
 
@@ -10,12 +10,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
-    "protocol": ("edgehub.sync", "edgehub.edge", "edgehub.hub", "edgehub.cli"),
-    "sync": ("edgehub.edge", "edgehub.hub", "edgehub.cli"),
-    "llm": ("edgehub.sync", "edgehub.edge", "edgehub.hub", "edgehub.cli"),
+    "protocol": ("edgehub.sync", "edgehub.edge", "edgehub.hub", "edgehub.cli", "edgehub.hardware"),
+    "sync": ("edgehub.edge", "edgehub.hub", "edgehub.cli", "edgehub.hardware"),
+    "llm": ("edgehub.sync", "edgehub.edge", "edgehub.hub", "edgehub.cli", "edgehub.hardware"),
     "edge": ("edgehub.hub",),
     "hub": ("edgehub.edge",),
-    "cli": ("edgehub.edge", "edgehub.hub"),
+    "cli": ("edgehub.edge", "edgehub.hub", "edgehub.hardware"),
+    "hardware": (
+        "edgehub.protocol",
+        "edgehub.sync",
+        "edgehub.llm",
+        "edgehub.edge",
+        "edgehub.hub",
+        "edgehub.cli",
+    ),
 }
 
 
@@ -49,3 +57,9 @@ def test_the_brain_depends_on_no_other_member() -> None:
     text = (ROOT / "llm" / "pyproject.toml").read_text()
     assert "edgehub-" not in text.split("[build-system]")[0].split("dependencies", 1)[1]
     assert "neo4j" not in text
+
+
+def test_hardware_profiles_depend_on_no_member_but_the_cli_command() -> None:
+    text = (ROOT / "hardware" / "pyproject.toml").read_text()
+    deps = text.split("[build-system]")[0].split("dependencies", 1)[1]
+    assert {line.strip().strip('",') for line in deps.splitlines() if "edgehub-" in line} == {"edgehub-cli"}

@@ -26,3 +26,7 @@ async def test_the_twin_reports_tools_labels_and_model_for_the_planner(tmp_path:
     assert report["labels"] == {"site": "hall-5"}
     assert report["model"] == brain.fingerprint
     assert report["draining"] is False
+    profile = report["profile"]
+    assert isinstance(profile, dict)
+    assert profile["name"], profile  # this machine matches a profile (the generic one at least)
+    assert profile["settings"]["threads"] >= 1  # type: ignore[index]

@@ -241,6 +241,21 @@ class EdgeDaemon:
         self.store.create_agent(new_agent(agent_id, goal, budget))
         return agent_id
 
+    @functools.cached_property
+    def profile(self) -> dict[str, object]:
+        """This machine's hardware profile (``edgehub hardware detect``) and the settings it implies,
+        reported to the hub in the twin. Not applied to this daemon's config yet (hardware/README.md
+        says why)."""
+        try:
+            from edgehub.hardware import derive, detect, load_profiles, match
+
+            machine = detect()
+            settings = derive(machine, match(machine, load_profiles()))
+        except Exception as exc:  # a broken profile must not stop the daemon: report why instead
+            log.warning("hardware profile unavailable: %s", exc)
+            return {"name": "", "error": str(exc)[:300]}
+        return {"name": settings.profile, "settings": settings.to_dict()}
+
     @property
     def has_hub(self) -> bool:
         """A hub is configured (``[hub] nats_url``) or the device is enrolled with one."""
@@ -279,6 +294,7 @@ class EdgeDaemon:
             "tools": self.loop.d.registry.names() if self.loop is not None else [],
             "labels": dict(self.cfg.device.labels),
             "model": self._brain.fingerprint if self._brain is not None else "",
+            "profile": self.profile,
         }
 
     @property

@@ -1,0 +1,56 @@
+"""Hardware profiles: device classes as data (``profiles/*.toml``), detection of this machine, and the
+runtime settings a matched profile implies.
+
+    machine = detect()                          # facts from /proc and /sys
+    profile = match(machine, load_profiles())   # the most specific profile that fits
+    settings = derive(machine, profile)         # threads, context, model limits, sandbox memory, ...
+
+A library: it reads no environment variables and imports no other edgehub member, so the edge, the hub's
+planner and Ansible's fact gathering can all use it.
+"""
+
+from __future__ import annotations
+
+from .errors import HardwareError, NoMatchingProfile, ProfileError
+from .machine import Accelerator, Disk, Machine, StorageClass, detect
+from .matching import match, mismatches, ranked, specificity
+from .profile import (
+    BUILTIN_PROFILES,
+    Match,
+    ModelFit,
+    Profile,
+    Runtime,
+    SandboxLimits,
+    SnapshotPlan,
+    load_profile,
+    load_profiles,
+    profile_schema,
+)
+from .settings import Settings, derive
+
+__all__ = [
+    "BUILTIN_PROFILES",
+    "Accelerator",
+    "Disk",
+    "HardwareError",
+    "Machine",
+    "Match",
+    "ModelFit",
+    "NoMatchingProfile",
+    "Profile",
+    "ProfileError",
+    "Runtime",
+    "SandboxLimits",
+    "Settings",
+    "SnapshotPlan",
+    "StorageClass",
+    "derive",
+    "detect",
+    "load_profile",
+    "load_profiles",
+    "match",
+    "mismatches",
+    "profile_schema",
+    "ranked",
+    "specificity",
+]
