@@ -64,6 +64,14 @@ async def running(daemon: EdgeDaemon) -> AsyncIterator[EdgeDaemon]:
             await task
 
 
+async def enroll_both(hub: Hub, tmp_path: Path) -> None:
+    """Once the hub's API is up: dev-a and dev-b enrolled, their data in ``tmp_path / <device>``."""
+    await asyncio.to_thread(hub.wait_ready)
+    for device in ("dev-a", "dev-b"):
+        enrolled = await asyncio.to_thread(hub.enroll, device, tmp_path / device)
+        assert enrolled.returncode == 0, enrolled.stderr
+
+
 def trace(hub: Hub, agent_id: str) -> list[dict[str, object]]:
     done = hub.cli("agents", "trace", agent_id, "--json")
     assert done.returncode == 0, done.stderr
@@ -96,10 +104,7 @@ async def test_an_agent_migrates_mid_goal_and_finishes_on_the_target_with_no_ste
 ) -> None:
     hub = start_hub(tmp_path, "hub-mig")
     try:
-        await asyncio.to_thread(hub.wait_ready)
-        for device in ("dev-a", "dev-b"):
-            enrolled = await asyncio.to_thread(hub.enroll, device, tmp_path / device)
-            assert enrolled.returncode == 0, enrolled.stderr
+        await enroll_both(hub, tmp_path)
         a_cfg, b_cfg = edge_config(tmp_path, "dev-a"), edge_config(tmp_path, "dev-b")
         async with (
             running(EdgeDaemon(a_cfg, brain=FakeBrain(brain))) as a,
@@ -208,10 +213,7 @@ async def test_a_migration_the_source_cannot_give_fails_and_nothing_moves(tmp_pa
     migration fails with the reason, and the agent stays where it is."""
     hub = start_hub(tmp_path, "hub-mig-f")
     try:
-        await asyncio.to_thread(hub.wait_ready)
-        for device in ("dev-a", "dev-b"):
-            enrolled = await asyncio.to_thread(hub.enroll, device, tmp_path / device)
-            assert enrolled.returncode == 0, enrolled.stderr
+        await enroll_both(hub, tmp_path)
         async with (
             running(EdgeDaemon(edge_config(tmp_path, "dev-a"), brain=FakeBrain(brain))) as a,
             running(EdgeDaemon(edge_config(tmp_path, "dev-b"), brain=FakeBrain(brain))),
@@ -222,6 +224,12 @@ async def test_a_migration_the_source_cannot_give_fails_and_nothing_moves(tmp_pa
                 hub.cli, "agents", "start", "-d", "dev-a", "-g", "count", "--agent-id", "stayer"
             )
             await eventually(lambda: a_store.has_agent("stayer"), within=30)
+
+            async def known_running() -> bool:  # the hub has its record (its first step arrived)
+                got = await asyncio.to_thread(hub.cli, "agents", "get", "stayer")
+                return got.returncode == 0 and json.loads(got.stdout)["status"] == "running"
+
+            await until(known_running, within=30, what="the hub to see the agent running")
             # hold the agent so the hub still sees it running, finish it behind the hub's back
             async with a.hold("stayer"):
                 state = a_store.load_agent("stayer")
