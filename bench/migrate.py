@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT))
 import apsw  # noqa: E402
 from common import QUICK, Check, pct, print_checks, print_table, write_result  # noqa: E402
 
+from edgehub.protocol.v1.agent_pb2 import AGENT_STATUS_RUNNING  # noqa: E402
 from edgehub.sync import free_port  # noqa: E402
-from tests.harness.edge_proc import start_edge  # noqa: E402
+from tests.harness.edge_proc import agent_state, start_edge  # noqa: E402
 from tests.harness.hub import Hub, start_hub  # noqa: E402
 from tests.harness.netns import lan  # noqa: E402
 
@@ -67,18 +68,10 @@ def wait_for(probe: Any, within: float, what: str) -> Any:
     return last
 
 
-def steps_of(db: Path, agent_id: str) -> int:
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        row = conn.execute("SELECT state FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
-    finally:
-        conn.close()
-    if row is None:
-        return 0
-    from edgehub.protocol.v1 import agent_pb2
-
-    state = agent_pb2.AgentState.FromString(row[0])
-    return state.usage.steps if state.status == agent_pb2.AGENT_STATUS_RUNNING else 0
+def steps_of(data_dir: Path, agent_id: str) -> int:
+    """Steps the agent has taken, while it runs on that device (0 otherwise)."""
+    state = agent_state(data_dir, agent_id)
+    return state.usage.steps if state is not None and state.status == AGENT_STATUS_RUNNING else 0
 
 
 def pad_notes(db: Path, agent_id: str, size: int) -> None:
@@ -128,7 +121,7 @@ def run(tmp: Path) -> dict[str, dict[str, list[float]]]:
                 started = hub.cli("agents", "start", "-d", "dev-a", "-g", "count", "--agent-id", agent)
                 if started.returncode != 0:
                     raise RuntimeError(started.stderr)
-                wait_for(lambda a=agent: steps_of(tmp / "dev-a" / "edge.db", a) >= 2, 60, f"{agent} running")
+                wait_for(lambda a=agent: steps_of(tmp / "dev-a", a) >= 2, 60, f"{agent} running")
                 pad_notes(tmp / "dev-a" / "edge.db", agent, size)
                 owner, figures = "dev-a", {"total": [], "to_hub": [], "from_hub": [], "bytes": []}
                 for i in range(RUNS):
@@ -144,9 +137,9 @@ def run(tmp: Path) -> dict[str, dict[str, list[float]]]:
                     figures["from_hub"].append((resumed - received) * 1000)
                     figures["bytes"].append(float(m["bytes"]))
                     owner = to
-                    before = steps_of(tmp / owner / "edge.db", agent)
+                    before = steps_of(tmp / owner, agent)
                     wait_for(
-                        lambda o=owner, a=agent, b=before: steps_of(tmp / o / "edge.db", a) > b,
+                        lambda o=owner, a=agent, b=before: steps_of(tmp / o, a) > b,
                         30,
                         f"{agent} stepping on {owner}",
                     )

@@ -53,6 +53,26 @@ def start_edge(
         )
 
 
+def agent_state(data_dir: Path, agent_id: str) -> Any:
+    """The agent (``AgentState``) as the device's store has it, read beside the running daemon (WAL);
+    None before the daemon created it."""
+    import apsw
+
+    from edgehub.protocol.v1 import agent_pb2
+
+    db = data_dir / "edge.db"
+    if not db.exists():
+        return None
+    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        row = conn.execute("SELECT state FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
+    except apsw.SQLError:  # the daemon has not created its schema yet
+        return None
+    finally:
+        conn.close()
+    return None if row is None else agent_pb2.AgentState.FromString(row[0])
+
+
 def count_slowly(prompt: str) -> str:
     """A brain whose agent never finishes: one short command a step (bench/migrate)."""
     return json.dumps({"thought": "count", "tool": "run_command", "args": {"command": "sleep 0.3"}})

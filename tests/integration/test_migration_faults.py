@@ -21,12 +21,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import apsw
 import pytest
 
 from edgehub.protocol.v1 import agent_pb2
 from edgehub.sync import free_port
-from tests.harness.edge_proc import start_edge
+from tests.harness.edge_proc import agent_state, start_edge
 from tests.harness.hub import EDGEHUB, Hub, start_hub
 from tests.harness.netns import Lan, lan
 
@@ -51,21 +50,6 @@ def wait_for(probe: Callable[[], Any], within: float, what: str, every: float = 
             raise AssertionError(f"timed out after {within:g} s waiting for {what}: last saw {last!r}")
         time.sleep(every)
     return last
-
-
-def agent_state(data_dir: Path, agent_id: str) -> agent_pb2.AgentState | None:
-    """The agent as the device's store has it (read beside the running daemon: WAL)."""
-    db = data_dir / "edge.db"
-    if not db.exists():
-        return None
-    conn = apsw.Connection(str(db), flags=apsw.SQLITE_OPEN_READONLY)
-    try:
-        row = conn.execute("SELECT state FROM agents WHERE agent_id = ?", (agent_id,)).fetchone()
-    except apsw.SQLError:  # the daemon has not created its schema yet
-        return None
-    finally:
-        conn.close()
-    return None if row is None else agent_pb2.AgentState.FromString(row[0])
 
 
 class Fleet:
@@ -120,7 +104,8 @@ class Fleet:
         return any(t["device_id"] == device and t.get("online") for t in twins)
 
     def state(self, device: str, agent_id: str = "mover") -> agent_pb2.AgentState | None:
-        return agent_state(self.data_dir(device), agent_id)
+        state: agent_pb2.AgentState | None = agent_state(self.data_dir(device), agent_id)
+        return state
 
     def migration(self) -> dict[str, Any]:
         done = self.hub.cli("agents", "migration", "mover", "--json")

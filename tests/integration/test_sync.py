@@ -13,6 +13,7 @@ from pathlib import Path
 
 import apsw
 import pytest
+from nats.js import JetStreamContext
 
 from edgehub.edge.agent.loop import new_agent
 from edgehub.edge.store import SqliteStore
@@ -76,6 +77,12 @@ class Hub:
         assert sorted(e.seq for e in self.by_id.values()) == list(range(1, n + 1))
         for agent, steps in self.order.items():
             assert steps == sorted(steps), f"{agent} applied out of order"
+
+
+async def publish_all(store: SqliteStore, js: JetStreamContext) -> None:
+    """Drain the edge's outbox into the stream (the hub not consuming yet)."""
+    async with running(OutboxPublisher(store, js).run):
+        await eventually(lambda: not store.outbox_pending(1), within=30)
 
 
 @contextlib.asynccontextmanager
@@ -298,9 +305,7 @@ async def test_a_batch_applied_longer_than_the_ack_wait_is_not_redelivered_meanw
     store = fill_outbox(tmp_path / "edge.db", 40, agents=2)
     nc = await connect(nats_server)
     js = nc.jetstream()
-    publisher = OutboxPublisher(store, js)
-    async with running(publisher.run):
-        await eventually(lambda: not store.outbox_pending(1), within=30)
+    await publish_all(store, js)
     hub = Hub()
     slow_once = asyncio.Event()
 
@@ -332,9 +337,7 @@ async def test_messages_delivered_but_not_yet_taken_go_back_at_once_when_the_hub
     store = fill_outbox(tmp_path / "edge.db", 30, agents=1)
     nc = await connect(nats_server)
     js = nc.jetstream()
-    publisher = OutboxPublisher(store, js)
-    async with running(publisher.run):
-        await eventually(lambda: not store.outbox_pending(1), within=30)
+    await publish_all(store, js)
     applier = EventApplier(js, Hub().apply, ack_wait_s=30.0)
     pull = _Pull(js, applier.durable, batch=10)
     await pull.open(applier._consumer_config())

@@ -197,9 +197,8 @@ class HubDaemon:
         log.info("hub %s running on %s", self.cfg.hub.id, self.url)
         assert self.nc is not None
         lag = self.lag.run(self.nc.jetstream(), self._stop)
-        migrations = MigrationService(
-            self.nc.jetstream(), self.registry or AgentRegistry(self.nc.jetstream())
-        )
+        assert self.registry is not None
+        migrations = MigrationService(self.nc.jetstream(), self.registry)
         parts = [
             self.applier.run(self._stop),
             self.devices.run(self._stop),

@@ -251,21 +251,15 @@ class SqliteStore:
                     "INSERT INTO agents(agent_id, status, state, created_at, updated_at) VALUES (?,?,?,?,?)",
                     (agent_id, state.status, state.SerializeToString(), now, now),
                 )
-            for idx, turn in enumerate(bundle.turns):
-                self._conn.execute(
-                    "INSERT INTO turns(agent_id, step, idx, role, text, tokens) VALUES (?,?,?,?,?,?)",
-                    (agent_id, turn.step, idx, turn.role, turn.text, turn.tokens),
-                )
+            self._add_turns(agent_id, bundle.turns)
             for note in bundle.notes:
                 self._conn.execute(
                     "INSERT INTO notes(agent_id, key, value, updated_at) VALUES (?,?,?,?)",
                     (agent_id, note.key, note.value, now),
                 )
-            for a in bundle.approvals:
-                self._conn.execute(
-                    f"INSERT OR REPLACE INTO approvals({self._APPROVAL_COLS})"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (
+            for a in bundle.approvals:  # this agent has none here now: each is inserted as it was
+                self._put_approval(
+                    Approval(
                         a.key,
                         agent_id,
                         a.step,
@@ -277,9 +271,9 @@ class SqliteStore:
                         a.status,
                         a.decided_by,
                         a.note,
-                        a.requested_at or now,
+                        a.requested_at,
                         a.decided_at or None,
-                    ),
+                    )
                 )
         return True
 
@@ -326,11 +320,7 @@ class SqliteStore:
             if seq is not None:
                 return int(seq)  # this step was committed before: change nothing
             self._put_state(state)
-            for idx, turn in enumerate(turns):
-                self._conn.execute(
-                    "INSERT INTO turns(agent_id, step, idx, role, text, tokens) VALUES (?,?,?,?,?,?)",
-                    (state.agent_id, turn.step, idx, turn.role, turn.text, turn.tokens),
-                )
+            self._add_turns(state.agent_id, turns)
             self._log_event(event)
             if result is not None and result.idempotency_key:
                 self._conn.execute(
@@ -340,6 +330,14 @@ class SqliteStore:
             if approval is not None:
                 self._put_approval(approval)
             return self._append_outbox(event)
+
+    def _add_turns(self, agent_id: str, turns: Sequence[agent_pb2.Turn]) -> None:
+        """Append turns (inside the caller's transaction); ``idx`` orders those of one step."""
+        for idx, turn in enumerate(turns):
+            self._conn.execute(
+                "INSERT INTO turns(agent_id, step, idx, role, text, tokens) VALUES (?,?,?,?,?,?)",
+                (agent_id, turn.step, idx, turn.role, turn.text, turn.tokens),
+            )
 
     def _log_event(self, event: agent_pb2.StepEvent) -> None:
         self._conn.execute(
