@@ -233,12 +233,17 @@ class EdgeDaemon:
             self.indexer.notify(event)
 
     def submit(
-        self, goal: str, *, agent_id: str | None = None, budget: agent_pb2.Budget | None = None
+        self,
+        goal: str,
+        *,
+        agent_id: str | None = None,
+        budget: agent_pb2.Budget | None = None,
+        task_id: str = "",
     ) -> str:
         """Create a PENDING agent for ``goal``; the scheduler starts it."""
         assert self.store is not None, "open() first"
         agent_id = agent_id or f"agent-{uuid.uuid4().hex[:12]}"
-        self.store.create_agent(new_agent(agent_id, goal, budget))
+        self.store.create_agent(new_agent(agent_id, goal, budget, task_id))
         return agent_id
 
     @functools.cached_property
@@ -382,7 +387,7 @@ class EdgeDaemon:
                     raise MessageRejected(
                         f"device {self.cfg.device.id} is draining: {start.agent_id} not started"
                     )
-                self.submit(start.goal, agent_id=start.agent_id, budget=start.budget)
+                self.submit(start.goal, agent_id=start.agent_id, budget=start.budget, task_id=start.task_id)
         elif kind == "drain":
             self.set_draining(not cmd.drain.resume, cmd.drain.reason)
         elif kind == "stop_agent":

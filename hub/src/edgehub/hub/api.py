@@ -40,6 +40,8 @@ from .access import (
     Tokens,
     current,
 )
+from .goals import GoalError, GoalService
+from .goals import to_proto as goal_proto
 from .knowledge.dreamer import DreamReport
 from .knowledge.dreamer_service import DreamerService
 from .knowledge.errors import KnowledgeError
@@ -121,6 +123,7 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
         identity: Identity,
         watcher: DeviceWatcher | None = None,
         dreamer: DreamerService | None = None,
+        goals: GoalService | None = None,
     ) -> None:
         self.js = js
         self.identity = identity
@@ -131,6 +134,8 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
         self.dreamer = dreamer
         """Consolidation (None: this hub runs none)."""
         self.migrations = MigrationService(js, self.agents, self._devices)
+        self.goals = goals
+        """Planning and dispatch (None: this API runs without the daemon's planner)."""
 
     async def _devices(self) -> list[dict[str, Any]]:
         live = self.watcher.records() if self.watcher is not None else None
@@ -389,6 +394,59 @@ class HubService(hub_pb2_grpc.HubServiceServicer):
         device = await self._device_caller(context)
         return migration_proto(await self._migrating(self.migrations.complete(device, request), context))
 
+    # goals ---------------------------------------------------------------------------------------
+    async def _goals(self, step: Callable[[GoalService], Awaitable[dict[str, Any]]], context: Any) -> H.Goal:
+        if self.goals is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this hub runs no planner")
+        assert self.goals is not None
+        try:
+            return goal_proto(await step(self.goals))
+        except GoalError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+            raise  # not reached: abort raises
+
+    async def SubmitGoal(self, request: H.SubmitGoalRequest, context: Any) -> H.Goal:
+        b = request.budget
+        budget = {  # zero: the hub's default
+            "max_tokens": b.max_tokens,
+            "max_wall_seconds": b.max_wall_seconds,
+            "max_tool_calls": b.max_tool_calls,
+            "max_retries": b.max_retries,
+        }
+        return await self._goals(
+            lambda g: g.submit(
+                request.text,
+                by=current().name,
+                labels=dict(request.labels),
+                budget={k: v for k, v in budget.items() if v},
+                plan_json=request.plan_json,
+                approve_tools=list(request.approve_tools),
+            ),
+            context,
+        )
+
+    async def GetGoal(self, request: H.GetGoalRequest, context: Any) -> H.Goal:
+        return await self._goals(lambda g: g.get(request.goal_id), context)
+
+    async def ListGoals(self, request: H.ListGoalsRequest, context: Any) -> H.ListGoalsResponse:
+        if self.goals is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this hub runs no planner")
+        assert self.goals is not None
+        out = H.ListGoalsResponse()
+        for record in await self.goals.all():
+            out.goals.append(goal_proto(record, full=False))
+        return out
+
+    async def DecideTask(self, request: H.DecideTaskRequest, context: Any) -> H.Goal:
+        by = current().name
+        return await self._goals(
+            lambda g: g.decide(request.goal_id, request.task_id, request.approve, by, request.note), context
+        )
+
+    async def CancelGoal(self, request: H.CancelGoalRequest, context: Any) -> H.Goal:
+        by = current().name
+        return await self._goals(lambda g: g.cancel(request.goal_id, by, request.reason), context)
+
     async def TraceAgent(self, request: H.TraceAgentRequest, context: Any) -> H.TraceAgentResponse:
         record = await self._record(request.agent_id, context)
         size = min(request.page_size or 100, MAX_PAGE)
@@ -435,6 +493,7 @@ async def serve(
     server_pair: tuple[bytes, bytes],
     watcher: DeviceWatcher | None = None,
     dreamer: DreamerService | None = None,
+    goals: GoalService | None = None,
 ) -> tuple[grpc.aio.Server, int, int]:
     """Start the API (plus health and reflection), TLS with ``server_pair`` (certificate, key), on two
     ports ("host:0" for any): ``addr`` for operators (bearer tokens) and enrollment, ``device_addr``
@@ -446,7 +505,7 @@ async def serve(
         interceptors=[AccessInterceptor(identity.tokens, identity.credentials)],
         options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
     )
-    hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(js, identity, watcher, dreamer), server)
+    hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(js, identity, watcher, dreamer, goals), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = (

@@ -37,11 +37,12 @@ from edgehub.sync.tls import CertificateAuthority
 from .access import Credentials, Tokens, bootstrap_admin
 from .api import Identity, serve
 from .config import HubConfig
+from .goals import GoalService
 from .knowledge import DreamerService, KnowledgeService
 from .knowledge.episodes import episode_records
 from .knowledge.responder import KnowledgeResponder
 from .migration import MigrationService
-from .registry import AgentRegistry, DeviceWatcher
+from .registry import AgentRegistry, DeviceRegistry, DeviceWatcher
 
 log = logging.getLogger("edgehub.hub")
 
@@ -64,6 +65,8 @@ class HubDaemon:
         """Answers the agents' knowledge tool (NATS request/reply), with the graph."""
         self.dreamer: DreamerService | None = None
         """Consolidation of L3 episodes into L4 facts (``[dreamer]``; needs the graph)."""
+        self.goals: GoalService | None = None
+        """Planning and dispatch of goals (``[planner]``)."""
         self.episodes_dropped = 0
         self.events_fenced = 0
         """Events refused by the single-owner fence (see ``registry.fence``), dead-lettered."""
@@ -138,6 +141,15 @@ class HubDaemon:
             batch=self.cfg.hub.events_batch,
         )
         self.devices = DeviceWatcher(js, self.registry_metrics)
+        watcher, stored = self.devices, DeviceRegistry(js)
+
+        async def twins() -> list[dict[str, object]]:
+            live = watcher.records()
+            return live if live is not None else await stored.all()
+
+        self.goals = GoalService(
+            js, twins, self.cfg.planner, issued_by=f"hub:{self.cfg.hub.id}", metrics=self.registry_metrics
+        )
         tokens = Tokens(js)
         admin = await bootstrap_admin(tokens, trust_dir)
         credentials = Credentials(js)
@@ -170,6 +182,7 @@ class HubDaemon:
             ca.server_pair(self.cfg.api.tls_names),
             self.devices,
             dreamer=self.dreamer,
+            goals=self.goals,
         )
         log.info(
             "management API (gRPC, TLS) on %s, for devices (mutual TLS) on %s; CA %s, admin token in %s",
@@ -206,6 +219,8 @@ class HubDaemon:
             self._watch_knowledge(),
             migrations.run(self._stop),
         ]
+        if self.goals is not None:
+            parts.append(self.goals.run(self._stop))
         if self.responder is not None:
             parts.append(self.responder.run(self._stop))
         if self.dreamer is not None:
@@ -227,6 +242,8 @@ class HubDaemon:
         if steps:
             for event, reason in await self.registry.apply_batch(steps):
                 await self._fenced(event, reason)
+        if self.goals is not None:  # task results, and task agents' first steps (their start times)
+            await self.goals.on_events(e for e in events if e.WhichOneof("body") in ("step", "task_result"))
         episodes = [e for e in events if e.WhichOneof("body") == "episode"]
         if not episodes:
             return
@@ -263,6 +280,8 @@ class HubDaemon:
             await self.api.stop(grace=2.0)
         if self.dreamer is not None:
             await self.dreamer.shutdown()
+        if self.goals is not None:
+            await self.goals.close()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()

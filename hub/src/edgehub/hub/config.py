@@ -123,6 +123,48 @@ class DreamerConfig(_Section):
         return self
 
 
+class PlannerConfig(_Section):
+    """Multi-agent planning: goals become DAGs of tasks, written by the hub's own model (the same
+    llama.cpp brain as the edges', grammar-constrained JSON), dispatched to devices by capability and
+    load, joined, retried, re-planned. Loads its model at the first goal that needs it."""
+
+    enabled: bool = True
+    model_path: Path | None = None
+    """GGUF file; None: the Gemma 3 270M package's model (point this at a larger GGUF on a real hub)."""
+    n_ctx: int = Field(4096, ge=512, le=131072)
+    n_threads: int | None = Field(None, ge=1, le=256)
+    n_batch: int = Field(64, ge=8, le=4096)
+    max_tokens: int = Field(768, ge=64, le=8192)
+    """Tokens the model may write per draft."""
+    attempts: int = Field(3, ge=1, le=10)
+    """Drafts per plan: a rejected one is asked for again with the reason."""
+    max_tasks: int = Field(12, ge=1, le=32)
+    max_depth: int = Field(5, ge=1, le=32)
+    """Levels of one plan (the longest chain of tasks each needing the one before)."""
+    max_goal_depth: int = Field(2, ge=0, le=8)
+    """Sub-planner nesting: a task may be a goal of its own this many levels down (0: never)."""
+    task_tokens: int = Field(20_000, ge=100)
+    """One task's token budget (its agent's max_tokens) and the most one estimate may say."""
+    max_tokens_per_goal: int = Field(100_000, ge=100)
+    """A goal's token budget when it sets none."""
+    max_wall_seconds: float = Field(3600.0, gt=0)
+    """A goal's wall-time budget when it sets none."""
+    max_tool_calls: int = Field(200, ge=1)
+    """A goal's tool-call budget when it sets none."""
+    task_tool_calls: int = Field(50, ge=1)
+    """One task's tool calls (its agent's max_tool_calls)."""
+    max_retries: int = Field(2, ge=0, le=20)
+    """Attempts of a failed or lost task after its first (on another device when there is one)."""
+    retry_backoff_s: float = Field(2.0, ge=0)
+    """Wait before a retry, doubled each time."""
+    max_replans: int = Field(1, ge=0, le=10)
+    """Re-plans of a goal whose task failed every attempt (the model plans the rest again)."""
+    approve_tools: list[str] = []
+    """Tasks needing any of these tools wait for an operator's approval ("*": every task)."""
+    tick_s: float = Field(1.0, gt=0, le=60)
+    """How often running goals are looked at (results also advance a goal at once)."""
+
+
 class HubConfig(_Section):
     hub: HubSection = HubSection()
     nats: NatsConfig = NatsConfig()
@@ -131,6 +173,7 @@ class HubConfig(_Section):
     auth: AuthConfig = AuthConfig()
     neo4j: Neo4jConfig = Field(default_factory=Neo4jConfig)
     dreamer: DreamerConfig = DreamerConfig()
+    planner: PlannerConfig = PlannerConfig()
 
 
 def _env(env: Mapping[str, str]) -> dict[str, Any]:

@@ -103,7 +103,10 @@ CREDENTIALS = BucketSpec(
 MIGRATIONS = BucketSpec(
     "edgehub-migrations", "per agent: its latest migration (phase, source, target, epochs), by CAS"
 )
-BUCKETS = (APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS, CREDENTIALS, MIGRATIONS)
+GOALS = BucketSpec(
+    "edgehub-goals", "per goal: its plan revisions, tasks (status, device, attempts, usage), audit, by CAS"
+)
+BUCKETS = (APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS, CREDENTIALS, MIGRATIONS, GOALS)
 
 HANDOVERS = "edgehub-handovers"
 """Object store: the AgentBundle of each migration in flight, by migration id (hub credentials only:

@@ -101,10 +101,17 @@ def event_id(state: agent_pb2.AgentState, kind: str) -> str:
     return f"{state.agent_id}/{state.epoch}/{state.step}/{kind}"
 
 
-def new_agent(agent_id: str, goal: str, budget: agent_pb2.Budget | None = None) -> agent_pb2.AgentState:
-    """A PENDING agent ready to be created in the store."""
+def new_agent(
+    agent_id: str, goal: str, budget: agent_pb2.Budget | None = None, task_id: str = ""
+) -> agent_pb2.AgentState:
+    """A PENDING agent ready to be created in the store; ``task_id``: a hub-planned task, whose result
+    the store reports when the agent ends."""
     state = S.AgentState(
-        schema_version=STATE_SCHEMA_VERSION, agent_id=agent_id, goal=goal, status=S.AGENT_STATUS_PENDING
+        schema_version=STATE_SCHEMA_VERSION,
+        agent_id=agent_id,
+        goal=goal,
+        status=S.AGENT_STATUS_PENDING,
+        task_id=task_id,
     )
     if budget is not None:
         state.budget.CopyFrom(budget)

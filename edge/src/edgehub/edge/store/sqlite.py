@@ -17,7 +17,7 @@ import apsw
 import numpy as np
 import sqlite_vec
 
-from edgehub.protocol.v1 import agent_pb2, events_pb2
+from edgehub.protocol.v1 import agent_pb2, events_pb2, task_pb2
 
 from ..errors import AgentNotFound, SchemaVersionError, StoreError
 from .base import Approval, Episode, Intent, OutboxEntry, OutgoingFilter, VaultEntry
@@ -27,6 +27,10 @@ BUNDLE_SCHEMA_VERSION = 1
 """``AgentBundle.schema_version`` this store writes and reads."""
 
 EDGE_EVENT_SCHEMA_VERSION = 1
+TASK_ENDS = (agent_pb2.AGENT_STATUS_FINISHED, agent_pb2.AGENT_STATUS_FAILED, agent_pb2.AGENT_STATUS_STOPPED)
+"""Statuses that end a hub-planned task's agent: the store reports the task's result."""
+MAX_RESULT_CHARS = 16_000
+"""Characters of a task's answer (and failure reason) sent to the hub."""
 EPISODE_PARTS = 8
 """``episode_bits`` is partitioned on ``episodes.id % EPISODE_PARTS`` (migration 7, which has the 8 in its
 SQL): sqlite-vec's KNN costs about k x rows, so each partition is asked for its share of the candidates."""
@@ -329,7 +333,10 @@ class SqliteStore:
                 )
             if approval is not None:
                 self._put_approval(approval)
-            return self._append_outbox(event)
+            seq = self._append_outbox(event)
+            if state.task_id and state.status in TASK_ENDS:
+                seq = self._append_task_result(state, event)
+            return seq
 
     def _add_turns(self, agent_id: str, turns: Sequence[agent_pb2.Turn]) -> None:
         """Append turns (inside the caller's transaction); ``idx`` orders those of one step."""
@@ -352,6 +359,29 @@ class SqliteStore:
         return self._enqueue(
             events_pb2.EdgeEvent(event_id=step.event_id, agent_id=step.agent_id, epoch=step.epoch, step=step)
         )
+
+    def _append_task_result(self, state: agent_pb2.AgentState, end: agent_pb2.StepEvent) -> int:
+        """A hub-planned task's outcome, in the transaction of the step that ended its agent (so the hub
+        hears of it exactly when the step is committed; its id is the step's, so resends dedupe)."""
+        answer, reason = state.answer[:MAX_RESULT_CHARS], state.failure_reason[:MAX_RESULT_CHARS]
+        if self.outgoing is not None:
+            sealed: list[VaultEntry] = []
+            answer, reason = self.outgoing.mask(answer, sealed), self.outgoing.mask(reason, sealed)
+            self._seal(sealed)
+        result = task_pb2.TaskResult(
+            schema_version=1,
+            task_id=state.task_id,
+            agent_id=state.agent_id,
+            status=state.status,
+            answer=answer,
+            failure_reason=reason,
+            usage=state.usage,
+        )
+        result.finished_at.GetCurrentTime()
+        event = events_pb2.EdgeEvent(event_id=f"task/{end.event_id}", agent_id=state.agent_id)
+        event.epoch = state.epoch
+        event.task_result.CopyFrom(result)
+        return self._enqueue(event)
 
     def _append_episode(self, e: Episode, model: str) -> int:
         text = e.text

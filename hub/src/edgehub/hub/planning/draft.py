@@ -60,6 +60,9 @@ class TaskDraft(BaseModel):
     """Affinity: a device must carry all these labels (``site: hall-5``)."""
     avoid: dict[Label, Label] = Field(default_factory=dict, max_length=MAX_LABELS)
     """Anti-affinity: a device carrying any of these labels is not used."""
+    subgoal: bool = False
+    """The task is itself a goal for a sub-planner (a plan of its own, up to the hub's goal depth
+    limit), not one agent's work."""
 
 
 class PlanDraft(BaseModel):
@@ -70,12 +73,15 @@ class PlanDraft(BaseModel):
     tasks: list[TaskDraft] = Field(min_length=1, max_length=MAX_TASKS)
 
 
-def draft_schema(tools: list[str] | None = None, *, labels: bool = False) -> dict[str, Any]:
+def draft_schema(
+    tools: list[str] | None = None, *, labels: bool = False, subgoals: bool = False
+) -> dict[str, Any]:
     """The JSON schema the planner's answer is constrained to. With ``tools`` (the fleet's tool names),
     a task can only name those, so the grammar rules out unknown tools; without, any name up to
     ``MAX_TOOL`` characters (``validate`` then repairs or rejects it). ``labels`` lets the model
     write ``labels``/``avoid`` selectors; off by default, since a model that does not know the
-    fleet's labels invents ones no device carries (selectors given with the goal are better)."""
+    fleet's labels invents ones no device carries (selectors given with the goal are better).
+    ``subgoals`` lets it mark a task as a goal for a sub-planner (off where the depth limit is reached)."""
     slug = {"type": "string", "pattern": ID_PATTERN}
     tool: dict[str, Any] = (
         {"type": "string", "enum": sorted(set(tools))}
@@ -95,6 +101,7 @@ def draft_schema(tools: list[str] | None = None, *, labels: bool = False) -> dic
             "tools": {"type": "array", "items": tool, "maxItems": MAX_LIST},
             "estimate_tokens": {"type": "integer"},
             **({"labels": selector, "avoid": selector} if labels else {}),
+            **({"subgoal": {"type": "boolean"}} if subgoals else {}),
         },
         "required": ["id", "goal", "needs", "tools", "estimate_tokens"],
         "additionalProperties": False,

@@ -47,6 +47,8 @@ class DeviceView:
     """The GGUF the device's brain runs ('' when not reported)."""
     arch: str = ""
     memories: frozenset[str] = frozenset()
+    agents: frozenset[str] = frozenset()
+    """Ids of the agents it reported running (empty when it reports only a count)."""
     """Lower-case keywords of what the device's L3 memories are about: a hint for data locality."""
 
     @property
@@ -88,6 +90,7 @@ class DeviceView:
             model=str(twin.get("model") or ""),
             arch=str(hardware.get("arch") or ""),
             memories=frozenset(m.strip().lower() for m in _strings(twin.get("memories")) or ()),
+            agents=frozenset(str(a) for a in running) if isinstance(running, list) else frozenset(),
         )
 
 

@@ -61,6 +61,8 @@ class PlannedTask:
     """0 for a task that needs nothing, else one more than the deepest task it needs."""
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     avoid: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    subgoal: bool = False
+    """Planned again by a sub-planner rather than run by one agent."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ def _planned(
         levels[t.id],
         MappingProxyType(dict(t.labels)),
         MappingProxyType(dict(t.avoid)),
+        t.subgoal,
     )
 
 

@@ -192,8 +192,11 @@ class StartAgent(_message.Message):
     AGENT_ID_FIELD_NUMBER: _builtins.int
     GOAL_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     goal: _builtins.str
+    task_id: _builtins.str
+    """A hub-planned task (GOAL/TASK): when the agent ends, the device reports a TaskResult event."""
     @_builtins.property
     def budget(self) -> _agent_pb2.Budget: ...
     def __init__(
@@ -202,10 +205,11 @@ class StartAgent(_message.Message):
         agent_id: _builtins.str = ...,
         goal: _builtins.str = ...,
         budget: _agent_pb2.Budget | None = ...,
+        task_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "budget", b"budget", "goal", b"goal"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "budget", b"budget", "goal", b"goal", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1206,6 +1206,243 @@ class DecideApprovalRequest(_message.Message):
 
 Global___DecideApprovalRequest: _TypeAlias = DecideApprovalRequest  # noqa: Y015
 
+@_typing.final
+class GoalBudget(_message.Message):
+    """Limits of one goal; zero means the hub's default ([planner])."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    MAX_WALL_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    MAX_RETRIES_FIELD_NUMBER: _builtins.int
+    max_tokens: _builtins.int
+    max_wall_seconds: _builtins.float
+    max_tool_calls: _builtins.int
+    max_retries: _builtins.int
+    """Attempts of one task after its first (a failed agent, a device gone offline)."""
+    def __init__(
+        self,
+        *,
+        max_tokens: _builtins.int = ...,
+        max_wall_seconds: _builtins.float = ...,
+        max_tool_calls: _builtins.int = ...,
+        max_retries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_retries", b"max_retries", "max_tokens", b"max_tokens", "max_tool_calls", b"max_tool_calls", "max_wall_seconds", b"max_wall_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GoalBudget: _TypeAlias = GoalBudget  # noqa: Y015
+
+@_typing.final
+class SubmitGoalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    BUDGET_FIELD_NUMBER: _builtins.int
+    PLAN_JSON_FIELD_NUMBER: _builtins.int
+    APPROVE_TOOLS_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    plan_json: _builtins.str
+    """A plan written by a person (the planner's draft format, JSON); empty: the hub's model plans."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Device selector: every task runs on a device carrying all these labels."""
+
+    @_builtins.property
+    def budget(self) -> Global___GoalBudget: ...
+    @_builtins.property
+    def approve_tools(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tasks that need any of these tools wait for an operator's approval before they are dispatched
+        (added to the hub's [planner] approve_tools); "*" holds every task.
+        """
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        budget: Global___GoalBudget | None = ...,
+        plan_json: _builtins.str = ...,
+        approve_tools: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve_tools", b"approve_tools", "budget", b"budget", "labels", b"labels", "plan_json", b"plan_json", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitGoalRequest: _TypeAlias = SubmitGoalRequest  # noqa: Y015
+
+@_typing.final
+class Goal(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    RECORD_JSON_FIELD_NUMBER: _builtins.int
+    goal_id: _builtins.str
+    status: _builtins.str
+    """planning, running, done, failed, cancelled"""
+    answer: _builtins.str
+    error: _builtins.str
+    revision: _builtins.int
+    """The plan's revision (1 = the first plan; each re-plan adds one)."""
+    record_json: _builtins.str
+    """The whole record as JSON (versioned: schema_version): plan revisions, tasks with status, device,
+    attempts and timings, usage per task and device, approvals.
+    """
+    def __init__(
+        self,
+        *,
+        goal_id: _builtins.str = ...,
+        status: _builtins.str = ...,
+        answer: _builtins.str = ...,
+        error: _builtins.str = ...,
+        revision: _builtins.int = ...,
+        record_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "error", b"error", "goal_id", b"goal_id", "record_json", b"record_json", "revision", b"revision", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Goal: _TypeAlias = Goal  # noqa: Y015
+
+@_typing.final
+class GetGoalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_ID_FIELD_NUMBER: _builtins.int
+    goal_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        goal_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goal_id", b"goal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGoalRequest: _TypeAlias = GetGoalRequest  # noqa: Y015
+
+@_typing.final
+class ListGoalsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGoalsRequest: _TypeAlias = ListGoalsRequest  # noqa: Y015
+
+@_typing.final
+class ListGoalsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def goals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Goal]:
+        """Without record_json."""
+
+    def __init__(
+        self,
+        *,
+        goals: _abc.Iterable[Global___Goal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goals", b"goals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGoalsResponse: _TypeAlias = ListGoalsResponse  # noqa: Y015
+
+@_typing.final
+class DecideTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    APPROVE_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    goal_id: _builtins.str
+    task_id: _builtins.str
+    approve: _builtins.bool
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        goal_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        approve: _builtins.bool = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "goal_id", b"goal_id", "note", b"note", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideTaskRequest: _TypeAlias = DecideTaskRequest  # noqa: Y015
+
+@_typing.final
+class CancelGoalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GOAL_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    goal_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        goal_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["goal_id", b"goal_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelGoalRequest: _TypeAlias = CancelGoalRequest  # noqa: Y015
+
 REQUIRED_ROLE_FIELD_NUMBER: _builtins.int
 required_role: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Role.ValueType]
 """Every HubService method names its role; a method without one cannot be called."""

@@ -144,6 +144,31 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.CompleteHandoverRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.Migration.FromString,
                 _registered_method=True)
+        self.SubmitGoal = channel.unary_unary(
+                '/edgehub.v1.HubService/SubmitGoal',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.SubmitGoalRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+                _registered_method=True)
+        self.GetGoal = channel.unary_unary(
+                '/edgehub.v1.HubService/GetGoal',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.GetGoalRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+                _registered_method=True)
+        self.ListGoals = channel.unary_unary(
+                '/edgehub.v1.HubService/ListGoals',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.ListGoalsRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.ListGoalsResponse.FromString,
+                _registered_method=True)
+        self.DecideTask = channel.unary_unary(
+                '/edgehub.v1.HubService/DecideTask',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.DecideTaskRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+                _registered_method=True)
+        self.CancelGoal = channel.unary_unary(
+                '/edgehub.v1.HubService/CancelGoal',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.CancelGoalRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+                _registered_method=True)
 
 
 class HubServiceServicer:
@@ -306,6 +331,41 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitGoal(self, request, context):
+        """Plan a goal into a DAG of tasks (the hub's planner model, or the plan given) and run it across
+        the fleet. Returns once the plan is accepted (or the goal failed planning, with the reason).
+        INVALID_ARGUMENT: an empty or oversized goal, a bad selector or budget.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGoal(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGoals(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideTask(self, request, context):
+        """Approve or deny a task that policy holds for approval (audited in the goal).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelGoal(self, request, context):
+        """Stop a goal: its running tasks are stopped, nothing more is dispatched.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -418,6 +478,31 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.CompleteHandover,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.CompleteHandoverRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.Migration.SerializeToString,
+            ),
+            'SubmitGoal': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitGoal,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.SubmitGoalRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Goal.SerializeToString,
+            ),
+            'GetGoal': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGoal,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.GetGoalRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Goal.SerializeToString,
+            ),
+            'ListGoals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGoals,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.ListGoalsRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.ListGoalsResponse.SerializeToString,
+            ),
+            'DecideTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideTask,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.DecideTaskRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Goal.SerializeToString,
+            ),
+            'CancelGoal': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelGoal,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.CancelGoalRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Goal.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1014,6 +1099,141 @@ class HubService:
             '/edgehub.v1.HubService/CompleteHandover',
             edgehub_dot_v1_dot_hub__pb2.CompleteHandoverRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.Migration.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitGoal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/SubmitGoal',
+            edgehub_dot_v1_dot_hub__pb2.SubmitGoalRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGoal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/GetGoal',
+            edgehub_dot_v1_dot_hub__pb2.GetGoalRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGoals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/ListGoals',
+            edgehub_dot_v1_dot_hub__pb2.ListGoalsRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.ListGoalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/DecideTask',
+            edgehub_dot_v1_dot_hub__pb2.DecideTaskRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelGoal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/CancelGoal',
+            edgehub_dot_v1_dot_hub__pb2.CancelGoalRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,102 @@
+"""The planner's model call: a goal and the fleet's tools in, a validated ``Plan`` out.
+
+The hub's own llama.cpp model (``edgehub.llm``, the edges' brain code) writes a draft constrained to
+``draft_schema`` by grammar; ``parse_draft`` and ``validate`` check it. A rejected draft is not
+dispatched: the model is asked again with the reason (up to ``attempts`` drafts), and the goal fails
+with every reason when none passes. Operators may also write the plan themselves (``plan_json``):
+it passes the same checks, once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from edgehub.llm import Completion
+
+from .draft import draft_schema, parse_draft
+from .errors import PlanRejected
+from .fleet import DeviceView
+from .validate import Limits, Plan, validate
+
+Complete = Callable[[str, dict[str, object], int], Awaitable[Completion]]
+"""(prompt, json_schema, max_tokens) -> the model's completion (``ModelGate.complete`` underneath)."""
+
+EXAMPLE = {
+    "tasks": [
+        {"id": "read-a", "goal": "Read sensor A and report its value.", "needs": [], "tools": [],
+         "estimate_tokens": 2000},
+        {"id": "read-b", "goal": "Read sensor B and report its value.", "needs": [], "tools": [],
+         "estimate_tokens": 2000},
+        {"id": "compare", "goal": "Compare the two readings and say which is higher.",
+         "needs": ["read-a", "read-b"], "tools": [], "estimate_tokens": 1500},
+    ]
+}  # fmt: skip
+
+
+def prompt(
+    goal: str, tools: Sequence[str], limits: Limits, feedback: Sequence[str] = (), depth: int = 0
+) -> str:
+    """The planner's prompt. Short: the hub's default model is small, and every token is evaluated."""
+    lines = [
+        "You plan work for a fleet of edge devices. Each task is done by one agent on one device.",
+        "Split the goal into a few small tasks. Tasks that do not need each other run in parallel;",
+        "a task lists in needs the ids of the tasks whose results it uses.",
+        f"Use at most {limits.max_tasks} tasks and at most {limits.task_tokens} estimate_tokens per task.",
+        f"Tools the devices offer: {', '.join(sorted(tools)) or 'none'}. List only the tools a task needs.",
+        f"Example: {json.dumps(EXAMPLE)}",
+    ]
+    if depth:
+        lines.append(f"This goal is part of a larger goal (planning depth {depth}).")
+    for reason in feedback:
+        lines.append(f"An earlier plan was rejected: {reason}. Write a plan without that problem.")
+    lines += [f"Goal: {goal}", "Plan (JSON):"]
+    return "\n".join(lines)
+
+
+@dataclass
+class Planned:
+    plan: Plan
+    drafts: int
+    """Drafts the model wrote (1 = the first passed)."""
+    rejected: list[str] = field(default_factory=list)
+    """Why each earlier draft was refused."""
+    tokens: int = 0
+    """Tokens the model read and wrote, all drafts (the planner's cost)."""
+
+
+async def plan_with_model(
+    complete: Complete,
+    goal: str,
+    fleet: Sequence[DeviceView],
+    limits: Limits,
+    *,
+    attempts: int = 3,
+    max_tokens: int = 768,
+    depth: int = 0,
+    subgoals: bool = False,
+    feedback: Sequence[str] = (),
+) -> Planned:
+    """Ask the model for a plan until one passes ``validate``; ``PlanRejected`` with every reason when
+    ``attempts`` drafts failed."""
+    tools = sorted({t for d in fleet if d.eligible for t in d.tools})
+    schema = draft_schema(tools or None, subgoals=subgoals)
+    rejected: list[str] = []
+    tokens = 0
+    for n in range(1, attempts + 1):
+        ask = prompt(goal, tools, limits, [*feedback, *rejected[-2:]], depth)
+        completion = await complete(ask, schema, max_tokens)
+        tokens += completion.prompt_tokens + completion.completion_tokens
+        try:
+            plan = validate(parse_draft(completion.text), fleet, limits)
+        except PlanRejected as exc:
+            rejected.append(exc.reason)
+            continue
+        return Planned(plan, n, rejected, tokens)
+    raise PlanRejected(f"{attempts} drafts rejected: " + " | ".join(rejected))
+
+
+def plan_given(plan_json: str, fleet: Sequence[DeviceView], limits: Limits) -> Planned:
+    """An operator's plan (the draft format), checked as a model's would be."""
+    return Planned(validate(parse_draft(plan_json), fleet, limits), 1)
