@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # `make run`: a local edgehub on the real model solving a sample goal.
 #
-# Today: a hub daemon (embedded nats-server with JetStream in operator mode, an embedded Neo4j for the
-# L4 knowledge graph, gRPC management API over TLS) and one edge daemon on the Gemma 3 270M GGUF,
-# enrolled with a one-time token, replicating its mind-log to it with its own NATS credentials; the
-# CLI submits a goal to the edge and follows it (the edge keeps L3 episodes of each step), then reads
-# the agent, the device and the trace back through the hub's API as the admin operator, and runs a
-# consolidation of the edge's replicated episodes into the L4 graph with the hub's own model.
-# More edges and planning join as their issues land.
+# A hub daemon (embedded nats-server with JetStream in operator mode, an embedded Neo4j for the L4
+# knowledge graph, gRPC management API over TLS) and two edge daemons on the Gemma 3 270M GGUF, each
+# enrolled with a one-time token and replicating its mind-log with its own NATS credentials.
+# 1. The CLI submits a goal to edge-1 and follows it (the edge keeps L3 episodes of each step), then
+#    reads the agent, the devices and the trace back through the hub's API as the admin operator.
+# 2. A planned goal (examples/plan.json: two tasks in parallel on the two edges, then a join) runs
+#    across the fleet; `edgehub goal show` draws the DAG with devices and timings.
+# 3. The hub's own model plans a goal; every task is held for approval, the plan is shown, and the
+#    goal is cancelled (the tasks a 270M model writes are not worth running unreviewed).
+# 4. A consolidation of the edges' replicated episodes into the L4 graph with the hub's own model.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +40,7 @@ stop() {  # stop NAME PID: SIGTERM and wait
         kill -TERM "$2"; wait "$2" || true
     fi
 }
-cleanup() { stop "the edge daemon" "${EDGE:-}"; stop "the hub" "${HUB:-}"; }
+cleanup() { stop "edge-2" "${EDGE2:-}"; stop "edge-1" "${EDGE:-}"; stop "the hub" "${HUB:-}"; }
 trap cleanup EXIT
 wait_for() {  # wait_for LOG PID TEXT
     for _ in $(seq 900); do  # up to 3 minutes: the hub's Neo4j JVM is slow to start on a busy machine
@@ -62,6 +65,14 @@ $EH edge run -c examples/edge.toml >"$RUN_DIR/edge-1.log" 2>&1 &
 EDGE=$!
 wait_for "$RUN_DIR/edge-1.log" "$EDGE" "running"
 
+step "enrolling and starting edge-2 (data in $RUN_DIR/edge-2, log in $RUN_DIR/edge-2.log)"
+TOKEN=$($EH devices enroll-token edge-2 --ttl 600 | tail -1)
+EDGE2_ENV=(EDGEHUB_EDGE__DEVICE__ID=edge-2 EDGEHUB_EDGE__DEVICE__DATA_DIR="$RUN_DIR/edge-2")
+env "${EDGE2_ENV[@]}" $EH edge enroll -c examples/edge.toml --token "$TOKEN"
+env "${EDGE2_ENV[@]}" $EH edge run -c examples/edge.toml >"$RUN_DIR/edge-2.log" 2>&1 &
+EDGE2=$!
+wait_for "$RUN_DIR/edge-2.log" "$EDGE2" "running"
+
 step "goal: $GOAL"
 rc=0
 $EH agent run -c examples/edge.toml --goal "$GOAL" || rc=$?
@@ -75,6 +86,17 @@ $EH devices list
 AGENT=$($EH agents list --json | tail -1 | uv run --no-sync python -c 'import json,sys; print(json.loads(sys.stdin.read())["agent_id"])')
 step "edgehub agents trace $AGENT (the mind-log as the hub received it, PII-masked)"
 $EH agents trace "$AGENT"
+step "a planned goal across the fleet: edgehub goal submit --plan examples/plan.json (fork over both edges, then a join)"
+PLANNED=$($EH goal submit "Store two colours on two devices and name both" --plan examples/plan.json --json \
+    | uv run --no-sync python -c 'import json,sys; print(json.loads(sys.stdin.read())["goal_id"])')
+$EH goal show "$PLANNED" --wait 900 || rc=$?
+step "the hub's own model plans a goal (every task held for approval: shown, then cancelled)"
+MODEL=$($EH goal submit "Check the temperature of line A and line B, then say which is warmer." \
+    --approve-tool '*' --json | uv run --no-sync python -c 'import json,sys; print(json.loads(sys.stdin.read())["goal_id"])') || rc=$?
+if [[ -n "${MODEL:-}" ]]; then
+    $EH goal show "$MODEL" || true
+    $EH goal cancel "$MODEL" --reason "make run: shown, not run"
+fi
 step "edgehub knowledge consolidate (the edge's L3 episodes, replicated to the hub, abstracted into L4 facts by the hub's model)"
 $EH knowledge consolidate || rc=$?
 exit $rc

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
+from edgehub.edge.store.base import Episode
 from edgehub.llm.fake import FakeBrain
 
 
@@ -30,3 +33,29 @@ async def test_the_twin_reports_tools_labels_and_model_for_the_planner(tmp_path:
     assert isinstance(profile, dict)
     assert profile["name"], profile  # this machine matches a profile (the generic one at least)
     assert profile["settings"]["threads"] >= 1  # type: ignore[index]
+
+
+async def test_the_twin_reports_what_its_memories_are_about_for_data_locality(tmp_path: Path) -> None:
+    cfg = EdgeConfig.model_validate(
+        {
+            "device": {"id": "dev-8", "data_dir": str(tmp_path)},
+            "tools": {"load_entry_points": False},
+            "sandbox": {"mode": "off"},
+        }
+    )
+    vector = (np.ones(384) / np.sqrt(384)).astype(np.float32)
+    texts = ["conveyor belt 3 slipped", "conveyor belt 3 tension adjusted", "the boiler pressure read 4 bar"]
+    async with EdgeDaemon(cfg, brain=FakeBrain(lambda prompt: "{}")) as daemon:
+        assert daemon.report()["memories"] == []
+        assert daemon.store is not None
+        episodes = [
+            Episode(f"k{i}", "a", t, 1_700_000_000.0 + i, 0.5, i, vector.tobytes())
+            for i, t in enumerate(texts)
+        ]
+        daemon.store.add_episodes(episodes)
+        assert daemon.report()["memories"] == []  # recomputed at most once a minute
+        daemon._keywords_at -= 61
+        memories = daemon.report()["memories"]
+    assert memories[:2] == ["belt", "conveyor"]  # in two memories each; the rest once
+    assert {"boiler", "pressure", "slipped", "tension"} <= set(memories)  # type: ignore[arg-type]
+    assert "the" not in memories  # type: ignore[operator]

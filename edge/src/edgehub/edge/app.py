@@ -17,6 +17,7 @@ import fcntl
 import functools
 import logging
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from types import TracebackType
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgehub.llm import Brain, ModelGate
+from edgehub.protocol.keywords import keywords
 from edgehub.protocol.v1 import agent_pb2, commands_pb2
 from edgehub.sync.errors import MessageRejected
 
@@ -50,6 +52,9 @@ from .tracing import Tracing
 log = logging.getLogger("edgehub.edge")
 S = agent_pb2
 ACTIVE = (S.AGENT_STATUS_PENDING, S.AGENT_STATUS_RUNNING)
+MEMORY_KEYWORDS = 50
+"""Words of its L3 memories a device reports (its twin's ``memories``)."""
+MEMORY_KEYWORDS_S = 60.0
 
 
 def _agent_of(cmd: commands_pb2.Command) -> str:
@@ -125,6 +130,8 @@ class EdgeDaemon:
         self._agent_stops: dict[str, asyncio.Event] = {}
         self._stop_reasons: dict[str, str] = {}
         self._held: set[str] = set()
+        self._keywords: list[str] = []
+        self._keywords_at = -MEMORY_KEYWORDS_S
         """Agents the scheduler must not start (stopped for a migration)."""
         self._tasks: dict[str, asyncio.Task[agent_pb2.AgentState]] = {}
         self._closed = False
@@ -300,7 +307,19 @@ class EdgeDaemon:
             "labels": dict(self.cfg.device.labels),
             "model": self._brain.fingerprint if self._brain is not None else "",
             "profile": self.profile,
+            "memories": self.memories(),
         }
+
+    def memories(self) -> list[str]:
+        """The words this device's L3 memories are most about (data locality for the hub's planner),
+        recomputed at most every ``MEMORY_KEYWORDS_S``; none without episodic memory."""
+        now = time.monotonic()
+        if self.store is None or now - self._keywords_at < MEMORY_KEYWORDS_S:
+            return self._keywords
+        self._keywords_at = now
+        if self.cfg.memory.episodic:
+            self._keywords = keywords(self.store.recent_episode_texts(), limit=MEMORY_KEYWORDS)
+        return self._keywords
 
     @property
     def draining(self) -> bool:

@@ -9,7 +9,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -42,9 +42,22 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (
 
 def load(path: Path | None) -> EdgeConfig:
     try:
-        return load_config(path)
+        return load_config(path, profile=hardware_settings())
     except EdgeError as exc:
         fail(exc)
+
+
+def hardware_settings() -> dict[str, dict[str, Any]]:
+    """This machine's hardware profile's settings (``edgehub hardware detect``), in edge.toml's shape;
+    none when it cannot be read (a warning says why: the built-in defaults apply)."""
+    try:
+        from edgehub.hardware import derive, detect, load_profiles, match
+
+        machine = detect()
+        return derive(machine, match(machine, load_profiles())).as_edge_config()
+    except Exception as exc:  # a broken profile must not stop the daemon
+        err.print(f"[yellow]warning:[/] hardware profile not applied: {exc}")
+        return {}
 
 
 def fail(exc: BaseException | str, code: int = 2) -> NoReturn:

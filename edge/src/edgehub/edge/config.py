@@ -35,6 +35,9 @@ class DeviceConfig(_Section):
     """Where the store, agent workspaces and snapshots live."""
     labels: dict[str, str] = {}
     """Reported to the hub in the twin (e.g. ``site = "plant-3"``): the planner's affinity selectors."""
+    apply_profile: bool = True
+    """Settings this config leaves unset come from the detected hardware profile (``edgehub hardware
+    detect``: threads, context size, batch, sandbox limits, snapshot folder); false: built-in defaults."""
 
 
 class ModelConfig(_Section):
@@ -252,8 +255,15 @@ def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> EdgeConfig:
-    """Load ``path`` (optional) and apply ``env`` overrides; raise ConfigError naming the bad key."""
+def load_config(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    profile: Mapping[str, Any] | None = None,
+) -> EdgeConfig:
+    """Load ``path`` (optional) and apply ``env`` overrides; raise ConfigError naming the bad key.
+    ``profile`` (the hardware profile's settings, ``Settings.as_edge_config()``) fills what neither
+    sets, unless ``[device] apply_profile = false``."""
     data: dict[str, Any] = {}
     where = str(path) if path else None
     if path is not None:
@@ -264,6 +274,9 @@ def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) 
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"not valid TOML: {exc}", path=where) from None
     data = _merge(data, _env_overrides(os.environ if env is None else env))
+    wanted = str(data.get("device", {}).get("apply_profile", True)).lower() not in ("false", "0", "no")
+    if profile and wanted:
+        data = _merge(dict(profile), data)
     try:
         return EdgeConfig.model_validate(data)
     except ValidationError as exc:

@@ -164,6 +164,7 @@ class GoalService:
         gid = record["goal_id"]
         if record["status"] in GOAL_ENDED:
             self._active.pop(gid, None)
+            self._locks.pop(gid, None)
         else:
             self._active[gid] = record
         for tid, state in record["tasks"].items():
@@ -183,9 +184,13 @@ class GoalService:
                 found = await self._read(goal_id)
                 if found is None:
                     raise GoalError("NOT_FOUND", f"no goal {goal_id!r}")
+                before = json.dumps(found.record, sort_keys=True)
                 fx = change(found.record)
                 if isinstance(fx, Awaitable):
                     fx = await fx
+                if json.dumps(found.record, sort_keys=True) == before:  # nothing to store (a quiet tick)
+                    self._remember(found.record)
+                    return found.record, fx
                 try:
                     await self._write(found.record, found.revision)
                 except KeyWrongLastSequenceError:
@@ -365,7 +370,7 @@ class GoalService:
         subgoals = record["depth"] < self.cfg.max_goal_depth
         try:
             if record.get("plan_json") and not replan:
-                planned = plan_given(record["plan_json"], fleet, limits)
+                planned = plan_given(record["plan_json"], fleet, limits, subgoals=subgoals)
             else:
                 done = {
                     tid: s.get("answer", "") for tid, s in record["tasks"].items() if s["status"] == "done"

@@ -599,6 +599,13 @@ class SqliteStore:
                 self._conn.execute(f"DELETE FROM episodes WHERE id IN ({marks})", tuple(ids))
         return marked, len(doomed)
 
+    def recent_episode_texts(self, limit: int = 500) -> list[str]:
+        """The texts of the newest ``limit`` episodes not consolidated away (what the device knows now)."""
+        rows = self._rows(
+            "SELECT text FROM episodes WHERE pruned_at IS NULL ORDER BY id DESC LIMIT ?", (limit,)
+        )
+        return [str(r[0]) for r in rows]
+
     def episode_count(self) -> int:
         return int(self._scalar("SELECT COUNT(*) FROM episodes WHERE pruned_at IS NULL"))
 

@@ -18,11 +18,12 @@ can run is not crowded out by one that could go anywhere. A task that cannot be 
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+
+from edgehub.protocol.keywords import words
 
 from .fleet import DeviceView
 from .validate import Plan, PlannedTask
@@ -33,7 +34,6 @@ LOCALITY_WEIGHT = 0.5
 a full one (full devices are not candidates)."""
 LOCALITY_CAP = 3
 AFFINITY_BONUS = 1.0
-_STOP = frozenset({"the", "and", "for", "with", "from", "into", "that", "this", "all", "any", "its"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +94,6 @@ def _can_run(d: DeviceView, t: PlannedTask) -> bool:
 
 def _free(d: DeviceView, taken: Counter[str]) -> int:
     return d.free_slots - taken[d.device_id]
-
-
-def words(text: str) -> frozenset[str]:
-    """Lower-case words of three letters or more, common ones aside: what locality compares."""
-    return frozenset(w for w in re.findall(r"[^\W_]+", text.lower()) if len(w) >= 3) - _STOP
 
 
 def _score(t: PlannedTask, d: DeviceView, taken: Counter[str], affinity: Mapping[str, str]) -> float:

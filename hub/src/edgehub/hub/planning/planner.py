@@ -89,7 +89,7 @@ async def plan_with_model(
         completion = await complete(ask, schema, max_tokens)
         tokens += completion.prompt_tokens + completion.completion_tokens
         try:
-            plan = validate(parse_draft(completion.text), fleet, limits)
+            plan = _no_subgoals(validate(parse_draft(completion.text), fleet, limits), subgoals)
         except PlanRejected as exc:
             rejected.append(exc.reason)
             continue
@@ -97,6 +97,16 @@ async def plan_with_model(
     raise PlanRejected(f"{attempts} drafts rejected: " + " | ".join(rejected))
 
 
-def plan_given(plan_json: str, fleet: Sequence[DeviceView], limits: Limits) -> Planned:
+def plan_given(
+    plan_json: str, fleet: Sequence[DeviceView], limits: Limits, *, subgoals: bool = True
+) -> Planned:
     """An operator's plan (the draft format), checked as a model's would be."""
-    return Planned(validate(parse_draft(plan_json), fleet, limits), 1)
+    return Planned(_no_subgoals(validate(parse_draft(plan_json), fleet, limits), subgoals), 1)
+
+
+def _no_subgoals(plan: Plan, allowed: bool) -> Plan:
+    """``plan``, unless it has sub-goals where the goal depth limit allows none."""
+    deep = [t.id for t in plan.tasks if t.subgoal]
+    if deep and not allowed:
+        raise PlanRejected(f"tasks {', '.join(deep)} are sub-goals, but the goal depth limit is reached")
+    return plan

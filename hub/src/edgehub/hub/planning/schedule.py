@@ -241,8 +241,10 @@ def needs_approval(task: dict[str, Any], record: dict[str, Any], cfg: PlannerCon
 
 
 def task_text(record: dict[str, Any], task: dict[str, Any]) -> str:
-    """What the task's agent is asked: its goal, the whole goal for context, its inputs."""
-    lines = [task["goal"], f"(This is one part of the goal: {record['text'][:500]})"]
+    """What the task's agent is asked: its goal and its inputs. Not the whole goal: the plan wrote each
+    task to stand alone, and a small model given the whole goal too drifts from its part (seen with
+    Gemma 3 270M: it ran an example's command instead of its task)."""
+    lines = [task["goal"]]
     inputs = [(n, record["tasks"][n].get("answer", "")) for n in task["needs"]]
     if inputs:
         lines.append("Results of the tasks this one builds on:")
@@ -318,11 +320,10 @@ def advance(
                 audit(record, f"task {tid} held for approval: {rule}", now=now)
             continue
         if task.get("subgoal"):
-            if record["depth"] >= cfg.max_goal_depth:
-                _attempt_failed(
-                    record, tid, f"sub-goal depth limit {cfg.max_goal_depth} reached", now, cfg, fx
-                )
-                continue
+            if record["depth"] >= cfg.max_goal_depth:  # planning refuses these: a plan from before a
+                why = f"task {tid} is a sub-goal beyond the depth limit {cfg.max_goal_depth}"  # change
+                end_goal(record, "failed", why, now, issued_by, fx)
+                return fx
             attempt = int(state["attempt"]) + 1
             child = f"{record['goal_id']}-{tid}-{attempt}"
             state.update(

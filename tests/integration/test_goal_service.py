@@ -1,0 +1,287 @@
+"""The hub's GoalService against a real nats-server (JetStream KV, the commands stream), with a
+scripted planner model (``FakeBrain``: the subject is what the hub does with the model's drafts, not the
+model) and devices given as twins. Task results are handed in as the event applier does.
+
+Covered: hostile drafts asked again then accepted, or the goal failed with every reason and nothing
+dispatched; a task failing every attempt re-planned (revision 2 keeps what was done); sub-goals (a
+child goal planned and run, its answer the parent task's result) and the depth limit; the goal's
+token budget; a second hub process continuing a goal; malformed results ignored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+
+from edgehub.hub.config import PlannerConfig
+from edgehub.hub.goals import GoalError, GoalService
+from edgehub.llm.fake import FakeBrain
+from edgehub.protocol import subjects
+from edgehub.protocol.v1 import agent_pb2, commands_pb2, task_pb2
+from edgehub.sync import NatsServer
+from tests.harness.nats import connect, nats_server  # noqa: F401 - fixture
+
+S = agent_pb2
+TOOLS = ["finish", "read_file", "run_command"]
+
+
+def twin(device: str, running: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {
+        "device_id": device,
+        "state": "running",
+        "sent_at": time.time(),
+        "heartbeat_s": 5,
+        "tools": TOOLS,
+        "max_concurrent": 4,
+        "agents_running": list(running),
+    }
+
+
+def draft(*tasks: tuple[str, list[str]], subgoal: str = "") -> str:
+    return json.dumps(
+        {
+            "tasks": [
+                {"id": t, "goal": f"do {t}", "needs": needs, "tools": [], "estimate_tokens": 100}
+                | ({"subgoal": True} if t == subgoal else {})
+                for t, needs in tasks
+            ]
+        }
+    )
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:  # noqa: F811 - the fixture above
+    client = await connect(nats_server)
+    yield client
+    await client.close()
+
+
+def service(
+    nc: Client, script: list[str] | Callable[[str], str] | None = None, **cfg: Any
+) -> tuple[GoalService, list[dict[str, Any]], FakeBrain]:
+    devices = [twin("dev-a"), twin("dev-b")]
+
+    async def twins() -> list[dict[str, Any]]:
+        return devices
+
+    brain = FakeBrain(script if script is not None else [])
+    settings = PlannerConfig(retry_backoff_s=0, tick_s=0.1, **cfg)
+    return GoalService(nc.jetstream(), twins, settings, brain=brain), devices, brain
+
+
+def result(record: dict[str, Any], tid: str, status: int = S.AGENT_STATUS_FINISHED, tokens: int = 10) -> Any:
+    state = record["tasks"][tid]
+    r = task_pb2.TaskResult(
+        task_id=f"{record['goal_id']}/{tid}",
+        agent_id=state["agent_id"],
+        status=status,
+        answer=f"answer of {tid}",
+        failure_reason="" if status == S.AGENT_STATUS_FINISHED else "the tool broke",
+    )
+    r.usage.completion_tokens = tokens
+    r.usage.tool_calls = 1
+    return r
+
+
+async def commands(nc: Client) -> list[commands_pb2.Command]:
+    """Every command the hub queued, oldest first."""
+    sub = await nc.jetstream().pull_subscribe(subjects.ALL_COMMANDS, stream=subjects.COMMANDS_STREAM)
+    out = []
+    try:
+        while True:
+            msgs = await sub.fetch(100, timeout=0.3)
+            out += [commands_pb2.Command.FromString(m.data) for m in msgs]
+    except TimeoutError:
+        pass
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def test_hostile_drafts_are_asked_again_then_the_valid_one_runs(nc: Client) -> None:
+    script = [
+        draft(("a", ["b"]), ("b", ["a"])),  # a cycle
+        '{"tasks": [{"id": "a", "goal": "x"',  # cut short
+        draft(("a", []), ("b", ["a"])),
+    ]
+    goals, _, brain = service(nc, script)
+    record = await goals.submit("read a then b", by="test")
+    assert record["status"] == "running"
+    rev = record["revisions"][0]
+    assert rev["drafts"] == 3
+    assert "cycle" in rev["rejected"][0]
+    assert "not valid JSON" in rev["rejected"][1]
+    # the model was told why: the reasons are in the later prompts
+    assert "cycle" in brain.prompts[1]
+    assert "not valid JSON" in brain.prompts[2]
+    # a's StartAgent went out; b waits for a
+    assert record["tasks"]["a"]["status"] == "dispatched"
+    assert record["tasks"]["b"]["status"] == "waiting"
+    sent = [c for c in await commands(nc) if c.WhichOneof("body") == "start_agent"]
+    assert [c.start_agent.task_id for c in sent] == [f"{record['goal_id']}/a"]
+    assert sent[0].start_agent.budget.max_tokens > 0
+
+
+async def test_a_model_that_never_writes_a_valid_plan_fails_the_goal_and_sends_nothing(nc: Client) -> None:
+    goals, _, _ = service(nc, ["[]", "not json", draft(("a", ["a2"]), ("a2", ["a"]))], attempts=3)
+    record = await goals.submit("anything", by="test")
+    assert record["status"] == "failed"
+    assert "3 drafts rejected" in record["error"]
+    assert "cycle" in record["error"]
+    assert not record["revisions"]
+    assert not await commands(nc)
+
+
+async def test_a_task_failing_every_attempt_is_replanned_keeping_what_was_done(nc: Client) -> None:
+    first = draft(("a", []), ("b", ["a"]))
+    second = draft(("b2", []), ("c", ["b2"]))
+    goals, _, brain = service(nc, [first, second], max_retries=1, max_replans=1)
+    record = await goals.submit("a then b", by="test")
+    gid = record["goal_id"]
+    await goals.on_result(result(record, "a"), "dev-a")
+    record = await goals.get(gid)
+    for _ in range(2):  # the first attempt and its one retry fail
+        record = await wait_until(goals, gid, lambda r: r["tasks"]["b"]["status"] == "dispatched")
+        await goals.on_result(result(record, "b", S.AGENT_STATUS_FAILED), record["tasks"]["b"]["device"])
+    record = await wait_until(goals, gid, lambda r: len(r["revisions"]) == 2)
+    assert record["revisions"][1]["reason"].startswith("task b failed 2 times")
+    assert record["tasks"]["a"]["status"] == "done"  # kept, not run again
+    assert record["tasks"]["b"]["status"] == "failed"
+    assert "Already done" in brain.prompts[-1]
+    assert "a: answer of a" in brain.prompts[-1]
+    assert "task b failed 2 times" in brain.prompts[-1]
+    assert record["replans"] == 1
+    record = await wait_until(goals, gid, lambda r: r["tasks"]["b2"]["status"] == "dispatched")
+    await goals.on_result(result(record, "b2"), "dev-a")
+    record = await wait_until(goals, gid, lambda r: r["tasks"]["c"]["status"] == "dispatched")
+    await goals.on_result(result(record, "c"), "dev-b")
+    record = await goals.get(gid)
+    assert record["status"] == "done"
+    assert record["answer"] == "answer of c"
+    # the second attempt went to the other device (a retry prefers one it has not failed on)
+    b = record["tasks"]["b"]["attempts"]
+    assert b[0]["device"] != b[1]["device"]
+
+
+async def test_a_subgoal_is_planned_and_run_and_its_answer_is_the_parent_tasks(nc: Client) -> None:
+    child_plan = draft(("x", []), ("y", []))
+    goals, _, _ = service(nc, [child_plan], max_goal_depth=1)
+    parent = await goals.submit("inspect", by="test", plan_json=draft(("sub", []), subgoal="sub"))
+    gid = parent["goal_id"]
+    sub = parent["tasks"]["sub"]
+    assert sub["status"] == "dispatched"
+    assert sub["device"] == "hub"
+    child_id = sub["subgoal_id"]
+    child = await wait_until(goals, child_id, lambda r: r["status"] == "running")
+    assert child["parent"] == {"goal_id": gid, "task_id": "sub"}
+    assert child["depth"] == 1
+    for tid in ("x", "y"):
+        await goals.on_result(result(child, tid, tokens=7), "dev-a")
+    child = await goals.get(child_id)
+    assert child["status"] == "done"
+    parent = await wait_until(goals, gid, lambda r: r["status"] == "done")
+    assert parent["tasks"]["sub"]["answer"] == child["answer"]
+    assert "answer of x" in parent["answer"]
+    assert parent["usage"]["tokens"] == 14
+
+
+async def test_a_subgoal_beyond_the_depth_limit_is_refused(nc: Client) -> None:
+    goals, _, _ = service(nc, [], max_goal_depth=0, max_retries=0)
+    record = await goals.submit("x", by="test", plan_json=draft(("sub", []), subgoal="sub"))
+    assert record["status"] == "failed"
+    assert "sub-goals, but the goal depth limit is reached" in record["error"]
+    assert not await commands(nc)
+
+
+async def test_a_plan_over_the_token_budget_is_rejected(nc: Client) -> None:
+    goals, _, _ = service(nc)
+    record = await goals.submit(
+        "x", by="test", plan_json=draft(("a", []), ("b", [])), budget={"max_tokens": 150}
+    )
+    assert record["status"] == "failed"
+    assert "estimate 200 tokens in total; the goal's budget is 150" in record["error"]
+
+
+async def test_a_spent_token_budget_fails_the_goal_and_stops_its_running_tasks(nc: Client) -> None:
+    goals, _, _ = service(nc)
+    plan = draft(("a", []), ("b", []))
+    record = await goals.submit("x", by="test", plan_json=plan, budget={"max_tokens": 250})
+    await goals.on_result(result(record, "a", tokens=300), "dev-a")
+    record = await goals.get(record["goal_id"])
+    assert record["status"] == "failed"
+    assert "token budget spent: 300 tokens of 250" in record["error"]
+    stops = [c for c in await commands(nc) if c.WhichOneof("body") == "stop_agent"]
+    assert [c.stop_agent.agent_id for c in stops] == [record["tasks"]["b"]["agent_id"]]
+    assert record["tasks"]["b"]["status"] == "cancelled"
+
+
+async def test_another_hub_process_continues_a_goal(nc: Client) -> None:
+    one, _, _ = service(nc)
+    record = await one.submit("x", by="test", plan_json=draft(("a", []), ("b", ["a"])))
+    other, _, _ = service(nc)  # a second hub process: it learns the goal from KV
+    await other.refresh()
+    await other.on_result(result(record, "a"), "dev-a")
+    record = await other.get(record["goal_id"])
+    assert record["tasks"]["b"]["status"] == "dispatched"
+    # the first process's stale view does not undo it: its next tick reads, then compares-and-sets
+    await one.tick()
+    assert (await one.get(record["goal_id"]))["tasks"]["b"]["agent_id"] == record["tasks"]["b"]["agent_id"]
+
+
+async def test_results_that_do_not_fit_are_ignored(nc: Client) -> None:
+    goals, _, _ = service(nc)
+    record = await goals.submit("x", by="test", plan_json=draft(("a", [])))
+    gid = record["goal_id"]
+    stale = result(record, "a")
+    stale.agent_id = f"{gid}-a-0"  # an attempt the goal moved on from
+    await goals.on_result(stale, "dev-b")
+    bad = task_pb2.TaskResult(task_id="no-slash", agent_id="x")
+    await goals.on_result(bad, "dev-b")
+    unknown = task_pb2.TaskResult(task_id="g-unknown/a", agent_id="x")
+    await goals.on_result(unknown, "dev-b")
+    record = await goals.get(gid)
+    assert record["tasks"]["a"]["status"] == "dispatched"
+    assert record["usage"]["tokens"] == 0
+
+
+async def test_operators_get_clear_errors(nc: Client) -> None:
+    goals, _, _ = service(nc)
+    with pytest.raises(GoalError, match="empty"):
+        await goals.submit("  ", by="test")
+    with pytest.raises(GoalError, match="at most 4000"):
+        await goals.submit("x" * 5000, by="test")
+    with pytest.raises(GoalError, match="negative"):
+        await goals.submit("x", by="test", budget={"max_tokens": -1})
+    record = await goals.submit("x", by="test", plan_json=draft(("a", [])))
+    with pytest.raises(GoalError, match="not awaiting approval"):
+        await goals.decide(record["goal_id"], "a", True, "op")
+    with pytest.raises(GoalError, match="no task"):
+        await goals.decide(record["goal_id"], "zzz", True, "op")
+    cancelled = await goals.cancel(record["goal_id"], "op", "changed my mind")
+    assert cancelled["status"] == "cancelled"
+    with pytest.raises(GoalError, match="already cancelled"):
+        await goals.cancel(record["goal_id"], "op")
+
+
+async def wait_until(
+    goals: GoalService, goal_id: str, ok: Callable[[dict[str, Any]], bool], within: float = 10
+) -> dict[str, Any]:
+    deadline = time.monotonic() + within
+    while True:
+        with_error = None
+        try:
+            record = await goals.get(goal_id)
+            if ok(record):
+                return record
+        except GoalError as exc:
+            with_error = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"goal {goal_id}: condition not met ({with_error or record})")
+        await goals.tick()
+        await asyncio.sleep(0.05)
