@@ -256,8 +256,8 @@ class EdgeDaemon:
     @functools.cached_property
     def profile(self) -> dict[str, object]:
         """This machine's hardware profile (``edgehub hardware detect``) and the settings it implies,
-        reported to the hub in the twin. Not applied to this daemon's config yet (hardware/README.md
-        says why)."""
+        reported to the hub in the twin. ``edgehub edge run`` lays those settings under the config
+        (``[device] apply_profile``); a daemon built from an ``EdgeConfig`` directly has what it was given."""
         try:
             from edgehub.hardware import derive, detect, load_profiles, match
 
@@ -266,7 +266,11 @@ class EdgeDaemon:
         except Exception as exc:  # a broken profile must not stop the daemon: report why instead
             log.warning("hardware profile unavailable: %s", exc)
             return {"name": "", "error": str(exc)[:300]}
-        return {"name": settings.profile, "settings": settings.to_dict()}
+        return {
+            "name": settings.profile,
+            "settings": settings.to_dict(),
+            "apply": self.cfg.device.apply_profile,
+        }
 
     @property
     def has_hub(self) -> bool:
