@@ -23,7 +23,7 @@ from edgehub.hub.config import PlannerConfig
 from edgehub.hub.goals import GoalError, GoalService
 from edgehub.llm.fake import FakeBrain
 from edgehub.protocol import subjects
-from edgehub.protocol.v1 import agent_pb2, commands_pb2, task_pb2
+from edgehub.protocol.v1 import agent_pb2, commands_pb2, events_pb2, task_pb2
 from edgehub.sync import NatsServer
 from tests.harness.nats import connect, nats_server  # noqa: F401 - fixture
 
@@ -285,3 +285,20 @@ async def wait_until(
             raise AssertionError(f"goal {goal_id}: condition not met ({with_error or record})")
         await goals.tick()
         await asyncio.sleep(0.05)
+
+
+async def test_an_oversized_answer_is_cut_so_the_record_stays_writable(nc: Client) -> None:
+    goals, _, _ = service(nc)
+    record = await goals.submit("x", by="test", plan_json=draft(("a", [])))
+    huge = result(record, "a")
+    huge.answer = "y" * 900_000  # a hostile device's answer, near NATS's 1 MB message limit
+    assert await goals.on_events([_event(huge, "dev-a")]) == []
+    record = await goals.get(record["goal_id"])
+    assert record["status"] == "done"
+    assert record["answer"] == "y" * 8000
+
+
+def _event(r: Any, device: str) -> Any:
+    event = events_pb2.EdgeEvent(event_id=f"task/{r.agent_id}", device_id=device, agent_id=r.agent_id)
+    event.task_result.CopyFrom(r)
+    return event

@@ -42,7 +42,7 @@ from .knowledge import DreamerService, KnowledgeService
 from .knowledge.episodes import episode_records
 from .knowledge.responder import KnowledgeResponder
 from .migration import MigrationService
-from .registry import AgentRegistry, DeviceRegistry, DeviceWatcher
+from .registry import AgentRegistry, DeviceRegistry, DeviceWatcher, fence
 
 log = logging.getLogger("edgehub.hub")
 
@@ -243,7 +243,12 @@ class HubDaemon:
             for event, reason in await self.registry.apply_batch(steps):
                 await self._fenced(event, reason)
         if self.goals is not None:  # task results, and task agents' first steps (their start times)
-            await self.goals.on_events(e for e in events if e.WhichOneof("body") in ("step", "task_result"))
+            results = [e for e in events if e.WhichOneof("body") == "task_result"]
+            refused = {id(e) for e, _ in await self._fence(results)}
+            kept = [e for e in results if id(e) not in refused]
+            mine = [e for e in events if e.WhichOneof("body") == "step"] + kept
+            for event, reason in await self.goals.on_events(mine):
+                await self._fenced(event, reason)
         episodes = [e for e in events if e.WhichOneof("body") == "episode"]
         if not episodes:
             return
@@ -252,6 +257,17 @@ class HubDaemon:
             log.debug("%d episodes dropped: this hub keeps no knowledge graph", len(episodes))
             return
         await self.knowledge.graph.add_episodes(episode_records(episodes))
+
+    async def _fence(self, results: list[events_pb2.EdgeEvent]) -> list[tuple[events_pb2.EdgeEvent, str]]:
+        """Task results whose device did not own the agent at their epoch (``registry.fence``, as for
+        steps: a stale copy of a migrated agent), dead-lettered; the rest may be applied."""
+        assert self.registry is not None
+        refused = []
+        for event in results:
+            if reason := fence(await self.registry.get(event.agent_id), event):
+                await self._fenced(event, reason)
+                refused.append((event, reason))
+        return refused
 
     async def _fenced(self, event: events_pb2.EdgeEvent, reason: str) -> None:
         """An event its device may not send for the agent (a stale copy after a migration, another

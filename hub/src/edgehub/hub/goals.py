@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
@@ -67,6 +68,11 @@ class GoalError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+PERMANENT = (GoalError, MaxPayloadError, ValueError, KeyError, TypeError)
+"""Failures repeating a goal update cannot cure (a record too big or malformed): its event is
+dead-lettered rather than redelivered for ever."""
 
 
 def to_proto(record: dict[str, Any], *, full: bool = True) -> hub_pb2.Goal:
@@ -441,14 +447,24 @@ class GoalService:
         await self.on_result(result, "hub")
 
     # results and ticks ---------------------------------------------------------------------------
-    async def on_events(self, events: Iterable[events_pb2.EdgeEvent]) -> None:
-        """Task results (and first steps, for timings) from the applied event batch."""
+    async def on_events(
+        self, events: Iterable[events_pb2.EdgeEvent]
+    ) -> list[tuple[events_pb2.EdgeEvent, str]]:
+        """Task results (and first steps, for timings) from the applied event batch. Returns the
+        results that can never be applied (a record that cannot be written), with the reason, for the
+        dead letters; a transient failure (NATS) raises, so the batch is delivered again."""
+        refused = []
         for event in events:
             kind = event.WhichOneof("body")
-            if kind == "task_result":
-                await self.on_result(event.task_result, event.device_id)
-            elif kind == "step" and event.agent_id in self._agents:
-                await self._started(event)
+            try:
+                if kind == "task_result":
+                    await self.on_result(event.task_result, event.device_id)
+                elif kind == "step" and event.agent_id in self._agents:
+                    await self._started(event)
+            except PERMANENT as exc:
+                log.error("event %s from %s: goal not updated: %s", event.event_id, event.device_id, exc)
+                refused.append((event, f"goal not updated: {type(exc).__name__}: {exc}"[:500]))
+        return refused
 
     async def _started(self, event: events_pb2.EdgeEvent) -> None:
         goal_id, tid = self._agents[event.agent_id]

@@ -47,6 +47,8 @@ SCHEMA_VERSION = 1
 MAX_INPUT = 2000
 """Characters of one upstream answer handed to a dependant task."""
 MAX_AUDIT = 200
+MAX_ANSWER = 8000
+"""Characters of a task's answer kept in the goal (the record stays well under NATS's 1 MB)."""
 OPEN = frozenset({"waiting", "approval", "retry"})
 ACTIVE = frozenset({"dispatched", "running"})
 ENDED = frozenset({"done", "failed", "denied", "cancelled"})
@@ -455,7 +457,7 @@ def apply_result(
         return fx
     if result.status == S.AGENT_STATUS_FINISHED:
         ended = result.finished_at.ToMilliseconds() / 1000 if result.HasField("finished_at") else now
-        state.update(status="done", answer=result.answer, finished_at=ended)
+        state.update(status="done", answer=result.answer[:MAX_ANSWER], finished_at=ended)
         state.pop("error", None)
         audit(record, f"task {tid} done on {device} ({tokens} tokens)", now=now)
         return fx
