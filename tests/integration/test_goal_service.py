@@ -302,3 +302,13 @@ def _event(r: Any, device: str) -> Any:
     event = events_pb2.EdgeEvent(event_id=f"task/{r.agent_id}", device_id=device, agent_id=r.agent_id)
     event.task_result.CopyFrom(r)
     return event
+
+
+async def test_oversized_selectors_and_rules_are_refused(nc: Client) -> None:
+    goals, _, _ = service(nc)
+    with pytest.raises(GoalError, match="labels: at most 32 entries"):
+        await goals.submit("x", by="test", labels={f"k{i}": "v" for i in range(33)})
+    with pytest.raises(GoalError, match="labels: at most 32 entries of 1 to 64"):
+        await goals.submit("x", by="test", labels={"site": "v" * 65})
+    with pytest.raises(GoalError, match="approve_tools"):
+        await goals.submit("x", by="test", approve_tools=[""])

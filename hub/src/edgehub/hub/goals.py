@@ -59,6 +59,12 @@ S = agent_pb2
 
 MAX_TEXT = 4000
 """Characters of a goal's text."""
+MAX_SELECTOR = 32
+"""Labels in a goal's device selector, and tools in its approval rules."""
+
+
+def _strings(item: str | tuple[str, str]) -> tuple[str, ...]:
+    return item if isinstance(item, tuple) else (item,)
 
 
 class GoalError(Exception):
@@ -251,6 +257,13 @@ class GoalService:
         for key, value in (budget or {}).items():
             if value < 0:
                 raise GoalError("INVALID_ARGUMENT", f"budget {key} is negative ({value})")
+        for what, items in (("labels", list((labels or {}).items())), ("approve_tools", approve_tools or [])):
+            if len(items) > MAX_SELECTOR or any(
+                not x or len(x) > 64 for item in items for x in _strings(item)
+            ):
+                raise GoalError(
+                    "INVALID_ARGUMENT", f"{what}: at most {MAX_SELECTOR} entries of 1 to 64 characters"
+                )
         record = new_record(
             text,
             by=by,
