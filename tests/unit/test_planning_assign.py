@@ -152,8 +152,16 @@ def test_a_current_twin_is_read_in_full() -> None:
     assert view.eligible
     assert (view.load, view.cpus, view.running, view.max_concurrent, view.free_slots) == (1.5, 4, 1, 3, 2)
     assert view.tools == {"read_file", "camera"}
-    assert view.labels == {"site": "hall-5"}
+    assert view.labels == {"site": "hall-5", "arch": "aarch64"}  # arch: reported by the device itself
     assert view.arch == "aarch64"
+
+
+def test_a_device_is_selectable_by_its_hardware_profile_and_explicit_labels_win() -> None:
+    reported = twin(profile={"name": "jetson-orin-nano", "settings": {}}, labels={"arch": "custom"})
+    view = DeviceView.from_twin(reported, NOW)
+    assert view.labels == {"arch": "custom", "profile": "jetson-orin-nano"}
+    assert view.matches({"profile": "jetson-orin-nano"}, {})
+    assert not view.matches({"profile": "raspberry-pi-5"}, {})
 
 
 def test_a_twin_from_an_old_daemon_takes_the_defaults() -> None:

@@ -42,7 +42,9 @@ class DeviceView:
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     tools: frozenset[str] = BUILTIN_TOOLS
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
-    """Operator labels (``site``, ``line``, ``gpu``) for affinity and anti-affinity."""
+    """Operator labels (``site``, ``line``, ``gpu``) for affinity and anti-affinity, over two the device
+    reports itself: ``arch`` (``x86_64``, ``aarch64``) and ``profile`` (its hardware profile, e.g.
+    ``jetson-orin-nano``), so ``--devices profile=raspberry-pi-5`` selects by hardware."""
     model: str = ""
     """The GGUF the device's brain runs ('' when not reported)."""
     arch: str = ""
@@ -86,7 +88,7 @@ class DeviceView:
             running=len(running) if isinstance(running, list) else _int(running, 0),
             max_concurrent=_int(twin.get("max_concurrent"), DEFAULT_MAX_CONCURRENT),
             tools=frozenset(tools) if tools is not None else BUILTIN_TOOLS,
-            labels=MappingProxyType(_labels(twin.get("labels"))),
+            labels=MappingProxyType(_builtin_labels(twin, hardware) | _labels(twin.get("labels"))),
             model=str(twin.get("model") or ""),
             arch=str(hardware.get("arch") or ""),
             memories=frozenset(m.strip().lower() for m in _strings(twin.get("memories")) or ()),
@@ -115,6 +117,15 @@ def _int(raw: object, default: int) -> int:
 def _strings(raw: object) -> list[str] | None:
     """The strings of a list (None when it is not a list: the field was not reported)."""
     return [s for s in raw if isinstance(s, str)] if isinstance(raw, list) else None
+
+
+def _builtin_labels(twin: Mapping[str, Any], hardware: Mapping[str, Any]) -> dict[str, str]:
+    profile = twin.get("profile")
+    found = {
+        "arch": hardware.get("arch"),
+        "profile": profile.get("name") if isinstance(profile, Mapping) else None,
+    }
+    return {k: v for k, v in found.items() if isinstance(v, str) and v}
 
 
 def _labels(raw: object) -> dict[str, str]:
