@@ -189,3 +189,19 @@ def test_inputs_are_cut_and_sinks_are_joined() -> None:
     record["tasks"]["b"]["answer"] = "B"
     record["tasks"]["c"]["answer"] = "C"
     assert synthesis(record) == "b: B\nc: C"
+
+
+def test_a_task_whose_agent_migrated_follows_it_instead_of_being_reassigned() -> None:
+    fleet = devices("dev-a", "dev-b")
+    record = goal([t("a")], fleet)
+    (start,) = advance(record, fleet, Counter(), T0, CFG, "hub").commands
+    agent, source = start.start_agent.agent_id, start.device_id
+    target = "dev-b" if source == "dev-a" else "dev-a"
+    after = [
+        DeviceView(device_id=source, online=False),
+        DeviceView(device_id=target, online=True, agents=frozenset({agent}), tools=frozenset({"finish"})),
+    ]
+    assert advance(record, after, Counter(), T0 + 5, CFG, "hub").commands == []
+    state = record["tasks"]["a"]
+    assert (state["device"], state["status"], state["attempt"]) == (target, "running", 1)
+    assert "runs on" in record["audit"][-1]["what"]

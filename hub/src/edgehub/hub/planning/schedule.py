@@ -294,8 +294,13 @@ def advance(
     tasks = {t["id"]: t for t in current_plan(record)}
     states = record["tasks"]
     online = {d.device_id: d for d in devices}
+    running_on = {a: d.device_id for d in devices if d.online for a in d.agents}
     for tid, state in states.items():  # a device that went away: its task runs elsewhere
         if state["status"] in ACTIVE and not state.get("subgoal_id"):
+            moved = running_on.get(state["agent_id"], state["device"])
+            if moved != state["device"]:  # the task's agent was migrated: follow it
+                audit(record, f"task {tid}: its agent runs on {moved} now (was {state['device']})", now=now)
+                state["device"] = moved
             d = online.get(state["device"])
             if state["status"] == "dispatched" and d is not None and state["agent_id"] in d.agents:
                 state.update(status="running", started_at=now)  # the first step's event refines it
