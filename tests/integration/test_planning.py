@@ -10,7 +10,6 @@ was given: the subject is planning, dispatch and joining. The last test plans wi
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -39,7 +38,7 @@ def worker(prompt: str) -> str:
     goal = _goal(prompt)
     first = goal.splitlines()[0]
     if "Step 1 observation" not in prompt.split("## Task\n", 1)[1]:
-        seconds = float(os.environ.get("TASK_SLEEP_S", "1.5")) * (6 if "slow" in first else 1)
+        seconds = 10 if "slow" in first else 2.5  # long enough to overlap on a loaded machine
         return json.dumps({"thought": "work", "tool": "run_command", "args": {"command": f"sleep {seconds}"}})
     inputs = [line[2:] for line in goal.splitlines() if line.startswith("- ")]
     answer = f"[{first}]" + (f" from ({' | '.join(inputs)})" if inputs else "")
