@@ -21,6 +21,7 @@ from nats.aio.client import Client
 
 from edgehub.hub.config import PlannerConfig
 from edgehub.hub.goals import GoalError, GoalService
+from edgehub.hub.planning import DeviceView
 from edgehub.llm.fake import FakeBrain
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, commands_pb2, events_pb2, task_pb2
@@ -67,8 +68,8 @@ def service(
 ) -> tuple[GoalService, list[dict[str, Any]], FakeBrain]:
     devices = [twin("dev-a"), twin("dev-b")]
 
-    async def twins() -> list[dict[str, Any]]:
-        return devices
+    async def twins() -> list[DeviceView]:
+        return [DeviceView.from_twin(t, time.time()) for t in devices]
 
     brain = FakeBrain(script if script is not None else [])
     settings = PlannerConfig(retry_backoff_s=0, tick_s=0.1, **cfg)

@@ -9,7 +9,16 @@ from typing import Any
 
 import pytest
 
-from edgehub.hub.planning import BUILTIN_TOOLS, DeviceView, Plan, PlanDraft, Unplaced, assign, validate
+from edgehub.hub.planning import (
+    BUILTIN_TOOLS,
+    DeviceView,
+    FleetCache,
+    Plan,
+    PlanDraft,
+    Unplaced,
+    assign,
+    validate,
+)
 
 NOW = 1_700_000_000.0
 
@@ -196,3 +205,24 @@ def test_malformed_numbers_fall_back_to_cautious_values() -> None:
     assert (view.load, view.max_concurrent, view.running, view.cpus) == (0.0, 2, 2, 1)
     assert view.memories == {"pump"}
     assert DeviceView.from_twin(twin(agents_running=True, max_concurrent=math.inf), NOW).running == 0
+
+
+def test_the_fleet_cache_rebuilds_a_view_only_when_its_twin_changed_and_judges_online_at_read() -> None:
+    cache = FleetCache(max_age_s=0.0)
+    a, b = twin(device_id="a", sent_at=NOW), twin(device_id="b", sent_at=NOW)
+    first = cache.views([("a", 1, a), ("b", 1, b)], NOW)
+    assert [v.online for v in first] == [True, True]
+    again = cache.views([("a", 1, a), ("b", 2, b | {"load": 0.25})], NOW + 1)
+    assert again[0] is first[0]  # same revision: the same view
+    assert again[1].load == 0.25  # a new revision: rebuilt
+    later = cache.views([("a", 1, a), ("b", 2, b | {"load": 0.25})], NOW + 60)  # no beats for a minute
+    assert [v.online for v in later] == [False, False]
+    assert cache.views([("a", 1, a), ("x", 1, {"no": "id"})], NOW + 61)[0].device_id == "a"  # b gone, x bad
+    assert len(cache.views([], NOW + 62)) == 0
+
+
+def test_the_fleet_cache_reuses_its_list_for_a_moment() -> None:
+    cache = FleetCache(max_age_s=0.2)
+    listed = cache.views([("a", 1, twin(device_id="a"))], NOW)
+    assert cache.views([], NOW + 0.1) is listed
+    assert cache.views([], NOW + 0.3) == []

@@ -100,13 +100,13 @@ class _Entry:
 
 
 class GoalService:
-    """The hub's planner and dispatcher (see the module docstring). ``twins`` gives the hub's live view
+    """The hub's planner and dispatcher (see the module docstring). ``devices`` gives the hub's live view
     of the devices; ``brain`` replaces the model ``cfg`` names (tests of the planner's logic)."""
 
     def __init__(
         self,
         js: JetStreamContext,
-        twins: Callable[[], Awaitable[list[dict[str, Any]]]],
+        devices: Callable[[], Awaitable[list[DeviceView]]],
         cfg: PlannerConfig,
         *,
         brain: Brain | None = None,
@@ -114,7 +114,7 @@ class GoalService:
         metrics: CollectorRegistry | None = None,
     ) -> None:
         self.js = js
-        self.twins = twins
+        self.devices = devices
         self.cfg = cfg
         self.issued_by = issued_by
         self._brain = brain
@@ -374,9 +374,7 @@ class GoalService:
         )  # fmt: skip
 
     async def fleet(self, labels: dict[str, str]) -> list[DeviceView]:
-        now = time.time()
-        views = [DeviceView.from_twin(t, now) for t in await self.twins()]
-        return [d for d in views if d.matches(labels, {})]
+        return _selected(await self.devices(), labels)
 
     async def _plan(self, goal_id: str, replan: str) -> dict[str, Any]:
         """Plan (or re-plan) the goal and store the revision; the goal fails when no plan passes."""
@@ -508,7 +506,7 @@ class GoalService:
 
         def change(record: dict[str, Any]) -> Effects:
             fx = apply_result(record, tid, result, device, now, self.cfg)
-            mine = [d for d in devices if d.matches(record["labels"], {})]
+            mine = _selected(devices, record["labels"])
             more = advance(record, mine, busy_of(self._others(goal_id)), now, self.cfg, self.issued_by)
             fx.commands += more.commands
             fx.subgoals += more.subgoals
@@ -537,7 +535,7 @@ class GoalService:
             if record is not None and record["status"] == "planning":
                 continue
             labels = (record or {}).get("labels", {})
-            mine = [d for d in devices if d.matches(labels, {})]
+            mine = _selected(devices, labels)
 
             def change(r: dict[str, Any], mine: list[DeviceView] = mine, gid: str = gid) -> Effects:
                 return advance(r, mine, busy_of(self._others(gid)), now, self.cfg, self.issued_by)
@@ -592,3 +590,8 @@ async def _first(*events: asyncio.Event) -> None:
     finally:
         for w in waits:
             w.cancel()
+
+
+def _selected(devices: list[DeviceView], labels: dict[str, str]) -> list[DeviceView]:
+    """The devices a goal's selector allows (all, without one: the common case costs nothing)."""
+    return [d for d in devices if d.matches(labels, {})] if labels else devices

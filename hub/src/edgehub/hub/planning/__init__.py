@@ -10,13 +10,14 @@ model call, plan storage and dispatch build on these.
 from .assign import Assignment, Unplaced, assign
 from .draft import PlanDraft, TaskDraft, draft_schema, parse_draft
 from .errors import PlanningError, PlanRejected
-from .fleet import BUILTIN_TOOLS, DeviceView
+from .fleet import BUILTIN_TOOLS, DeviceView, FleetCache
 from .validate import Limits, Plan, PlannedTask, validate
 
 __all__ = [
     "BUILTIN_TOOLS",
     "Assignment",
     "DeviceView",
+    "FleetCache",
     "Limits",
     "Plan",
     "PlanDraft",
