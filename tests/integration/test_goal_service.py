@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from edgehub.hub.config import PlannerConfig
 from edgehub.hub.goals import GoalError, GoalService
 from edgehub.hub.planning import DeviceView
+from edgehub.hub.planning.schedule import new_record
 from edgehub.llm.fake import FakeBrain
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, commands_pb2, events_pb2, task_pb2
@@ -225,8 +226,12 @@ async def test_a_spent_token_budget_fails_the_goal_and_stops_its_running_tasks(n
 async def test_another_hub_process_continues_a_goal(nc: Client) -> None:
     one, _, _ = service(nc)
     record = await one.submit("x", by="test", plan_json=draft(("a", []), ("b", ["a"])))
-    other, _, _ = service(nc)  # a second hub process: it learns the goal from KV
-    await other.refresh()
+    other, _, _ = service(nc)  # a second hub process: it learns the goal from its watch
+    stop = asyncio.Event()
+    watching = asyncio.create_task(other.watch(stop))
+    await until(lambda: record["goal_id"] in other._active)
+    stop.set()
+    await watching
     await other.on_result(result(record, "a"), "dev-a")
     record = await other.get(record["goal_id"])
     assert record["tasks"]["b"]["status"] == "dispatched"
@@ -313,3 +318,33 @@ async def test_oversized_selectors_and_rules_are_refused(nc: Client) -> None:
         await goals.submit("x", by="test", labels={"site": "v" * 65})
     with pytest.raises(GoalError, match="approve_tools"):
         await goals.submit("x", by="test", approve_tools=[""])
+
+
+async def until(ok: Callable[[], bool], within: float = 10) -> None:
+    deadline = time.monotonic() + within
+    while not ok():
+        assert time.monotonic() < deadline, "condition not met"
+        await asyncio.sleep(0.05)
+
+
+async def test_ended_goals_are_pruned_after_the_retention(nc: Client) -> None:
+    goals, _, _ = service(nc, keep_ended_days=1)
+    record = await goals.submit("x", by="test", plan_json=draft(("a", [])))
+    await goals.cancel(record["goal_id"], "op")
+    assert await goals.prune(time.time()) == 0  # ended just now: kept
+    assert await goals.prune(time.time() + 2 * 86400) == 1
+    with pytest.raises(GoalError, match="no goal"):
+        await goals.get(record["goal_id"])
+
+
+async def test_a_goal_left_in_planning_by_a_dead_hub_is_planned_again(nc: Client) -> None:
+    goals, _, _ = service(nc, [draft(("a", []))])
+    orphan = new_record("x", by="op", labels={}, budget={}, approve_tools=[], planner="model")
+    await goals._write(orphan, None)  # stored by a hub process that died before planning it
+    goals._replan_orphans(time.time())  # just written: not an orphan yet
+    assert not goals._planning
+    goals._replan_orphans(time.time() + 3600)
+    await asyncio.gather(*goals._planning.values())
+    record = await goals.get(orphan["goal_id"])
+    assert record["status"] == "running"
+    assert len(record["revisions"]) == 1

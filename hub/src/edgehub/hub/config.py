@@ -161,6 +161,8 @@ class PlannerConfig(_Section):
     """Re-plans of a goal whose task failed every attempt (the model plans the rest again)."""
     approve_tools: list[str] = []
     """Tasks needing any of these tools wait for an operator's approval ("*": every task)."""
+    keep_ended_days: float = Field(30.0, gt=0)
+    """Records of goals that ended (done, failed, cancelled) are deleted this long after."""
     tick_s: float = Field(1.0, gt=0, le=60)
     """How often running goals are looked at (results also advance a goal at once)."""
 

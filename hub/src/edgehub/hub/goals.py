@@ -21,10 +21,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import nats.errors
 from nats.errors import MaxPayloadError
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
-from nats.js.kv import KeyValue
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
@@ -59,6 +60,8 @@ S = agent_pb2
 
 MAX_TEXT = 4000
 """Characters of a goal's text."""
+PLANNING_STALE_S = 120.0
+"""A goal in planning this long without a write, and not being planned here, is planned again."""
 MAX_SELECTOR = 32
 """Labels in a goal's device selector, and tools in its approval rules."""
 
@@ -123,7 +126,10 @@ class GoalService:
         self._kv: KeyValue | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._active: dict[str, dict[str, Any]] = {}
-        """Goals not ended, as this process last wrote or read them (refreshed every tick)."""
+        """Goals not ended, as this process last wrote, read or watched them."""
+        self._revisions: dict[str, int] = {}
+        self._ended: dict[str, float] = {}
+        """Ended goals -> when they ended, until their records are pruned (``[planner] keep_ended_days``)."""
         self._agents: dict[str, tuple[str, str]] = {}
         """Task agent id -> (goal, task) until its first step event is seen (when the agent began)."""
         self._planning: dict[str, asyncio.Task[dict[str, Any]]] = {}
@@ -167,16 +173,22 @@ class GoalService:
         data = json.dumps(record).encode()
         kv = await self._bucket()
         if revision is None:
-            await kv.create(kv_key(record["goal_id"]), data)
+            written = await kv.create(kv_key(record["goal_id"]), data)
         else:
-            await kv.update(kv_key(record["goal_id"]), data, last=revision)
-        self._remember(record)
+            written = await kv.update(kv_key(record["goal_id"]), data, last=revision)
+        self._remember(record, int(written))
 
-    def _remember(self, record: dict[str, Any]) -> None:
+    def _remember(self, record: dict[str, Any], revision: int) -> None:
+        """This process's view of a goal, from its own write or read or from the watch (which can
+        deliver a write after a newer one this process made: the newer revision stays)."""
         gid = record["goal_id"]
+        if revision < self._revisions.get(gid, 0):
+            return
+        self._revisions[gid] = revision
         if record["status"] in GOAL_ENDED:
             self._active.pop(gid, None)
             self._locks.pop(gid, None)
+            self._ended[gid] = float(record.get("finished_at") or record.get("updated_at") or time.time())
         else:
             self._active[gid] = record
         for tid, state in record["tasks"].items():
@@ -201,7 +213,7 @@ class GoalService:
                 if isinstance(fx, Awaitable):
                     fx = await fx
                 if json.dumps(found.record, sort_keys=True) == before:  # nothing to store (a quiet tick)
-                    self._remember(found.record)
+                    self._remember(found.record, found.revision or 0)
                     return found.record, fx
                 try:
                     await self._write(found.record, found.revision)
@@ -412,8 +424,8 @@ class GoalService:
         def change(r: dict[str, Any]) -> Effects:
             fx = Effects()
             now = time.time()
-            if r["status"] in GOAL_ENDED:
-                return fx
+            if r["status"] in GOAL_ENDED or (not replan and r["status"] != "planning"):
+                return fx  # ended meanwhile, or another hub process planned it first
             if planned is None:
                 what = "re-plan" if replan else "plan"
                 end_goal(r, "failed", f"no valid {what}: {failure}", now, self.issued_by, fx)
@@ -546,32 +558,82 @@ class GoalService:
                 log.warning("goal %s: %s", gid, exc.message)
                 self._active.pop(gid, None)
 
-    async def refresh(self) -> None:
-        """Learn goals other hub processes submitted; re-plan goals whose planning died with a hub."""
-        now = time.time()
-        for record in await self.all():
-            if record.get("status") in GOAL_ENDED:
-                self._active.pop(record["goal_id"], None)
-                continue
-            self._remember(record)
-            stale = now - float(record.get("updated_at", 0)) > 60
-            if record["status"] == "planning" and stale and record["goal_id"] not in self._planning:
-                self._spawn_planning(record["goal_id"], "")
-
-    async def run(self, stop: asyncio.Event) -> None:
-        """Advance running goals every ``tick_s`` until stopped (results advance theirs at once)."""
-        rounds = 0
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Keep this process's view of the goals current with every hub process's writes (a watch on
+        the bucket: its snapshot at start, then each write once), re-watching after any error."""
         while not stop.is_set():
             try:
-                if rounds % 10 == 0:
-                    await self.refresh()
-                rounds += 1
-                await self.tick()
-            except Exception as exc:  # NATS restarting: the next round retries
-                log.warning("goal scheduling round failed: %s: %s", type(exc).__name__, exc)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(stop, self._wake), self.cfg.tick_s)
+                watcher = await (await self._bucket()).watchall()
+                try:
+                    while not stop.is_set():
+                        try:
+                            entry = await watcher.updates(timeout=0.5)
+                        except nats.errors.TimeoutError:
+                            continue
+                        if entry is not None:  # None: the end of the snapshot
+                            self._seen(entry)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await watcher.stop()
+            except Exception as exc:  # NATS restarting: watch again
+                log.warning("goal watch failed (%s: %s); watching again", type(exc).__name__, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    def _seen(self, entry: KeyValue.Entry) -> None:
+        if entry.operation in (KV_DEL, KV_PURGE):
+            self._active.pop(entry.key, None)
+            self._ended.pop(entry.key, None)
+            return
+        try:
+            record = json.loads(entry.value or b"{}")
+            if int(record.get("schema_version", 0)) == SCHEMA_VERSION:
+                self._remember(record, int(entry.revision or 0))
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not a goal this hub can read
+            log.debug("goal record %s unreadable: %s", entry.key, exc)
+
+    def _replan_orphans(self, now: float) -> None:
+        """Goals left in planning by a hub process that died: planned again here."""
+        for gid, record in list(self._active.items()):
+            stale = now - float(record.get("updated_at", 0)) > PLANNING_STALE_S
+            if record["status"] == "planning" and stale and gid not in self._planning:
+                log.info("goal %s: its planning stopped (a hub process died?); planning it again", gid)
+                self._spawn_planning(gid, "")
+
+    async def prune(self, now: float) -> int:
+        """Delete the records of goals that ended more than ``keep_ended_days`` ago; how many."""
+        horizon = now - self.cfg.keep_ended_days * 86400
+        old = [gid for gid, ended in self._ended.items() if ended < horizon]
+        kv = await self._bucket()
+        for gid in old:
+            await kv.purge(kv_key(gid))
+            self._ended.pop(gid, None)
+        if old:
+            log.info("%d ended goals older than %g days pruned", len(old), self.cfg.keep_ended_days)
+        return len(old)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Advance running goals every ``tick_s`` until stopped (results advance theirs at once); keep
+        the view of the goals current; re-plan orphans; prune old ended goals."""
+        watching = asyncio.create_task(self.watch(stop), name="goal-watch")
+        pruned_at = 0.0
+        try:
+            while not stop.is_set():
+                now = time.time()
+                try:
+                    self._replan_orphans(now)
+                    await self.tick()
+                    if now - pruned_at > 60:
+                        pruned_at = now
+                        await self.prune(now)
+                except Exception as exc:  # NATS restarting: the next round retries
+                    log.warning("goal scheduling round failed: %s: %s", type(exc).__name__, exc)
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(_first(stop, self._wake), self.cfg.tick_s)
+        finally:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
 
     async def close(self) -> None:
         for task in list(self._planning.values()):
