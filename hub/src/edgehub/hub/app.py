@@ -271,11 +271,10 @@ class HubDaemon:
         """Task results whose device did not own the agent at their epoch (``registry.fence``, as for
         steps: a stale copy of a migrated agent), dead-lettered; the rest may be applied."""
         assert self.registry is not None
-        refused = []
-        for event in results:
-            if reason := fence(await self.registry.get(event.agent_id), event):
-                await self._fenced(event, reason)
-                refused.append((event, reason))
+        records = await asyncio.gather(*(self.registry.get(e.agent_id) for e in results))
+        refused = [(e, why) for e, record in zip(results, records, strict=True) if (why := fence(record, e))]
+        for event, reason in refused:
+            await self._fenced(event, reason)
         return refused
 
     async def _fenced(self, event: events_pb2.EdgeEvent, reason: str) -> None:
