@@ -155,20 +155,22 @@ class Device:
         )
         return cls(nc, await nc.jetstream().key_value(DEVICES.name), device_id, log)
 
+    def state(self) -> dict[str, Any]:
+        """The twin's fields (bench/dispatch adds what the planner reads)."""
+        return {
+            "device_id": self.id,
+            "state": "running",
+            "heartbeat_s": HEARTBEAT_S,
+            "sent_at": time.time(),
+            "version": "bench",
+            "hardware": {"arch": "x86_64", "cpus": 4, "kernel": "6.1.0"},
+            "load": 0.5,
+            "outbox_depth": 0,
+            "agents_running": [f"{self.id}-agent"],
+        }
+
     def twin(self) -> bytes:
-        return json.dumps(
-            {
-                "device_id": self.id,
-                "state": "running",
-                "heartbeat_s": HEARTBEAT_S,
-                "sent_at": time.time(),
-                "version": "bench",
-                "hardware": {"arch": "x86_64", "cpus": 4, "kernel": "6.1.0"},
-                "load": 0.5,
-                "outbox_depth": 0,
-                "agents_running": [f"{self.id}-agent"],
-            }
-        ).encode()
+        return json.dumps(self.state()).encode()
 
     async def on_command(self, cmd: commands_pb2.Command) -> None:
         assert cmd.stop_agent.agent_id == f"{self.id}-agent", cmd
@@ -189,9 +191,17 @@ class Device:
             self.log.puts.append((t, time.monotonic() - t))
 
 
-async def simulate(worker: int, url: str, trust_dir: Path, done: ProcessEvent) -> DeviceLog:
-    """Devices ``worker``, ``worker + WORKERS``, ... until ``done`` is set."""
-    log = DeviceLog()
+async def simulate(
+    worker: int,
+    url: str,
+    trust_dir: Path,
+    done: ProcessEvent,
+    device: type[Device] = Device,
+    log: DeviceLog | None = None,
+) -> DeviceLog:
+    """Devices ``worker``, ``worker + WORKERS``, ... until ``done`` is set (bench/dispatch passes its
+    own ``device`` class and ``log``)."""
+    log = log or DeviceLog()
     commands_log = logging.getLogger("edgehub.sync.commands")
     commands_log.setLevel(logging.DEBUG)  # pull_forever logs a repeated error at DEBUG
     commands_log.addHandler(Resubscribes(log))
@@ -204,7 +214,7 @@ async def simulate(worker: int, url: str, trust_dir: Path, done: ProcessEvent) -
     wave = max(1, RAMP_BATCH // WORKERS)
     for first in range(0, len(mine), wave):  # a fleet comes up over time, not in one instant
         batch = mine[first : first + wave]
-        up = await asyncio.gather(*(Device.connect(url, trust, device_id(i), log) for i in batch))
+        up = await asyncio.gather(*(device.connect(url, trust, device_id(i), log) for i in batch))
         for i, d in zip(batch, up, strict=True):
             tasks.append(asyncio.create_task(d.commands.run(stop)))
             tasks.append(asyncio.create_task(d.heartbeat(stop, HEARTBEAT_S * i / N_DEVICES)))
@@ -252,7 +262,8 @@ class Hub:
         return out
 
 
-def start_hub(tmp: Path) -> Hub:
+def start_hub(tmp: Path, python_args: Sequence[str] = ()) -> Hub:
+    """The hub daemon in ``tmp``; ``python_args`` go before ``-m`` (bench/dispatch: ``-m cProfile -o F``)."""
     port, api, metrics = free_port(), f"127.0.0.1:{free_port()}", free_port()
     config = tmp / "hub.toml"
     config.write_text(
@@ -262,7 +273,8 @@ def start_hub(tmp: Path) -> Hub:
     )
     log = tmp / "hub.log"
     with log.open("wb") as f:
-        cmd = [sys.executable, "-m", "edgehub.cli", "hub", "run", "-c", str(config), "--log-level", "warning"]
+        cmd = [sys.executable, *python_args, "-m", "edgehub.cli", "hub", "run", "-c", str(config)]
+        cmd += ["--log-level", "warning"]
         proc = subprocess.Popen(cmd, stderr=f, stdout=f)
     hub = Hub(proc, f"nats://127.0.0.1:{port}", api, metrics, log, tmp / "trust")
     deadline = time.monotonic() + 60
@@ -355,10 +367,11 @@ class Commands:
     api_errors: int = 0
 
 
-async def send_commands(stub: hub_pb2_grpc.HubServiceStub, sent: Commands) -> None:
-    """StopAgent through the API at the fleet's command rate, round robin over devices, until cancelled."""
+async def send_commands(stub: hub_pb2_grpc.HubServiceStub, sent: Commands, rate: float | None = None) -> None:
+    """StopAgent through the API at ``rate`` per second (default: the fleet's command rate), round robin
+    over devices, until cancelled."""
     loop = asyncio.get_running_loop()
-    interval = 1.0 / (COMMANDS_PER_DEVICE_S * N_DEVICES)
+    interval = 1.0 / (rate or COMMANDS_PER_DEVICE_S * N_DEVICES)
     pending: set[asyncio.Task[None]] = set()
 
     async def one(device: str) -> None:
