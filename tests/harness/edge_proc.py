@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,19 @@ def start_edge(
             stderr=log,
             text=True,
         )
+
+
+def stop_edges(procs: Iterable[subprocess.Popen[str]], timeout: float = 30) -> None:
+    """SIGTERM every edge still running (each drains), then wait; one that does not end is killed."""
+    procs = list(procs)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def agent_state(data_dir: Path, agent_id: str) -> Any:

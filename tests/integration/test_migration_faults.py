@@ -25,7 +25,7 @@ import pytest
 
 from edgehub.protocol.v1 import agent_pb2
 from edgehub.sync import free_port
-from tests.harness.edge_proc import agent_state, start_edge
+from tests.harness.edge_proc import agent_state, start_edge, stop_edges
 from tests.harness.hub import EDGEHUB, Hub, start_hub
 from tests.harness.netns import Lan, lan
 
@@ -112,14 +112,7 @@ class Fleet:
         return json.loads(done.stdout) if done.returncode == 0 else {}
 
     def stop(self) -> None:
-        for proc in self.edges.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.edges.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_edges(self.edges.values())
         self.keep_hub_log()
 
     def keep_hub_log(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.edge_proc import start_edge
+from tests.harness.edge_proc import start_edge, stop_edges
 from tests.harness.hub import start_hub
 
 DEVICES = ("dev-a", "dev-b", "dev-c")
@@ -111,14 +111,7 @@ class Fleet:
         return [json.loads(line)["agent_id"] for line in done.stdout.splitlines()]
 
     def stop(self) -> None:
-        for proc in self.edges.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.edges.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_edges(self.edges.values())
         with_log = self.hub.stop()
         (self.tmp / "hub.log").write_text(with_log)
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edgehub.llm import LlamaSettings
+
 from .errors import HubConfigError
 
 ENV_PREFIX = "EDGEHUB_HUB__"
@@ -85,7 +87,30 @@ class Neo4jConfig(_Section):
     """Where make setup built the launcher (None: $EDGEHUB_CACHE/neo4j)."""
 
 
-class DreamerConfig(_Section):
+class HubModelConfig(_Section):
+    """The hub's own llama.cpp model (the same brain code as the edges'), for a part that writes with
+    it: consolidation, planning. Each part loads its own when it first needs it."""
+
+    model_path: Path | None = None
+    """GGUF file; None: the Gemma 3 270M package's model, the edges' default (a larger GGUF writes
+    better facts and plans on a real hub)."""
+    n_ctx: int = Field(2048, ge=512, le=131072)
+    n_threads: int | None = Field(None, ge=1, le=256)
+    """None: one per available core."""
+    n_batch: int = Field(64, ge=8, le=4096)
+
+    def llama_settings(self, section: str) -> LlamaSettings:
+        """How to load it; ``section`` names the setting in "not found" errors."""
+        return LlamaSettings(
+            path=self.model_path,
+            n_ctx=self.n_ctx,
+            n_threads=self.n_threads,
+            n_batch=self.n_batch,
+            path_key=f"{section}.model_path",
+        )
+
+
+class DreamerConfig(HubModelConfig):
     """Consolidation ("dreamer"): clusters of L3 episodes from the edges become L4 facts, written by the
     hub's own model (the same llama.cpp brain as the edges'); the edges then prune what was abstracted.
     Needs the knowledge graph (``[neo4j]``)."""
@@ -93,12 +118,6 @@ class DreamerConfig(_Section):
     enabled: bool = True
     interval_s: float = Field(3600.0, ge=0)
     """Run this often (the first run one interval after start); 0: only on demand (API/CLI)."""
-    model_path: Path | None = None
-    """GGUF file; None: the Gemma 3 270M package's model, the edges' default."""
-    n_ctx: int = Field(2048, ge=512, le=131072)
-    n_threads: int | None = Field(None, ge=1, le=256)
-    """None: one per available core."""
-    n_batch: int = Field(64, ge=8, le=4096)
     similarity: float = Field(0.5, gt=0.0, le=1.0)
     """Cosine similarity (MiniLM embeddings) at which two episodes are about the same thing."""
     min_cluster: int = Field(2, ge=1, le=64)
@@ -123,17 +142,14 @@ class DreamerConfig(_Section):
         return self
 
 
-class PlannerConfig(_Section):
+class PlannerConfig(HubModelConfig):
     """Multi-agent planning: goals become DAGs of tasks, written by the hub's own model (the same
     llama.cpp brain as the edges', grammar-constrained JSON), dispatched to devices by capability and
     load, joined, retried, re-planned. Loads its model at the first goal that needs it."""
 
     enabled: bool = True
-    model_path: Path | None = None
-    """GGUF file; None: the Gemma 3 270M package's model (point this at a larger GGUF on a real hub)."""
     n_ctx: int = Field(4096, ge=512, le=131072)
-    n_threads: int | None = Field(None, ge=1, le=256)
-    n_batch: int = Field(64, ge=8, le=4096)
+    """The prompt lists the fleet's tools and an example; drafts can be long."""
     max_tokens: int = Field(768, ge=64, le=8192)
     """Tokens the model may write per draft."""
     attempts: int = Field(3, ge=1, le=10)

@@ -29,9 +29,9 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
-from edgehub.llm import Brain, Completion, LlamaSettings, ModelGate
+from edgehub.llm import Brain, Completion, ModelGate
 from edgehub.protocol.v1 import agent_pb2, events_pb2, hub_pb2, task_pb2
-from edgehub.sync import kv_key
+from edgehub.sync import any_set, kv_key
 from edgehub.sync.commands import send_command
 from edgehub.sync.streams import GOALS
 
@@ -54,6 +54,7 @@ from .planning.schedule import (
     plan_limits,
     summary,
 )
+from .registry import JsonRecords
 
 log = logging.getLogger("edgehub.hub.goals")
 S = agent_pb2
@@ -95,6 +96,10 @@ def to_proto(record: dict[str, Any], *, full: bool = True) -> hub_pb2.Goal:
         revision=len(record.get("revisions", [])),
         record_json=json.dumps(record) if full else json.dumps(summary(record)),
     )
+
+
+class _GoalRecords(JsonRecords):
+    bucket = GOALS.name
 
 
 # the service ---------------------------------------------------------------------------------------
@@ -308,17 +313,8 @@ class GoalService:
         return found.record
 
     async def all(self) -> list[dict[str, Any]]:
-        kv = await self._bucket()
-        try:
-            keys = await kv.keys()
-        except Exception:  # an empty bucket raises NoKeysError
-            return []
-        out = []
-        for key in dict.fromkeys(keys):
-            with contextlib.suppress(KeyNotFoundError):
-                entry = await kv.get(key)
-                out.append(json.loads(entry.value or b"{}"))
-        return sorted(out, key=lambda r: float(r.get("submitted_at", 0)))
+        """Every goal record, oldest first (``ListGoals``; the scheduler reads its watched view)."""
+        return sorted(await _GoalRecords(self.js).all(), key=lambda r: float(r.get("submitted_at", 0)))
 
     async def decide(
         self, goal_id: str, task_id: str, approve: bool, by: str, note: str = ""
@@ -379,13 +375,7 @@ class GoalService:
     def _load(self) -> Brain:
         from edgehub.llm.llama import LlamaBrain  # here: a hub that never plans never loads llama.cpp
 
-        c = self.cfg
-        return LlamaBrain.open(
-            LlamaSettings(
-                path=c.model_path, n_ctx=c.n_ctx, n_threads=c.n_threads, n_batch=c.n_batch,
-                path_key="planner.model_path",
-            )
-        )  # fmt: skip
+        return LlamaBrain.open(self.cfg.llama_settings("planner"))
 
     async def fleet(self, labels: dict[str, str]) -> list[DeviceView]:
         return _selected(await self.devices(), labels)
@@ -651,7 +641,7 @@ class GoalService:
                     log.warning("goal scheduling round failed: %s: %s", type(exc).__name__, exc)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(_first(stop, self._wake), self.cfg.tick_s)
+                    await asyncio.wait_for(any_set(stop, self._wake), self.cfg.tick_s)
         finally:
             watching.cancel()
             await asyncio.gather(watching, return_exceptions=True)
@@ -664,15 +654,6 @@ class GoalService:
             with contextlib.suppress(Exception):
                 self._brain.close()
             self._brain = None
-
-
-async def _first(*events: asyncio.Event) -> None:
-    waits = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()
 
 
 def _selected(devices: list[DeviceView], labels: dict[str, str]) -> list[DeviceView]:

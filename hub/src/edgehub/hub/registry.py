@@ -76,7 +76,7 @@ def fence(record: dict[str, Any] | None, event: events_pb2.EdgeEvent) -> str:
     return f"unknown epoch {event.epoch} for agent {event.agent_id} (known: {[e['epoch'] for e in history]})"
 
 
-class _Records:
+class JsonRecords:
     """JSON records in one KV bucket."""
 
     bucket = ""
@@ -121,7 +121,7 @@ def is_online(twin: dict[str, Any], now: float) -> bool:
     return twin.get("state") == "running" and heartbeat_age(twin, now) <= beats
 
 
-class DeviceRegistry(_Records):
+class DeviceRegistry(JsonRecords):
     """Device twins as the devices report them (``edgehub-devices``); online = a recent heartbeat."""
 
     bucket = DEVICES.name
@@ -300,7 +300,7 @@ class DeviceWatcher:
             self.queue.observe(max(0.0, seen_at - stored.timestamp()))
 
 
-class AgentRegistry(_Records):
+class AgentRegistry(JsonRecords):
     bucket = AGENTS.name
 
     async def apply(self, event: events_pb2.EdgeEvent) -> None:

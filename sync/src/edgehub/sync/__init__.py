@@ -10,7 +10,7 @@ from .errors import MessageRejected, Stopped, SyncError
 from .publisher import OutboxPublisher, PublisherStats
 from .server import NatsServer, free_port
 from .streams import BUCKETS, STREAMS, ensure_topology
-from .waiting import until_stopped
+from .waiting import any_set, until_stopped
 
 __all__ = [
     "BUCKETS",
@@ -23,6 +23,7 @@ __all__ = [
     "PublisherStats",
     "Stopped",
     "SyncError",
+    "any_set",
     "decode",
     "ensure_topology",
     "free_port",

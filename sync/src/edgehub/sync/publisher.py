@@ -29,6 +29,7 @@ from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, events_pb2
 
 from .streams import MAX_EVENT_BYTES
+from .waiting import any_set
 
 log = logging.getLogger("edgehub.sync.publisher")
 
@@ -175,13 +176,4 @@ class OutboxPublisher:
             backoff = min(backoff * 2, 2.0) if self._failed else self.idle_poll_s
             self.wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(_first(stop, self.wake), backoff)
-
-
-async def _first(*events: asyncio.Event) -> None:
-    waiters = [asyncio.ensure_future(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waiters:
-            w.cancel()
+                await asyncio.wait_for(any_set(stop, self.wake), backoff)

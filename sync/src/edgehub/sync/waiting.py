@@ -30,3 +30,13 @@ async def until_stopped(aw: Awaitable[T], stop: asyncio.Event) -> T:
     if stopped:
         raise Stopped()
     return task.result()
+
+
+async def any_set(*events: asyncio.Event) -> None:
+    """Until one of ``events`` is set (a loop's stop, or its wake-up: whichever comes first)."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

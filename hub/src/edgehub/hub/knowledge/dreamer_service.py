@@ -40,13 +40,7 @@ PRUNE_CHUNK = 500
 
 
 def llama_settings(cfg: DreamerConfig) -> LlamaSettings:
-    return LlamaSettings(
-        path=cfg.model_path,
-        n_ctx=cfg.n_ctx,
-        n_threads=cfg.n_threads,
-        n_batch=cfg.n_batch,
-        path_key="dreamer.model_path",
-    )
+    return cfg.llama_settings("dreamer")
 
 
 def prune_commands(
