@@ -166,9 +166,12 @@ def test_a_current_twin_is_read_in_full() -> None:
 
 
 def test_a_device_is_selectable_by_its_hardware_profile_and_explicit_labels_win() -> None:
-    reported = twin(profile={"name": "jetson-orin-nano", "settings": {}}, labels={"arch": "custom"})
+    reported = twin(
+        profile={"name": "jetson-orin-nano", "settings": {}}, labels={"arch": "custom"}, model_name="qwen-3b"
+    )
     view = DeviceView.from_twin(reported, NOW)
-    assert view.labels == {"arch": "custom", "profile": "jetson-orin-nano"}
+    assert view.labels == {"arch": "custom", "profile": "jetson-orin-nano", "model": "qwen-3b"}
+    assert view.matches({"model": "qwen-3b"}, {})
     assert view.matches({"profile": "jetson-orin-nano"}, {})
     assert not view.matches({"profile": "raspberry-pi-5"}, {})
 

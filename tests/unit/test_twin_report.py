@@ -28,6 +28,7 @@ async def test_the_twin_reports_tools_labels_and_model_for_the_planner(tmp_path:
     assert "knowledge" not in report["tools"]  # type: ignore[operator]  # no hub: not offered
     assert report["labels"] == {"site": "hall-5"}
     assert report["model"] == brain.fingerprint
+    assert report["model_name"] == "gemma-3-270m-q4_k_m"  # the default model's, without loading it
     assert report["draining"] is False
     profile = report["profile"]
     assert isinstance(profile, dict)

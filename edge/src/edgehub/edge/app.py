@@ -26,6 +26,7 @@ from types import TracebackType
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from edgehub.llm import Brain, ModelGate
+from edgehub.llm.settings import DEFAULT_MODEL_NAME
 from edgehub.protocol.keywords import keywords
 from edgehub.protocol.v1 import agent_pb2, commands_pb2
 from edgehub.sync.errors import MessageRejected
@@ -310,6 +311,7 @@ class EdgeDaemon:
             "tools": self.loop.d.registry.names() if self.loop is not None else [],
             "labels": dict(self.cfg.device.labels),
             "model": self._brain.fingerprint if self._brain is not None else "",
+            "model_name": self.cfg.model.path.stem if self.cfg.model.path else DEFAULT_MODEL_NAME,
             "profile": self.profile,
             "memories": self.memories(),
         }

