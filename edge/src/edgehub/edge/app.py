@@ -260,10 +260,9 @@ class EdgeDaemon:
         reported to the hub in the twin. ``edgehub edge run`` lays those settings under the config
         (``[device] apply_profile``); a daemon built from an ``EdgeConfig`` directly has what it was given."""
         try:
-            from edgehub.hardware import derive, detect, load_profiles, match
+            from edgehub.hardware import this_machine
 
-            machine = detect()
-            settings = derive(machine, match(machine, load_profiles()))
+            settings = this_machine()
         except Exception as exc:  # a broken profile must not stop the daemon: report why instead
             log.warning("hardware profile unavailable: %s", exc)
             return {"name": "", "error": str(exc)[:300]}

@@ -51,10 +51,9 @@ def hardware_settings() -> dict[str, dict[str, Any]]:
     """This machine's hardware profile's settings (``edgehub hardware detect``), in edge.toml's shape;
     none when it cannot be read (a warning says why: the built-in defaults apply)."""
     try:
-        from edgehub.hardware import derive, detect, load_profiles, match
+        from edgehub.hardware import this_machine
 
-        machine = detect()
-        return derive(machine, match(machine, load_profiles())).as_edge_config()
+        return this_machine().as_edge_config()
     except Exception as exc:  # a broken profile must not stop the daemon
         err.print(f"[yellow]warning:[/] hardware profile not applied: {exc}")
         return {}

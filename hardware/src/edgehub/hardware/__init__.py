@@ -28,6 +28,14 @@ from .profile import (
 )
 from .settings import Settings, derive
 
+
+def this_machine() -> Settings:
+    """What ``edgehub hardware detect`` prints: the settings the built-in profile that best matches
+    this machine implies (``HardwareError`` when no profile can be read or matched)."""
+    machine = detect()
+    return derive(machine, match(machine, load_profiles()))
+
+
 __all__ = [
     "BUILTIN_PROFILES",
     "Accelerator",
@@ -53,4 +61,5 @@ __all__ = [
     "profile_schema",
     "ranked",
     "specificity",
+    "this_machine",
 ]

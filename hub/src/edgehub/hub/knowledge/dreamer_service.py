@@ -25,7 +25,7 @@ from types import TracebackType
 
 from nats.js import JetStreamContext
 
-from edgehub.llm import Brain, LlamaSettings, ModelFileError, ModelGate, check_model_file
+from edgehub.llm import Brain, ModelFileError, ModelGate, check_model_file
 from edgehub.protocol.v1 import commands_pb2
 from edgehub.sync.commands import new_command, send_command
 
@@ -37,10 +37,6 @@ from .graph import KnowledgeGraph
 log = logging.getLogger("edgehub.hub.dreamer")
 PRUNE_CHUNK = 500
 """Keys per PruneEpisodes command (500 keys of at most 512 characters stay far below 1 MiB)."""
-
-
-def llama_settings(cfg: DreamerConfig) -> LlamaSettings:
-    return cfg.llama_settings("dreamer")
 
 
 def prune_commands(
@@ -87,7 +83,7 @@ class DreamerService:
         """Check the model file (DreamerError if it is missing or not a GGUF file); loads nothing."""
         if self._brain is None:
             try:
-                await asyncio.to_thread(check_model_file, llama_settings(self.config))
+                await asyncio.to_thread(check_model_file, self.config.llama_settings("dreamer"))
             except ModelFileError as exc:
                 raise DreamerError(str(exc), path=exc.path) from None
 
@@ -204,7 +200,7 @@ def _load(config: DreamerConfig) -> Brain:
     from edgehub.llm.llama import LlamaBrain  # here: a hub that never consolidates never loads llama.cpp
 
     try:
-        return LlamaBrain.open(llama_settings(config))
+        return LlamaBrain.open(config.llama_settings("dreamer"))
     except ModelFileError as exc:
         raise DreamerError(str(exc), path=exc.path) from None
 
