@@ -17,7 +17,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from edgehub.sync import free_port
 from tests.harness.edge_proc import agent_state, start_edge, stop_edges
 from tests.harness.hub import EDGEHUB, Hub, start_hub
 from tests.harness.netns import Lan, lan
+from tests.harness.wait import assert_eventually
 
 S = agent_pb2
 STEPS = 30
@@ -41,15 +42,6 @@ def brain(prompt: str) -> str:
     if step >= STEPS:
         return json.dumps({"thought": "done", "tool": "finish", "args": {"answer": "counted"}})
     return json.dumps({"thought": f"count {step}", "tool": "run_command", "args": {"command": "sleep 1"}})
-
-
-def wait_for(probe: Callable[[], Any], within: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + within
-    while not (last := probe()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g} s waiting for {what}: last saw {last!r}")
-        time.sleep(every)
-    return last
 
 
 class Fleet:
@@ -126,6 +118,28 @@ class Fleet:
         path = self.data_dir(device) / "edge.log"
         return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
+    def report(self) -> str:
+        """What each side holds now, for a failure message: the agent's state on both devices, the
+        migration as the hub has it, whether the hub lives, and the tail of each log (the hub's is
+        only had by stopping it, so a report ends the test's fleet)."""
+        lines = []
+        for device in ("dev-a", "dev-b"):
+            st = self.state(device)
+            held = (
+                "none" if st is None else f"{S.AgentStatus.Name(st.status)} step {st.step} epoch {st.epoch}"
+            )
+            alive = self.edges[device].poll() is None if device in self.edges else False
+            lines.append(f"{device}: agent {held}; daemon {'running' if alive else 'exited'}")
+        running = self.hub.proc.poll() is None
+        lines.append(f"hub: {'running' if running else f'exited {self.hub.proc.returncode}'}")
+        lines.append(f"migration at the hub: {self.migration() if running else '?'}")
+        for device in ("dev-a", "dev-b"):
+            lines.append(f"--- {device} log:\n{self.log(device)[-2000:]}")
+        self.keep_hub_log()  # stops the hub: a report is only asked for by a test that failed
+        hub_log = "\n".join(self.hub_logs)
+        lines.append(f"--- hub log:\n{hub_log[-4000:]}")
+        return "\n".join(lines)
+
 
 @pytest.fixture
 def fleet(tmp_path: Path) -> Iterator[Fleet]:
@@ -135,7 +149,9 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             for device in ("dev-a", "dev-b"):
                 f.enroll(device)
                 f.start_edge(device)
-            wait_for(lambda: f.online("dev-a") and f.online("dev-b"), 60, "both edges online")
+            assert_eventually(
+                lambda: f.online("dev-a") and f.online("dev-b"), timeout=60, what="both edges online"
+            )
             yield f
         finally:
             f.stop()
@@ -144,10 +160,10 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
 def start_mover(f: Fleet, steps: int = 3) -> None:
     started = f.hub.cli("agents", "start", "-d", "dev-a", "-g", "count", "--agent-id", "mover")
     assert started.returncode == 0, started.stderr
-    wait_for(
+    assert_eventually(
         lambda: (s := f.state("dev-a")) is not None and s.usage.steps >= steps,
-        60,
-        f"{steps} steps on the source",
+        timeout=60,
+        what=f"{steps} steps on the source",
     )
 
 
@@ -164,17 +180,19 @@ def check_one_owner(f: Fleet, owner: str = "dev-b") -> None:
     """The agent finished on ``owner`` only; the other copy stood down; the hub's trace has every
     step once, each from the device that owned the agent at that step."""
     other = "dev-a" if owner == "dev-b" else "dev-b"
-    finished = wait_for(
+    finished = assert_eventually(
         lambda: (s := f.state(owner)) is not None and s.status == S.AGENT_STATUS_FINISHED and s,
-        180,
-        f"the agent to finish on {owner} (logs: {f.log(owner)[-1500:]})",
+        timeout=180,
+        what=lambda: f"the agent to finish on {owner}\n{f.report()}",
     )
     assert finished.answer == "counted"
     left = f.state(other)
     assert left is not None
     assert left.status == S.AGENT_STATUS_MIGRATED, S.AgentStatus.Name(left.status)
-    m = wait_for(
-        lambda: (m := f.migration()).get("phase") in ("done", "rolled_back") and m, 60, "the migration"
+    m = assert_eventually(
+        lambda: (m := f.migration()).get("phase") in ("done", "rolled_back") and m,
+        timeout=60,
+        what=lambda: f"the migration\n{f.report()}",
     )
     handed_at = int(m["step"])
 
@@ -189,7 +207,7 @@ def check_one_owner(f: Fleet, owner: str = "dev-b") -> None:
         seen[:] = [int(e["step"]) for e in actions]
         return actions if set(seen) == set(range(STEPS)) else None
 
-    actions = wait_for(whole, 60, "every step in the trace at the hub", every=0.5)
+    actions = assert_eventually(whole, timeout=60, what="every step in the trace at the hub", interval=0.5)
     assert sorted(seen) == list(range(STEPS)), seen  # and none twice
     for e in actions:
         assert e["device_id"] == ("dev-a" if int(e["step"]) < handed_at else owner), (e["step"], handed_at)
@@ -209,7 +227,7 @@ def test_an_edge_killed_at_a_phase_of_the_migration_recovers_to_one_owner(fleet:
     fleet.edges[device].terminate()
     fleet.edges[device].wait(timeout=30)
     fleet.start_edge(device, failpoints=point)
-    wait_for(lambda: fleet.online(device), 60, f"{device} back online")
+    assert_eventually(lambda: fleet.online(device), timeout=60, what=f"{device} back online")
     start_mover(fleet)
     migrate(fleet)
     assert fleet.edges[device].wait(timeout=60) == -9, f"{device} was not killed at {point}"
@@ -224,7 +242,9 @@ def test_the_hub_killed_at_a_phase_of_the_migration_recovers_to_one_owner(fleet:
     hub's re-drive finishes the migration."""
     fleet.hub.stop()
     fleet.hub = fleet.start_hub(env={"EDGEHUB_FAILPOINTS": point})
-    wait_for(lambda: fleet.online("dev-a") and fleet.online("dev-b"), 60, "both edges back online")
+    assert_eventually(
+        lambda: fleet.online("dev-a") and fleet.online("dev-b"), timeout=60, what="both edges back online"
+    )
     start_mover(fleet)
     migrate(fleet)
     assert fleet.hub.proc.wait(timeout=60) == -9, f"the hub was not killed at {point}"
@@ -258,11 +278,11 @@ def test_a_source_cut_off_right_after_standing_down_hands_over_when_healed(fleet
     proc = subprocess.Popen(
         [*fleet.hub.prefix, *migrate_args()], env=cli_env(fleet.hub), stdout=subprocess.PIPE, text=True
     )
-    wait_for(
+    assert_eventually(
         lambda: (s := fleet.state("dev-a")) is not None and s.status == S.AGENT_STATUS_MIGRATED,
-        60,
-        "the source to stand down",
-        every=0.005,
+        timeout=60,
+        what="the source to stand down",
+        interval=0.005,
     )
     fleet.net.cut("dev-a")
     proc.wait(timeout=60)

@@ -383,6 +383,7 @@ class MigrationService:
                 continue
             count += 1
             if m["phase"] == "importing":
+                log.info("migration %s: MigrateIn to %s sent again", m["migration_id"], m["target"])
                 await self._send_in(m)
                 continue
             record = await self.agents.get(m["agent_id"])
@@ -394,19 +395,30 @@ class MigrationService:
                     data = bytes(obj.data or b"")
                     step = int(record["epochs"][-1]["from_step"])
                     m.update(digest=digest_of(data), bytes=len(data), step=step)
+                    log.info(
+                        "migration %s: the epoch had moved; handing over to %s",
+                        m["migration_id"],
+                        m["target"],
+                    )
                     await self._hand_to(_Entry(m, int(entry.revision or 0)), m["target"])
                     continue
+            log.info("migration %s: MigrateOut to %s sent again", m["migration_id"], m["source"])
             await self._send_out(m)
         return count
 
     async def run(self, stop: asyncio.Event) -> None:
         """Re-drive stalled migrations every ``redrive_s`` (every hub process: each step is idempotent)."""
+        last_error = ""
         while not stop.is_set():
             try:
                 n = await self.redrive(older_than_s=self.redrive_s)
                 if n:
                     log.info("re-drove %d migration(s)", n)
+                last_error = ""
             except Exception as exc:  # NATS restarting: the next round retries
-                log.debug("migration redrive: %s", exc)
+                error = f"{type(exc).__name__}: {exc}"
+                level = logging.DEBUG if error == last_error else logging.WARNING  # once, not every round
+                log.log(level, "migration redrive failed (%s); again in %g s", error, self.redrive_s)
+                last_error = error
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.redrive_s)
