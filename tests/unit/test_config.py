@@ -74,3 +74,19 @@ def test_invalid_toml_and_missing_file_are_clear(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml", env={})
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(None, env={"EDGEHUB_EDGE__TOOLS__ENABLED": "[oops"})
+
+
+def test_daemons_sharing_a_snapshot_folder_keep_their_images_apart(tmp_path: Path) -> None:
+    from edgehub.edge.config import EdgeConfig
+    from edgehub.edge.worker import snapshot_dir
+
+    def cfg(device: str, shared: Path | None) -> EdgeConfig:
+        snapshot = {"dir": str(shared)} if shared else {}
+        return EdgeConfig.model_validate(
+            {"device": {"id": device, "data_dir": str(tmp_path / device)}, "snapshot": snapshot}
+        )
+
+    shm = tmp_path / "shm"  # a hardware profile's tmpfs, shared by two daemons on one machine
+    assert snapshot_dir(cfg("edge-1", shm)) == shm / "edge-1"
+    assert snapshot_dir(cfg("edge-2", shm)) == shm / "edge-2"
+    assert snapshot_dir(cfg("edge-1", None)) == tmp_path / "edge-1" / "snapshots"

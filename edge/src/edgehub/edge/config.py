@@ -183,8 +183,10 @@ class SnapshotConfig(_Section):
     ``criu check`` (``edgehub edge doctor`` says whether this device has both); without them every wake
     is a cold start, so turning it on where they are missing costs a process and gains nothing."""
     dir: Path | None = None
-    """Image folder; None: ``<data_dir>/snapshots``. A tmpfs (``/dev/shm/edgehub``) restores fastest,
-    but the image then stays in RAM (about 100 MB for the default model)."""
+    """Image folder; None: ``<data_dir>/snapshots``. Set, the device keeps its images in a subfolder named
+    by its id (``<dir>/<device id>``: daemons sharing one folder stay apart). A tmpfs
+    (``/dev/shm/edgehub``) restores fastest, but the image then stays in RAM (about 100 MB for the
+    default model)."""
     idle_s: float = Field(60.0, gt=0)
     """Checkpoint the worker once no agent has called the model for this long."""
     criu: Path | None = None

@@ -39,7 +39,12 @@ log = logging.getLogger("edgehub.edge.snapshot")
 
 
 def snapshot_dir(cfg: EdgeConfig) -> Path:
-    return cfg.snapshot.dir if cfg.snapshot.dir is not None else cfg.device.data_dir / "snapshots"
+    """This device's image folder: ``<data_dir>/snapshots``, or a subfolder named by the device's id in
+    ``[snapshot] dir`` (a hardware profile's tmpfs, say), so daemons sharing that folder on one machine
+    never restore, overwrite or prune each other's images."""
+    if cfg.snapshot.dir is None:
+        return cfg.device.data_dir / "snapshots"
+    return cfg.snapshot.dir / cfg.device.id
 
 
 def open_snapshots(folder: Path, criu_override: Path | None) -> Snapshots | None:
