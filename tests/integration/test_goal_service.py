@@ -173,7 +173,7 @@ async def test_a_task_failing_every_attempt_is_replanned_keeping_what_was_done(n
 
 async def test_a_subgoal_is_planned_and_run_and_its_answer_is_the_parent_tasks(nc: Client) -> None:
     child_plan = draft(("x", []), ("y", []))
-    goals, _, _ = service(nc, [child_plan], max_goal_depth=1)
+    goals, _, _ = service(nc, [child_plan, json.dumps({"answer": "x and y, together"})], max_goal_depth=1)
     parent = await goals.submit("inspect", by="test", plan_json=draft(("sub", []), subgoal="sub"))
     gid = parent["goal_id"]
     sub = parent["tasks"]["sub"]
@@ -185,12 +185,80 @@ async def test_a_subgoal_is_planned_and_run_and_its_answer_is_the_parent_tasks(n
     assert child["depth"] == 1
     for tid in ("x", "y"):
         await goals.on_result(result(child, tid, tokens=7), "dev-a")
-    child = await goals.get(child_id)
-    assert child["status"] == "done"
+    child = await wait_until(goals, child_id, lambda r: r["status"] == "done")
+    assert child["answer"] == "x and y, together"  # the child's two last tasks, synthesised
     parent = await wait_until(goals, gid, lambda r: r["status"] == "done")
     assert parent["tasks"]["sub"]["answer"] == child["answer"]
-    assert "answer of x" in parent["answer"]
+    assert parent["answer"] == "x and y, together"
     assert parent["usage"]["tokens"] == 14
+
+
+async def finish_all(
+    goals: GoalService, gid: str, tids: tuple[str, ...], last: bool = True
+) -> dict[str, Any]:
+    """Tasks ``tids`` report done (the answer of each: ``answer of ID``); with ``last``, until the goal
+    ends."""
+    record = await wait_until(
+        goals, gid, lambda r: all(r["tasks"][t]["status"] == "dispatched" for t in tids)
+    )
+    for tid in tids:
+        await goals.on_result(result(record, tid), "dev-a")
+    return await wait_until(goals, gid, lambda r: not last or r["status"] in ("done", "failed"))
+
+
+async def test_a_plan_ending_in_several_tasks_gets_its_answer_synthesised_by_the_planner(nc: Client) -> None:
+    goals, _, brain = service(nc, [json.dumps({"answer": "  A is 3 and B is 4; B is higher. "})])
+    record = await goals.submit("compare A and B", by="test", plan_json=draft(("a", []), ("b", [])))
+    record = await finish_all(goals, record["goal_id"], ("a", "b"))
+    assert record["status"] == "done"
+    assert record["answer"] == "A is 3 and B is 4; B is higher."
+    assert record["answer_by"] == "planner"
+    assert "synthesis_error" not in record
+    # the model was given the goal and both results, constrained to the answer's schema
+    assert "Goal: compare A and B" in brain.prompts[-1]
+    assert "- a: answer of a" in brain.prompts[-1]
+    assert "- b: answer of b" in brain.prompts[-1]
+    assert brain.schemas[-1] is not None
+    assert brain.schemas[-1]["required"] == ["answer"]
+    assert record["usage"]["planner_tokens"] > 0
+    assert "answer synthesised by the planner" in record["audit"][-1]["what"]
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["not json at all", json.dumps({"answer": "   "}), json.dumps({"answer": "a" + "1" * 40}), "raise"],
+)
+async def test_a_synthesis_the_model_botches_leaves_the_tasks_answers_joined(nc: Client, model: str) -> None:
+    def botch(prompt: str) -> str:
+        if model == "raise":
+            raise RuntimeError("llama.cpp fell over")
+        return model
+
+    goals, _, _ = service(nc, botch)
+    record = await goals.submit("compare", by="test", plan_json=draft(("a", []), ("b", [])))
+    record = await finish_all(goals, record["goal_id"], ("a", "b"))
+    assert record["status"] == "done"  # the tasks' work is not lost to a bad synthesis
+    assert record["answer"] == "a: answer of a\nb: answer of b"
+    assert record["answer_by"] == "joined"
+    expected = {
+        "raise": "RuntimeError: llama.cpp fell over",
+        "not json at all": "not the answer's JSON",
+        json.dumps({"answer": "   "}): "the answer is blank",
+    }
+    assert expected.get(model, "the answer repeats '1' over and over") in record["synthesis_error"]
+
+
+async def test_one_last_task_or_synthesis_off_needs_no_model(nc: Client) -> None:
+    goals, _, brain = service(nc)  # an empty script: any model call would fail the synthesis
+    record = await goals.submit("x", by="test", plan_json=draft(("a", []), ("b", ["a"])))
+    record = await finish_all(goals, record["goal_id"], ("a",), last=False)
+    record = await finish_all(goals, record["goal_id"], ("b",))
+    assert (record["answer"], record["answer_by"]) == ("answer of b", "task")
+    goals, _, brain = service(nc, synthesise=False)
+    record = await goals.submit("x", by="test", plan_json=draft(("a", []), ("b", [])))
+    record = await finish_all(goals, record["goal_id"], ("a", "b"))
+    assert (record["answer"], record["answer_by"]) == ("a: answer of a\nb: answer of b", "joined")
+    assert not brain.prompts
 
 
 async def test_a_subgoal_beyond_the_depth_limit_is_refused(nc: Client) -> None:
@@ -341,10 +409,31 @@ async def test_a_goal_left_in_planning_by_a_dead_hub_is_planned_again(nc: Client
     goals, _, _ = service(nc, [draft(("a", []))])
     orphan = new_record("x", by="op", labels={}, budget={}, approve_tools=[], planner="model")
     await goals._write(orphan, None)  # stored by a hub process that died before planning it
-    goals._replan_orphans(time.time())  # just written: not an orphan yet
+    goals._resume_orphans(time.time())  # just written: not an orphan yet
     assert not goals._planning
-    goals._replan_orphans(time.time() + 3600)
+    goals._resume_orphans(time.time() + 3600)
     await asyncio.gather(*goals._planning.values())
     record = await goals.get(orphan["goal_id"])
     assert record["status"] == "running"
     assert len(record["revisions"]) == 1
+
+
+async def test_a_goal_left_synthesising_by_a_dead_hub_is_synthesised_again(nc: Client) -> None:
+    goals, _, _ = service(nc, synthesise=False)
+    record = await goals.submit("x", by="test", plan_json=draft(("a", []), ("b", [])))
+    gid = record["goal_id"]
+    record = await wait_until(goals, gid, lambda r: r["tasks"]["b"]["status"] == "dispatched")
+    for tid in ("a", "b"):  # finished, as a hub process that died before its synthesis stored it
+        record["tasks"][tid].update(status="done", answer=f"answer of {tid}")
+    record["status"] = "synthesising"
+    found = await goals._read(gid)
+    assert found is not None
+    await goals._write(record, found.revision)
+    later, _, _ = service(nc, [json.dumps({"answer": "both done"})])  # another hub process, later
+    await later.tick()  # a synthesising goal is the model's to move on, not the scheduler's
+    assert (await later.get(gid))["status"] == "synthesising"
+    later._remember(record, found.revision + 1)
+    later._resume_orphans(time.time() + 3600)
+    await asyncio.gather(*later._planning.values())
+    record = await later.get(gid)
+    assert (record["status"], record["answer"], record["answer_by"]) == ("done", "both done", "planner")

@@ -14,7 +14,7 @@ import re
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 
 from tests.harness.edge_proc import start_edge, stop_edges
 from tests.harness.hub import start_hub
+from tests.harness.wait import assert_eventually
 
 DEVICES = ("dev-a", "dev-b", "dev-c")
 SCRIPT = "tests.integration.test_planning:worker"
@@ -45,15 +46,6 @@ def worker(prompt: str) -> str:
     return json.dumps({"thought": "done", "tool": "finish", "args": {"answer": answer}})
 
 
-def wait_for(probe: Callable[[], Any], within: float, what: str, every: float = 0.3) -> Any:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if got := probe():
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
-
-
 class Fleet:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -72,7 +64,7 @@ class Fleet:
             done = self.hub.enroll(device, tmp / device)
             assert done.returncode == 0, done.stderr
             self.start(device)
-        wait_for(lambda: all(self.online(d) for d in DEVICES), 60, "three edges online")
+        assert_eventually(lambda: all(self.online(d) for d in DEVICES), timeout=60, what="three edges online")
 
     def start(self, device: str) -> None:
         config = {
@@ -87,10 +79,12 @@ class Fleet:
         twins = [json.loads(line) for line in done.stdout.splitlines()] if done.returncode == 0 else []
         return any(t["device_id"] == device and t.get("online") for t in twins)
 
-    def submit(self, plan: dict[str, Any] | str, *args: str) -> subprocess.CompletedProcess[str]:
+    def submit(
+        self, plan: dict[str, Any] | str, *args: str, text: str = "a test goal"
+    ) -> subprocess.CompletedProcess[str]:
         path = self.tmp / f"plan-{time.monotonic_ns()}.json"
         path.write_text(plan if isinstance(plan, str) else json.dumps(plan))
-        return self.hub.cli("goal", "submit", "a test goal", "--plan", str(path), "--json", *args)
+        return self.hub.cli("goal", "submit", text, "--plan", str(path), "--json", *args)
 
     def goal(self, goal_id: str) -> dict[str, Any]:
         done = self.hub.cli("goal", "show", goal_id, "--json")
@@ -99,10 +93,10 @@ class Fleet:
         return record
 
     def finished(self, goal_id: str, within: float = 90) -> dict[str, Any]:
-        record: dict[str, Any] = wait_for(
+        record: dict[str, Any] = assert_eventually(
             lambda: (g := self.goal(goal_id))["status"] in ("done", "failed", "cancelled") and g,
-            within,
-            f"goal {goal_id} to end",
+            timeout=within,
+            what=f"goal {goal_id} to end",
         )
         return record
 
@@ -168,13 +162,33 @@ def test_a_goal_forks_over_two_devices_joins_and_answers(fleet: Fleet) -> None:
         assert word in shown.stdout
 
 
+def test_a_plan_ending_in_two_tasks_has_its_answer_synthesised_by_the_hubs_model(fleet: Fleet) -> None:
+    """No joining task: the hub's real model writes the goal's answer from the two results (the scripted
+    edges answer with their task's goal in brackets)."""
+    plan = {"tasks": [task("temp-a", "Line A is at 41.5 C."), task("temp-b", "Line B is at 38.2 C.")]}
+    done = fleet.submit(plan, text="Report the temperatures of lines A and B.")
+    assert done.returncode == 0, done.stderr
+    goal_id = json.loads(done.stdout)["goal_id"]
+    record = fleet.finished(goal_id, within=300)  # the model loads at its first use
+    assert record["status"] == "done", record.get("error")
+    assert record["answer_by"] == "planner", record.get("synthesis_error")
+    assert record["answer"].strip()
+    assert not record["answer"].startswith("temp-a: ")  # not the two answers joined
+    assert "41.5" in record["answer"], record["answer"]  # written from the results
+    assert record["usage"]["planner_tokens"] > 0
+    shown = fleet.hub.cli("goal", "show", goal_id)
+    assert "synthesised by the planner" in shown.stdout, shown.stdout
+
+
 def test_a_device_killed_mid_task_has_its_task_reassigned(fleet: Fleet) -> None:
     plan = {"tasks": [task("slow", "slow survey of the line", tools=["run_command"]), task("fast", "Read B")]}
     done = fleet.submit(plan)
     assert done.returncode == 0, done.stderr
     goal_id = json.loads(done.stdout)["goal_id"]
-    running = wait_for(
-        lambda: (t := fleet.goal(goal_id)["tasks"]["slow"])["status"] == "running" and t, 30, "slow running"
+    running = assert_eventually(
+        lambda: (t := fleet.goal(goal_id)["tasks"]["slow"])["status"] == "running" and t,
+        timeout=30,
+        what="slow running",
     )
     victim = running["device"]
     fleet.edges[victim].send_signal(signal.SIGKILL)
@@ -190,7 +204,7 @@ def test_a_device_killed_mid_task_has_its_task_reassigned(fleet: Fleet) -> None:
         assert any("slow" in e["what"] and "retry" in e["what"] for e in record["audit"])
     finally:
         fleet.start(victim)
-        wait_for(lambda: fleet.online(victim), 60, f"{victim} back online")
+        assert_eventually(lambda: fleet.online(victim), timeout=60, what=f"{victim} back online")
 
 
 def test_a_task_held_for_approval_runs_once_approved(fleet: Fleet) -> None:
@@ -198,7 +212,9 @@ def test_a_task_held_for_approval_runs_once_approved(fleet: Fleet) -> None:
     done = fleet.submit(plan, "--approve-tool", "run_command")
     assert done.returncode == 0, done.stderr
     goal_id = json.loads(done.stdout)["goal_id"]
-    wait_for(lambda: fleet.goal(goal_id)["tasks"]["guarded"]["status"] == "approval", 60, "the hold")
+    assert_eventually(
+        lambda: fleet.goal(goal_id)["tasks"]["guarded"]["status"] == "approval", timeout=60, what="the hold"
+    )
     time.sleep(1.5)  # held, not dispatched: no agent for it anywhere
     assert not [a for a in fleet.agents() if a.startswith(f"{goal_id}-guarded")]
     approved = fleet.hub.cli("goal", "approve", goal_id, "guarded", "--note", "line B is idle")
@@ -216,7 +232,9 @@ def test_a_denied_task_fails_its_goal_with_the_reason(fleet: Fleet) -> None:
     plan = {"tasks": [task("wipe", "Wipe the logs", tools=["run_command"])]}
     done = fleet.submit(plan, "--approve-tool", "*")
     goal_id = json.loads(done.stdout)["goal_id"]
-    wait_for(lambda: fleet.goal(goal_id)["tasks"]["wipe"]["status"] == "approval", 60, "the hold")
+    assert_eventually(
+        lambda: fleet.goal(goal_id)["tasks"]["wipe"]["status"] == "approval", timeout=60, what="the hold"
+    )
     denied = fleet.hub.cli("goal", "deny", goal_id, "wipe", "--note", "not during a shift")
     assert denied.returncode == 0, denied.stderr
     record = fleet.goal(goal_id)

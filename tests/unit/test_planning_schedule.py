@@ -13,6 +13,8 @@ from edgehub.hub.planning.schedule import (
     advance,
     apply_result,
     busy_of,
+    end_goal,
+    finish_synthesis,
     new_record,
     synthesis,
     task_text,
@@ -189,6 +191,39 @@ def test_inputs_are_cut_and_sinks_are_joined() -> None:
     record["tasks"]["b"]["answer"] = "B"
     record["tasks"]["c"]["answer"] = "C"
     assert synthesis(record) == "b: B\nc: C"
+
+
+def test_several_last_tasks_wait_for_the_planners_synthesis_which_a_cancel_overrides() -> None:
+    fleet = devices("dev-a", "dev-b")
+    record = goal([t("a"), t("b")], fleet)
+    advance(record, fleet, Counter(), T0, CFG, "hub")
+    apply_result(record, "a", finish(record, "a"), "dev-a", T0 + 1, CFG)
+    apply_result(record, "b", finish(record, "b"), "dev-b", T0 + 2, CFG)
+    fx = advance(record, fleet, Counter(), T0 + 2, CFG, "hub")
+    assert (record["status"], fx.synthesise, fx.ended) == ("synthesising", True, False)
+    assert not advance(record, fleet, Counter(), T0 + 3, CFG, "hub").synthesise  # asked once
+    cancelled = dict(record, tasks=dict(record["tasks"]), audit=list(record["audit"]))
+    end_goal(cancelled, "cancelled", "op changed their mind", T0 + 3, "hub", fx)
+    assert not finish_synthesis(cancelled, "late", 10, "", T0 + 4).ended  # the cancel stands
+    assert cancelled["status"] == "cancelled"
+    fx = finish_synthesis(record, "a and b", 10, "", T0 + 4)
+    assert fx.ended
+    assert (record["status"], record["answer"], record["answer_by"]) == ("done", "a and b", "planner")
+    assert record["usage"]["planner_tokens"] == 10
+
+
+def test_one_last_task_or_synthesis_off_ends_the_goal_at_once() -> None:
+    fleet = devices("dev-a")
+    for tasks, cfg, answer in (
+        ([t("a"), t("b", ["a"])], CFG, "b"),
+        ([t("a"), t("b")], CFG.model_copy(update={"synthesise": False}), "a: a\nb: b"),
+    ):
+        record = goal(tasks, fleet)
+        for tid in ("a", "b"):
+            advance(record, fleet, Counter(), T0, cfg, "hub")
+            apply_result(record, tid, finish(record, tid), "dev-a", T0 + 1, cfg)
+        fx = advance(record, fleet, Counter(), T0 + 2, cfg, "hub")
+        assert (record["status"], record["answer"], fx.ended, fx.synthesise) == ("done", answer, True, False)
 
 
 def test_a_task_whose_agent_migrated_follows_it_instead_of_being_reassigned() -> None:

@@ -181,6 +181,12 @@ class PlannerConfig(HubModelConfig):
     """Records of goals that ended (done, failed, cancelled) are deleted this long after."""
     tick_s: float = Field(1.0, gt=0, le=60)
     """How often running goals are looked at (results also advance a goal at once)."""
+    synthesise: bool = True
+    """When a plan ends in several tasks, the model writes the goal's answer from their results (off:
+    their answers, joined, are the goal's)."""
+    synthesis_tokens: int = Field(384, ge=128, le=2048)
+    """Tokens the model may write for a goal's answer (which is then at most this many characters less
+    100, so its JSON closes)."""
 
 
 class HubConfig(_Section):

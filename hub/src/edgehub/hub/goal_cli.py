@@ -37,6 +37,13 @@ COLOURS = {
     "approval": "yellow",
     "retry": "yellow",
     "cancelled": "dim",
+    "planning": "yellow",
+    "synthesising": "yellow",
+}
+ANSWER_BY = {
+    "planner": "synthesised by the planner",
+    "task": "the last task's",
+    "joined": "the last tasks' answers joined",
 }
 
 
@@ -116,7 +123,10 @@ def show(goal: H.Goal) -> None:
     if goal.error:
         console.print(f"[red]error:[/] {goal.error}")
     if goal.answer:
-        console.print(f"[bold]answer:[/] {goal.answer}")
+        how = ANSWER_BY.get(r.get("answer_by", ""), "")
+        console.print(f"[bold]answer{f' ({how})' if how else ''}:[/] {goal.answer}")
+    if r.get("synthesis_error"):
+        console.print(f"  [yellow]the planner could not synthesise the answer: {r['synthesis_error']}[/]")
 
 
 def _wait(goal: H.Goal, api: str, seconds: float) -> H.Goal:

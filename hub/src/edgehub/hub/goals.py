@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +36,8 @@ from edgehub.sync.commands import send_command
 from edgehub.sync.streams import GOALS
 
 from .config import PlannerConfig
-from .planning import DeviceView, PlanRejected
-from .planning.planner import plan_given, plan_with_model
+from .planning import DeviceView, PlanRejected, SynthesisFailed
+from .planning.planner import plan_given, plan_with_model, synthesise_with_model
 from .planning.schedule import (
     ACTIVE,
     GOAL_ENDED,
@@ -49,9 +49,11 @@ from .planning.schedule import (
     audit,
     busy_of,
     end_goal,
+    finish_synthesis,
     limits_of,
     new_record,
     plan_limits,
+    sinks,
     summary,
 )
 from .registry import JsonRecords
@@ -64,7 +66,10 @@ MAX_TEXT = 4000
 CONCURRENT_GOALS = 64
 """Goals whose events of one batch are applied at the same time."""
 PLANNING_STALE_S = 120.0
-"""A goal in planning this long without a write, and not being planned here, is planned again."""
+"""A goal in planning (or synthesising) this long without a write, and not being worked on here, is
+planned (synthesised) again."""
+MODEL_WORK = frozenset({"planning", "synthesising"})
+"""Goal statuses in which the model, not the scheduler, moves the goal on."""
 MAX_SELECTOR = 32
 """Labels in a goal's device selector, and tools in its approval rules."""
 
@@ -239,6 +244,8 @@ class GoalService:
             await self._start_subgoal(record, tid, text)
         if fx.replan:
             self._spawn_planning(record["goal_id"], fx.replan)
+        if fx.synthesise:
+            self._spawn_model_work(record["goal_id"], self._synthesise)
         if fx.ended and record.get("parent"):
             await self._report_to_parent(record)
         if fx.ended:
@@ -356,10 +363,23 @@ class GoalService:
 
     # planning ------------------------------------------------------------------------------------
     def _spawn_planning(self, goal_id: str, replan: str) -> asyncio.Task[dict[str, Any]]:
-        running = self._planning.get(goal_id)
-        if running is not None and not running.done():
-            return running
-        task = asyncio.create_task(self._plan(goal_id, replan), name=f"plan-{goal_id}")
+        return self._spawn_model_work(goal_id, lambda gid: self._plan(gid, replan))
+
+    def _spawn_model_work(
+        self, goal_id: str, work: Callable[[str], Coroutine[Any, Any, dict[str, Any]]]
+    ) -> asyncio.Task[dict[str, Any]]:
+        """Plan or synthesise ``goal_id`` in a task of its own, after the goal's earlier model work has
+        ended: one at a time per goal, none lost (a plan's own first round can finish the goal, or
+        ask for a re-plan, before the planning task has ended). Each kind of work checks the goal's
+        status first, so work that is no longer due does nothing."""
+        before = self._planning.get(goal_id)
+
+        async def in_turn() -> dict[str, Any]:
+            if before is not None and not before.done():
+                await asyncio.wait({before})  # its outcome is its own; this one runs either way
+            return await work(goal_id)
+
+        task = asyncio.create_task(in_turn(), name=f"model-{goal_id}")
         self._planning[goal_id] = task
         task.add_done_callback(
             lambda t: self._planning.pop(goal_id, None) if self._planning.get(goal_id) is t else None
@@ -430,6 +450,30 @@ class GoalService:
         record, _ = await self._update(goal_id, change)
         await self.tick(goal_id)
         return (await self._read(goal_id) or _Entry(record, None)).record
+
+    async def _synthesise(self, goal_id: str) -> dict[str, Any]:
+        """Ask the model for the goal's answer from its last tasks' results and finish the goal; when
+        the model fails, the goal is done with their answers joined and says why."""
+        found = await self._read(goal_id)
+        if found is None:
+            raise GoalError("NOT_FOUND", f"no goal {goal_id!r}")
+        record = found.record
+        if record["status"] != "synthesising":
+            return record
+        results = [(tid, str(record["tasks"][tid].get("answer", ""))) for tid in sinks(record)]
+        answer, tokens, error = "", 0, ""
+        try:
+            answer, tokens = await synthesise_with_model(
+                self._complete, record["text"], results, max_tokens=self.cfg.synthesis_tokens
+            )
+        except SynthesisFailed as exc:
+            tokens, error = exc.tokens, exc.reason
+        except Exception as exc:  # the model file missing, llama.cpp failing: the joined answers serve
+            log.exception("synthesising the answer of goal %s failed", goal_id)
+            error = f"the planner failed: {type(exc).__name__}: {exc}"
+        now = time.time()
+        record, _ = await self._update(goal_id, lambda r: finish_synthesis(r, answer, tokens, error, now))
+        return record
 
     # sub-goals -----------------------------------------------------------------------------------
     async def _start_subgoal(self, parent: dict[str, Any], tid: str, text: str) -> None:
@@ -530,12 +574,9 @@ class GoalService:
         def change(record: dict[str, Any]) -> Effects:
             fx = apply_result(record, tid, result, device, now, self.cfg)
             mine = _selected(devices, record["labels"])
-            more = advance(record, mine, busy_of(self._others(goal_id)), now, self.cfg, self.issued_by)
-            fx.commands += more.commands
-            fx.subgoals += more.subgoals
-            fx.replan = fx.replan or more.replan
-            fx.ended = fx.ended or more.ended
-            return fx
+            return fx.then(
+                advance(record, mine, busy_of(self._others(goal_id)), now, self.cfg, self.issued_by)
+            )
 
         try:
             await self._update(goal_id, change)
@@ -555,7 +596,7 @@ class GoalService:
         devices = await self.fleet({})
         for gid in [goal_id] if goal_id else list(self._active):
             record = self._active.get(gid)
-            if record is not None and record["status"] == "planning":
+            if record is not None and record["status"] in MODEL_WORK:
                 continue
             labels = (record or {}).get("labels", {})
             mine = _selected(devices, labels)
@@ -603,13 +644,17 @@ class GoalService:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:  # not a goal this hub can read
             log.debug("goal record %s unreadable: %s", entry.key, exc)
 
-    def _replan_orphans(self, now: float) -> None:
-        """Goals left in planning by a hub process that died: planned again here."""
+    def _resume_orphans(self, now: float) -> None:
+        """Goals left in planning or synthesising by a hub process that died: taken up again here."""
         for gid, record in list(self._active.items()):
             stale = now - float(record.get("updated_at", 0)) > PLANNING_STALE_S
-            if record["status"] == "planning" and stale and gid not in self._planning:
-                log.info("goal %s: its planning stopped (a hub process died?); planning it again", gid)
+            if record["status"] not in MODEL_WORK or not stale or gid in self._planning:
+                continue
+            log.info("goal %s: its %s stopped (a hub process died?); again here", gid, record["status"])
+            if record["status"] == "planning":
                 self._spawn_planning(gid, "")
+            else:
+                self._spawn_model_work(gid, self._synthesise)
 
     async def prune(self, now: float) -> int:
         """Delete the records of goals that ended more than ``keep_ended_days`` ago; how many."""
@@ -632,7 +677,7 @@ class GoalService:
             while not stop.is_set():
                 now = time.time()
                 try:
-                    self._replan_orphans(now)
+                    self._resume_orphans(now)
                     await self.tick()
                     if now - pruned_at > 60:
                         pruned_at = now

@@ -9,7 +9,7 @@ model call, plan storage and dispatch build on these.
 
 from .assign import Assignment, Unplaced, assign
 from .draft import PlanDraft, TaskDraft, draft_schema, parse_draft
-from .errors import PlanningError, PlanRejected
+from .errors import PlanningError, PlanRejected, SynthesisFailed
 from .fleet import BUILTIN_TOOLS, DeviceView, FleetCache
 from .validate import Limits, Plan, PlannedTask, validate
 
@@ -24,6 +24,7 @@ __all__ = [
     "PlanRejected",
     "PlannedTask",
     "PlanningError",
+    "SynthesisFailed",
     "TaskDraft",
     "Unplaced",
     "assign",

@@ -2,8 +2,10 @@
 
 HubError
 └── PlanningError      root of the planner's errors
-    └── PlanRejected   the model's plan is unusable and nothing of it may be dispatched; ``reason`` says
-                       why in words an operator (and a re-prompted model) can act on
+    ├── PlanRejected   the model's plan is unusable and nothing of it may be dispatched; ``reason`` says
+    │                  why in words an operator (and a re-prompted model) can act on
+    └── SynthesisFailed  the model's answer for a finished goal is unusable; the goal keeps its tasks'
+                         answers instead
 """
 
 from __future__ import annotations
@@ -24,3 +26,13 @@ class PlanRejected(PlanningError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"plan rejected: {reason}")
         self.reason = reason
+
+
+class SynthesisFailed(PlanningError):
+    """The model's synthesis of a goal's answer is not the schema's JSON, or is blank."""
+
+    def __init__(self, reason: str, tokens: int = 0) -> None:
+        super().__init__(f"synthesis failed: {reason}")
+        self.reason = reason
+        self.tokens = tokens
+        """What the failed call cost (the goal's planner tokens count it)."""

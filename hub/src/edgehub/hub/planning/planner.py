@@ -1,4 +1,5 @@
-"""The planner's model call: a goal and the fleet's tools in, a validated ``Plan`` out.
+"""The planner's model calls: a goal and the fleet's tools in, a validated ``Plan`` out; and at the
+end, the results of the plan's last tasks in, the goal's answer out (``synthesise_with_model``).
 
 The hub's own llama.cpp model (``edgehub.llm``, the edges' brain code) writes a draft constrained to
 ``draft_schema`` by grammar; ``parse_draft`` and ``validate`` check it. A rejected draft is not
@@ -10,13 +11,14 @@ it passes the same checks, once.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from edgehub.llm import Completion
 
 from .draft import draft_schema, parse_draft
-from .errors import PlanRejected
+from .errors import PlanRejected, SynthesisFailed
 from .fleet import DeviceView
 from .validate import Limits, Plan, validate
 
@@ -95,6 +97,71 @@ async def plan_with_model(
             continue
         return Planned(plan, n, rejected, tokens)
     raise PlanRejected(f"{attempts} drafts rejected: " + " | ".join(rejected))
+
+
+MAX_SYNTHESIS = 2000
+"""Characters of a synthesised answer, at most."""
+
+
+def synthesis_schema(max_tokens: int) -> dict[str, object]:
+    """``{"answer": "..."}`` with the answer short enough that the JSON closes within ``max_tokens``
+    (a token is at least one character; 100 left for the braces, quotes and the whitespace the JSON
+    grammar allows between them): a model that rambles is stopped by the grammar, not cut off
+    mid-string by the token limit."""
+    longest = max(16, min(MAX_SYNTHESIS, max_tokens - 100))
+    return {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "minLength": 1, "maxLength": longest}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+
+
+LOOP = re.compile(r"(.{1,8}?)\1{8,}", re.S)
+"""A unit of up to 8 characters written 9 times in a row or more: a small model stuck in a loop
+(greedy decoding: Gemma 3 270M given thin results wrote "a1111..." to the length limit)."""
+
+
+SYNTHESIS_EXAMPLE = (
+    '"Pump 1 runs at 1200 rpm." and "Pump 2 is stopped."',
+    "Pump 1 runs at 1200 rpm and pump 2 is stopped.",
+)
+"""Results and their combined answer, for the prompt: combining without concluding anything (an
+example that compared its results made Gemma 3 270M compare results that had nothing to compare)."""
+
+
+def synthesis_prompt(goal: str, results: Sequence[tuple[str, str]], per_result: int = 1500) -> str:
+    """The synthesis prompt: the goal and the results of the plan's last tasks (each cut to
+    ``per_result`` characters)."""
+    lines = [
+        "Agents on several devices each did one part of a goal. "
+        "Combine their results into the goal's answer.",
+        "Use only what the results say, and mention every result. Do not add anything else.",
+        f"Example: results {SYNTHESIS_EXAMPLE[0]} -> {json.dumps({'answer': SYNTHESIS_EXAMPLE[1]})}",
+        f"Goal: {goal}",
+        "Results:",
+        *(f"- {tid}: {answer[:per_result]}" for tid, answer in results),
+        "Answer (JSON):",
+    ]
+    return "\n".join(lines)
+
+
+async def synthesise_with_model(
+    complete: Complete, goal: str, results: Sequence[tuple[str, str]], *, max_tokens: int = 384
+) -> tuple[str, int]:
+    """The goal's answer written by the model from ``results`` (task id, answer), and the tokens it
+    cost. ``SynthesisFailed`` when the model's answer is not the schema's JSON or is blank."""
+    completion = await complete(synthesis_prompt(goal, results), synthesis_schema(max_tokens), max_tokens)
+    tokens = completion.prompt_tokens + completion.completion_tokens
+    try:
+        answer = json.loads(completion.text)["answer"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SynthesisFailed(f"not the answer's JSON ({type(exc).__name__})", tokens) from None
+    if not isinstance(answer, str) or not answer.strip():
+        raise SynthesisFailed("the answer is blank", tokens)
+    if looping := LOOP.search(answer):
+        raise SynthesisFailed(f"the answer repeats {looping.group(1)!r} over and over", tokens)
+    return answer.strip()[:MAX_SYNTHESIS], tokens
 
 
 def plan_given(

@@ -17,7 +17,9 @@ usage per device. Task statuses::
 ``advance`` is the whole scheduler, a function of the record, the fleet and the clock: it fails the
 goal on a spent budget, reassigns tasks whose device went offline, holds tasks for approval, places
 ready tasks (``assign``: tools, labels, load, free slots; a retry prefers a device it has not failed
-on) and writes the answer once every task is done. ``apply_result`` takes a task agent's end.
+on) and, once every task is done, the answer: the one last task's, or, when the plan ends in several,
+the planner model's synthesis of theirs (the goal is ``synthesising`` meanwhile; ``finish_synthesis``).
+``apply_result`` takes a task agent's end.
 Both return ``Effects`` (commands with fixed ids, sub-goals, a re-plan) to carry out once the record
 is stored, so repeating them after a crash is harmless.
 """
@@ -177,6 +179,17 @@ class Effects:
     """Why the rest of the goal must be planned again (empty: no re-plan)."""
     ended: bool = False
     """The goal reached done, failed or cancelled in this transition."""
+    synthesise: bool = False
+    """Every task is done and the model is to write the goal's answer from the sinks' results."""
+
+    def then(self, more: Effects) -> Effects:
+        """These effects followed by ``more`` (two transitions stored as one write)."""
+        self.commands += more.commands
+        self.subgoals += more.subgoals
+        self.replan = self.replan or more.replan
+        self.ended = self.ended or more.ended
+        self.synthesise = self.synthesise or more.synthesise
+        return self
 
 
 @dataclass(frozen=True)
@@ -254,15 +267,42 @@ def task_text(record: dict[str, Any], task: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def synthesis(record: dict[str, Any]) -> str:
-    """The goal's answer: the results of the tasks nothing else needs (the plan's sinks; a plan that
-    ends in one joining task has that task's answer as the goal's)."""
+def sinks(record: dict[str, Any]) -> list[str]:
+    """The tasks of the current plan that no other task needs: their results are the goal's."""
     tasks = current_plan(record)
     needed = {n for t in tasks for n in t["needs"]}
-    sinks = [t["id"] for t in tasks if t["id"] not in needed]
-    if len(sinks) == 1:
-        return str(record["tasks"][sinks[0]].get("answer", ""))
-    return "\n".join(f"{s}: {record['tasks'][s].get('answer', '')}" for s in sinks)
+    return [t["id"] for t in tasks if t["id"] not in needed]
+
+
+def synthesis(record: dict[str, Any]) -> str:
+    """The goal's answer without the model: the sinks' results (a plan that ends in one joining task
+    has that task's answer as the goal's), one per line after its task's id when there are several."""
+    last = sinks(record)
+    if len(last) == 1:
+        return str(record["tasks"][last[0]].get("answer", ""))
+    return "\n".join(f"{s}: {record['tasks'][s].get('answer', '')}" for s in last)
+
+
+def finish_synthesis(record: dict[str, Any], answer: str, tokens: int, error: str, now: float) -> Effects:
+    """The planner's synthesis is back: the goal is done with ``answer``, or, when the model failed
+    (``error``), with the sinks' results joined and the reason kept. Nothing when the goal is no longer
+    synthesising (cancelled meanwhile, or another hub process finished it)."""
+    fx = Effects()
+    if record["status"] != "synthesising":
+        return fx
+    record["usage"]["planner_tokens"] += tokens
+    if error:
+        record["synthesis_error"] = error[:500]
+    record.update(
+        status="done",
+        answer=synthesis(record) if error else answer,
+        answer_by="joined" if error else "planner",
+        finished_at=now,
+    )
+    how = f"the tasks' answers joined ({error[:200]})" if error else "answer synthesised by the planner"
+    audit(record, f"done: {how}", now=now)
+    fx.ended = True
+    return fx
 
 
 def advance(
@@ -365,7 +405,13 @@ def advance(
                 return fx
             fx.commands.append(cmd)
     if tasks and all(states[t]["status"] == "done" for t in tasks):
-        record.update(status="done", answer=synthesis(record), finished_at=now)
+        if cfg.enabled and cfg.synthesise and len(sinks(record)) > 1:
+            record["status"] = "synthesising"  # GoalService asks the model (finish_synthesis)
+            audit(record, "every task done: the planner writes the answer", now=now)
+            fx.synthesise = True
+            return fx
+        by = "task" if len(sinks(record)) == 1 else "joined"
+        record.update(status="done", answer=synthesis(record), answer_by=by, finished_at=now)
         audit(record, "done", now=now)
         fx.ended = True
     return fx
