@@ -251,3 +251,16 @@ def stop_daemons(prefixes: list[Path]) -> None:
                     os.kill(pid, 0)
                     time.sleep(0.1)
                 os.kill(pid, signal.SIGKILL)
+
+
+def assert_unit_hardened(unit: Path, options: tuple[str, ...]) -> None:
+    """A systemd unit a role rendered has each of ``options`` and passes ``systemd-analyze verify``
+    (where systemd-analyze is installed: no systemd runs as PID 1 here, so the unit is never started)."""
+    text = unit.read_text()
+    for option in options:
+        assert option in text, option
+    analyze = shutil.which("systemd-analyze")
+    if analyze:
+        done = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True)
+        problems = [line for line in done.stderr.splitlines() if unit.name in line]
+        assert not problems, done.stderr

@@ -120,9 +120,16 @@ class HubDaemon:
         if not self.cfg.nats.url:
             n = self.cfg.nats
             self.server = await NatsServer.start(
-                n.embedded_store, port=n.embedded_port, auth=trust.server_config(), host=n.embedded_host
+                n.embedded_store,
+                port=n.embedded_port,
+                auth=trust.server_config(),
+                host=n.embedded_host,
+                leaf=(n.leaf_host or n.embedded_host, n.leaf_port) if n.leaf_port else None,
+                leaf_js_accounts=(trust.account_id,),
             )
             log.info("embedded nats-server on %s (store %s)", self.server.url, n.embedded_store)
+            if self.server.leaf:
+                log.info("leaf nodes connect to nats-leaf://%s:%d", *self.server.leaf)
         self.nc = await nats.connect(
             self.url,
             name=f"edgehub-hub-{self.cfg.hub.id}",

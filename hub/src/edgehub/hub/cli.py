@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from nats.errors import Error as NatsError
 from rich.console import Console
 from rich.logging import RichHandler
 
 from edgehub.sync import SyncError
+from edgehub.sync.auth import Trust
 
 from .app import HubDaemon
 from .config import HubConfig, load_config
 from .errors import HubError
+from .leaf import leaf_user, write_leaf_folder
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
@@ -62,3 +65,53 @@ def hub_run(
         asyncio.run(main())
     except (HubError, SyncError, OSError) as exc:
         fail(exc)
+
+
+@hub_app.command("leaf-config")
+def hub_leaf_config(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to write (trust.conf, account.pub, leaf.creds).")
+    ],
+    name: Annotated[str, typer.Option(help="The leaf's name (its credentials are leaf:NAME).")] = "leaf",
+    config: ConfigOpt = None,
+    nats_url: Annotated[
+        str | None,
+        typer.Option(help="The hub's NATS (default: the configured url, or the embedded server's)."),
+    ] = None,
+    renew: Annotated[bool, typer.Option(help="Issue new leaf credentials even if OUT has some.")] = False,
+) -> None:
+    """What a NATS leaf node on a site gateway needs (the edgehub_nats_leaf Ansible role): the hub's
+    trust block (public JWTs, current revocations) and credentials for its connection to the hub's
+    leafnode listener (leaf_port in hub.toml's nats section). Run on the hub's machine: it reads the
+    trust folder and asks the running hub's NATS for revocations. Running it again changes nothing
+    unless something did."""
+    cfg = load(config)
+    n = cfg.nats
+    if not (
+        url := nats_url or n.url or (n.embedded_port and f"nats://{_dial(n.embedded_host)}:{n.embedded_port}")
+    ):
+        fail("the embedded server's port is 0 (any): pass --nats-url")
+    if not (cfg.auth.dir / "account.nk").exists():
+        fail(
+            f"no trust folder at {cfg.auth.dir}: run this where the hub runs (or set EDGEHUB_HUB__AUTH__DIR)"
+        )
+    try:
+        done = write_leaf_folder(Trust.load_or_create(cfg.auth.dir), url, out, name, renew=renew)
+    except (OSError, SyncError, TimeoutError, NatsError) as exc:
+        fail(f"{exc or exc.__class__.__name__} (is the hub running, its NATS at {url}?)")
+    leaf = (
+        f"nats-leaf://{n.leaf_host or n.embedded_host}:{n.leaf_port}"
+        if n.leaf_port
+        else "(off: set leaf_port in the nats section)"
+    )
+    # plain lines (no wrapping, no markup): scripts read them
+    print(f"{out}/trust.conf: {'written' if done.trust_changed else 'unchanged'}")
+    if done.creds_issued:
+        print(f"{out}/leaf.creds: new credentials {leaf_user(name)} ({done.creds_issued}), 0600")
+    else:
+        print(f"{out}/leaf.creds: kept")
+    print(f"account {done.account}; the hub's leafnode listener: {leaf}")
+
+
+def _dial(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host

@@ -34,6 +34,17 @@ class NatsConfig(_Section):
     embedded_store: Path = Path(".edgehub/hub/nats")
     advertise: list[str] = []
     """NATS URLs handed to devices at enrollment (default: the url, or the embedded server's)."""
+    leaf_port: int = Field(0, ge=0, le=65535)
+    """Leafnode listener of the embedded server, for NATS leaf nodes on site gateways (the
+    ``edgehub_nats_leaf`` Ansible role; ``edgehub hub leaf-config`` gives what a leaf needs); 0: off."""
+    leaf_host: str | None = None
+    """Address the leafnode listener binds (None: ``embedded_host``)."""
+
+    @model_validator(mode="after")
+    def _leaf_needs_embedded(self) -> NatsConfig:
+        if self.leaf_port and self.url:
+            raise ValueError("leaf_port is for the embedded server: with a url, configure leafnodes there")
+        return self
 
 
 class HubSection(_Section):

@@ -27,10 +27,31 @@ jetstream {{
   store_dir: "{store}"
   sync_interval: always
 }}
-# authentication (rewritten in place by NatsServer.reload)
+{leafnodes}# authentication (rewritten in place by NatsServer.reload)
 {auth}"""
 AUTH_MARK = "# authentication (rewritten in place by NatsServer.reload)"
 RELOADED = "Reloaded server configuration"
+LEAFNODES = """\
+leafnodes {{
+  listen: "{host}:{port}"
+}}
+{domains}"""
+JS_DEFAULT_DOMAIN = """\
+# Leaf nodes without JetStream use this server's JetStream for these accounts, in the same (empty)
+# domain: without it nats-server denies $JS.API.>, $KV.> and $OBJ.> on their leaf connections (the
+# leaf needs the same setting).
+default_js_domain: {{ {accounts} }}
+"""
+
+
+def leafnodes_block(host: str, port: int, js_accounts: tuple[str, ...] = ()) -> str:
+    """The ``leafnodes`` listener block (leaf nodes on site gateways dial it). In operator mode a leaf
+    authenticates with user credentials of an account, like a client; ``js_accounts`` (public keys)
+    may use this server's JetStream through a leaf that runs none."""
+    domains = ", ".join(f'{a}: ""' for a in js_accounts)
+    return LEAFNODES.format(
+        host=host, port=port, domains=JS_DEFAULT_DOMAIN.format(accounts=domains) if domains else ""
+    )
 
 
 def die_with_parent() -> list[str]:
@@ -71,6 +92,10 @@ class NatsServer:
     process: asyncio.subprocess.Process | None = None
     host: str = "127.0.0.1"
     """The address clients connect to (the monitor port stays on loopback)."""
+    leaf: tuple[str, int] | None = None
+    """(host, port) of a leafnode listener for site gateways' leaf nodes; None: none."""
+    leaf_js_accounts: tuple[str, ...] = ()
+    """Accounts (public keys) whose clients on a leaf without JetStream use this server's."""
 
     @property
     def url(self) -> str:
@@ -89,8 +114,14 @@ class NatsServer:
         max_payload: int = 8 * 1024 * 1024,
         auth: str = "",
         host: str = "127.0.0.1",
+        leaf: tuple[str, int] | None = None,
+        leaf_js_accounts: tuple[str, ...] = (),
     ) -> NatsServer:
-        server = cls(Path(store_dir), port or free_port(), free_port(), auth, host=host)
+        """``leaf``: also listen for leaf nodes on (host, port), port 0 meaning any free port."""
+        if leaf is not None:
+            leaf = (leaf[0], leaf[1] or free_port())
+        server = cls(Path(store_dir), port or free_port(), free_port(), auth, host=host, leaf=leaf)
+        server.leaf_js_accounts = leaf_js_accounts
         await server._launch(max_payload)
         return server
 
@@ -107,6 +138,7 @@ class NatsServer:
                     monitor=self.monitor_port,
                     max_payload=max_payload,
                     store=self.store_dir,
+                    leafnodes=leafnodes_block(*self.leaf, self.leaf_js_accounts) if self.leaf else "",
                     auth=self.auth,
                 )
             )
