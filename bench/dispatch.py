@@ -62,9 +62,7 @@ import json
 import math
 import multiprocessing
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -90,12 +88,10 @@ from fleet import (
     histogram_quantile,
     machine_busy_s,
     send_commands,
-    server_warnings,
     simulate,
-    start_hub,
-    stop_hub,
     wait_online,
     window_buckets,
+    with_hub,
 )
 
 from edgehub.hub.planning.fleet import BUILTIN_TOOLS, DEFAULT_MAX_CONCURRENT
@@ -586,20 +582,7 @@ def checks(f: dict[str, float], tp: Window, st: Window) -> list[Check]:
 
 
 async def main() -> None:
-    profile = os.environ.get("PROFILE_HUB", "")
-    with tempfile.TemporaryDirectory() as d:
-        hub = start_hub(Path(d), ["-m", "cProfile", "-o", profile] if profile else [])
-        try:
-            result = await run(hub)
-        except BaseException:
-            print(hub.log.read_text()[-3000:], file=sys.stderr)
-            raise
-        finally:
-            code = stop_hub(hub)
-        result["slow_consumers"], result["server_warnings"] = server_warnings(hub)
-        if keep := os.environ.get("KEEP_LOGS", ""):  # the hub's and nats-server's logs, for a post-mortem
-            for log in (hub.log, hub.log.parent / "nats" / "nats-server.log"):
-                shutil.copy(log, Path(keep) / log.name)
+    result, code = await with_hub(run)
     checks = report(result, figures(result), code)
     print_checks(checks)
     print(f"wrote {write_result('dispatch', checks)}")

@@ -51,13 +51,14 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Event as ProcessEvent
 from pathlib import Path
@@ -567,17 +568,30 @@ def report(r: dict[str, float], hub_exit: int) -> list[Check]:
     ]
 
 
-async def main() -> None:
+async def with_hub(run: Callable[[Hub], Awaitable[dict[str, Any]]]) -> tuple[dict[str, Any], int]:
+    """``run`` against a hub started for it, in a temporary folder: its result (with the nats-server's
+    warnings counted in) and the hub's exit code. On a failure the hub's log tail goes to stderr.
+    ``PROFILE_HUB=FILE`` runs the hub under cProfile; ``KEEP_LOGS=DIR`` keeps the hub's and
+    nats-server's logs there."""
+    profile = os.environ.get("PROFILE_HUB", "")
     with tempfile.TemporaryDirectory() as d:
-        hub = start_hub(Path(d))
+        hub = start_hub(Path(d), ["-m", "cProfile", "-o", profile] if profile else [])
         try:
-            result = await run_fleet(hub)
+            result = await run(hub)
         except BaseException:
             print(hub.log.read_text()[-3000:], file=sys.stderr)
             raise
         finally:
             code = stop_hub(hub)
         result["slow_consumers"], result["server_warnings"] = server_warnings(hub)
+        if keep := os.environ.get("KEEP_LOGS", ""):  # for a post-mortem
+            for log in (hub.log, hub.log.parent / "nats" / "nats-server.log"):
+                shutil.copy(log, Path(keep) / log.name)
+    return result, code
+
+
+async def main() -> None:
+    result, code = await with_hub(run_fleet)
     checks = report(result, code)
     print_checks(checks)
     print(f"wrote {write_result('fleet', checks)}")

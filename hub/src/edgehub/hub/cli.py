@@ -15,6 +15,7 @@ from rich.logging import RichHandler
 
 from edgehub.sync import SyncError
 from edgehub.sync.auth import Trust
+from edgehub.sync.server import dial_host
 
 from .app import HubDaemon
 from .config import HubConfig, load_config
@@ -88,7 +89,9 @@ def hub_leaf_config(
     cfg = load(config)
     n = cfg.nats
     if not (
-        url := nats_url or n.url or (n.embedded_port and f"nats://{_dial(n.embedded_host)}:{n.embedded_port}")
+        url := nats_url
+        or n.url
+        or (n.embedded_port and f"nats://{dial_host(n.embedded_host)}:{n.embedded_port}")
     ):
         fail("the embedded server's port is 0 (any): pass --nats-url")
     if not (cfg.auth.dir / "account.nk").exists():
@@ -111,7 +114,3 @@ def hub_leaf_config(
     else:
         print(f"{out}/leaf.creds: kept")
     print(f"account {done.account}; the hub's leafnode listener: {leaf}")
-
-
-def _dial(host: str) -> str:
-    return "127.0.0.1" if host in ("0.0.0.0", "") else host

@@ -54,6 +54,12 @@ def leafnodes_block(host: str, port: int, js_accounts: tuple[str, ...] = ()) -> 
     )
 
 
+def dial_host(host: str) -> str:
+    """The address a client on this machine dials for a server listening on ``host`` (a wildcard
+    listener is reached on loopback)."""
+    return "127.0.0.1" if host in ("0.0.0.0", "") else host
+
+
 def die_with_parent() -> list[str]:
     """A command prefix that makes the child get SIGTERM when this process dies (even by kill -9):
     util-linux's ``setpriv --pdeathsig``, which then execs the real command (same PID).
@@ -103,7 +109,7 @@ class NatsServer:
 
     @property
     def _dial(self) -> str:
-        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return dial_host(self.host)
 
     @classmethod
     async def start(
@@ -120,8 +126,15 @@ class NatsServer:
         """``leaf``: also listen for leaf nodes on (host, port), port 0 meaning any free port."""
         if leaf is not None:
             leaf = (leaf[0], leaf[1] or free_port())
-        server = cls(Path(store_dir), port or free_port(), free_port(), auth, host=host, leaf=leaf)
-        server.leaf_js_accounts = leaf_js_accounts
+        server = cls(
+            Path(store_dir),
+            port or free_port(),
+            free_port(),
+            auth,
+            host=host,
+            leaf=leaf,
+            leaf_js_accounts=leaf_js_accounts,
+        )
         await server._launch(max_payload)
         return server
 

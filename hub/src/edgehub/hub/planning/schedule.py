@@ -405,12 +405,13 @@ def advance(
                 return fx
             fx.commands.append(cmd)
     if tasks and all(states[t]["status"] == "done" for t in tasks):
-        if cfg.enabled and cfg.synthesise and len(sinks(record)) > 1:
+        several = len(sinks(record)) > 1
+        if several and cfg.enabled and cfg.synthesise:
             record["status"] = "synthesising"  # GoalService asks the model (finish_synthesis)
             audit(record, "every task done: the planner writes the answer", now=now)
             fx.synthesise = True
             return fx
-        by = "task" if len(sinks(record)) == 1 else "joined"
+        by = "joined" if several else "task"
         record.update(status="done", answer=synthesis(record), answer_by=by, finished_at=now)
         audit(record, "done", now=now)
         fx.ended = True
