@@ -94,7 +94,7 @@ from fleet import (
     with_hub,
 )
 
-from edgehub.hub.planning.fleet import BUILTIN_TOOLS, DEFAULT_MAX_CONCURRENT
+from edgehub.hub.goals.placement import BUILTIN_TOOLS, DEFAULT_MAX_CONCURRENT
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, commands_pb2, events_pb2, hub_pb2, hub_pb2_grpc, task_pb2
 from edgehub.sync.publisher import msg_id

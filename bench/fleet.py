@@ -74,8 +74,9 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import QUICK, Check, pct, print_checks, print_table, write_result
 
+from edgehub.protocol.ids import kv_key
 from edgehub.protocol.v1 import commands_pb2, hub_pb2, hub_pb2_grpc
-from edgehub.sync import free_port, kv_key
+from edgehub.sync import free_port
 from edgehub.sync.auth import Trust, creds_text, inbox_prefix, keypair, new_seed, public_key
 from edgehub.sync.commands import CommandConsumer
 from edgehub.sync.streams import DEVICES

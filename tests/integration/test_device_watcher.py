@@ -12,8 +12,9 @@ from pathlib import Path
 from nats.js.kv import KeyValue
 from prometheus_client import CollectorRegistry
 
-from edgehub.hub.registry import DeviceRegistry, DeviceWatcher
-from edgehub.sync import NatsServer, kv_key
+from edgehub.hub.fleet.registry import DeviceRegistry, DeviceWatcher
+from edgehub.protocol.ids import kv_key
+from edgehub.sync import NatsServer
 from edgehub.sync.streams import DEVICES
 from tests.harness.nats import connect, nats_server  # noqa: F401 - fixture
 from tests.harness.wait import eventually

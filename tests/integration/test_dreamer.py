@@ -13,7 +13,7 @@ import grpc
 import pytest
 
 from edgehub.edge.memory.embed import shared_embedder
-from edgehub.hub.api import HubService
+from edgehub.hub.api.service import HubService
 from edgehub.hub.config import DreamerConfig
 from edgehub.hub.knowledge import (
     BatchRejected,

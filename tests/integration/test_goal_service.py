@@ -20,9 +20,10 @@ import pytest
 from nats.aio.client import Client
 
 from edgehub.hub.config import PlannerConfig
-from edgehub.hub.goals import GoalError, GoalService
-from edgehub.hub.planning import DeviceView
-from edgehub.hub.planning.schedule import new_record
+from edgehub.hub.errors import GoalError
+from edgehub.hub.goals import DeviceView
+from edgehub.hub.goals.schedule import new_record
+from edgehub.hub.goals.service import GoalService
 from edgehub.llm.fake import FakeBrain
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, commands_pb2, events_pb2, task_pb2

@@ -20,8 +20,9 @@ from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
 from edgehub.llm.fake import FakeBrain
 from edgehub.protocol import subjects
+from edgehub.protocol.ids import kv_key
 from edgehub.protocol.v1 import agent_pb2
-from edgehub.sync import OutboxPublisher, free_port, kv_key
+from edgehub.sync import OutboxPublisher, free_port
 from edgehub.sync.streams import APPLIED
 from tests.harness.hub import Hub, start_hub
 from tests.harness.wait import assert_eventually, eventually

@@ -16,7 +16,7 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 
-from edgehub.edge.identity import DeviceIdentity, EnrollmentError, enroll
+from edgehub.edge.uplink.identity import DeviceIdentity, EnrollmentError, enroll
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import hub_pb2 as H  # noqa: N812 - the house alias
 from edgehub.protocol.v1 import hub_pb2_grpc

@@ -22,7 +22,7 @@ from edgehub.hub.knowledge import (
     SchemaError,
     migrate,
 )
-from edgehub.hub.knowledge.migrations import MIGRATIONS
+from edgehub.hub.knowledge.schema import MIGRATIONS
 from edgehub.sync import free_port
 from tests.harness.neo4j import reset
 
@@ -274,7 +274,7 @@ async def test_a_batch_that_neo4j_rejects_midway_rolls_back_completely(graph: Kn
     ]
     with pytest.raises(BatchRejected) as err:
         await graph.ingest([Entity("robot-8", "Robot 8", "robot")], batch, recorded_at=h(8))
-    assert "ConstraintValidationFailed" in err.value.code
+    assert "ConstraintValidationFailed" in err.value.neo4j_code
     assert not err.value.retryable
     assert await snapshot(graph) == before
     now = await graph.facts_about("robot-7", as_of=AsOf(valid_at=h(9)))

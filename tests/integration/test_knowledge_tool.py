@@ -18,8 +18,8 @@ from nats.aio.client import Client, RawCredentials
 
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
-from edgehub.edge.knowledge import KnowledgeClient
 from edgehub.edge.store import SqliteStore
+from edgehub.edge.uplink.knowledge import KnowledgeClient
 from edgehub.hub.knowledge import Entity, Fact, KnowledgeGraph, Provenance
 from edgehub.hub.knowledge.responder import KnowledgeResponder
 from edgehub.llm.fake import FakeBrain

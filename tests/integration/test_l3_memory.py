@@ -25,7 +25,7 @@ from edgehub.edge.memory.embed import MiniLM
 from edgehub.edge.memory.episodic import EpisodicMemory
 from edgehub.edge.store import SqliteStore
 from edgehub.edge.store.base import Episode
-from edgehub.edge.store.migrations import LATEST, MIGRATIONS
+from edgehub.edge.store.schema import LATEST, MIGRATIONS
 from edgehub.llm.fake import FakeBrain
 from edgehub.protocol.v1 import agent_pb2
 

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from edgehub.hub.migration import BUNDLE_SCHEMA_VERSION, MigrationError, MigrationService, digest_of
-from edgehub.hub.registry import AgentRegistry
+from edgehub.hub.errors import MigrationError
+from edgehub.hub.fleet.migration import BUNDLE_SCHEMA_VERSION, MigrationService, digest_of
+from edgehub.hub.fleet.registry import AgentRegistry
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, commands_pb2, events_pb2, hub_pb2
 from edgehub.sync import NatsServer

@@ -331,7 +331,8 @@ async def test_messages_delivered_but_not_yet_taken_go_back_at_once_when_the_hub
 ) -> None:
     """A stopping hub negatively acknowledges what it had received but not started on, so another hub
     gets those events now rather than after the ack wait."""
-    from edgehub.sync.applier import _Pull, kv_key
+    from edgehub.protocol.ids import kv_key
+    from edgehub.sync.applier import _Pull
     from edgehub.sync.streams import APPLIED
 
     store = fill_outbox(tmp_path / "edge.db", 30, agents=1)

@@ -90,3 +90,42 @@ def test_daemons_sharing_a_snapshot_folder_keep_their_images_apart(tmp_path: Pat
     assert snapshot_dir(cfg("edge-1", shm)) == shm / "edge-1"
     assert snapshot_dir(cfg("edge-2", shm)) == shm / "edge-2"
     assert snapshot_dir(cfg("edge-1", None)) == tmp_path / "edge-1" / "snapshots"
+
+
+# both daemons load through one loader (edgehub.cli.config): the same rules, the same clear errors --------
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"EDGEHUB_HUB__HUB__ID": ""}, "hub.id"),  # was a raw json.JSONDecodeError
+        ({"EDGEHUB_HUB__HUB__ID": "has spaces"}, "hub.id"),
+        ({"EDGEHUB_HUB__PLANNER__TICK_S": "soon"}, "planner.tick_s"),
+        ({"EDGEHUB_HUB__PLANNER__APPROVE_TOOLS": "[oops"}, "EDGEHUB_HUB__PLANNER__APPROVE_TOOLS"),
+        ({"EDGEHUB_HUB__NOPE__X": "1"}, "nope"),
+    ],
+)
+def test_the_hub_reports_bad_environment_overrides_as_config_errors(env: dict[str, str], key: str) -> None:
+    from edgehub.hub.config import load_config as load_hub_config
+    from edgehub.hub.errors import HubConfigError
+
+    with pytest.raises(HubConfigError) as info:
+        load_hub_config(None, env=env)
+    assert info.value.key == key
+    assert key in str(info.value)
+
+
+def test_an_empty_edge_override_is_a_config_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, env={"EDGEHUB_EDGE__DEVICE__ID": ""})
+    assert info.value.key == "device.id"
+
+
+def test_a_config_path_that_is_a_folder_is_a_clear_error(tmp_path: Path) -> None:
+    from edgehub.hub.config import load_config as load_hub_config
+    from edgehub.hub.errors import HubConfigError
+
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_config(tmp_path, env={})
+    with pytest.raises(HubConfigError, match="is a folder"):
+        load_hub_config(tmp_path, env={})

@@ -12,9 +12,9 @@ import nkeys
 import pytest
 from cryptography import x509
 
-from edgehub.edge.identity import DeviceIdentity, EnrollmentError
-from edgehub.hub import access
-from edgehub.hub.access import ANONYMOUS, Principal, required_roles
+from edgehub.edge.uplink.identity import DeviceIdentity, EnrollmentError
+from edgehub.hub.api import access
+from edgehub.hub.api.access import ANONYMOUS, Principal, required_roles
 from edgehub.protocol.v1 import hub_pb2
 from edgehub.sync.auth import (
     AuthError,

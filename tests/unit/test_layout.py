@@ -17,12 +17,11 @@ FORBIDDEN = {
     "hub": ("edgehub.edge",),
     "cli": ("edgehub.edge", "edgehub.hub", "edgehub.hardware"),
     "hardware": (
-        "edgehub.protocol",
+        "edgehub.protocol.v1",
         "edgehub.sync",
         "edgehub.llm",
         "edgehub.edge",
         "edgehub.hub",
-        "edgehub.cli",
     ),
 }
 
@@ -53,13 +52,16 @@ def test_edge_does_not_depend_on_hub_packages() -> None:
     assert "neo4j" not in text
 
 
-def test_the_brain_depends_on_no_other_member() -> None:
-    text = (ROOT / "llm" / "pyproject.toml").read_text()
-    assert "edgehub-" not in text.split("[build-system]")[0].split("dependencies", 1)[1]
-    assert "neo4j" not in text
-
-
-def test_hardware_profiles_depend_on_no_member_but_the_cli_command() -> None:
-    text = (ROOT / "hardware" / "pyproject.toml").read_text()
+def _members(name: str) -> set[str]:
+    text = (ROOT / name / "pyproject.toml").read_text()
     deps = text.split("[build-system]")[0].split("dependencies", 1)[1]
-    assert {line.strip().strip('",') for line in deps.splitlines() if "edgehub-" in line} == {"edgehub-cli"}
+    return {line.strip().strip('",') for line in deps.splitlines() if line.strip().startswith('"edgehub-')}
+
+
+def test_the_brain_depends_on_no_other_member_but_the_error_root() -> None:
+    assert _members("llm") == {"edgehub-protocol"}
+    assert "neo4j" not in (ROOT / "llm" / "pyproject.toml").read_text()
+
+
+def test_hardware_profiles_depend_on_no_member_but_the_cli_command_and_the_error_root() -> None:
+    assert _members("hardware") == {"edgehub-cli", "edgehub-protocol"}

@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from edgehub.hub.leaf import _creds_account, _normalised, leaf_creds, trust_block
+from edgehub.hub.fleet.leaf import _creds_account, _normalised, leaf_creds, trust_block
 from edgehub.sync.auth import Trust, decode_jwt
 
 OPERATOR = re.compile(r'^operator: "([^"]+)"$', re.M)

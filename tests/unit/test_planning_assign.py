@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edgehub.hub.planning import (
+from edgehub.hub.goals import (
     BUILTIN_TOOLS,
     DeviceView,
     FleetCache,

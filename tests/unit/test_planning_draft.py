@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from edgehub.hub.planning import PlanDraft, PlanRejected, draft_schema, parse_draft
-from edgehub.hub.planning.draft import MAX_GOAL, MAX_TASKS, MAX_TEXT
+from edgehub.hub.goals import PlanDraft, PlanRejected, draft_schema, parse_draft
+from edgehub.hub.goals.draft import MAX_GOAL, MAX_TASKS, MAX_TEXT
 
 GRAMMAR_KEYWORDS = {
     "type",

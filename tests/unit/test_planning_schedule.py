@@ -6,9 +6,9 @@ from collections import Counter
 from typing import Any
 
 from edgehub.hub.config import PlannerConfig
-from edgehub.hub.planning import DeviceView, PlanDraft, validate
-from edgehub.hub.planning.planner import Planned
-from edgehub.hub.planning.schedule import (
+from edgehub.hub.goals import DeviceView, PlanDraft, validate
+from edgehub.hub.goals.planner import Planned
+from edgehub.hub.goals.schedule import (
     adopt_plan,
     advance,
     apply_result,

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgehub.hub.planning import DeviceView, Limits, PlanDraft, PlanRejected, validate
-from edgehub.hub.planning.fleet import BUILTIN_TOOLS
+from edgehub.hub.goals import DeviceView, Limits, PlanDraft, PlanRejected, validate
+from edgehub.hub.goals.placement import BUILTIN_TOOLS
 
 
 def task(id: str, *needs: str, **over: Any) -> dict[str, Any]:

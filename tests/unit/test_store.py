@@ -16,7 +16,7 @@ from edgehub.edge.errors import AgentNotFound, SchemaVersionError, StoreError
 from edgehub.edge.safety import Scrubber, VaultKey
 from edgehub.edge.store import Intent, SqliteStore
 from edgehub.edge.store.base import Approval, Episode
-from edgehub.edge.store.migrations import LATEST, MIGRATIONS
+from edgehub.edge.store.schema import LATEST, MIGRATIONS
 from edgehub.edge.store.sqlite import EPISODE_PARTS
 from edgehub.protocol.v1 import agent_pb2
 

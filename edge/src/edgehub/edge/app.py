@@ -37,18 +37,18 @@ from .agent.tools.gateway import ExecutionGateway
 from .agent.tools.registry import ToolRegistry
 from .config import EdgeConfig
 from .errors import EdgeError
-from .hublink import HubLink, daemon_version
-from .identity import DeviceIdentity
-from .knowledge import KnowledgeClient
 from .memory.compaction import Compactor
 from .memory.embed import shared_embedder
 from .memory.episodic import EpisodeIndexer, EpisodicMemory
 from .metrics import EdgeMetrics
-from .migration import migrate_in, migrate_out
 from .safety.approvals import ApprovalError, decide
 from .safety.build import Safety, build_safety, build_scrubber
 from .store.sqlite import SqliteStore
 from .tracing import Tracing
+from .uplink.identity import DeviceIdentity
+from .uplink.knowledge import KnowledgeClient
+from .uplink.link import HubLink, daemon_version
+from .uplink.migration import migrate_in, migrate_out
 
 log = logging.getLogger("edgehub.edge")
 S = agent_pb2

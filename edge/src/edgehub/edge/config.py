@@ -9,15 +9,15 @@ the loaded config to the components that need it.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from edgehub.cli import config as config_loader
+from edgehub.protocol.ids import NAME_PATTERN
 
 from .errors import ConfigError
 
@@ -29,7 +29,7 @@ class _Section(BaseModel):
 
 
 class DeviceConfig(_Section):
-    id: str = Field("local", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    id: str = Field("local", pattern=NAME_PATTERN)
     """Device identity (assigned at enrollment once the hub issue lands)."""
     data_dir: Path = Path(".edgehub/edge")
     """Where the store, agent workspaces and snapshots live."""
@@ -224,65 +224,20 @@ class EdgeConfig(_Section):
         return self.device.data_dir / "vault.key"
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, value in env.items():
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        node = tree
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = _env_value(name, value)
-    return tree
-
-
-def _env_value(name: str, value: str) -> Any:
-    """Lists and tables are written as JSON (``["read_file", "finish"]``); scalars as plain text."""
-    if value.lstrip()[:1] in ("[", "{"):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{name}: not valid JSON ({exc})", key=name) from None
-    return value
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def load_config(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,
     *,
     profile: Mapping[str, Any] | None = None,
 ) -> EdgeConfig:
-    """Load ``path`` (optional) and apply ``env`` overrides; raise ConfigError naming the bad key.
-    ``profile`` (the hardware profile's settings, ``Settings.as_edge_config()``) fills what neither
-    sets, unless ``[device] apply_profile = false``."""
-    data: dict[str, Any] = {}
-    where = str(path) if path else None
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError("file not found", path=where) from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"not valid TOML: {exc}", path=where) from None
-    data = _merge(data, _env_overrides(os.environ if env is None else env))
-    wanted = str(data.get("device", {}).get("apply_profile", True)).lower() not in ("false", "0", "no")
-    if profile and wanted:
-        data = _merge(dict(profile), data)
-    try:
-        return EdgeConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{key}: {err['msg']}{more}", key=key, path=where) from None
+    """Load ``path`` (optional) and apply ``env`` overrides (``edgehub.cli.config``); raise ConfigError
+    naming the bad key. ``profile`` (the hardware profile's settings, ``Settings.as_edge_config()``)
+    fills what neither sets, unless ``[device] apply_profile = false``."""
+
+    def under(data: Mapping[str, Any]) -> Mapping[str, Any]:
+        wanted = str(data.get("device", {}).get("apply_profile", True)).lower() not in ("false", "0", "no")
+        return profile if profile and wanted else {}
+
+    return config_loader.load_config(
+        EdgeConfig, path, prefix=ENV_PREFIX, error=ConfigError, env=env, under=under
+    )

@@ -1,6 +1,7 @@
 """Errors raised by the edge daemon.
 
-Every error carries data a caller can act on, and ``retryable`` says whether trying again may help.
+Every error carries data a caller can act on, ``code`` says what kind of failure and ``retryable``
+whether trying again may help (the one root: ``edgehub.protocol.errors.EdgehubError``).
 
     EdgeError
     ├── ConfigError          bad or unreadable configuration (``key`` names the offending setting)
@@ -16,15 +17,19 @@ observations the model can read, so a bad call never crashes a step.
 
 from __future__ import annotations
 
+from edgehub.protocol.errors import EdgehubError, ErrorCode
 
-class EdgeError(Exception):
+
+class EdgeError(EdgehubError):
     """Root of every error the edge daemon raises on purpose."""
 
-    retryable: bool = False
+    code = ErrorCode.FAILED_PRECONDITION
 
 
 class ConfigError(EdgeError):
     """Configuration is missing, unreadable or invalid."""
+
+    code = ErrorCode.INVALID_ARGUMENT
 
     def __init__(self, message: str, *, key: str | None = None, path: str | None = None) -> None:
         self.key = key
@@ -64,6 +69,8 @@ class SchemaVersionError(StoreError):
 class ToolError(EdgeError):
     """A tool cannot be registered or loaded."""
 
+    code = ErrorCode.INVALID_ARGUMENT
+
     def __init__(self, message: str, *, tool: str) -> None:
         self.tool = tool
         super().__init__(f"tool {tool!r}: {message}")
@@ -71,6 +78,8 @@ class ToolError(EdgeError):
 
 class AgentNotFound(EdgeError):
     """No agent with that id exists in this device's store."""
+
+    code = ErrorCode.NOT_FOUND
 
     def __init__(self, agent_id: str) -> None:
         self.agent_id = agent_id

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+
+from edgehub.cli.common import JsonOpt, console, fail
 
 from .errors import HardwareError
 from .machine import Machine, detect
 from .matching import match, mismatches, specificity
 from .profile import BUILTIN_PROFILES, Profile, load_profiles, profile_schema
 from .settings import derive
-
-console = Console()
-err = Console(stderr=True, soft_wrap=True)
 
 hardware_app = typer.Typer(
     help="Hardware profiles: detect this machine, match a profile, derive runtime settings.",
@@ -35,12 +32,6 @@ ProfilesOpt = Annotated[
 RootOpt = Annotated[
     Path, typer.Option("--root", help="Read /proc and /sys under this folder (a mounted device image).")
 ]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def fail(exc: BaseException | str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(str(exc))}")  # paths and TOML errors may contain [brackets]
-    raise typer.Exit(code)
 
 
 def _profiles(extra: Path | None) -> tuple[Profile, ...]:

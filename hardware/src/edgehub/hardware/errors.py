@@ -1,6 +1,6 @@
 """Errors raised by the hardware package.
 
-    HardwareError            root; ``retryable`` says whether trying again may help
+    HardwareError            under the one root (``edgehub.protocol.errors.EdgehubError``)
     ├── ProfileError         a profile file (or folder) cannot be used (``path``, ``field``, ``reason``)
     └── NoMatchingProfile    no profile fits the machine (``reasons``: profile name -> what did not fit)
 
@@ -13,15 +13,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from edgehub.protocol.errors import EdgehubError, ErrorCode
 
-class HardwareError(Exception):
+
+class HardwareError(EdgehubError):
     """Root of every error the hardware package raises on purpose."""
 
-    retryable: bool = False
+    code = ErrorCode.FAILED_PRECONDITION
 
 
 class ProfileError(HardwareError):
     """A profile file is missing, not TOML, or does not fit the schema."""
+
+    code = ErrorCode.INVALID_ARGUMENT
 
     def __init__(self, path: Path | str, reason: str, *, field: str | None = None) -> None:
         self.path = Path(path)

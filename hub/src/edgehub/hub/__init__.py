@@ -4,7 +4,7 @@ management API, planner and L4 graph)."""
 from .app import HubDaemon
 from .config import HubConfig, load_config
 from .errors import HubConfigError, HubError
-from .registry import AgentRegistry, DeviceRegistry
+from .fleet.registry import AgentRegistry, DeviceRegistry
 
 __all__ = [
     "AgentRegistry",

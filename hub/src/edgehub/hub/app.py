@@ -34,16 +34,16 @@ from edgehub.sync.lease import Lease
 from edgehub.sync.streams import HUB_EVENTS_CONSUMER
 from edgehub.sync.tls import CertificateAuthority
 
-from .access import Credentials, Tokens, bootstrap_admin
-from .api import Identity, serve
+from .api.access import Credentials, Tokens, bootstrap_admin
+from .api.service import Identity, serve
 from .config import HubConfig
-from .goals import GoalService
+from .fleet.migration import MigrationService
+from .fleet.registry import AgentRegistry, DeviceRegistry, DeviceWatcher, fence
+from .goals import DeviceView, FleetCache
+from .goals.service import GoalService
 from .knowledge import DreamerService, KnowledgeService
 from .knowledge.episodes import episode_records
 from .knowledge.responder import KnowledgeResponder
-from .migration import MigrationService
-from .planning import DeviceView, FleetCache
-from .registry import AgentRegistry, DeviceRegistry, DeviceWatcher, fence
 
 log = logging.getLogger("edgehub.hub")
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from edgehub.cli import config as config_loader
 from edgehub.llm import LlamaSettings
+from edgehub.protocol.ids import NAME_PATTERN
 
 from .errors import HubConfigError
 
@@ -48,7 +47,9 @@ class NatsConfig(_Section):
 
 
 class HubSection(_Section):
-    id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()[:50]}-{os.getpid()}", pattern=NAME_PATTERN
+    )
     """This process's name in leases and logs (several hub processes may run at once)."""
     events_batch: int = Field(1024, ge=1, le=10_000)
     """Events pulled and applied per batch: larger batches replay faster (one registry write per
@@ -211,33 +212,7 @@ class HubConfig(_Section):
     planner: PlannerConfig = PlannerConfig()
 
 
-def _env(env: Mapping[str, str]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, value in env.items():
-        if name.startswith(ENV_PREFIX):
-            *parents, leaf = (p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
-            node = tree
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[leaf] = json.loads(value) if value[:1] in "[{" else value
-    return tree
-
-
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> HubConfig:
-    """Load ``path`` (optional) then environment overrides; HubConfigError names the bad key."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise HubConfigError(f"{path}: file not found") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise HubConfigError(f"{path}: not valid TOML: {exc}") from None
-    for section, values in _env(os.environ if env is None else env).items():
-        data.setdefault(section, {}).update(values)
-    try:
-        return HubConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise HubConfigError(f"{key}: {err['msg']}") from None
+    """Load ``path`` (optional) then environment overrides (``edgehub.cli.config``); HubConfigError
+    names the bad key."""
+    return config_loader.load_config(HubConfig, path, prefix=ENV_PREFIX, error=HubConfigError, env=env)

@@ -1,16 +1,58 @@
-"""Errors of the hub member.
+"""Errors of the hub member, under the one root (``edgehub.protocol.errors.EdgehubError``).
+
+Each carries ``code`` (what kind of failure, transport-neutral) and ``retryable``; the management API
+maps them to gRPC status codes in one place (``api/errors.py``), never the domain code.
 
 HubError
-├── HubConfigError   a bad config file or environment override (the message names the key)
-└── KnowledgeError   the L4 knowledge graph (its subtree in knowledge/errors.py)
+├── HubConfigError      a bad config file or environment override (``key`` names the setting)
+├── Refused             a request the hub refuses; ``code`` says why (not found, a failed precondition...)
+│   ├── GoalError       goals/: submit, decide, cancel; a goal update that lost too many races
+│   ├── MigrationError  fleet/migration.py: a migration refused or lost a race
+│   └── EnrollmentRefused  api/access.py: an unknown, spent, expired or misused enrollment token
+├── PlanningError       goals/errors.py: a plan or an answer the model wrote is unusable
+└── KnowledgeError      knowledge/errors.py: the L4 knowledge graph
 """
 
 from __future__ import annotations
 
+from edgehub.protocol.errors import EdgehubError, ErrorCode
 
-class HubError(Exception):
+
+class HubError(EdgehubError):
     """Root of the hub's errors."""
 
 
 class HubConfigError(HubError):
-    pass
+    """The configuration cannot be used; the message names the key."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, *, key: str | None = None, path: str | None = None) -> None:
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}{message}")
+        self.key = key
+        self.path = path
+
+
+class Refused(HubError):
+    """A request the hub refuses; ``code`` says why, ``message`` in words an operator can act on."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(
+            message, code=code, retryable=code == ErrorCode.ABORTED if retryable is None else retryable
+        )
+
+
+class GoalError(Refused):
+    """A goal request refused."""
+
+
+class MigrationError(Refused):
+    """A migration request refused."""
+
+
+class EnrollmentRefused(Refused):
+    """An enrollment token that cannot be spent (unknown, used, expired, another device's)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.FAILED_PRECONDITION, message)

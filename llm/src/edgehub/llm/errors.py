@@ -1,6 +1,6 @@
 """Errors raised by the brain package.
 
-    LlmError                 root; ``retryable`` says whether trying again may help
+    LlmError                 under the one root (``edgehub.protocol.errors.EdgehubError``)
     └── ModelFileError       the model file is missing, not a GGUF, or llama.cpp cannot load it (``path``)
 
 The daemons translate these into their own trees (the edge's ``ModelError``, the hub's
@@ -9,15 +9,17 @@ The daemons translate these into their own trees (the edge's ``ModelError``, the
 
 from __future__ import annotations
 
+from edgehub.protocol.errors import EdgehubError, ErrorCode
 
-class LlmError(Exception):
+
+class LlmError(EdgehubError):
     """Root of every error the brain package raises on purpose."""
-
-    retryable: bool = False
 
 
 class ModelFileError(LlmError):
     """The model file cannot be used."""
+
+    code = ErrorCode.FAILED_PRECONDITION
 
     def __init__(self, message: str, *, path: str) -> None:
         self.path = path

@@ -5,7 +5,7 @@ to JetStream, in order, bounded in flight), ``applier`` (hub: each event applied
 per-device order, dead letters for bad messages).
 """
 
-from .applier import ApplierStats, EventApplier, decode, kv_key
+from .applier import ApplierStats, EventApplier, decode
 from .errors import MessageRejected, Stopped, SyncError
 from .publisher import OutboxPublisher, PublisherStats
 from .server import NatsServer, free_port
@@ -27,6 +27,5 @@ __all__ = [
     "decode",
     "ensure_topology",
     "free_port",
-    "kv_key",
     "until_stopped",
 ]

@@ -35,7 +35,6 @@ import contextlib
 import functools
 import json
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -49,6 +48,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 
 from edgehub.protocol import subjects
+from edgehub.protocol.ids import kv_key
 from edgehub.protocol.v1 import events_pb2
 
 from .errors import MessageRejected, SyncError
@@ -64,11 +64,6 @@ ApplyBatch = Callable[[list[events_pb2.EdgeEvent]], Awaitable[None]]
 one record per agent per batch instead of one per event."""
 Observe = Callable[[events_pb2.EdgeEvent, Msg], None]
 """Called after each event is applied (metrics: lag from the step's time and the stream's)."""
-_KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
-
-
-def kv_key(device_id: str) -> str:
-    return device_id if _KV_KEY.match(device_id) else "x-" + device_id.encode().hex()
 
 
 @functools.lru_cache(maxsize=65_536)

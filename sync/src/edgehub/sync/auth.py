@@ -31,8 +31,8 @@ from typing import Any, ClassVar
 import nkeys
 
 from edgehub.protocol import subjects
+from edgehub.protocol.ids import kv_key
 
-from .applier import kv_key
 from .commands import consumer_name
 from .errors import SyncError
 from .streams import DEVICES

@@ -1,20 +1,28 @@
-"""Errors of the sync member.
+"""Errors of the sync member (under the one root, ``edgehub.protocol.errors.EdgehubError``).
 
-SyncError
+SyncError                 code UNAVAILABLE unless a subclass says otherwise
 ├── (the server could not be started / reached: plain SyncError with the reason)
 ├── MessageRejected   a message that cannot be processed (malformed, oversized, unknown version);
 │                     ``reason`` goes to the dead-letter subject with it
-└── Stopped           the component was told to stop before what it waited for happened
+├── Stopped           the component was told to stop before what it waited for happened
+├── AuthError         (auth.py) a credential, key or JWT that cannot be used
+└── RecordConflict, RecordExists, RecordUnreadable   (records.py) the KV record store
 """
 
 from __future__ import annotations
 
+from edgehub.protocol.errors import EdgehubError, ErrorCode
 
-class SyncError(Exception):
+
+class SyncError(EdgehubError):
     """Root of the sync member's errors."""
+
+    code = ErrorCode.UNAVAILABLE
 
 
 class MessageRejected(SyncError):
+    code = ErrorCode.INVALID_ARGUMENT
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -22,6 +30,8 @@ class MessageRejected(SyncError):
 
 class Stopped(SyncError):
     """``until_stopped``: the stop event came first."""
+
+    code = ErrorCode.ABORTED
 
     def __init__(self) -> None:
         super().__init__("stopped")

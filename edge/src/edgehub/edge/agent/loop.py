@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from edgehub.llm import Completion, ModelGate
 from edgehub.protocol.v1 import agent_pb2
-from edgehub.sync import failpoints
+from edgehub.testing import failpoints
 
 from ..config import AgentConfig
 from ..memory.compaction import Compactor

@@ -1,7 +1,7 @@
 """The edge's durable store: agent state, mind-log, L2 memory, tool intents and the outbox."""
 
 from .base import Approval, EdgeStore, Intent, OutboxEntry, OutgoingFilter, VaultEntry
-from .migrations import LATEST, MIGRATIONS, Migration
+from .schema import LATEST, MIGRATIONS, Migration
 from .sqlite import SqliteStore
 
 __all__ = [

@@ -21,7 +21,7 @@ from edgehub.protocol.v1 import agent_pb2, events_pb2, task_pb2
 
 from ..errors import AgentNotFound, SchemaVersionError, StoreError
 from .base import Approval, Episode, Intent, OutboxEntry, OutgoingFilter, VaultEntry
-from .migrations import LATEST, MIGRATIONS
+from .schema import LATEST, MIGRATIONS
 
 BUNDLE_SCHEMA_VERSION = 1
 """``AgentBundle.schema_version`` this store writes and reads."""

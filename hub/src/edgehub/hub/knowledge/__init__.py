@@ -11,6 +11,7 @@ See docs/knowledge.md.
 
 from .dreamer import Dreamer, DreamReport
 from .dreamer_service import DreamerService
+from .embedded import Neo4jServer, default_launcher_dir
 from .errors import (
     BatchRejected,
     ConsolidationConflict,
@@ -22,7 +23,6 @@ from .errors import (
     SchemaError,
 )
 from .graph import KnowledgeGraph
-from .migrations import LATEST, MIGRATIONS, Migration, migrate
 from .model import (
     AsOf,
     DreamPlan,
@@ -38,7 +38,7 @@ from .model import (
     Subgraph,
     fact_id,
 )
-from .server import Neo4jServer, default_launcher_dir
+from .schema import LATEST, MIGRATIONS, Migration, migrate
 from .service import KnowledgeService
 
 __all__ = [

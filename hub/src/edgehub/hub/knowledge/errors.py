@@ -1,11 +1,11 @@
 """Errors of the L4 knowledge graph (under the hub's root, ``HubError``).
 
-HubError
-└── KnowledgeError            root of the graph's errors; ``retryable`` says whether the same call may succeed
+HubError                      ``code`` and ``retryable`` from the one root (``EdgehubError``)
+└── KnowledgeError            root of the graph's errors
     ├── InvalidKnowledge      an entity, fact or query argument failed validation before anything was sent;
     │                         ``index`` (position in the batch) and ``field`` name the culprit
     ├── BatchRejected         Neo4j rejected a write (constraint, type, ...); the whole batch rolled back;
-    │                         ``code`` is Neo4j's status code
+    │                         ``neo4j_code`` is Neo4j's status code
     ├── GraphUnavailable      Neo4j cannot be reached or authenticated to (retryable when it is the network)
     ├── SchemaError           the graph's migrations do not match this code (newer graph, edited migration)
     ├── Neo4jLaunchError      the embedded Neo4j launcher is missing or did not start (``log`` has the tail)
@@ -18,16 +18,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgehub.protocol.errors import ErrorCode
+
 from ..errors import HubError
 
 
 class KnowledgeError(HubError):
     """Root of the knowledge graph's errors."""
 
-    retryable: bool = False
+    code = ErrorCode.FAILED_PRECONDITION
 
 
 class InvalidKnowledge(KnowledgeError):
+    code = ErrorCode.INVALID_ARGUMENT
+
     def __init__(self, message: str, *, field: str = "", index: int | None = None) -> None:
         where = f"item {index}: " if index is not None else ""
         super().__init__(f"{where}{field + ': ' if field else ''}{message}")
@@ -37,15 +41,17 @@ class InvalidKnowledge(KnowledgeError):
 
 class BatchRejected(KnowledgeError):
     def __init__(self, message: str, *, code: str = "", retryable: bool = False) -> None:
-        super().__init__(f"the batch was rolled back: {message}" + (f" ({code})" if code else ""))
-        self.code = code
-        self.retryable = retryable
+        super().__init__(
+            f"the batch was rolled back: {message}" + (f" ({code})" if code else ""), retryable=retryable
+        )
+        self.neo4j_code = code
 
 
 class GraphUnavailable(KnowledgeError):
+    code = ErrorCode.UNAVAILABLE
+
     def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+        super().__init__(message, retryable=retryable)
 
 
 class SchemaError(KnowledgeError):
@@ -59,6 +65,7 @@ class Neo4jLaunchError(KnowledgeError):
 
 
 class ConsolidationConflict(KnowledgeError):
+    code = ErrorCode.ABORTED
     retryable = True
 
     def __init__(self, run_id: str, episodes: list[str]) -> None:

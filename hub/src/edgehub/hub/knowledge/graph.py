@@ -21,7 +21,6 @@ from neo4j import exceptions as nx
 
 from . import cypher
 from .errors import BatchRejected, ConsolidationConflict, GraphUnavailable, InvalidKnowledge, KnowledgeError
-from .migrations import migrate
 from .model import (
     MAX_ID,
     AsOf,
@@ -44,6 +43,7 @@ from .model import (
     validate_episodes,
     validate_predicate,
 )
+from .schema import migrate
 
 T = TypeVar("T")
 MAX_DEPTH = 6

@@ -12,9 +12,9 @@ import asyncio
 from types import TracebackType
 
 from ..config import Neo4jConfig
+from .embedded import Neo4jServer
 from .errors import GraphUnavailable, Neo4jLaunchError
 from .graph import KnowledgeGraph
-from .server import Neo4jServer
 
 
 class KnowledgeService:

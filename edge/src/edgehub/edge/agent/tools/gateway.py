@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from edgehub.protocol.v1 import agent_pb2
-from edgehub.sync import failpoints
+from edgehub.testing import failpoints
 
 from ...store.base import Intent
 from .base import ToolContext, ToolOutput, ToolSpec

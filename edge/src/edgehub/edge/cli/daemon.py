@@ -1,0 +1,100 @@
+"""``edgehub edge ...``: run the daemon, enroll the device, show the config, check the device."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgehub.cli.common import ConfigOpt, ExitCode, console, exit_with, fail, setup_logging
+
+from ..app import EdgeDaemon
+from ..errors import EdgeError
+from ..uplink.identity import DeviceIdentity, enroll
+from .common import load
+
+edge_app = typer.Typer(help="The edge daemon: runs agents on this device.", no_args_is_help=True)
+
+
+@edge_app.command("run")
+def edge_run(
+    config: ConfigOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Exit once no agent is left to run (batch mode).")
+    ] = False,
+) -> None:
+    """Run the edge daemon until SIGTERM/SIGINT; running agents checkpoint and stop cleanly."""
+    cfg = load(config)
+    setup_logging(log_level)
+
+    async def main() -> None:
+        async with EdgeDaemon(cfg, config_path=config) as daemon:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, daemon.request_stop)
+            await daemon.run(until_idle=until_idle)
+
+    try:
+        asyncio.run(main())
+    except EdgeError as exc:
+        fail(exc)
+
+
+@edge_app.command("enroll")
+def edge_enroll(
+    token: Annotated[str, typer.Option("--token", envvar="EDGEHUB_ENROLL_TOKEN", help="One-time token.")],
+    api: Annotated[str, typer.Option("--api", envvar="EDGEHUB_API", help="The hub's API address.")],
+    ca: Annotated[
+        Path, typer.Option("--ca", envvar="EDGEHUB_CA", help="The hub's CA certificate (PEM), to verify it.")
+    ],
+    config: ConfigOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing identity.")] = False,
+) -> None:
+    """Enroll this device with the hub: trade a one-time token (`edgehub devices enroll-token`) for
+    its own NATS credentials and client certificate, kept in <data_dir>/identity."""
+    cfg = load(config)
+    try:
+        existing = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
+    except EdgeError:
+        existing = None  # unreadable: enrolling again is the fix
+    if existing is not None and not force:
+        fail(f"{cfg.device.id} is already enrolled ({cfg.identity_dir}); --force to enroll again")
+    try:
+        ca_pem = ca.read_bytes()
+    except OSError as exc:
+        fail(f"cannot read the CA certificate {ca}: {exc.strerror}")
+    try:
+        identity = enroll(cfg.identity_dir, cfg.device.id, api, token, ca_pem)
+    except EdgeError as exc:
+        fail(exc)
+    urls = ", ".join(identity.nats_urls) or "(none: set [hub] nats_url)"
+    console.print(f"enrolled {identity.device_id}: credentials in {identity.folder}; NATS {urls}")
+
+
+@edge_app.command("config")
+def edge_config(config: ConfigOpt = None) -> None:
+    """Print the effective configuration (file + environment + defaults) as JSON."""
+    console.print_json(load(config).model_dump_json())
+
+
+@edge_app.command("doctor")
+def edge_doctor(config: ConfigOpt = None) -> None:
+    """Check what this device needs (model, bubblewrap, CRIU, the hub) and how to fix what is missing.
+
+    Exit status: 0 when everything the configuration requires is there, 1 otherwise."""
+    from .doctor import diagnose
+
+    findings = diagnose(load(config))
+    table = Table("check", "status", "found", "fix")
+    for f in findings:
+        missing = "[red]MISSING[/]" if f.required else "[yellow]missing (optional)[/]"
+        status = "[green]OK[/]" if f.ok else missing
+        table.add_row(f.name, status, f.detail, f.fix)
+    console.print(table)
+    if any(f.required and not f.ok for f in findings):
+        exit_with(ExitCode.FAILED)

@@ -1,0 +1,148 @@
+"""``edgehub edge doctor``: what this device has of what the daemon needs, and how to fix what is missing.
+
+Each check says whether it passed, whether the configuration makes it required (CRIU only when
+``[snapshot] enabled``, bubblewrap only with ``[sandbox] mode = "bwrap"``, the hub only when one is
+configured or the device is enrolled), what was found, and the fix. The CLI exits 1 when a required
+check fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from edgehub.llm import ModelFileError, check_model_file
+
+from ..brain import llama_settings
+from ..config import EdgeConfig
+from ..errors import EdgeError
+from ..uplink.identity import DeviceIdentity
+
+BOOTSTRAP = "scripts/bootstrap.sh (runs scripts/criu.sh)"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """The outcome of one check."""
+
+    name: str
+    """What was checked."""
+    ok: bool
+    required: bool
+    """The configuration needs it: a failure makes ``doctor`` exit 1."""
+    detail: str
+    """What was found (a path, a version, an error)."""
+    fix: str = ""
+    """How to fix a failure; empty when ok."""
+
+
+def check_criu(cfg: EdgeConfig) -> list[Finding]:
+    from ..worker import SnapshotError, find_criu
+    from ..worker.snapshots import criu_version, pycriu_module
+
+    need = cfg.snapshot.enabled
+    binary = find_criu(cfg.snapshot.criu)
+    if binary is None:
+        where = (
+            f"{cfg.snapshot.criu} is not executable"
+            if cfg.snapshot.criu
+            else "no criu beside Python or on PATH"
+        )
+        return [Finding("criu binary", False, need, where, f"run {BOOTSTRAP}, or set snapshot.criu")]
+    version = criu_version(binary)
+    major = int(version.split(".")[0]) if version[:1].isdigit() else 0
+    found = [
+        Finding(
+            "criu version",
+            major >= 4,
+            need,
+            f"{binary}: {version or 'does not run'}",
+            "" if major >= 4 else f"CRIU >= 4 is needed on 6.x kernels: run {BOOTSTRAP}",
+        )
+    ]
+    try:
+        pycriu_module()
+        found.append(Finding("pycriu", True, need, "importable"))
+    except SnapshotError as exc:
+        found.append(Finding("pycriu", False, need, exc.reason, f"run {BOOTSTRAP}"))
+        return found
+    out = subprocess.run([binary, "check"], capture_output=True, text=True, timeout=60, check=False)
+    lines = [ln for ln in (out.stdout + out.stderr).splitlines() if ln.strip() and "RLIMIT_NOFILE" not in ln]
+    if out.returncode == 0:
+        found.append(Finding("criu check", True, need, lines[-1] if lines else "passed"))
+    else:
+        fix = "run as root (or with CAP_CHECKPOINT_RESTORE); CRIU >= 4 for 6.x kernels"
+        found.append(
+            Finding("criu check", False, need, " | ".join(lines[-2:]) or f"exit {out.returncode}", fix)
+        )
+    return found
+
+
+def check_bwrap(cfg: EdgeConfig) -> Finding:
+    path = shutil.which("bwrap")
+    need = cfg.sandbox.mode == "bwrap"
+    if path:
+        return Finding("bubblewrap", True, need, path)
+    return Finding("bubblewrap", False, need, "bwrap not on PATH", "apt-get install bubblewrap")
+
+
+def check_model(cfg: EdgeConfig) -> Finding:
+    try:
+        path = check_model_file(llama_settings(cfg.model))
+    except ModelFileError as exc:
+        return Finding("model", False, True, str(exc), "set model.path to a GGUF file, or run bootstrap")
+    return Finding("model", True, True, f"{path} ({path.stat().st_size / 1e6:.0f} MB)")
+
+
+async def _nats_ping(urls: list[str], identity: DeviceIdentity | None, wait_s: float) -> None:
+    import nats
+
+    errors: list[Exception] = []
+
+    async def collect(exc: Exception) -> None:  # instead of nats-py's traceback on stderr
+        errors.append(exc)
+
+    auth: dict[str, Any] = {"error_cb": collect}
+    if identity is not None:
+        auth = {"user_credentials": str(identity.creds), "inbox_prefix": identity.inbox_prefix}
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(
+                urls, connect_timeout=wait_s, allow_reconnect=False, max_reconnect_attempts=0, **auth
+            ),
+            wait_s * 2,
+        )
+    except Exception as exc:
+        raise (errors[-1] if errors else exc) from None
+    try:
+        await nc.flush(timeout=max(1, round(wait_s)))
+    finally:
+        await nc.close()
+
+
+def check_hub(cfg: EdgeConfig, timeout: float = 3.0) -> Finding | None:
+    """NATS reachability of the configured hub; None when this device has no hub."""
+    try:
+        identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
+    except EdgeError as exc:
+        return Finding("hub identity", False, True, str(exc), "edgehub edge enroll --force ...")
+    urls = [cfg.hub.nats_url] if cfg.hub.nats_url else list(identity.nats_urls if identity else ())
+    if not urls:
+        return None
+    try:
+        asyncio.run(_nats_ping(urls, identity, timeout))
+    except Exception as exc:
+        detail = f"{', '.join(urls)}: {type(exc).__name__}: {exc}".rstrip(": ")
+        return Finding("hub (NATS)", False, True, detail, "check hub.nats_url, the network and credentials")
+    return Finding("hub (NATS)", True, True, ", ".join(urls))
+
+
+def diagnose(cfg: EdgeConfig) -> list[Finding]:
+    findings = [check_model(cfg), check_bwrap(cfg), *check_criu(cfg)]
+    hub = check_hub(cfg)
+    if hub is not None:
+        findings.append(hub)
+    return findings

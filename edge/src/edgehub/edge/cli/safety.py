@@ -1,0 +1,144 @@
+"""``edgehub approvals ...``, ``edgehub policy ...`` and ``edgehub pii ...``: the operator's side."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgehub.cli.common import ConfigOpt, ExitCode, JsonOpt, console, exit_with, fail
+
+from ..errors import EdgeError
+from ..safety.approvals import decide
+from ..safety.pii import unmask
+from ..safety.policy import Policy, PolicyEngine, default_policy_text
+from ..safety.vault import VaultKey
+from .common import load, open_store
+from .render import dumps
+
+approvals_app = typer.Typer(help="Tool calls waiting for an operator's decision.", no_args_is_help=True)
+policy_app = typer.Typer(help="Check and try the tool policy.", no_args_is_help=True)
+pii_app = typer.Typer(help="Masked PII: what leaves the device, and unmasking on it.", no_args_is_help=True)
+
+
+@approvals_app.command("list")
+def approvals_list(
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+    all_: Annotated[bool, typer.Option("--all", help="Decided ones too.")] = False,
+) -> None:
+    """List approvals (pending ones by default)."""
+    store = open_store(load(config))
+    items = store.list_approvals(None if all_ else "pending")
+    if as_json:
+        for a in items:
+            print(dumps({k: v for k, v in dataclasses.asdict(a).items() if k != "proposal_json"}))
+        return
+    table = Table("tool", "arguments", "rule", "status", "decided by")
+    table.add_column("key", no_wrap=True, overflow="fold")
+    for a in items:
+        table.add_row(a.tool, a.args_json[:70], a.rule, a.status, a.decided_by, a.key)
+    console.print(table)
+
+
+@approvals_app.command("decide")
+def approvals_decide(
+    key: Annotated[str, typer.Argument(help="The approval's key (AGENT/STEP), from `approvals list`.")],
+    by: Annotated[str, typer.Option("--by", help="Who decides (recorded in the audit trail).")],
+    approve: Annotated[bool, typer.Option("--approve/--deny", help="Let the call run, or refuse it.")],
+    note: Annotated[str, typer.Option(help="Why (shown to the agent and recorded).")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Approve or deny a paused call; the agent resumes (a denied call becomes its observation)."""
+    store = open_store(load(config))
+    try:
+        decided = decide(store, key, approve=approve, by=by, note=note)
+    except EdgeError as exc:
+        fail(exc, ExitCode.FAILED)
+    console.print(f"{decided.key}: {decided.status} by {decided.decided_by}")
+
+
+@policy_app.command("check")
+def policy_check(
+    path: Annotated[Path | None, typer.Argument(help="Policy file (default: the configured one).")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Validate a policy file and list its rules in the order they are tried."""
+    cfg = load(config)
+    path = path or cfg.safety.policy
+    try:
+        policy = PolicyEngine(path).policy
+    except EdgeError as exc:
+        fail(exc)
+    table = Table("#", "rule", "effect", "tools", "when arguments match", "network", "reason")
+    table.title = f"{policy.source} (digest {policy.digest}); a call no rule matches is denied"
+    for i, rule in enumerate(policy.rules, 1):
+        src = rule.source
+        when = "; ".join(f"{k}: {' | '.join(v)}" for k, v in src.args.items())
+        hosts = ", ".join(src.network)
+        table.add_row(str(i), rule.id, rule.effect, ", ".join(src.tools), when, hosts, src.reason)
+    console.print(table)
+
+
+@policy_app.command("try")
+def policy_try(
+    tool: Annotated[str, typer.Argument(help="Tool name.")],
+    args: Annotated[str, typer.Argument(help='Arguments as JSON, e.g. \'{"command": "ls"}\'.')] = "{}",
+    config: ConfigOpt = None,
+) -> None:
+    """Show what the policy decides for one call, and which rule decides it."""
+    cfg = load(config)
+    try:
+        parsed = json.loads(args)
+        engine = PolicyEngine(cfg.safety.policy)
+    except json.JSONDecodeError as exc:
+        fail(f"arguments are not valid JSON: {exc}")
+    except EdgeError as exc:
+        fail(exc)
+    if not isinstance(parsed, dict):
+        fail("arguments must be a JSON object")
+    v = engine.decide(tool, parsed)
+    console.print(f"{v.effect} (rule {v.rule}): {v.reason}")
+    if v.effect != "allow":
+        exit_with(ExitCode.FAILED)
+
+
+@policy_app.command("default")
+def policy_default() -> None:
+    """Print the built-in default policy (a starting point for your own)."""
+    print(default_policy_text(), end="")
+    Policy.parse(default_policy_text(), source="default")
+
+
+@pii_app.command("unmask")
+def pii_unmask(
+    text: Annotated[str, typer.Argument(help="Text with tokens like <EMAIL_abcdefghij>; - reads stdin.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Restore masked values from this device's vault (only the device that masked them can)."""
+    cfg = load(config)
+    if text == "-":
+        text = typer.get_text_stream("stdin").read()
+    store = open_store(cfg)
+    try:
+        print(unmask(text, store.vault_get, VaultKey.load_or_create(cfg.vault_key_path)))
+    except EdgeError as exc:
+        fail(exc, ExitCode.FAILED)
+
+
+@pii_app.command("outgoing")
+def pii_outgoing(
+    agent_id: Annotated[str, typer.Argument(help="Agent whose outgoing (masked) events to show.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Show an agent's not yet delivered events exactly as they will leave the device (PII masked)."""
+    store = open_store(load(config))
+    for entry in store.outbox_pending(limit=100_000):
+        if entry.event.agent_id == agent_id:
+            step = entry.event.step
+            shown = {"thought": step.thought, "action": step.action.args_json, "detail": step.detail}
+            print(dumps({"seq": entry.seq, **shown, "observation": step.observation.output}))

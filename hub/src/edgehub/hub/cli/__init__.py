@@ -1,0 +1,1 @@
+"""The hub's commands of the ``edgehub`` CLI (plugged in through the ``edgehub.cli`` entry points)."""

@@ -1,0 +1,71 @@
+"""Calling the hub's management API from the CLI: where it is, its CA and the operator's token, and
+one call with a clear error (and exit code) for each status an operator can act on.
+
+The API is TLS with the hub's own CA and wants a bearer token: ``EDGEHUB_CA`` names the CA file and
+``EDGEHUB_TOKEN`` (or ``EDGEHUB_TOKEN_FILE``) the token. On the hub's machine both default to the
+hub's trust folder (``.edgehub/hub/trust/ca.pem`` and ``admin.token``, or ``EDGEHUB_HUB__AUTH__DIR``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import grpc
+import typer
+from google.protobuf.json_format import MessageToDict
+
+from edgehub.cli.common import ExitCode, fail
+from edgehub.protocol.v1 import hub_pb2_grpc
+
+T = TypeVar("T")
+ApiOpt = Annotated[str, typer.Option("--api", envvar="EDGEHUB_API", help="The hub's management API address.")]
+DEFAULT_API = "127.0.0.1:7443"
+
+
+def _trust_dir() -> Path:
+    return Path(os.environ.get("EDGEHUB_HUB__AUTH__DIR", ".edgehub/hub/trust"))
+
+
+def credentials(*, token: bool = True) -> grpc.ChannelCredentials:
+    """TLS against the hub's CA, plus the operator's bearer token (when ``token``)."""
+    ca = Path(os.environ.get("EDGEHUB_CA") or _trust_dir() / "ca.pem")
+    try:
+        creds = grpc.ssl_channel_credentials(ca.read_bytes())
+    except OSError as exc:
+        fail(f"cannot read the hub's CA certificate {ca} ({exc.strerror}): set EDGEHUB_CA")
+    if not token:
+        return creds
+    value = os.environ.get("EDGEHUB_TOKEN", "")
+    token_file = Path(os.environ.get("EDGEHUB_TOKEN_FILE") or _trust_dir() / "admin.token")
+    if not value and token_file.exists():
+        value = token_file.read_text().strip()
+    if not value:
+        return creds  # the hub answers UNAUTHENTICATED, with advice below
+    return grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(value))
+
+
+def call(
+    api: str, method: Callable[[hub_pb2_grpc.HubServiceStub], T], creds: grpc.ChannelCredentials | None = None
+) -> T:
+    """One API call with a clear error for each status an operator can act on."""
+    with grpc.secure_channel(api, creds or credentials()) as channel:
+        try:
+            return method(hub_pb2_grpc.HubServiceStub(channel))
+        except grpc.RpcError as exc:
+            code, detail = exc.code(), exc.details()
+            if code == grpc.StatusCode.UNAVAILABLE:
+                fail(f"cannot reach the hub API at {api} (is `edgehub hub run` running? {detail})")
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                fail(f"{detail}: set EDGEHUB_TOKEN (the first admin token is in the hub's admin.token)")
+            bad_input = code == grpc.StatusCode.INVALID_ARGUMENT
+            fail(f"{code.name.lower()}: {detail}", ExitCode.ERROR if bad_input else ExitCode.FAILED)
+
+
+def as_json_line(msg: Any) -> str:
+    return json.dumps(
+        MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    )

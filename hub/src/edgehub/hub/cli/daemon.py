@@ -1,0 +1,103 @@
+"""``edgehub hub ...``: run the hub daemon, and read its fleet registry."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from nats.errors import Error as NatsError
+
+from edgehub.cli.common import ConfigOpt, err, fail, setup_logging
+from edgehub.sync import SyncError
+from edgehub.sync.auth import Trust
+from edgehub.sync.server import dial_host
+
+from ..app import HubDaemon
+from ..config import HubConfig, load_config
+from ..errors import HubError
+from ..fleet.leaf import leaf_user, write_leaf_folder
+
+hub_app = typer.Typer(
+    help="The hub daemon: fleet registry over NATS JetStream and the management API.", no_args_is_help=True
+)
+
+
+def load(path: Path | None) -> HubConfig:
+    try:
+        return load_config(path)
+    except HubError as exc:
+        fail(exc)
+
+
+@hub_app.command("run")
+def hub_run(
+    config: ConfigOpt = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error")] = "info",
+) -> None:
+    """Run the hub until SIGTERM/SIGINT (starts an embedded nats-server when no NATS url is configured)."""
+    cfg = load(config)
+    setup_logging(log_level)
+
+    async def main() -> None:
+        async with HubDaemon(cfg) as hub:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, hub.request_stop)
+            err.print(f"hub {cfg.hub.id} listening for edges on {hub.url}, API on {hub.api_address}")
+            await hub.run()
+
+    try:
+        asyncio.run(main())
+    except (HubError, SyncError, OSError) as exc:
+        fail(exc)
+
+
+@hub_app.command("leaf-config")
+def hub_leaf_config(
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder to write (trust.conf, account.pub, leaf.creds).")
+    ],
+    name: Annotated[str, typer.Option(help="The leaf's name (its credentials are leaf:NAME).")] = "leaf",
+    config: ConfigOpt = None,
+    nats_url: Annotated[
+        str | None,
+        typer.Option(help="The hub's NATS (default: the configured url, or the embedded server's)."),
+    ] = None,
+    renew: Annotated[bool, typer.Option(help="Issue new leaf credentials even if OUT has some.")] = False,
+) -> None:
+    """What a NATS leaf node on a site gateway needs (the edgehub_nats_leaf Ansible role): the hub's
+    trust block (public JWTs, current revocations) and credentials for its connection to the hub's
+    leafnode listener (leaf_port in hub.toml's nats section). Run on the hub's machine: it reads the
+    trust folder and asks the running hub's NATS for revocations. Running it again changes nothing
+    unless something did."""
+    cfg = load(config)
+    n = cfg.nats
+    if not (
+        url := nats_url
+        or n.url
+        or (n.embedded_port and f"nats://{dial_host(n.embedded_host)}:{n.embedded_port}")
+    ):
+        fail("the embedded server's port is 0 (any): pass --nats-url")
+    if not (cfg.auth.dir / "account.nk").exists():
+        fail(
+            f"no trust folder at {cfg.auth.dir}: run this where the hub runs (or set EDGEHUB_HUB__AUTH__DIR)"
+        )
+    try:
+        done = write_leaf_folder(Trust.load_or_create(cfg.auth.dir), url, out, name, renew=renew)
+    except (OSError, SyncError, TimeoutError, NatsError) as exc:
+        fail(f"{exc or exc.__class__.__name__} (is the hub running, its NATS at {url}?)")
+    leaf = (
+        f"nats-leaf://{n.leaf_host or n.embedded_host}:{n.leaf_port}"
+        if n.leaf_port
+        else "(off: set leaf_port in the nats section)"
+    )
+    # plain lines (no wrapping, no markup): scripts read them
+    print(f"{out}/trust.conf: {'written' if done.trust_changed else 'unchanged'}")
+    if done.creds_issued:
+        print(f"{out}/leaf.creds: new credentials {leaf_user(name)} ({done.creds_issued}), 0600")
+    else:
+        print(f"{out}/leaf.creds: kept")
+    print(f"account {done.account}; the hub's leafnode listener: {leaf}")

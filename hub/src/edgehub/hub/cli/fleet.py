@@ -1,0 +1,331 @@
+"""``edgehub devices ...``, ``edgehub agents ...``, ``edgehub tokens ...`` and ``edgehub knowledge ...``:
+the fleet through the hub's gRPC API (credentials: ``api.py``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgehub.cli.common import ExitCode, JsonOpt, console, exit_with, fail
+from edgehub.protocol.v1 import hub_pb2
+
+from .api import DEFAULT_API, ApiOpt, as_json_line, call
+
+H = hub_pb2
+
+devices_app = typer.Typer(
+    help="Devices reporting to the hub (through its management API).", no_args_is_help=True
+)
+agents_app = typer.Typer(
+    help="Agents across the fleet (through the hub's management API).", no_args_is_help=True
+)
+knowledge_app = typer.Typer(
+    help="The hub's L4 knowledge graph (through the hub's management API).", no_args_is_help=True
+)
+
+
+@devices_app.command("list")
+def devices_list(api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
+    """Devices with their reported twin; online = heartbeats arriving."""
+    reply = call(api, lambda s: s.ListDevices(H.ListDevicesRequest(), timeout=10))
+    if as_json:
+        for d in reply.devices:
+            print(as_json_line(d))
+        return
+    table = Table("device", "online", "last seen", "version", "load", "agents running", "outbox")
+    for d in reply.devices:
+        online = "[green]yes[/]" if d.online else "[red]no[/]"
+        online += " (draining)" if d.draining else ""
+        running = ", ".join(d.agents_running) or "-"
+        table.add_row(
+            d.device_id,
+            online,
+            f"{d.last_seen_s:.0f} s ago",
+            d.version,
+            f"{d.load:.2f}",
+            running,
+            str(d.outbox_depth),
+        )
+    console.print(table)
+
+
+@devices_app.command("get")
+def devices_get(device_id: str, api: ApiOpt = DEFAULT_API) -> None:
+    """One device's twin (JSON)."""
+    print(as_json_line(call(api, lambda s: s.GetDevice(H.GetDeviceRequest(device_id=device_id), timeout=10))))
+
+
+@devices_app.command("drain")
+def devices_drain(
+    device_id: str,
+    reason: Annotated[str, typer.Option(help="Recorded with the command.")] = "drained by an operator",
+    resume: Annotated[bool, typer.Option("--resume", help="Undo a drain: take new agents again.")] = False,
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Let the device finish its running agents and take no new ones."""
+    req = H.DrainDeviceRequest(device_id=device_id, reason=reason, resume=resume)
+    reply = call(api, lambda s: s.DrainDevice(req, timeout=10))
+    console.print(f"{'resume' if resume else 'drain'} sent to {reply.device_id} (command {reply.command_id})")
+
+
+@devices_app.command("revoke")
+def devices_revoke(
+    device_id: str,
+    reason: Annotated[str, typer.Option(help="Recorded with the revocation.")] = "revoked by an operator",
+    api: ApiOpt = DEFAULT_API,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a device's credentials: its NATS connections are closed and refused, its certificates no
+    longer open the device API. Enrolling it again (a new token) gives it new ones. Needs admin."""
+    reply = call(
+        api, lambda s: s.RevokeDevice(H.RevokeDeviceRequest(device_id=device_id, reason=reason), timeout=30)
+    )
+    if as_json:
+        print(as_json_line(reply))
+        return
+    console.print(
+        f"revoked {reply.device_id}: {len(reply.user_keys)} NATS user keys, its certificates until now"
+    )
+    if not reply.applied:
+        console.print(
+            "[yellow]this hub's NATS is external:[/] push the account JWT below to its resolver "
+            "(e.g. nsc push, or a $SYS claims update) to close the device's connections"
+        )
+        print(reply.account_jwt)
+
+
+@devices_app.command("enroll-token")
+def devices_enroll_token(
+    device_id: str,
+    ttl: Annotated[int, typer.Option(help="Seconds the token stays valid.")] = 3600,
+    api: ApiOpt = DEFAULT_API,
+    as_json: JsonOpt = False,
+) -> None:
+    """A one-time token with which DEVICE_ID can enroll (`edgehub edge enroll`); needs an admin token."""
+    req = H.CreateEnrollmentTokenRequest(device_id=device_id, ttl_s=ttl)
+    reply = call(api, lambda s: s.CreateEnrollmentToken(req, timeout=10))
+    if as_json:
+        print(as_json_line(reply))
+        return
+    console.print(f"enrollment token for {device_id} (one use, {ttl} s):")
+    print(reply.token)
+
+
+tokens_app = typer.Typer(help="Operator API tokens (roles: viewer, operator, admin).", no_args_is_help=True)
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: str,
+    role: Annotated[
+        str, typer.Option(help="viewer (read), operator (act on agents/devices), admin.")
+    ] = "viewer",
+    days: Annotated[float, typer.Option(help="Expire after this many days (0: never).", min=0)] = 0.0,
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """A new bearer token for NAME; printed once (the hub keeps only its hash). Needs admin."""
+    roles = {"viewer": H.ROLE_VIEWER, "operator": H.ROLE_OPERATOR, "admin": H.ROLE_ADMIN}
+    if role not in roles:
+        fail(f"unknown role {role!r} (viewer, operator, admin)")
+    req = H.CreateApiTokenRequest(name=name, role=roles[role], ttl_s=days * 86400)
+    reply = call(api, lambda s: s.CreateApiToken(req, timeout=10))
+    print(reply.token)
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "never"
+
+
+@tokens_app.command("list")
+def tokens_list(api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
+    """Operator tokens: name, role, who made them, when they expire (never the secrets). Needs admin."""
+    reply = call(api, lambda s: s.ListApiTokens(H.ListApiTokensRequest(), timeout=10))
+    if as_json:
+        for tok in reply.tokens:
+            print(as_json_line(tok))
+        return
+    table = Table("name", "role", "id", "created by", "created", "expires")
+    now = time.time()
+    for tok in reply.tokens:
+        expired = " (expired)" if tok.expires_at and tok.expires_at <= now else ""
+        role = H.Role.Name(tok.role).removeprefix("ROLE_").lower()
+        table.add_row(
+            tok.name, role, tok.id, tok.created_by, _when(tok.created_at), _when(tok.expires_at) + expired
+        )
+    console.print(table)
+
+
+@tokens_app.command("delete")
+def tokens_delete(name: str, api: ApiOpt = DEFAULT_API) -> None:
+    """Delete every token of operator NAME (they stop working within 5 s). Needs admin."""
+    reply = call(api, lambda s: s.DeleteApiTokens(H.DeleteApiTokensRequest(name=name), timeout=10))
+    console.print(f"deleted {reply.deleted} token(s) of {name}")
+
+
+@tokens_app.command("whoami")
+def tokens_whoami(api: ApiOpt = DEFAULT_API) -> None:
+    """Who the hub takes you for, and your role."""
+    me = call(api, lambda s: s.WhoAmI(H.WhoAmIRequest(), timeout=10))
+    console.print(f"{me.name} ({H.Role.Name(me.role).removeprefix('ROLE_').lower()})")
+
+
+@agents_app.command("list")
+def agents_list(
+    device: Annotated[str, typer.Option("--device", "-d", help="Only this device's agents.")] = "",
+    api: ApiOpt = DEFAULT_API,
+    as_json: JsonOpt = False,
+) -> None:
+    """Agents the hub knows of, with owner device and status."""
+    reply = call(api, lambda s: s.ListAgents(H.ListAgentsRequest(device_id=device), timeout=10))
+    if as_json:
+        for a in reply.agents:
+            print(as_json_line(a))
+        return
+    table = Table("agent", "device", "status", "step", "detail")
+    for a in reply.agents:
+        table.add_row(a.agent_id, a.device_id, a.status, str(a.step), a.detail[:60])
+    console.print(table)
+
+
+@agents_app.command("get")
+def agents_get(agent_id: str, api: ApiOpt = DEFAULT_API) -> None:
+    """One agent's registry record (JSON)."""
+    print(as_json_line(call(api, lambda s: s.GetAgent(H.GetAgentRequest(agent_id=agent_id), timeout=10))))
+
+
+@agents_app.command("start")
+def agents_start(
+    device: Annotated[str, typer.Option("--device", "-d", help="Device to run it on.")],
+    goal: Annotated[str, typer.Option("--goal", "-g", help="What the agent should achieve.")],
+    agent_id: Annotated[str, typer.Option(help="Agent id (default: assigned by the hub).")] = "",
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Start an agent on a device (it runs when the device is online; started once)."""
+    req = H.StartAgentRequest(device_id=device, goal=goal, agent_id=agent_id)
+    reply = call(api, lambda s: s.StartAgent(req, timeout=10))
+    console.print(f"agent {reply.agent_id} (command {reply.command_id} to {device})")
+
+
+@agents_app.command("stop")
+def agents_stop(
+    agent_id: str,
+    reason: Annotated[str, typer.Option(help="Recorded as the stop reason.")] = "stopped by an operator",
+    device: Annotated[str, typer.Option("--device", "-d", help="Default: the agent's owner.")] = "",
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Stop an agent after its current step (checkpointed); audited under your token's name."""
+    req = H.StopAgentRequest(agent_id=agent_id, device_id=device, reason=reason)
+    reply = call(api, lambda s: s.StopAgent(req, timeout=10))
+    console.print(f"stop sent to {reply.device_id} (command {reply.command_id})")
+
+
+@agents_app.command("decide")
+def agents_decide(
+    key: Annotated[str, typer.Argument(help="Approval key AGENT/STEP.")],
+    approve: Annotated[bool, typer.Option("--approve/--deny", help="Let the call run, or refuse it.")],
+    by: Annotated[str, typer.Option("--by", help="On whose behalf (noted; audited as your token).")] = "",
+    note: Annotated[str, typer.Option(help="Why.")] = "",
+    device: Annotated[str, typer.Option("--device", "-d", help="Default: the agent's owner.")] = "",
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Relay an approval decision to the device where the agent waits (audited as your token's name)."""
+    req = H.DecideApprovalRequest(key=key, device_id=device, approve=approve, by=by, note=note)
+    reply = call(api, lambda s: s.DecideApproval(req, timeout=10))
+    console.print(f"decision sent to {reply.device_id} (command {reply.command_id})")
+
+
+def _show_migration(m: H.Migration, as_json: bool) -> None:
+    if as_json:
+        print(as_json_line(m))
+        return
+    line = f"migration {m.migration_id}: {m.agent_id} {m.source_device} -> {m.target_device}, {m.phase}"
+    if m.phase in ("importing", "done", "rolled_back"):
+        line += f" at step {m.step}, epoch {m.from_epoch} -> {m.to_epoch}, {m.bytes:,} bytes"
+    if m.resumed_at and m.stopped_at:
+        line += f"; stop to resume {1000 * (m.resumed_at - m.stopped_at):.0f} ms"
+    console.print(line)
+    if m.error:
+        console.print(f"  [yellow]{m.error}[/]")
+
+
+@agents_app.command("migrate")
+def agents_migrate(
+    agent_id: str,
+    to: Annotated[str, typer.Option("--to", help="The device to move the agent to.")],
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the outcome (0: do not wait).")] = 60.0,
+    api: ApiOpt = DEFAULT_API,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move an active agent to another device: it stops at a step boundary on its device, its state
+    moves through the hub, and it resumes at the same step on the target (epoch + 1). Exit code 1
+    when the migration fails or is rolled back."""
+    m = call(
+        api, lambda s: s.MigrateAgent(H.MigrateAgentRequest(agent_id=agent_id, to_device=to), timeout=10)
+    )
+    deadline = time.monotonic() + wait
+    while m.phase in ("exporting", "importing") and time.monotonic() < deadline:
+        time.sleep(0.2)
+        m = call(api, lambda s: s.GetMigration(H.GetMigrationRequest(agent_id=agent_id), timeout=10))
+    _show_migration(m, as_json)
+    if m.phase in ("failed", "rolled_back"):
+        exit_with(ExitCode.FAILED)
+
+
+@agents_app.command("migration")
+def agents_migration(agent_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
+    """The agent's latest migration and its phase."""
+    m = call(api, lambda s: s.GetMigration(H.GetMigrationRequest(agent_id=agent_id), timeout=10))
+    _show_migration(m, as_json)
+
+
+@agents_app.command("trace")
+def agents_trace(agent_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
+    """The agent's mind-log as the hub received it (PII-masked), all pages."""
+    token = ""
+    while True:
+        req = H.TraceAgentRequest(agent_id=agent_id, page_size=500, page_token=token)
+        reply = call(api, lambda s, r=req: s.TraceAgent(r, timeout=30))  # type: ignore[misc]
+        for e in reply.events:
+            if as_json:
+                print(as_json_line(e))
+            else:
+                tool = e.action.tool or "-"
+                line = f"{e.action.args_json[:80]} -> {e.observation.output[:80]}"
+                console.print(f"step {e.step + 1} [cyan]{tool}[/] {line}")
+        token = reply.next_page_token
+        if not token:
+            return
+
+
+@knowledge_app.command("consolidate")
+def knowledge_consolidate(
+    run_id: Annotated[
+        str,
+        typer.Option(help="Default: derived from the episodes. A recorded run id shows that run."),
+    ] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run.")] = 1800.0,
+    api: ApiOpt = DEFAULT_API,
+    as_json: JsonOpt = False,
+) -> None:
+    """Consolidate now: cluster the fleet's pending episodes, abstract each cluster into facts with the
+    hub's model, and tell the edges which episodes to prune. Needs an operator token."""
+    req = H.ConsolidateRequest(run_id=run_id)
+    reply = call(api, lambda s: s.Consolidate(req, timeout=timeout))
+    if as_json:
+        print(as_json_line(reply))
+        return
+    if not reply.run_id:
+        console.print(f"nothing to consolidate ({reply.episodes_considered} pending episodes, no cluster)")
+    else:
+        again = " (recorded earlier; nothing done now)" if reply.recorded else ""
+        console.print(
+            f"run {reply.run_id}{again}: {reply.clusters} clusters, {reply.facts_written} facts written, "
+            f"{reply.episodes_consolidated} episodes consolidated, {reply.episodes_settled} settled"
+        )
+        for p in reply.prune:
+            console.print(f"  {p.device_id}: {len(p.keys)} episodes to prune")
+    for r in reply.rejected:
+        console.print(f"  [yellow]rejected[/] {r.cluster}: {r.reason}")
