@@ -1,5 +1,18 @@
-"""The ``edgehub`` command line. Areas (edge, agent, hub, ...) plug in through entry points."""
+"""The ``edgehub`` command line. Areas (edge, agent, hub, ...) plug in through entry points.
 
-from .main import app, main
+The root command is ``edgehub.cli.main`` (imported on demand: mounting the areas imports every member,
+so the daemons' own imports of ``edgehub.cli.config`` and ``edgehub.cli.common`` must not trigger it)."""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["app", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import main as root
+
+        return getattr(root, name)
+    raise AttributeError(name)
