@@ -5,6 +5,7 @@ so the daemons' own imports of ``edgehub.cli.config`` and ``edgehub.cli.common``
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = ["app", "main"]
@@ -12,7 +13,5 @@ __all__ = ["app", "main"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from . import main as root
-
-        return getattr(root, name)
+        return getattr(importlib.import_module(f"{__name__}.main"), name)
     raise AttributeError(name)
