@@ -103,6 +103,23 @@ def _from_json(m: JsonObject) -> hub_pb2.Migration:
 CODEC = ProtoCodec(Migration, RECORD_VERSION, legacy=json_legacy(_from_json))
 
 
+def bundle_problem(data: bytes, digest: str, agent_id: str) -> str:
+    """What is wrong with the state a source handed over ('' when nothing is)."""
+    if not data or len(data) > MAX_HANDOVER_BYTES:
+        return f"{len(data)} bytes (at most {MAX_HANDOVER_BYTES})"
+    if digest_of(data) != digest:
+        return "digest mismatch"
+    try:
+        bundle = agent_pb2.AgentBundle.FromString(data)
+    except DecodeError as exc:
+        return f"not an AgentBundle ({exc})"
+    if bundle.schema_version != BUNDLE_SCHEMA_VERSION:
+        return f"bundle version {bundle.schema_version} is not supported"
+    if bundle.state.agent_id != agent_id:
+        return f"the bundle is agent {bundle.state.agent_id!r}, not {agent_id!r}"
+    return ""
+
+
 def _copy(m: hub_pb2.Migration) -> hub_pb2.Migration:
     new = Migration()
     new.CopyFrom(m)
@@ -268,7 +285,7 @@ class MigrationService:
             return m  # done before (a repeated hand-over), or failed: the answer tells the source
         if req.refused:
             return await self._fail(found, f"the source refused: {req.refused[:500]}")
-        problem = self._check_bundle(req.bundle, req.digest, req.agent_id)
+        problem = bundle_problem(req.bundle, req.digest, req.agent_id)
         if problem:
             return await self._fail(found, f"the source's state is unusable: {problem}")
         bundle = agent_pb2.AgentBundle.FromString(req.bundle)
@@ -277,22 +294,6 @@ class MigrationService:
         m.exported_at = time.time()
         m.stopped_at = bundle.exported_at.ToMilliseconds() / 1000
         return await self._hand_to(m, found.revision, m.target_device)
-
-    @staticmethod
-    def _check_bundle(data: bytes, digest: str, agent_id: str) -> str:
-        if not data or len(data) > MAX_HANDOVER_BYTES:
-            return f"{len(data)} bytes (at most {MAX_HANDOVER_BYTES})"
-        if digest_of(data) != digest:
-            return "digest mismatch"
-        try:
-            bundle = agent_pb2.AgentBundle.FromString(data)
-        except DecodeError as exc:
-            return f"not an AgentBundle ({exc})"
-        if bundle.schema_version != BUNDLE_SCHEMA_VERSION:
-            return f"bundle version {bundle.schema_version} is not supported"
-        if bundle.state.agent_id != agent_id:
-            return f"the bundle is agent {bundle.state.agent_id!r}, not {agent_id!r}"
-        return ""
 
     async def _hand_to(self, m: hub_pb2.Migration, revision: int, target: str) -> hub_pb2.Migration:
         """Move the agent's record to ``target`` with the migration's ``to_epoch`` (CAS, idempotent),
