@@ -127,7 +127,7 @@ def run(tmp: Path) -> dict[str, dict[str, list[float]]]:
                 for i in range(RUNS):
                     to = "dev-b" if owner == "dev-a" else "dev-a"
                     m = migrate(hub, agent, to)
-                    if m["phase"] != "done":
+                    if m["phase"] != "MIGRATION_PHASE_DONE":
                         raise RuntimeError(f"migration {i}: {m}")
                     stopped, received, resumed = (
                         float(m[k]) for k in ("stopped_at", "exported_at", "resumed_at")

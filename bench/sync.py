@@ -35,8 +35,8 @@ from common import QUICK, Check, pct, print_checks, print_table, write_result
 
 from edgehub.edge.agent.loop import new_agent
 from edgehub.edge.store import SqliteStore
-from edgehub.hub.app import EventLag
-from edgehub.hub.fleet.registry import AgentRegistry
+from edgehub.hub.fleet.agents import AgentRegistry
+from edgehub.hub.metrics import EventLag
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, events_pb2
 from edgehub.sync import EventApplier, NatsServer, OutboxPublisher, ensure_topology

@@ -91,8 +91,8 @@ class Rollout:
         twins = self.devices()
         ok = all(
             twins.get(d, {}).get("online")
-            and twins[d]["state"] == "running"
-            and twins[d]["version"] == version
+            and twins[d]["twin"]["state"] == "DEVICE_STATE_RUNNING"
+            and twins[d]["twin"]["version"] == version
             for d in devices
         )
         return twins if ok else False
@@ -203,7 +203,7 @@ def test_install_enrolls_three_devices_that_report_to_the_hub(rollout: Rollout) 
         assert (root / "opt/edgehub/current").resolve() == root / "opt/edgehub/versions" / version
         assert (root / "var/lib/edgehub/identity/device.creds").exists()
         assert (root / "var/lib/edgehub-models/gemma-3-270m-q4_k_m.gguf").stat().st_size > 100_000_000
-        labels = json.loads(twins[device]["twin_json"]).get("labels", {})
+        labels = twins[device]["twin"].get("labels", {})
         assert labels.get("site") == ("site_lab_b" if device == "dev-3" else "site_lab_a"), twins[device]
     print(f"install: {run.seconds:.1f} s")
 

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -26,6 +27,7 @@ from edgehub.hub.knowledge import (
     cypher,
 )
 from edgehub.hub.knowledge.model import validate_fact
+from edgehub.hub.services import HubServices
 from edgehub.llm.fake import FakeBrain
 from edgehub.llm.llama import LlamaBrain
 from edgehub.protocol import subjects
@@ -289,15 +291,20 @@ class CallContext:
         raise Aborted(code, details)
 
 
+def services(dreamer: DreamerService | None) -> HubServices:
+    """The hub's services as far as ``Consolidate`` uses them."""
+    return SimpleNamespace(dreamer=dreamer, goals=None)  # type: ignore[return-value]
+
+
 async def test_the_consolidate_api_runs_the_service_or_says_it_is_not_enabled(graph: KnowledgeGraph) -> None:
     request = hub_pb2.ConsolidateRequest()
     with pytest.raises(Aborted) as exc:
-        await HubService(None, None, None, None).Consolidate(request, CallContext())  # type: ignore[arg-type]
+        await HubService(services(None)).Consolidate(request, CallContext())
     assert exc.value.args == (grpc.StatusCode.FAILED_PRECONDITION, "consolidation is not enabled on this hub")
 
     await graph.add_episodes(episodes())
     service = DreamerService(DreamerConfig(interval_s=0), graph, None, brain=FakeBrain(facts_json))
-    api = HubService(None, None, None, service)  # type: ignore[arg-type]
+    api = HubService(services(service))
     reply = await api.Consolidate(request, CallContext())
     assert (reply.clusters, reply.facts_written, reply.episodes_consolidated) == (2, 3, 5)
     assert {p.device_id: len(p.keys) for p in reply.prune} == {"edge-1": 3, "edge-2": 2}

@@ -21,6 +21,7 @@ from nats.aio.client import Client
 
 from edgehub.hub.config import PlannerConfig
 from edgehub.hub.errors import GoalError
+from edgehub.hub.fleet.devices import TWINS
 from edgehub.hub.goals import DeviceView
 from edgehub.hub.goals.schedule import new_record
 from edgehub.hub.goals.service import GoalService
@@ -71,7 +72,7 @@ def service(
     devices = [twin("dev-a"), twin("dev-b")]
 
     async def twins() -> list[DeviceView]:
-        return [DeviceView.from_twin(t, time.time()) for t in devices]
+        return [DeviceView.from_twin(TWINS.decode(json.dumps(t).encode()), time.time()) for t in devices]
 
     brain = FakeBrain(script if script is not None else [])
     settings = PlannerConfig(retry_backoff_s=0, tick_s=0.1, **cfg)

@@ -94,7 +94,7 @@ async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_si
             runner = asyncio.create_task(edge.run())
             twin = await eventually(lambda: devices(hub).get("pi-kitchen"), within=30)
             assert twin["online"] is True
-            assert twin["version"] == "0.1.0"
+            assert twin["twin"]["version"] == "0.1.0"
             agent_id = edge.submit("write a file")
             store = edge.store
             assert store is not None
@@ -112,9 +112,11 @@ async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_si
         gone = await eventually(
             lambda: devices(hub)["pi-kitchen"]["online"] is False and devices(hub), within=30
         )
-        assert gone["pi-kitchen"]["state"] == "stopped"
+        assert gone["pi-kitchen"]["twin"]["state"] == "DEVICE_STATE_STOPPED"
         records = await eventually(
-            lambda: [r for r in agents(hub) if r["agent_id"] == agent_id and r["status"] == "finished"],
+            lambda: [
+                r for r in agents(hub) if r["agent_id"] == agent_id and r["status"] == "AGENT_STATUS_FINISHED"
+            ],
             within=60,
         )
         assert records[0]["device_id"] == "pi-kitchen"
@@ -209,19 +211,21 @@ async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: P
             assert approval.note.startswith("ops-ana")
             records = await eventually(
                 lambda: (
-                    {r["agent_id"]: r["status"] for r in agents(hub)}.get("a-rep") == "finished"
+                    {r["agent_id"]: r["status"] for r in agents(hub)}.get("a-rep") == "AGENT_STATUS_FINISHED"
                     and agents(hub)
                 ),
                 within=30,
             )
-            assert {r["agent_id"]: r["status"] for r in records}["a-loop"] == "stopped"
+            assert {r["agent_id"]: r["status"] for r in records}["a-loop"] == "AGENT_STATUS_STOPPED"
 
             # drain: the twin says so, a new agent is refused with the reason in the device's dead letters
             drained = await asyncio.to_thread(
                 hub.cli, "devices", "drain", "pi-garage", "--reason", "maintenance"
             )
             assert drained.returncode == 0, drained.stderr
-            await eventually(lambda: devices(hub).get("pi-garage", {}).get("draining") is True, within=30)
+            await eventually(
+                lambda: devices(hub).get("pi-garage", {}).get("twin", {}).get("draining") is True, within=30
+            )
             await asyncio.to_thread(hub_cli, "start", "-d", "pi-garage", "-g", "late", "--agent-id", "a-late")
             nc = await nats.connect(hub.url, user_credentials=hub.creds())
             js = nc.jetstream()
@@ -243,7 +247,7 @@ async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: P
             await nc.close()
             assert not store.has_agent("a-late")
             await asyncio.to_thread(hub.cli, "devices", "drain", "pi-garage", "--resume")
-            await eventually(lambda: devices(hub)["pi-garage"]["draining"] is False, within=30)
+            await eventually(lambda: devices(hub)["pi-garage"]["twin"]["draining"] is False, within=30)
             await asyncio.to_thread(hub_cli, "start", "-d", "pi-garage", "-g", "late", "--agent-id", "a-late")
             await eventually(lambda: store.has_agent("a-late"), within=30)
             edge.request_stop()

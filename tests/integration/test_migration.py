@@ -127,7 +127,7 @@ async def test_an_agent_migrates_mid_goal_and_finishes_on_the_target_with_no_ste
             )
             assert moved.returncode == 0, moved.stdout + moved.stderr
             migration = json.loads(moved.stdout)
-            assert migration["phase"] == "done", migration
+            assert migration["phase"] == "MIGRATION_PHASE_DONE", migration
             assert (migration["from_epoch"], migration["to_epoch"]) in (("0", "1"), (0, 1))
             handed_at = int(migration["step"])
             assert 3 <= handed_at < STEPS
@@ -162,7 +162,7 @@ async def test_an_agent_migrates_mid_goal_and_finishes_on_the_target_with_no_ste
             assert (record["device_id"], int(record["epoch"]), record["status"]) == (
                 "dev-b",
                 1,
-                "finished",
+                "AGENT_STATUS_FINISHED",
             )
 
             # the fence: the source's stale copy writes a step after the hand-over: refused
@@ -186,7 +186,7 @@ async def test_an_agent_migrates_mid_goal_and_finishes_on_the_target_with_no_ste
             )
             assert "fenced: stale epoch" in reason, reason
             record = json.loads((await asyncio.to_thread(hub.cli, "agents", "get", "mover")).stdout)
-            assert (record["device_id"], record["status"]) == ("dev-b", "finished")
+            assert (record["device_id"], record["status"]) == ("dev-b", "AGENT_STATUS_FINISHED")
             later = await asyncio.to_thread(trace, hub, "mover")
             assert all(int(str(e["step"])) != STEPS + 5 for e in later)
 
@@ -227,7 +227,7 @@ async def test_a_migration_the_source_cannot_give_fails_and_nothing_moves(tmp_pa
 
             async def known_running() -> bool:  # the hub has its record (its first step arrived)
                 got = await asyncio.to_thread(hub.cli, "agents", "get", "stayer")
-                return got.returncode == 0 and json.loads(got.stdout)["status"] == "running"
+                return got.returncode == 0 and json.loads(got.stdout)["status"] == "AGENT_STATUS_RUNNING"
 
             await until(known_running, within=30, what="the hub to see the agent running")
             # hold the agent so the hub still sees it running, finish it behind the hub's back
@@ -240,7 +240,7 @@ async def test_a_migration_the_source_cannot_give_fails_and_nothing_moves(tmp_pa
             )
             assert moved.returncode == 1, moved.stdout + moved.stderr
             migration = json.loads(moved.stdout)
-            assert migration["phase"] == "failed"
+            assert migration["phase"] == "MIGRATION_PHASE_FAILED"
             assert "is AGENT_STATUS_FINISHED here" in migration["error"]
             assert a_store.load_agent("stayer").status == S.AGENT_STATUS_FINISHED
             again = await asyncio.to_thread(hub.cli, "agents", "migrate", "stayer", "--to", "dev-a")

@@ -31,6 +31,7 @@ from tests.harness.netns import Lan, lan
 from tests.harness.wait import assert_eventually
 
 S = agent_pb2
+ENDED = ("MIGRATION_PHASE_DONE", "MIGRATION_PHASE_ROLLED_BACK")
 STEPS = 30
 """The scripted agent finishes in its 30th step (step 29): about 35 s, time for a migration to be
 requested mid-goal even on a loaded machine."""
@@ -190,7 +191,9 @@ def check_one_owner(f: Fleet, owner: str = "dev-b") -> None:
     assert left is not None
     assert left.status == S.AGENT_STATUS_MIGRATED, S.AgentStatus.Name(left.status)
     m = assert_eventually(
-        lambda: (m := f.migration()).get("phase") in ("done", "rolled_back") and m,
+        lambda: (
+            (m := f.migration()).get("phase") in ("MIGRATION_PHASE_DONE", "MIGRATION_PHASE_ROLLED_BACK") and m
+        ),
         timeout=60,
         what=lambda: f"the migration\n{f.report()}",
     )
@@ -215,7 +218,7 @@ def check_one_owner(f: Fleet, owner: str = "dev-b") -> None:
 
 def test_an_agent_migrates_mid_goal_between_namespaced_hosts(fleet: Fleet) -> None:
     start_mover(fleet)
-    assert migrate(fleet, wait=60)["phase"] == "done"
+    assert migrate(fleet, wait=60)["phase"] == "MIGRATION_PHASE_DONE"
     check_one_owner(fleet)
 
 
@@ -261,7 +264,7 @@ def test_a_source_cut_off_keeps_the_agent_until_it_can_hand_it_over(fleet: Fleet
     assert at_cut is not None
     migrate(fleet)
     time.sleep(4)
-    assert fleet.migration()["phase"] == "exporting"
+    assert fleet.migration()["phase"] == "MIGRATION_PHASE_EXPORTING"
     still = fleet.state("dev-a")
     assert still is not None
     assert still.status == S.AGENT_STATUS_RUNNING

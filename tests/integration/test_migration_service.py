@@ -10,16 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from nats.aio.client import Client
 
 from edgehub.hub.errors import MigrationError
+from edgehub.hub.fleet.agents import AgentRegistry
 from edgehub.hub.fleet.migration import BUNDLE_SCHEMA_VERSION, MigrationService, digest_of
-from edgehub.hub.fleet.registry import AgentRegistry
 from edgehub.protocol import subjects
-from edgehub.protocol.v1 import agent_pb2, commands_pb2, events_pb2, hub_pb2
+from edgehub.protocol.v1 import agent_pb2, commands_pb2, events_pb2, hub_pb2, twin_pb2
 from edgehub.sync import NatsServer
 from tests.harness.nats import connect, nats_server  # noqa: F401 - fixture
 
@@ -34,9 +33,16 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:  # noqa: F811 - 
     await client.close()
 
 
-async def twins() -> list[dict[str, Any]]:
+async def twins() -> list[hub_pb2.Device]:
+    now = time.time()
     return [
-        {"device_id": d, "state": "running", "sent_at": time.time(), "heartbeat_s": 5}
+        hub_pb2.Device(
+            device_id=d,
+            online=True,
+            twin=twin_pb2.DeviceTwin(
+                device_id=d, state=twin_pb2.DEVICE_STATE_RUNNING, sent_at=now, heartbeat_s=5
+            ),
+        )
         for d in ("dev-a", "dev-b")
     ]
 
@@ -80,7 +86,7 @@ async def migrate_ins(nc: Client) -> list[commands_pb2.Command]:
     return [c for c in out if c.WhichOneof("body") == "migrate_in"]
 
 
-async def died_after_transfer(nc: Client) -> tuple[AgentRegistry, dict[str, Any], bytes]:
+async def died_after_transfer(nc: Client) -> tuple[AgentRegistry, hub_pb2.Migration, bytes]:
     """A migration of dev-a's agent (at step 5) to dev-b whose hub process stored the source's state
     and moved the agent's epoch, then died before it recorded ``importing`` (the failpoint
     ``migration.transferred``)."""
@@ -89,26 +95,28 @@ async def died_after_transfer(nc: Client) -> tuple[AgentRegistry, dict[str, Any]
     hub = MigrationService(nc.jetstream(), registry, twins)
     m = await hub.start(AGENT, "dev-b", by="op")
     data = bundle(5)
-    await (await hub._store()).put(m["migration_id"], data)
-    assert await registry.transfer(AGENT, 0, 1, "dev-b", 5, m["migration_id"])
+    await (await hub._store()).put(m.migration_id, data)
+    assert await registry.transfer(AGENT, 0, 1, "dev-b", 5, m.migration_id)
     return registry, m, data
 
 
-async def assert_handed_to_target(nc: Client, svc: MigrationService, m: dict[str, Any], data: bytes) -> None:
+async def assert_handed_to_target(
+    nc: Client, svc: MigrationService, m: hub_pb2.Migration, data: bytes
+) -> None:
     record = await svc.get(AGENT)
     assert record is not None
-    assert record["phase"] == "importing"
-    assert (record["digest"], int(record["step"])) == (digest_of(data), 5)
+    assert record.phase == hub_pb2.MIGRATION_PHASE_IMPORTING
+    assert (record.digest, int(record.step)) == (digest_of(data), 5)
     ins = await migrate_ins(nc)
     assert len(ins) == 1, ins  # sent once (a second send has the same id: JetStream drops it)
     assert (ins[0].migrate_in.epoch, ins[0].migrate_in.digest) == (1, digest_of(data))
     got = await svc.get_handover(
-        "dev-b", hub_pb2.GetHandoverRequest(agent_id=AGENT, migration_id=m["migration_id"])
+        "dev-b", hub_pb2.GetHandoverRequest(agent_id=AGENT, migration_id=m.migration_id)
     )
     assert (got.bundle, got.epoch) == (data, 1)
     agent = await svc.agents.get(AGENT)
     assert agent is not None
-    assert (agent["device_id"], agent["epoch"]) == ("dev-b", 1)
+    assert (agent.device_id, agent.epoch) == ("dev-b", 1)
 
 
 async def test_a_restarted_hub_rolls_forward_a_migration_whose_epoch_had_moved(nc: Client) -> None:
@@ -123,10 +131,10 @@ async def test_the_sources_repeated_hand_over_finishes_it_too(nc: Client) -> Non
     registry, m, data = await died_after_transfer(nc)
     restarted = MigrationService(nc.jetstream(), registry, twins)
     req = hub_pb2.PutHandoverRequest(
-        agent_id=AGENT, migration_id=m["migration_id"], bundle=data, digest=digest_of(data)
+        agent_id=AGENT, migration_id=m.migration_id, bundle=data, digest=digest_of(data)
     )
     answer = await restarted.put_handover("dev-a", req)
-    assert answer["phase"] == "importing"
+    assert answer.phase == hub_pb2.MIGRATION_PHASE_IMPORTING
     await assert_handed_to_target(nc, restarted, m, data)
 
 
@@ -135,7 +143,7 @@ async def test_the_redrive_and_the_sources_retry_racing_hand_over_once(nc: Clien
     one = MigrationService(nc.jetstream(), registry, twins)
     two = MigrationService(nc.jetstream(), registry, twins)
     req = hub_pb2.PutHandoverRequest(
-        agent_id=AGENT, migration_id=m["migration_id"], bundle=data, digest=digest_of(data)
+        agent_id=AGENT, migration_id=m.migration_id, bundle=data, digest=digest_of(data)
     )
     outcomes = await asyncio.gather(one.put_handover("dev-a", req), two.redrive(), return_exceptions=True)
     for outcome in outcomes:  # the loser of the compare-and-set is told to retry; nothing else fails
@@ -143,17 +151,18 @@ async def test_the_redrive_and_the_sources_retry_racing_hand_over_once(nc: Clien
             assert isinstance(outcome, MigrationError), outcome
             assert outcome.code == "ABORTED"
     answer = await one.put_handover("dev-a", req)  # the source's next retry
-    assert answer["phase"] == "importing"
+    assert answer.phase == hub_pb2.MIGRATION_PHASE_IMPORTING
     await assert_handed_to_target(nc, one, m, data)
 
 
 async def test_a_hub_that_died_before_sending_migrate_in_sends_it_when_restarted(nc: Client) -> None:
     registry, m, data = await died_after_transfer(nc)
     hub = MigrationService(nc.jetstream(), registry, twins)
-    found = await hub._get(AGENT)
+    found = await hub.store.get(AGENT)
     assert found is not None
-    found.record.update(phase="importing", digest=digest_of(data), step=5, bytes=len(data))
-    await hub._put(found.record, found.revision)  # recorded importing, died (``migration.importing``)
+    m2 = found.value
+    m2.phase, m2.digest, m2.step, m2.bytes = hub_pb2.MIGRATION_PHASE_IMPORTING, digest_of(data), 5, len(data)
+    await hub._put(m2, found.revision)  # recorded importing, died (``migration.importing``)
     assert not await migrate_ins(nc)
     assert await MigrationService(nc.jetstream(), registry).redrive() == 1
     await assert_handed_to_target(nc, hub, m, data)

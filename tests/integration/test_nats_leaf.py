@@ -242,7 +242,7 @@ def test_edge_with_only_the_leaf_url_comes_online_and_runs_an_agent(site: Site) 
     def finished() -> dict[str, Any] | None:
         got = site.hub.cli("agents", "get", "leafy")
         record: dict[str, Any] = json.loads(got.stdout) if got.returncode == 0 else {}
-        return record if record.get("status") == "finished" else None
+        return record if record.get("status") == "AGENT_STATUS_FINISHED" else None
 
     record = assert_eventually(
         finished,

@@ -3,12 +3,14 @@ affinity) and reading device twins of any daemon version into ``DeviceView``s.""
 
 from __future__ import annotations
 
+import json
 import math
 from types import MappingProxyType
 from typing import Any
 
 import pytest
 
+from edgehub.hub.fleet.devices import TWINS
 from edgehub.hub.goals import (
     BUILTIN_TOOLS,
     DeviceView,
@@ -19,6 +21,8 @@ from edgehub.hub.goals import (
     assign,
     validate,
 )
+from edgehub.protocol.v1 import twin_pb2
+from edgehub.sync.records import RecordUnreadable
 
 NOW = 1_700_000_000.0
 
@@ -140,6 +144,15 @@ def test_tasks_not_in_the_plan_are_refused() -> None:
         assign(FORK, ["scan", "ghost"], [dev("edge-1")])
 
 
+def stored(raw: dict[str, Any]) -> twin_pb2.DeviceTwin:
+    """A JSON twin (what daemons of the release before write) as the hub reads it (``TWINS``)."""
+    return TWINS.decode(json.dumps(raw).encode())
+
+
+def read(raw: dict[str, Any], now: float) -> DeviceView:
+    return DeviceView.from_twin(stored(raw), now)
+
+
 def twin(**over: Any) -> dict[str, Any]:
     return {
         "device_id": "edge-1",
@@ -157,7 +170,7 @@ def twin(**over: Any) -> dict[str, Any]:
 
 
 def test_a_current_twin_is_read_in_full() -> None:
-    view = DeviceView.from_twin(twin(labels={"site": "hall-5"}, tools=["read_file", "camera", 7]), NOW)
+    view = read(twin(labels={"site": "hall-5"}, tools=["read_file", "camera", 7]), NOW)
     assert view.eligible
     assert (view.load, view.cpus, view.running, view.max_concurrent, view.free_slots) == (1.5, 4, 1, 3, 2)
     assert view.tools == {"read_file", "camera"}
@@ -169,7 +182,7 @@ def test_a_device_is_selectable_by_its_hardware_profile_and_explicit_labels_win(
     reported = twin(
         profile={"name": "jetson-orin-nano", "settings": {}}, labels={"arch": "custom"}, model_name="qwen-3b"
     )
-    view = DeviceView.from_twin(reported, NOW)
+    view = read(reported, NOW)
     assert view.labels == {"arch": "custom", "profile": "jetson-orin-nano", "model": "qwen-3b"}
     assert view.matches({"model": "qwen-3b"}, {})
     assert view.matches({"profile": "jetson-orin-nano"}, {})
@@ -177,7 +190,7 @@ def test_a_device_is_selectable_by_its_hardware_profile_and_explicit_labels_win(
 
 
 def test_a_twin_from_an_old_daemon_takes_the_defaults() -> None:
-    view = DeviceView.from_twin({"device_id": "old", "state": "running", "sent_at": NOW}, NOW)
+    view = read({"device_id": "old", "state": "running", "sent_at": NOW}, NOW)
     assert view.online
     assert view.eligible
     assert view.tools == BUILTIN_TOOLS
@@ -196,36 +209,39 @@ def test_a_twin_from_an_old_daemon_takes_the_defaults() -> None:
     ],
 )
 def test_online_and_draining_are_read_cautiously(over: dict[str, Any], online: bool, eligible: bool) -> None:
-    view = DeviceView.from_twin(twin(**over), NOW)
+    view = read(twin(**over), NOW)
     assert (view.online, view.eligible) == (online, eligible)
 
 
 def test_malformed_numbers_fall_back_to_cautious_values() -> None:
-    view = DeviceView.from_twin(
+    view = read(
         twin(load=math.nan, max_concurrent="lots", agents_running=2, hardware=None, memories=["Pump ", 3]),
         NOW,
     )
     assert (view.load, view.max_concurrent, view.running, view.cpus) == (0.0, 2, 2, 1)
     assert view.memories == {"pump"}
-    assert DeviceView.from_twin(twin(agents_running=True, max_concurrent=math.inf), NOW).running == 0
+    assert read(twin(agents_running=True, max_concurrent=math.inf), NOW).running == 0
 
 
 def test_the_fleet_cache_rebuilds_a_view_only_when_its_twin_changed_and_judges_online_at_read() -> None:
     cache = FleetCache(max_age_s=0.0)
-    a, b = twin(device_id="a", sent_at=NOW), twin(device_id="b", sent_at=NOW)
+    a, b = stored(twin(device_id="a", sent_at=NOW)), stored(twin(device_id="b", sent_at=NOW))
+    b2 = stored(twin(device_id="b", sent_at=NOW, load=0.25))
     first = cache.views([("a", 1, a), ("b", 1, b)], NOW)
     assert [v.online for v in first] == [True, True]
-    again = cache.views([("a", 1, a), ("b", 2, b | {"load": 0.25})], NOW + 1)
+    again = cache.views([("a", 1, a), ("b", 2, b2)], NOW + 1)
     assert again[0] is first[0]  # same revision: the same view
     assert again[1].load == 0.25  # a new revision: rebuilt
-    later = cache.views([("a", 1, a), ("b", 2, b | {"load": 0.25})], NOW + 60)  # no beats for a minute
+    later = cache.views([("a", 1, a), ("b", 2, b2)], NOW + 60)  # no beats for a minute
     assert [v.online for v in later] == [False, False]
-    assert cache.views([("a", 1, a), ("x", 1, {"no": "id"})], NOW + 61)[0].device_id == "a"  # b gone, x bad
+    with pytest.raises(RecordUnreadable):  # a twin without an id is unreadable: it never reaches the cache
+        stored({"no": "id"})
+    assert [v.device_id for v in cache.views([("a", 1, a)], NOW + 61)] == ["a"]  # b gone
     assert len(cache.views([], NOW + 62)) == 0
 
 
 def test_the_fleet_cache_reuses_its_list_for_a_moment() -> None:
     cache = FleetCache(max_age_s=0.2)
-    listed = cache.views([("a", 1, twin(device_id="a"))], NOW)
+    listed = cache.views([("a", 1, stored(twin(device_id="a")))], NOW)
     assert cache.views([], NOW + 0.1) is listed
     assert cache.views([], NOW + 0.3) == []

@@ -1,5 +1,5 @@
-"""The hub daemon: applies every edge's events to the fleet registry, watches device twins, serves
-the management API (gRPC, TLS) and Prometheus metrics.
+"""The hub daemon: wires NATS, the hub's services (``HubServices``), the event applier (routing each
+event with ``EventRouter``), the management API (gRPC, TLS) and Prometheus metrics, and runs them.
 
 Lifecycle as everywhere: ``async with HubDaemon(cfg) as hub: await hub.run()``; ``request_stop()``
 (SIGTERM) ends the run, ``shutdown()`` is idempotent. With no ``[nats] url`` the daemon starts an
@@ -12,38 +12,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Iterator
 from types import TracebackType
 from wsgiref.simple_server import WSGIServer
 
 import grpc
 import nats
 from nats.aio.client import Client, RawCredentials
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, start_http_server
 
-from edgehub.protocol import subjects
-from edgehub.protocol.v1 import events_pb2
 from edgehub.sync import EventApplier, NatsServer, Stopped, ensure_topology, until_stopped
 from edgehub.sync.auth import Trust
 from edgehub.sync.lease import Lease
-from edgehub.sync.streams import HUB_EVENTS_CONSUMER
 from edgehub.sync.tls import CertificateAuthority
 
-from .api.access import Credentials, Tokens, bootstrap_admin
-from .api.service import Identity, serve
+from .api.access import bootstrap_admin
+from .api.service import serve
 from .config import HubConfig
-from .fleet.migration import MigrationService
-from .fleet.registry import AgentRegistry, DeviceRegistry, DeviceWatcher, fence
-from .goals import DeviceView, FleetCache
-from .goals.service import GoalService
-from .knowledge import DreamerService, KnowledgeService
-from .knowledge.episodes import episode_records
-from .knowledge.responder import KnowledgeResponder
+from .knowledge import KnowledgeService
+from .metrics import ApplierCollector, EventLag
+from .routing import EventRouter
+from .services import HubServices
 
 log = logging.getLogger("edgehub.hub")
 
@@ -57,24 +45,15 @@ class HubDaemon:
         self.cfg = cfg
         self.server: NatsServer | None = None
         self.nc: Client | None = None
-        self.registry: AgentRegistry | None = None
+        self.services: HubServices | None = None
+        self.router: EventRouter | None = None
         self.applier: EventApplier | None = None
-        self.devices: DeviceWatcher | None = None
         self.knowledge: KnowledgeService | None = None
-        """The L4 graph (``[neo4j]``; the embedded Neo4j when no uri is set)."""
-        self.responder: KnowledgeResponder | None = None
-        """Answers the agents' knowledge tool (NATS request/reply), with the graph."""
-        self.dreamer: DreamerService | None = None
-        """Consolidation of L3 episodes into L4 facts (``[dreamer]``; needs the graph)."""
-        self.goals: GoalService | None = None
-        """Planning and dispatch of goals (``[planner]``)."""
-        self.episodes_dropped = 0
-        self.events_fenced = 0
-        """Events refused by the single-owner fence (see ``registry.fence``), dead-lettered."""
+        """The L4 graph (``[neo4j]``; the embedded Neo4j when no uri is set), starting with the daemon."""
         self._stop = asyncio.Event()
         self._closed = False
         self.registry_metrics = CollectorRegistry()
-        self.registry_metrics.register(_ApplierCollector(self))
+        self.registry_metrics.register(ApplierCollector(cfg.hub.id, self._counted))
         self.lag = EventLag(self.registry_metrics)
         self._metrics_server: WSGIServer | None = None
         self.metrics_port: int | None = None
@@ -82,12 +61,19 @@ class HubDaemon:
         self.api_port: int | None = None
         self.device_api_port: int | None = None
 
+    def _counted(self) -> tuple[EventApplier, EventRouter] | None:
+        return (self.applier, self.router) if self.applier and self.router else None
+
     @property
     def url(self) -> str:
         if self.cfg.nats.url:
             return self.cfg.nats.url
         assert self.server is not None
         return self.server.url
+
+    @property
+    def api_address(self) -> str:
+        return f"{self.cfg.api.addr.rsplit(':', 1)[0]}:{self.api_port}"
 
     async def __aenter__(self) -> HubDaemon:
         await self.open()
@@ -98,27 +84,33 @@ class HubDaemon:
     ) -> None:
         await self.shutdown()
 
+    # open ------------------------------------------------------------------------------------------
     async def open(self) -> None:
-        knowledge = None
+        """NATS, the topology and the services; then (the graph ready) the API, so a hub whose API
+        answers is a hub that is fully up."""
+        starting = None
         if self.cfg.neo4j.enabled:  # the JVM starts while NATS and the API come up
             self.knowledge = KnowledgeService(self.cfg.neo4j)
-            knowledge = asyncio.create_task(self.knowledge.start(), name="neo4j")
+            starting = asyncio.create_task(self.knowledge.start(), name="neo4j")
         try:
-            await self._open_sync_and_api(knowledge)
+            trust = Trust.load_or_create(self.cfg.auth.dir)
+            ca = CertificateAuthority.load_or_create(self.cfg.auth.dir)
+            await self._start_nats(trust)
+            services = await self._open_services(trust, ca)
+            await self._load_revocations(services, trust)
+            await self._open_knowledge(services, starting)
+            await self._start_api(services, ca)
+            self._start_metrics()
         except BaseException:
-            if knowledge is not None:
-                knowledge.cancel()
-                await asyncio.gather(knowledge, return_exceptions=True)
+            if starting is not None:
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
             raise
 
-    async def _open_sync_and_api(self, knowledge: asyncio.Task[object] | None) -> None:
-        """NATS, the topology and the registries; then (the graph ready) the API, so a hub whose API
-        answers is a hub that is fully up."""
-        trust_dir = self.cfg.auth.dir
-        trust = Trust.load_or_create(trust_dir)
-        ca = CertificateAuthority.load_or_create(trust_dir)
-        if not self.cfg.nats.url:
-            n = self.cfg.nats
+    async def _start_nats(self, trust: Trust) -> None:
+        """The embedded nats-server (when no ``[nats] url``), then the hub's connection."""
+        n = self.cfg.nats
+        if not n.url:
             self.server = await NatsServer.start(
                 n.embedded_store,
                 port=n.embedded_port,
@@ -137,110 +129,85 @@ class HubDaemon:
             max_reconnect_attempts=-1,
             error_cb=_quiet,
         )
+
+    async def _open_services(self, trust: Trust, ca: CertificateAuthority) -> HubServices:
+        """The topology, the services, and the applier that routes events into them."""
+        assert self.nc is not None
         js = self.nc.jetstream()
         await ensure_topology(js)
-        self.registry = AgentRegistry(js)
+        urls = self.cfg.nats.advertise or [self.url]
+        self.services = services = HubServices.build(js, self.cfg, trust, ca, urls, self.registry_metrics)
+        self.router = EventRouter(services)
         self.applier = EventApplier(
             js,
-            self.registry.apply,
+            services.agents.apply,
             lease=Lease(js, "events", self.cfg.hub.id),
             observe=self.lag.observe,
-            apply_batch=self._apply_batch,
+            apply_batch=self.router.apply_batch,
             batch=self.cfg.hub.events_batch,
         )
-        self.devices = DeviceWatcher(js, self.registry_metrics)
-        watcher, stored, cache = self.devices, DeviceRegistry(js), FleetCache()
+        return services
 
-        async def device_views() -> list[DeviceView]:
-            """The live view, each device's view rebuilt only when its twin changed (placement runs
-            for every result: at 1,000 devices, rebuilding every view each time stalled the hub)."""
-            now = time.time()
-            if watcher.synced:
-                return cache.views(((d, s.revision, s.twin) for d, s in list(watcher.view.items())), now)
-            return [DeviceView.from_twin(t, now) for t in await stored.all()]
+    async def _load_revocations(self, services: HubServices, trust: Trust) -> None:
+        """The embedded server refuses revoked devices from the start, and reloads on a revocation."""
+        if self.server is None:
+            return
+        server = self.server
 
-        self.goals = GoalService(
-            js,
-            device_views,
-            self.cfg.planner,
-            issued_by=f"hub:{self.cfg.hub.id}",
-            metrics=self.registry_metrics,
-        )
-        tokens = Tokens(js)
-        admin = await bootstrap_admin(tokens, trust_dir)
-        credentials = Credentials(js)
-        identity = Identity(trust, ca, self.cfg.nats.advertise or [self.url], tokens, credentials)
-        if self.server is not None:  # the embedded server refuses revoked devices from the start
-            server = self.server
+        async def apply(revocations: dict[str, int]) -> bool:
+            await server.reload(trust.server_config(revocations))
+            return True
 
-            async def apply(revocations: dict[str, int]) -> bool:
-                await server.reload(trust.server_config(revocations))
-                return True
+        services.identity.apply_revocations = apply
+        if revoked := await services.identity.credentials.revocations():
+            await apply(revoked)
+            log.info("%d revoked device credentials loaded into nats-server", len(revoked))
 
-            identity.apply_revocations = apply
-            if revoked := await credentials.revocations():
-                await apply(revoked)
-                log.info("%d revoked device credentials loaded into nats-server", len(revoked))
-        if knowledge is not None:
-            await knowledge
-            assert self.knowledge is not None
-            log.info("knowledge graph (L4, Neo4j) at %s", self.knowledge.uri)
-            graph = self.knowledge
-            self.responder = KnowledgeResponder(self.nc, lambda: graph.graph, metrics=self.registry_metrics)
-            if self.cfg.dreamer.enabled:
-                self.dreamer = DreamerService(self.cfg.dreamer, graph.graph, js)
-                await self.dreamer.start()  # checks the GGUF only; the model loads at the first run
+    async def _open_knowledge(self, services: HubServices, starting: asyncio.Task[object] | None) -> None:
+        if starting is None or self.knowledge is None:
+            return
+        await starting
+        log.info("knowledge graph (L4, Neo4j) at %s", self.knowledge.uri)
+        assert self.nc is not None
+        await services.add_knowledge(self.knowledge, self.nc, self.cfg, self.registry_metrics)
+
+    async def _start_api(self, services: HubServices, ca: CertificateAuthority) -> None:
+        admin = await bootstrap_admin(services.tokens, self.cfg.auth.dir)
+        api = self.cfg.api
         self.api, self.api_port, self.device_api_port = await serve(
-            js,
-            self.cfg.api.addr,
-            self.cfg.api.device_addr,
-            identity,
-            ca.server_pair(self.cfg.api.tls_names),
-            self.devices,
-            dreamer=self.dreamer,
-            goals=self.goals,
+            services, api.addr, api.device_addr, ca.server_pair(api.tls_names)
         )
         log.info(
             "management API (gRPC, TLS) on %s, for devices (mutual TLS) on %s; CA %s, admin token in %s",
             self.api_address,
-            identity.device_api,
+            services.identity.device_api,
             ca.folder / "ca.pem",
             admin,
         )
+
+    def _start_metrics(self) -> None:
         m = self.cfg.metrics
-        if m.port is not None:
-            self._metrics_server, _ = start_http_server(m.port, addr=m.addr, registry=self.registry_metrics)
-            self.metrics_port = int(self._metrics_server.server_port)
-            log.info("metrics on http://%s:%d/metrics", m.addr, self.metrics_port)
+        if m.port is None:
+            return
+        self._metrics_server, _ = start_http_server(m.port, addr=m.addr, registry=self.registry_metrics)
+        self.metrics_port = int(self._metrics_server.server_port)
+        log.info("metrics on http://%s:%d/metrics", m.addr, self.metrics_port)
 
-    @property
-    def api_address(self) -> str:
-        return f"{self.cfg.api.addr.rsplit(':', 1)[0]}:{self.api_port}"
-
+    # run -------------------------------------------------------------------------------------------
     def request_stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
         assert self.applier is not None, "open() first"
-        assert self.devices is not None, "open() first"
-        log.info("hub %s running on %s", self.cfg.hub.id, self.url)
+        assert self.services is not None
         assert self.nc is not None
-        lag = self.lag.run(self.nc.jetstream(), self._stop)
-        assert self.registry is not None
-        migrations = MigrationService(self.nc.jetstream(), self.registry)
+        log.info("hub %s running on %s", self.cfg.hub.id, self.url)
         parts = [
             self.applier.run(self._stop),
-            self.devices.run(self._stop),
-            lag,
+            self.lag.run(self.nc.jetstream(), self._stop),
             self._watch_knowledge(),
-            migrations.run(self._stop),
+            *self.services.runs(self._stop),
         ]
-        if self.goals is not None:
-            parts.append(self.goals.run(self._stop))
-        if self.responder is not None:
-            parts.append(self.responder.run(self._stop))
-        if self.dreamer is not None:
-            parts.append(self.dreamer.run(self._stop))
         tasks = [asyncio.create_task(c) for c in parts]
         try:
             for done in (await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION))[0]:
@@ -248,52 +215,6 @@ class HubDaemon:
         finally:
             self._stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _apply_batch(self, events: list[events_pb2.EdgeEvent]) -> None:
-        """Step events to the agent registry; episodes (L3, replicated for consolidation) to the graph,
-        in the same batch, so a batch is acked only when both have it. A hub without a graph
-        (``[neo4j] enabled = false``) counts episodes and drops them."""
-        assert self.registry is not None
-        steps = [e for e in events if e.WhichOneof("body") == "step"]
-        if steps:
-            for event, reason in await self.registry.apply_batch(steps):
-                await self._fenced(event, reason)
-        if self.goals is not None:  # task results, and task agents' first steps (their start times)
-            results = [e for e in events if e.WhichOneof("body") == "task_result"]
-            refused = {id(e) for e, _ in await self._fence(results)}
-            kept = [e for e in results if id(e) not in refused]
-            mine = [e for e in events if e.WhichOneof("body") == "step"] + kept
-            for event, reason in await self.goals.on_events(mine):
-                await self._fenced(event, reason)
-        episodes = [e for e in events if e.WhichOneof("body") == "episode"]
-        if not episodes:
-            return
-        if self.knowledge is None:
-            self.episodes_dropped += len(episodes)
-            log.debug("%d episodes dropped: this hub keeps no knowledge graph", len(episodes))
-            return
-        await self.knowledge.graph.add_episodes(episode_records(episodes))
-
-    async def _fence(self, results: list[events_pb2.EdgeEvent]) -> list[tuple[events_pb2.EdgeEvent, str]]:
-        """Task results whose device did not own the agent at their epoch (``registry.fence``, as for
-        steps: a stale copy of a migrated agent), dead-lettered; the rest may be applied."""
-        assert self.registry is not None
-        records = await asyncio.gather(*(self.registry.get(e.agent_id) for e in results))
-        refused = [(e, why) for e, record in zip(results, records, strict=True) if (why := fence(record, e))]
-        for event, reason in refused:
-            await self._fenced(event, reason)
-        return refused
-
-    async def _fenced(self, event: events_pb2.EdgeEvent, reason: str) -> None:
-        """An event its device may not send for the agent (a stale copy after a migration, another
-        device's agent): not applied; kept in the dead letters with the reason."""
-        assert self.nc is not None
-        self.events_fenced += 1
-        log.warning("event %s from %s refused: %s", event.event_id, event.device_id, reason)
-        headers = {"Edgehub-Reason": f"fenced: {reason}"[:500], "Edgehub-Subject": event.event_id[:200]}
-        await self.nc.jetstream().publish(
-            subjects.deadletter("events"), event.SerializeToString(), headers=headers
-        )
 
     async def _watch_knowledge(self) -> None:
         """Until stopped; raises (ending the run) if the embedded Neo4j dies."""
@@ -309,10 +230,8 @@ class HubDaemon:
         self._stop.set()
         if self.api is not None:
             await self.api.stop(grace=2.0)
-        if self.dreamer is not None:
-            await self.dreamer.shutdown()
-        if self.goals is not None:
-            await self.goals.close()
+        if self.services is not None:
+            await self.services.close()
         if self.nc is not None:
             with contextlib.suppress(Exception):
                 await self.nc.close()
@@ -323,81 +242,3 @@ class HubDaemon:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
-
-
-class EventLag:
-    """How far behind the edges the hub is: per applied event, seconds since its step happened on the
-    device and since the stream stored it; and events the shared consumer has not yet applied."""
-
-    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600)
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.from_device = Histogram(
-            "edgehub_hub_event_lag_seconds",
-            "From the step on the device to its event applied at the hub (includes offline time)",
-            buckets=self.BUCKETS,
-            registry=registry,
-        )
-        self.from_stream = Histogram(
-            "edgehub_hub_event_queue_seconds",
-            "From the stream storing an event to the hub applying it",
-            buckets=self.BUCKETS,
-            registry=registry,
-        )
-        self.pending = Gauge(
-            "edgehub_hub_events_pending",
-            "Events in the stream the hub consumer has not acknowledged (undelivered + in flight)",
-            registry=registry,
-        )
-
-    def observe(self, event: events_pb2.EdgeEvent, msg: Msg) -> None:
-        now = time.time()
-        if event.step.HasField("at"):
-            self.from_device.observe(max(0.0, now - event.step.at.ToMilliseconds() / 1000))
-        with contextlib.suppress(Exception):  # a message without JetStream metadata
-            self.from_stream.observe(max(0.0, now - msg.metadata.timestamp.timestamp()))
-
-    async def run(self, js: JetStreamContext, stop: asyncio.Event, every_s: float = 2.0) -> None:
-        while not stop.is_set():
-            try:
-                info = await js.consumer_info(subjects.EVENTS_STREAM, HUB_EVENTS_CONSUMER)
-                self.pending.set(info.num_pending + info.num_ack_pending)
-            except Exception as exc:  # not created yet, or NATS restarting: the next poll retries
-                log.debug("consumer lag unavailable: %s", exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), every_s)
-
-
-class _ApplierCollector(Collector):
-    """Event application counters, read from the applier at scrape time."""
-
-    def __init__(self, hub: HubDaemon) -> None:
-        self.hub = hub
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        applier = self.hub.applier
-        if applier is None:
-            return
-        hub_id = self.hub.cfg.hub.id
-        for name, value, text in (
-            ("edgehub_hub_events_applied", applier.stats.applied, "Events applied to the registry"),
-            (
-                "edgehub_hub_events_duplicate",
-                applier.stats.duplicates,
-                "Resent or redelivered events skipped",
-            ),
-            ("edgehub_hub_events_deferred", applier.stats.deferred, "Events deferred behind a sequence gap"),
-            (
-                "edgehub_hub_events_dead_lettered",
-                applier.stats.dead_lettered,
-                "Messages sent to dead letters",
-            ),
-            (
-                "edgehub_hub_events_fenced",
-                self.hub.events_fenced,
-                "Events refused because their device does not own the agent at their epoch",
-            ),
-        ):
-            family = CounterMetricFamily(name, text, labels=["hub"])
-            family.add_metric([hub_id], value)
-            yield family

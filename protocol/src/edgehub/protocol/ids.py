@@ -19,3 +19,15 @@ _KV_KEY = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 def kv_key(id_: str) -> str:
     """``id_`` as a JetStream KV key: itself when it is a valid key, else ``x-`` and its UTF-8 hex."""
     return id_ if _KV_KEY.match(id_) else "x-" + id_.encode().hex()
+
+
+def id_of_key(key: str) -> str:
+    """The id ``kv_key`` made ``key`` from (the inverse: a key read back from a bucket names its id)."""
+    if key.startswith("x-"):
+        try:
+            id_ = bytes.fromhex(key[2:]).decode()
+        except ValueError:
+            return key
+        if kv_key(id_) == key:
+            return id_
+    return key

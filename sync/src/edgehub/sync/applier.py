@@ -44,15 +44,14 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
-from nats.js.kv import KeyValue
+from nats.js.errors import NotFoundError
 
 from edgehub.protocol import subjects
-from edgehub.protocol.ids import kv_key
 from edgehub.protocol.v1 import events_pb2
 
 from .errors import MessageRejected, SyncError
 from .lease import Lease
+from .records import RecordConflict, RecordStore, TextCodec
 from .streams import APPLIED, HUB_EVENTS_CONSUMER, MAX_EVENT_BYTES
 
 log = logging.getLogger("edgehub.sync.applier")
@@ -294,12 +293,8 @@ class EventApplier:
         self.lease = lease
         """None: consume unconditionally (a single hub, tests)."""
         self.stats = ApplierStats()
-        self._kv: KeyValue | None = None
-
-    async def _applied(self) -> KeyValue:
-        if self._kv is None:
-            self._kv = await self.js.key_value(APPLIED.name)
-        return self._kv
+        self.applied = RecordStore(js, APPLIED.name, TextCodec())
+        """Per device (key: its id), the sequence of the last event applied."""
 
     def _consumer_config(self) -> ConsumerConfig:
         # explicit acks, one per event, sent after the record moved: AckAll would let a later ack
@@ -394,7 +389,6 @@ class EventApplier:
         leaves the events unacknowledged (redelivered, then recognised as applied or applied again
         idempotently), never acknowledged but unrecorded.
         """
-        kv = await self._applied()
         decoded: list[tuple[str, int, events_pb2.EdgeEvent, Msg]] = []
         for msg in msgs:
             try:
@@ -402,13 +396,13 @@ class EventApplier:
             except MessageRejected as rejected:
                 await self._dead_letter(msg, rejected.reason)
                 continue
-            decoded.append((kv_key(event.device_id), event.seq, event, msg))
+            decoded.append((event.device_id, event.seq, event, msg))
         if not decoded:
             return
         # redeliveries arrive after newer messages: per device, sequence order is what counts
         decoded.sort(key=_device_and_seq)
         keys = list(dict.fromkeys(key for key, _, _, _ in decoded))
-        read = await asyncio.gather(*(self._last(kv, key) for key in keys))
+        read = await asyncio.gather(*(self._last(key) for key in keys))
         devices = {key: _Device(*last) for key, last in zip(keys, read, strict=True)}
         admitted: list[tuple[events_pb2.EdgeEvent, Msg]] = []
         done: list[Msg] = []
@@ -424,7 +418,7 @@ class EventApplier:
             elif seq <= dev.last:  # applied before: a resend or a redelivery
                 self.stats.duplicates += 1
                 done.append(msg)
-            elif await self._after_gap(kv, key, dev, seq):
+            elif await self._after_gap(key, dev, seq):
                 dev.last = seq
                 admitted.append((event, msg))
                 done.append(msg)
@@ -439,7 +433,7 @@ class EventApplier:
                 for event, msg in admitted:
                     self.observe(event, msg)
         await asyncio.gather(
-            *(self._record(kv, key, dev) for key, dev in devices.items() if dev.last > dev.recorded)
+            *(self._record(key, dev) for key, dev in devices.items() if dev.last > dev.recorded)
         )
         for msg in done:
             await msg.ack()
@@ -450,12 +444,12 @@ class EventApplier:
         for event in events:
             await self.apply(event)
 
-    async def _after_gap(self, kv: KeyValue, key: str, dev: _Device, seq: int) -> bool:
+    async def _after_gap(self, device: str, dev: _Device, seq: int) -> bool:
         """``seq`` is past ``dev.last + 1``. True: apply it now. False: a duplicate after all (the
         caller acks it), or deferred: ``dev`` is then blocked for the rest of the batch."""
         if dev.last == dev.recorded:
             # nothing applied for this device in this batch yet: another hub may be applying the gap
-            dev.recorded, dev.revision = await self._wait_for(kv, key, seq - 1)
+            dev.recorded, dev.revision = await self._wait_for(device, seq - 1)
             dev.last = dev.recorded
             if seq <= dev.last:
                 self.stats.duplicates += 1
@@ -469,32 +463,26 @@ class EventApplier:
         self.stats.deferred += 1
         await msg.nak(delay=self.gap_delay_s)
 
-    async def _record(self, kv: KeyValue, key: str, dev: _Device) -> None:
+    async def _record(self, device: str, dev: _Device) -> None:
         try:
-            if dev.revision is None:
-                await kv.create(key, str(dev.last).encode())
-            else:
-                await kv.update(key, str(dev.last).encode(), last=dev.revision)
-        except KeyWrongLastSequenceError:
+            await self.applied.replace(device, str(dev.last), dev.revision)
+        except RecordConflict:
             # another hub advanced it concurrently; the applies were idempotent, so nothing is lost
-            log.info("device %s: seq %d recorded by another hub", key, dev.last)
+            log.info("device %s: seq %d recorded by another hub", device, dev.last)
 
-    async def _wait_for(self, kv: KeyValue, key: str, seq: int) -> tuple[int, int | None]:
+    async def _wait_for(self, device: str, seq: int) -> tuple[int, int | None]:
         deadline = asyncio.get_running_loop().time() + self.gap_wait_s
         delay = 0.002
         while True:
-            last, revision = await self._last(kv, key)
+            last, revision = await self._last(device)
             if last >= seq or asyncio.get_running_loop().time() > deadline:
                 return last, revision
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
-    async def _last(self, kv: KeyValue, key: str) -> tuple[int, int | None]:
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            return 0, None
-        return int(entry.value or b"0"), entry.revision
+    async def _last(self, device: str) -> tuple[int, int | None]:
+        found = await self.applied.get(device)
+        return (0, None) if found is None else (int(found.value or "0"), found.revision)
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         log.warning("dead-lettering a message from %s: %s", msg.subject, reason)

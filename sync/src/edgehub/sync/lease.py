@@ -14,9 +14,8 @@ import contextlib
 import logging
 
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError, KeyValueError
-from nats.js.kv import KeyValue
 
+from .records import RecordExists, RecordStore, TextCodec
 from .streams import LEASE_TTL_S, LEASES
 
 log = logging.getLogger("edgehub.sync.lease")
@@ -30,48 +29,36 @@ class Lease:
         self.name = name
         self.holder = holder
         self.ttl_s = ttl_s
-        self._kv: KeyValue | None = None
+        self.store = RecordStore(js, LEASES.name, TextCodec(), keyed=False)  # lease names are keys
         self._revision: int | None = None
 
-    async def _bucket(self) -> KeyValue:
-        if self._kv is None:
-            self._kv = await self.js.key_value(LEASES.name)
-        return self._kv
-
     async def acquire(self) -> bool:
-        kv = await self._bucket()
         try:
-            self._revision = await kv.create(self.name, self.holder.encode())
-        except KeyValueError:
+            self._revision = (await self.store.create(self.name, self.holder)).revision
+        except RecordExists:
             return False
         log.info("%s holds the lease %s", self.holder, self.name)
         return True
 
     async def holder_now(self) -> str | None:
-        kv = await self._bucket()
-        try:
-            entry = await kv.get(self.name)
-        except KeyNotFoundError:
-            return None
-        return entry.value.decode() if entry.value else None
+        found = await self.store.get(self.name)
+        return (found.value or None) if found is not None else None
 
     async def hold(self, lost: asyncio.Event, stop: asyncio.Event) -> None:
         """Renew until ``stop``; on a failed renewal set ``lost`` and return."""
-        kv = await self._bucket()
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.ttl_s / 3)
             if stop.is_set():
                 break
             try:
-                self._revision = await kv.update(self.name, self.holder.encode(), last=self._revision)
-            except Exception as exc:
+                self._revision = (await self.store.replace(self.name, self.holder, self._revision)).revision
+            except Exception as exc:  # RecordConflict (taken over), or NATS unreachable
                 log.warning("%s lost the lease %s (%s)", self.holder, self.name, exc.__class__.__name__)
                 lost.set()
                 return
 
     async def release(self) -> None:
-        kv = await self._bucket()
-        with contextlib.suppress(Exception):
-            await kv.delete(self.name, last=self._revision)
+        with contextlib.suppress(Exception):  # taken over meanwhile (RecordConflict), or NATS gone
+            await self.store.delete(self.name, revision=self._revision)
         self._revision = None

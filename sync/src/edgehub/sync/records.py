@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import nats.errors
 from google.protobuf.message import DecodeError, Message
@@ -37,6 +38,8 @@ T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 UPDATE_ATTEMPTS = 16
 """Compare-and-set rounds of one ``update`` before it gives up with ``RecordConflict``."""
+JsonObject = dict[str, Any]
+"""A JSON object as ``json.loads`` returns it: what an earlier release stored, read by a legacy decoder."""
 
 
 class RecordConflict(SyncError):
@@ -98,6 +101,26 @@ class ProtoCodec(Generic[M]):
                 f"this edgehub reads 1 to {self.version}"
             )
         return value
+
+
+def json_legacy(convert: Callable[[JsonObject], M]) -> Callable[[bytes], M | None]:
+    """A ``ProtoCodec`` legacy decoder for records an earlier release stored as JSON objects: ``convert``
+    builds the message from the object (a KeyError, TypeError or ValueError there: ``RecordUnreadable``).
+    Protobuf never writes a first byte ``{`` (field 15 as a group, a wire type proto3 does not use),
+    so the two formats cannot be taken for each other."""
+
+    def decode(data: bytes) -> M | None:
+        if not data.startswith(b"{"):
+            return None
+        try:
+            found = json.loads(data)
+            if not isinstance(found, dict):
+                raise TypeError("not a JSON object")
+            return convert(found)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise RecordUnreadable(f"a JSON record of an earlier release, unreadable: {exc!r}") from None
+
+    return decode
 
 
 class TextCodec:

@@ -91,7 +91,7 @@ async def migrate_out(daemon: EdgeDaemon, cmd: commands_pb2.Command) -> None:
                 store.unmark_migrated(m.agent_id, m.migration_id)  # no such migration: nothing moved
                 raise MessageRejected(f"migration {m.migration_id}: {exc.details()}") from None
             raise  # the hub is unreachable: the command comes back, the agent waits stopped
-    if migration.phase == "failed":
+    if migration.phase == hub_pb2.MIGRATION_PHASE_FAILED:
         store.unmark_migrated(m.agent_id, m.migration_id)
         log.warning(
             "migration %s failed (%s): agent %s runs here again", m.migration_id, migration.error, m.agent_id

@@ -1,18 +1,15 @@
-"""Who may call the management API: bearer tokens for operators, client certificates for devices,
-one-time enrollment tokens, and the role each method requires (declared in hub.proto with the
-``required_role`` method option, so the rule lives with the API definition).
+"""Who may call the management API: bearer tokens for operators, client certificates for devices, and
+the role each method requires (declared in hub.proto with the ``required_role`` method option, so the
+rule lives with the API definition). Device identity (enrollment, credentials, revocation) is
+``fleet/identity.py``.
 
-Tokens are random (``eht_`` operators, ``ehe_`` enrollment) and stored only as SHA-256 in JetStream
-KV, so every hub process sees the same ones and a leaked bucket reveals none. An enrollment token is
-spent with compare-and-delete: two devices racing with one token cannot both enroll.
+Operator tokens are random (``eht_``) and stored only as SHA-256 in JetStream KV (``edgehub-tokens``),
+so every hub process sees the same ones and a leaked bucket reveals none.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import hashlib
-import json
 import logging
 import secrets
 import time
@@ -24,31 +21,28 @@ from typing import Any
 import grpc
 from cryptography import x509
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
-from nats.js.kv import KeyValue
 
-from edgehub.protocol.ids import kv_key
+from edgehub.protocol.errors import ErrorCode
 from edgehub.protocol.v1 import hub_pb2
 from edgehub.sync.auth import write_secret
-from edgehub.sync.streams import CREDENTIALS, ENROLLMENTS, TOKENS
+from edgehub.sync.records import JsonObject, ProtoCodec, RecordStore, json_legacy
+from edgehub.sync.streams import TOKENS
 from edgehub.sync.tls import BACKDATE
 
-from ..errors import EnrollmentRefused
+from ..errors import Refused
+from ..fleet.identity import Credentials, digest
 
 log = logging.getLogger("edgehub.hub.api.access")
 
 Role = hub_pb2.Role
 ROLE_NAMES = {"viewer": Role.ROLE_VIEWER, "operator": Role.ROLE_OPERATOR, "admin": Role.ROLE_ADMIN}
-MAX_ENROLL_TTL_S = 30 * 24 * 3600
 TOKEN_CACHE_S = 5.0
+"""How long a token's lookup is cached: a deleted token stops working on other hub processes within it."""
+RECORD_VERSION = 1
 
 
 def role_name(role: int) -> str:
     return hub_pb2.Role.Name(role).removeprefix("ROLE_").lower()  # type: ignore[arg-type]
-
-
-def digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -88,61 +82,71 @@ def required_roles() -> dict[str, int]:
     }
 
 
-class Tokens:
-    """Operator bearer tokens and device enrollment tokens in JetStream KV."""
+def _token_from_json(raw: JsonObject) -> hub_pb2.ApiTokenInfo:
+    """An operator token as the release before stored it (JSON, the role by its short name)."""
+    return hub_pb2.ApiTokenInfo(
+        name=str(raw["name"]),
+        role=ROLE_NAMES[str(raw["role"])],
+        created_by=str(raw.get("created_by", "")),
+        created_at=float(raw.get("created_at") or 0),
+        expires_at=float(raw.get("expires_at") or 0),
+        schema_version=RECORD_VERSION,
+    )
+
+
+TOKENS_CODEC = ProtoCodec(hub_pb2.ApiTokenInfo, RECORD_VERSION, legacy=json_legacy(_token_from_json))
+
+
+class ApiTokens:
+    """Operator bearer tokens in JetStream KV (key: the token's SHA-256), with a short cache."""
 
     def __init__(self, js: JetStreamContext) -> None:
-        self.js = js
-        self._kv: dict[str, KeyValue] = {}
+        self.store = RecordStore(js, TOKENS.name, TOKENS_CODEC, keyed=False)  # keys: digests
         self._cache: dict[str, tuple[float, tuple[Principal | None, float]]] = {}
 
-    async def _bucket(self, name: str) -> KeyValue:
-        if name not in self._kv:
-            self._kv[name] = await self.js.key_value(name)
-        return self._kv[name]
-
-    async def create_api_token(
-        self, name: str, role: int, created_by: str, ttl_s: float = 0.0
-    ) -> tuple[str, float]:
-        """A new token and when it expires (0: never)."""
+    async def create(self, name: str, role: int, created_by: str, ttl_s: float = 0.0) -> hub_pb2.ApiToken:
+        """A new token (shown once) and when it expires (0: never)."""
+        if not name.strip() or role not in (Role.ROLE_VIEWER, Role.ROLE_OPERATOR, Role.ROLE_ADMIN):
+            raise Refused(ErrorCode.INVALID_ARGUMENT, "name and a role (viewer|operator|admin)")
+        if ttl_s < 0:
+            raise Refused(ErrorCode.INVALID_ARGUMENT, "ttl_s must be 0 (never expires) or more")
         token = f"eht_{secrets.token_urlsafe(32)}"
         expires = time.time() + ttl_s if ttl_s > 0 else 0.0
-        await self.register_api_token(token, name, role, created_by, expires)
-        return token, expires
+        await self.register(token, name, role, created_by, expires)
+        return hub_pb2.ApiToken(token=token, name=name, role=role, expires_at=expires)  # type: ignore[arg-type]
 
-    async def register_api_token(
+    async def register(
         self, token: str, name: str, role: int, created_by: str, expires_at: float = 0.0
     ) -> None:
-        record = {
-            "name": name,
-            "role": role_name(role),
-            "created_by": created_by,
-            "created_at": time.time(),
-            "expires_at": expires_at,
-        }
-        await (await self._bucket(TOKENS.name)).put(digest(token), json.dumps(record).encode())
+        record = hub_pb2.ApiTokenInfo(
+            name=name,
+            role=role,  # type: ignore[arg-type]
+            created_by=created_by,
+            created_at=time.time(),
+            expires_at=expires_at,
+        )
+        await self.store.put(digest(token), record)
         self._cache.pop(digest(token), None)
 
-    async def api_tokens(self) -> list[tuple[str, dict[str, Any]]]:
-        """(digest, record) of every operator token, by name."""
-        kv = await self._bucket(TOKENS.name)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return []
+    async def list(self) -> list[hub_pb2.ApiTokenInfo]:
+        """Every operator token, by name (``id``: the start of its digest; never the secret)."""
         out = []
-        for key in keys:
-            with contextlib.suppress(KeyNotFoundError):  # deleted meanwhile
-                out.append((key, json.loads((await kv.get(key)).value or b"{}")))
-        return sorted(out, key=lambda kr: (kr[1].get("name", ""), kr[1].get("created_at", 0)))
+        for found in await self.store.list():
+            info = found.value
+            info.id = found.key[:12]
+            out.append(info)
+        return sorted(out, key=lambda t: (t.name, t.created_at))
 
-    async def delete_api_tokens(self, name: str) -> int:
-        """Delete every token of ``name``; how many there were."""
-        kv = await self._bucket(TOKENS.name)
-        doomed = [key for key, record in await self.api_tokens() if record.get("name") == name]
+    async def delete(self, name: str) -> int:
+        """Delete every token of ``name``; how many there were (NOT_FOUND: none)."""
+        if not name:
+            raise Refused(ErrorCode.INVALID_ARGUMENT, "name is required")
+        doomed = [found.key for found in await self.store.list() if found.value.name == name]
         for key in doomed:
-            await kv.delete(key)
+            await self.store.delete(key)
             self._cache.pop(key, None)
+        if not doomed:
+            raise Refused(ErrorCode.NOT_FOUND, f"no token named {name!r}")
         return len(doomed)
 
     async def operator(self, token: str) -> Principal | None:
@@ -152,48 +156,16 @@ class Tokens:
         if hit and time.monotonic() - hit[0] < TOKEN_CACHE_S:
             principal, expires = hit[1]
             return principal if not expires or time.time() < expires else None
-        expires = 0.0
-        try:
-            entry = await (await self._bucket(TOKENS.name)).get(key)
-            record = json.loads(entry.value or b"{}")
-            found: Principal | None = Principal(f"operator:{record['name']}", ROLE_NAMES[record["role"]])
-            expires = float(record.get("expires_at") or 0)
-        except KeyNotFoundError:  # never made, or deleted
-            found = None
-        self._cache[key] = (time.monotonic(), (found, expires))
-        return found if not expires or time.time() < expires else None
-
-    async def create_enrollment(self, device_id: str, ttl_s: float, created_by: str) -> tuple[str, float]:
-        token = f"ehe_{secrets.token_urlsafe(32)}"
-        expires = time.time() + ttl_s
-        record = {"device_id": device_id, "expires_at": expires, "created_by": created_by}
-        await (await self._bucket(ENROLLMENTS.name)).put(digest(token), json.dumps(record).encode())
-        return token, expires
-
-    async def spend_enrollment(self, token: str, device_id: str) -> None:
-        """Consume ``token`` for ``device_id`` exactly once; EnrollmentRefused says why not."""
-        kv = await self._bucket(ENROLLMENTS.name)
-        key = digest(token)
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
-            raise EnrollmentRefused("unknown or already used enrollment token") from None
-        record = json.loads(entry.value or b"{}")
-        if record.get("device_id") != device_id:
-            raise EnrollmentRefused(
-                f"this token is for device {record.get('device_id')!r}, not {device_id!r}"
-            )
-        try:
-            await kv.delete(key, last=entry.revision)
-        except APIError as exc:  # wrong last sequence: another request spent it first
-            if exc.err_code in (10071, 10164):
-                raise EnrollmentRefused("enrollment token already used") from None
-            raise
-        if float(record.get("expires_at", 0)) < time.time():
-            raise EnrollmentRefused("enrollment token expired")
+        found = await self.store.get(key)
+        principal, expires = None, 0.0
+        if found is not None:  # else never made, or deleted
+            principal = Principal(f"operator:{found.value.name}", found.value.role)
+            expires = found.value.expires_at
+        self._cache[key] = (time.monotonic(), (principal, expires))
+        return principal if not expires or time.time() < expires else None
 
 
-async def bootstrap_admin(tokens: Tokens, folder: Path) -> Path:
+async def bootstrap_admin(tokens: ApiTokens, folder: Path) -> Path:
     """Make sure an admin token exists: ``<trust>/admin.token`` (0600), created on first start."""
     path = Path(folder) / "admin.token"
     if path.exists():
@@ -203,93 +175,11 @@ async def bootstrap_admin(tokens: Tokens, folder: Path) -> Path:
         write_secret(path, token + "\n")
         log.warning("created the first admin API token in %s (keep it secret)", path)
     if await tokens.operator(token) is None:
-        await tokens.register_api_token(token, "admin", Role.ROLE_ADMIN, "bootstrap")
+        await tokens.register(token, "admin", Role.ROLE_ADMIN, "bootstrap")
     return path
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-
-
-class Credentials:
-    """What enrollment issued to each device (its NATS user keys) and whether it is revoked, in KV
-    (``edgehub-credentials``, one record per device, updated by compare-and-set), so every hub process
-    sees the same. ``revoked_at`` is cached for TOKEN_CACHE_S: a revocation reaches the device API of
-    other hub processes within that."""
-
-    def __init__(self, js: JetStreamContext) -> None:
-        self.js = js
-        self._kv: KeyValue | None = None
-        self._cache: dict[str, tuple[float, float | None]] = {}
-
-    async def _bucket(self) -> KeyValue:
-        if self._kv is None:
-            self._kv = await self.js.key_value(CREDENTIALS.name)
-        return self._kv
-
-    async def _get(self, device_id: str) -> tuple[dict[str, Any], int]:
-        try:
-            entry = await (await self._bucket()).get(kv_key(device_id))
-        except KeyNotFoundError:
-            return {"device_id": device_id, "user_keys": {}, "revoked_at": None}, 0
-        return json.loads(entry.value or b"{}"), int(entry.revision or 0)
-
-    async def _update(self, device_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        kv = await self._bucket()
-        for _ in range(20):  # another hub process may write the same record: compare-and-set, retry
-            record, revision = await self._get(device_id)
-            change(record)
-            data = json.dumps(record).encode()
-            try:
-                if revision:
-                    await kv.update(kv_key(device_id), data, last=revision)
-                else:
-                    await kv.create(kv_key(device_id), data)
-            except (APIError, KeyWrongLastSequenceError):
-                continue
-            self._cache.pop(device_id, None)
-            return record
-        raise RuntimeError(f"the credentials record of {device_id} kept changing; try again")
-
-    async def issued(self, device_id: str, user_key: str) -> None:
-        """Enrollment gave ``device_id`` the NATS user ``user_key``."""
-
-        def add(record: dict[str, Any]) -> None:
-            record["user_keys"][user_key] = time.time()
-
-        await self._update(device_id, add)
-
-    async def revoke(self, device_id: str, by: str, reason: str) -> dict[str, Any]:
-        """Revoke every credential issued to the device until now; returns its record."""
-        now = time.time()
-
-        def mark(record: dict[str, Any]) -> None:
-            record.update(revoked_at=now, revoked_by=by, reason=reason)
-
-        return await self._update(device_id, mark)
-
-    async def revocations(self) -> dict[str, int]:
-        """NATS user key -> unix time for every revoked device (what the account JWT carries)."""
-        kv = await self._bucket()
-        out: dict[str, int] = {}
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return out
-        for key in keys:
-            record = json.loads((await kv.get(key)).value or b"{}")
-            at = record.get("revoked_at")
-            if at:  # the keys issued before it (a device enrolled again since has a new, valid one)
-                out.update({k: int(at) + 1 for k, issued in record["user_keys"].items() if issued <= at})
-        return out
-
-    async def revoked_at(self, device_id: str) -> float | None:
-        hit = self._cache.get(device_id)
-        if hit and time.monotonic() - hit[0] < TOKEN_CACHE_S:
-            return hit[1]
-        record, _ = await self._get(device_id)
-        at = record.get("revoked_at")
-        self._cache[device_id] = (time.monotonic(), at)
-        return at
 
 
 class AccessInterceptor(grpc.aio.ServerInterceptor):
@@ -300,7 +190,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
     HubService (health, reflection) pass through.
     """
 
-    def __init__(self, tokens: Tokens, credentials: Credentials | None = None) -> None:
+    def __init__(self, tokens: ApiTokens, credentials: Credentials | None = None) -> None:
         self.tokens = tokens
         self.credentials = credentials
         self.roles = required_roles()

@@ -12,11 +12,12 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import grpc
 import typer
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from edgehub.cli.common import ExitCode, fail
 from edgehub.protocol.v1 import hub_pb2_grpc
@@ -65,7 +66,8 @@ def call(
             fail(f"{code.name.lower()}: {detail}", ExitCode.ERROR if bad_input else ExitCode.FAILED)
 
 
-def as_json_line(msg: Any) -> str:
+def as_json_line(msg: Message) -> str:
+    """One message as a JSON line (``--json``): field names as in the .proto, every field shown."""
     return json.dumps(
         MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
     )

@@ -10,11 +10,14 @@ import typer
 from rich.table import Table
 
 from edgehub.cli.common import ExitCode, JsonOpt, console, exit_with, fail
-from edgehub.protocol.v1 import hub_pb2
+from edgehub.protocol.v1 import hub_pb2, twin_pb2
 
+from ..fleet.agents import status_name
+from ..fleet.migration import IN_FLIGHT, phase_name
 from .api import DEFAULT_API, ApiOpt, as_json_line, call
 
 H = hub_pb2
+T = twin_pb2
 
 devices_app = typer.Typer(
     help="Devices reporting to the hub (through its management API).", no_args_is_help=True
@@ -27,6 +30,15 @@ knowledge_app = typer.Typer(
 )
 
 
+def _state(d: H.Device) -> str:
+    online = "[green]yes[/]" if d.online else "[red]no[/]"
+    return online + (" (draining)" if d.twin.draining else "")
+
+
+def _labels(twin: twin_pb2.DeviceTwin) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(twin.labels.items())) or "-"
+
+
 @devices_app.command("list")
 def devices_list(api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
     """Devices with their reported twin; online = heartbeats arriving."""
@@ -35,27 +47,45 @@ def devices_list(api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
         for d in reply.devices:
             print(as_json_line(d))
         return
-    table = Table("device", "online", "last seen", "version", "load", "agents running", "outbox")
+    table = Table("device", "online", "last seen", "version", "load", "agents running", "outbox", "labels")
     for d in reply.devices:
-        online = "[green]yes[/]" if d.online else "[red]no[/]"
-        online += " (draining)" if d.draining else ""
-        running = ", ".join(d.agents_running) or "-"
+        t = d.twin
         table.add_row(
             d.device_id,
-            online,
+            _state(d),
             f"{d.last_seen_s:.0f} s ago",
-            d.version,
-            f"{d.load:.2f}",
-            running,
-            str(d.outbox_depth),
+            t.version,
+            f"{t.load:.2f}",
+            ", ".join(a or "?" for a in t.agents_running) or "-",
+            str(t.outbox_depth),
+            _labels(t),
         )
     console.print(table)
 
 
 @devices_app.command("get")
-def devices_get(device_id: str, api: ApiOpt = DEFAULT_API) -> None:
-    """One device's twin (JSON)."""
-    print(as_json_line(call(api, lambda s: s.GetDevice(H.GetDeviceRequest(device_id=device_id), timeout=10))))
+def devices_get(device_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
+    """One device and its twin."""
+    d = call(api, lambda s: s.GetDevice(H.GetDeviceRequest(device_id=device_id), timeout=10))
+    if as_json:
+        print(as_json_line(d))
+        return
+    t = d.twin
+    hw, profile = t.hardware, t.profile.name or t.profile.error or "-"
+    for name, value in (
+        ("device", d.device_id),
+        ("online", f"{_state(d)}, last seen {d.last_seen_s:.0f} s ago, every {t.heartbeat_s:g} s"),
+        ("state", T.DeviceState.Name(t.state).removeprefix("DEVICE_STATE_").lower()),
+        ("version", t.version),
+        ("hardware", f"{hw.arch}, {hw.cpus} cpus, kernel {hw.kernel}; profile {profile}"),
+        ("model", f"{t.model_name or '-'} ({t.model[:16] or 'no fingerprint'})"),
+        ("load", f"{t.load:.2f}; outbox {t.outbox_depth}"),
+        ("agents", f"{', '.join(a or '?' for a in t.agents_running) or '-'} (at most {t.max_concurrent})"),
+        ("tools", ", ".join(t.tools) or "-"),
+        ("labels", _labels(t)),
+        ("memories", ", ".join(t.memories) or "-"),
+    ):
+        console.print(f"[bold]{name:>9}[/] {value}")
 
 
 @devices_app.command("drain")
@@ -186,13 +216,13 @@ def agents_list(
         return
     table = Table("agent", "device", "status", "step", "detail")
     for a in reply.agents:
-        table.add_row(a.agent_id, a.device_id, a.status, str(a.step), a.detail[:60])
+        table.add_row(a.agent_id, a.device_id, status_name(a.status), str(a.step), a.detail[:60])
     console.print(table)
 
 
 @agents_app.command("get")
 def agents_get(agent_id: str, api: ApiOpt = DEFAULT_API) -> None:
-    """One agent's registry record (JSON)."""
+    """One agent's registry record (JSON: owner, epoch, status, step, migration history)."""
     print(as_json_line(call(api, lambda s: s.GetAgent(H.GetAgentRequest(agent_id=agent_id), timeout=10))))
 
 
@@ -241,8 +271,9 @@ def _show_migration(m: H.Migration, as_json: bool) -> None:
     if as_json:
         print(as_json_line(m))
         return
-    line = f"migration {m.migration_id}: {m.agent_id} {m.source_device} -> {m.target_device}, {m.phase}"
-    if m.phase in ("importing", "done", "rolled_back"):
+    phase = phase_name(m.phase)
+    line = f"migration {m.migration_id}: {m.agent_id} {m.source_device} -> {m.target_device}, {phase}"
+    if m.phase in (H.MIGRATION_PHASE_IMPORTING, H.MIGRATION_PHASE_DONE, H.MIGRATION_PHASE_ROLLED_BACK):
         line += f" at step {m.step}, epoch {m.from_epoch} -> {m.to_epoch}, {m.bytes:,} bytes"
     if m.resumed_at and m.stopped_at:
         line += f"; stop to resume {1000 * (m.resumed_at - m.stopped_at):.0f} ms"
@@ -266,11 +297,11 @@ def agents_migrate(
         api, lambda s: s.MigrateAgent(H.MigrateAgentRequest(agent_id=agent_id, to_device=to), timeout=10)
     )
     deadline = time.monotonic() + wait
-    while m.phase in ("exporting", "importing") and time.monotonic() < deadline:
+    while m.phase in IN_FLIGHT and time.monotonic() < deadline:
         time.sleep(0.2)
         m = call(api, lambda s: s.GetMigration(H.GetMigrationRequest(agent_id=agent_id), timeout=10))
     _show_migration(m, as_json)
-    if m.phase in ("failed", "rolled_back"):
+    if m.phase in (H.MIGRATION_PHASE_FAILED, H.MIGRATION_PHASE_ROLLED_BACK):
         exit_with(ExitCode.FAILED)
 
 

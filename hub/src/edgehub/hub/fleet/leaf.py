@@ -33,7 +33,7 @@ from nats.aio.client import RawCredentials
 
 from edgehub.sync.auth import Trust, creds_text, decode_jwt, keypair, new_seed, public_key, write_secret
 
-from ..api.access import Credentials
+from .identity import Credentials
 
 _JWT = re.compile(r'"(ey[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+)"')
 _OPERATOR = re.compile(r'^operator: "([^"]+)"$', re.M)

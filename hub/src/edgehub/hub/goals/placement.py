@@ -1,9 +1,6 @@
-"""The planner's view of one device, read from its twin.
-
-Twins are JSON the devices write, and daemons of several versions share a fleet, so every field but
-``device_id`` may be missing or of the wrong type: a missing one takes the value an older daemon
-implies (the built-in tools, no labels, no memories), a malformed one the most cautious value
-(no free slot, not online).
+"""The planner's view of one device, read from its twin (``DeviceTwin``, decoded on the hub by
+``fleet.devices``, which also reads the JSON twins of older daemons: a missing field takes the value an
+older daemon implies, such as the built-in tools, a malformed one the most cautious value).
 """
 
 from __future__ import annotations
@@ -12,17 +9,15 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any
 
-from ..fleet.registry import is_online
+from edgehub.protocol.v1 import twin_pb2
 
-BUILTIN_TOOLS = frozenset({"write_file", "read_file", "run_command", "remember", "recall", "finish"})
-"""The tools a device is assumed to offer when its twin lists none: the edge's built-ins
-(``edge/agent/tools/builtins.py``). ``knowledge`` is left out: the daemon adds it only with a link to
-the hub's knowledge graph, which a twin without a tool list cannot confirm; a device also can disable
-built-ins (``[tools] enabled``). Daemons should report their tool names in the twin's ``tools``."""
+from ..fleet.devices import BUILTIN_TOOLS, is_online
+
+__all__ = ["BUILTIN_TOOLS", "DEFAULT_MAX_CONCURRENT", "DeviceView", "FleetCache"]
+
 DEFAULT_MAX_CONCURRENT = 2
-"""The edge's ``[agent] max_concurrent`` default."""
+"""The edge's ``[agent] max_concurrent`` default (a twin that reports none)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,26 +69,23 @@ class DeviceView:
         )
 
     @classmethod
-    def from_twin(cls, twin: Mapping[str, Any], now: float) -> DeviceView:
+    def from_twin(cls, twin: twin_pb2.DeviceTwin, now: float) -> DeviceView:
         """The view of ``twin`` at ``now`` (seconds since the epoch, as the twin's ``sent_at``)."""
-        raw = twin.get("hardware")
-        hardware: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-        running = twin.get("agents_running", [])  # a list of agent ids; a count is accepted too
-        tools = _strings(twin.get("tools"))
+        running = list(twin.agents_running)  # '' for an agent an older daemon only counted
         return cls(
-            device_id=str(twin["device_id"]),
-            online=_online(twin, now),
-            draining=twin.get("draining") is True,
-            load=_float(twin.get("load"), 0.0),
-            cpus=max(1, _int(hardware.get("cpus"), 1)),
-            running=len(running) if isinstance(running, list) else _int(running, 0),
-            max_concurrent=_int(twin.get("max_concurrent"), DEFAULT_MAX_CONCURRENT),
-            tools=frozenset(tools) if tools is not None else BUILTIN_TOOLS,
-            labels=MappingProxyType(_builtin_labels(twin, hardware) | _labels(twin.get("labels"))),
-            model=str(twin.get("model") or ""),
-            arch=str(hardware.get("arch") or ""),
-            memories=frozenset(m.strip().lower() for m in _strings(twin.get("memories")) or ()),
-            agents=frozenset(str(a) for a in running) if isinstance(running, list) else frozenset(),
+            device_id=twin.device_id,
+            online=is_online(twin, now),
+            draining=twin.draining,
+            load=twin.load if math.isfinite(twin.load) else 0.0,
+            cpus=max(1, twin.hardware.cpus),
+            running=len(running),
+            max_concurrent=twin.max_concurrent or DEFAULT_MAX_CONCURRENT,
+            tools=frozenset(twin.tools),
+            labels=MappingProxyType(_builtin_labels(twin) | dict(twin.labels)),
+            model=twin.model,
+            arch=twin.hardware.arch,
+            memories=frozenset(m.strip().lower() for m in twin.memories),
+            agents=frozenset(a for a in running if a),
         )
 
 
@@ -109,19 +101,17 @@ class FleetCache:
         self._list: list[DeviceView] = []
         self._at = -math.inf
 
-    def views(self, twins: Iterable[tuple[str, int, Mapping[str, Any]]], now: float) -> list[DeviceView]:
+    def views(self, twins: Iterable[tuple[str, int, twin_pb2.DeviceTwin]], now: float) -> list[DeviceView]:
         """The views of ``twins`` (device id, revision, twin) at ``now``."""
         if 0 <= now - self._at < self.max_age_s:
             return self._list
         out, seen = [], set()
         for device_id, revision, twin in twins:
-            if not isinstance(twin, Mapping) or not isinstance(twin.get("device_id"), str):
-                continue  # what a device wrote is input: a twin without an id places nothing
             seen.add(device_id)
             cached = self._views.get(device_id)
             if cached is None or cached[0] != revision:
                 cached = (revision, DeviceView.from_twin(twin, now))
-            online = _online(twin, now)
+            online = is_online(twin, now)
             if cached[1].online != online:
                 cached = (revision, replace(cached[1], online=online))
             self._views[device_id] = cached
@@ -132,40 +122,7 @@ class FleetCache:
         return out
 
 
-def _online(twin: Mapping[str, Any], now: float) -> bool:
-    try:
-        return is_online(twin if isinstance(twin, dict) else dict(twin), now)
-    except (TypeError, ValueError):  # a sent_at or heartbeat_s that is not a number
-        return False
-
-
-def _float(raw: object, default: float) -> float:
-    """``raw`` if it is a finite number (JSON from a device may hold ``true``, ``"3"`` or ``NaN``)."""
-    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
-        return default
-    return float(raw)
-
-
-def _int(raw: object, default: int) -> int:
-    return int(_float(raw, default))
-
-
-def _strings(raw: object) -> list[str] | None:
-    """The strings of a list (None when it is not a list: the field was not reported)."""
-    return [s for s in raw if isinstance(s, str)] if isinstance(raw, list) else None
-
-
-def _builtin_labels(twin: Mapping[str, Any], hardware: Mapping[str, Any]) -> dict[str, str]:
-    profile = twin.get("profile")
-    found = {
-        "arch": hardware.get("arch"),
-        "profile": profile.get("name") if isinstance(profile, Mapping) else None,
-        "model": twin.get("model_name"),
-    }
-    return {k: v for k, v in found.items() if isinstance(v, str) and v}
-
-
-def _labels(raw: object) -> dict[str, str]:
-    if not isinstance(raw, Mapping):
-        return {}
-    return {str(k): str(v) for k, v in raw.items() if isinstance(v, str | int | float | bool)}
+def _builtin_labels(twin: twin_pb2.DeviceTwin) -> dict[str, str]:
+    """What the device reports of itself, selectable as labels (its explicit labels win)."""
+    found = {"arch": twin.hardware.arch, "profile": twin.profile.name, "model": twin.model_name}
+    return {k: v for k, v in found.items() if v}

@@ -35,11 +35,11 @@ from edgehub.protocol.ids import kv_key
 from edgehub.protocol.v1 import agent_pb2, events_pb2, hub_pb2, task_pb2
 from edgehub.sync import any_set
 from edgehub.sync.commands import send_command
+from edgehub.sync.records import RecordStore
 from edgehub.sync.streams import GOALS
 
 from ..config import PlannerConfig
 from ..errors import GoalError
-from ..fleet.registry import JsonRecords
 from .errors import PlanRejected, SynthesisFailed
 from .placement import DeviceView
 from .planner import plan_given, plan_with_model, synthesise_with_model
@@ -98,8 +98,15 @@ def to_proto(record: dict[str, Any], *, full: bool = True) -> hub_pb2.Goal:
     )
 
 
-class _GoalRecords(JsonRecords):
-    bucket = GOALS.name
+class _Json:
+    """Goal records as JSON, until they become typed records (the goals part of issue 16)."""
+
+    def encode(self, value: dict[str, Any]) -> bytes:
+        return json.dumps(value).encode()
+
+    def decode(self, data: bytes) -> dict[str, Any]:
+        record: dict[str, Any] = json.loads(data or b"{}")
+        return record
 
 
 # the service ---------------------------------------------------------------------------------------
@@ -322,7 +329,8 @@ class GoalService:
 
     async def all(self) -> list[dict[str, Any]]:
         """Every goal record, oldest first (``ListGoals``; the scheduler reads its watched view)."""
-        return sorted(await _GoalRecords(self.js).all(), key=lambda r: float(r.get("submitted_at", 0)))
+        records = [s.value for s in await RecordStore(self.js, GOALS.name, _Json()).list()]
+        return sorted(records, key=lambda r: float(r.get("submitted_at", 0)))
 
     async def decide(
         self, goal_id: str, task_id: str, approve: bool, by: str, note: str = ""

@@ -40,18 +40,27 @@ class InvalidKnowledge(KnowledgeError):
 
 
 class BatchRejected(KnowledgeError):
+    """``code``: UNAVAILABLE when Neo4j says a retry may succeed (a transient failure), else
+    FAILED_PRECONDITION."""
+
     def __init__(self, message: str, *, code: str = "", retryable: bool = False) -> None:
         super().__init__(
-            f"the batch was rolled back: {message}" + (f" ({code})" if code else ""), retryable=retryable
+            f"the batch was rolled back: {message}" + (f" ({code})" if code else ""),
+            code=ErrorCode.UNAVAILABLE if retryable else ErrorCode.FAILED_PRECONDITION,
+            retryable=retryable,
         )
         self.neo4j_code = code
 
 
 class GraphUnavailable(KnowledgeError):
+    """``code``: UNAVAILABLE while it may come back (the network); FAILED_PRECONDITION when only the
+    operator can cure it (credentials, a missing password, a service not started)."""
+
     code = ErrorCode.UNAVAILABLE
 
     def __init__(self, message: str, *, retryable: bool = True) -> None:
-        super().__init__(message, retryable=retryable)
+        code = ErrorCode.UNAVAILABLE if retryable else ErrorCode.FAILED_PRECONDITION
+        super().__init__(message, code=code, retryable=retryable)
 
 
 class SchemaError(KnowledgeError):

@@ -12,6 +12,7 @@ UNAVAILABLE (NATS or the knowledge graph unreachable).
 
 from collections import abc as _abc
 from edgehub.protocol.v1 import agent_pb2 as _agent_pb2
+from edgehub.protocol.v1 import twin_pb2 as _twin_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
 from google.protobuf import message as _message
@@ -57,6 +58,36 @@ ROLE_OPERATOR: Role.ValueType  # 4
 ROLE_ADMIN: Role.ValueType  # 5
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _MigrationPhase:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MigrationPhaseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MigrationPhase.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MIGRATION_PHASE_UNSPECIFIED: _MigrationPhase.ValueType  # 0
+    MIGRATION_PHASE_EXPORTING: _MigrationPhase.ValueType  # 1
+    """MigrateOut sent to the source; waiting for its hand-over."""
+    MIGRATION_PHASE_IMPORTING: _MigrationPhase.ValueType  # 2
+    """The agent's record moved to the target (epoch + 1); MigrateIn sent to it."""
+    MIGRATION_PHASE_DONE: _MigrationPhase.ValueType  # 3
+    MIGRATION_PHASE_FAILED: _MigrationPhase.ValueType  # 4
+    MIGRATION_PHASE_ROLLED_BACK: _MigrationPhase.ValueType  # 5
+
+class MigrationPhase(_MigrationPhase, metaclass=_MigrationPhaseEnumTypeWrapper):
+    """A migration's phase: exporting -> importing -> done; or failed (nothing moved), or rolled_back
+    (the state went back to the source with a newer epoch).
+    """
+
+MIGRATION_PHASE_UNSPECIFIED: MigrationPhase.ValueType  # 0
+MIGRATION_PHASE_EXPORTING: MigrationPhase.ValueType  # 1
+"""MigrateOut sent to the source; waiting for its hand-over."""
+MIGRATION_PHASE_IMPORTING: MigrationPhase.ValueType  # 2
+"""The agent's record moved to the target (epoch + 1); MigrateIn sent to it."""
+MIGRATION_PHASE_DONE: MigrationPhase.ValueType  # 3
+MIGRATION_PHASE_FAILED: MigrationPhase.ValueType  # 4
+MIGRATION_PHASE_ROLLED_BACK: MigrationPhase.ValueType  # 5
+Global___MigrationPhase: _TypeAlias = MigrationPhase  # noqa: Y015
+
 @_typing.final
 class MigrateAgentRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -100,6 +131,10 @@ Global___GetMigrationRequest: _TypeAlias = GetMigrationRequest  # noqa: Y015
 
 @_typing.final
 class Migration(_message.Message):
+    """One agent's latest migration, as the hub stores it (`edgehub-migrations`, key: the agent) and
+    returns it.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MIGRATION_ID_FIELD_NUMBER: _builtins.int
@@ -120,16 +155,15 @@ class Migration(_message.Message):
     DONE_AT_FIELD_NUMBER: _builtins.int
     STOPPED_AT_FIELD_NUMBER: _builtins.int
     RESUMED_AT_FIELD_NUMBER: _builtins.int
+    ROLLED_BACK_FROM_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
     migration_id: _builtins.str
     agent_id: _builtins.str
     source_device: _builtins.str
     target_device: _builtins.str
     from_epoch: _builtins.int
     to_epoch: _builtins.int
-    phase: _builtins.str
-    """exporting -> importing -> done; or failed (nothing moved), or rolled_back (the state went back
-    to the source with a newer epoch).
-    """
+    phase: Global___MigrationPhase.ValueType
     step: _builtins.int
     """The step the agent resumes at."""
     bytes: _builtins.int
@@ -145,6 +179,10 @@ class Migration(_message.Message):
     its own clock: resumed_at - stopped_at is the stop-to-resume time when the clocks agree.
     """
     resumed_at: _builtins.float
+    rolled_back_from: _builtins.str
+    """The target that refused the agent, when it is being (or was) given back to the source."""
+    schema_version: _builtins.int
+    """The stored record's format (edgehub.sync.records)."""
     def __init__(
         self,
         *,
@@ -154,7 +192,7 @@ class Migration(_message.Message):
         target_device: _builtins.str = ...,
         from_epoch: _builtins.int = ...,
         to_epoch: _builtins.int = ...,
-        phase: _builtins.str = ...,
+        phase: Global___MigrationPhase.ValueType = ...,
         step: _builtins.int = ...,
         bytes: _builtins.int = ...,
         digest: _builtins.str = ...,
@@ -166,10 +204,12 @@ class Migration(_message.Message):
         done_at: _builtins.float = ...,
         stopped_at: _builtins.float = ...,
         resumed_at: _builtins.float = ...,
+        rolled_back_from: _builtins.str = ...,
+        schema_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "bytes", b"bytes", "digest", b"digest", "done_at", b"done_at", "error", b"error", "exported_at", b"exported_at", "from_epoch", b"from_epoch", "migration_id", b"migration_id", "phase", b"phase", "requested_by", b"requested_by", "resumed_at", b"resumed_at", "source_device", b"source_device", "started_at", b"started_at", "step", b"step", "stopped_at", b"stopped_at", "target_device", b"target_device", "to_epoch", b"to_epoch", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "bytes", b"bytes", "digest", b"digest", "done_at", b"done_at", "error", b"error", "exported_at", b"exported_at", "from_epoch", b"from_epoch", "migration_id", b"migration_id", "phase", b"phase", "requested_by", b"requested_by", "resumed_at", b"resumed_at", "rolled_back_from", b"rolled_back_from", "schema_version", b"schema_version", "source_device", b"source_device", "started_at", b"started_at", "step", b"step", "stopped_at", b"stopped_at", "target_device", b"target_device", "to_epoch", b"to_epoch", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -742,6 +782,8 @@ Global___ListApiTokensRequest: _TypeAlias = ListApiTokensRequest  # noqa: Y015
 
 @_typing.final
 class ApiTokenInfo(_message.Message):
+    """An operator token as stored (`edgehub-tokens`, key: the token's SHA-256; never the secret) and listed."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -750,13 +792,17 @@ class ApiTokenInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: Global___Role.ValueType
     created_by: _builtins.str
     created_at: _builtins.float
     expires_at: _builtins.float
+    """Unix time; 0: never."""
     id: _builtins.str
-    """The first characters of the token's SHA-256 (tells two tokens of one name apart)."""
+    """The first characters of the token's SHA-256 (tells two tokens of one name apart); not stored."""
+    schema_version: _builtins.int
+    """The stored record's format (edgehub.sync.records)."""
     def __init__(
         self,
         *,
@@ -766,10 +812,11 @@ class ApiTokenInfo(_message.Message):
         created_at: _builtins.float = ...,
         expires_at: _builtins.float = ...,
         id: _builtins.str = ...,
+        schema_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "id", b"id", "name", b"name", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "id", b"id", "name", b"name", "role", b"role", "schema_version", b"schema_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -835,48 +882,33 @@ Global___DeleteApiTokensResponse: _TypeAlias = DeleteApiTokensResponse  # noqa: 
 
 @_typing.final
 class Device(_message.Message):
+    """A device as the hub sees it: the twin it last reported, and whether its heartbeats arrive."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     ONLINE_FIELD_NUMBER: _builtins.int
     LAST_SEEN_S_FIELD_NUMBER: _builtins.int
-    VERSION_FIELD_NUMBER: _builtins.int
-    LOAD_FIELD_NUMBER: _builtins.int
-    AGENTS_RUNNING_FIELD_NUMBER: _builtins.int
-    OUTBOX_DEPTH_FIELD_NUMBER: _builtins.int
-    STATE_FIELD_NUMBER: _builtins.int
-    DRAINING_FIELD_NUMBER: _builtins.int
-    TWIN_JSON_FIELD_NUMBER: _builtins.int
+    TWIN_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
+    """The device's id, from the key it wrote its twin under (never the twin's own field)."""
     online: _builtins.bool
+    """Running, and its last heartbeat at most a few intervals old (judged by the hub)."""
     last_seen_s: _builtins.float
-    version: _builtins.str
-    load: _builtins.float
-    outbox_depth: _builtins.int
-    state: _builtins.str
-    """"running" or "stopped" as last reported."""
-    draining: _builtins.bool
-    twin_json: _builtins.str
-    """The rest of the twin as JSON (hardware, labels, ...)."""
+    """Seconds since the device sent the twin (hub clock minus the device's sent_at)."""
     @_builtins.property
-    def agents_running(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def twin(self) -> _twin_pb2.DeviceTwin: ...
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
         online: _builtins.bool = ...,
         last_seen_s: _builtins.float = ...,
-        version: _builtins.str = ...,
-        load: _builtins.float = ...,
-        agents_running: _abc.Iterable[_builtins.str] | None = ...,
-        outbox_depth: _builtins.int = ...,
-        state: _builtins.str = ...,
-        draining: _builtins.bool = ...,
-        twin_json: _builtins.str = ...,
+        twin: _twin_pb2.DeviceTwin | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["twin", b"twin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_running", b"agents_running", "device_id", b"device_id", "draining", b"draining", "last_seen_s", b"last_seen_s", "load", b"load", "online", b"online", "outbox_depth", b"outbox_depth", "state", b"state", "twin_json", b"twin_json", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "last_seen_s", b"last_seen_s", "online", b"online", "twin", b"twin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -919,6 +951,10 @@ Global___ListDevicesResponse: _TypeAlias = ListDevicesResponse  # noqa: Y015
 
 @_typing.final
 class AgentRecord(_message.Message):
+    """An agent as the fleet registry stores it (`edgehub-agents`, key: the agent) and returns it: written
+    from its owner's events, moved by migrations.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
@@ -929,33 +965,81 @@ class AgentRecord(_message.Message):
     LAST_EVENT_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    DEVICE_SEQ_FIELD_NUMBER: _builtins.int
+    EPOCHS_FIELD_NUMBER: _builtins.int
+    MIGRATION_ID_FIELD_NUMBER: _builtins.int
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     device_id: _builtins.str
+    """The owner: the device of the current epoch."""
     epoch: _builtins.int
-    status: _builtins.str
+    status: _agent_pb2.AgentStatus.ValueType
     step: _builtins.int
     last_event: _builtins.str
+    """The event that wrote the record."""
     detail: _builtins.str
+    """Why it ended (set when it finished or failed)."""
     updated_at: _builtins.float
+    device_seq: _builtins.int
+    """The device sequence of the event that wrote the record."""
+    migration_id: _builtins.str
+    """The migration that last moved it."""
+    schema_version: _builtins.int
+    """The stored record's format (edgehub.sync.records)."""
+    @_builtins.property
+    def epochs(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentEpoch]:
+        """Owners by epoch, oldest first, once the agent has migrated (empty before: the owner is device_id)."""
+
     def __init__(
         self,
         *,
         agent_id: _builtins.str = ...,
         device_id: _builtins.str = ...,
         epoch: _builtins.int = ...,
-        status: _builtins.str = ...,
+        status: _agent_pb2.AgentStatus.ValueType = ...,
         step: _builtins.int = ...,
         last_event: _builtins.str = ...,
         detail: _builtins.str = ...,
         updated_at: _builtins.float = ...,
+        device_seq: _builtins.int = ...,
+        epochs: _abc.Iterable[Global___AgentEpoch] | None = ...,
+        migration_id: _builtins.str = ...,
+        schema_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "detail", b"detail", "device_id", b"device_id", "epoch", b"epoch", "last_event", b"last_event", "status", b"status", "step", b"step", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "detail", b"detail", "device_id", b"device_id", "device_seq", b"device_seq", "epoch", b"epoch", "epochs", b"epochs", "last_event", b"last_event", "migration_id", b"migration_id", "schema_version", b"schema_version", "status", b"status", "step", b"step", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentRecord: _TypeAlias = AgentRecord  # noqa: Y015
+
+@_typing.final
+class AgentEpoch(_message.Message):
+    """One epoch of an agent: the device that owned it and the step its ownership started at."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EPOCH_FIELD_NUMBER: _builtins.int
+    DEVICE_FIELD_NUMBER: _builtins.int
+    FROM_STEP_FIELD_NUMBER: _builtins.int
+    epoch: _builtins.int
+    device: _builtins.str
+    from_step: _builtins.int
+    def __init__(
+        self,
+        *,
+        epoch: _builtins.int = ...,
+        device: _builtins.str = ...,
+        from_step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "epoch", b"epoch", "from_step", b"from_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentEpoch: _TypeAlias = AgentEpoch  # noqa: Y015
 
 @_typing.final
 class ListAgentsRequest(_message.Message):

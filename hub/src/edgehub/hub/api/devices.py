@@ -1,0 +1,34 @@
+"""The device methods of the management API (``ListDevices``, ``GetDevice``, ``DrainDevice``): a mixin
+of ``HubService``, over the hub's ``DeviceRegistry`` and ``Commands``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edgehub.protocol.errors import ErrorCode
+from edgehub.protocol.v1 import hub_pb2
+
+from ..errors import Refused
+from ..services import HubServices
+from .access import current
+
+H = hub_pb2
+
+
+class DevicesApi:
+    services: HubServices
+
+    async def ListDevices(self, request: H.ListDevicesRequest, context: Any) -> H.ListDevicesResponse:
+        return H.ListDevicesResponse(devices=await self.services.devices.all())
+
+    async def GetDevice(self, request: H.GetDeviceRequest, context: Any) -> H.Device:
+        me = current()
+        if me.device_id is not None and me.device_id != request.device_id:
+            raise Refused(ErrorCode.PERMISSION_DENIED, f"{me.name} may only read itself")
+        found = await self.services.devices.get(request.device_id)
+        if found is None:
+            raise Refused(ErrorCode.NOT_FOUND, f"device {request.device_id!r} never reported")
+        return found
+
+    async def DrainDevice(self, request: H.DrainDeviceRequest, context: Any) -> H.CommandAccepted:
+        return await self.services.commands.drain(request, current().name)

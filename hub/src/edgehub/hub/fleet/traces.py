@@ -1,0 +1,68 @@
+"""An agent's mind-log as the hub received it: its step events, read back from the events stream
+(``TraceAgent``), paged by stream sequence, without a stale copy's steps (``fence``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from edgehub.protocol import subjects
+from edgehub.protocol.errors import ErrorCode
+from edgehub.protocol.v1 import events_pb2, hub_pb2
+
+from ..errors import Refused
+from .agents import AgentRegistry, fence
+
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+FETCH_WAIT_S = 0.5
+
+
+class Traces:
+    """Pages of agents' step events from the ``EVENTS`` stream."""
+
+    def __init__(self, js: JetStreamContext, agents: AgentRegistry) -> None:
+        self.js = js
+        self.agents = agents
+
+    async def page(self, agent_id: str, size: int, token: str) -> hub_pb2.TraceAgentResponse:
+        """At most ``size`` events (default 100, max 1000) from ``token`` (a stream sequence; '' from
+        the start); ``next_page_token`` is set when the page was full."""
+        record = await self.agents.require(agent_id)
+        size = min(size or DEFAULT_PAGE, MAX_PAGE)
+        try:
+            start = int(token or "1")
+        except ValueError:
+            raise Refused(ErrorCode.INVALID_ARGUMENT, "bad page_token") from None
+        sub = await self.js.pull_subscribe(
+            subjects.agent_events(agent_id),
+            stream=subjects.EVENTS_STREAM,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=start,
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=30,
+            ),
+        )
+        out = hub_pb2.TraceAgentResponse()
+        last = fetched = 0
+        try:
+            with contextlib.suppress(asyncio.TimeoutError, Exception):
+                for msg in await sub.fetch(size, timeout=FETCH_WAIT_S):
+                    fetched += 1
+                    last = msg.metadata.sequence.stream
+                    event = events_pb2.EdgeEvent.FromString(msg.data)
+                    if event.WhichOneof("body") != "step":  # the agent's episodes travel beside its steps
+                        continue
+                    if fence(record, event):  # a stale copy's step (dead-lettered when it arrived)
+                        continue
+                    out.events.append(event.step)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if fetched == size:
+            out.next_page_token = str(last + 1)
+        return out

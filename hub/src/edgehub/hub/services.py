@@ -1,0 +1,126 @@
+"""The hub's services, built once (``HubServices.build``, in ``HubDaemon.open``) and handed to the
+management API (``api.serve``) and to the daemon's run: one of each, so the API and the background
+work share every cache and every view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from prometheus_client import CollectorRegistry
+
+from edgehub.sync.auth import Trust
+from edgehub.sync.tls import CertificateAuthority
+
+from .api.access import ApiTokens
+from .config import HubConfig
+from .fleet.agents import AgentRegistry
+from .fleet.control import Commands
+from .fleet.devices import DeviceRegistry, DeviceWatcher
+from .fleet.identity import Credentials, DeviceIdentity, Enrollments
+from .fleet.migration import MigrationService
+from .fleet.traces import Traces
+from .goals import DeviceView, FleetCache
+from .goals.service import GoalService
+from .knowledge import DreamerService, KnowledgeService
+from .knowledge.responder import KnowledgeResponder
+
+
+@dataclass
+class FleetViews:
+    """The planner's live view of the devices (``GoalService``'s ``devices``): each device's view is
+    rebuilt only when its twin changed (placement runs for every result: at 1,000 devices, rebuilding
+    every view each time stalled the hub)."""
+
+    watcher: DeviceWatcher
+    devices: DeviceRegistry
+    cache: FleetCache = field(default_factory=FleetCache)
+
+    async def __call__(self) -> list[DeviceView]:
+        now = time.time()
+        if self.watcher.synced:
+            return self.cache.views(self.watcher.twins(), now)
+        return [DeviceView.from_twin(d.twin, now) for d in await self.devices.all(now)]
+
+
+@dataclass
+class HubServices:
+    """Everything the API and the daemon's run call into (see the module docstring)."""
+
+    js: JetStreamContext
+    agents: AgentRegistry
+    watcher: DeviceWatcher
+    """The live view of the device twins (a KV watch)."""
+    devices: DeviceRegistry
+    migrations: MigrationService
+    commands: Commands
+    traces: Traces
+    tokens: ApiTokens
+    identity: DeviceIdentity
+    goals: GoalService
+    """Planning and dispatch of goals (``[planner]``)."""
+    knowledge: KnowledgeService | None = None
+    """The L4 graph (``[neo4j]``), once it has started."""
+    responder: KnowledgeResponder | None = None
+    """Answers the agents' knowledge tool (NATS request/reply), with the graph."""
+    dreamer: DreamerService | None = None
+    """Consolidation of L3 episodes into L4 facts (``[dreamer]``; needs the graph)."""
+
+    @classmethod
+    def build(
+        cls,
+        js: JetStreamContext,
+        cfg: HubConfig,
+        trust: Trust,
+        ca: CertificateAuthority,
+        nats_urls: list[str],
+        metrics: CollectorRegistry,
+    ) -> HubServices:
+        agents = AgentRegistry(js)
+        watcher = DeviceWatcher(js, metrics)
+        devices = DeviceRegistry(js, watcher)
+        identity = DeviceIdentity(trust, ca, nats_urls, Enrollments(js), Credentials(js))
+        views = FleetViews(watcher, devices)
+        goals = GoalService(js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics)
+        return cls(
+            js=js,
+            agents=agents,
+            watcher=watcher,
+            devices=devices,
+            migrations=MigrationService(js, agents, devices.all),
+            commands=Commands(js, agents),
+            traces=Traces(js, agents),
+            tokens=ApiTokens(js),
+            identity=identity,
+            goals=goals,
+        )
+
+    async def add_knowledge(
+        self, knowledge: KnowledgeService, nc: Client, cfg: HubConfig, metrics: CollectorRegistry
+    ) -> None:
+        """The graph has started: answer the knowledge tool with it, and consolidate into it."""
+        self.knowledge = knowledge
+        self.responder = KnowledgeResponder(nc, lambda: knowledge.graph, metrics=metrics)
+        if cfg.dreamer.enabled:
+            self.dreamer = DreamerService(cfg.dreamer, knowledge.graph, self.js)
+            await self.dreamer.start()  # checks the GGUF only; the model loads at the first run
+
+    def runs(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
+        """The services' background work, each until ``stop``."""
+        parts = [self.watcher.run(stop), self.migrations.run(stop), self.goals.run(stop)]
+        if self.responder is not None:
+            parts.append(self.responder.run(stop))
+        if self.dreamer is not None:
+            parts.append(self.dreamer.run(stop))
+        return parts
+
+    async def close(self) -> None:
+        if self.dreamer is not None:
+            await self.dreamer.shutdown()
+        await self.goals.close()
