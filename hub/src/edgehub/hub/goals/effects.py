@@ -30,6 +30,8 @@ S = agent_pb2
 
 @dataclass(frozen=True)
 class GoalMetrics:
+    """The goals' Prometheus metrics (and the gauge of active goals, read when scraped)."""
+
     dispatched: PromCounter
     ended: PromCounter
     tokens: PromCounter
@@ -99,6 +101,7 @@ class EffectRunner:
         self._synthesise = synthesise
 
     async def carry_out(self, record: G.Goal, fx: Effects) -> None:
+        """Everything ``fx`` asks for, now that ``record`` (with the transition) is stored."""
         for cmd in fx.commands:
             await send_command(self.js, cmd)
             if cmd.WhichOneof("body") == "start_agent":

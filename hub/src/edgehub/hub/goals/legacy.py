@@ -30,13 +30,16 @@ ENUMS = {"status": "GOAL_STATUS_", "planner": "GOAL_PLANNER_", "answer_by": "ANS
 def legacy_goal(data: bytes) -> G.Goal | None:
     """The version 1 record in ``data`` as a ``Goal``; None when ``data`` is not JSON (a protobuf
     record: its first byte is the ``schema_version`` tag, never ``{``)."""
-    if data.lstrip()[:1] != b"{":
+    if data[:1] != b"{":  # json.dumps wrote the first release's records: no leading space
         return None
     try:
         record = json.loads(data)
-        version = record.get("schema_version")
-        if version != 1:
-            raise ValueError(f"schema version {version!r}, not 1")
+    except ValueError as exc:
+        raise RecordUnreadable(f"a goal record that is neither protobuf nor JSON: {exc}") from None
+    version = record.get("schema_version") if isinstance(record, dict) else None
+    if version != 1:
+        raise RecordUnreadable(f"a JSON goal record of schema version {version!r}; only version 1 was JSON")
+    try:
         goal = json_format.ParseDict(_v2(record), G.Goal())
     except (ValueError, TypeError, AttributeError, json_format.ParseError) as exc:
         raise RecordUnreadable(f"a goal record of schema version 1 that cannot be read: {exc}") from None

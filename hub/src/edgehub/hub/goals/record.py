@@ -103,6 +103,7 @@ def new_record(
 
 
 def planned_task(t: PlannedTask) -> G.PlannedTask:
+    """A validated plan's task as the record keeps it."""
     return G.PlannedTask(
         id=t.id,
         goal=t.goal,
@@ -178,6 +179,7 @@ class Allowance:
 
 
 def limits_of(record: G.Goal, cfg: PlannerConfig) -> Allowance:
+    """The goal's budget (a zero field: the hub's default)."""
     b = record.budget
     return Allowance(
         tokens=int(b.max_tokens or cfg.max_tokens_per_goal),

@@ -126,6 +126,7 @@ class GoalService:
         return record
 
     async def get(self, goal_id: str) -> G.Goal:
+        """The goal as stored; ``GoalError`` (NOT_FOUND) when there is none."""
         return await self.store.read(goal_id)
 
     async def all(self) -> list[G.Goal]:
@@ -184,6 +185,7 @@ class GoalService:
         return await self.intake.on_events(events)
 
     async def on_result(self, result: task_pb2.TaskResult, device: str) -> None:
+        """A task's result (``ResultIntake.on_result``)."""
         await self.intake.on_result(result, device)
 
     # the scheduler ---------------------------------------------------------------------------------
@@ -238,6 +240,7 @@ class GoalService:
             await asyncio.gather(watching, return_exceptions=True)
 
     async def close(self) -> None:
+        """Stop the model's work in progress and close the model."""
         await self.work.close()
 
 
