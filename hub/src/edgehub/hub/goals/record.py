@@ -15,13 +15,15 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from edgehub.protocol.v1 import goals_pb2
 
-from ..config import PlannerConfig
-from .planner import Planned
 from .validate import Limits, Plan, PlannedTask
+
+if TYPE_CHECKING:  # the CLI renders records: importing the hub's config from it would be a cycle
+    from ..config import PlannerConfig
+    from .planner import Planned
 
 G = goals_pb2
 
