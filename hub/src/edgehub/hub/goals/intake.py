@@ -21,7 +21,7 @@ from .effects import GoalMetrics
 from .placement import DeviceView
 from .record import ACTIVE
 from .schedule import Effects, advance, apply_result, busy_of, selected
-from .store import Change_, GoalStore
+from .store import GoalStore, Transition
 
 G = goals_pb2
 
@@ -47,7 +47,7 @@ class ResultIntake:
         issued_by: str,
         metrics: GoalMetrics,
         *,
-        update: Callable[[str, Change_], Awaitable[G.Goal]],
+        update: Callable[[str, Transition], Awaitable[G.Goal]],
         devices: Callable[[], Awaitable[list[DeviceView]]],
     ) -> None:
         self.store = store

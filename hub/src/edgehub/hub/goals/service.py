@@ -40,7 +40,7 @@ from .intake import ResultIntake
 from .placement import DeviceView
 from .record import GOAL_ENDED, MODEL_WORK, audit, goal_word, new_record, task_word
 from .schedule import Effects, advance, busy_of, end_goal, selected
-from .store import Change_, GoalStore
+from .store import GoalStore, Transition
 from .work import ModelWork
 
 G = goals_pb2
@@ -88,7 +88,7 @@ class GoalService:
         )
         self._wake = asyncio.Event()
 
-    async def update(self, goal_id: str, change: Change_) -> G.Goal:
+    async def update(self, goal_id: str, change: Transition) -> G.Goal:
         """Change the goal by compare-and-set and carry out the effects of what was stored."""
         record, _ = await self.store.update(goal_id, change, self.effects.carry_out)
         return record

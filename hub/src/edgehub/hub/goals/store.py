@@ -44,7 +44,7 @@ CODEC = ProtoCodec(G.Goal, SCHEMA_VERSION, legacy=legacy_goal)
 """The goal record's one serialisation (version 1, JSON, read through ``legacy_goal``)."""
 WATCH_WAIT_S = 0.5
 
-Change_ = Callable[[G.Goal], Effects]
+Transition = Callable[[G.Goal], Effects]
 """A transition of a goal: changes the record in place, returns what to carry out once it is stored."""
 Then = Callable[[G.Goal, Effects], Awaitable[None]]
 """What follows a stored change: its effects carried out."""
@@ -100,7 +100,9 @@ class GoalStore:
         self.remember(record, stored.revision)
         return True
 
-    async def update(self, goal_id: str, change: Change_, then: Then | None = None) -> tuple[G.Goal, Effects]:
+    async def update(
+        self, goal_id: str, change: Transition, then: Then | None = None
+    ) -> tuple[G.Goal, Effects]:
         """Read, ``change``, compare-and-set (again on a conflict, a bounded number of times), then
         ``then`` (carry out the effects), one update at a time per goal in this process. Returns the
         stored record and the effects of the change that was stored. A change that leaves the record as

@@ -24,7 +24,7 @@ from .placement import DeviceView
 from .planner import Planned, plan_given, plan_with_model, synthesise_with_model
 from .record import GOAL_ENDED, MODEL_WORK, adopt_plan, goal_word, plan_limits, sinks
 from .schedule import Effects, end_goal, finish_synthesis
-from .store import Change_, GoalStore
+from .store import GoalStore, Transition
 
 G = goals_pb2
 
@@ -34,7 +34,7 @@ PLANNING_STALE_S = 120.0
 """A goal in planning (or synthesising) this long without a write, and not being worked on here, is
 planned (synthesised) again."""
 
-Update = Callable[[str, Change_], Awaitable[G.Goal]]
+Update = Callable[[str, Transition], Awaitable[G.Goal]]
 Fleet = Callable[[dict[str, str]], Awaitable[list[DeviceView]]]
 
 
