@@ -12,7 +12,7 @@ TASK_S, listing it in its twin meanwhile, then publishes the ``TaskResult`` even
 (``EdgeEvent`` with the device's gap-free ``seq``, ``Nats-Msg-Id`` ``<device>/<seq>``, on
 ``subjects.events(device, agent)``). Step events are not simulated (their cost is bench/sync's).
 
-Goals go through the API (``SubmitGoal``, admin token, TLS) with an operator's plan (``plan_json``, so
+Goals go through the API (``SubmitGoal``, admin token, TLS) with an operator's plan (``plan``, so
 no model is called): ``read-a`` (needs ``read_sensor``) and ``read-b`` (``camera``) in parallel, then
 ``join`` (``gpu_infer``) on both results. The hub validates the plan against the twins, stores the goal
 (KV, compare-and-set), places the two forks, publishes their StartAgents and returns; each result
@@ -58,7 +58,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import multiprocessing
 import os
@@ -71,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import QUICK, Check, pct, print_checks, print_table, write_result
@@ -95,11 +95,12 @@ from fleet import (
 )
 
 from edgehub.hub.goals.placement import BUILTIN_TOOLS, DEFAULT_MAX_CONCURRENT
+from edgehub.hub.goals.record import goal_word
 from edgehub.protocol import subjects
-from edgehub.protocol.v1 import agent_pb2, commands_pb2, events_pb2, hub_pb2, hub_pb2_grpc, task_pb2
+from edgehub.protocol.v1 import agent_pb2, commands_pb2, events_pb2, goals_pb2, hub_pb2_grpc, task_pb2
 from edgehub.sync.publisher import msg_id
 
-H = hub_pb2
+G = goals_pb2
 TASK_MINUTE_S = 60.0
 TASKS = ("read-a", "read-b", "join")
 FORKS = ("read-a", "read-b")
@@ -119,7 +120,7 @@ DRAIN_S = 180.0
 LATENCY_TARGET_S = 1.0
 PEER_FACTOR = 2.0
 MODEL_PLAN = os.environ.get("MODEL_PLAN", "") not in ("", "0")
-PLAN = json.dumps(
+PLAN = json_format.ParseDict(
     {
         "tasks": [
             {"id": "read-a", "goal": "Read the line's temperature sensors and report their mean.",
@@ -129,7 +130,8 @@ PLAN = json.dumps(
             {"id": "join", "goal": "Say whether the part count fits the temperature.",
              "needs": ["read-a", "read-b"], "tools": ["gpu_infer"], "estimate_tokens": 1500},
         ]
-    }
+    },
+    G.PlanDraft(),
 )  # fmt: skip
 
 
@@ -260,17 +262,16 @@ class Goals:
 
     async def submit(self, stub: hub_pb2_grpc.HubServiceStub, n: int) -> None:
         phase, called = self.phase, time.monotonic()
-        req = H.SubmitGoalRequest(text=f"bench goal {n}: line {n % 50}, parts against temperature")
-        req.plan_json = PLAN
+        req = G.SubmitGoalRequest(text=f"bench goal {n}: line {n % 50}, parts against temperature", plan=PLAN)
         try:
             reply = await stub.SubmitGoal(req, timeout=60)
         except grpc.RpcError as exc:
             self.errors.append(f"{exc.code().name}: {exc.details()}"[:200])
             return
         returned = time.monotonic()
-        record = json.loads(reply.record_json)
-        at = float(record["revisions"][-1]["at"]) if record.get("revisions") else math.nan
-        self.by_id[reply.goal_id] = Goal(phase, called, returned, reply.status, at, reply.error[:200])
+        at = reply.revisions[-1].at if reply.revisions else math.nan
+        status = goal_word(reply.status)
+        self.by_id[reply.goal_id] = Goal(phase, called, returned, status, at, reply.error[:200])
 
 
 async def open_loop(goals: Goals, stub: hub_pb2_grpc.HubServiceStub, rate: float) -> None:
@@ -349,8 +350,9 @@ async def model_plans(stub: hub_pb2_grpc.HubServiceStub) -> list[tuple[float, st
         text = f"Read the temperature sensors and the camera part count of line {n + 1}, then compare them."
         t = time.monotonic()
         try:
-            reply = await stub.SubmitGoal(H.SubmitGoalRequest(text=text), timeout=120)
-            status = reply.status if reply.status == "running" else f"{reply.status}: {reply.error[:80]}"
+            reply = await stub.SubmitGoal(G.SubmitGoalRequest(text=text), timeout=120)
+            word = goal_word(reply.status)
+            status = word if word == "running" else f"{word}: {reply.error[:80]}"
         except grpc.RpcError as exc:
             status = f"{exc.code().name}: {exc.details()}"[:120]
         out.append((time.monotonic() - t, status))
@@ -399,8 +401,8 @@ async def drive(hub: Hub, workers: Sequence[multiprocessing.process.BaseProcess]
                 await task
         out["active_after_grace"] = await goals_settle(hub, GRACE_S)
         await asyncio.sleep(max(0.0, GRACE_S - TAIL_S))  # commands in flight or waiting for redelivery
-        listed = await stub.ListGoals(H.ListGoalsRequest(), timeout=60)
-        out["statuses"] = {g.goal_id: g.status for g in listed.goals}
+        listed = await stub.ListGoals(G.ListGoalsRequest(), timeout=60)
+        out["statuses"] = {g.goal_id: goal_word(g.status) for g in listed.goals}
         out["model"] = await model_plans(stub) if MODEL_PLAN else []
     out["goals"], out["peer"] = goals, peer
     return out

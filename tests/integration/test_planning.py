@@ -1,7 +1,9 @@
 """Goals through a real hub (subprocess, embedded nats-server) and three enrolled edge daemons, each
 its own process: a plan forks over two devices and joins; a device killed mid-task has its task
 reassigned; a task held for approval runs once approved, and a denied one fails its goal with the
-reason; invalid plans are rejected and nothing of them is dispatched; the hub's own model plans a goal.
+reason; invalid plans are rejected and nothing of them is dispatched (a plan file that is not JSON in
+the draft format never leaves the CLI); the hub's own model plans a goal; the goal types are served by
+reflection.
 
 The edges' brain is scripted (``worker``) so each task takes a known time and answers with what it
 was given: the subject is planning, dispatch and joining. The last test plans with the real model.
@@ -18,13 +20,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from google.protobuf.descriptor_pb2 import FileDescriptorProto
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from tests.harness.edge_proc import start_edge, stop_edges
 from tests.harness.hub import start_hub
 from tests.harness.wait import assert_eventually
 
 DEVICES = ("dev-a", "dev-b", "dev-c")
+ENDED = ("GOAL_STATUS_DONE", "GOAL_STATUS_FAILED", "GOAL_STATUS_CANCELLED")
+"""A goal's status as ``--json`` prints it (the ``GoalStatus`` enum's names)."""
 SCRIPT = "tests.integration.test_planning:worker"
 
 
@@ -94,7 +101,7 @@ class Fleet:
 
     def finished(self, goal_id: str, within: float = 90) -> dict[str, Any]:
         record: dict[str, Any] = assert_eventually(
-            lambda: (g := self.goal(goal_id))["status"] in ("done", "failed", "cancelled") and g,
+            lambda: (g := self.goal(goal_id))["status"] in ENDED and g,
             timeout=within,
             what=f"goal {goal_id} to end",
         )
@@ -139,7 +146,7 @@ def test_a_goal_forks_over_two_devices_joins_and_answers(fleet: Fleet) -> None:
     assert done.returncode == 0, done.stderr
     goal_id = json.loads(done.stdout)["goal_id"]
     record = fleet.finished(goal_id)
-    assert record["status"] == "done", record.get("error")
+    assert record["status"] == "GOAL_STATUS_DONE", record.get("error")
     tasks = record["tasks"]
     a, b, c = tasks["read-a"], tasks["read-b"], tasks["compare"]
     assert a["device"] != b["device"], "the fork's two tasks ran on one device"
@@ -170,8 +177,8 @@ def test_a_plan_ending_in_two_tasks_has_its_answer_synthesised_by_the_hubs_model
     assert done.returncode == 0, done.stderr
     goal_id = json.loads(done.stdout)["goal_id"]
     record = fleet.finished(goal_id, within=300)  # the model loads at its first use
-    assert record["status"] == "done", record.get("error")
-    assert record["answer_by"] == "planner", record.get("synthesis_error")
+    assert record["status"] == "GOAL_STATUS_DONE", record.get("error")
+    assert record["answer_by"] == "ANSWER_BY_PLANNER", record.get("synthesis_error")
     assert record["answer"].strip()
     assert not record["answer"].startswith("temp-a: ")  # not the two answers joined
     assert "41.5" in record["answer"], record["answer"]  # written from the results
@@ -186,7 +193,7 @@ def test_a_device_killed_mid_task_has_its_task_reassigned(fleet: Fleet) -> None:
     assert done.returncode == 0, done.stderr
     goal_id = json.loads(done.stdout)["goal_id"]
     running = assert_eventually(
-        lambda: (t := fleet.goal(goal_id)["tasks"]["slow"])["status"] == "running" and t,
+        lambda: (t := fleet.goal(goal_id)["tasks"]["slow"])["status"] == "TASK_STATUS_RUNNING" and t,
         timeout=30,
         what="slow running",
     )
@@ -195,7 +202,7 @@ def test_a_device_killed_mid_task_has_its_task_reassigned(fleet: Fleet) -> None:
     fleet.edges[victim].wait(timeout=10)
     try:
         record = fleet.finished(goal_id, within=120)
-        assert record["status"] == "done", record.get("error")
+        assert record["status"] == "GOAL_STATUS_DONE", record.get("error")
         slow = record["tasks"]["slow"]
         assert slow["device"] != victim
         assert slow["attempt"] == 2
@@ -213,14 +220,16 @@ def test_a_task_held_for_approval_runs_once_approved(fleet: Fleet) -> None:
     assert done.returncode == 0, done.stderr
     goal_id = json.loads(done.stdout)["goal_id"]
     assert_eventually(
-        lambda: fleet.goal(goal_id)["tasks"]["guarded"]["status"] == "approval", timeout=60, what="the hold"
+        lambda: fleet.goal(goal_id)["tasks"]["guarded"]["status"] == "TASK_STATUS_APPROVAL",
+        timeout=60,
+        what="the hold",
     )
     time.sleep(1.5)  # held, not dispatched: no agent for it anywhere
     assert not [a for a in fleet.agents() if a.startswith(f"{goal_id}-guarded")]
     approved = fleet.hub.cli("goal", "approve", goal_id, "guarded", "--note", "line B is idle")
     assert approved.returncode == 0, approved.stderr
     record = fleet.finished(goal_id)
-    assert record["status"] == "done", record.get("error")
+    assert record["status"] == "GOAL_STATUS_DONE", record.get("error")
     decision = record["tasks"]["guarded"]["approval"]
     assert decision["approve"]
     assert decision["note"] == "line B is idle"
@@ -233,12 +242,14 @@ def test_a_denied_task_fails_its_goal_with_the_reason(fleet: Fleet) -> None:
     done = fleet.submit(plan, "--approve-tool", "*")
     goal_id = json.loads(done.stdout)["goal_id"]
     assert_eventually(
-        lambda: fleet.goal(goal_id)["tasks"]["wipe"]["status"] == "approval", timeout=60, what="the hold"
+        lambda: fleet.goal(goal_id)["tasks"]["wipe"]["status"] == "TASK_STATUS_APPROVAL",
+        timeout=60,
+        what="the hold",
     )
     denied = fleet.hub.cli("goal", "deny", goal_id, "wipe", "--note", "not during a shift")
     assert denied.returncode == 0, denied.stderr
     record = fleet.goal(goal_id)
-    assert record["status"] == "failed"
+    assert record["status"] == "GOAL_STATUS_FAILED"
     assert "denied" in record["error"]
     assert "not during a shift" in record["error"]
     shown = fleet.hub.cli("goal", "show", goal_id)
@@ -255,13 +266,12 @@ def test_a_denied_task_fails_its_goal_with_the_reason(fleet: Fleet) -> None:
             "cycle: a -> b -> a",
         ),
         ({"tasks": [task("a", "Take a photo", tools=["camera"])]}, "camera"),
-        ('{"tasks": [{"id": "a", "goal": ', "not valid JSON"),
         (
             {"tasks": [{"id": "A B", "goal": "x", "needs": [], "tools": [], "estimate_tokens": 1}]},
             "tasks.0.id",
         ),
     ],
-    ids=["cycle", "unknown-tool", "bad-json", "bad-id"],
+    ids=["cycle", "unknown-tool", "bad-id"],
 )
 def test_an_invalid_plan_is_rejected_and_nothing_is_dispatched(
     fleet: Fleet, plan: dict[str, Any] | str, reason: str
@@ -270,11 +280,43 @@ def test_an_invalid_plan_is_rejected_and_nothing_is_dispatched(
     done = fleet.submit(plan)
     assert done.returncode == 1
     record = json.loads(done.stdout)
-    assert record["status"] == "failed"
+    assert record["status"] == "GOAL_STATUS_FAILED"
     assert reason in record["error"], record["error"]
     assert not record["revisions"]
     time.sleep(1.0)
     assert not [a for a in set(fleet.agents()) - before if a.startswith(record["goal_id"])]
+
+
+@pytest.mark.parametrize(
+    ("plan", "reason"),
+    [
+        ('{"tasks": [{"id": "a", "goal": ', "is not valid JSON"),
+        ('{"tasks": [{"id": "a", "goal": "A", "estimate_tokens": 1, "owner": "me"}]}', "no field named"),
+    ],
+    ids=["bad-json", "unknown-field"],
+)
+def test_a_plan_file_that_is_no_plan_is_refused_before_anything_is_submitted(
+    fleet: Fleet, plan: str, reason: str
+) -> None:
+    """The CLI reads the plan into the API's typed plan: a file that is not JSON in the draft format
+    never reaches the hub (bad input, exit code 2), so no goal is made of it."""
+    goals = fleet.hub.cli("goal", "list", "--json").stdout.splitlines()
+    done = fleet.submit(plan)
+    assert done.returncode == 2
+    assert reason in done.stderr, done.stderr
+    assert not done.stdout
+    assert fleet.hub.cli("goal", "list", "--json").stdout.splitlines() == goals
+
+
+def test_the_goal_types_are_served_by_reflection(fleet: Fleet) -> None:
+    tls = grpc.ssl_channel_credentials((fleet.hub.trust / "ca.pem").read_bytes())
+    with grpc.secure_channel(fleet.hub.api, tls) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        ask = reflection_pb2.ServerReflectionRequest(file_containing_symbol="edgehub.v1.Goal")
+        (reply,) = stub.ServerReflectionInfo(iter([ask]), timeout=10)
+    files = [FileDescriptorProto.FromString(f) for f in reply.file_descriptor_response.file_descriptor_proto]
+    (goals,) = [f for f in files if f.name == "edgehub/v1/goals.proto"]
+    assert {"Goal", "GoalSummary", "PlanDraft", "SubmitGoalRequest"} <= {m.name for m in goals.message_type}
 
 
 def test_a_repairable_plan_is_repaired_and_says_so(fleet: Fleet) -> None:
@@ -282,7 +324,7 @@ def test_a_repairable_plan_is_repaired_and_says_so(fleet: Fleet) -> None:
     done = fleet.submit(plan)
     assert done.returncode == 0, done.stderr
     record = fleet.finished(json.loads(done.stdout)["goal_id"])
-    assert record["status"] == "done"
+    assert record["status"] == "GOAL_STATUS_DONE"
     repairs = " ".join(record["revisions"][0]["repairs"])
     assert "ghost" in repairs
     assert "run_command" in repairs
@@ -326,12 +368,12 @@ def test_the_hubs_model_plans_a_goal_into_valid_tasks(fleet: Fleet) -> None:
     # the model's draft passed parsing and validation (it may have needed another draft), or every
     # draft was rejected with reasons: never anything unchecked
     if not revisions:
-        assert record["status"] == "failed", record
+        assert record["status"] == "GOAL_STATUS_FAILED", record
         assert "drafts rejected" in record["error"], record
         pytest.fail(f"the model wrote no valid plan: {record['error']}")
     tasks = revisions[0]["tasks"]
     assert 1 <= len(tasks) <= 12
     ids = {t["id"] for t in tasks}
     assert all(set(t["needs"]) <= ids for t in tasks)
-    assert record["planner"] == "model"
+    assert record["planner"] == "GOAL_PLANNER_MODEL"
     assert record["usage"]["planner_tokens"] > 0

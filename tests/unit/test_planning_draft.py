@@ -7,9 +7,11 @@ import json
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 
 from edgehub.hub.goals import PlanDraft, PlanRejected, draft_schema, parse_draft
-from edgehub.hub.goals.draft import MAX_GOAL, MAX_TASKS, MAX_TEXT
+from edgehub.hub.goals.draft import MAX_GOAL, MAX_TASKS, MAX_TEXT, draft_of
+from edgehub.protocol.v1 import goals_pb2
 
 GRAMMAR_KEYWORDS = {
     "type",
@@ -141,3 +143,16 @@ def test_a_draft_is_immutable() -> None:
     assert isinstance(draft, PlanDraft)
     with pytest.raises(ValueError, match="frozen"):
         draft.tasks[0].goal = "something else"  # type: ignore[misc]
+
+
+def test_an_operators_plan_message_is_checked_as_a_models_answer_is() -> None:
+    text = answer(task("a"), task("b", needs=["a"], labels={"site": "hall-5"}, subgoal=True))
+    message = json_format.Parse(text, goals_pb2.PlanDraft())
+    assert draft_of(message) == parse_draft(text)
+    bad = json_format.Parse(answer(task("A B"), task("c", estimate_tokens=0, goal="")), goals_pb2.PlanDraft())
+    with pytest.raises(PlanRejected) as exc:
+        draft_of(bad)
+    for where in ("tasks.0.id", "tasks.1.goal", "tasks.1.estimate_tokens"):
+        assert where in exc.value.reason
+    with pytest.raises(PlanRejected, match="tasks: List should have at least 1 item"):
+        draft_of(goals_pb2.PlanDraft())

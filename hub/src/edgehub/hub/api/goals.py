@@ -1,75 +1,53 @@
 """The goal methods of the management API (``SubmitGoal``, ``GetGoal``, ``ListGoals``, ``DecideTask``,
-``CancelGoal``): a mixin of ``HubService``, over the hub's ``GoalService``."""
+``CancelGoal``): a mixin of ``HubService``, over the hub's ``GoalService``. A goal is returned as the
+record the hub keeps (``edgehub.v1.Goal``); ``ListGoals`` returns summaries. A refusal is a
+``GoalError`` the API's one mapping (``api/errors.py``) turns into the call's status."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
+from edgehub.protocol.errors import ErrorCode
+from edgehub.protocol.v1 import goals_pb2
 
-from edgehub.protocol.v1 import hub_pb2
-
-from ..errors import GoalError
+from ..errors import Refused
+from ..goals.record import summary
 from ..goals.service import GoalService
-from ..goals.service import to_proto as goal_proto
 from .access import current
 
-H = hub_pb2
+G = goals_pb2
 
 
 class GoalsApi:
     goals: GoalService | None
     """Planning and dispatch (None: this API runs without the daemon's planner)."""
 
-    async def _goals(self, step: Callable[[GoalService], Awaitable[dict[str, Any]]], context: Any) -> H.Goal:
+    @property
+    def _planner(self) -> GoalService:
         if self.goals is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this hub runs no planner")
-        assert self.goals is not None
-        try:
-            return goal_proto(await step(self.goals))
-        except GoalError as exc:
-            await context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
-            raise  # not reached: abort raises
+            raise Refused(ErrorCode.FAILED_PRECONDITION, "this hub runs no planner")
+        return self.goals
 
-    async def SubmitGoal(self, request: H.SubmitGoalRequest, context: Any) -> H.Goal:
-        b = request.budget
-        budget = {  # zero: the hub's default
-            "max_tokens": b.max_tokens,
-            "max_wall_seconds": b.max_wall_seconds,
-            "max_tool_calls": b.max_tool_calls,
-            "max_retries": b.max_retries,
-        }
-        return await self._goals(
-            lambda g: g.submit(
-                request.text,
-                by=current().name,
-                labels=dict(request.labels),
-                budget={k: v for k, v in budget.items() if v},
-                plan_json=request.plan_json,
-                approve_tools=list(request.approve_tools),
-            ),
-            context,
+    async def SubmitGoal(self, request: G.SubmitGoalRequest, context: Any) -> G.Goal:
+        return await self._planner.submit(
+            request.text,
+            by=current().name,
+            labels=dict(request.labels),
+            budget=request.budget,
+            plan=request.plan if request.HasField("plan") else None,
+            approve_tools=list(request.approve_tools),
         )
 
-    async def GetGoal(self, request: H.GetGoalRequest, context: Any) -> H.Goal:
-        return await self._goals(lambda g: g.get(request.goal_id), context)
+    async def GetGoal(self, request: G.GetGoalRequest, context: Any) -> G.Goal:
+        return await self._planner.get(request.goal_id)
 
-    async def ListGoals(self, request: H.ListGoalsRequest, context: Any) -> H.ListGoalsResponse:
-        if self.goals is None:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "this hub runs no planner")
-        assert self.goals is not None
-        out = H.ListGoalsResponse()
-        for record in await self.goals.all():
-            out.goals.append(goal_proto(record, full=False))
-        return out
+    async def ListGoals(self, request: G.ListGoalsRequest, context: Any) -> G.ListGoalsResponse:
+        return G.ListGoalsResponse(goals=[summary(record) for record in await self._planner.all()])
 
-    async def DecideTask(self, request: H.DecideTaskRequest, context: Any) -> H.Goal:
-        by = current().name
-        return await self._goals(
-            lambda g: g.decide(request.goal_id, request.task_id, request.approve, by, request.note), context
+    async def DecideTask(self, request: G.DecideTaskRequest, context: Any) -> G.Goal:
+        return await self._planner.decide(
+            request.goal_id, request.task_id, request.approve, current().name, request.note
         )
 
-    async def CancelGoal(self, request: H.CancelGoalRequest, context: Any) -> H.Goal:
-        by = current().name
-        return await self._goals(lambda g: g.cancel(request.goal_id, by, request.reason), context)
+    async def CancelGoal(self, request: G.CancelGoalRequest, context: Any) -> G.Goal:
+        return await self._planner.cancel(request.goal_id, current().name, request.reason)

@@ -6,27 +6,29 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
+from google.protobuf import json_format
 from rich.console import Console
 from rich.table import Table
 
 from edgehub.cli.common import ExitCode, JsonOpt, exit_with, fail
-from edgehub.protocol.v1 import hub_pb2
+from edgehub.protocol.v1 import goals_pb2
 
-from .api import DEFAULT_API, ApiOpt, call
+from ..goals.record import GOAL_ENDED, current_plan, goal_word, task_word
+from .api import DEFAULT_API, ApiOpt, as_json_line, call
 
 console = Console()
 if not console.is_terminal:  # piped or logged: the DAG's table needs more than rich's default 80 columns
     console = Console(width=160)
 
-H = hub_pb2
 goal_app = typer.Typer(
     help="Goals: planned by the hub into a DAG of tasks, run by agents across the fleet.",
     no_args_is_help=True,
 )
-ENDED = ("done", "failed", "cancelled")
+
+G = goals_pb2
 BAR = 24
 """Characters of the timeline column."""
 COLOURS = {
@@ -42,9 +44,9 @@ COLOURS = {
     "synthesising": "yellow",
 }
 ANSWER_BY = {
-    "planner": "synthesised by the planner",
-    "task": "the last task's",
-    "joined": "the last tasks' answers joined",
+    G.ANSWER_BY_PLANNER: "synthesised by the planner",
+    G.ANSWER_BY_TASK: "the last task's",
+    G.ANSWER_BY_JOINED: "the last tasks' answers joined",
 }
 
 
@@ -58,9 +60,22 @@ def _labels(spec: str) -> dict[str, str]:
     return out
 
 
-def _record(goal: H.Goal) -> dict[str, Any]:
-    record: dict[str, Any] = json.loads(goal.record_json or "{}")
-    return record
+def _plan(path: Path) -> G.PlanDraft:
+    """The plan in the file at ``path``: JSON in the planner's draft format (``PlanDraft``)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        fail(f"cannot read the plan {path}: {exc.strerror}")
+    try:
+        return json_format.ParseDict(json.loads(text), G.PlanDraft())
+    except ValueError as exc:  # JSONDecodeError
+        fail(f"the plan {path} is not valid JSON: {exc}")
+    except json_format.ParseError as exc:
+        fail(f"the plan {path} is not in the planner's draft format: {exc}")
+
+
+def _coloured(word: str) -> str:
+    return f"[{COLOURS.get(word, 'white')}]{word}[/]"
 
 
 def _bar(start: float, end: float, t0: float, span: float) -> str:
@@ -71,80 +86,83 @@ def _bar(start: float, end: float, t0: float, span: float) -> str:
     return " " * a + "█" * (min(b, BAR) - a)
 
 
-def show(goal: H.Goal) -> None:
+def show(goal: G.Goal) -> None:
     """The goal's DAG, level by level: each task's status, device, attempts, timings and tokens, and a
-    timeline where tasks that ran in parallel overlap."""
-    r = _record(goal)
-    tasks = r["revisions"][-1]["tasks"] if r.get("revisions") else []
-    states = r.get("tasks", {})
-    t0 = float(r.get("submitted_at", 0))
-    now = time.time()
-    ends = [float(s.get("finished_at") or now) for s in states.values() if s.get("dispatched_at")]
-    span = max([*ends, t0 + 1e-3]) - t0
-    colour = COLOURS.get(goal.status, "white")
+    timeline where tasks that ran in parallel overlap; then its usage, revisions and answer."""
     console.print(
-        f"goal [bold]{goal.goal_id}[/] [{colour}]{goal.status}[/], plan revision {goal.revision}, "
-        f"by {r.get('submitted_by', '?')}: {r.get('text', '')[:200]}"
+        f"goal [bold]{goal.goal_id}[/] {_coloured(goal_word(goal.status))}, plan revision "
+        f"{len(goal.revisions)}, by {goal.submitted_by or '?'}: {goal.text[:200]}"
     )
+    console.print(_dag(goal, time.time()))
+    for t in current_plan(goal):
+        s = goal.tasks.get(t.id, G.TaskState())
+        if why := s.waiting_for or (s.error if s.status != G.TASK_STATUS_DONE else ""):
+            console.print(f"  {t.id}: [yellow]{why}[/]")
+    _outcome(goal)
+
+
+def _dag(goal: G.Goal, now: float) -> Table:
+    t0 = goal.submitted_at
+    ends = [s.finished_at or now for s in goal.tasks.values() if s.dispatched_at]
+    span = max([*ends, t0 + 1e-3]) - t0
     table = Table("level", "task", "needs", "status", "device", "try", "start", "took", "tokens", "timeline")
-    for t in tasks:
-        s = states.get(t["id"], {})
-        status = s.get("status", "?")
-        start = float(s.get("started_at") or s.get("dispatched_at") or 0)
-        end = float(s.get("finished_at") or (now if start else 0))
+    for t in current_plan(goal):
+        s = goal.tasks.get(t.id, G.TaskState())
+        status = task_word(s.status) if s.status else "?"
+        start = s.started_at or s.dispatched_at
+        end = s.finished_at or (now if start else 0)
         table.add_row(
-            str(t["level"]),
-            t["id"] + (" (sub-goal)" if t.get("subgoal") else ""),
-            ", ".join(t["needs"]) or "-",
-            f"[{COLOURS.get(status, 'white')}]{status}[/]",
-            s.get("device", "-"),
-            str(s.get("attempt", 0)),
+            str(t.level),
+            t.id + (" (sub-goal)" if t.subgoal else ""),
+            ", ".join(t.needs) or "-",
+            _coloured(status),
+            s.device or "-",
+            str(s.attempt),
             f"+{start - t0:.1f}s" if start else "-",
             f"{end - start:.1f}s" if start else "-",
-            f"{s.get('usage', {}).get('tokens', 0):,}",
+            f"{s.usage.tokens:,}",
             f"[{COLOURS.get(status, 'white')}]{_bar(start, end, t0, span)}[/]",
         )
-    console.print(table)
-    for t in tasks:
-        s = states.get(t["id"], {})
-        why = s.get("waiting_for") or (s.get("error") if s.get("status") not in ("done",) else "")
-        if why:
-            console.print(f"  {t['id']}: [yellow]{why}[/]")
-    u = r.get("usage", {})
-    per_device = ", ".join(f"{d} {v['tokens']:,}" for d, v in sorted(u.get("by_device", {}).items()))
+    return table
+
+
+def _outcome(goal: G.Goal) -> None:
+    """Usage, what the planner repaired or refused, the error and the answer."""
+    u = goal.usage
+    per_device = ", ".join(f"{d} {v.tokens:,}" for d, v in sorted(u.by_device.items()))
     console.print(
-        f"usage: {u.get('tokens', 0):,} tokens ({per_device or 'no device yet'}), "
-        f"{u.get('tool_calls', 0)} tool calls, planner {u.get('planner_tokens', 0):,} tokens"
+        f"usage: {u.tokens:,} tokens ({per_device or 'no device yet'}), "
+        f"{u.tool_calls} tool calls, planner {u.planner_tokens:,} tokens"
     )
-    for rev in r.get("revisions", []):
-        for repair in rev.get("repairs", []):
-            console.print(f"  revision {rev['revision']} repaired: {repair}")
-        for reason in rev.get("rejected", []):
-            console.print(f"  revision {rev['revision']}: a draft was rejected: {reason}")
+    for rev in goal.revisions:
+        for repair in rev.repairs:
+            console.print(f"  revision {rev.revision} repaired: {repair}")
+        for reason in rev.rejected:
+            console.print(f"  revision {rev.revision}: a draft was rejected: {reason}")
     if goal.error:
         console.print(f"[red]error:[/] {goal.error}")
     if goal.answer:
-        how = ANSWER_BY.get(r.get("answer_by", ""), "")
+        how = ANSWER_BY.get(goal.answer_by, "")
         console.print(f"[bold]answer{f' ({how})' if how else ''}:[/] {goal.answer}")
-    if r.get("synthesis_error"):
-        console.print(f"  [yellow]the planner could not synthesise the answer: {r['synthesis_error']}[/]")
+    if goal.synthesis_error:
+        console.print(f"  [yellow]the planner could not synthesise the answer: {goal.synthesis_error}[/]")
 
 
-def _wait(goal: H.Goal, api: str, seconds: float) -> H.Goal:
+def _wait(goal: G.Goal, api: str, seconds: float) -> G.Goal:
     deadline = time.monotonic() + seconds
-    req = H.GetGoalRequest(goal_id=goal.goal_id)
-    while goal.status not in ENDED and time.monotonic() < deadline:
+    req = G.GetGoalRequest(goal_id=goal.goal_id)
+    while goal.status not in GOAL_ENDED and time.monotonic() < deadline:
         time.sleep(0.5)
         goal = call(api, lambda s: s.GetGoal(req, timeout=10))
     return goal
 
 
-def _out(goal: H.Goal, as_json: bool) -> None:
+def _out(goal: G.Goal, as_json: bool) -> None:
     if as_json:
-        print(goal.record_json)
+        print(as_json_line(goal))
     else:
         show(goal)
-    if goal.status in ("failed", "cancelled"):
+    if goal.status in (G.GOAL_STATUS_FAILED, G.GOAL_STATUS_CANCELLED):
         exit_with(ExitCode.FAILED)
 
 
@@ -172,22 +190,16 @@ def goal_submit(
     """Plan a goal into tasks with the hub's model (or your --plan) and run it across the fleet.
 
     Exit code 1 when planning fails (the reasons are shown), or the goal fails within --wait."""
-    plan_json = ""
-    if plan is not None:
-        try:
-            plan_json = plan.read_text()
-        except OSError as exc:
-            fail(f"cannot read the plan {plan}: {exc.strerror}")
-    req = H.SubmitGoalRequest(
+    req = G.SubmitGoalRequest(
         text=text,
         labels=_labels(devices),
-        budget=H.GoalBudget(
+        budget=G.GoalBudget(
             max_tokens=budget_tokens,
             max_wall_seconds=budget_seconds,
             max_tool_calls=budget_tool_calls,
             max_retries=retries,
         ),
-        plan_json=plan_json,
+        plan=_plan(plan) if plan is not None else None,
         approve_tools=approve_tool or [],
     )
     goal = call(api, lambda s: s.SubmitGoal(req, timeout=900))
@@ -202,30 +214,30 @@ def goal_show(
     as_json: JsonOpt = False,
 ) -> None:
     """The goal's DAG with each task's status, device and timings; its usage and answer."""
-    goal = call(api, lambda s: s.GetGoal(H.GetGoalRequest(goal_id=goal_id), timeout=10))
+    goal = call(api, lambda s: s.GetGoal(G.GetGoalRequest(goal_id=goal_id), timeout=10))
     _out(_wait(goal, api, wait), as_json)
 
 
 @goal_app.command("list")
 def goal_list(api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
     """Every goal the hub keeps, oldest first."""
-    reply = call(api, lambda s: s.ListGoals(H.ListGoalsRequest(), timeout=10))
+    reply = call(api, lambda s: s.ListGoals(G.ListGoalsRequest(), timeout=10))
     if as_json:
         for g in reply.goals:
-            print(g.record_json)
+            print(as_json_line(g))
         return
     table = Table("goal", "status", "tasks", "tokens", "text")
     for g in reply.goals:
-        r = _record(g)
-        tasks = ", ".join(f"{n} {s}" for s, n in sorted(r.get("tasks", {}).items()))
-        table.add_row(g.goal_id, g.status, tasks, f"{r.get('tokens', 0):,}", r.get("text", "")[:60])
+        tasks = ", ".join(f"{c.count} {task_word(c.status)}" for c in g.tasks)
+        table.add_row(g.goal_id, goal_word(g.status), tasks, f"{g.tokens:,}", g.text[:60])
     console.print(table)
 
 
 def _decide(goal_id: str, task_id: str, approve: bool, note: str, api: str) -> None:
-    req = H.DecideTaskRequest(goal_id=goal_id, task_id=task_id, approve=approve, note=note)
+    req = G.DecideTaskRequest(goal_id=goal_id, task_id=task_id, approve=approve, note=note)
     goal = call(api, lambda s: s.DecideTask(req, timeout=10))
-    console.print(f"task {task_id} of {goal_id} {'approved' if approve else 'denied'}; goal {goal.status}")
+    verdict = "approved" if approve else "denied"
+    console.print(f"task {task_id} of {goal_id} {verdict}; goal {goal_word(goal.status)}")
 
 
 NoteOpt = Annotated[str, typer.Option(help="Why (kept in the goal's audit trail).")]
@@ -246,6 +258,6 @@ def goal_deny(goal_id: str, task_id: str, note: NoteOpt = "", api: ApiOpt = DEFA
 @goal_app.command("cancel")
 def goal_cancel(goal_id: str, reason: NoteOpt = "", api: ApiOpt = DEFAULT_API) -> None:
     """Stop a goal: its running tasks' agents are stopped, nothing more is dispatched."""
-    req = H.CancelGoalRequest(goal_id=goal_id, reason=reason)
+    req = G.CancelGoalRequest(goal_id=goal_id, reason=reason)
     goal = call(api, lambda s: s.CancelGoal(req, timeout=10))
-    console.print(f"goal {goal.goal_id} {goal.status}")
+    console.print(f"goal {goal.goal_id} {goal_word(goal.status)}")

@@ -5,6 +5,10 @@
 ``fleet`` (``DeviceView``: a device twin as placement sees it) and ``assign`` (``assign``: a device
 for each ready task, or ``Unplaced`` with a reason). No I/O and no model calls here: the planner's
 model call, plan storage and dispatch build on these.
+
+The goal itself: ``record`` (the ``edgehub.v1.Goal`` record; ``legacy`` reads version 1) and
+``schedule`` (the scheduler, pure), stored and carried out by ``service.GoalService`` with its parts
+``store``, ``work``, ``effects`` and ``intake``.
 """
 
 from .assign import Assignment, Unplaced, assign

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from edgehub.protocol.v1 import goals_pb2
 
 from .errors import PlanRejected
 
@@ -123,6 +126,17 @@ def parse_draft(text: str) -> PlanDraft:
         return PlanDraft.model_validate_json(text, strict=True)
     except ValidationError as exc:
         raise PlanRejected(_reason(exc, text)) from None
+
+
+def draft_of(plan: goals_pb2.PlanDraft) -> PlanDraft:
+    """The draft in an operator's ``PlanDraft`` message (``SubmitGoal``), checked as a model's answer
+    is; ``PlanRejected`` naming what is wrong otherwise (every field is present in the message, so an
+    empty id or an estimate of 0 is named for its bound, not as missing)."""
+    fields = MessageToDict(plan, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    try:
+        return PlanDraft.model_validate(fields, strict=True)
+    except ValidationError as exc:
+        raise PlanRejected(_reason(exc, "")) from None
 
 
 def _reason(exc: ValidationError, text: str) -> str:

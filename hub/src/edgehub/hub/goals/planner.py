@@ -4,8 +4,8 @@ end, the results of the plan's last tasks in, the goal's answer out (``synthesis
 The hub's own llama.cpp model (``edgehub.llm``, the edges' brain code) writes a draft constrained to
 ``draft_schema`` by grammar; ``parse_draft`` and ``validate`` check it. A rejected draft is not
 dispatched: the model is asked again with the reason (up to ``attempts`` drafts), and the goal fails
-with every reason when none passes. Operators may also write the plan themselves (``plan_json``):
-it passes the same checks, once.
+with every reason when none passes. Operators may also write the plan themselves (a ``PlanDraft``
+message, ``plan_given``): it passes the same checks, once.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from edgehub.llm import Completion
+from edgehub.protocol.v1 import goals_pb2
 
-from .draft import draft_schema, parse_draft
+from .draft import draft_of, draft_schema, parse_draft
 from .errors import PlanRejected, SynthesisFailed
 from .placement import DeviceView
 from .validate import Limits, Plan, validate
@@ -165,10 +166,10 @@ async def synthesise_with_model(
 
 
 def plan_given(
-    plan_json: str, fleet: Sequence[DeviceView], limits: Limits, *, subgoals: bool = True
+    plan: goals_pb2.PlanDraft, fleet: Sequence[DeviceView], limits: Limits, *, subgoals: bool = True
 ) -> Planned:
     """An operator's plan (the draft format), checked as a model's would be."""
-    return Planned(_no_subgoals(validate(parse_draft(plan_json), fleet, limits), subgoals), 1)
+    return Planned(_no_subgoals(validate(draft_of(plan), fleet, limits), subgoals), 1)
 
 
 def _no_subgoals(plan: Plan, allowed: bool) -> Plan:

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from edgehub.protocol.v1 import goals_pb2 as edgehub_dot_v1_dot_goals__pb2
 from edgehub.protocol.v1 import hub_pb2 as edgehub_dot_v1_dot_hub__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -146,28 +147,28 @@ class HubServiceStub:
                 _registered_method=True)
         self.SubmitGoal = channel.unary_unary(
                 '/edgehub.v1.HubService/SubmitGoal',
-                request_serializer=edgehub_dot_v1_dot_hub__pb2.SubmitGoalRequest.SerializeToString,
-                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+                request_serializer=edgehub_dot_v1_dot_goals__pb2.SubmitGoalRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_goals__pb2.Goal.FromString,
                 _registered_method=True)
         self.GetGoal = channel.unary_unary(
                 '/edgehub.v1.HubService/GetGoal',
-                request_serializer=edgehub_dot_v1_dot_hub__pb2.GetGoalRequest.SerializeToString,
-                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+                request_serializer=edgehub_dot_v1_dot_goals__pb2.GetGoalRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_goals__pb2.Goal.FromString,
                 _registered_method=True)
         self.ListGoals = channel.unary_unary(
                 '/edgehub.v1.HubService/ListGoals',
-                request_serializer=edgehub_dot_v1_dot_hub__pb2.ListGoalsRequest.SerializeToString,
-                response_deserializer=edgehub_dot_v1_dot_hub__pb2.ListGoalsResponse.FromString,
+                request_serializer=edgehub_dot_v1_dot_goals__pb2.ListGoalsRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_goals__pb2.ListGoalsResponse.FromString,
                 _registered_method=True)
         self.DecideTask = channel.unary_unary(
                 '/edgehub.v1.HubService/DecideTask',
-                request_serializer=edgehub_dot_v1_dot_hub__pb2.DecideTaskRequest.SerializeToString,
-                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+                request_serializer=edgehub_dot_v1_dot_goals__pb2.DecideTaskRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_goals__pb2.Goal.FromString,
                 _registered_method=True)
         self.CancelGoal = channel.unary_unary(
                 '/edgehub.v1.HubService/CancelGoal',
-                request_serializer=edgehub_dot_v1_dot_hub__pb2.CancelGoalRequest.SerializeToString,
-                response_deserializer=edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+                request_serializer=edgehub_dot_v1_dot_goals__pb2.CancelGoalRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_goals__pb2.Goal.FromString,
                 _registered_method=True)
 
 
@@ -334,7 +335,7 @@ class HubServiceServicer:
     def SubmitGoal(self, request, context):
         """Plan a goal into a DAG of tasks (the hub's planner model, or the plan given) and run it across
         the fleet. Returns once the plan is accepted (or the goal failed planning, with the reason).
-        INVALID_ARGUMENT: an empty or oversized goal, a bad selector or budget.
+        INVALID_ARGUMENT: an empty or oversized goal, a bad selector or budget, an oversized plan.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -481,28 +482,28 @@ def add_HubServiceServicer_to_server(servicer, server):
             ),
             'SubmitGoal': grpc.unary_unary_rpc_method_handler(
                     servicer.SubmitGoal,
-                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.SubmitGoalRequest.FromString,
-                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Goal.SerializeToString,
+                    request_deserializer=edgehub_dot_v1_dot_goals__pb2.SubmitGoalRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_goals__pb2.Goal.SerializeToString,
             ),
             'GetGoal': grpc.unary_unary_rpc_method_handler(
                     servicer.GetGoal,
-                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.GetGoalRequest.FromString,
-                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Goal.SerializeToString,
+                    request_deserializer=edgehub_dot_v1_dot_goals__pb2.GetGoalRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_goals__pb2.Goal.SerializeToString,
             ),
             'ListGoals': grpc.unary_unary_rpc_method_handler(
                     servicer.ListGoals,
-                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.ListGoalsRequest.FromString,
-                    response_serializer=edgehub_dot_v1_dot_hub__pb2.ListGoalsResponse.SerializeToString,
+                    request_deserializer=edgehub_dot_v1_dot_goals__pb2.ListGoalsRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_goals__pb2.ListGoalsResponse.SerializeToString,
             ),
             'DecideTask': grpc.unary_unary_rpc_method_handler(
                     servicer.DecideTask,
-                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.DecideTaskRequest.FromString,
-                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Goal.SerializeToString,
+                    request_deserializer=edgehub_dot_v1_dot_goals__pb2.DecideTaskRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_goals__pb2.Goal.SerializeToString,
             ),
             'CancelGoal': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelGoal,
-                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.CancelGoalRequest.FromString,
-                    response_serializer=edgehub_dot_v1_dot_hub__pb2.Goal.SerializeToString,
+                    request_deserializer=edgehub_dot_v1_dot_goals__pb2.CancelGoalRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_goals__pb2.Goal.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1124,8 +1125,8 @@ class HubService:
             request,
             target,
             '/edgehub.v1.HubService/SubmitGoal',
-            edgehub_dot_v1_dot_hub__pb2.SubmitGoalRequest.SerializeToString,
-            edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+            edgehub_dot_v1_dot_goals__pb2.SubmitGoalRequest.SerializeToString,
+            edgehub_dot_v1_dot_goals__pb2.Goal.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1151,8 +1152,8 @@ class HubService:
             request,
             target,
             '/edgehub.v1.HubService/GetGoal',
-            edgehub_dot_v1_dot_hub__pb2.GetGoalRequest.SerializeToString,
-            edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+            edgehub_dot_v1_dot_goals__pb2.GetGoalRequest.SerializeToString,
+            edgehub_dot_v1_dot_goals__pb2.Goal.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1178,8 +1179,8 @@ class HubService:
             request,
             target,
             '/edgehub.v1.HubService/ListGoals',
-            edgehub_dot_v1_dot_hub__pb2.ListGoalsRequest.SerializeToString,
-            edgehub_dot_v1_dot_hub__pb2.ListGoalsResponse.FromString,
+            edgehub_dot_v1_dot_goals__pb2.ListGoalsRequest.SerializeToString,
+            edgehub_dot_v1_dot_goals__pb2.ListGoalsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1205,8 +1206,8 @@ class HubService:
             request,
             target,
             '/edgehub.v1.HubService/DecideTask',
-            edgehub_dot_v1_dot_hub__pb2.DecideTaskRequest.SerializeToString,
-            edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+            edgehub_dot_v1_dot_goals__pb2.DecideTaskRequest.SerializeToString,
+            edgehub_dot_v1_dot_goals__pb2.Goal.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1232,8 +1233,8 @@ class HubService:
             request,
             target,
             '/edgehub.v1.HubService/CancelGoal',
-            edgehub_dot_v1_dot_hub__pb2.CancelGoalRequest.SerializeToString,
-            edgehub_dot_v1_dot_hub__pb2.Goal.FromString,
+            edgehub_dot_v1_dot_goals__pb2.CancelGoalRequest.SerializeToString,
+            edgehub_dot_v1_dot_goals__pb2.Goal.FromString,
             options,
             channel_credentials,
             insecure,
