@@ -12,6 +12,7 @@ from edgehub.cli.common import err, fail
 from ..config import EdgeConfig, load_config
 from ..errors import EdgeError
 from ..safety.build import build_scrubber
+from ..store.base import DeviceStore
 from ..store.sqlite import SqliteStore
 
 
@@ -34,7 +35,7 @@ def hardware_settings() -> dict[str, dict[str, Any]]:
         return {}
 
 
-def open_store(cfg: EdgeConfig) -> SqliteStore:
+def open_store(cfg: EdgeConfig) -> DeviceStore:
     try:
         return SqliteStore.open(cfg.store_path, device_id=cfg.device.id, outgoing=build_scrubber(cfg))
     except EdgeError as exc:
