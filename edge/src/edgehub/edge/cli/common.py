@@ -4,8 +4,8 @@ Options, ``fail`` and the exit codes are the whole CLI's (``edgehub.cli.common``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from edgehub.cli.common import err, fail
 
@@ -23,7 +23,7 @@ def load(path: Path | None) -> EdgeConfig:
         fail(exc)
 
 
-def hardware_settings() -> dict[str, dict[str, Any]]:
+def hardware_settings() -> Mapping[str, Mapping[str, object]]:
     """This machine's hardware profile's settings (``edgehub hardware detect``), in edge.toml's shape;
     none when it cannot be read (a warning says why: the built-in defaults apply)."""
     try:
