@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import astuple, replace
 from typing import Any
 
 from edgehub.protocol.v1 import agent_pb2
@@ -29,21 +30,7 @@ class Approvals(AgentRows, Outbox):
             " ON CONFLICT(key) DO UPDATE SET tool = excluded.tool, args_json = excluded.args_json,"
             " proposal_json = excluded.proposal_json, rule = excluded.rule, reason = excluded.reason,"
             " requested_at = excluded.requested_at WHERE approvals.status = 'pending'",
-            (
-                a.key,
-                a.agent_id,
-                a.step,
-                a.tool,
-                a.args_json,
-                a.proposal_json,
-                a.rule,
-                a.reason,
-                a.status,
-                a.decided_by,
-                a.note,
-                a.requested_at or time.time(),
-                a.decided_at,
-            ),
+            astuple(replace(a, requested_at=a.requested_at or time.time())),  # in APPROVAL_COLS' order
         )
 
     def get_approval(self, key: str) -> Approval | None:

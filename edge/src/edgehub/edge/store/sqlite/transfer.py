@@ -16,6 +16,42 @@ BUNDLE_SCHEMA_VERSION = 1
 """``AgentBundle.schema_version`` this store writes and reads."""
 
 
+def _record_of(a: Approval) -> agent_pb2.ApprovalRecord:
+    """An approval as it travels in an ``AgentBundle`` (the agent id is the bundle's)."""
+    return agent_pb2.ApprovalRecord(
+        key=a.key,
+        step=a.step,
+        tool=a.tool,
+        args_json=a.args_json,
+        proposal_json=a.proposal_json,
+        rule=a.rule,
+        reason=a.reason,
+        status=a.status,
+        decided_by=a.decided_by,
+        note=a.note,
+        requested_at=a.requested_at or 0.0,
+        decided_at=a.decided_at or 0.0,
+    )
+
+
+def _approval_of(r: agent_pb2.ApprovalRecord, agent_id: str) -> Approval:
+    return Approval(
+        r.key,
+        agent_id,
+        r.step,
+        r.tool,
+        r.args_json,
+        r.proposal_json,
+        r.rule,
+        r.reason,
+        r.status,
+        r.decided_by,
+        r.note,
+        r.requested_at,
+        r.decided_at or None,
+    )
+
+
 class Transfer(Approvals, Sessions):
     """An agent's whole state across the tables: agent, turns, notes, approvals."""
 
@@ -42,21 +78,7 @@ class Transfer(Approvals, Sessions):
         for a in self._rows(
             f"SELECT {APPROVAL_COLS} FROM approvals WHERE agent_id = ? ORDER BY key", (agent_id,)
         ):
-            r = Approval(*a)
-            bundle.approvals.add(
-                key=r.key,
-                step=r.step,
-                tool=r.tool,
-                args_json=r.args_json,
-                proposal_json=r.proposal_json,
-                rule=r.rule,
-                reason=r.reason,
-                status=r.status,
-                decided_by=r.decided_by,
-                note=r.note,
-                requested_at=r.requested_at or 0.0,
-                decided_at=r.decided_at or 0.0,
-            )
+            bundle.approvals.append(_record_of(Approval(*a)))
         bundle.exported_at.GetCurrentTime()
         return bundle
 
@@ -118,22 +140,6 @@ class Transfer(Approvals, Sessions):
                     "INSERT INTO notes(agent_id, key, value, updated_at) VALUES (?,?,?,?)",
                     (agent_id, note.key, note.value, now),
                 )
-            for a in bundle.approvals:  # this agent has none here now: each is inserted as it was
-                self._put_approval(
-                    Approval(
-                        a.key,
-                        agent_id,
-                        a.step,
-                        a.tool,
-                        a.args_json,
-                        a.proposal_json,
-                        a.rule,
-                        a.reason,
-                        a.status,
-                        a.decided_by,
-                        a.note,
-                        a.requested_at,
-                        a.decided_at or None,
-                    )
-                )
+            for record in bundle.approvals:  # this agent has none here now: each is inserted as it was
+                self._put_approval(_approval_of(record, agent_id))
         return True
