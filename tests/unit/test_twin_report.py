@@ -10,6 +10,7 @@ import numpy as np
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
 from edgehub.edge.store.base import Episode
+from edgehub.edge.uplink.twin import TWIN_SCHEMA_VERSION, TWINS
 from edgehub.llm.fake import FakeBrain
 from edgehub.protocol.v1 import twin_pb2
 
@@ -60,3 +61,22 @@ async def test_the_twin_reports_what_its_memories_are_about_for_data_locality(tm
     assert memories[:2] == ["belt", "conveyor"]  # in two memories each; the rest once
     assert {"boiler", "pressure", "slipped", "tension"} <= set(memories)
     assert "the" not in memories
+
+
+async def test_the_twin_is_written_as_a_versioned_device_twin_message(tmp_path: Path) -> None:
+    cfg = EdgeConfig.model_validate(
+        {
+            "device": {"id": "dev-9", "data_dir": str(tmp_path)},
+            "tools": {"load_entry_points": False},
+            "sandbox": {"mode": "off"},
+        }
+    )
+    async with EdgeDaemon(cfg, brain=FakeBrain(lambda prompt: "{}")) as daemon:
+        stopped = daemon.parts.twin.twin(twin_pb2.DEVICE_STATE_STOPPED)
+    data = TWINS.encode(stopped)
+    assert twin_pb2.DeviceTwin.FromString(data).schema_version == TWIN_SCHEMA_VERSION == 1
+    read = TWINS.decode(data)
+    assert (read.device_id, read.state, read.heartbeat_s) == ("dev-9", twin_pb2.DEVICE_STATE_STOPPED, 5.0)
+    assert read.version
+    assert read.hardware.cpus >= 1
+    assert read.max_concurrent >= 1

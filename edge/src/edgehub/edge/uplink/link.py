@@ -26,6 +26,7 @@ from edgehub.sync.records import RecordStore
 from edgehub.sync.streams import DEVICES
 
 from ..config import HubLinkConfig
+from ..errors import ConfigError
 from .identity import DeviceIdentity
 from .twin import TWINS
 
@@ -64,7 +65,7 @@ class HubLink:
     ) -> None:
         urls = [cfg.nats_url] if cfg.nats_url else list(identity.nats_urls if identity else ())
         if not urls:
-            raise ValueError("HubLink needs [hub] nats_url or an enrolled identity")
+            raise ConfigError("no NATS URL for the hub: set it, or enroll the device", key="hub.nats_url")
         self.urls = urls
         self.identity = identity
         self.cfg = cfg
