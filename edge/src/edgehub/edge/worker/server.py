@@ -28,9 +28,10 @@ import socket
 import struct
 import sys
 from dataclasses import asdict, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..jsontypes import JsonObject
+if TYPE_CHECKING:  # this file runs as a script in the worker (python -P server.py): no package imports
+    from edgehub.edge.jsontypes import JsonObject
 
 HEADER = struct.Struct(">I")
 MAX_MESSAGE = 16 << 20
