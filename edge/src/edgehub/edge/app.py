@@ -80,22 +80,27 @@ class EdgeDaemon:
 
     @property
     def store(self) -> DeviceStore:
+        """The device's store."""
         return self.parts.store
 
     @property
     def brain(self) -> Brain:
+        """The model the agents think with."""
         return self.parts.brain
 
     @property
     def loop(self) -> AgentLoop:
+        """The agents' ReAct loop."""
         return self.parts.loop
 
     @property
     def indexer(self) -> EpisodeIndexer | None:
+        """L3 indexing (None: ``[memory] episodic`` is off)."""
         return self.parts.indexer
 
     @property
     def metrics_port(self) -> int | None:
+        """Where /metrics is served (None: not served)."""
         return self.parts.metrics_port
 
     def submit(

@@ -65,6 +65,7 @@ class DrainFlag:
 
     @property
     def on(self) -> bool:
+        """The device is draining."""
         return self.path.exists()
 
     def set(self, on: bool, reason: str) -> None:

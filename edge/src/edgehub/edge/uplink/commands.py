@@ -93,12 +93,15 @@ class CommandRouter:
     # the MigrationSite a migration runs on -------------------------------------------------------
     @property
     def draining(self) -> bool:
+        """Drained by the hub (``DrainFlag``)."""
         return self.drain.on
 
     def hold(self, agent_id: str) -> AbstractAsyncContextManager[None]:
+        """The scheduler's ``hold``."""
         return self.agents.hold(agent_id)
 
     def schedule(self) -> None:
+        """The scheduler's ``schedule``."""
         self.agents.schedule()
 
     # applying ------------------------------------------------------------------------------------

@@ -112,6 +112,8 @@ class HubLink:
         return None
 
     def check_alarm(self) -> None:
+        """Log an alarm when the outbox holds more than ``[hub] outbox_alarm`` events (once, until it
+        is back under the limit)."""
         depth = self.store.outbox_depth()
         if depth > self.cfg.outbox_alarm and not self._alarmed:
             log.error(
