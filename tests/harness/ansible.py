@@ -210,15 +210,14 @@ def build_wheelhouse(out: Path) -> tuple[Path, Path]:
 
 def edge_wheel(project: Path, out: Path, version: str, patch: str = "") -> Path:
     """A wheel folder for ``version``: the project's wheels with edgehub-edge rebuilt from a copy of
-    ``edge/`` at that version; ``patch`` is Python appended to its hub link module (``uplink/link.py``:
-    a broken build)."""
+    ``edge/`` at that version; ``patch`` is Python appended to its ``uplink/twin.py`` (a broken build)."""
     src = out / f"edge-src-{version}"
     shutil.copytree(ROOT / "edge", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "dist"))
     pyproject = src / "pyproject.toml"
     text = pyproject.read_text()
     pyproject.write_text(re.sub(r'(?m)^version = ".*"$', f'version = "{version}"', text, count=1))
     if patch:
-        with (src / "src" / "edgehub" / "edge" / "uplink" / "link.py").open("a") as f:
+        with (src / "src" / "edgehub" / "edge" / "uplink" / "twin.py").open("a") as f:
             f.write("\n\n" + patch + "\n")
     wheels = out / f"wheels-{version}"
     wheels.mkdir()

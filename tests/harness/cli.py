@@ -39,7 +39,7 @@ def start_daemon(data_dir: Path, env: dict[str, str] | None = None) -> subproces
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    from edgehub.edge.app import DaemonLock
+    from edgehub.edge.datadir import DaemonLock
 
     deadline = time.monotonic() + 60
     while not DaemonLock.held(data_dir):

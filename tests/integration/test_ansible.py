@@ -55,11 +55,11 @@ def _sshd_installed() -> None:
 
 
 BROKEN = """
-def _never_reports(self, state):  # a build that runs but never reports to the hub (rollout test)
+def _never_reports(self, state=None):  # a build that runs but never reports to the hub (rollout test)
     raise RuntimeError("this build cannot report its twin")
 
 
-HubLink.twin = _never_reports
+TwinReporter.twin = _never_reports
 """
 
 

@@ -53,7 +53,7 @@ def test_corrupt_model_file_is_a_clear_error(tmp_path: Path, kind: str) -> None:
 
 
 def test_second_daemon_on_the_same_data_dir_is_refused(tmp_path: Path) -> None:
-    from edgehub.edge.app import DaemonLock
+    from edgehub.edge.datadir import DaemonLock
 
     lock = DaemonLock(tmp_path)
     lock.acquire()

@@ -231,7 +231,7 @@ async def test_a_migration_the_source_cannot_give_fails_and_nothing_moves(tmp_pa
 
             await until(known_running, within=30, what="the hub to see the agent running")
             # hold the agent so the hub still sees it running, finish it behind the hub's back
-            async with a.hold("stayer"):
+            async with a.parts.scheduler.hold("stayer"):
                 state = a_store.load_agent("stayer")
                 state.status = S.AGENT_STATUS_FINISHED
                 a_store.update_agent(state)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -75,3 +77,15 @@ def test_a_silent_peer_times_out_instead_of_hanging(pair: tuple[socket.socket, s
     b.settimeout(0.1)
     with pytest.raises(FrameError, match="timed out reading the frame body"):
         recv_msg(b)
+
+
+def test_the_worker_script_loads_without_the_edgehub_edge_package() -> None:
+    """The worker runs ``server.py`` by path (``python -P``): a package-relative import there would
+    kill every worker at start."""
+    from edgehub.edge.worker import server
+
+    code = "import runpy, sys; runpy.run_path(sys.argv[1]); assert 'edgehub.edge' not in sys.modules"
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", code, server.__file__], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr

@@ -16,9 +16,46 @@ from prometheus_client.registry import Collector
 from edgehub.protocol.v1 import agent_pb2
 
 S = agent_pb2
+Family = GaugeMetricFamily | CounterMetricFamily
+
+
+class DaemonCollector(Collector):
+    """What the daemon reports at scrape time: the outbox's depth, the agents stepping and the events
+    published (once the hub link has connected)."""
+
+    def __init__(
+        self,
+        device_id: str,
+        *,
+        outbox_depth: Callable[[], int],
+        running: Callable[[], int],
+        published: Callable[[], int | None],
+    ) -> None:
+        self.device_id = device_id
+        self.outbox_depth = outbox_depth
+        self.running = running
+        self.published = published
+
+    def collect(self) -> Iterator[Family]:
+        d = self.device_id
+        depth = GaugeMetricFamily(
+            "edgehub_edge_outbox_depth", "Events waiting for the hub", labels=["device"]
+        )
+        depth.add_metric([d], self.outbox_depth())
+        yield depth
+        running = GaugeMetricFamily("edgehub_edge_agents_running", "Agents stepping now", labels=["device"])
+        running.add_metric([d], self.running())
+        yield running
+        published = self.published()
+        if published is not None:
+            sent = CounterMetricFamily("edgehub_edge_events_published", "Events published", labels=["device"])
+            sent.add_metric([d], published)
+            yield sent
 
 
 class EdgeMetrics:
+    """The daemon's registry: step counters and histograms, and what ``add_collector`` adds."""
+
     def __init__(self, device_id: str) -> None:
         self.registry = CollectorRegistry()
         labels = {"device": device_id}
@@ -42,6 +79,7 @@ class EdgeMetrics:
         self._server: WSGIServer | None = None
 
     def observe_step(self, event: agent_pb2.StepEvent) -> None:
+        """Count a committed action step (its tool, outcome, time and tokens)."""
         if event.kind != S.STEP_KIND_ACTION:
             return
         d = self._labels["device"]
@@ -51,12 +89,8 @@ class EdgeMetrics:
         self.tokens.labels(d, "evaluated").inc(event.tokens.evaluated)
         self.tokens.labels(d, "completion").inc(event.tokens.completion)
 
-    def add_collector(self, collect: Callable[[], Iterator[GaugeMetricFamily | CounterMetricFamily]]) -> None:
-        class _Fn(Collector):
-            def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
-                return collect()
-
-        self.registry.register(_Fn())
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
 
     def serve(self, addr: str, port: int) -> int:
         """Serve /metrics on a background thread; returns the bound port."""
@@ -64,6 +98,7 @@ class EdgeMetrics:
         return int(self._server.server_port)
 
     def close(self) -> None:
+        """Stop serving (a no-op when not serving)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+
+from ..jsontypes import JsonObject
 
 MAX_ACTION_CHARS = 16_384
 
@@ -22,7 +23,7 @@ class Proposal:
     """The model's text exactly as generated (kept verbatim so the prompt prefix stays reusable)."""
     thought: str = ""
     tool: str = ""
-    args: dict[str, Any] = field(default_factory=dict)
+    args: JsonObject = field(default_factory=dict)
     error: str = ""
     """Why the output is not a usable action (empty when it is)."""
 

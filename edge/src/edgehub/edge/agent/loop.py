@@ -35,6 +35,7 @@ from ..memory.l1 import steps_to_compact
 from ..store.base import Approval, EdgeStore
 from ..tracing import AgentSpans
 from .actions import Proposal, parse_action
+from .base import StepMonitor
 from .prompt import PromptBuilder
 from .tools.base import CommandRunner, Knowledge, Recall, ToolContext
 from .tools.gateway import ExecutionGateway
@@ -42,8 +43,6 @@ from .tools.registry import ToolRegistry
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
-
-    from ..safety.stuck import StuckMonitor
 
 S = agent_pb2
 log = logging.getLogger("edgehub.edge.agent")
@@ -85,7 +84,7 @@ class LoopDeps:
     workspaces: Path
     n_ctx: int
     max_action_tokens: int
-    monitor: StuckMonitor | None = None
+    monitor: StepMonitor | None = None
     sandbox: CommandRunner | None = None
     on_step: Callable[[agent_pb2.StepEvent], None] | None = None
     """Told about every committed action step (metrics)."""

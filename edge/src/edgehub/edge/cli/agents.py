@@ -16,10 +16,11 @@ from edgehub.cli.common import ConfigOpt, ExitCode, JsonOpt, console, err, exit_
 from edgehub.protocol.v1 import agent_pb2
 
 from ..agent.loop import new_agent
-from ..app import DaemonLock, EdgeDaemon
+from ..app import EdgeDaemon
 from ..config import EdgeConfig
+from ..datadir import DaemonLock
 from ..errors import EdgeError
-from ..store.sqlite import SqliteStore
+from ..store.base import EdgeStore
 from .common import load, open_store
 from .render import dumps, event_dict, print_event, print_summary, state_dict, status_name
 
@@ -27,7 +28,7 @@ S = agent_pb2
 agent_app = typer.Typer(help="Agents on this device: run a goal, list, trace.", no_args_is_help=True)
 
 
-def _follow(store: SqliteStore, agent_id: str, as_json: bool, seen: int) -> int:
+def _follow(store: EdgeStore, agent_id: str, as_json: bool, seen: int) -> int:
     events = store.mind_log(agent_id, limit=100_000)
     for event in events[seen:]:
         if as_json:
@@ -37,7 +38,7 @@ def _follow(store: SqliteStore, agent_id: str, as_json: bool, seen: int) -> int:
     return len(events)
 
 
-def _finish(store: SqliteStore, agent_id: str, as_json: bool) -> None:
+def _finish(store: EdgeStore, agent_id: str, as_json: bool) -> None:
     state = store.load_agent(agent_id)
     if as_json:
         print(dumps({"agent": state_dict(state)}), flush=True)
@@ -55,7 +56,6 @@ async def _run_in_process(
     cfg: EdgeConfig, config: Path | None, goal: str, budget: agent_pb2.Budget, as_json: bool
 ) -> str:
     async with EdgeDaemon(cfg, config_path=config) as daemon:
-        assert daemon.store is not None
         agent_id = daemon.submit(goal, budget=budget)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -4,14 +4,15 @@ Options, ``fail`` and the exit codes are the whole CLI's (``edgehub.cli.common``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from edgehub.cli.common import err, fail
 
 from ..config import EdgeConfig, load_config
 from ..errors import EdgeError
 from ..safety.build import build_scrubber
+from ..store.base import DeviceStore
 from ..store.sqlite import SqliteStore
 
 
@@ -22,7 +23,7 @@ def load(path: Path | None) -> EdgeConfig:
         fail(exc)
 
 
-def hardware_settings() -> dict[str, dict[str, Any]]:
+def hardware_settings() -> Mapping[str, Mapping[str, object]]:
     """This machine's hardware profile's settings (``edgehub hardware detect``), in edge.toml's shape;
     none when it cannot be read (a warning says why: the built-in defaults apply)."""
     try:
@@ -34,7 +35,7 @@ def hardware_settings() -> dict[str, dict[str, Any]]:
         return {}
 
 
-def open_store(cfg: EdgeConfig) -> SqliteStore:
+def open_store(cfg: EdgeConfig) -> DeviceStore:
     try:
         return SqliteStore.open(cfg.store_path, device_id=cfg.device.id, outgoing=build_scrubber(cfg))
     except EdgeError as exc:

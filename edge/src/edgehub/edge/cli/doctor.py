@@ -12,7 +12,6 @@ import asyncio
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Any
 
 from edgehub.llm import ModelFileError, check_model_file
 
@@ -99,19 +98,23 @@ def check_model(cfg: EdgeConfig) -> Finding:
 
 async def _nats_ping(urls: list[str], identity: DeviceIdentity | None, wait_s: float) -> None:
     import nats
+    from nats.aio.client import DEFAULT_INBOX_PREFIX
 
     errors: list[Exception] = []
 
     async def collect(exc: Exception) -> None:  # instead of nats-py's traceback on stderr
         errors.append(exc)
 
-    auth: dict[str, Any] = {"error_cb": collect}
-    if identity is not None:
-        auth = {"user_credentials": str(identity.creds), "inbox_prefix": identity.inbox_prefix}
     try:
         nc = await asyncio.wait_for(
             nats.connect(
-                urls, connect_timeout=wait_s, allow_reconnect=False, max_reconnect_attempts=0, **auth
+                urls,
+                connect_timeout=wait_s,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                error_cb=collect,
+                user_credentials=str(identity.creds) if identity else None,
+                inbox_prefix=identity.inbox_prefix if identity else DEFAULT_INBOX_PREFIX,
             ),
             wait_s * 2,
         )

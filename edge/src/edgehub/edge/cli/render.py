@@ -11,15 +11,17 @@ from rich.markup import escape
 
 from edgehub.protocol.v1 import agent_pb2
 
+from ..jsontypes import JsonObject
+
 S = agent_pb2
 
 
-def event_dict(event: agent_pb2.StepEvent) -> dict[str, Any]:
+def event_dict(event: agent_pb2.StepEvent) -> JsonObject:
     """JSON-ready form of a mind-log entry (proto3 JSON mapping, field names as in the .proto)."""
     return MessageToDict(event, preserving_proto_field_name=True)
 
 
-def state_dict(state: agent_pb2.AgentState) -> dict[str, Any]:
+def state_dict(state: agent_pb2.AgentState) -> JsonObject:
     return MessageToDict(state, preserving_proto_field_name=True)
 
 

@@ -29,8 +29,7 @@ import numpy as np
 from edgehub.protocol.v1 import agent_pb2
 from edgehub.sync import Stopped, until_stopped
 
-from ..store.base import Episode
-from ..store.sqlite import SqliteStore
+from ..store.base import Episode, EpisodeStore
 
 S = agent_pb2
 log = logging.getLogger("edgehub.edge.memory")
@@ -95,7 +94,7 @@ class EpisodicMemory:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: EpisodeStore,
         embedder: Embedder,
         *,
         half_life_s: float = 7 * 24 * 3600.0,

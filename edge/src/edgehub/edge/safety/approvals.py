@@ -12,13 +12,14 @@ The policy in force at resume still wins: an approved call that policy now denie
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Protocol
 
 from edgehub.protocol.v1 import agent_pb2
 
 from ..agent.tools.base import ToolContext, ToolSpec
 from ..agent.tools.gateway import Decision
 from ..errors import EdgeError
+from ..jsontypes import JsonObject
 from ..store.base import Approval, EdgeStore
 from .policy import PolicyEngine
 
@@ -37,7 +38,7 @@ class PolicyAdmission:
         self.approvals = approvals
 
     async def admit(
-        self, call: agent_pb2.ToolCall, spec: ToolSpec, args: dict[str, Any], ctx: ToolContext
+        self, call: agent_pb2.ToolCall, spec: ToolSpec, args: JsonObject, ctx: ToolContext
     ) -> Decision:
         v = self.engine.decide(call.tool, args)
         if v.effect != "needs_approval":

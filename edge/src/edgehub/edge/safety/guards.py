@@ -10,8 +10,6 @@ tools talk to.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pybreaker
 from aiolimiter import AsyncLimiter
 
@@ -19,6 +17,7 @@ from edgehub.protocol.v1 import agent_pb2
 
 from ..agent.tools.base import ToolContext, ToolOutput, ToolSpec
 from ..agent.tools.gateway import Decision, Proceed
+from ..jsontypes import JsonObject
 
 S = agent_pb2
 
@@ -42,7 +41,7 @@ class RateLimits:
         return self._limiters[tool]
 
     async def admit(
-        self, call: agent_pb2.ToolCall, spec: ToolSpec, args: dict[str, Any], ctx: ToolContext
+        self, call: agent_pb2.ToolCall, spec: ToolSpec, args: JsonObject, ctx: ToolContext
     ) -> Decision | None:
         limiter = self._limiter(spec.name)
         if limiter is None:

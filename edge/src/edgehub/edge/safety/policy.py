@@ -48,11 +48,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import ConfigError
+from ..jsontypes import JsonObject
 
 log = logging.getLogger("edgehub.edge.policy")
 
@@ -151,7 +152,7 @@ class Rule:
             model,
         )
 
-    def matches(self, tool: str, args: dict[str, Any]) -> bool:
+    def matches(self, tool: str, args: JsonObject) -> bool:
         if not any(m(tool) for m in self.tools):
             return False
         for name, matchers in self.args:
@@ -202,7 +203,7 @@ class Policy:
         digest = hashlib.sha256(text.encode()).hexdigest()[:12]
         return cls(tuple(Rule.compile(r) for r in model.rules), digest, source)
 
-    def decide(self, tool: str, args: dict[str, Any]) -> Verdict:
+    def decide(self, tool: str, args: JsonObject) -> Verdict:
         for rule in self.rules:
             if rule.matches(tool, args):
                 return Verdict(rule.effect, rule.id, rule.reason, self.digest, rule.network)
@@ -260,6 +261,6 @@ class PolicyEngine:
         log.info("policy %s reloaded (digest %s, %d rules)", self.path, policy.digest, len(policy.rules))
         return True
 
-    def decide(self, tool: str, args: dict[str, Any]) -> Verdict:
+    def decide(self, tool: str, args: JsonObject) -> Verdict:
         self.reload_if_changed()
         return self.policy.decide(tool, args)

@@ -20,11 +20,13 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from edgehub.protocol.v1 import agent_pb2
+
+from ..agent.base import StepVerdict as Verdict
 
 S = agent_pb2
 DIMS = 512
@@ -58,15 +60,9 @@ class StuckSettings:
     max_warnings: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    action: Literal["ok", "warn", "stop"]
-    reason: str
-    guard: agent_pb2.Guard
-
-
 class StuckMonitor:
-    """Updates an agent's guard after each step and says whether to warn or stop it."""
+    """Updates an agent's guard after each step and says whether to warn or stop it (the loop's
+    ``StepMonitor``)."""
 
     def __init__(self, settings: StuckSettings = StuckSettings(), embedder: Embedder | None = None) -> None:
         self.s = settings

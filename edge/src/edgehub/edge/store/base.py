@@ -8,6 +8,7 @@ there or none of it is.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -182,3 +183,67 @@ class EdgeStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class AgentTransfer(Protocol):
+    """What moving an agent between devices needs of the store (``uplink/migration``)."""
+
+    def has_agent(self, agent_id: str) -> bool: ...
+
+    def load_agent(self, agent_id: str) -> agent_pb2.AgentState: ...
+
+    def export_agent(self, agent_id: str) -> agent_pb2.AgentBundle:
+        """What moves with the agent: state, turns, notes, approvals."""
+        ...
+
+    def import_agent(self, bundle: agent_pb2.AgentBundle, epoch: int) -> bool:
+        """Take over the agent in ``bundle`` at ``epoch``; False when this copy is as new already."""
+        ...
+
+    def mark_migrated(self, agent_id: str, migration_id: str, target: str) -> agent_pb2.AgentState:
+        """The agent left for ``target``: never run here again."""
+        ...
+
+    def unmark_migrated(self, agent_id: str, migration_id: str) -> bool:
+        """The handover was refused: the agent runs here again."""
+        ...
+
+
+class EpisodeStore(Protocol):
+    """L3 episodic memory: embedded episodes and their KNN (``memory/episodic``)."""
+
+    def add_episodes(self, episodes: Sequence[Episode], *, replicate: str | None = None) -> int:
+        """Store new episodes (``replicate``: also into the outbox); how many were new."""
+        ...
+
+    def nearest_episodes(
+        self, embedding: bytes, k: int, agent_id: str | None = None, *, candidates: int = 0
+    ) -> list[Episode]: ...
+
+    def prune_episodes(
+        self, keys: Sequence[str], run_id: str, *, keep_s: float, now: float | None = None
+    ) -> tuple[int, int]:
+        """Mark episodes the hub consolidated, delete those past retention: (marked, deleted)."""
+        ...
+
+    def recent_episode_texts(self, limit: int = 500) -> list[str]: ...
+
+    def episode_count(self) -> int: ...
+
+    def unindexed_steps(self, after_id: int = 0, limit: int = 256) -> list[tuple[int, agent_pb2.StepEvent]]:
+        """(mind-log id, step) of steps that have no episode yet, oldest first."""
+        ...
+
+
+class KnowledgeCache(Protocol):
+    """The hub's L4 answers kept on the device for offline use (``uplink/knowledge``)."""
+
+    def knowledge_cached(self, query: str) -> tuple[bytes, float] | None:
+        """(answer, fetched_at) of the last answer to ``query``, or None."""
+        ...
+
+    def cache_knowledge(self, query: str, answer: bytes, fetched_at: float) -> None: ...
+
+
+class DeviceStore(EdgeStore, AgentTransfer, EpisodeStore, KnowledgeCache, Protocol):
+    """The whole store of a device, as the daemon holds it."""

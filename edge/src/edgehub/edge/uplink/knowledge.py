@@ -24,7 +24,7 @@ from edgehub.protocol import subjects
 from edgehub.protocol.v1 import knowledge_pb2
 
 from ..agent.tools.base import ToolOutput
-from ..store.sqlite import SqliteStore
+from ..store.base import KnowledgeCache
 
 K = knowledge_pb2
 log = logging.getLogger("edgehub.edge.uplink.knowledge")
@@ -68,7 +68,7 @@ class KnowledgeClient:
 
     def __init__(
         self,
-        store: SqliteStore,
+        store: KnowledgeCache,
         device_id: str,
         connection: Callable[[], Client | None],
         *,

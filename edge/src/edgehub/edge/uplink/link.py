@@ -1,5 +1,6 @@
-"""The edge's link to the hub: replicate the outbox over NATS JetStream while the daemon runs, and
-apply the hub's commands to this device (acknowledged once their effect is committed).
+"""The edge's link to the hub: replicate the outbox over NATS JetStream while the daemon runs, report
+the device twin every ``[hub] heartbeat_s`` (``twin.py`` builds it) and apply the hub's commands to
+this device (``commands.py``; acknowledged once their effect is committed).
 
 Connects with unlimited reconnects (the edge works offline; the outbox keeps growing on disk and
 drains in order when the hub side is back), publishes through ``edgehub.sync.OutboxPublisher``, and
@@ -10,35 +11,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
-import platform
-import time
-from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import nats
-from nats.aio.client import Client
+from nats.aio.client import DEFAULT_INBOX_PREFIX, Client
 
-from edgehub.protocol.ids import kv_key
+from edgehub.protocol.v1 import twin_pb2
 from edgehub.sync import OutboxPublisher, Stopped, until_stopped
 from edgehub.sync.commands import CommandConsumer, Handler
+from edgehub.sync.publisher import Entry
+from edgehub.sync.records import RecordStore
 from edgehub.sync.streams import DEVICES
 
 from ..config import HubLinkConfig
-from ..store.sqlite import SqliteStore
+from ..errors import ConfigError
 from .identity import DeviceIdentity
+from .twin import TWINS
 
 log = logging.getLogger("edgehub.edge.uplink.link")
 
 
-def daemon_version() -> str:
-    try:
-        return version("edgehub-edge")
-    except PackageNotFoundError:
-        return "unknown"
+Twin = Callable[[twin_pb2.DeviceState.ValueType], twin_pb2.DeviceTwin]
+"""The device's twin in a given state (``TwinReporter.twin``)."""
+
+
+class LinkStore(Protocol):
+    """What the link needs of the store: the outbox."""
+
+    def outbox_pending(self, limit: int = 1000) -> Sequence[Entry]: ...
+
+    def outbox_ack(self, upto_seq: int) -> None: ...
+
+    def outbox_depth(self) -> int: ...
 
 
 async def _quiet(exc: Exception) -> None:
@@ -46,40 +52,42 @@ async def _quiet(exc: Exception) -> None:
 
 
 class HubLink:
-    """Runs the outbox publisher; ``run(stop)`` returns after a final drain attempt."""
+    """Runs the outbox publisher, the twin's heartbeat and the command consumer over one NATS
+    connection; ``run`` returns after a final drain attempt."""
 
     def __init__(
         self,
         cfg: HubLinkConfig,
-        store: SqliteStore,
+        store: LinkStore,
         device_id: str,
         *,
-        on_command: Handler | None = None,
-        report: Callable[[], dict[str, Any]] | None = None,
         identity: DeviceIdentity | None = None,
     ) -> None:
         urls = [cfg.nats_url] if cfg.nats_url else list(identity.nats_urls if identity else ())
-        assert urls, "HubLink needs [hub] nats_url or an enrolled identity"
+        if not urls:
+            raise ConfigError("no NATS URL for the hub: set it, or enroll the device", key="hub.nats_url")
         self.urls = urls
         self.identity = identity
         self.cfg = cfg
         self.store = store
         self.device_id = device_id
         self.publisher: OutboxPublisher | None = None
-        self.on_command = on_command
-        self.report = report
-        """The device's reported state for its twin (merged into each heartbeat)."""
-        self.commands: CommandConsumer | None = None
+        """The outbox's publisher while ``run`` holds a connection."""
         self.nc: Client | None = None
         """The connection while ``run`` holds one (request/reply for the knowledge tool)."""
         self._alarmed = False
 
+    @property
+    def published(self) -> int | None:
+        """Events published over the current connection (None: not connected yet)."""
+        return self.publisher.stats.published if self.publisher is not None else None
+
     async def _connect(self, stop: asyncio.Event) -> Client | None:
         delay = 0.5
-        auth: dict[str, Any] = {}
-        if self.identity is not None:
-            auth = {"user_credentials": str(self.identity.creds), "inbox_prefix": self.identity.inbox_prefix}
-        else:
+        creds, inbox = (
+            (str(self.identity.creds), self.identity.inbox_prefix) if self.identity else (None, None)
+        )
+        if self.identity is None:
             log.warning("device %s is not enrolled (edgehub edge enroll): connecting without credentials",
                         self.device_id)  # fmt: skip
         while not stop.is_set():
@@ -90,7 +98,8 @@ class HubLink:
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=1.0,
                     error_cb=_quiet,
-                    **auth,
+                    user_credentials=creds,
+                    inbox_prefix=inbox or DEFAULT_INBOX_PREFIX,
                 )
                 return await until_stopped(connecting, stop)
             except Stopped:
@@ -103,6 +112,8 @@ class HubLink:
         return None
 
     def check_alarm(self) -> None:
+        """Log an alarm when the outbox holds more than ``[hub] outbox_alarm`` events (once, until it
+        is back under the limit)."""
         depth = self.store.outbox_depth()
         if depth > self.cfg.outbox_alarm and not self._alarmed:
             log.error(
@@ -115,27 +126,13 @@ class HubLink:
             log.warning("outbox back under the alarm limit (%d events waiting)", depth)
             self._alarmed = False
 
-    def twin(self, state: str) -> dict[str, Any]:
-        return {
-            "device_id": self.device_id,
-            "state": state,
-            "heartbeat_s": self.cfg.heartbeat_s,
-            "sent_at": time.time(),
-            "version": daemon_version(),
-            "hardware": {"arch": platform.machine(), "cpus": os.cpu_count(), "kernel": platform.release()},
-            "load": os.getloadavg()[0],
-            "outbox_depth": self.store.outbox_depth(),
-            **(self.report() if self.report else {}),
-        }
-
-    async def _heartbeat(self, nc: Client, stop: asyncio.Event) -> None:
+    async def _heartbeat(self, nc: Client, twin: Twin, stop: asyncio.Event) -> None:
         """Report the twin every ``heartbeat_s`` (and a last "stopped" one on shutdown)."""
-        kv = None
+        devices = RecordStore(nc.jetstream(), DEVICES.name, TWINS)
         while True:
-            state = "stopped" if stop.is_set() else "running"
+            state = twin_pb2.DEVICE_STATE_STOPPED if stop.is_set() else twin_pb2.DEVICE_STATE_RUNNING
             try:
-                kv = kv or await nc.jetstream().key_value(DEVICES.name)
-                await kv.put(kv_key(self.device_id), json.dumps(self.twin(state)).encode())
+                await devices.put(self.device_id, twin(state))
             except Exception as exc:  # no hub topology yet, or disconnected: the next beat retries
                 log.debug("heartbeat not sent: %s", exc)
             if stop.is_set():
@@ -143,26 +140,32 @@ class HubLink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.cfg.heartbeat_s)
 
-    async def _flush(self) -> None:
-        assert self.publisher is not None
-        while await self.publisher.drain_once():
+    @staticmethod
+    async def _flush(publisher: OutboxPublisher) -> None:
+        while await publisher.drain_once():
             pass
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(
+        self, stop: asyncio.Event, *, commands: Handler | None = None, twin: Twin | None = None
+    ) -> None:
+        """Until ``stop``: publish the outbox, heartbeat ``twin`` and apply the hub's commands with
+        ``commands`` (each only when given)."""
         nc = await self._connect(stop)
         if nc is None:
             return
         self.nc = nc
-        self.publisher = OutboxPublisher(self.store, nc.jetstream(), batch=self.cfg.publish_batch)
-        helpers = [asyncio.create_task(self._heartbeat(nc, stop), name="heartbeat")]
-        if self.on_command is not None:
-            self.commands = CommandConsumer(nc.jetstream(), self.device_id, self.on_command)
-            helpers.append(asyncio.create_task(self.commands.run(stop), name="commands"))
+        self.publisher = publisher = OutboxPublisher(self.store, nc.jetstream(), batch=self.cfg.publish_batch)
+        helpers = []
+        if twin is not None:
+            helpers.append(asyncio.create_task(self._heartbeat(nc, twin, stop), name="heartbeat"))
+        if commands is not None:
+            consumer = CommandConsumer(nc.jetstream(), self.device_id, commands)
+            helpers.append(asyncio.create_task(consumer.run(stop), name="commands"))
         try:
-            await self.publisher.run(stop)
+            await publisher.run(stop)
             await asyncio.gather(*helpers)
             with contextlib.suppress(Exception):  # send what the drain checkpointed, for a few seconds
-                await asyncio.wait_for(self._flush(), 10.0)
+                await asyncio.wait_for(self._flush(publisher), 10.0)
         finally:
             self.nc = None
             with contextlib.suppress(Exception):

@@ -20,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -30,31 +31,57 @@ from edgehub.sync.errors import MessageRejected
 from edgehub.testing import failpoints
 
 from ..errors import StoreError
+from ..store.base import AgentTransfer
 from .api import DeviceApi, HubApiError
-
-if TYPE_CHECKING:
-    from ..app import EdgeDaemon
+from .identity import DeviceIdentity
 
 log = logging.getLogger("edgehub.edge.uplink.migration")
 S = agent_pb2
 MOVABLE = (S.AGENT_STATUS_PENDING, S.AGENT_STATUS_RUNNING, S.AGENT_STATUS_AWAITING_APPROVAL)
 
 
-def _api(daemon: EdgeDaemon) -> DeviceApi:
+class MigrationSite(Protocol):
+    """What a migration needs of the device it runs on (the daemon's command router provides it)."""
+
+    @property
+    def store(self) -> AgentTransfer: ...
+
+    @property
+    def device_id(self) -> str: ...
+
+    @property
+    def identity(self) -> DeviceIdentity | None:
+        """The device's credentials for the hub's device API (None: not enrolled)."""
+        ...
+
+    @property
+    def draining(self) -> bool:
+        """Drained by the hub: no agent migrates in."""
+        ...
+
+    def hold(self, agent_id: str) -> AbstractAsyncContextManager[None]:
+        """Stop the agent at its step boundary and keep it from being started while the block runs."""
+        ...
+
+    def schedule(self) -> None:
+        """Start ready agents now (one just imported)."""
+        ...
+
+
+def _api(site: MigrationSite) -> DeviceApi:
     try:
-        return DeviceApi(daemon.identity)
+        return DeviceApi(site.identity)
     except HubApiError as exc:
         raise MessageRejected(f"cannot take part in a migration: {exc}") from None
 
 
-async def migrate_out(daemon: EdgeDaemon, cmd: commands_pb2.Command) -> None:
-    store = daemon.store
-    assert store is not None
+async def migrate_out(site: MigrationSite, cmd: commands_pb2.Command) -> None:
+    store = site.store
     m = cmd.migrate_out
-    async with _api(daemon) as api:
+    async with _api(site) as api:
         refused = ""
         if not store.has_agent(m.agent_id):
-            refused = f"device {daemon.cfg.device.id} has no agent {m.agent_id}"
+            refused = f"device {site.device_id} has no agent {m.agent_id}"
         else:
             state = store.load_agent(m.agent_id)
             leaving = state.status == S.AGENT_STATUS_MIGRATED and state.migration_id == m.migration_id
@@ -66,7 +93,7 @@ async def migrate_out(daemon: EdgeDaemon, cmd: commands_pb2.Command) -> None:
                 timeout=api.timeout_s,
             )
             return
-        async with daemon.hold(m.agent_id):  # stopped at its step boundary, and not restarted
+        async with site.hold(m.agent_id):  # stopped at its step boundary, and not restarted
             state = store.mark_migrated(m.agent_id, m.migration_id, m.target_device)
             data = store.export_agent(m.agent_id).SerializeToString()
         failpoints.hit("migrate_out.marked", state.step)
@@ -98,37 +125,34 @@ async def migrate_out(daemon: EdgeDaemon, cmd: commands_pb2.Command) -> None:
         )
 
 
-async def migrate_in(daemon: EdgeDaemon, cmd: commands_pb2.Command) -> None:
-    store = daemon.store
-    assert store is not None
+async def migrate_in(site: MigrationSite, cmd: commands_pb2.Command) -> None:
+    store = site.store
     m = cmd.migrate_in
-    async with _api(daemon) as api:
+    async with _api(site) as api:
         done = hub_pb2.CompleteHandoverRequest(agent_id=m.agent_id, migration_id=m.migration_id)
         if store.has_agent(m.agent_id) and store.load_agent(m.agent_id).epoch >= m.epoch:
             await api.stub.CompleteHandover(done, timeout=api.timeout_s)  # imported before
             return
         refused = ""
-        if daemon.draining:
-            refused = f"device {daemon.cfg.device.id} is draining"
+        if site.draining:
+            refused = f"device {site.device_id} is draining"
         else:
             got = await api.stub.GetHandover(
                 hub_pb2.GetHandoverRequest(agent_id=m.agent_id, migration_id=m.migration_id),
                 timeout=api.timeout_s,
             )
-            refused = _import(daemon, m, got)
+            refused = _import(store, m, got)
         if refused:
             log.warning("migration %s: agent %s refused: %s", m.migration_id, m.agent_id, refused)
             done.refused = refused
         else:
-            daemon.schedule()  # resume it now, not at the scheduler's next tick
+            site.schedule()  # resume it now, not at the scheduler's next tick
             done.resumed_at = time.time()
         await api.stub.CompleteHandover(done, timeout=api.timeout_s)
 
 
-def _import(daemon: EdgeDaemon, m: commands_pb2.MigrateIn, got: hub_pb2.Handover) -> str:
+def _import(store: AgentTransfer, m: commands_pb2.MigrateIn, got: hub_pb2.Handover) -> str:
     """Import the handed-over state; the reason it cannot be ('' when imported)."""
-    store = daemon.store
-    assert store is not None
     digest = hashlib.sha256(got.bundle).hexdigest()
     if digest != m.digest:
         return f"the state's digest {digest[:12]} is not the source's {m.digest[:12]}"

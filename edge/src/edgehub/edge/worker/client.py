@@ -22,13 +22,14 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from edgehub.llm import Completion, LlamaSettings, check_model_file
 from edgehub.sync.server import die_with_parent
 
+from ..jsontypes import JsonObject
 from . import server
 from .errors import SnapshotError, SnapshotRefused, WorkerError
 from .manifest import Manifest, machine
@@ -94,10 +95,27 @@ def socket_path(folder: Path) -> Path:
     return Path("/tmp") / f"edgehub-worker-{hashlib.sha256(os.fsencode(folder)).hexdigest()[:16]}.sock"
 
 
-def settings_dict(settings: LlamaSettings, model: Path) -> dict[str, Any]:
+def settings_dict(settings: LlamaSettings, model: Path) -> JsonObject:
     data = asdict(settings)
     data["path"] = str(model)
     return data
+
+
+def _completion(reply: JsonObject) -> Completion:
+    """The ``Completion`` in a worker's reply; FrameError when a field is missing or mistyped."""
+    ints = {
+        f: int(server.number(reply, f)) for f in ("prompt_tokens", "evaluated_tokens", "completion_tokens")
+    }
+    text, stop_reason = reply.get("text"), reply.get("stop_reason")
+    if not isinstance(text, str) or not isinstance(stop_reason, str):
+        raise server.FrameError(f"not a completion: text {text!r}, stop_reason {stop_reason!r}")
+    return Completion(
+        text=text,
+        eval_ms=server.number(reply, "eval_ms"),
+        decode_ms=server.number(reply, "decode_ms"),
+        stop_reason=stop_reason,
+        **ints,
+    )
 
 
 class WorkerBrain:
@@ -122,7 +140,7 @@ class WorkerBrain:
         """Calls of ``complete`` in progress or waiting (the idle checkpointer leaves a busy worker be)."""
         self.last_used = time.monotonic()
         """When ``complete`` last returned (monotonic): the idle checkpointer's clock."""
-        self.park_options: dict[str, Any] = {}
+        self.park_options: JsonObject = {}
         """Extra fields of the ``park`` request (``drop_zero_pages``: False to keep them; benchmarks)."""
         self.last_restore_s = 0.0
         """Seconds CRIU's last restore took (not counting the reconnect)."""
@@ -166,18 +184,18 @@ class WorkerBrain:
         self,
         prompt: str,
         *,
-        json_schema: dict[str, Any] | None = None,
+        json_schema: JsonObject | None = None,
         max_tokens: int = 256,
         stop: list[str] | None = None,
     ) -> Completion:
-        msg: dict[str, Any] = {
+        msg: JsonObject = {
             "op": "complete",
             "prompt": prompt,
             "json_schema": json_schema,
             "max_tokens": max_tokens,
         }
         if stop:
-            msg["stop"] = stop
+            msg["stop"] = [*stop]
         self.busy += 1
         try:
             with self._lock:
@@ -186,7 +204,7 @@ class WorkerBrain:
         finally:
             self.last_used = time.monotonic()
             self.busy -= 1
-        return Completion(**{f.name: reply[f.name] for f in fields(Completion)})
+        return _completion(reply)
 
     def close(self) -> None:
         """Stop the worker (an image on disk stays for the next start)."""
@@ -219,7 +237,8 @@ class WorkerBrain:
                 return False
             child = self._child
             assert child is not None
-            cached = int(self._call({"op": "park", **self.park_options}, timeout=30)["cached_tokens"])
+            parked = self._call({"op": "park", **self.park_options}, timeout=30)
+            cached = int(server.number(parked, "cached_tokens"))
             self._wait_closed()
             manifest = self._here(pid=child.pid, cached_tokens=cached)
             try:
@@ -329,9 +348,9 @@ class WorkerBrain:
             expect.cached_tokens,
         ):
             raise SnapshotError(f"restored worker answers as {hello}, the image holds pid {expect.pid}")
-        self._n_ctx = int(hello["n_ctx"])
+        self._n_ctx = int(server.number(hello, "n_ctx"))
 
-    def _call(self, msg: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    def _call(self, msg: JsonObject, *, timeout: float) -> JsonObject:
         if self._sock is None:
             raise WorkerError("no connection to the worker")
         self._sock.settimeout(timeout)

@@ -13,7 +13,8 @@ import platform
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+
+from ..jsontypes import JsonObject
 
 FORMAT = 1
 """Version of the manifest and of the image layout; bumped when either changes."""
@@ -35,7 +36,7 @@ class Manifest:
     """Python version and the llama.cpp library (path, size, mtime): the code the image maps."""
     model: str
     """The brain's fingerprint (model file hash prefix + n_ctx)."""
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: JsonObject = field(default_factory=dict)
     """The ``LlamaSettings`` the worker was opened with (path as text)."""
     pid: int = 0
     """The worker's pid, which CRIU restores and which must be free."""
@@ -111,7 +112,7 @@ def runtime_id() -> str:
     return " ".join(parts)
 
 
-def machine(*, criu_version: str, model: str, settings: dict[str, Any]) -> Manifest:
+def machine(*, criu_version: str, model: str, settings: JsonObject) -> Manifest:
     """This machine as a manifest (pid, socket and cache left empty: they describe an image)."""
     return Manifest(
         format=FORMAT,

@@ -28,7 +28,10 @@ import socket
 import struct
 import sys
 from dataclasses import asdict, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # this file runs as a script in the worker (python -P server.py): no package imports
+    from edgehub.edge.jsontypes import JsonObject
 
 HEADER = struct.Struct(">I")
 MAX_MESSAGE = 16 << 20
@@ -41,7 +44,15 @@ class FrameError(Exception):
     """A frame could not be read or written: oversized, truncated, not JSON, or the peer is gone."""
 
 
-def send_msg(sock: socket.socket, msg: dict[str, Any]) -> None:
+def number(msg: JsonObject, key: str, default: float | None = None) -> float:
+    """The numeric field ``key`` of a frame (``default`` when absent); FrameError when it is not a number."""
+    value = msg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise FrameError(f"field {key!r} is {value!r}, not a number")
+    return value
+
+
+def send_msg(sock: socket.socket, msg: JsonObject) -> None:
     body = json.dumps(msg, separators=(",", ":")).encode()
     if len(body) > MAX_MESSAGE:
         raise FrameError(f"message of {len(body)} bytes exceeds the limit of {MAX_MESSAGE}")
@@ -67,7 +78,7 @@ def _read_exact(sock: socket.socket, n: int, what: str) -> bytes:
     return bytes(buf)
 
 
-def recv_msg(sock: socket.socket) -> dict[str, Any]:
+def recv_msg(sock: socket.socket) -> JsonObject:
     """The next frame as a JSON object; FrameError when it is oversized, truncated or not an object."""
     (size,) = HEADER.unpack(_read_exact(sock, HEADER.size, "frame header"))
     if size > MAX_MESSAGE:
@@ -134,7 +145,7 @@ class Worker:
     def __init__(self, brain: Any) -> None:
         self.brain = brain
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self) -> JsonObject:
         return {
             "protocol": PROTOCOL,
             "pid": os.getpid(),
@@ -143,7 +154,7 @@ class Worker:
             "cached_tokens": len(self.brain._tokens),
         }
 
-    def handle(self, msg: dict[str, Any]) -> dict[str, Any]:
+    def handle(self, msg: JsonObject) -> JsonObject:
         op = msg.get("op")
         if op == "hello":
             return self.hello()
@@ -151,7 +162,7 @@ class Worker:
             out = self.brain.complete(
                 str(msg["prompt"]),
                 json_schema=msg.get("json_schema"),
-                max_tokens=int(msg.get("max_tokens", 256)),
+                max_tokens=int(number(msg, "max_tokens", 256)),
                 stop=msg.get("stop"),
             )
             return asdict(out)

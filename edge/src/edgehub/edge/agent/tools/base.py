@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
+
+from ...jsontypes import JsonObject
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +23,7 @@ class ToolSpec:
     """Identifier the model uses in its action (``[a-z][a-z0-9_]*``)."""
     description: str
     """One or two sentences shown to the model."""
-    parameters: dict[str, Any]
+    parameters: JsonObject
     """JSON schema of the arguments object (``type: object``)."""
     idempotent: bool
     """Safe to run again with the same arguments after a crash mid-call (no repeated side effect)."""
@@ -29,7 +31,7 @@ class ToolSpec:
     """Runs commands or code: the safety layer sandboxes such tools."""
     timeout_s: float = 30.0
     """Wall-time limit of one call."""
-    example: dict[str, Any] | None = None
+    example: JsonObject | None = None
     """Example arguments shown to the model (helps small models)."""
 
 
@@ -127,7 +129,7 @@ class ToolOutput:
     """Error kind when not ok (e.g. "not_found", "exit_status", "timeout")."""
     finish: bool = False
     """The agent is done; ``output`` is its answer."""
-    data: dict[str, Any] = field(default_factory=dict)
+    data: JsonObject = field(default_factory=dict)
     """Structured extras for the mind-log (not shown to the model)."""
 
 
@@ -137,4 +139,4 @@ class Tool(Protocol):
     @property
     def spec(self) -> ToolSpec: ...
 
-    async def __call__(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput: ...
+    async def __call__(self, args: JsonObject, ctx: ToolContext) -> ToolOutput: ...

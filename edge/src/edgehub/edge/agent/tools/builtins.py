@@ -11,13 +11,13 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from ...jsontypes import JsonObject
 from .base import Tool, ToolContext, ToolOutput, ToolSpec
 
 MAX_FILE_CHARS = 64_000
 
-Handler = Callable[[dict[str, Any], ToolContext], Awaitable[ToolOutput]]
+Handler = Callable[[JsonObject, ToolContext], Awaitable[ToolOutput]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,16 +27,26 @@ class FunctionTool:
     spec: ToolSpec
     handler: Handler
 
-    async def __call__(self, args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+    async def __call__(self, args: JsonObject, ctx: ToolContext) -> ToolOutput:
         return await self.handler(args, ctx)
 
 
-def _obj(required: list[str], **props: dict[str, Any]) -> dict[str, Any]:
-    return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
+def _obj(required: list[str], **props: JsonObject) -> JsonObject:
+    return {
+        "type": "object",
+        "properties": {**props},
+        "required": [*required],
+        "additionalProperties": False,
+    }
 
 
-def _str(max_length: int) -> dict[str, Any]:
+def _str(max_length: int) -> JsonObject:
     return {"type": "string", "minLength": 1, "maxLength": max_length}
+
+
+def arg(args: JsonObject, name: str) -> str:
+    """The string argument ``name`` (the tool's schema, checked before the call, makes it one)."""
+    return str(args[name])
 
 
 class PathOutsideWorkspace(ValueError):
@@ -54,37 +64,38 @@ def workspace_path(ctx: ToolContext, rel: str) -> Path:
     return target
 
 
-async def read_file(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+async def read_file(args: JsonObject, ctx: ToolContext) -> ToolOutput:
+    rel = arg(args, "path")
     try:
-        path = workspace_path(ctx, args["path"])
-        text = path.read_text(errors="replace")
+        text = workspace_path(ctx, rel).read_text(errors="replace")
     except PathOutsideWorkspace as exc:
         return ToolOutput(str(exc), ok=False, error="outside_workspace")
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return ToolOutput(f"no file {args['path']!r} in the workspace", ok=False, error="not_found")
+        return ToolOutput(f"no file {rel!r} in the workspace", ok=False, error="not_found")
     if len(text) > MAX_FILE_CHARS:
         text = text[:MAX_FILE_CHARS]
     return ToolOutput(text)
 
 
-async def write_file(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+async def write_file(args: JsonObject, ctx: ToolContext) -> ToolOutput:
+    rel, content = arg(args, "path"), arg(args, "content")
     try:
-        path = workspace_path(ctx, args["path"])
+        path = workspace_path(ctx, rel)
     except PathOutsideWorkspace as exc:
         return ToolOutput(str(exc), ok=False, error="outside_workspace")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(args["content"])
+    tmp.write_text(content)
     os.replace(tmp, path)  # atomic: a crash leaves the old or the new file, never half of one
-    return ToolOutput(f"wrote {len(args['content'])} characters to {args['path']}")
+    return ToolOutput(f"wrote {len(content)} characters to {rel}")
 
 
-async def run_command(args: dict[str, Any], ctx: ToolContext, *, timeout_s: float) -> ToolOutput:
+async def run_command(args: JsonObject, ctx: ToolContext, *, timeout_s: float) -> ToolOutput:
     if ctx.sandbox is None:
         return ToolOutput("no sandbox is configured on this device", ok=False, error="unavailable")
     env = {"EDGEHUB_IDEMPOTENCY_KEY": ctx.idempotency_key}
     r = await ctx.sandbox.run(
-        args["command"], ctx.workspace, timeout_s=timeout_s, env=env, network=ctx.network
+        arg(args, "command"), ctx.workspace, timeout_s=timeout_s, env=env, network=ctx.network
     )
     if r.killed:
         kind = "timeout" if r.limit == "timeout" else "limit"
@@ -95,32 +106,34 @@ async def run_command(args: dict[str, Any], ctx: ToolContext, *, timeout_s: floa
 RECALL_EPISODES = 3
 
 
-async def remember(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
-    ctx.notes.put_note(ctx.agent_id, args["key"], args["value"])
+async def remember(args: JsonObject, ctx: ToolContext) -> ToolOutput:
+    key, value = arg(args, "key"), arg(args, "value")
+    ctx.notes.put_note(ctx.agent_id, key, value)
     if ctx.memory is not None:  # also an L3 episode, so recall finds it by meaning, not only by key
-        await ctx.memory.remember(ctx.agent_id, f"{args['key']}: {args['value']}", 0.8, ctx.step)
-    return ToolOutput(f"remembered {args['key']}")
+        await ctx.memory.remember(ctx.agent_id, f"{key}: {value}", 0.8, ctx.step)
+    return ToolOutput(f"remembered {key}")
 
 
-async def recall(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+async def recall(args: JsonObject, ctx: ToolContext) -> ToolOutput:
     """The note under that exact key; else notes matching the words, then L3 memories by meaning."""
-    exact = ctx.notes.get_note(ctx.agent_id, args["query"])
+    query = arg(args, "query")
+    exact = ctx.notes.get_note(ctx.agent_id, query)
     if exact is not None:
-        return ToolOutput(f"{args['query']}: {exact}")
-    lines = [f"{k}: {v}" for k, v in ctx.notes.search_notes(ctx.agent_id, args["query"])]
+        return ToolOutput(f"{query}: {exact}")
+    lines = [f"{k}: {v}" for k, v in ctx.notes.search_notes(ctx.agent_id, query)]
     if ctx.memory is not None:
-        for text in await ctx.memory.recall_texts(args["query"], RECALL_EPISODES, ctx.agent_id):
+        for text in await ctx.memory.recall_texts(query, RECALL_EPISODES, ctx.agent_id):
             if text not in lines:
                 lines.append(text)
     if not lines:
-        return ToolOutput(f"nothing remembered about {args['query']!r}")
+        return ToolOutput(f"nothing remembered about {query!r}")
     return ToolOutput("\n".join(lines))
 
 
-async def knowledge(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+async def knowledge(args: JsonObject, ctx: ToolContext) -> ToolOutput:
     if ctx.knowledge is None:
         return ToolOutput("this device has no hub to ask", ok=False, error="unavailable")
-    return await ctx.knowledge.ask(ctx.agent_id, args["about"])
+    return await ctx.knowledge.ask(ctx.agent_id, arg(args, "about"))
 
 
 def knowledge_tool(*, timeout_s: float) -> Tool:
@@ -136,78 +149,72 @@ def knowledge_tool(*, timeout_s: float) -> Tool:
     return FunctionTool(spec, knowledge)
 
 
-async def finish(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
-    return ToolOutput(args["answer"], finish=True)
+async def finish(args: JsonObject, ctx: ToolContext) -> ToolOutput:
+    return ToolOutput(arg(args, "answer"), finish=True)
+
+
+WRITE_FILE = ToolSpec(
+    "write_file",
+    "Write text to a file in the workspace.",
+    _obj(["path", "content"], path=_str(128), content=_str(2000)),
+    idempotent=True,
+    example={"path": "notes.txt", "content": "hello"},
+)
+READ_FILE = ToolSpec(
+    "read_file",
+    "Read a text file from the workspace.",
+    _obj(["path"], path=_str(128)),
+    idempotent=True,
+    example={"path": "notes.txt"},
+)
+REMEMBER = ToolSpec(
+    "remember",
+    "Store a note under a key for later steps.",
+    _obj(["key", "value"], key=_str(64), value=_str(500)),
+    idempotent=True,
+    example={"key": "door code", "value": "4417"},
+)
+RECALL = ToolSpec(
+    "recall",
+    "Look up notes stored with remember.",
+    _obj(["query"], query=_str(128)),
+    idempotent=True,
+    example={"query": "door code"},
+)
+FINISH = ToolSpec(
+    "finish",
+    "Finish the goal with the answer.",
+    _obj(["answer"], answer=_str(500)),
+    idempotent=True,
+    example={"answer": "42"},
+)
+
+
+def run_command_spec(timeout_s: float) -> ToolSpec:
+    """``run_command``'s spec, for commands killed after ``timeout_s`` (the call gets 5 s more)."""
+    return ToolSpec(
+        "run_command",
+        "Run a shell command in the workspace and see its exit status and output.",
+        _obj(["command"], command=_str(500)),
+        idempotent=False,
+        runs_code=True,
+        timeout_s=timeout_s + 5,
+        example={"command": "ls -l"},
+    )
 
 
 def builtin_tools(*, command_timeout_s: float = 20.0) -> list[Tool]:
     """The built-in tools, in the order the prompt lists them."""
 
-    async def run_command_bound(args: dict[str, Any], ctx: ToolContext) -> ToolOutput:
+    async def run_command_bound(args: JsonObject, ctx: ToolContext) -> ToolOutput:
         return await run_command(args, ctx, timeout_s=command_timeout_s)
 
     specs: list[tuple[ToolSpec, Handler]] = [
-        (
-            ToolSpec(
-                "write_file",
-                "Write text to a file in the workspace.",
-                _obj(["path", "content"], path=_str(128), content=_str(2000)),
-                idempotent=True,
-                example={"path": "notes.txt", "content": "hello"},
-            ),
-            write_file,
-        ),
-        (
-            ToolSpec(
-                "read_file",
-                "Read a text file from the workspace.",
-                _obj(["path"], path=_str(128)),
-                idempotent=True,
-                example={"path": "notes.txt"},
-            ),
-            read_file,
-        ),
-        (
-            ToolSpec(
-                "run_command",
-                "Run a shell command in the workspace and see its exit status and output.",
-                _obj(["command"], command=_str(500)),
-                idempotent=False,
-                runs_code=True,
-                timeout_s=command_timeout_s + 5,
-                example={"command": "ls -l"},
-            ),
-            run_command_bound,
-        ),
-        (
-            ToolSpec(
-                "remember",
-                "Store a note under a key for later steps.",
-                _obj(["key", "value"], key=_str(64), value=_str(500)),
-                idempotent=True,
-                example={"key": "door code", "value": "4417"},
-            ),
-            remember,
-        ),
-        (
-            ToolSpec(
-                "recall",
-                "Look up notes stored with remember.",
-                _obj(["query"], query=_str(128)),
-                idempotent=True,
-                example={"query": "door code"},
-            ),
-            recall,
-        ),
-        (
-            ToolSpec(
-                "finish",
-                "Finish the goal with the answer.",
-                _obj(["answer"], answer=_str(500)),
-                idempotent=True,
-                example={"answer": "42"},
-            ),
-            finish,
-        ),
+        (WRITE_FILE, write_file),
+        (READ_FILE, read_file),
+        (run_command_spec(command_timeout_s), run_command_bound),
+        (REMEMBER, remember),
+        (RECALL, recall),
+        (FINISH, finish),
     ]
     return [FunctionTool(spec, handler) for spec, handler in specs]

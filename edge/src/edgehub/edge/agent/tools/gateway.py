@@ -24,6 +24,7 @@ from typing import Any, Literal, Protocol
 from edgehub.protocol.v1 import agent_pb2
 from edgehub.testing import failpoints
 
+from ...jsontypes import JsonObject
 from ...store.base import Intent
 from .base import ToolContext, ToolOutput, ToolSpec
 from .registry import ToolRegistry
@@ -69,7 +70,7 @@ class Admission(Protocol):
     """A check consulted before a call is recorded and run; None means "no opinion"."""
 
     async def admit(
-        self, call: agent_pb2.ToolCall, spec: ToolSpec, args: dict[str, Any], ctx: ToolContext
+        self, call: agent_pb2.ToolCall, spec: ToolSpec, args: JsonObject, ctx: ToolContext
     ) -> Decision | None: ...
 
 
@@ -145,7 +146,7 @@ class ExecutionGateway:
         return result, output
 
     async def _record_and_run(
-        self, tool: Any, call: agent_pb2.ToolCall, args: dict[str, Any], ctx: ToolContext, proposal_json: str
+        self, tool: Any, call: agent_pb2.ToolCall, args: JsonObject, ctx: ToolContext, proposal_json: str
     ) -> tuple[agent_pb2.ToolResult, ToolOutput | None]:
         previous = self.intents.get_intent(ctx.idempotency_key)
         if previous is not None and previous.result is not None:
@@ -177,7 +178,7 @@ class ExecutionGateway:
         return await self._intercepted(tool, args, ctx)
 
     async def _intercepted(
-        self, tool: Any, args: dict[str, Any], ctx: ToolContext
+        self, tool: Any, args: JsonObject, ctx: ToolContext
     ) -> tuple[agent_pb2.ToolResult, ToolOutput | None]:
         async def run() -> tuple[agent_pb2.ToolResult, ToolOutput | None]:
             return await self._run(tool, tool.spec, args, ctx)
@@ -187,7 +188,7 @@ class ExecutionGateway:
             proceed = _wrap(interceptor, tool.spec, ctx, proceed)
         return await proceed()
 
-    def _validate(self, call: agent_pb2.ToolCall) -> tuple[dict[str, Any], str]:
+    def _validate(self, call: agent_pb2.ToolCall) -> tuple[JsonObject, str]:
         try:
             args = json.loads(call.args_json or "{}")
         except json.JSONDecodeError as exc:
@@ -204,7 +205,7 @@ class ExecutionGateway:
         return args, ""
 
     async def _admit(
-        self, call: agent_pb2.ToolCall, spec: ToolSpec, args: dict[str, Any], ctx: ToolContext
+        self, call: agent_pb2.ToolCall, spec: ToolSpec, args: JsonObject, ctx: ToolContext
     ) -> Decision | None:
         """The first refusal, else the first allow (the policy's, which the mind-log records)."""
         allowed: Decision | None = None
@@ -218,7 +219,7 @@ class ExecutionGateway:
         return allowed
 
     async def _run(
-        self, tool: Any, spec: ToolSpec, args: dict[str, Any], ctx: ToolContext
+        self, tool: Any, spec: ToolSpec, args: JsonObject, ctx: ToolContext
     ) -> tuple[agent_pb2.ToolResult, ToolOutput | None]:
         try:
             async with asyncio.timeout(spec.timeout_s):

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from ...config import ToolsConfig
 from ...errors import ToolError
+from ...jsontypes import JsonObject
 from .base import Tool, ToolSpec
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
@@ -82,7 +82,7 @@ class ToolRegistry:
             registry.load_entry_points()
         return registry.only(cfg.enabled) if cfg.enabled is not None else registry
 
-    def action_schema(self) -> dict[str, Any]:
+    def action_schema(self) -> JsonObject:
         """JSON schema of one model action; the brain's grammar is built from it.
 
         One ``anyOf`` branch per tool, each fixing ``tool`` to the tool's name and ``args`` to its
@@ -91,7 +91,7 @@ class ToolRegistry:
         return {"anyOf": [_branch(spec) for spec in self.specs()]}
 
 
-def _branch(spec: ToolSpec) -> dict[str, Any]:
+def _branch(spec: ToolSpec) -> JsonObject:
     return {
         "type": "object",
         "properties": {

@@ -1,0 +1,232 @@
+"""What an edge daemon is made of, and how ``EdgeDaemon.open()`` builds it from the config.
+
+Each part gets what it needs passed in (no part reaches into another through the daemon), and each
+resource opened here registers its close on the daemon's exit stack, so a failed open closes what it
+had opened and a shutdown closes everything in reverse order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgehub.llm import Brain, ModelGate
+from edgehub.protocol.v1 import agent_pb2
+
+from .agent.loop import AgentLoop, LoopDeps
+from .agent.tools.builtins import knowledge_tool
+from .agent.tools.gateway import ExecutionGateway
+from .agent.tools.registry import ToolRegistry
+from .config import EdgeConfig
+from .datadir import DrainFlag
+from .memory.compaction import Compactor
+from .memory.embed import shared_embedder
+from .memory.episodic import EpisodeIndexer, EpisodicMemory
+from .metrics import DaemonCollector, EdgeMetrics
+from .safety.build import Safety, build_safety, build_scrubber
+from .scheduler import AgentScheduler
+from .store.base import DeviceStore
+from .store.sqlite import SqliteStore
+from .tracing import Tracing
+from .uplink.commands import CommandRouter
+from .uplink.identity import DeviceIdentity
+from .uplink.knowledge import KnowledgeClient
+from .uplink.link import HubLink
+from .uplink.twin import TwinReporter
+
+log = logging.getLogger("edgehub.edge")
+
+
+@dataclass(frozen=True, slots=True)
+class Hub:
+    """The daemon's side of the hub (only when one is configured or the device is enrolled)."""
+
+    link: HubLink
+    knowledge: KnowledgeClient
+    """The knowledge tool's way to the hub's L4 graph (through the link's connection)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What ``EdgeDaemon.open()`` builds; each lives until ``shutdown()``."""
+
+    store: DeviceStore
+    brain: Brain
+    loop: AgentLoop
+    scheduler: AgentScheduler
+    router: CommandRouter
+    """Applies the hub's commands."""
+    twin: TwinReporter
+    hub: Hub | None
+    indexer: EpisodeIndexer | None
+    """L3: indexes each committed step (``[memory] episodic``; None: off)."""
+    metrics_port: int | None
+    """Where /metrics is served (``[metrics] port``; None: not served)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """How the daemon was asked to run, besides its config."""
+
+    brain: Brain | None = None
+    """A model to use (the caller's, not closed by the daemon); None: load ``[model]``."""
+    config_path: Path | None = None
+    """The config file (the sandbox hides its folder from commands)."""
+    drain_timeout: float = 30.0
+    poll_interval: float = 0.2
+
+
+async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> Parts:
+    """Build every part; what must be closed is pushed onto ``opened``."""
+    store = SqliteStore.open(cfg.store_path, device_id=cfg.device.id, outgoing=build_scrubber(cfg))
+    opened.callback(store.close)
+    safety = build_safety(cfg, store, config_path=opts.config_path)
+    brain = opts.brain or await _open_brain(cfg, opened)
+    tracing = Tracing.from_config(cfg.tracing, cfg.device.id)
+    opened.push_async_callback(asyncio.to_thread, tracing.shutdown)  # may wait for a slow collector
+    metrics = EdgeMetrics(cfg.device.id)
+    opened.callback(metrics.close)
+    identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
+    hub = _hub(cfg, store, identity)
+    indexer = await _indexer(cfg, store, replicate=hub is not None and cfg.memory.replicate)
+    loop = AgentLoop(_loop_deps(cfg, store, brain, safety, tracing, _on_step(metrics, indexer), hub, indexer))
+    scheduler = AgentScheduler(
+        store,
+        loop,
+        max_concurrent=cfg.agent.max_concurrent,
+        drain_timeout=opts.drain_timeout,
+        poll_interval=opts.poll_interval,
+    )
+    drain = DrainFlag(cfg.device.data_dir, cfg.device.id)
+    router = CommandRouter(
+        store,
+        scheduler,
+        drain,
+        device_id=cfg.device.id,
+        identity=identity,
+        keep_consolidated_days=cfg.memory.keep_consolidated_days,
+    )
+    twin = TwinReporter(
+        cfg,
+        store,
+        brain,
+        tools=loop.d.registry.names(),
+        running=lambda: scheduler.running,
+        draining=lambda: drain.on,
+    )
+    port = _serve_metrics(cfg, metrics, store, scheduler, hub)
+    return Parts(store, brain, loop, scheduler, router, twin, hub, indexer, port)
+
+
+async def _open_brain(cfg: EdgeConfig, opened: AsyncExitStack) -> Brain:
+    """The model of ``[model]``: in a worker CRIU can snapshot when ``[snapshot] enabled``."""
+    brain: Brain
+    if cfg.snapshot.enabled:
+        from .worker import open_worker_brain
+
+        brain = await asyncio.to_thread(open_worker_brain, cfg)
+    else:
+        from .brain import open_brain  # imported here: unit tests run without a model
+
+        brain = await asyncio.to_thread(open_brain, cfg.model)
+    opened.callback(brain.close)
+    return brain
+
+
+def _hub(cfg: EdgeConfig, store: DeviceStore, identity: DeviceIdentity | None) -> Hub | None:
+    """The link and the knowledge client when a hub is configured (``[hub] nats_url``) or the device
+    is enrolled with one."""
+    if not (cfg.hub.nats_url or identity is not None):
+        return None
+    link = HubLink(cfg.hub, store, cfg.device.id, identity=identity)
+    knowledge = KnowledgeClient(
+        store,
+        cfg.device.id,
+        lambda: link.nc,
+        timeout_s=cfg.hub.knowledge_timeout_s,
+        cache_s=cfg.hub.knowledge_cache_s,
+    )
+    return Hub(link, knowledge)
+
+
+async def _indexer(cfg: EdgeConfig, store: DeviceStore, *, replicate: bool) -> EpisodeIndexer | None:
+    if not cfg.memory.episodic:
+        return None
+    embedder = await asyncio.to_thread(shared_embedder)
+    half_life_s = cfg.memory.half_life_days * 86400
+    return EpisodeIndexer(EpisodicMemory(store, embedder, half_life_s=half_life_s, replicate=replicate))
+
+
+def _on_step(metrics: EdgeMetrics, indexer: EpisodeIndexer | None) -> Callable[[agent_pb2.StepEvent], None]:
+    """What the loop tells about each committed step: the metrics, and L3 to index it."""
+
+    def on_step(event: agent_pb2.StepEvent) -> None:
+        metrics.observe_step(event)
+        if indexer is not None:
+            indexer.notify(event)
+
+    return on_step
+
+
+def _loop_deps(
+    cfg: EdgeConfig,
+    store: DeviceStore,
+    brain: Brain,
+    safety: Safety,
+    tracing: Tracing,
+    on_step: Callable[[agent_pb2.StepEvent], None],
+    hub: Hub | None,
+    indexer: EpisodeIndexer | None,
+) -> LoopDeps:
+    extra = [knowledge_tool(timeout_s=cfg.hub.knowledge_timeout_s)] if hub is not None else []
+    registry = ToolRegistry.default(cfg.tools, extra)
+    gateway = ExecutionGateway(
+        registry,
+        store,
+        observation_limit=cfg.agent.observation_chars,
+        admissions=safety.admissions,
+        interceptors=safety.interceptors,
+    )
+    return LoopDeps(
+        store=store,
+        registry=registry,
+        gateway=gateway,
+        model=ModelGate(brain),
+        count_tokens=brain.count_tokens,
+        compactor=Compactor(brain),
+        cfg=cfg.agent,
+        device_id=cfg.device.id,
+        workspaces=cfg.workspaces,
+        n_ctx=brain.n_ctx,
+        max_action_tokens=cfg.model.max_action_tokens,
+        monitor=safety.monitor,
+        sandbox=safety.sandbox,
+        on_step=on_step,
+        tracer=tracing.tracer,
+        memory=indexer.memory if indexer is not None else None,
+        knowledge=hub.knowledge if hub is not None else None,
+    )
+
+
+def _serve_metrics(
+    cfg: EdgeConfig, metrics: EdgeMetrics, store: DeviceStore, scheduler: AgentScheduler, hub: Hub | None
+) -> int | None:
+    """Add the daemon's scrape-time figures; serve /metrics when ``[metrics] port`` is set (its port)."""
+    published = (lambda: hub.link.published) if hub is not None else (lambda: None)
+    metrics.add_collector(
+        DaemonCollector(
+            cfg.device.id,
+            outbox_depth=store.outbox_depth,
+            running=lambda: len(scheduler.running),
+            published=published,
+        )
+    )
+    if cfg.metrics.port is None:
+        return None
+    port = metrics.serve(cfg.metrics.addr, cfg.metrics.port)
+    log.info("metrics on http://%s:%d/metrics", cfg.metrics.addr, port)
+    return port

@@ -1,0 +1,60 @@
+"""Approvals: tool calls policy marked needs-approval, and the operator's decisions on them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import astuple, replace
+from typing import Any
+
+from edgehub.protocol.v1 import agent_pb2
+
+from ...errors import StoreError
+from ..base import Approval
+from .agents import AgentRows
+from .outbox import Outbox
+
+APPROVAL_COLS = (
+    "key, agent_id, step, tool, args_json, proposal_json, rule, reason, status, decided_by, note,"
+    " requested_at, decided_at"
+)
+"""The ``approvals`` columns in the order of ``Approval``'s fields."""
+
+
+class Approvals(AgentRows, Outbox):
+    """The ``approvals`` table; a decision commits with the agent's new state and its event."""
+
+    def _put_approval(self, a: Approval) -> None:
+        """Insert, or refresh a pending one (inside the caller's transaction); a decided one stays."""
+        self._conn.execute(
+            f"INSERT INTO approvals({APPROVAL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT(key) DO UPDATE SET tool = excluded.tool, args_json = excluded.args_json,"
+            " proposal_json = excluded.proposal_json, rule = excluded.rule, reason = excluded.reason,"
+            " requested_at = excluded.requested_at WHERE approvals.status = 'pending'",
+            astuple(replace(a, requested_at=a.requested_at or time.time())),  # in APPROVAL_COLS' order
+        )
+
+    def get_approval(self, key: str) -> Approval | None:
+        row = self._conn.execute(f"SELECT {APPROVAL_COLS} FROM approvals WHERE key = ?", (key,)).fetchone()
+        return None if row is None else Approval(*row)
+
+    def list_approvals(self, status: str | None = "pending") -> list[Approval]:
+        sql = f"SELECT {APPROVAL_COLS} FROM approvals"
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        return [Approval(*row) for row in self._rows(sql + " ORDER BY requested_at, key", args)]
+
+    def decide_approval(
+        self, approval: Approval, state: agent_pb2.AgentState, event: agent_pb2.StepEvent
+    ) -> None:
+        with self._tx():
+            self._conn.execute(
+                "UPDATE approvals SET status = ?, decided_by = ?, note = ?, decided_at = ?"
+                " WHERE key = ? AND status = 'pending'",
+                (approval.status, approval.decided_by, approval.note, time.time(), approval.key),
+            )
+            if self._conn.changes() != 1:
+                raise StoreError(f"approval {approval.key!r} is not pending", path=str(self.path))
+            self._put_state(state)
+            self._log_event(event)
+            self._append_outbox(event)

@@ -1,0 +1,180 @@
+"""The hub's commands, applied on this device: fenced by epoch, then handed to the handler of their kind.
+
+``CommandRouter.apply`` is the handler ``edgehub.sync.commands.CommandConsumer`` calls: it returns once
+the command's effect is committed (the consumer then acks it), and raises ``MessageRejected`` for a
+command refused for good (the consumer dead-letters it with the reason), including a kind this daemon
+does not know. Every handler is idempotent: the hub may deliver a command again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
+
+from edgehub.protocol.v1 import agent_pb2, commands_pb2
+from edgehub.sync.errors import MessageRejected
+
+from ..datadir import DrainFlag
+from ..safety.approvals import ApprovalError, decide
+from ..store.base import DeviceStore
+from .identity import DeviceIdentity
+from .migration import migrate_in, migrate_out
+from .twin import daemon_version
+
+log = logging.getLogger("edgehub.edge")
+S = agent_pb2
+Handler = Callable[[commands_pb2.Command], Awaitable[None]]
+ABOUT_AGENT = ("stop_agent", "migrate_out", "migrate_in", "start_agent")
+"""Kinds whose body names the agent they are about (``agent_id``)."""
+
+
+def agent_of(cmd: commands_pb2.Command) -> str:
+    """The agent a command is about ('' for device-wide commands)."""
+    kind = cmd.WhichOneof("body")
+    if kind == "decide_approval":
+        return cmd.decide_approval.key.rsplit("/", 1)[0]
+    if kind in ABOUT_AGENT:
+        return str(getattr(cmd, kind).agent_id)
+    return ""
+
+
+class Agents(Protocol):
+    """What the router needs of the agent scheduler."""
+
+    def submit(
+        self,
+        goal: str,
+        *,
+        agent_id: str | None = None,
+        budget: agent_pb2.Budget | None = None,
+        task_id: str = "",
+    ) -> str: ...
+
+    async def stop_agent(self, agent_id: str, reason: str) -> agent_pb2.AgentState: ...
+
+    def hold(self, agent_id: str) -> AbstractAsyncContextManager[None]: ...
+
+    def schedule(self) -> None: ...
+
+
+class CommandRouter:
+    """Applies hub commands to this device; also the ``MigrationSite`` its migrations run on."""
+
+    def __init__(
+        self,
+        store: DeviceStore,
+        agents: Agents,
+        drain: DrainFlag,
+        *,
+        device_id: str,
+        identity: DeviceIdentity | None,
+        keep_consolidated_days: float,
+    ) -> None:
+        self.store = store
+        self.agents = agents
+        self.drain = drain
+        self.device_id = device_id
+        self.identity = identity
+        self.keep_consolidated_days = keep_consolidated_days
+        self.handlers: dict[str, Handler] = {
+            "migrate_out": lambda cmd: migrate_out(self, cmd),
+            "migrate_in": lambda cmd: migrate_in(self, cmd),
+            "start_agent": self._start_agent,
+            "drain": self._drain,
+            "stop_agent": self._stop_agent,
+            "decide_approval": self._decide_approval,
+            "prune_episodes": self._prune_episodes,
+        }
+        """Command kind (the ``body`` field set) -> its handler."""
+
+    # the MigrationSite a migration runs on -------------------------------------------------------
+    @property
+    def draining(self) -> bool:
+        """Drained by the hub (``DrainFlag``)."""
+        return self.drain.on
+
+    def hold(self, agent_id: str) -> AbstractAsyncContextManager[None]:
+        """The scheduler's ``hold``."""
+        return self.agents.hold(agent_id)
+
+    def schedule(self) -> None:
+        """The scheduler's ``schedule``."""
+        self.agents.schedule()
+
+    # applying ------------------------------------------------------------------------------------
+    async def apply(self, cmd: commands_pb2.Command) -> None:
+        """Apply a hub command; returns once its effect is committed (then the command is acked)."""
+        kind = cmd.WhichOneof("body")
+        log.info("command %s from %s: %s", cmd.command_id, cmd.issued_by or "hub", kind)
+        handler = self.handlers.get(kind or "")
+        if handler is None:  # a newer hub's command this daemon does not know: dead letters, with the reason
+            raise MessageRejected(f"unknown command {kind or '(empty)'}; this daemon is {daemon_version()}")
+        await self.fence(cmd)
+        await handler(cmd)
+
+    async def fence(self, cmd: commands_pb2.Command) -> None:
+        """Fencing: a command about an agent carries its epoch as the hub knows it. Older than this
+        device's copy: refused. Newer: this copy is stale (the agent moved on without it), so it
+        stands down: stopped, marked MIGRATED, never run here again. A copy that left with a
+        migration takes no commands but that migration's own."""
+        kind = cmd.WhichOneof("body")
+        agent_id = agent_of(cmd)
+        if kind in ("start_agent", "migrate_in") or not (agent_id and self.store.has_agent(agent_id)):
+            return  # start: idempotent by agent id; migrate_in: brings a newer epoch by design
+        local = self.store.load_agent(agent_id)
+        if local.status == S.AGENT_STATUS_MIGRATED and kind != "migrate_out":
+            where = f" to {local.migrated_to}" if local.migrated_to else ""
+            raise MessageRejected(f"agent {agent_id} left this device{where} (epoch {local.epoch})")
+        if cmd.epoch < local.epoch:
+            raise MessageRejected(
+                f"stale command for {agent_id}: epoch {cmd.epoch}, this device has {local.epoch}"
+            )
+        if cmd.epoch > local.epoch and local.status != S.AGENT_STATUS_MIGRATED:
+            async with self.agents.hold(agent_id):
+                self.store.mark_migrated(agent_id, "", "")
+            log.error(
+                "agent %s: the hub knows epoch %d, this copy is %d: stood down",
+                agent_id,
+                cmd.epoch,
+                local.epoch,
+            )
+            raise MessageRejected(
+                f"{agent_id}: this device's copy (epoch {local.epoch}) is stale; stood down"
+            )
+
+    # the handlers --------------------------------------------------------------------------------
+    async def _start_agent(self, cmd: commands_pb2.Command) -> None:
+        start = cmd.start_agent
+        if self.store.has_agent(start.agent_id):
+            return  # started before: the command came again
+        if self.drain.on:
+            raise MessageRejected(f"device {self.device_id} is draining: {start.agent_id} not started")
+        self.agents.submit(start.goal, agent_id=start.agent_id, budget=start.budget, task_id=start.task_id)
+
+    async def _drain(self, cmd: commands_pb2.Command) -> None:
+        self.drain.set(not cmd.drain.resume, cmd.drain.reason)
+
+    async def _stop_agent(self, cmd: commands_pb2.Command) -> None:
+        stop = cmd.stop_agent
+        if self.store.has_agent(stop.agent_id):
+            await self.agents.stop_agent(stop.agent_id, stop.reason or "stopped by the hub")
+
+    async def _decide_approval(self, cmd: commands_pb2.Command) -> None:
+        d = cmd.decide_approval
+        with contextlib.suppress(ApprovalError):  # already decided: the effect is there
+            decide(self.store, d.key, approve=d.approve, by=d.by, note=d.note)
+
+    async def _prune_episodes(self, cmd: commands_pb2.Command) -> None:
+        prune = cmd.prune_episodes
+        keep_s = self.keep_consolidated_days * 86400
+        marked, deleted = self.store.prune_episodes(list(prune.keys), prune.run_id, keep_s=keep_s)
+        log.info(
+            "consolidation %s: %d episodes pruned, %d deleted (retention %.1f days)",
+            prune.run_id,
+            marked,
+            deleted,
+            self.keep_consolidated_days,
+        )
