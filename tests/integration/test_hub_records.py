@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.aio.client import Client
 
-from edgehub.hub.api.access import ApiTokens
 from edgehub.hub.errors import EnrollmentRefused
 from edgehub.hub.fleet.agents import AgentRegistry, fence
 from edgehub.hub.fleet.devices import DeviceRegistry
 from edgehub.hub.fleet.identity import Credentials, Enrollments, digest
 from edgehub.hub.fleet.migration import MigrationService
+from edgehub.hub.operators import ApiTokens
 from edgehub.protocol.ids import kv_key
 from edgehub.protocol.v1 import agent_pb2, events_pb2, hub_pb2, twin_pb2
 from edgehub.sync import NatsServer

@@ -14,7 +14,8 @@ from cryptography import x509
 
 from edgehub.edge.uplink.identity import DeviceIdentity, EnrollmentError
 from edgehub.hub.api import access
-from edgehub.hub.api.access import ANONYMOUS, Principal, required_roles
+from edgehub.hub.api.access import required_roles
+from edgehub.hub.operators import ANONYMOUS, Principal
 from edgehub.protocol.v1 import hub_pb2
 from edgehub.sync.auth import (
     AuthError,

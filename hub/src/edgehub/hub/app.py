@@ -25,11 +25,11 @@ from edgehub.sync.auth import Trust
 from edgehub.sync.lease import Lease
 from edgehub.sync.tls import CertificateAuthority
 
-from .api.access import bootstrap_admin
 from .api.service import serve
 from .config import HubConfig
 from .knowledge import KnowledgeService
 from .metrics import ApplierCollector, EventLag
+from .operators import bootstrap_admin
 from .routing import EventRouter
 from .services import HubServices
 

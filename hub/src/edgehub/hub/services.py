@@ -18,7 +18,6 @@ from prometheus_client import CollectorRegistry
 from edgehub.sync.auth import Trust
 from edgehub.sync.tls import CertificateAuthority
 
-from .api.access import ApiTokens
 from .config import HubConfig
 from .fleet.agents import AgentRegistry
 from .fleet.control import Commands
@@ -30,6 +29,7 @@ from .goals import DeviceView, FleetCache
 from .goals.service import GoalService
 from .knowledge import DreamerService, KnowledgeService
 from .knowledge.responder import KnowledgeResponder
+from .operators import ApiTokens
 
 
 @dataclass
