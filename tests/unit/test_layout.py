@@ -150,7 +150,15 @@ def test_no_import_cycles_between_modules_or_folders_of_a_member(member: str) ->
 LAYERS = {
     # a folder or top module may import its own layer and the ones before it, never a later one
     "edge": [("errors",), ("config",), ("*",), ("parts",), ("app",), ("cli",)],
-    "hub": [("errors",), ("config",), ("*",), ("services",), ("api", "routing"), ("app", "metrics"), ("cli",)],
+    "hub": [
+        ("errors",),
+        ("config",),
+        ("*",),
+        ("services",),
+        ("api", "routing"),
+        ("app", "metrics"),
+        ("cli",),
+    ],
     "sync": [("errors",), ("*",)],
     "llm": [("errors",), ("*",)],
 }
