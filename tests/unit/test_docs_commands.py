@@ -87,3 +87,36 @@ def test_every_command_the_docs_name_exists_and_answers_help(doc: str, command: 
     for path in paths:
         result = CliRunner().invoke(app, [*path, "--help"])
         assert result.exit_code == 0, f"{doc}: `edgehub {' '.join(path)} --help`: {result.output}"
+
+
+# and only files that exist ---------------------------------------------------------------------------------
+PATH_MENTION = re.compile(r"`([a-z0-9_.-][A-Za-z0-9_./-]*/)?([a-z0-9_-]+\.(?:py|proto|toml|sh))`")
+ELSEWHERE = {"rpc_pb2.py"}
+"""Files the docs name that are built outside the repository (CRIU's RPC bindings, in the cache)."""
+TRACKED = sorted(
+    str(p.relative_to(ROOT))
+    for p in ROOT.rglob("*")
+    if p.is_file()
+    and not {".venv", ".git", "node_modules"} & set(p.parts)
+    and p.suffix in (".py", ".proto", ".toml", ".sh")
+)
+
+
+def _file_mentions() -> list[tuple[str, str]]:
+    out = []
+    for doc in DOCS:
+        if doc.name == "CHANGELOG.md":
+            continue  # history names files as they were then
+        for m in PATH_MENTION.finditer(doc.read_text()):
+            if m.group(2) not in ELSEWHERE:
+                out.append((f"{doc.relative_to(ROOT)}", (m.group(1) or "") + m.group(2)))
+    return sorted(set(out))
+
+
+@pytest.mark.parametrize(("doc", "path"), _file_mentions())
+def test_every_file_the_docs_name_exists(doc: str, path: str) -> None:
+    """A path is named from the repository root, a member's folder or its package (``hub/access.py``
+    means ``hub/src/edgehub/hub/access.py``): some tracked file must end with it."""
+    assert any(t == path or t.endswith("/" + path) for t in TRACKED), (
+        f"{doc} names {path}, which does not exist"
+    )
