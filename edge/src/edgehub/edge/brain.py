@@ -18,6 +18,7 @@ def llama_settings(cfg: ModelConfig) -> LlamaSettings:
         n_batch=cfg.n_batch,
         seed=cfg.seed,
         temperature=cfg.temperature,
+        strict_strings=cfg.strict_strings,
         path_key="model.path",
     )
 

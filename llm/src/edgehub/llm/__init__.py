@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import Brain, Completion
+from .chat import ChatFormat, neutralise
 from .errors import LlmError, ModelFileError
 from .gate import ModelGate
 from .settings import LlamaSettings, check_model_file, default_model_path
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Brain",
+    "ChatFormat",
     "Completion",
     "LlamaBrain",
     "LlamaSettings",
@@ -27,6 +29,7 @@ __all__ = [
     "ModelGate",
     "check_model_file",
     "default_model_path",
+    "neutralise",
 ]
 
 

@@ -42,6 +42,10 @@ class LlamaSettings:
     """Sampling seed (only matters above temperature 0)."""
     temperature: float = 0.0
     """0 = greedy: reproducible outputs."""
+    strict_strings: bool = True
+    """The JSON grammar admits in strings only what JSON does (no raw control characters); False keeps
+    llama-cpp-python's own rule, which lets a model write a raw newline and break the JSON (measured
+    by the evaluation suite, docs/eval.md)."""
     path_key: str = "the model path"
     """The setting an operator changes to point at another file, named in "not found" errors
     (``model.path`` on the edge, ``dreamer.model_path`` on the hub)."""
