@@ -19,6 +19,7 @@ def llama_settings(cfg: ModelConfig) -> LlamaSettings:
         seed=cfg.seed,
         temperature=cfg.temperature,
         strict_strings=cfg.strict_strings,
+        grammar_bounds=cfg.grammar_bounds,
         path_key="model.path",
     )
 

@@ -31,26 +31,33 @@ LENIENT_CHAR = r'char ::= [^"\\] |'
 STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 
 
-def grammar_schema(schema: Any) -> Any:
-    """``schema`` without length bounds, for llama.cpp's grammar compiler.
+def grammar_schema(schema: Any, keep: int = 0) -> Any:
+    """``schema`` without length bounds above ``keep``, for llama.cpp's grammar compiler.
 
     llama.cpp unrolls ``maxLength: n`` into n nested optional rules and refuses large n; lengths are
     bounded by max_tokens during decoding and validated exactly afterwards (the execution gateway
-    checks arguments against the full schema), so the grammar need not carry them.
+    checks arguments against the full schema), so the grammar need not carry them. Small bounds may
+    stay (``keep``): a bounded ``thought`` is what stops a small model that repeats itself inside a
+    string until max_tokens cuts its JSON (issue 18).
     """
     if isinstance(schema, dict):
-        return {k: grammar_schema(v) for k, v in schema.items() if k not in _UNROLLED}
+        return {
+            k: grammar_schema(v, keep)
+            for k, v in schema.items()
+            if k not in _UNROLLED or (isinstance(v, int) and v <= keep)
+        }
     if isinstance(schema, list):
-        return [grammar_schema(v) for v in schema]
+        return [grammar_schema(v, keep) for v in schema]
     return schema
 
 
-def json_grammar(schema: dict[str, Any], *, strict_strings: bool = True) -> str:
+def json_grammar(schema: dict[str, Any], *, strict_strings: bool = True, keep_bounds: int = 0) -> str:
     """The GBNF grammar of ``schema``. llama-cpp-python's converter lets a JSON string hold raw control
     characters (``char ::= [^"\\] | ...``), so a model could write a raw newline inside a string and
     produce JSON no parser accepts ("Invalid control character"); ``strict_strings`` admits only what
-    JSON allows there (control characters only as escapes), as llama.cpp's own converter does."""
-    gbnf = json_schema_to_gbnf(json.dumps(grammar_schema(schema)))
+    JSON allows there (control characters only as escapes), as llama.cpp's own converter does.
+    ``keep_bounds``: length bounds up to this stay in the grammar (``grammar_schema``)."""
+    gbnf = json_schema_to_gbnf(json.dumps(grammar_schema(schema, keep_bounds)))
     if not strict_strings:
         return gbnf
     if LENIENT_CHAR in gbnf:
@@ -143,7 +150,11 @@ class LlamaBrain:
     def _grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
         key = json.dumps(schema, sort_keys=True)
         if key not in self._grammars:
-            gbnf = json_grammar(schema, strict_strings=self.settings.strict_strings)
+            gbnf = json_grammar(
+                schema,
+                strict_strings=self.settings.strict_strings,
+                keep_bounds=self.settings.grammar_bounds,
+            )
             self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
         return self._grammars[key]
 

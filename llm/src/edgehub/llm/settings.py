@@ -46,6 +46,10 @@ class LlamaSettings:
     """The JSON grammar admits in strings only what JSON does (no raw control characters); False keeps
     llama-cpp-python's own rule, which lets a model write a raw newline and break the JSON (measured
     by the evaluation suite, docs/eval.md)."""
+    grammar_bounds: int = 0
+    """Schema length bounds up to this many characters (or items) are kept in the grammar (0: none,
+    every length is then bounded only by max_tokens). The edge keeps small ones: a bounded thought
+    stops a small model that repeats itself inside a string until its JSON is cut."""
     path_key: str = "the model path"
     """The setting an operator changes to point at another file, named in "not found" errors
     (``model.path`` on the edge, ``dreamer.model_path`` on the hub)."""
