@@ -271,6 +271,7 @@ class AgentState(_message.Message):
     DELIVERABLES_FIELD_NUMBER: _builtins.int
     VERIFICATION_FIELD_NUMBER: _builtins.int
     FINISH_RETURNS_FIELD_NUMBER: _builtins.int
+    PLAN_DONE_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     agent_id: _builtins.str
     goal: _builtins.str
@@ -298,6 +299,8 @@ class AgentState(_message.Message):
     """What the finish check concluded when the agent finished (UNSPECIFIED until then)."""
     finish_returns: _builtins.int
     """Times the finish check sent the agent back with what was missing."""
+    plan_done: _builtins.int
+    """Steps of the plan done so far (successful actions since it was written or rewritten)."""
     @_builtins.property
     def budget(self) -> Global___Budget: ...
     @_builtins.property
@@ -354,10 +357,11 @@ class AgentState(_message.Message):
         deliverables: _abc.Iterable[Global___Deliverable] | None = ...,
         verification: Global___Verification.ValueType = ...,
         finish_returns: _builtins.int = ...,
+        plan_done: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "guard", b"guard", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "deliverables", b"deliverables", "epoch", b"epoch", "failure_reason", b"failure_reason", "finish_returns", b"finish_returns", "goal", b"goal", "guard", b"guard", "migrated_from", b"migrated_from", "migrated_to", b"migrated_to", "migration_id", b"migration_id", "plan", b"plan", "recalled", b"recalled", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "updated_at", b"updated_at", "usage", b"usage", "verification", b"verification"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "deliverables", b"deliverables", "epoch", b"epoch", "failure_reason", b"failure_reason", "finish_returns", b"finish_returns", "goal", b"goal", "guard", b"guard", "migrated_from", b"migrated_from", "migrated_to", b"migrated_to", "migration_id", b"migration_id", "plan", b"plan", "plan_done", b"plan_done", "recalled", b"recalled", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "updated_at", b"updated_at", "usage", b"usage", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,24 +82,30 @@ class ToolRegistry:
             registry.load_entry_points()
         return registry.only(cfg.enabled) if cfg.enabled is not None else registry
 
-    def action_schema(self) -> dict[str, Any]:
+    def action_schema(self, *, plan: bool = False) -> dict[str, Any]:
         """JSON schema of one model action; the brain's grammar is built from it.
 
         One ``anyOf`` branch per tool, each fixing ``tool`` to the tool's name and ``args`` to its
-        parameters, with properties in the order the model should write them.
+        parameters, with properties in the order the model should write them. ``plan``: the action
+        starts with the agent's step plan (a short list of steps).
         """
-        return {"anyOf": [_branch(spec) for spec in self.specs()]}
+        return {"anyOf": [_branch(spec, plan) for spec in self.specs()]}
 
 
-def _branch(spec: ToolSpec) -> dict[str, Any]:
+PLAN_SCHEMA = {"type": "array", "items": {"type": "string", "maxLength": 80}, "minItems": 1, "maxItems": 5}
+
+
+def _branch(spec: ToolSpec, plan: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {"plan": PLAN_SCHEMA} if plan else {}
+    properties |= {
+        "thought": {"type": "string", "maxLength": THOUGHT_MAX_CHARS},
+        "tool": {"const": spec.name},
+        "args": spec.parameters,
+    }
     return {
         "type": "object",
-        "properties": {
-            "thought": {"type": "string", "maxLength": THOUGHT_MAX_CHARS},
-            "tool": {"const": spec.name},
-            "args": spec.parameters,
-        },
-        "required": ["thought", "tool", "args"],
+        "properties": properties,
+        "required": list(properties),
         "additionalProperties": False,
     }
 
