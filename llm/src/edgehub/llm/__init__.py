@@ -13,7 +13,7 @@ from .base import Brain, Completion
 from .chat import ChatFormat, neutralise
 from .errors import LlmError, ModelFileError
 from .gate import ModelGate
-from .settings import LlamaSettings, check_model_file, default_model_path
+from .settings import LlamaSettings, check_model_file, default_model_path, packaged_model_path
 
 if TYPE_CHECKING:
     from .llama import LlamaBrain
@@ -30,6 +30,7 @@ __all__ = [
     "check_model_file",
     "default_model_path",
     "neutralise",
+    "packaged_model_path",
 ]
 
 

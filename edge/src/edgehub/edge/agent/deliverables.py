@@ -56,7 +56,12 @@ _TO_FILE = re.compile(
     r"(?:a |the )?(?:new |second )?(?:file )?(?:called |named )?$",
     re.I,
 )
-_OUTPUT = re.compile(r"\b(?:its|the|that) (?:output|result)\b", re.I)
+_OUTPUT = re.compile(
+    r"\b(?:(?:its|the|that) (?:output|result)|what it (?:prints|printed|shows|showed))\b", re.I
+)
+_INTO = re.compile(r"\b(?:into|to|as)\s+(?:a |the )?(?:new |second )?(?:file )?(?:called |named )?$", re.I)
+"""A destination after a reading verb ("summarise a.txt into b.txt"): narrower than _TO_FILE, as
+"what is in a.txt" names a source."""
 _FILE_TEXT = re.compile(
     r"\b(?:what (?:it|the file) (?:says|holds|contains)|its (?:text|content|contents))\b", re.I
 )
@@ -98,13 +103,13 @@ def _literal(clause: str) -> str:
     return "" if value.split()[:1] in (["into"], ["to"], ["in"], ["on"], ["as"], ["inside"]) else value
 
 
-def _files(clause: str) -> list[tuple[str, bool]]:
+def _files(clause: str, destination: re.Pattern[str] = _TO_FILE) -> list[tuple[str, bool]]:
     """(file, named as the clause's destination) for each file name in ``clause``."""
     out = []
     for m in _FILE.finditer(clause):
         if m.group(1) == "URL":
             continue
-        out.append((m.group(1), bool(_TO_FILE.search(clause[: m.start()]))))
+        out.append((m.group(1), bool(destination.search(clause[: m.start()]))))
     return out
 
 
@@ -186,7 +191,7 @@ def extract(goal: str) -> list[agent_pb2.Deliverable]:
         elif verb in _RECALL or re.match(r"look\b.*\bup\b", f"{verb} {rest}", re.I):
             out.append(_deliverable("recall"))
         elif verb in _READ:
-            for path, destination in _files(clause):
+            for path, destination in _files(clause, _INTO):
                 kinds = ("write",) if destination else ("read", "keep")
                 out += [_deliverable(k, path) for k in kinds]
         elif verb in _QUESTION or question:

@@ -134,8 +134,11 @@ class AgentLoop:
         self.d = deps
         chat = deps.model.brain.chat_format if deps.cfg.prompt_format == "auto" else None
         self.prompts = PromptBuilder(deps.registry.specs(), chat=chat, plan=deps.cfg.plan)
-        self._schema = deps.registry.action_schema()
-        self._plan_schema = deps.registry.action_schema(plan=True)
+        self._schemas = {
+            (plan, finish): deps.registry.action_schema(plan=plan, without=() if finish else ("finish",))
+            for plan in (False, True)
+            for finish in (False, True)
+        }
         self._tools = set(deps.registry.names())
         self._headers: dict[str, str] = {}  # agent -> header (its demonstrations depend on its goal)
         self._header_tokens: dict[str, int] = {}  # header -> tokens
@@ -289,22 +292,39 @@ class AgentLoop:
         warning = self.prompts.warning(state.guard.warning) if state.guard.warning else ""
         return f"{self._header(state)}{task}{window.text}{warning}{self.prompts.cue(state.step)}"
 
+    def _sent_back(self, state: agent_pb2.AgentState) -> bool:
+        """The previous step was a finish the finish check sent back."""
+        observations = [t for t in self._window(state).turns if t.role == "observation"]
+        return (
+            bool(observations)
+            and observations[-1].step == state.step - 1
+            and (observations[-1].text.startswith(INCOMPLETE))
+        )
+
     def _needs_plan(self, state: agent_pb2.AgentState) -> bool:
         """A plan is written with the first action, and rewritten when the platform sent the agent back
         (finish check) or warned it (stuck-loop monitor)."""
         if not self.d.cfg.plan:
             return False
-        if not state.plan or state.guard.warning:
+        return not state.plan or bool(state.guard.warning) or self._sent_back(state)
+
+    def _may_finish(self, state: agent_pb2.AgentState) -> bool:
+        """Whether ``finish`` is in this step's grammar. With the finish check on it is withheld for the
+        first step of a goal that names work to do (files, commands, notes), and for the step right
+        after a finish was sent back: a small model otherwise finishes again at once, unchanged."""
+        if not self.d.cfg.finish_check:
             return True
-        turns = self._window(state).turns
-        return bool(turns) and turns[-1].role == "observation" and turns[-1].text.startswith(INCOMPLETE)
+        if self._sent_back(state):
+            return False
+        work = any(d.kind not in ("answer", "keep") for d in state.deliverables)
+        return not (state.step == 0 and work)
 
     async def _think(self, state: agent_pb2.AgentState) -> Completion:
         with self._spans.phase("think") as span:
             prompt = self._prompt(state)
             completion = await self.d.model.complete(
                 prompt,
-                json_schema=self._plan_schema if self._needs_plan(state) else self._schema,
+                json_schema=self._schemas[self._needs_plan(state), self._may_finish(state)],
                 max_tokens=self.d.max_action_tokens,
                 special=self.prompts.special,
             )
