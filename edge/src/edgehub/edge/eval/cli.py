@@ -72,18 +72,14 @@ def git_commit() -> str:
 
 
 def machine() -> str:
-    import os
+    """This machine as reports name it (``edgehub.hardware``'s detection)."""
     import platform
 
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Linux {platform.release()}"
+    from edgehub.hardware import detect
+
+    m = detect()
+    memory = f"{m.memory_mb / 1024:.0f} GiB"
+    return f"{m.cpu_model or m.arch}, {m.usable_cores} cores, {memory}, Linux {platform.release()}"
 
 
 def print_report(report: Report, *, goals: bool = True) -> None:

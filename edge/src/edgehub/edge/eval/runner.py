@@ -16,7 +16,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,7 @@ from edgehub.protocol.v1 import agent_pb2, knowledge_pb2
 
 from ..app import EdgeDaemon
 from ..config import EdgeConfig
+from ..config import _merge as merge_config
 from ..knowledge import cache_key
 from .checks import Outcome, category, judge, snapshot
 from .report import GoalRun, Report
@@ -38,16 +39,6 @@ log = logging.getLogger("edgehub.edge.eval")
 EARLIER_AGENT = "earlier-agent"
 """Whose memories a goal's ``memories`` are (an agent that ran on the device before)."""
 GOAL_TIMEOUT_S = 600.0
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def _closed_port() -> int:
@@ -72,7 +63,7 @@ class RunOptions:
     label: str = ""
 
     def config(self, data_dir: Path, goal: Goal, max_steps: int) -> EdgeConfig:
-        data = _merge(self.base.model_dump(exclude_unset=True), self.overrides)
+        data = merge_config(self.base.model_dump(exclude_unset=True), self.overrides)
         per_run: dict[str, Any] = {
             "device": {"id": "eval", "data_dir": data_dir},
             "agent": {"max_steps": goal.max_steps or max_steps, "max_concurrent": 1},
@@ -82,7 +73,7 @@ class RunOptions:
             "memory": {"replicate": False},
             "hub": {"nats_url": f"nats://127.0.0.1:{_closed_port()}" if goal.knowledge else None},
         }
-        return EdgeConfig.model_validate(_merge(data, per_run))
+        return EdgeConfig.model_validate(merge_config(data, per_run))
 
 
 def _fact(fact: tuple[str, str, str]) -> knowledge_pb2.KnowledgeFact:
