@@ -138,3 +138,9 @@ def test_snapshot_reads_text_files_and_marks_directories(tmp_path: Path) -> None
 
 def test_a_check_describes_itself_for_reports() -> None:
     assert Check.model_validate({"file": "a.txt", "equals": "x"}).describe() == "file='a.txt' equals='x'"
+
+
+def test_an_attempt_counts_whatever_came_of_it() -> None:
+    o = outcome(event("read_file", ok=False, path="missing.txt"))
+    assert passed(goal({"attempted": "read_file", "with": {"path": "missing.txt"}}), o) == [True]
+    assert passed(goal({"attempted": "run_command"}), o) == [False]

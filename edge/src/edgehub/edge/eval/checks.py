@@ -155,6 +155,13 @@ def _called(check: Check, o: Outcome) -> str:
     return f"no successful {tool} call" + (f" with {check.with_}" if check.with_ else "")
 
 
+def _attempted(check: Check, o: Outcome) -> str:
+    tool = check.attempted or ""
+    if any(_matches(a, check.with_) for a in o.calls(tool, ok_only=False)):
+        return ""
+    return f"no {tool} call" + (f" with {check.with_}" if check.with_ else "")
+
+
 def _not_called(check: Check, o: Outcome) -> str:
     tool = check.not_called or ""
     bad = [a for a in o.calls(tool) if _matches(a, check.with_)]
@@ -186,6 +193,7 @@ JUDGES: dict[str, Callable[[Check, Outcome], str]] = {
     "answer": _answer,
     "status": _status,
     "called": _called,
+    "attempted": _attempted,
     "not_called": _not_called,
     "policy": _policy,
     "note": _note,

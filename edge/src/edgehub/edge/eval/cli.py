@@ -133,7 +133,7 @@ def eval_run(
     if model is not None:
         overrides.setdefault("model", {})["path"] = str(model)
     options = RunOptions(base=base, overrides=overrides, repeat=repeat, workdir=workdir, label=label)
-    report = run_suite(the_suite, goals, options, progress=not as_json)
+    report = run_suite(the_suite, goals, options, progress=not as_json, partial=out)
     if out is not None:
         report.save(out)
     if as_json:
@@ -142,8 +142,11 @@ def eval_run(
         print_report(report)
 
 
-def run_suite(suite: Any, goals: list[Any], options: RunOptions, *, progress: bool = True) -> Report:
-    """Open the model the options name, run ``goals`` and return the report."""
+def run_suite(
+    suite: Any, goals: list[Any], options: RunOptions, *, progress: bool = True, partial: Path | None = None
+) -> Report:
+    """Open the model the options name, run ``goals`` and return the report; ``partial``: rewrite the
+    report there after every run, so a run that is stopped leaves what it measured."""
     from ..agent.prompt import form
     from ..brain import open_brain  # loads llama.cpp: only when a run starts
 
@@ -153,7 +156,23 @@ def run_suite(suite: Any, goals: list[Any], options: RunOptions, *, progress: bo
     except EdgeError as exc:
         fail(exc)
 
+    done: list[Any] = []
+
+    def report(runs: list[Any]) -> Report:
+        return make_report(
+            suite,
+            options,
+            runs,
+            model=Path(str(brain.path)).name,
+            prompt_format=form(brain.chat_format, cfg.agent.prompt_format),
+            machine=machine(),
+            commit=git_commit(),
+        )
+
     def show(run: Any) -> None:
+        done.append(run)
+        if partial is not None:
+            report(done).save(partial)
         if progress:
             mark = "[green]ok[/]" if run.success else f"[red]{run.category}[/]"
             err.print(f"{run.goal_id} #{run.repeat}: {mark} {run.steps} steps {run.wall_s:.0f} s")
@@ -162,16 +181,7 @@ def run_suite(suite: Any, goals: list[Any], options: RunOptions, *, progress: bo
         runs = asyncio.run(EvalRunner(suite, options, brain).run(goals, on_run=show))
     finally:
         brain.close()
-    name = Path(str(brain.path)).name
-    return make_report(
-        suite,
-        options,
-        runs,
-        model=name,
-        prompt_format=form(brain.chat_format, cfg.agent.prompt_format),
-        machine=machine(),
-        commit=git_commit(),
-    )
+    return report(runs)
 
 
 @eval_app.command("compare")

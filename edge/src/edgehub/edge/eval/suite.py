@@ -50,7 +50,7 @@ the fleet's knowledge; refusals the policy must produce; impossible goals that m
 goals worded unlike any prompt example."""
 Tier = Literal["one_tool", "two_tools", "memory", "commands", "knowledge", "refusals", "impossible", "unlike"]
 Status = Literal["finished", "ended_cleanly", "awaiting_approval"]
-SUBJECTS = ("file", "answer", "status", "called", "not_called", "policy", "note", "max_steps")
+SUBJECTS = ("file", "answer", "status", "called", "attempted", "not_called", "policy", "note", "max_steps")
 
 
 class SuiteError(EdgeError):
@@ -69,7 +69,8 @@ class _Strict(BaseModel):
 
 class Check(_Strict):
     """One judgement of a run. Exactly one subject key (``file``, ``answer``, ``status``, ``called``,
-    ``not_called``, ``policy``, ``note``, ``max_steps``) says what is judged; the other keys say how.
+    ``attempted``, ``not_called``, ``policy``, ``note``, ``max_steps``) says what is judged; the other keys
+    say how.
     Text comparisons ignore case and surrounding whitespace."""
 
     file: str | None = None
@@ -82,6 +83,8 @@ class Check(_Strict):
     budget stopping it); ``awaiting_approval``."""
     called: str | None = None
     """A tool that must have run successfully (``with``: argument substrings)."""
+    attempted: str | None = None
+    """A tool the agent must have called, whatever came of it (``with``): trying before giving up."""
     not_called: str | None = None
     """A tool that must not have run successfully (``with``: only calls whose arguments match)."""
     policy: Literal["deny", "needs_approval", "refused"] | None = None
