@@ -35,6 +35,7 @@ from edgehub.edge.eval.report import Report
 from edgehub.edge.eval.runner import RunOptions
 from edgehub.edge.eval.suite import load_suite
 from edgehub.llm import ModelFileError, packaged_model_path
+from edgehub.llm.chat import chat_format_of
 from edgehub.llm.settings import DEFAULT_MODEL_NAME, PACKAGED_MODELS
 
 OUT = RESULTS / "eval"
@@ -81,12 +82,26 @@ def model_file(model: str) -> Path | None:
     return Path(model) if Path(model).is_file() else None
 
 
+def has_chat_template(path: Path) -> bool:
+    from llama_cpp import Llama
+
+    vocab = Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        return chat_format_of(vocab) is not None
+    finally:
+        vocab.close()
+
+
 def configs() -> list[Config]:
-    """Every model side by side, then the default model with each lever off."""
+    """Every model side by side, then the default model with each lever off (the transcript lever
+    only for a model with a chat template: for a base model it changes nothing)."""
     models = [m for m in os.environ.get("MODELS", ",".join(PACKAGED_MODELS)).split(",") if m]
     default = DEFAULT_MODEL_NAME if DEFAULT_MODEL_NAME in models else models[0]
     out = [Config(f"{m}", m) for m in models if model_file(m) is not None]
-    out += [Config(f"{default} {label}", default, over) for label, over in LEVERS]
+    path = model_file(default)
+    chat = path is not None and has_chat_template(path)
+    levers = [(label, over) for label, over in LEVERS if chat or label != "transcript"]
+    out += [Config(f"{default} {label}", default, over) for label, over in levers]
     return out
 
 
