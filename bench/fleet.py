@@ -4,8 +4,8 @@ The hub is the real daemon, ``edgehub hub run`` as a subprocess (embedded nats-s
 ``sync_interval: always``, TLS gRPC API, Prometheus metrics). The devices are simulated without a
 model or a store; each does what ``HubLink`` does:
 
-- puts its twin (a ``DeviceTwin`` as ``TwinReporter.twin()`` builds it, ~300 bytes) into ``edgehub-devices`` every
-  HEARTBEAT_S, the devices' phases spread evenly over one interval;
+- puts its twin (a ``DeviceTwin`` as ``TwinReporter.twin()`` builds it, ~300 bytes) into
+  ``edgehub-devices`` every HEARTBEAT_S, the devices' phases spread evenly over one interval;
 - runs its own ``edgehub.sync.commands.CommandConsumer`` (a durable pull consumer per device, the real
   one), whose handler records when the command arrived; the ack follows right after it.
 

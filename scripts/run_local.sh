@@ -11,10 +11,14 @@
 # 3. The hub's own model plans a goal; every task is held for approval, the plan is shown, and the
 #    goal is cancelled (the tasks a 270M model writes are not worth running unreviewed).
 # 4. A consolidation of the edges' replicated episodes into the L4 graph with the hub's own model.
+# 5. A last goal on edge-2 whose file and answer the script checks (exit 1 when they are wrong).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 GOAL=${GOAL:-"Save the word green to leaf.txt, then read leaf.txt back and finish with what it says."}
+CHECK_GOAL=${CHECK_GOAL:-"Put the word amber into lamp.txt, read lamp.txt back, and answer with the word it holds."}
+CHECK_FILE=lamp.txt
+CHECK_WORD=amber
 RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/edgehub-run.XXXXXX")
 NATS_PORT=$(uv run --no-sync python -c 'from edgehub.sync import free_port; print(free_port())')
 NATS_URL="nats://127.0.0.1:$NATS_PORT"
@@ -99,4 +103,24 @@ if [[ -n "${MODEL:-}" ]]; then
 fi
 step "edgehub knowledge consolidate (the edge's L3 episodes, replicated to the hub, abstracted into L4 facts by the hub's model)"
 $EH knowledge consolidate || rc=$?
+
+# 5. A last goal whose result this script checks by its side effects, not by the agent's status
+#    (FINISHED is not success: docs/eval.md): the file must hold the word and the answer must report it.
+step "a checked goal on edge-2: $CHECK_GOAL"
+env "${EDGE2_ENV[@]}" $EH agent run -c examples/edge.toml --goal "$CHECK_GOAL" --json >"$RUN_DIR/checked.jsonl" || true
+if uv run --no-sync python - "$RUN_DIR/checked.jsonl" "$RUN_DIR/edge-2/workspaces" "$CHECK_FILE" "$CHECK_WORD" <<'PY'
+import json, pathlib, sys
+lines, workspaces, name, word = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+agent = json.loads(pathlib.Path(lines).read_text().splitlines()[-1])["agent"]
+path = workspaces / agent["agent_id"] / name
+text = path.read_text().strip() if path.is_file() else "(missing)"
+answer = agent.get("answer", "")
+ok = text.lower() == word and word in answer.lower()
+print(f"  {name}: {text!r}; answer: {answer!r}; status: {agent['status']}; deliverables: "
+      f"{agent.get('verification', 'VERIFICATION_UNSPECIFIED')} -> {'RIGHT' if ok else 'WRONG'}")
+sys.exit(0 if ok else 1)
+PY
+then step "checked: the goal's file and answer are right"
+else step "checked: WRONG (the file or the answer does not hold $CHECK_WORD)"; rc=1
+fi
 exit $rc

@@ -170,6 +170,9 @@ async def test_a_later_agent_starts_with_what_an_earlier_one_learned_in_its_prom
         {
             "device": {"id": "dev-l3", "data_dir": str(tmp_path / "edge")},
             "tools": {"load_entry_points": False},
+            # raw episodes (action lines) in the prompt, as before issue 18; distilled recall, the
+            # default, is the next test
+            "agent": {"recall_style": "raw"},
         }
     )
     async with EdgeDaemon(cfg, brain=FakeBrain(first + unrelated)) as edge:
@@ -187,6 +190,38 @@ async def test_a_later_agent_starts_with_what_an_earlier_one_learned_in_its_prom
     assert any("P-3 vibration 11.2 mm/s" in m for m in recalled), recalled
     assert "P-3 vibration 11.2 mm/s" in task
     assert "A4" not in task
+
+
+async def test_distilled_recall_brings_what_an_earlier_agent_learned_and_none_of_its_commands(
+    tmp_path: Path,
+) -> None:
+    """The default recall: a later agent's prompt holds an earlier agent's note and verified result,
+    never the lines of its actions (which a small model pasted into its own commands, issue 18)."""
+    first = [
+        act("run_command", thought="Measure", command="echo 11.2 > p3.txt"),
+        act("remember", thought="Keep it", key="pump P-3 vibration", value="11.2 mm/s"),
+        act("finish", thought="done", answer="P-3 vibrates at 11.2 mm/s"),
+    ]
+    cfg = EdgeConfig.model_validate(
+        {
+            "device": {"id": "dev-l3", "data_dir": str(tmp_path / "edge")},
+            "tools": {"load_entry_points": False},
+        }
+    )
+    async with EdgeDaemon(cfg, brain=FakeBrain(first)) as edge:
+        edge.submit("Measure the vibration of pump P-3 and remember it.")
+        await edge.run(until_idle=True)
+    brain = FakeBrain([act("finish", thought="known", answer="11.2 mm/s")])
+    async with EdgeDaemon(cfg, brain=brain) as edge:
+        agent_id = edge.submit("check the vibration of pump P-3 again")
+        await edge.run(until_idle=True)
+        assert edge.store is not None
+        recalled = list(edge.store.load_agent(agent_id).recalled)
+    assert any("pump P-3 vibration: 11.2 mm/s" in m for m in recalled), recalled
+    assert not any("run_command" in m or "echo" in m for m in recalled), recalled
+    task = brain.prompts[0].split("## Task", 1)[1]
+    assert "11.2 mm/s" in task
+    assert "echo 11.2" not in task
 
 
 def act(tool: str, thought: str = "go", **args: object) -> str:

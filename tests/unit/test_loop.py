@@ -185,7 +185,7 @@ class Memories:
         return []
 
     async def recall_for_prompt(
-        self, query: str, agent_id: str, fits: Callable[[list[str]], bool]
+        self, query: str, agent_id: str, fits: Callable[[list[str]], bool], *, distilled: bool = True
     ) -> list[str]:
         self.queries.append(query)
         chosen: list[str] = []

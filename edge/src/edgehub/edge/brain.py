@@ -18,6 +18,8 @@ def llama_settings(cfg: ModelConfig) -> LlamaSettings:
         n_batch=cfg.n_batch,
         seed=cfg.seed,
         temperature=cfg.temperature,
+        strict_strings=cfg.strict_strings,
+        grammar_bounds=cfg.grammar_bounds,
         path_key="model.path",
     )
 

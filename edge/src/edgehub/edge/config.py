@@ -52,6 +52,11 @@ class ModelConfig(_Section):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     """0 = greedy: reproducible steps."""
     max_action_tokens: int = Field(192, ge=16, le=4096)
+    strict_strings: bool = True
+    """The action grammar admits in JSON strings only what JSON allows (no raw control characters)."""
+    grammar_bounds: int = Field(200, ge=0, le=1000)
+    """Length bounds of the action schema up to this many characters stay in the grammar (the thought,
+    paths, keys: a model cannot ramble inside them until max_tokens cuts its JSON); 0: none."""
 
 
 class AgentConfig(_Section):
@@ -69,6 +74,25 @@ class AgentConfig(_Section):
     recall_tokens: int = Field(120, ge=0)
     """Room in the prompt's task block for L3 memories of earlier agents that bear on the goal
     (recalled at the start and at each compaction; ``[memory] episodic`` on); 0: none."""
+    recall_style: Literal["distilled", "raw"] = "distilled"
+    """What the prompt recalls: ``distilled``, what earlier agents learned (remembered facts, verified
+    results; never their action lines); ``raw``, any episode, actions included (as before issue 18)."""
+    prompt_format: Literal["auto", "transcript"] = "auto"
+    """``auto``: the model's own chat template when its GGUF has one (instruction-tuned models), else
+    the transcript; ``transcript``: always the transcript (what a base model continues)."""
+    demonstrations: Literal["chosen", "fixed"] = "chosen"
+    """Worked examples in the prompt: ``chosen`` for the goal from a library (``agent/demos.toml``);
+    ``fixed``: the same two for every goal."""
+    demonstration_tokens: int = Field(420, ge=0)
+    """Room for chosen demonstrations in the prompt's header (at least one is always shown)."""
+    plan: bool = True
+    """The agent writes a short step plan with its first action, and again when sent back or warned;
+    the plan is kept in its state and shown in the trace."""
+    finish_check: bool = True
+    """Before an agent may finish, its record is checked against the deliverables the platform
+    extracted from the goal; when some are missing it is sent back with what is missing."""
+    finish_returns: int = Field(2, ge=0, le=8)
+    """How often the finish check sends an agent back before letting it finish unverified."""
 
 
 class MemoryConfig(_Section):

@@ -10,15 +10,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .base import Brain, Completion
+from .chat import ChatFormat, neutralise
 from .errors import LlmError, ModelFileError
 from .gate import ModelGate
-from .settings import LlamaSettings, check_model_file, default_model_path
+from .settings import LlamaSettings, check_model_file, default_model_path, packaged_model_path
 
 if TYPE_CHECKING:
     from .llama import LlamaBrain
 
 __all__ = [
     "Brain",
+    "ChatFormat",
     "Completion",
     "LlamaBrain",
     "LlamaSettings",
@@ -27,6 +29,8 @@ __all__ = [
     "ModelGate",
     "check_model_file",
     "default_model_path",
+    "neutralise",
+    "packaged_model_path",
 ]
 
 

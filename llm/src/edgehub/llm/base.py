@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .chat import ChatFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,8 +42,14 @@ class Brain(Protocol):
         """Stable identity of the loaded model (file hash prefix + key parameters)."""
         ...
 
+    @property
+    def chat_format(self) -> ChatFormat | None:
+        """The model's own chat template, cut for append-only prompts (``chat.ChatFormat``); None for a
+        base model whose GGUF has no template (or one that cannot be used)."""
+        ...
+
     def count_tokens(self, text: str) -> int:
-        """Tokens ``text`` occupies in a prompt (without BOS)."""
+        """Tokens ``text`` occupies in a prompt (without BOS, special-token text counted as text)."""
         ...
 
     def complete(
@@ -50,11 +59,14 @@ class Brain(Protocol):
         json_schema: dict[str, Any] | None = None,
         max_tokens: int = 256,
         stop: list[str] | None = None,
+        special: bool = False,
     ) -> Completion:
         """Complete ``prompt``; with ``json_schema``, output is constrained to match it.
 
         Blocking: callers in async code run it in a worker thread. When ``prompt`` extends the
-        previous call's prompt + completion, only the new tokens are evaluated.
+        previous call's prompt + completion, only the new tokens are evaluated. ``special``: the prompt
+        spells special tokens (a chat template's turn markers) that must be parsed as such; the caller
+        has neutralised any in text it does not control (``chat.neutralise``).
         """
         ...
 

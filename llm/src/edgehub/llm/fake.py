@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .base import Completion
+from .chat import ChatFormat
 
 
 class FakeBrain:
@@ -21,12 +22,15 @@ class FakeBrain:
         *,
         n_ctx: int = 4096,
         count: Callable[[str], int] | None = None,
+        chat_format: ChatFormat | None = None,
     ) -> None:
         self._script = script if callable(script) else list(script)
         self._n_ctx = n_ctx
         self._count = count or (lambda text: len(text.split()))
         self.prompts: list[str] = []
         self.schemas: list[dict[str, Any] | None] = []
+        self.specials: list[bool] = []
+        self._chat = chat_format
         self._previous = ""
         self._previous_tokens = 0
 
@@ -38,6 +42,10 @@ class FakeBrain:
     def fingerprint(self) -> str:
         return "fake"
 
+    @property
+    def chat_format(self) -> ChatFormat | None:
+        return self._chat
+
     def count_tokens(self, text: str) -> int:
         return self._count(text)
 
@@ -48,10 +56,12 @@ class FakeBrain:
         json_schema: dict[str, Any] | None = None,
         max_tokens: int = 256,
         stop: list[str] | None = None,
+        special: bool = False,
     ) -> Completion:
         started = time.perf_counter()
         self.prompts.append(prompt)
         self.schemas.append(json_schema)
+        self.specials.append(special)
         if callable(self._script):
             text = self._script(prompt)
         elif self._script:

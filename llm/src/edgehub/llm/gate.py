@@ -28,8 +28,15 @@ class ModelGate:
             return await asyncio.to_thread(fn)
 
     async def complete(
-        self, prompt: str, *, json_schema: dict[str, Any] | None = None, max_tokens: int = 256
+        self,
+        prompt: str,
+        *,
+        json_schema: dict[str, Any] | None = None,
+        max_tokens: int = 256,
+        special: bool = False,
     ) -> Completion:
         return await self.call(
-            lambda: self.brain.complete(prompt, json_schema=json_schema, max_tokens=max_tokens)
+            lambda: self.brain.complete(
+                prompt, json_schema=json_schema, max_tokens=max_tokens, special=special
+            )
         )

@@ -19,26 +19,52 @@ from typing import Any
 
 import llama_cpp
 from llama_cpp import Llama, LlamaGrammar
+from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from .base import Completion
+from .chat import ChatFormat, chat_format_of
 from .errors import ModelFileError
 from .settings import LlamaSettings, check_model_file
 
 _UNROLLED = ("minLength", "maxLength", "minItems", "maxItems")
+LENIENT_CHAR = r'char ::= [^"\\] |'
+STRICT_CHAR = r'char ::= [^"\\\x7F\x00-\x1F] |'
 
 
-def grammar_schema(schema: Any) -> Any:
-    """``schema`` without length bounds, for llama.cpp's grammar compiler.
+def grammar_schema(schema: Any, keep: int = 0) -> Any:
+    """``schema`` without length bounds above ``keep``, for llama.cpp's grammar compiler.
 
     llama.cpp unrolls ``maxLength: n`` into n nested optional rules and refuses large n; lengths are
     bounded by max_tokens during decoding and validated exactly afterwards (the execution gateway
-    checks arguments against the full schema), so the grammar need not carry them.
+    checks arguments against the full schema), so the grammar need not carry them. Small bounds may
+    stay (``keep``): a bounded ``thought`` is what stops a small model that repeats itself inside a
+    string until max_tokens cuts its JSON (issue 18).
     """
     if isinstance(schema, dict):
-        return {k: grammar_schema(v) for k, v in schema.items() if k not in _UNROLLED}
+        return {
+            k: grammar_schema(v, keep)
+            for k, v in schema.items()
+            if k not in _UNROLLED or (isinstance(v, int) and v <= keep)
+        }
     if isinstance(schema, list):
-        return [grammar_schema(v) for v in schema]
+        return [grammar_schema(v, keep) for v in schema]
     return schema
+
+
+def json_grammar(schema: dict[str, Any], *, strict_strings: bool = True, keep_bounds: int = 0) -> str:
+    """The GBNF grammar of ``schema``. llama-cpp-python's converter lets a JSON string hold raw control
+    characters (``char ::= [^"\\] | ...``), so a model could write a raw newline inside a string and
+    produce JSON no parser accepts ("Invalid control character"); ``strict_strings`` admits only what
+    JSON allows there (control characters only as escapes), as llama.cpp's own converter does.
+    ``keep_bounds``: length bounds up to this stay in the grammar (``grammar_schema``)."""
+    gbnf = json_schema_to_gbnf(json.dumps(grammar_schema(schema, keep_bounds)))
+    if not strict_strings:
+        return gbnf
+    if LENIENT_CHAR in gbnf:
+        return gbnf.replace(LENIENT_CHAR, STRICT_CHAR)
+    if "char ::=" in gbnf and STRICT_CHAR not in gbnf:  # a converter this code does not know
+        raise ValueError("cannot make the grammar's strings strict: unknown char rule")
+    return gbnf
 
 
 def _fingerprint(path: Path, n_ctx: int) -> str:
@@ -59,7 +85,9 @@ class LlamaBrain:
         self._fingerprint = _fingerprint(path, settings.n_ctx)
         self._text = ""  # text whose exact tokens are self._tokens
         self._tokens: list[int] = []
+        self._special = False  # how self._text was tokenized
         self._grammars: dict[str, LlamaGrammar] = {}
+        self._chat = chat_format_of(llm)
 
     @classmethod
     def open(cls, settings: LlamaSettings) -> LlamaBrain:
@@ -90,16 +118,20 @@ class LlamaBrain:
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def _tokenize(self, text: str, *, bos: bool) -> list[int]:
-        return list(self.llm.tokenize(text.encode(), add_bos=bos, special=False))
+    @property
+    def chat_format(self) -> ChatFormat | None:
+        return self._chat
+
+    def _tokenize(self, text: str, *, bos: bool, special: bool = False) -> list[int]:
+        return list(self.llm.tokenize(text.encode(), add_bos=bos, special=special))
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenize(text, bos=False))
 
-    def _prompt_tokens(self, prompt: str) -> list[int]:
-        if self._text and prompt.startswith(self._text):
-            return self._tokens + self._tokenize(prompt[len(self._text) :], bos=False)
-        return self._tokenize(prompt, bos=True)
+    def _prompt_tokens(self, prompt: str, special: bool) -> list[int]:
+        if self._text and prompt.startswith(self._text) and special == self._special:
+            return self._tokens + self._tokenize(prompt[len(self._text) :], bos=False, special=special)
+        return self._tokenize(prompt, bos=True, special=special)
 
     def _trim_cache(self, tokens: list[int]) -> int:
         """Drop cached positions past the common prefix; returns how many prompt tokens are reused."""
@@ -118,9 +150,12 @@ class LlamaBrain:
     def _grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
         key = json.dumps(schema, sort_keys=True)
         if key not in self._grammars:
-            self._grammars[key] = LlamaGrammar.from_json_schema(
-                json.dumps(grammar_schema(schema)), verbose=False
+            gbnf = json_grammar(
+                schema,
+                strict_strings=self.settings.strict_strings,
+                keep_bounds=self.settings.grammar_bounds,
             )
+            self._grammars[key] = LlamaGrammar.from_string(gbnf, verbose=False)
         return self._grammars[key]
 
     def complete(
@@ -130,8 +165,9 @@ class LlamaBrain:
         json_schema: dict[str, Any] | None = None,
         max_tokens: int = 256,
         stop: list[str] | None = None,
+        special: bool = False,
     ) -> Completion:
-        tokens = self._prompt_tokens(prompt)
+        tokens = self._prompt_tokens(prompt, special)
         if len(tokens) + max_tokens > self.n_ctx:
             raise ValueError(
                 f"prompt of {len(tokens)} tokens + {max_tokens} to generate exceeds "
@@ -143,7 +179,7 @@ class LlamaBrain:
         out, first_at, reason = self._generate(tokens, grammar, max_tokens, stop or [])
         done = time.perf_counter()
         text = self.llm.detokenize(out).decode(errors="replace")
-        self._text, self._tokens = prompt + text, tokens + out
+        self._text, self._tokens, self._special = prompt + text, tokens + out, special
         first = first_at or done
         return Completion(
             text=text,

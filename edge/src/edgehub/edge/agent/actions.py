@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from ..jsontypes import JsonObject
 
 MAX_ACTION_CHARS = 16_384
+MAX_PLAN_ITEMS = 8
+MAX_PLAN_ITEM_CHARS = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,8 @@ class Proposal:
     args: JsonObject = field(default_factory=dict)
     error: str = ""
     """Why the output is not a usable action (empty when it is)."""
+    plan: tuple[str, ...] = ()
+    """The step plan written with this action (empty: none written)."""
 
     @property
     def ok(self) -> bool:
@@ -36,16 +40,28 @@ class Proposal:
 
     def to_json(self) -> str:
         """Serialised for the intent log, so a resumed step replays the same proposal."""
-        return json.dumps({"raw": self.raw, "thought": self.thought, "tool": self.tool, "args": self.args})
+        data = {"raw": self.raw, "thought": self.thought, "tool": self.tool, "args": self.args}
+        if self.plan:
+            data["plan"] = list(self.plan)
+        return json.dumps(data)
 
     @classmethod
     def from_json(cls, text: str) -> Proposal:
         data = json.loads(text)
-        return cls(raw=data["raw"], thought=data["thought"], tool=data["tool"], args=data["args"])
+        plan = tuple(data.get("plan", ()))  # absent in proposals recorded before plans existed
+        return cls(raw=data["raw"], thought=data["thought"], tool=data["tool"], args=data["args"], plan=plan)
+
+
+def _plan(value: object) -> tuple[str, ...] | None:
+    """A plan as written (a list of short strings), bounded; None when it is not one."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        return None
+    items = [" ".join(item.split())[:MAX_PLAN_ITEM_CHARS] for item in value[:MAX_PLAN_ITEMS]]
+    return tuple(item for item in items if item)
 
 
 def parse_action(raw: str) -> Proposal:
-    """Parse ``{"thought": str, "tool": str, "args": object}``; never raises."""
+    """Parse ``{"plan"?: [str], "thought": str, "tool": str, "args": object}``; never raises."""
     if len(raw) > MAX_ACTION_CHARS:
         return Proposal(raw=raw[:MAX_ACTION_CHARS], error=f"action longer than {MAX_ACTION_CHARS} characters")
     try:
@@ -61,4 +77,7 @@ def parse_action(raw: str) -> Proposal:
         return Proposal(raw=raw, error='"thought" must be a string')
     if not isinstance(args, dict):
         return Proposal(raw=raw, thought=thought, tool=tool, error='"args" must be a JSON object')
-    return Proposal(raw=raw, thought=thought, tool=tool, args=args)
+    plan = _plan(data.get("plan", []))
+    if plan is None:
+        return Proposal(raw=raw, thought=thought, tool=tool, error='"plan" must be a list of strings')
+    return Proposal(raw=raw, thought=thought, tool=tool, args=args, plan=plan)

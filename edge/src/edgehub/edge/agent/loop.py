@@ -36,7 +36,9 @@ from ..store.base import Approval, EdgeStore
 from ..tracing import AgentSpans
 from .actions import Proposal, parse_action
 from .base import StepMonitor
+from .deliverables import extract
 from .prompt import PromptBuilder
+from .steering import Steering, copied_command
 from .tools.base import CommandRunner, Knowledge, Recall, ToolContext
 from .tools.gateway import ExecutionGateway
 from .tools.registry import ToolRegistry
@@ -47,6 +49,8 @@ if TYPE_CHECKING:
 S = agent_pb2
 log = logging.getLogger("edgehub.edge.agent")
 STATE_SCHEMA_VERSION = 1
+COMPACT_TO = 0.75
+"""A compaction folds the window down to this share of its budget."""
 EVENT_SCHEMA_VERSION = 1
 TERMINAL = (S.AGENT_STATUS_FINISHED, S.AGENT_STATUS_FAILED, S.AGENT_STATUS_STOPPED)
 
@@ -61,12 +65,12 @@ class Window:
     turns: list[agent_pb2.Turn]
     text: str
     tokens: int
-    """Sum of the turns' tokens (kept up to date so a step need not re-add them)."""
+    """Tokens of ``text`` as rendered (turn wrappers and labels included), kept up to date."""
 
-    def extend(self, turns: list[agent_pb2.Turn], text: str) -> None:
+    def extend(self, turns: list[agent_pb2.Turn], text: str, tokens: int) -> None:
         self.turns.extend(turns)
         self.text += text
-        self.tokens += sum(t.tokens for t in turns)
+        self.tokens += tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,9 +128,11 @@ class AgentLoop:
 
     def __init__(self, deps: LoopDeps) -> None:
         self.d = deps
-        self.prompts = PromptBuilder(deps.registry.specs())
-        self._schema = deps.registry.action_schema()
-        self._header_tokens = deps.count_tokens(self.prompts.header)
+        chat = deps.model.brain.chat_format if deps.cfg.prompt_format == "auto" else None
+        self.prompts = PromptBuilder(deps.registry.specs(), chat=chat, plan=deps.cfg.plan)
+        self.steer = Steering(
+            deps.cfg, deps.registry, self.prompts, deps.count_tokens, deps.store, deps.workspaces
+        )
         self._empty_task = deps.count_tokens(self.prompts.task("", ""))
         self._task_tokens: dict[str, int] = {}  # task block -> tokens; it changes only on compaction
         self._windows: dict[str, Window] = {}
@@ -140,6 +146,7 @@ class AgentLoop:
                 state.status = S.AGENT_STATUS_RUNNING
                 if state.step == 0:
                     state.recalled[:] = await self._recall(state, state.goal)
+                    state.deliverables.extend(extract(state.goal))
                 self.d.store.update_agent(state)
             while state.status == S.AGENT_STATUS_RUNNING and not stop.is_set():
                 state = await self.step(state)
@@ -243,8 +250,8 @@ class AgentLoop:
         window = self._windows.get(state.agent_id)
         if window is None or window.from_step != state.summarized_through:
             turns = self.d.store.turns(state.agent_id, from_step=state.summarized_through)
-            tokens = sum(t.tokens for t in turns)
-            window = Window(state.summarized_through, turns, self.prompts.turns(turns), tokens)
+            text = self.prompts.turns(turns)
+            window = Window(state.summarized_through, turns, text, self.d.count_tokens(text))
             self._windows[state.agent_id] = window
         return window
 
@@ -252,19 +259,24 @@ class AgentLoop:
         window = self._window(state)
         task = self._task(state)
         warning = self.prompts.warning(state.guard.warning) if state.guard.warning else ""
-        return f"{self.prompts.header}{task}{window.text}{warning}Step {state.step + 1} action: "
+        header = self.steer.header(state)
+        return f"{header}{task}{window.text}{warning}{self.prompts.cue(state.step)}"
 
     async def _think(self, state: agent_pb2.AgentState) -> Completion:
         with self._spans.phase("think") as span:
             prompt = self._prompt(state)
             completion = await self.d.model.complete(
-                prompt, json_schema=self._schema, max_tokens=self.d.max_action_tokens
+                prompt,
+                json_schema=self.steer.schema(state, self._window(state).turns),
+                max_tokens=self.d.max_action_tokens,
+                special=self.prompts.special,
             )
             self._spans.thought(span, completion)
         return completion
 
     def _task(self, state: agent_pb2.AgentState) -> str:
-        return self.prompts.task(state.goal, state.summary, state.recalled)
+        plan = state.plan if state.summarized_through > 0 else ()
+        return self.prompts.task(state.goal, state.summary, state.recalled, plan)
 
     async def _recall(self, state: agent_pb2.AgentState, query: str) -> list[str]:
         """L3 memories for the task block, within ``recall_tokens`` (none when L3 is off)."""
@@ -276,7 +288,8 @@ class AgentLoop:
             return self.d.count_tokens(self.prompts.task("", "", texts)) - self._empty_task <= budget
 
         try:
-            return await self.d.memory.recall_for_prompt(query, state.agent_id, fits)
+            distilled = self.d.cfg.recall_style == "distilled"
+            return await self.d.memory.recall_for_prompt(query, state.agent_id, fits, distilled=distilled)
         except Exception as exc:  # L3 is an aid: the agent works without it
             log.warning("recall for %s failed (%s: %s)", state.agent_id, type(exc).__name__, exc)
             return []
@@ -287,7 +300,8 @@ class AgentLoop:
             self._task_tokens.clear()
             self._task_tokens[key] = self.d.count_tokens(key)
         task = self._task_tokens[key]
-        room = self.d.n_ctx - self._header_tokens - task - self.d.max_action_tokens - 16
+        header = self.steer.header_tokens(state)
+        room = self.d.n_ctx - header - task - self.d.max_action_tokens - 16
         configured = self.d.cfg.window_tokens
         return min(room, configured) if configured else room
 
@@ -297,7 +311,12 @@ class AgentLoop:
         if window.tokens <= budget:
             return state
         turns = window.turns
-        fold = steps_to_compact(turns, budget)
+        # the turns' own tokens leave out their labels and the chat template's wrappers: charge those
+        # too, so the rendered window (what the model gets) fits; and fold down to COMPACT_TO of the
+        # budget, not just under it: each compaction changes the task block, so the next step
+        # re-evaluates the whole window, and compacting at every step once full would cost that each time
+        overhead = max(0, window.tokens - sum(t.tokens for t in turns))
+        fold = steps_to_compact(turns, max(0, int(budget * COMPACT_TO) - overhead))
         if not fold:
             return state
         old = [t for t in turns if t.step < fold]
@@ -322,6 +341,9 @@ class AgentLoop:
             return S.ToolResult(
                 idempotency_key=key, ok=False, error="invalid_action", output=proposal.error
             ), None
+        copied = copied_command(state, proposal)
+        if copied:
+            return S.ToolResult(idempotency_key=key, ok=False, error="from_memory", output=copied), None
         call = S.ToolCall(tool=proposal.tool, args_json=proposal.args_json(), idempotency_key=key)
         workspace = self.d.workspaces / state.agent_id
         if state.agent_id not in self._workspaces:
@@ -401,13 +423,14 @@ class AgentLoop:
                 )
             )
             event.timings.model_ms = completion.eval_ms + completion.decode_ms
+        self.steer.take_plan(new, event, proposal)
         if output is not None and output.finish and result.ok:
-            new.status, new.answer = S.AGENT_STATUS_FINISHED, result.output
-            event.detail = result.output
-        else:
+            self.steer.finish_or_return(new, event, result)
+        if new.status != S.AGENT_STATUS_FINISHED:
             self._guard(new, event, proposal, result)
         new.step += 1
         turns = self._turns(state.step, proposal, result, completion)
+        turns += self.steer.plan_turns(state.step, new, proposal, result)
         event.status = new.status
         event.timings.tool_ms = tool_ms
         u.wall_seconds += time.perf_counter() - started
@@ -415,7 +438,8 @@ class AgentLoop:
         new.updated_at.GetCurrentTime()
         window = self._window(state)  # before the commit: loading it after would include this step's turns
         self._checkpoint(new, event, turns, result)
-        window.extend(turns, self.prompts.turns(turns))
+        text = self.prompts.turns(turns)
+        window.extend(turns, text, self.d.count_tokens(text))
         if self.d.on_step is not None:
             self.d.on_step(event)
         return new

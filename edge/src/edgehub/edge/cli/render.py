@@ -63,6 +63,8 @@ def print_event(console: Console, event: agent_pb2.StepEvent) -> None:
         f"[dim]{event.timings.total_ms:.0f} ms, {t.evaluated}/{t.prompt} prompt tokens evaluated, "
         f"{t.completion} generated[/]"
     )
+    if event.plan:
+        console.print(f"  [italic]plan:[/] {escape('; '.join(event.plan))}")
     if event.thought:
         console.print(f"  [italic]thought:[/] {escape(_short(event.thought))}")
     mark = "[green]ok[/]" if obs.ok else f"[red]{escape(obs.error)}[/]"
@@ -87,6 +89,10 @@ def print_summary(console: Console, state: agent_pb2.AgentState) -> None:
     console.print(line)
     if state.answer:
         console.print(f"answer: [bold green]{escape(state.answer)}[/]")
+    if state.verification:
+        verdict = S.Verification.Name(state.verification).removeprefix("VERIFICATION_").lower()
+        what = ", ".join(f"{d.kind} {d.target}".strip() for d in state.deliverables) or "nothing checkable"
+        console.print(f"deliverables ({escape(what)}): {verdict}")
     if state.failure_reason:
         console.print(f"reason: {escape(state.failure_reason)}")
 

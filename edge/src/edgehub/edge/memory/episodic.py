@@ -36,11 +36,25 @@ log = logging.getLogger("edgehub.edge.memory")
 OVERSAMPLE = 4
 TEXT_LIMIT = 600
 PROMPT_MEMORIES = 3
+REMEMBERED = "remember/"
+"""Key prefix of a memory an agent stored on purpose (the ``remember`` tool)."""
 PROMPT_SIMILARITY = 0.35
 """Cosine similarity below which a memory stays out of the prompt (the recall tool has no floor). On
 tests/data/recall_set.json (distractors chosen to share words and topic) MiniLM scores relevant
 memories at median 0.54 and the others at median 0.08 (p99 0.32): at 0.35, 92% of relevant pairs and
 0.9% of the others pass. A small model is easily led astray by an unrelated memory, hence a floor."""
+
+
+OUTCOME = "outcome/"
+"""Key prefix of the distilled memory of a finished agent (its goal and answer)."""
+DISTILLED = (REMEMBERED, OUTCOME)
+DISTILLED_OVERSAMPLE = 4
+"""Distilled memories are a small share of the episodes: look at more candidates to find them."""
+
+
+def outcome_text(goal: str, answer: str) -> str:
+    """What a finished agent learned, as one sentence (prose: it embeds by meaning, like a note)."""
+    return f"Earlier goal: {goal[:300]} Its verified result: {answer[:280]}"[:TEXT_LIMIT]
 
 
 class Embedder(Protocol):
@@ -126,20 +140,37 @@ class EpisodicMemory:
         )
 
     async def index_steps(self, events: Sequence[agent_pb2.StepEvent]) -> int:
-        return await self.add(
-            [
-                Episode(
-                    key=e.event_id,
-                    agent_id=e.agent_id,
-                    text=step_text(e),
-                    at=e.at.ToMilliseconds() / 1000 if e.HasField("at") else self.clock(),
-                    importance=step_importance(e),
-                    source_step=e.step,
-                )
-                for e in events
-                if e.kind in (S.STEP_KIND_ACTION, S.STEP_KIND_END)
-            ]
-        )
+        episodes = [
+            Episode(
+                key=e.event_id,
+                agent_id=e.agent_id,
+                text=step_text(e),
+                at=self._at(e),
+                importance=step_importance(e),
+                source_step=e.step,
+            )
+            for e in events
+            if e.kind in (S.STEP_KIND_ACTION, S.STEP_KIND_END)
+        ]
+        episodes += [o for e in events if (o := self._outcome(e)) is not None]
+        return await self.add(episodes)
+
+    def _at(self, event: agent_pb2.StepEvent) -> float:
+        return event.at.ToMilliseconds() / 1000 if event.HasField("at") else self.clock()
+
+    def _outcome(self, event: agent_pb2.StepEvent) -> Episode | None:
+        """What an agent that finished learned: its goal and its answer, as one distilled memory (none
+        when the finish check found its work incomplete: an unverified answer is not knowledge)."""
+        if event.status != S.AGENT_STATUS_FINISHED or event.action.tool != "finish":
+            return None
+        try:
+            state = self.store.load_agent(event.agent_id)
+        except Exception:  # the agent was removed since: its outcome is not worth keeping
+            return None
+        if state.verification == S.VERIFICATION_UNVERIFIED:
+            return None
+        text = outcome_text(state.goal, event.observation.output)
+        return Episode(f"{OUTCOME}{event.agent_id}", event.agent_id, text, self._at(event), 0.9, event.step)
 
     async def catch_up(self, batch: int = 256) -> int:
         """Index every mind-log step that has no episode yet (new steps, or steps a crash left
@@ -154,7 +185,7 @@ class EpisodicMemory:
 
     async def remember(self, agent_id: str, text: str, importance: float, step: int) -> bool:
         """An explicit memory (the ``remember`` tool); the same text twice is stored once."""
-        key = f"remember/{agent_id}/{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+        key = f"{REMEMBERED}{agent_id}/{hashlib.sha256(text.encode()).hexdigest()[:16]}"
         episode = Episode(
             key, agent_id, text[:TEXT_LIMIT], self.clock(), max(0.0, min(1.0, importance)), step
         )
@@ -173,16 +204,27 @@ class EpisodicMemory:
         return [r.episode.text for r in await self.recall(query, k, agent_id=agent_id)]
 
     async def recall_for_prompt(
-        self, query: str, agent_id: str, fits: Callable[[list[str]], bool], *, k: int = PROMPT_MEMORIES
+        self,
+        query: str,
+        agent_id: str,
+        fits: Callable[[list[str]], bool],
+        *,
+        distilled: bool = True,
+        k: int = PROMPT_MEMORIES,
     ) -> list[str]:
         """What the prompt's task block shows: up to ``k`` memories of *other* agents (the agent's own
         steps are in its window or summary) at least PROMPT_SIMILARITY alike, best first, while
-        ``fits`` (the token budget) accepts them."""
+        ``fits`` (the token budget) accepts them. ``distilled``: only what earlier agents learned
+        (notes they remembered, results of goals they finished), never the lines of their actions,
+        which a small model pastes into its own (issue 18)."""
         chosen: list[str] = []
-        for r in await self.recall(query, k * OVERSAMPLE):
+        wanted = k * OVERSAMPLE * (DISTILLED_OVERSAMPLE if distilled else 1)
+        for r in await self.recall(query, wanted):
             if len(chosen) == k:
                 break
             if r.episode.agent_id == agent_id or r.similarity < PROMPT_SIMILARITY:
+                continue
+            if distilled and not r.episode.key.startswith(DISTILLED):
                 continue
             if r.episode.text in chosen or not fits([*chosen, r.episode.text]):
                 continue

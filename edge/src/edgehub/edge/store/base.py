@@ -234,6 +234,10 @@ class EpisodeStore(Protocol):
         """(mind-log id, step) of steps that have no episode yet, oldest first."""
         ...
 
+    def load_agent(self, agent_id: str) -> agent_pb2.AgentState:
+        """The agent's state (a finished agent's outcome becomes an episode when it was verified)."""
+        ...
+
 
 class KnowledgeCache(Protocol):
     """The hub's L4 answers kept on the device for offline use (``uplink/knowledge``)."""

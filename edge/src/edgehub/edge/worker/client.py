@@ -13,6 +13,7 @@ this for ``complete``; the idle checkpointer is the other caller).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -26,7 +27,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from edgehub.llm import Completion, LlamaSettings, check_model_file
+from edgehub.llm import ChatFormat, Completion, LlamaSettings, check_model_file
+from edgehub.llm.chat import chat_format_of
 from edgehub.sync.server import die_with_parent
 
 from ..jsontypes import JsonObject
@@ -173,12 +175,19 @@ class WorkerBrain:
     def fingerprint(self) -> str:
         return self._fingerprint
 
-    def count_tokens(self, text: str) -> int:
+    def _vocabulary(self) -> Any:
         if self._vocab is None:
             from llama_cpp import Llama
 
             self._vocab = Llama(model_path=str(self.model_path), vocab_only=True, verbose=False)
-        return len(self._vocab.tokenize(text.encode(), add_bos=False, special=False))
+        return self._vocab
+
+    @functools.cached_property
+    def chat_format(self) -> ChatFormat | None:
+        return chat_format_of(self._vocabulary())
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._vocabulary().tokenize(text.encode(), add_bos=False, special=False))
 
     def complete(
         self,
@@ -187,6 +196,7 @@ class WorkerBrain:
         json_schema: JsonObject | None = None,
         max_tokens: int = 256,
         stop: list[str] | None = None,
+        special: bool = False,
     ) -> Completion:
         msg: JsonObject = {
             "op": "complete",
@@ -196,6 +206,8 @@ class WorkerBrain:
         }
         if stop:
             msg["stop"] = [*stop]
+        if special:
+            msg["special"] = True
         self.busy += 1
         try:
             with self._lock:

@@ -164,6 +164,7 @@ class Worker:
                 json_schema=msg.get("json_schema"),
                 max_tokens=int(number(msg, "max_tokens", 256)),
                 stop=msg.get("stop"),
+                special=bool(msg.get("special", False)),
             )
             return asdict(out)
         if op == "count_tokens":

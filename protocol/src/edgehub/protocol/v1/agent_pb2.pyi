@@ -74,6 +74,36 @@ this device keeps its copy only as history. Never run again here unless migrated
 """
 Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
 
+class _Verification:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _VerificationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verification.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    VERIFICATION_UNSPECIFIED: _Verification.ValueType  # 0
+    VERIFICATION_VERIFIED: _Verification.ValueType  # 1
+    """Every deliverable was found in the agent's record."""
+    VERIFICATION_UNVERIFIED: _Verification.ValueType  # 2
+    """Some were still missing after the agent was sent back as often as allowed."""
+    VERIFICATION_NONE: _Verification.ValueType  # 3
+    """The goal names nothing the platform can check."""
+    VERIFICATION_OFF: _Verification.ValueType  # 4
+    """The finish check is turned off."""
+
+class Verification(_Verification, metaclass=_VerificationEnumTypeWrapper):
+    """The finish check's verdict on an agent that finished."""
+
+VERIFICATION_UNSPECIFIED: Verification.ValueType  # 0
+VERIFICATION_VERIFIED: Verification.ValueType  # 1
+"""Every deliverable was found in the agent's record."""
+VERIFICATION_UNVERIFIED: Verification.ValueType  # 2
+"""Some were still missing after the agent was sent back as often as allowed."""
+VERIFICATION_NONE: Verification.ValueType  # 3
+"""The goal names nothing the platform can check."""
+VERIFICATION_OFF: Verification.ValueType  # 4
+"""The finish check is turned off."""
+Global___Verification: _TypeAlias = Verification  # noqa: Y015
+
 class _StepKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -237,6 +267,11 @@ class AgentState(_message.Message):
     MIGRATION_ID_FIELD_NUMBER: _builtins.int
     MIGRATED_TO_FIELD_NUMBER: _builtins.int
     MIGRATED_FROM_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
+    DELIVERABLES_FIELD_NUMBER: _builtins.int
+    VERIFICATION_FIELD_NUMBER: _builtins.int
+    FINISH_RETURNS_FIELD_NUMBER: _builtins.int
+    PLAN_DONE_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     agent_id: _builtins.str
     goal: _builtins.str
@@ -260,6 +295,12 @@ class AgentState(_message.Message):
     migrated_to: _builtins.str
     migrated_from: Global___AgentStatus.ValueType
     """The status it had when it left (what it resumes with, on the target or back here)."""
+    verification: Global___Verification.ValueType
+    """What the finish check concluded when the agent finished (UNSPECIFIED until then)."""
+    finish_returns: _builtins.int
+    """Times the finish check sent the agent back with what was missing."""
+    plan_done: _builtins.int
+    """Steps of the plan done so far (successful actions since it was written or rewritten)."""
     @_builtins.property
     def budget(self) -> Global___Budget: ...
     @_builtins.property
@@ -277,6 +318,16 @@ class AgentState(_message.Message):
         """L3 memories of earlier agents on this device that bear on the goal, recalled when the agent
         starts and again at each compaction, shown in the prompt's task block (so the prompt stays
         append-only between compactions, and a resumed agent sees the same prompt).
+        """
+
+    @_builtins.property
+    def plan(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The step plan the agent wrote before its first action, as last updated (empty: planning off)."""
+
+    @_builtins.property
+    def deliverables(self) -> _containers.RepeatedCompositeFieldContainer[Global___Deliverable]:
+        """What the goal asks for (files to write or read, commands to run, values to report), extracted when
+        the agent starts; the finish check holds the agent's record against them before it may finish.
         """
 
     def __init__(
@@ -302,14 +353,57 @@ class AgentState(_message.Message):
         migration_id: _builtins.str = ...,
         migrated_to: _builtins.str = ...,
         migrated_from: Global___AgentStatus.ValueType = ...,
+        plan: _abc.Iterable[_builtins.str] | None = ...,
+        deliverables: _abc.Iterable[Global___Deliverable] | None = ...,
+        verification: Global___Verification.ValueType = ...,
+        finish_returns: _builtins.int = ...,
+        plan_done: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "guard", b"guard", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "epoch", b"epoch", "failure_reason", b"failure_reason", "goal", b"goal", "guard", b"guard", "migrated_from", b"migrated_from", "migrated_to", b"migrated_to", "migration_id", b"migration_id", "recalled", b"recalled", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "deliverables", b"deliverables", "epoch", b"epoch", "failure_reason", b"failure_reason", "finish_returns", b"finish_returns", "goal", b"goal", "guard", b"guard", "migrated_from", b"migrated_from", "migrated_to", b"migrated_to", "migration_id", b"migration_id", "plan", b"plan", "plan_done", b"plan_done", "recalled", b"recalled", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "updated_at", b"updated_at", "usage", b"usage", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
+
+@_typing.final
+class Deliverable(_message.Message):
+    """One thing a goal asks for, and how the platform recognises it in the agent's record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    EXPECT_FIELD_NUMBER: _builtins.int
+    ECHO_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"write" (a file to produce), "read" (a file to look at), "run" (a command to run), "remember",
+    "recall", or "answer" (a value the final answer must report).
+    """
+    target: _builtins.str
+    """The file path, the command, or the value it is about (empty: any)."""
+    expect: _builtins.str
+    """Text that must be in the result (a file's content, the answer); empty: anything non-empty."""
+    echo: _builtins.str
+    """The result must hold what an earlier deliverable produced: "run" (the command's output) or "read"
+    (the file's text), as the agent observed it; empty: nothing such.
+    """
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        target: _builtins.str = ...,
+        expect: _builtins.str = ...,
+        echo: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["echo", b"echo", "expect", b"expect", "kind", b"kind", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Deliverable: _TypeAlias = Deliverable  # noqa: Y015
 
 @_typing.final
 class AgentBundle(_message.Message):
@@ -669,6 +763,7 @@ class StepEvent(_message.Message):
     AT_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    PLAN_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     event_id: _builtins.str
     """Stable id "<agent_id>/<epoch>/<step>/<kind>", the sync layer's dedupe key."""
@@ -693,6 +788,10 @@ class StepEvent(_message.Message):
     def timings(self) -> Global___StepTimings: ...
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def plan(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The plan the agent wrote or updated in this step (empty: unchanged)."""
+
     def __init__(
         self,
         *,
@@ -712,10 +811,11 @@ class StepEvent(_message.Message):
         at: _timestamp_pb2.Timestamp | None = ...,
         status: Global___AgentStatus.ValueType = ...,
         detail: _builtins.str = ...,
+        plan: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "at", b"at", "observation", b"observation", "timings", b"timings", "tokens", b"tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "at", b"at", "detail", b"detail", "device_id", b"device_id", "epoch", b"epoch", "event_id", b"event_id", "kind", b"kind", "observation", b"observation", "rationale", b"rationale", "schema_version", b"schema_version", "status", b"status", "step", b"step", "thought", b"thought", "timings", b"timings", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "at", b"at", "detail", b"detail", "device_id", b"device_id", "epoch", b"epoch", "event_id", b"event_id", "kind", b"kind", "observation", b"observation", "plan", b"plan", "rationale", b"rationale", "schema_version", b"schema_version", "status", b"status", "step", b"step", "thought", b"thought", "timings", b"timings", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

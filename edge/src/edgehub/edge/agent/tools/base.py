@@ -86,9 +86,10 @@ class Recall(Protocol):
     async def recall_texts(self, query: str, k: int, agent_id: str) -> list[str]: ...
 
     async def recall_for_prompt(
-        self, query: str, agent_id: str, fits: Callable[[list[str]], bool]
+        self, query: str, agent_id: str, fits: Callable[[list[str]], bool], *, distilled: bool = True
     ) -> list[str]:
-        """Other agents' memories that bear on ``query``, best first, as many as ``fits`` allows."""
+        """Other agents' memories that bear on ``query``, best first, as many as ``fits`` allows;
+        ``distilled``: only what they learned (notes, verified results), never their action lines."""
         ...
 
 

@@ -82,24 +82,37 @@ class ToolRegistry:
             registry.load_entry_points()
         return registry.only(cfg.enabled) if cfg.enabled is not None else registry
 
-    def action_schema(self) -> JsonObject:
+    def action_schema(self, *, plan: bool = False, without: Iterable[str] = ()) -> JsonObject:
         """JSON schema of one model action; the brain's grammar is built from it.
 
         One ``anyOf`` branch per tool, each fixing ``tool`` to the tool's name and ``args`` to its
-        parameters, with properties in the order the model should write them.
+        parameters, with properties in the order the model should write them. ``plan``: the action
+        starts with the agent's step plan (a short list of steps). ``without``: tools this action may
+        not call (the loop withholds ``finish`` while the goal's work is visibly not done).
         """
-        return {"anyOf": [_branch(spec) for spec in self.specs()]}
+        skip = set(without)
+        return {"anyOf": [_branch(spec, plan) for spec in self.specs() if spec.name not in skip]}
 
 
-def _branch(spec: ToolSpec) -> JsonObject:
+PLAN_SCHEMA: JsonObject = {
+    "type": "array",
+    "items": {"type": "string", "maxLength": 80},
+    "minItems": 1,
+    "maxItems": 5,
+}
+
+
+def _branch(spec: ToolSpec, plan: bool) -> JsonObject:
+    properties: JsonObject = {"plan": PLAN_SCHEMA} if plan else {}
+    properties |= {
+        "thought": {"type": "string", "maxLength": THOUGHT_MAX_CHARS},
+        "tool": {"const": spec.name},
+        "args": spec.parameters,
+    }
     return {
         "type": "object",
-        "properties": {
-            "thought": {"type": "string", "maxLength": THOUGHT_MAX_CHARS},
-            "tool": {"const": spec.name},
-            "args": spec.parameters,
-        },
-        "required": ["thought", "tool", "args"],
+        "properties": properties,
+        "required": list(properties),
         "additionalProperties": False,
     }
 
