@@ -17,9 +17,8 @@ import tomllib
 from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from edgehub.protocol.v1 import agent_pb2
 
@@ -37,7 +36,7 @@ class Step(BaseModel):
     model_config = ConfigDict(frozen=True)
     tool: str
     thought: str
-    args: dict[str, Any]
+    args: dict[str, JsonValue]
     observation: str
 
 
@@ -48,7 +47,7 @@ class Demo(BaseModel):
     skills: list[str] = Field(min_length=1)
     goal: str
     plan: list[str] = Field(min_length=1)
-    steps: list[tuple[str, str, dict[str, Any], str]] = Field(min_length=1)
+    steps: list[tuple[str, str, dict[str, JsonValue], str]] = Field(min_length=1)
     fixed: bool = False
     """One of the two examples every goal got before demonstrations were chosen."""
     chosen: bool = True

@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from edgehub.protocol.v1 import agent_pb2
+
+from ..jsontypes import JsonObject
 
 S = agent_pb2
 PLACEHOLDERS = {"", "done", "ok", "okay", "finished", "complete", "completed", "yes", "success", "true"}
@@ -36,7 +37,7 @@ def _norm(text: str) -> str:
     return " ".join(text.split()).casefold()
 
 
-def _args(event: agent_pb2.StepEvent) -> dict[str, Any]:
+def _args(event: agent_pb2.StepEvent) -> JsonObject:
     try:
         args = json.loads(event.action.args_json or "{}")
     except ValueError:
@@ -56,7 +57,7 @@ class Record:
     workspace: Path
     answer: str
 
-    def calls(self, tool: str, *, ok: bool | None = None) -> list[tuple[dict[str, Any], agent_pb2.StepEvent]]:
+    def calls(self, tool: str, *, ok: bool | None = None) -> list[tuple[JsonObject, agent_pb2.StepEvent]]:
         return [
             (_args(e), e)
             for e in self.events

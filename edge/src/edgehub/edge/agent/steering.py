@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from edgehub.protocol.v1 import agent_pb2
 
 from ..config import AgentConfig
+from ..jsontypes import JsonObject
 from ..store.base import EdgeStore
 from . import demos
 from .actions import Proposal
@@ -130,7 +130,7 @@ class Steering:
         work = any(d.kind not in ("answer", "keep") for d in state.deliverables)
         return not (state.step == 0 and work)
 
-    def schema(self, state: agent_pb2.AgentState, turns: Sequence[agent_pb2.Turn]) -> dict[str, Any]:
+    def schema(self, state: agent_pb2.AgentState, turns: Sequence[agent_pb2.Turn]) -> JsonObject:
         """The JSON schema (hence grammar) of this step's action."""
         return self._schemas[self.needs_plan(state, turns), self.may_finish(state, turns)]
 

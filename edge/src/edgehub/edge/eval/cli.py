@@ -21,6 +21,7 @@ from rich.table import Table
 
 from ..config import EdgeConfig, load_config
 from ..errors import EdgeError
+from ..jsontypes import JsonObject
 from .compare import compare, comparison_rows
 from .report import Report, category_row, goal_rows, summary_rows
 from .runner import EvalRunner, RunOptions, make_report
@@ -38,9 +39,9 @@ def fail(exc: BaseException | str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
-def parse_settings(items: list[str]) -> dict[str, dict[str, Any]]:
+def parse_settings(items: list[str]) -> dict[str, JsonObject]:
     """``section.key=value`` items (values as JSON where they parse, else text) as a config tree."""
-    tree: dict[str, dict[str, Any]] = {}
+    tree: dict[str, JsonObject] = {}
     for item in items:
         key, sep, raw = item.partition("=")
         section, dot, name = key.strip().partition(".")

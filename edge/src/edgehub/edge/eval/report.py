@@ -12,8 +12,8 @@ import statistics
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ..jsontypes import JsonObject
 from .checks import CATEGORIES, Verdict
 from .stats import Rate
 from .suite import TIERS, SuiteError
@@ -62,7 +62,7 @@ class Report:
     """The GGUF file's name."""
     prompt_format: str
     """``chat`` (the model's own template) or ``transcript``."""
-    settings: dict[str, Any]
+    settings: JsonObject
     """Configuration that differs from the defaults (the levers)."""
     machine: str
     runs: list[GoalRun]

@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from edgehub.cli.config import merge as merge_config
 from edgehub.llm import Brain
@@ -28,6 +27,7 @@ from edgehub.protocol.v1 import agent_pb2, knowledge_pb2
 
 from ..app import EdgeDaemon
 from ..config import EdgeConfig
+from ..jsontypes import JsonObject
 from ..uplink.knowledge import cache_key
 from .checks import Outcome, category, judge, snapshot
 from .report import GoalRun, Report
@@ -54,7 +54,7 @@ class RunOptions:
 
     base: EdgeConfig = field(default_factory=EdgeConfig)
     """The device configuration every run starts from (an operator's edge.toml, or the defaults)."""
-    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    overrides: dict[str, JsonObject] = field(default_factory=dict)
     """Settings changed for this evaluation (``{"agent": {"plan": False}}``): the levers compared."""
     repeat: int = 1
     workdir: Path | None = None
@@ -64,8 +64,8 @@ class RunOptions:
 
     def config(self, data_dir: Path, goal: Goal, max_steps: int) -> EdgeConfig:
         data = merge_config(self.base.model_dump(exclude_unset=True), self.overrides)
-        per_run: dict[str, Any] = {
-            "device": {"id": "eval", "data_dir": data_dir},
+        per_run: JsonObject = {
+            "device": {"id": "eval", "data_dir": str(data_dir)},
             "agent": {"max_steps": goal.max_steps or max_steps, "max_concurrent": 1},
             "metrics": {"port": None},
             "tracing": {"otlp_endpoint": None},
@@ -224,7 +224,7 @@ def make_report(
         revision=suite.revision,
         model=model,
         prompt_format=prompt_format,
-        settings=options.overrides,
+        settings=dict(options.overrides),
         machine=machine,
         runs=runs,
         label=options.label,
