@@ -220,13 +220,60 @@ async def test_finish_is_withheld_before_any_work_and_right_after_a_send_back(tm
         act("read_file", path="color.txt"),
         act("finish", answer="blue"),
     ]
-    loop, store, brain = make(tmp_path, script)
+    loop, store, brain = make(tmp_path, script, guide=False)  # the finish check alone
     await run(loop, store, GOAL)
     offered = [tools_in(s) for s in brain.schemas]
     assert ["finish" in tools for tools in offered] == [False, True, False, True]
     loop, store, brain = make(tmp_path / "q", [act("finish", answer="fine")])
     await run(loop, store, "How are you today?")  # nothing to do but answer: finish is offered at once
     assert "finish" in tools_in(brain.schemas[0])
-    loop, store, brain = make(tmp_path / "off", [act("finish", answer="x")], finish_check=False)
+    loop, store, brain = make(tmp_path / "off", [act("finish", answer="x")], finish_check=False, guide=False)
     await run(loop, store, GOAL)
     assert "finish" in tools_in(brain.schemas[0])
+
+
+def guided_path(schema: dict[str, object] | None) -> object:
+    assert schema is not None
+    args = schema["anyOf"][0]["properties"]["args"]  # type: ignore[index]
+    return args["properties"].get("path", {}).get("const")  # type: ignore[index]
+
+
+async def test_guided_steps_call_the_next_unmet_deliverable_then_finish(tmp_path: Path) -> None:
+    script = [
+        act("write_file", path="color.txt", content="blue"),
+        act("read_file", path="color.txt"),
+        act("finish", answer="blue"),
+    ]
+    loop, store, brain = make(tmp_path, script)
+    state = await run(loop, store, GOAL)
+    assert state.verification == S.VERIFICATION_VERIFIED
+    assert [tools_in(s) for s in brain.schemas] == [{"write_file"}, {"read_file"}, {"finish"}]
+    assert [guided_path(s) for s in brain.schemas] == ["color.txt", "color.txt", None]
+    assert "plan" in brain.schemas[0]["anyOf"][0]["properties"]  # type: ignore[index]
+
+
+async def test_a_deliverable_the_model_keeps_missing_is_guided_twice_then_left_to_it(tmp_path: Path) -> None:
+    script = [
+        act("write_file", path="color.txt", content="red"),  # wrong text: the write stays unmet
+        act("write_file", path="color.txt", content="green"),
+        act("write_file", path="color.txt", content="blue"),
+        act("read_file", path="color.txt"),
+        act("finish", answer="blue"),
+    ]
+    loop, store, brain = make(tmp_path, script)
+    state = await run(loop, store, GOAL)
+    offered = [tools_in(s) for s in brain.schemas]
+    assert offered[:2] == [{"write_file"}, {"write_file"}]
+    assert len(offered[2]) > 2  # after two tries the model chooses again
+    assert offered[3:] == [{"read_file"}, {"finish"}]
+    assert state.verification == S.VERIFICATION_VERIFIED
+
+
+async def test_goals_without_deliverables_and_the_lever_off_are_not_guided(tmp_path: Path) -> None:
+    loop, store, brain = make(tmp_path, [act("finish", answer="fine")])
+    await run(loop, store, "How are you today?")
+    assert len(tools_in(brain.schemas[0])) > 2
+    script = [act("write_file", path="color.txt", content="blue"), act("finish", answer="blue")]
+    loop, store, brain = make(tmp_path / "off", script, guide=False, finish_check=False)
+    await run(loop, store, GOAL)
+    assert all(len(tools_in(s)) > 2 for s in brain.schemas)

@@ -51,6 +51,9 @@ def grammar_schema(schema: Any, keep: int = 0) -> Any:
     return schema
 
 
+GRAMMAR_CACHE = 64
+
+
 def json_grammar(schema: dict[str, Any], *, strict_strings: bool = True, keep_bounds: int = 0) -> str:
     """The GBNF grammar of ``schema``. llama-cpp-python's converter lets a JSON string hold raw control
     characters (``char ::= [^"\\] | ...``), so a model could write a raw newline inside a string and
@@ -150,6 +153,8 @@ class LlamaBrain:
     def _grammar(self, schema: dict[str, Any]) -> LlamaGrammar:
         key = json.dumps(schema, sort_keys=True)
         if key not in self._grammars:
+            if len(self._grammars) >= GRAMMAR_CACHE:  # guided steps make schemas per goal: stay bounded
+                self._grammars.clear()
             gbnf = json_grammar(
                 schema,
                 strict_strings=self.settings.strict_strings,

@@ -160,16 +160,24 @@ _CHECKS = {
 }
 
 
-def shortfalls(deliverables: list[agent_pb2.Deliverable], record: Record) -> list[Shortfall]:
-    """What the record does not show, in the goal's order (unknown kinds are skipped)."""
+def unmet(
+    deliverables: list[agent_pb2.Deliverable], record: Record
+) -> list[tuple[agent_pb2.Deliverable, Shortfall]]:
+    """Each deliverable the record does not show, with what is missing, in the goal's order (unknown
+    kinds are skipped)."""
     out = []
     for d in deliverables:
         check = _CHECKS.get(d.kind)
         problem = check(d, record) if check is not None else ""
         if problem:
             returnable = d.kind != "keep" and not (d.target and record.refused(d.target))
-            out.append(Shortfall(problem, returnable))
+            out.append((d, Shortfall(problem, returnable)))
     return out
+
+
+def shortfalls(deliverables: list[agent_pb2.Deliverable], record: Record) -> list[Shortfall]:
+    """What the record does not show, in the goal's order."""
+    return [s for _, s in unmet(deliverables, record)]
 
 
 def feedback(missing: list[Shortfall]) -> str:

@@ -4,7 +4,8 @@ key so the evaluation can measure it on and off.
 - the header's worked examples, chosen for the goal (``[agent] demonstrations``, ``demos.py``);
 - each step's action grammar: a plan with the first action and after a send-back or a warning
   (``[agent] plan``), ``finish`` withheld before any work and right after a send-back
-  (``[agent] finish_check``);
+  (``[agent] finish_check``), and the tool (and file) of the goal's next unmet deliverable, or
+  ``finish`` once the work is done (``[agent] guide``);
 - the platform's line after each step with the next step of the agent's plan;
 - the finish check's verdict (``finishcheck.py``);
 - the refusal of a command copied from another agent's memory (``copied_command``).
@@ -26,7 +27,7 @@ from ..store.base import EdgeStore
 from . import demos
 from .actions import Proposal
 from .deliverables import extract
-from .finishcheck import Record, feedback, shortfalls
+from .finishcheck import Record, feedback, shortfalls, unmet
 from .prompt import PromptBuilder, next_step
 from .tools.registry import ToolRegistry
 
@@ -34,6 +35,16 @@ S = agent_pb2
 INCOMPLETE = "error (incomplete):"
 """How the turn of a finish the finish check sent back starts (the loop's ``_turns``)."""
 HEADER_CACHE = 64
+GUIDE_TRIES = 2
+"""Guided steps per deliverable: after that many calls the model chooses freely again (a deliverable
+it cannot meet, such as a write whose text it keeps getting wrong, must not trap it)."""
+GUIDED_TOOL = {
+    "write": "write_file",
+    "read": "read_file",
+    "run": "run_command",
+    "remember": "remember",
+    "recall": "recall",
+}
 
 
 def copied_command(state: agent_pb2.AgentState, proposal: Proposal) -> str:
@@ -69,6 +80,7 @@ class Steering:
         self.count_tokens = count_tokens
         self.store = store
         self.workspaces = workspaces
+        self.registry = registry
         self._tools = set(registry.names())
         self._schemas = {
             (plan, finish): registry.action_schema(plan=plan, without=() if finish else ("finish",))
@@ -130,9 +142,30 @@ class Steering:
         work = any(d.kind not in ("answer", "keep") for d in state.deliverables)
         return not (state.step == 0 and work)
 
+    def guided(self, state: agent_pb2.AgentState, may_finish: bool) -> tuple[str, str] | None:
+        """The (tool, file) this step must call when ``[agent] guide`` is on: the goal's first unmet
+        deliverable that another call can meet (each at most ``GUIDE_TRIES`` times), or ``finish``
+        (no file) once every piece of work the goal names is done; None: the model chooses."""
+        work = [d for d in state.deliverables if d.kind in GUIDED_TOOL]
+        if not (self.cfg.guide and work):
+            return None
+        record = self.record(state, "")
+        for d, missing in unmet(work, record):
+            tool = GUIDED_TOOL[d.kind]
+            if not missing.returnable or tool not in self._tools:
+                continue
+            path = d.target if tool in ("write_file", "read_file") else ""
+            tries = [a for a, _ in record.calls(tool) if not path or str(a.get("path", "")) == path]
+            return (tool, path) if len(tries) < GUIDE_TRIES else None
+        return ("finish", "") if may_finish and "finish" in self._tools else None
+
     def schema(self, state: agent_pb2.AgentState, turns: Sequence[agent_pb2.Turn]) -> JsonObject:
         """The JSON schema (hence grammar) of this step's action."""
-        return self._schemas[self.needs_plan(state, turns), self.may_finish(state, turns)]
+        plan, finish = self.needs_plan(state, turns), self.may_finish(state, turns)
+        guided = self.guided(state, finish)
+        if guided is not None:
+            return self.registry.guided_schema(guided[0], plan=plan, path=guided[1])
+        return self._schemas[plan, finish]
 
     # the plan --------------------------------------------------------------------------------------
     @staticmethod
@@ -154,6 +187,12 @@ class Steering:
         return [S.Turn(step=step, role="platform", text=note, tokens=self.count_tokens(note))]
 
     # the finish check ------------------------------------------------------------------------------
+    def record(self, state: agent_pb2.AgentState, answer: str) -> Record:
+        """The agent's record so far (its mind-log and workspace), with ``answer`` as its answer."""
+        return Record(
+            self.store.mind_log(state.agent_id, limit=100_000), self.workspaces / state.agent_id, answer
+        )
+
     def finish_or_return(
         self, new: agent_pb2.AgentState, event: agent_pb2.StepEvent, result: agent_pb2.ToolResult
     ) -> None:
@@ -165,9 +204,7 @@ class Steering:
         elif not new.deliverables:
             verdict = S.VERIFICATION_NONE
         else:
-            record = Record(
-                self.store.mind_log(new.agent_id, limit=100_000), self.workspaces / new.agent_id, answer
-            )
+            record = self.record(new, answer)
             missing = shortfalls(list(new.deliverables), record)
             if any(m.returnable for m in missing) and new.finish_returns < self.cfg.finish_returns:
                 new.finish_returns += 1

@@ -93,6 +93,18 @@ class ToolRegistry:
         skip = set(without)
         return {"anyOf": [_branch(spec, plan) for spec in self.specs() if spec.name not in skip]}
 
+    def guided_schema(self, tool: str, *, plan: bool = False, path: str = "") -> JsonObject:
+        """JSON schema of an action that must call ``tool`` (with ``path`` fixed when given and the
+        tool takes one): the step the goal's next unmet deliverable needs (``steering.Steering``)."""
+        spec = self._tools[tool].spec
+        branch = _branch(spec, plan)
+        params = spec.parameters.get("properties")
+        if path and isinstance(params, dict) and "path" in params:
+            args = dict(spec.parameters)
+            args["properties"] = {**params, "path": {"const": path}}
+            branch["properties"] = {**branch["properties"], "args": args}  # type: ignore[dict-item]
+        return {"anyOf": [branch]}
+
 
 PLAN_SCHEMA: JsonObject = {
     "type": "array",
