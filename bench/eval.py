@@ -4,8 +4,8 @@ Runs the evaluation suite (edgehub.edge.eval, ``core``; QUICK=1: its CI subset) 
 daemon, on each model side by side with every lever on, then on the default model with one lever off
 at a time: recall distilled -> raw and -> off, the strict grammar -> llama-cpp-python's own, the model's
 chat form -> the transcript (only for a model with a chat template), demonstrations chosen -> fixed,
-the plan off, the finish check off, the guided steps off; and everything off at once (the prompt before issue 18). Success is
-what the goals' checks say, never the agent's status.
+the plan off, the finish check off, the guided steps off; and everything off at once (the prompt before
+issue 18). Success is what the goals' checks say, never the agent's status.
 
 Targets (issue 18): >= 80% on the one- and two-tool tiers and >= 50% overall on the default model, and no
 run counted a success whose checks failed.

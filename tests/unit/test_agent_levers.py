@@ -250,6 +250,11 @@ async def test_guided_steps_call_the_next_unmet_deliverable_then_finish(tmp_path
     assert [tools_in(s) for s in brain.schemas] == [{"write_file"}, {"read_file"}, {"finish"}]
     assert [guided_path(s) for s in brain.schemas] == ["color.txt", "color.txt", None]
     assert "plan" in brain.schemas[0]["anyOf"][0]["properties"]  # type: ignore[index]
+    script = [act("run_command", command="echo hi >> log.txt"), act("finish", answer="done")]
+    loop, store, brain = make(tmp_path / "run", script)
+    await run(loop, store, "Run the command echo hi >> log.txt, then finish with done.")
+    args = brain.schemas[0]["anyOf"][0]["properties"]["args"]  # type: ignore[index]
+    assert args["properties"]["command"] == {"const": "echo hi >> log.txt"}  # the goal's own words
 
 
 async def test_a_deliverable_the_model_keeps_missing_is_guided_twice_then_left_to_it(tmp_path: Path) -> None:

@@ -49,3 +49,26 @@ def test_steps_become_short_episodes_and_failures_or_outcomes_matter_more() -> N
     assert step_importance(step) == 0.8
     end = S.StepEvent(kind=S.STEP_KIND_END, detail="green")
     assert (step_text(end), step_importance(end)) == ("Finished: green", 0.9)
+
+
+class OneAgent:
+    """The store's one agent, finished and verified."""
+
+    def load_agent(self, agent_id: str) -> agent_pb2.AgentState:
+        return S.AgentState(
+            agent_id=agent_id, goal="How warm is hall 3?", verification=S.VERIFICATION_VERIFIED
+        )
+
+
+@pytest.mark.parametrize(("answer", "kept"), [("21 degrees", True), ("Noted.", False), ("done", False)])
+def test_a_finished_agent_leaves_its_outcome_unless_the_answer_only_acknowledges(
+    answer: str, kept: bool
+) -> None:
+    mem = EpisodicMemory(store=OneAgent(), embedder=None, clock=lambda: NOW)  # type: ignore[arg-type]
+    end = S.StepEvent(agent_id="a", kind=S.STEP_KIND_ACTION, status=S.AGENT_STATUS_FINISHED, step=2)
+    end.action.tool, end.observation.output = "finish", answer
+    outcome = mem._outcome(end)
+    assert (outcome is not None) == kept
+    if outcome is not None:
+        assert "How warm is hall 3?" in outcome.text
+        assert answer in outcome.text

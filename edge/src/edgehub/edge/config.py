@@ -92,9 +92,9 @@ class AgentConfig(_Section):
     """Before an agent may finish, its record is checked against the deliverables the platform
     extracted from the goal; when some are missing it is sent back with what is missing."""
     guide: bool = True
-    """Each step's grammar calls the tool of the goal's next unmet deliverable (with the file the goal
-    names) and ``finish`` once the work is done; the model still writes the thought, the text, the
-    command and the answer. Goals the platform reads no deliverables from are not guided."""
+    """Each step's grammar calls the tool of the goal's next unmet deliverable, with the file or command
+    the goal spells out, and ``finish`` once the work is done; the model still writes the thought, the
+    file's text and the answer. Goals the platform reads no deliverables from are not guided."""
     finish_returns: int = Field(2, ge=0, le=8)
     """How often the finish check sends an agent back before letting it finish unverified."""
 

@@ -4,8 +4,8 @@ key so the evaluation can measure it on and off.
 - the header's worked examples, chosen for the goal (``[agent] demonstrations``, ``demos.py``);
 - each step's action grammar: a plan with the first action and after a send-back or a warning
   (``[agent] plan``), ``finish`` withheld before any work and right after a send-back
-  (``[agent] finish_check``), and the tool (and file) of the goal's next unmet deliverable, or
-  ``finish`` once the work is done (``[agent] guide``);
+  (``[agent] finish_check``), and the tool of the goal's next unmet deliverable with the file or
+  command the goal spells out, or ``finish`` once the work is done (``[agent] guide``);
 - the platform's line after each step with the next step of the agent's plan;
 - the finish check's verdict (``finishcheck.py``);
 - the refusal of a command copied from another agent's memory (``copied_command``).
@@ -45,6 +45,8 @@ GUIDED_TOOL = {
     "remember": "remember",
     "recall": "recall",
 }
+GUIDED_ARG = {"write_file": "path", "read_file": "path", "run_command": "command"}
+"""The argument a guided call takes from the goal's own words (the deliverable's target)."""
 
 
 def copied_command(state: agent_pb2.AgentState, proposal: Proposal) -> str:
@@ -142,10 +144,11 @@ class Steering:
         work = any(d.kind not in ("answer", "keep") for d in state.deliverables)
         return not (state.step == 0 and work)
 
-    def guided(self, state: agent_pb2.AgentState, may_finish: bool) -> tuple[str, str] | None:
-        """The (tool, file) this step must call when ``[agent] guide`` is on: the goal's first unmet
-        deliverable that another call can meet (each at most ``GUIDE_TRIES`` times), or ``finish``
-        (no file) once every piece of work the goal names is done; None: the model chooses."""
+    def guided(self, state: agent_pb2.AgentState, may_finish: bool) -> tuple[str, dict[str, str]] | None:
+        """The tool this step must call when ``[agent] guide`` is on, with the arguments the goal spells
+        out (the file to write or read, the command to run): the goal's first unmet deliverable that
+        another call can meet (each at most ``GUIDE_TRIES`` times), or ``finish`` once every piece of
+        work the goal names is done; None: the model chooses."""
         work = [d for d in state.deliverables if d.kind in GUIDED_TOOL]
         if not (self.cfg.guide and work):
             return None
@@ -154,17 +157,18 @@ class Steering:
             tool = GUIDED_TOOL[d.kind]
             if not missing.returnable or tool not in self._tools:
                 continue
-            path = d.target if tool in ("write_file", "read_file") else ""
-            tries = [a for a, _ in record.calls(tool) if not path or str(a.get("path", "")) == path]
-            return (tool, path) if len(tries) < GUIDE_TRIES else None
-        return ("finish", "") if may_finish and "finish" in self._tools else None
+            arg = GUIDED_ARG.get(tool, "")
+            fixed = {arg: d.target} if arg and d.target else {}
+            tries = [a for a, _ in record.calls(tool) if not fixed or str(a.get(arg, "")) == d.target]
+            return (tool, fixed) if len(tries) < GUIDE_TRIES else None
+        return ("finish", {}) if may_finish and "finish" in self._tools else None
 
     def schema(self, state: agent_pb2.AgentState, turns: Sequence[agent_pb2.Turn]) -> JsonObject:
         """The JSON schema (hence grammar) of this step's action."""
         plan, finish = self.needs_plan(state, turns), self.may_finish(state, turns)
         guided = self.guided(state, finish)
         if guided is not None:
-            return self.registry.guided_schema(guided[0], plan=plan, path=guided[1])
+            return self.registry.guided_schema(guided[0], plan=plan, fixed=guided[1])
         return self._schemas[plan, finish]
 
     # the plan --------------------------------------------------------------------------------------

@@ -52,6 +52,10 @@ DISTILLED_OVERSAMPLE = 4
 """Distilled memories are a small share of the episodes: look at more candidates to find them."""
 
 
+ACKNOWLEDGEMENTS = {"", "done", "ok", "okay", "noted", "finished", "complete", "completed", "yes", "success"}
+"""Answers that only say the agent finished: an outcome holding one teaches a later agent nothing."""
+
+
 def outcome_text(goal: str, answer: str) -> str:
     """What a finished agent learned, as one sentence (prose: it embeds by meaning, like a note)."""
     return f"Earlier goal: {goal[:300]} Its verified result: {answer[:280]}"[:TEXT_LIMIT]
@@ -160,7 +164,8 @@ class EpisodicMemory:
 
     def _outcome(self, event: agent_pb2.StepEvent) -> Episode | None:
         """What an agent that finished learned: its goal and its answer, as one distilled memory (none
-        when the finish check found its work incomplete: an unverified answer is not knowledge)."""
+        when the finish check found its work incomplete: an unverified answer is not knowledge; none
+        when the answer only acknowledges the end)."""
         if event.status != S.AGENT_STATUS_FINISHED or event.action.tool != "finish":
             return None
         try:
@@ -168,6 +173,8 @@ class EpisodicMemory:
         except Exception:  # the agent was removed since: its outcome is not worth keeping
             return None
         if state.verification == S.VERIFICATION_UNVERIFIED:
+            return None
+        if " ".join(event.observation.output.split()).casefold().strip(" .!") in ACKNOWLEDGEMENTS:
             return None
         text = outcome_text(state.goal, event.observation.output)
         return Episode(f"{OUTCOME}{event.agent_id}", event.agent_id, text, self._at(event), 0.9, event.step)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
 
 from jsonschema import Draft202012Validator
@@ -93,15 +93,23 @@ class ToolRegistry:
         skip = set(without)
         return {"anyOf": [_branch(spec, plan) for spec in self.specs() if spec.name not in skip]}
 
-    def guided_schema(self, tool: str, *, plan: bool = False, path: str = "") -> JsonObject:
-        """JSON schema of an action that must call ``tool`` (with ``path`` fixed when given and the
-        tool takes one): the step the goal's next unmet deliverable needs (``steering.Steering``)."""
+    def guided_schema(
+        self, tool: str, *, plan: bool = False, fixed: Mapping[str, str] | None = None
+    ) -> JsonObject:
+        """JSON schema of an action that must call ``tool``, with the arguments in ``fixed`` (those the
+        tool takes) fixed to their values: the step the goal's next unmet deliverable needs
+        (``steering.Steering.guided``)."""
         spec = self._tools[tool].spec
         branch = _branch(spec, plan)
         params = spec.parameters.get("properties")
-        if path and isinstance(params, dict) and "path" in params:
+        pinned: JsonObject = {
+            k: {"const": v}
+            for k, v in (fixed or {}).items()
+            if v and isinstance(params, dict) and k in params
+        }
+        if pinned and isinstance(params, dict):
             args = dict(spec.parameters)
-            args["properties"] = {**params, "path": {"const": path}}
+            args["properties"] = {**params, **pinned}
             branch["properties"] = {**branch["properties"], "args": args}  # type: ignore[dict-item]
         return {"anyOf": [branch]}
 
