@@ -30,6 +30,8 @@ def kinds(goal: str) -> list[str]:
             "Please open readme.md and tell me the version.",
             ["read readme.md", "answer with the result", "leave readme.md as it is"],
         ),
+        ("Report the batch number written in batch.txt.", ["read batch.txt", "answer with the result"]),
+        ("Tell me which valve valves.csv lists first.", ["read valves.csv", "answer with the result"]),
         (
             "Summarise report.txt into summary.txt.",
             ["read report.txt", "write summary.txt", "leave report.txt as it is"],

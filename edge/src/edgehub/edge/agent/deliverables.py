@@ -6,7 +6,8 @@ verb, or is a question, yields deliverables:
 - ``write``: a file to produce ("save ... to note.txt", "create plan.txt", "... as sorted.txt"), with the
   text it must hold when the goal spells it ("the word hello", "'line ok'"), or the output of a command
   the goal runs ("... its output into answer.txt": ``echo = "run"``);
-- ``read``: a file to look at ("read order.txt", "what does motd.txt say?"); any attempt counts, so a
+- ``read``: a file to look at ("read order.txt", "what does motd.txt say?", "report the code stored in
+  code.txt"); any attempt counts, so a
   goal about a missing file can still be finished honestly;
 - ``run``: a command to run ("run echo 42", "run `ls -l`");
 - ``remember`` / ``recall``: a note to store (holding the goal's number or quoted value) and to look up;
@@ -196,6 +197,8 @@ def extract(goal: str) -> list[agent_pb2.Deliverable]:
                 out += [_deliverable(k, path) for k in kinds]
         elif verb in _QUESTION or question:
             out += [_deliverable("read", p) for p, _ in _files(clause)]
+        elif _TELL.search(_FILE.sub(" ", clause)):  # "report the number stored in serial.txt"
+            out += [_deliverable("read", p) for p, destination in _files(clause, _INTO) if not destination]
         answer = _answer(clause, question, remembered, any(d.kind == "read" for d in out))
         if answer is not None:
             out.append(answer)
