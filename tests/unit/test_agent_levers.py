@@ -282,3 +282,40 @@ async def test_goals_without_deliverables_and_the_lever_off_are_not_guided(tmp_p
     loop, store, brain = make(tmp_path / "off", script, guide=False, finish_check=False)
     await run(loop, store, GOAL)
     assert all(len(tools_in(s)) > 2 for s in brain.schemas)
+
+
+def pinned(schema: dict[str, object] | None) -> dict[str, object]:
+    assert schema is not None
+    props = schema["anyOf"][0]["properties"]["args"]["properties"]  # type: ignore[index]
+    return {k: v["const"] for k, v in props.items() if "const" in v}
+
+
+async def test_guidance_pins_the_words_the_goal_gives_and_leaves_what_it_does_not_understand(
+    tmp_path: Path,
+) -> None:
+    script = [act("write_file", path="color.txt", content="blue"), act("finish", answer="done")]
+    loop, store, brain = make(tmp_path / "given", script)
+    await run(loop, store, "Put the word blue into color.txt.")
+    assert pinned(brain.schemas[0]) == {"path": "color.txt", "content": "blue"}
+    # a file the goal talks about that no deliverable covers: the platform does not understand it whole
+    script = [
+        act("read_file", path="t.txt"),
+        act("write_file", path="max.txt", content="9"),
+        act("finish", answer="9"),
+    ]
+    loop, store, brain = make(tmp_path / "uncovered", script)
+    await run(loop, store, "t.txt lists readings. Write the highest of them to max.txt.")
+    assert all(len(tools_in(s)) > 2 for s in brain.schemas[:2])
+    # a file whose text the goal does not give is written only after the agent found something out
+    script = [
+        act("read_file", path="hint.txt"),
+        act("write_file", path="where.txt", content="/w"),
+        act("finish", answer="/w"),
+    ]
+    loop, store, brain = make(tmp_path / "unknown", script)
+    (tmp_path / "unknown" / "ws" / "a1").mkdir(parents=True)
+    (tmp_path / "unknown" / "ws" / "a1" / "hint.txt").write_text("/w")
+    await run(loop, store, "Find the working directory and put that path into where.txt.")
+    assert len(tools_in(brain.schemas[0])) > 2
+    assert tools_in(brain.schemas[1]) == {"write_file"}
+    assert pinned(brain.schemas[1]) == {"path": "where.txt"}

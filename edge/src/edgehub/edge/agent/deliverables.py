@@ -205,6 +205,21 @@ def extract(goal: str) -> list[agent_pb2.Deliverable]:
     return _keeps_last(_unique(out))
 
 
+def files_named(goal: str) -> set[str]:
+    """Every file name ``goal`` mentions (sources, destinations and files it only talks about)."""
+    return {m.group(1) for m in _FILE.finditer(_URL.sub(" URL ", goal)) if m.group(1) != "URL"}
+
+
+def spelled_out(goal: str, text: str) -> bool:
+    """``text`` is given verbatim by ``goal`` as the thing to write: quoted, or named as "the word ..." /
+    "the phrase ..." (not "the value ...", "the text ...": those often describe rather than give)."""
+    if not text:
+        return False
+    quoted = any(q.group(1).strip() == text for q in _QUOTED.finditer(goal))
+    named = re.search(rf"\bthe (?:word|phrase)\s+{re.escape(text)}(?![\w-])", goal, re.I)
+    return quoted or named is not None
+
+
 def _unique(items: list[agent_pb2.Deliverable]) -> list[agent_pb2.Deliverable]:
     seen: set[tuple[str, str, str, str]] = set()
     out: list[agent_pb2.Deliverable] = []

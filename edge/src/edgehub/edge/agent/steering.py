@@ -26,7 +26,7 @@ from ..jsontypes import JsonObject
 from ..store.base import EdgeStore
 from . import demos
 from .actions import Proposal
-from .deliverables import extract
+from .deliverables import extract, files_named, spelled_out
 from .finishcheck import Record, feedback, shortfalls, unmet
 from .prompt import PromptBuilder, next_step
 from .tools.registry import ToolRegistry
@@ -146,11 +146,17 @@ class Steering:
 
     def guided(self, state: agent_pb2.AgentState, may_finish: bool) -> tuple[str, dict[str, str]] | None:
         """The tool this step must call when ``[agent] guide`` is on, with the arguments the goal spells
-        out (the file to write or read, the command to run): the goal's first unmet deliverable that
-        another call can meet (each at most ``GUIDE_TRIES`` times), or ``finish`` once every piece of
-        work the goal names is done; None: the model chooses."""
+        out (the file to write or read, the command to run, the words to write): the goal's first unmet
+        deliverable that another call can meet (each at most ``GUIDE_TRIES`` times), or ``finish`` once
+        every piece of work the goal names is done; None: the model chooses.
+
+        Only goals the platform understands whole are guided: one naming a file no deliverable covers
+        (``temps.txt lists readings ...``) is left to the model, and a file whose text the goal does not
+        give is not written before the agent has found something out (a read, a command, a recall)."""
         work = [d for d in state.deliverables if d.kind in GUIDED_TOOL]
         if not (self.cfg.guide and work):
+            return None
+        if any(all(f not in d.target for d in state.deliverables) for f in files_named(state.goal)):
             return None
         record = self.record(state, "")
         for d, missing in unmet(work, record):
@@ -159,9 +165,19 @@ class Steering:
                 continue
             arg = GUIDED_ARG.get(tool, "")
             fixed = {arg: d.target} if arg and d.target else {}
-            tries = [a for a, _ in record.calls(tool) if not fixed or str(a.get(arg, "")) == d.target]
+            if d.kind == "write" and spelled_out(state.goal, d.expect):
+                fixed["content"] = d.expect
+            elif d.kind == "write" and not self._found_out(record):
+                return None
+            tries = [a for a, _ in record.calls(tool) if not arg or str(a.get(arg, "")) == d.target]
             return (tool, fixed) if len(tries) < GUIDE_TRIES else None
         return ("finish", {}) if may_finish and "finish" in self._tools else None
+
+    @staticmethod
+    def _found_out(record: Record) -> bool:
+        return any(
+            record.calls(tool, ok=True) for tool in ("read_file", "run_command", "recall", "knowledge")
+        )
 
     def schema(self, state: agent_pb2.AgentState, turns: Sequence[agent_pb2.Turn]) -> JsonObject:
         """The JSON schema (hence grammar) of this step's action."""
