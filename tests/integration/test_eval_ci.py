@@ -21,9 +21,10 @@ from edgehub.edge.eval.suite import load_suite
 
 pytestmark = pytest.mark.model
 
-FLOOR = 0.2
-"""Share of the CI subset's goals that must succeed: measured 3 of 10 on Gemma 3 270M with every lever on
-(greeting-file, shift-lead-note, show-key; docs/benchmarks.md), so one goal of slack."""
+FLOOR = 0.5
+"""Share of the CI subset's goals that must succeed: measured 6 of 10 on Gemma 3 270M with every lever on,
+guided steps included (greeting-file, shift-lead-note, note-hello-readback, echo-twice, echo-answer,
+show-key; docs/benchmarks.md), so one goal of slack."""
 
 
 @pytest.mark.timeout(900)
