@@ -175,6 +175,17 @@ def unmet(
     return out
 
 
+def checked_in_full(d: agent_pb2.Deliverable, record: Record) -> bool:
+    """The check of ``d`` held its content against the goal, not only its presence: a file or answer
+    with a text the goal gives (or an output the agent observed), a note with a value; a read, a run or
+    a recall is the deliverable itself."""
+    if d.kind in ("write", "answer"):
+        return bool(d.expect) or bool(d.echo and record.last_output(d.echo))
+    if d.kind == "remember":
+        return bool(d.expect)
+    return True
+
+
 def shortfalls(deliverables: list[agent_pb2.Deliverable], record: Record) -> list[Shortfall]:
     """What the record does not show, in the goal's order."""
     return [s for _, s in unmet(deliverables, record)]

@@ -27,7 +27,7 @@ from ..store.base import EdgeStore
 from . import demos
 from .actions import Proposal
 from .deliverables import extract, files_named, spelled_out
-from .finishcheck import Record, feedback, shortfalls, unmet
+from .finishcheck import Record, checked_in_full, feedback, shortfalls, unmet
 from .prompt import PromptBuilder, next_step
 from .tools.registry import ToolRegistry
 
@@ -233,7 +233,14 @@ class Steering:
                 event.observation.CopyFrom(result)
                 event.detail = result.output
                 return
-            verdict = S.VERIFICATION_UNVERIFIED if missing else S.VERIFICATION_VERIFIED
+            full = all(checked_in_full(d, record) for d in new.deliverables)
+            verdict = (
+                S.VERIFICATION_UNVERIFIED
+                if missing
+                else S.VERIFICATION_VERIFIED
+                if full
+                else S.VERIFICATION_PARTIAL
+            )
             if missing:
                 event.detail = f"{answer} (unverified: {'; '.join(m.problem for m in missing)})"
         new.status, new.answer, new.verification = S.AGENT_STATUS_FINISHED, answer, verdict

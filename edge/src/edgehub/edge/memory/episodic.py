@@ -164,7 +164,8 @@ class EpisodicMemory:
 
     def _outcome(self, event: agent_pb2.StepEvent) -> Episode | None:
         """What an agent that finished learned: its goal and its answer, as one distilled memory (none
-        when the finish check found its work incomplete: an unverified answer is not knowledge; none
+        when the finish check found its work incomplete or could check it only in part: an unverified
+        answer is not knowledge; none
         when the answer only acknowledges the end)."""
         if event.status != S.AGENT_STATUS_FINISHED or event.action.tool != "finish":
             return None
@@ -172,7 +173,7 @@ class EpisodicMemory:
             state = self.store.load_agent(event.agent_id)
         except Exception:  # the agent was removed since: its outcome is not worth keeping
             return None
-        if state.verification == S.VERIFICATION_UNVERIFIED:
+        if state.verification in (S.VERIFICATION_UNVERIFIED, S.VERIFICATION_PARTIAL):
             return None
         if " ".join(event.observation.output.split()).casefold().strip(" .!") in ACKNOWLEDGEMENTS:
             return None

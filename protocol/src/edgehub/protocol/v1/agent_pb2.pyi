@@ -82,26 +82,34 @@ class _VerificationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verifica
     DESCRIPTOR: _descriptor.EnumDescriptor
     VERIFICATION_UNSPECIFIED: _Verification.ValueType  # 0
     VERIFICATION_VERIFIED: _Verification.ValueType  # 1
-    """Every deliverable was found in the agent's record."""
+    """Every deliverable was found in the agent's record, each with the content the goal asked for."""
     VERIFICATION_UNVERIFIED: _Verification.ValueType  # 2
     """Some were still missing after the agent was sent back as often as allowed."""
     VERIFICATION_NONE: _Verification.ValueType  # 3
     """The goal names nothing the platform can check."""
     VERIFICATION_OFF: _Verification.ValueType  # 4
     """The finish check is turned off."""
+    VERIFICATION_PARTIAL: _Verification.ValueType  # 5
+    """Every deliverable was found, but the content of some could not be checked (a file or an answer the
+    goal does not spell out: "write the highest reading to max.txt" passes with any text).
+    """
 
 class Verification(_Verification, metaclass=_VerificationEnumTypeWrapper):
     """The finish check's verdict on an agent that finished."""
 
 VERIFICATION_UNSPECIFIED: Verification.ValueType  # 0
 VERIFICATION_VERIFIED: Verification.ValueType  # 1
-"""Every deliverable was found in the agent's record."""
+"""Every deliverable was found in the agent's record, each with the content the goal asked for."""
 VERIFICATION_UNVERIFIED: Verification.ValueType  # 2
 """Some were still missing after the agent was sent back as often as allowed."""
 VERIFICATION_NONE: Verification.ValueType  # 3
 """The goal names nothing the platform can check."""
 VERIFICATION_OFF: Verification.ValueType  # 4
 """The finish check is turned off."""
+VERIFICATION_PARTIAL: Verification.ValueType  # 5
+"""Every deliverable was found, but the content of some could not be checked (a file or an answer the
+goal does not spell out: "write the highest reading to max.txt" passes with any text).
+"""
 Global___Verification: _TypeAlias = Verification  # noqa: Y015
 
 class _StepKind:
