@@ -33,10 +33,10 @@ class Traces:
         the start); ``next_page_token`` is set when the page was full."""
         record = await self.agents.require(agent_id)
         size = min(size or DEFAULT_PAGE, MAX_PAGE)
-        try:
-            start = int(token or "1")
-        except ValueError:
-            raise Refused(ErrorCode.INVALID_ARGUMENT, "bad page_token") from None
+        start = int(token) if token.isdecimal() and len(token) <= 19 and token.isascii() else 0
+        if token and start < 1:
+            raise Refused(ErrorCode.INVALID_ARGUMENT, "page_token: not one this hub gave (next_page_token)")
+        start = start or 1
         sub = await self.js.pull_subscribe(
             subjects.agent_events(agent_id),
             stream=subjects.EVENTS_STREAM,
