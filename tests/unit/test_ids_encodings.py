@@ -23,7 +23,10 @@ from edgehub.protocol.ids import (
     is_id,
     kv_key,
 )
-from edgehub.sync.commands import consumer_name
+from edgehub.protocol.v1 import events_pb2
+from edgehub.sync.applier import decode
+from edgehub.sync.commands import consumer_name, decode_command, new_command
+from edgehub.sync.errors import MessageRejected
 
 FAST = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 pairs = st.tuples(st.text(), st.text())
@@ -159,3 +162,26 @@ def test_the_ids_the_hub_makes_fit() -> None:
     for made in (f"agent-{'a' * 12}", f"cmd-{'f' * 32}", f"mig-{'0' * 12}", f"{goal}-{task}-99"):
         assert check_id(made, "id")
     assert len(f"{goal}-{task}-99-{task}-99") <= ID_MAX  # one subgoal level deeper
+
+
+class _Msg:
+    """What ``decode_command`` and the applier's ``decode`` read of a NATS message."""
+
+    def __init__(self, subject: str, data: bytes) -> None:
+        self.subject, self.data = subject, data
+
+
+def test_a_command_holding_a_bad_id_is_rejected_by_the_edge() -> None:
+    cmd = new_command("dev-1", "operator:olga")
+    cmd.stop_agent.agent_id = "a" * 5000
+    with pytest.raises(MessageRejected, match="agent_id: 5000 characters") as err:
+        decode_command(_Msg(subjects.commands("dev-1"), cmd.SerializeToString()), "dev-1")  # type: ignore[arg-type]
+    assert "a" * 20 not in err.value.reason
+
+
+@pytest.mark.parametrize("agent", ["a" * (ID_MAX + 1), "a b", "*"])
+def test_an_event_whose_subject_names_a_bad_id_is_rejected_by_the_applier(agent: str) -> None:
+    event = events_pb2.EdgeEvent(schema_version=1, device_id="dev-1", agent_id=agent, seq=1)
+    msg = _Msg(subjects.events("dev-1", agent), event.SerializeToString())
+    with pytest.raises(MessageRejected, match="agent_id"):
+        decode(msg)  # type: ignore[arg-type]
