@@ -185,3 +185,11 @@ def test_an_event_whose_subject_names_a_bad_id_is_rejected_by_the_applier(agent:
     msg = _Msg(subjects.events("dev-1", agent), event.SerializeToString())
     with pytest.raises(MessageRejected, match="agent_id"):
         decode(msg)  # type: ignore[arg-type]
+
+
+def test_an_event_holding_a_bad_id_in_its_payload_is_rejected_by_the_applier() -> None:
+    event = events_pb2.EdgeEvent(schema_version=1, device_id="dev-1", agent_id="a-1", seq=1)
+    event.task_result.agent_id = "a-1"
+    event.task_result.task_id = "t" * 5000
+    with pytest.raises(MessageRejected, match="task_id: 5000 characters"):
+        decode(_Msg(subjects.events("dev-1", "a-1"), event.SerializeToString()))  # type: ignore[arg-type]
