@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edgehub.hub.goals.record import may_split, new_record
 from edgehub.protocol import subjects
 from edgehub.protocol.errors import ErrorCode
 from edgehub.protocol.ids import (
@@ -193,3 +194,15 @@ def test_an_event_holding_a_bad_id_in_its_payload_is_rejected_by_the_applier() -
     event.task_result.task_id = "t" * 5000
     with pytest.raises(MessageRejected, match="task_id: 5000 characters"):
         decode(_Msg(subjects.events("dev-1", "a-1"), event.SerializeToString()))  # type: ignore[arg-type]
+
+
+def test_sub_goals_stop_before_their_agent_ids_outgrow_the_id_rule() -> None:
+    """The planner's ids nest (``{goal}-{task}-{attempt}``): however deep the operator allows, a goal
+    splits only while the ids two levels down still fit."""
+    record = new_record("text", by="operator:olga", planner=0)
+    longest_task, attempt = "t" * 32, 99
+    while may_split(record, max_goal_depth=8):
+        child = f"{record.goal_id}-{longest_task}-{attempt}"
+        record = new_record("text", by="hub", planner=0, depth=record.depth + 1, goal_id=child)
+    assert record.depth >= 2  # the default depth limit (2) is still reachable
+    assert check_id(f"{record.goal_id}-{longest_task}-{attempt}", "agent_id")
