@@ -205,4 +205,17 @@ def test_sub_goals_stop_before_their_agent_ids_outgrow_the_id_rule() -> None:
         child = f"{record.goal_id}-{longest_task}-{attempt}"
         record = new_record("text", by="hub", planner=0, depth=record.depth + 1, goal_id=child)
     assert record.depth >= 2  # the default depth limit (2) is still reachable
-    assert check_id(f"{record.goal_id}-{longest_task}-{attempt}", "agent_id")
+    agent_id = f"{record.goal_id}-{longest_task}-{attempt}"
+    assert check_id(agent_id, "agent_id")
+    assert check_id(f"{agent_id}-start", "command_id")
+
+
+def test_a_task_field_holds_a_task_id_or_goal_slash_task() -> None:
+    cmd = new_command("dev-1", "hub")
+    cmd.start_agent.agent_id = "g-0123456789ab-collect-1"
+    cmd.start_agent.task_id = "g-0123456789ab/collect"  # what the planner sends
+    assert decode_command(_Msg(subjects.commands("dev-1"), cmd.SerializeToString()), "dev-1") == cmd  # type: ignore[arg-type]
+    for bad in ("g-1/a/b", "g-1/", "/a", "t" * 300):
+        cmd.start_agent.task_id = bad
+        with pytest.raises(MessageRejected, match="task_id"):
+            decode_command(_Msg(subjects.commands("dev-1"), cmd.SerializeToString()), "dev-1")  # type: ignore[arg-type]

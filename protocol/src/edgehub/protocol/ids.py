@@ -104,7 +104,9 @@ def id_of_key(key: str) -> str:
 
 DEVICE_FIELDS = frozenset({"device_id", "to_device", "source_device", "target_device"})
 """Fields of the protocol's messages that hold a device id."""
-ID_FIELDS = DEVICE_FIELDS | {"agent_id", "goal_id", "task_id", "migration_id", "command_id", "subgoal_id"}
+TASK_FIELDS = frozenset({"task_id"})
+"""Fields that hold a task: its id, or ``GOAL/TASK`` (what the planner sends an edge), each part an id."""
+ID_FIELDS = DEVICE_FIELDS | TASK_FIELDS | {"agent_id", "goal_id", "migration_id", "command_id", "subgoal_id"}
 """Fields of the protocol's messages that hold an id (checked wherever a message enters)."""
 
 
@@ -121,4 +123,10 @@ def check_ids(message: Message, extra: frozenset[str] = frozenset()) -> None:
             values = value if field.is_repeated else [value]
             limit = DEVICE_ID_MAX if field.name in DEVICE_FIELDS else ID_MAX
             for one in values:
-                check_id(one, field.name, max_len=limit)
+                _check_field(one, field.name, limit)
+
+
+def _check_field(value: str, field: str, limit: int) -> None:
+    parts = value.split("/", 1) if field in TASK_FIELDS and len(value) <= 2 * limit + 1 else [value]
+    for part in parts:
+        check_id(part, field, max_len=limit)

@@ -71,12 +71,15 @@ def audit(record: G.Goal, what: str, by: str = "hub", now: float | None = None) 
 
 ATTEMPT_ROOM = len("-") + MAX_ID + len("-") + 2
 """What a goal id grows by in an id made from it (``{goal}-{task}-{attempt}``; attempts < 100)."""
+COMMAND_ROOM = len("-start")
+"""What an agent id grows by in the id of a command about it (``{agent}-start``, ``{agent}-stop``)."""
 
 
 def may_split(record: G.Goal, max_goal_depth: int) -> bool:
     """Whether ``record``'s tasks may be sub-goals: within the depth limit, and short enough an id that a
-    sub-goal's own agent ids (two levels longer) still fit the id rule (``ids.ID_MAX``)."""
-    return record.depth < max_goal_depth and len(record.goal_id) + 2 * ATTEMPT_ROOM <= ID_MAX
+    sub-goal's agent ids (two levels longer) and their commands' ids still fit the id rule (``ID_MAX``)."""
+    room = 2 * ATTEMPT_ROOM + COMMAND_ROOM
+    return record.depth < max_goal_depth and len(record.goal_id) + room <= ID_MAX
 
 
 def new_record(
