@@ -4,6 +4,7 @@ against a real hub is tests/integration/test_id_bounds.py."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from edgehub.hub.api.errors import check_request
@@ -84,3 +85,17 @@ async def test_token_names_and_lifetimes_are_bounded(name: str, ttl_s: float, sa
     assert err.value.code is ErrorCode.INVALID_ARGUMENT
     assert err.value.message.startswith(says)
     assert len(err.value.message) < 200
+
+
+def test_the_hub_cli_refuses_a_bad_id_before_sending(capsys: pytest.CaptureFixture[str]) -> None:
+    from typer import Exit
+
+    from edgehub.hub.cli.api import call
+
+    request = H.StartAgentRequest(device_id=HUGE, goal="g")
+    with pytest.raises(Exit) as done:  # nothing listens there: the request never leaves
+        call("127.0.0.1:9", lambda s: s.StartAgent(request, timeout=5), grpc.ssl_channel_credentials())
+    assert done.value.exit_code == 2
+    said = capsys.readouterr().err
+    assert "device_id: 5000 characters, at most 64 allowed" in said
+    assert "d" * 20 not in said
