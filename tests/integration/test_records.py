@@ -42,7 +42,7 @@ async def test_records_round_trip_typed_and_ids_are_encoded_into_keys(nc: Client
     store = RecordStore(nc.jetstream(), DEVICES.name, TWINS)
     assert await store.get("dev 1") is None
     created = await store.create("dev 1", twin("dev 1", 0.5))
-    assert created.key == "x-" + b"dev 1".hex()
+    assert created.key == "=" + b"dev 1".hex()  # the escaped form (issue 17: was "x-", which ids could take)
     got = await store.get("dev 1")
     assert got is not None
     assert (got.value.device_id, got.value.load, got.value.schema_version) == ("dev 1", 0.5, 1)

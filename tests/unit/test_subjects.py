@@ -12,7 +12,13 @@ def test_any_id_is_one_token_and_round_trips(device: str) -> None:
     subject = subjects.events(device, "agent.7")
     assert subject.count(".") == 3
     assert not set("*> ") & set(subject)
-    assert subjects.parse_events(subject) == (device, "agent.7")
+    token = subject.split(".")[2]
+    assert subjects.untoken(token) == device
+    if device in ("dev-1", "dev.1"):
+        assert subjects.parse_events(subject) == (device, "agent.7")
+    else:  # no valid id: a subject naming one is refused (the applier dead-letters the event)
+        with pytest.raises(ValueError, match="device_id"):
+            subjects.parse_events(subject)
 
 
 def test_filters_select_one_device_or_one_agent() -> None:

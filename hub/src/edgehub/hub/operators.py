@@ -8,6 +8,7 @@ process sees the same ones and a leaked bucket reveals none. The API authenticat
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from nats.js import JetStreamContext
 
 from edgehub.protocol.errors import ErrorCode
+from edgehub.protocol.ids import check_id
 from edgehub.protocol.v1 import hub_pb2
 from edgehub.sync.auth import write_secret
 from edgehub.sync.records import JsonObject, ProtoCodec, RecordStore, json_legacy
@@ -31,6 +33,8 @@ ROLE_NAMES = {"viewer": Role.ROLE_VIEWER, "operator": Role.ROLE_OPERATOR, "admin
 TOKEN_CACHE_S = 5.0
 """How long a token's lookup is cached: a deleted token stops working on other hub processes within it."""
 RECORD_VERSION = 1
+MAX_TTL_S = 10 * 365 * 24 * 3600.0
+"""The longest lifetime a token may be given (0 asks for one that never expires)."""
 
 
 def role_name(role: int) -> str:
@@ -85,8 +89,11 @@ class ApiTokens:
         """A new token (shown once) and when it expires (0: never)."""
         if not name.strip() or role not in (Role.ROLE_VIEWER, Role.ROLE_OPERATOR, Role.ROLE_ADMIN):
             raise Refused(ErrorCode.INVALID_ARGUMENT, "name and a role (viewer|operator|admin)")
-        if ttl_s < 0:
-            raise Refused(ErrorCode.INVALID_ARGUMENT, "ttl_s must be 0 (never expires) or more")
+        check_id(name, "name")
+        if not math.isfinite(ttl_s) or not 0 <= ttl_s <= MAX_TTL_S:
+            raise Refused(
+                ErrorCode.INVALID_ARGUMENT, f"ttl_s must be 0 (never expires) up to {MAX_TTL_S:.0f} seconds"
+            )
         token = f"eht_{secrets.token_urlsafe(32)}"
         expires = time.time() + ttl_s if ttl_s > 0 else 0.0
         await self.register(token, name, role, created_by, expires)
@@ -128,18 +135,32 @@ class ApiTokens:
 
     async def operator(self, token: str) -> Principal | None:
         """The token's operator; None if it was never made, was deleted or has expired."""
+        principal, expires = await self._lookup(token)
+        return principal if not expires or time.time() < expires else None
+
+    async def authenticate(self, token: str) -> Principal:
+        """The token's operator, else ``UNAUTHENTICATED`` saying whether it expired or is unknown."""
+        principal, expires = await self._lookup(token)
+        if principal is None:
+            raise Refused(ErrorCode.UNAUTHENTICATED, "unknown or malformed bearer token")
+        if expires and time.time() >= expires:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires))
+            raise Refused(ErrorCode.UNAUTHENTICATED, f"the bearer token expired at {when}")
+        return principal
+
+    async def _lookup(self, token: str) -> tuple[Principal | None, float]:
+        """(the token's operator or None, when it expires: 0 never), cached ``TOKEN_CACHE_S``."""
         key = digest(token)
         hit = self._cache.get(key)
         if hit and time.monotonic() - hit[0] < TOKEN_CACHE_S:
-            principal, expires = hit[1]
-            return principal if not expires or time.time() < expires else None
+            return hit[1]
         found = await self.store.get(key)
         principal, expires = None, 0.0
         if found is not None:  # else never made, or deleted
             principal = Principal(f"operator:{found.value.name}", found.value.role)
             expires = found.value.expires_at
         self._cache[key] = (time.monotonic(), (principal, expires))
-        return principal if not expires or time.time() < expires else None
+        return principal, expires
 
 
 async def bootstrap_admin(tokens: ApiTokens, folder: Path) -> Path:

@@ -8,32 +8,38 @@ Subjects carry the device (and, for events, the agent) so permissions and querie
     edgehub.dlq.edge.<device>       ... that a device could not process        stream EDGEHUB_DEADLETTER
     edgehub.kg.<device>             a device's L4 knowledge queries (request/reply, core NATS)
 
-Ids become single subject tokens: characters NATS treats specially (``.``, ``*``, ``>``, spaces and
-``%`` itself) are percent-encoded, so ``dev.1`` is the token ``dev%2E1`` and can never widen a
-subscription or spill into the next token.
+Ids become single subject tokens: every UTF-8 byte that is not printable ASCII, and the characters NATS
+treats specially (``.``, ``*``, ``>``) and ``%`` itself, are percent-encoded, so ``dev.1`` is the token
+``dev%2E1`` and can never widen a subscription or spill into the next token. The encoding is injective
+over all strings (``untoken`` inverts it) and leaves valid ids (``edgehub.protocol.ids``) as they were.
 """
 
 from __future__ import annotations
 
 import re
 
+from .ids import DEVICE_ID_MAX, ID_MAX, InvalidId, check_id, shown
+
 PREFIX = "edgehub"
 EVENTS_STREAM = "EDGEHUB_EVENTS"
 COMMANDS_STREAM = "EDGEHUB_COMMANDS"
 DEADLETTER_STREAM = "EDGEHUB_DEADLETTER"
 
-_SPECIAL = re.compile(r"[.*>%\s]")
+_SAFE = frozenset(range(0x21, 0x7F)) - {ord(c) for c in ".*>%"}
+"""Bytes that stand for themselves in a token: printable ASCII but NATS' special characters and ``%``."""
 
 
 def token(value: str) -> str:
     """``value`` as one safe subject token."""
     if not value:
         raise ValueError("subject tokens cannot be empty")
-    return _SPECIAL.sub(lambda m: f"%{ord(m.group()):02X}", value)
+    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in value.encode())
 
 
 def untoken(value: str) -> str:
-    return re.sub(r"%([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), value)
+    """The string ``token`` made ``value`` from."""
+    raw = re.sub(rb"%([0-9A-F]{2})", lambda m: bytes([int(m.group(1), 16)]), value.encode())
+    return raw.decode(errors="replace")
 
 
 def events(device_id: str, agent_id: str) -> str:
@@ -80,17 +86,29 @@ def knowledge(device_id: str) -> str:
 ALL_KNOWLEDGE = f"{PREFIX}.kg.*"
 
 
+def _id_token(part: str, field: str) -> str:
+    """The id a subject token holds; ValueError unless it is a valid id written as ``token`` writes it."""
+    value = untoken(part)
+    try:
+        check_id(value, field, max_len=DEVICE_ID_MAX if field == "device_id" else ID_MAX)
+    except InvalidId as exc:
+        raise ValueError(exc.message) from None
+    if token(value) != part:
+        raise ValueError(f"{field}: not written as this hub writes ids")
+    return value
+
+
 def parse_knowledge(subject: str) -> str:
-    """The device_id of a knowledge subject; ValueError if it is not one."""
+    """The device_id of a knowledge subject; ValueError if it is not one (or names no valid id)."""
     parts = subject.split(".")
     if len(parts) != 3 or parts[:2] != [PREFIX, "kg"]:
-        raise ValueError(f"not a knowledge subject: {subject!r}")
-    return untoken(parts[2])
+        raise ValueError(f"not a knowledge subject: {shown(subject, 80)}")
+    return _id_token(parts[2], "device_id")
 
 
 def parse_events(subject: str) -> tuple[str, str]:
-    """(device_id, agent_id) of an events subject; ValueError if it is not one."""
+    """(device_id, agent_id) of an events subject; ValueError if it is not one (or names no valid id)."""
     parts = subject.split(".")
     if len(parts) != 4 or parts[:2] != [PREFIX, "ev"]:
-        raise ValueError(f"not an events subject: {subject!r}")
-    return untoken(parts[2]), untoken(parts[3])
+        raise ValueError(f"not an events subject: {shown(subject, 80)}")
+    return _id_token(parts[2], "device_id"), _id_token(parts[3], "agent_id")

@@ -47,6 +47,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from edgehub.protocol import subjects
+from edgehub.protocol.ids import InvalidId, check_ids
 from edgehub.protocol.v1 import events_pb2
 
 from .errors import MessageRejected, SyncError
@@ -90,6 +91,10 @@ def decode(msg: Msg) -> events_pb2.EdgeEvent:
             f"subject says {device}/{agent} but the event says "
             f"{event.device_id}/{event.agent_id} seq {event.seq}"
         )
+    try:
+        check_ids(event)  # every id the payload holds (a task's, a migration's) before the hub uses one
+    except InvalidId as exc:
+        raise MessageRejected(exc.message) from None
     return event
 
 

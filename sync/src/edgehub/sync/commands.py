@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -22,6 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from edgehub.protocol import subjects
+from edgehub.protocol.ids import InvalidId, check_ids, shown
 from edgehub.protocol.v1 import commands_pb2
 
 from .errors import MessageRejected
@@ -34,10 +34,26 @@ COMMAND_SCHEMA_VERSION = 1
 Handler = Callable[[commands_pb2.Command], Awaitable[None]]
 
 
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
 def consumer_name(device_id: str) -> str:
-    if re.fullmatch(r"[A-Za-z0-9_-]{1,64}", device_id):
-        return f"edge-{device_id}"
-    return "edge-x" + device_id.encode().hex()[:120]
+    """The device's durable consumer: ``edge-`` and the id, each ``.`` written ``~`` and any other
+    character outside letters, digits, ``_`` and ``-`` written ``=`` and two hex digits per UTF-8 byte.
+
+    Injective over all strings (``~`` and ``=`` stand for nothing else, so the name decodes back to
+    one id) and never truncated: a valid device id (``ids.DEVICE_ID_MAX``) gives at most 69 characters,
+    far under the server's 255, with no ``.``, ``*``, ``>``, whitespace or path separator. Ids of
+    letters, digits, ``_`` and ``-`` keep the names earlier releases gave them."""
+    out = []
+    for ch in device_id:
+        if ch in _PLAIN:
+            out.append(ch)
+        elif ch == ".":
+            out.append("~")
+        else:
+            out.extend(f"={b:02X}" for b in ch.encode())
+    return "edge-" + "".join(out)
 
 
 def new_command(device_id: str, issued_by: str) -> commands_pb2.Command:
@@ -71,7 +87,12 @@ def decode_command(msg: Msg, device_id: str) -> commands_pb2.Command:
     if cmd.schema_version != COMMAND_SCHEMA_VERSION:
         raise MessageRejected(f"unknown schema version {cmd.schema_version}")
     if cmd.device_id != device_id or not cmd.command_id or not cmd.WhichOneof("body"):
-        raise MessageRejected(f"not a command for {device_id}: {cmd.device_id!r}/{cmd.command_id!r}")
+        who = f"{shown(cmd.device_id)}/{shown(cmd.command_id)}"
+        raise MessageRejected(f"not a command for {device_id}: {who}")
+    try:
+        check_ids(cmd)  # an id the edge would use in a subject, a key or a file name
+    except InvalidId as exc:
+        raise MessageRejected(exc.message) from None
     return cmd
 
 

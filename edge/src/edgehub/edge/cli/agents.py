@@ -21,7 +21,7 @@ from ..config import EdgeConfig
 from ..datadir import DaemonLock
 from ..errors import EdgeError
 from ..store.base import EdgeStore
-from .common import load, open_store
+from .common import AgentIdArg, load, open_store
 from .render import dumps, event_dict, print_event, print_summary, state_dict, status_name
 
 S = agent_pb2
@@ -106,7 +106,7 @@ def agent_run(
 
 
 @agent_app.command("trace")
-def agent_trace(agent_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def agent_trace(agent_id: AgentIdArg, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show the mind-log of an agent: thoughts, actions, observations, tokens, timings."""
     store = open_store(load(config))
     try:

@@ -6,14 +6,37 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from edgehub.cli.common import err, fail
+from edgehub.protocol.ids import InvalidId, check_id
 
 from ..config import EdgeConfig, load_config
 from ..errors import EdgeError
 from ..safety.build import build_scrubber
 from ..store.base import DeviceStore
 from ..store.sqlite import SqliteStore
+
+
+def agent_id(value: str) -> str:
+    """A typer callback: an agent id argument checked by the one id rule (a usage error otherwise)."""
+    try:
+        return check_id(value, "AGENT_ID")
+    except InvalidId as exc:
+        raise typer.BadParameter(exc.message) from None
+
+
+def approval_key(value: str) -> str:
+    """A typer callback: an approval key (AGENT/STEP), its agent id checked by the one id rule."""
+    agent, _, step = value.rpartition("/")
+    if not step.isdecimal() or len(step) > 10:
+        raise typer.BadParameter("KEY is AGENT/STEP, e.g. agent-1a2b/3")
+    return f"{agent_id(agent)}/{step}"
+
+
+AgentIdArg = Annotated[str, typer.Argument(help="The agent's id.", callback=agent_id)]
 
 
 def load(path: Path | None) -> EdgeConfig:

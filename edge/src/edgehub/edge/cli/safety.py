@@ -17,7 +17,8 @@ from ..safety.approvals import decide
 from ..safety.pii import unmask
 from ..safety.policy import Policy, PolicyEngine, default_policy_text
 from ..safety.vault import VaultKey
-from .common import load, open_store
+from .common import agent_id as agent_id_arg
+from .common import approval_key, load, open_store
 from .render import dumps
 
 approvals_app = typer.Typer(help="Tool calls waiting for an operator's decision.", no_args_is_help=True)
@@ -47,7 +48,10 @@ def approvals_list(
 
 @approvals_app.command("decide")
 def approvals_decide(
-    key: Annotated[str, typer.Argument(help="The approval's key (AGENT/STEP), from `approvals list`.")],
+    key: Annotated[
+        str,
+        typer.Argument(help="The approval's key (AGENT/STEP), from `approvals list`.", callback=approval_key),
+    ],
     by: Annotated[str, typer.Option("--by", help="Who decides (recorded in the audit trail).")],
     approve: Annotated[bool, typer.Option("--approve/--deny", help="Let the call run, or refuse it.")],
     note: Annotated[str, typer.Option(help="Why (shown to the agent and recorded).")] = "",
@@ -132,7 +136,9 @@ def pii_unmask(
 
 @pii_app.command("outgoing")
 def pii_outgoing(
-    agent_id: Annotated[str, typer.Argument(help="Agent whose outgoing (masked) events to show.")],
+    agent_id: Annotated[
+        str, typer.Argument(help="Agent whose outgoing (masked) events to show.", callback=agent_id_arg)
+    ],
     config: ConfigOpt = None,
 ) -> None:
     """Show an agent's not yet delivered events exactly as they will leave the device (PII masked)."""

@@ -13,10 +13,13 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from google.protobuf.message import DecodeError
 
+from edgehub.protocol.errors import ErrorCode
 from edgehub.protocol.v1 import hub_pb2
 from edgehub.sync.tls import BACKDATE
 
+from ..errors import Refused
 from ..fleet.identity import Credentials
 from ..operators import ANONYMOUS, ApiTokens, Principal, Role, role_name
 
@@ -69,8 +72,9 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             (str(v) for k, v in details.invocation_metadata or () if k == "authorization"), ""
         )  # fmt: skip
         inner: Handler = handler.unary_unary
+        parse = handler.request_deserializer
 
-        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def checked(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             principal = await self._principal(bearer, context)
             if not principal.may(required):
                 code = (
@@ -82,26 +86,30 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                     code,
                     f"{method.rsplit('/', 1)[1]} needs role {role_name(required)}; caller {principal.name}",
                 )
+            request = await _decoded(parse, raw, method, context)
             token = _current.set(principal)
             try:
                 return await inner(request, context)
             finally:
                 _current.reset(token)
 
+        # the request is decoded after the caller is authenticated (``_decoded``), not by gRPC before
         return grpc.unary_unary_rpc_method_handler(
             checked,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
 
     async def _principal(self, bearer: str, context: grpc.aio.ServicerContext) -> Principal:
         if bearer:
             scheme, _, token = bearer.partition(" ")
-            found = await self.tokens.operator(token.strip()) if scheme.lower() == "bearer" else None
-            if found is None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown or malformed bearer token")
-            assert found is not None
-            return found
+            try:
+                if scheme.lower() != "bearer":
+                    raise Refused(ErrorCode.UNAUTHENTICATED, "unknown or malformed bearer token")
+                return await self.tokens.authenticate(token.strip())
+            except Refused as refused:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, refused.message)
+                raise  # not reached: abort raises
         auth = context.auth_context()
         names = auth.get("x509_common_name") or []
         if names:
@@ -113,6 +121,23 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                     await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"device {device_id} is revoked")
             return Principal(f"device:{device_id}", Role.ROLE_DEVICE)
         return ANONYMOUS
+
+
+async def _decoded(
+    parse: Callable[[bytes], Any] | None, raw: bytes, method: str, context: grpc.aio.ServicerContext
+) -> Any:
+    """The request decoded, else INVALID_ARGUMENT saying so (not the parser's internals)."""
+    if parse is None:
+        return raw
+    try:
+        return parse(raw)
+    except DecodeError:
+        name = method.rsplit("/", 1)[1]
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{name}: the request is not a valid message (a string field that is not UTF-8?)",
+        )
+        raise  # not reached: abort raises
 
 
 def _issued_at(pem: bytes) -> float:

@@ -14,8 +14,10 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import Message
 
 from edgehub.protocol.errors import EdgehubError, ErrorCode
+from edgehub.protocol.ids import check_ids
 
 C = TypeVar("C", bound=type)
 Method = Callable[[Any, Any, Any], Awaitable[Any]]
@@ -28,12 +30,26 @@ def status_of(exc: EdgehubError) -> grpc.StatusCode:
     return STATUS.get(exc.code, grpc.StatusCode.INTERNAL)
 
 
+TOKEN_NAMES = frozenset({"CreateApiTokenRequest", "DeleteApiTokensRequest"})
+"""Requests whose ``name`` is an API token's name (an id too)."""
+
+
+def check_request(request: object) -> None:
+    """Every id the request holds (``ids.check_ids``, token names included) is valid, else
+    ``InvalidId``: checked before any service sees it, so no id of any length reaches NATS."""
+    if isinstance(request, Message):
+        extra = frozenset({"name"}) if request.DESCRIPTOR.name in TOKEN_NAMES else frozenset()
+        check_ids(request, extra)
+
+
 def answers_errors(method: Method) -> Method:
-    """``method`` (``self, request, context``) with an ``EdgehubError`` turned into the call's status."""
+    """``method`` (``self, request, context``) with its request's ids checked (``check_request``) and an
+    ``EdgehubError`` turned into the call's status."""
 
     @functools.wraps(method)
     async def mapped(self: Any, request: Any, context: Any) -> Any:
         try:
+            check_request(request)
             return await method(self, request, context)
         except EdgehubError as exc:
             await context.abort(status_of(exc), str(exc))

@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
@@ -20,7 +20,10 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from edgehub.cli.common import ExitCode, fail
+from edgehub.protocol.ids import InvalidId
 from edgehub.protocol.v1 import hub_pb2_grpc
+
+from ..api.errors import check_request
 
 T = TypeVar("T")
 ApiOpt = Annotated[str, typer.Option("--api", envvar="EDGEHUB_API", help="The hub's management API address.")]
@@ -52,10 +55,14 @@ def credentials(*, token: bool = True) -> grpc.ChannelCredentials:
 def call(
     api: str, method: Callable[[hub_pb2_grpc.HubServiceStub], T], creds: grpc.ChannelCredentials | None = None
 ) -> T:
-    """One API call with a clear error for each status an operator can act on."""
+    """One API call with a clear error for each status an operator can act on; a request holding an
+    invalid id (``check_request``, the hub's own check) is refused before it is sent."""
     with grpc.secure_channel(api, creds or credentials()) as channel:
+        checked = grpc.intercept_channel(channel, _ChecksIds())
         try:
-            return method(hub_pb2_grpc.HubServiceStub(channel))
+            return method(hub_pb2_grpc.HubServiceStub(checked))
+        except InvalidId as exc:
+            fail(exc.message, ExitCode.ERROR)
         except grpc.RpcError as exc:
             code, detail = exc.code(), exc.details()
             if code == grpc.StatusCode.UNAVAILABLE:
@@ -64,6 +71,14 @@ def call(
                 fail(f"{detail}: set EDGEHUB_TOKEN (the first admin token is in the hub's admin.token)")
             bad_input = code == grpc.StatusCode.INVALID_ARGUMENT
             fail(f"{code.name.lower()}: {detail}", ExitCode.ERROR if bad_input else ExitCode.FAILED)
+
+
+class _ChecksIds(grpc.UnaryUnaryClientInterceptor):
+    """Checks each request's ids (``InvalidId``) before it leaves."""
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        check_request(request)
+        return continuation(details, request)
 
 
 def as_json_line(msg: Message) -> str:

@@ -9,8 +9,10 @@ import uuid
 from nats.js import JetStreamContext
 
 from edgehub.protocol.errors import ErrorCode
+from edgehub.protocol.ids import check_id
 from edgehub.protocol.v1 import commands_pb2, hub_pb2
 from edgehub.sync.commands import new_command, send_command
+from edgehub.sync.streams import MAX_EVENT_BYTES
 
 from ..errors import Refused
 from .agents import AgentRegistry
@@ -30,6 +32,8 @@ class Commands:
         self.agents = agents
 
     async def send(self, cmd: commands_pb2.Command) -> H.CommandAccepted:
+        if cmd.ByteSize() > MAX_EVENT_BYTES:  # the edge would dead-letter it unread
+            raise _invalid(f"the command is {cmd.ByteSize()} bytes, at most {MAX_EVENT_BYTES} allowed")
         try:
             await send_command(self.js, cmd)
         except Exception as exc:  # NATS unreachable, the stream missing: the operator may retry
@@ -61,9 +65,10 @@ class Commands:
         return await self.send(cmd)
 
     async def decide(self, req: H.DecideApprovalRequest, by: str) -> H.CommandAccepted:
-        if "/" not in req.key:
+        agent_id, _, step = req.key.rpartition("/")
+        if not step.isdecimal() or len(step) > 10:
             raise _invalid("key (AGENT/STEP) is required")
-        cmd = await self._to_owner(req.key.rsplit("/", 1)[0], req.device_id, by)
+        cmd = await self._to_owner(check_id(agent_id, "key"), req.device_id, by)
         d = cmd.decide_approval
         d.key, d.approve, d.by = req.key, req.approve, by
         d.note = f"{req.by}: {req.note}" if req.by and req.by not in by else req.note

@@ -21,6 +21,17 @@ DEFAULT_PAGE = 100
 FETCH_WAIT_S = 0.5
 
 
+def start_of(token: str) -> int:
+    """The stream sequence a page token names ('' the first), else INVALID_ARGUMENT (a clear message,
+    whatever the token holds: no parser's internals, no echo)."""
+    if not token:
+        return 1
+    start = int(token) if token.isascii() and token.isdecimal() and len(token) <= 19 else 0
+    if start < 1:
+        raise Refused(ErrorCode.INVALID_ARGUMENT, "page_token: not one this hub gave (use next_page_token)")
+    return start
+
+
 class Traces:
     """Pages of agents' step events from the ``EVENTS`` stream."""
 
@@ -31,12 +42,9 @@ class Traces:
     async def page(self, agent_id: str, size: int, token: str) -> hub_pb2.TraceAgentResponse:
         """At most ``size`` events (default 100, max 1000) from ``token`` (a stream sequence; '' from
         the start); ``next_page_token`` is set when the page was full."""
+        start = start_of(token)
         record = await self.agents.require(agent_id)
         size = min(size or DEFAULT_PAGE, MAX_PAGE)
-        try:
-            start = int(token or "1")
-        except ValueError:
-            raise Refused(ErrorCode.INVALID_ARGUMENT, "bad page_token") from None
         sub = await self.js.pull_subscribe(
             subjects.agent_events(agent_id),
             stream=subjects.EVENTS_STREAM,

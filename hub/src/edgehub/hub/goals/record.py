@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeAlias
 
+from edgehub.protocol.ids import ID_MAX
 from edgehub.protocol.v1 import goals_pb2
 
+from .draft import MAX_ID
 from .validate import Limits, Plan, PlannedTask
 
 if TYPE_CHECKING:  # the CLI renders records: importing the hub's config from it would be a cycle
@@ -65,6 +67,19 @@ def audit(record: G.Goal, what: str, by: str = "hub", now: float | None = None) 
     record.audit.add(at=now or time.time(), by=by, what=what[:1000])
     if len(record.audit) > MAX_AUDIT:
         del record.audit[: len(record.audit) - MAX_AUDIT]
+
+
+ATTEMPT_ROOM = len("-") + MAX_ID + len("-") + 2
+"""What a goal id grows by in an id made from it (``{goal}-{task}-{attempt}``; attempts < 100)."""
+COMMAND_ROOM = len("-start")
+"""What an agent id grows by in the id of a command about it (``{agent}-start``, ``{agent}-stop``)."""
+
+
+def may_split(record: G.Goal, max_goal_depth: int) -> bool:
+    """Whether ``record``'s tasks may be sub-goals: within the depth limit, and short enough an id that a
+    sub-goal's agent ids (two levels longer) and their commands' ids still fit the id rule (``ID_MAX``)."""
+    room = 2 * ATTEMPT_ROOM + COMMAND_ROOM
+    return record.depth < max_goal_depth and len(record.goal_id) + room <= ID_MAX
 
 
 def new_record(

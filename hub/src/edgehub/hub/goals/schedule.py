@@ -32,6 +32,7 @@ from .record import (
     current_plan,
     goal_word,
     limits_of,
+    may_split,
     plan_of,
     sinks,
     synthesis,
@@ -213,7 +214,7 @@ def _ready(record: G.Goal, r: Round, fx: Effects) -> list[str]:
             continue
         if _held(record, task, state, r):
             continue
-        if task.subgoal and record.depth >= r.cfg.max_goal_depth:
+        if task.subgoal and not may_split(record, r.cfg.max_goal_depth):
             why = f"task {task.id} is a sub-goal beyond the depth limit {r.cfg.max_goal_depth}"
             end_goal(record, G.GOAL_STATUS_FAILED, why, r.now, r.issued_by, fx)
             return []

@@ -22,7 +22,7 @@ from ..config import PlannerConfig
 from .errors import PlanRejected, SynthesisFailed
 from .placement import DeviceView
 from .planner import Planned, plan_given, plan_with_model, synthesise_with_model
-from .record import GOAL_ENDED, MODEL_WORK, adopt_plan, goal_word, plan_limits, sinks
+from .record import GOAL_ENDED, MODEL_WORK, adopt_plan, goal_word, may_split, plan_limits, sinks
 from .schedule import Effects, end_goal, finish_synthesis
 from .store import GoalStore, Transition
 
@@ -158,7 +158,7 @@ class ModelWork:
         """A plan for ``record`` that passed validation, or None and why there is none."""
         fleet = await self._fleet(dict(record.labels))
         limits = plan_limits(record, self.cfg)
-        subgoals = record.depth < self.cfg.max_goal_depth
+        subgoals = may_split(record, self.cfg.max_goal_depth)
         try:
             if record.HasField("plan") and not replan:
                 return plan_given(record.plan, fleet, limits, subgoals=subgoals), ""

@@ -21,6 +21,7 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from edgehub.protocol import subjects
+from edgehub.protocol.ids import InvalidId, check_ids
 from edgehub.protocol.v1 import knowledge_pb2
 
 from .errors import InvalidKnowledge, KnowledgeError
@@ -98,6 +99,10 @@ class KnowledgeResponder:
             )
         if query.device_id != device_id:
             return _answer(K.KnowledgeAnswer.STATUS_INVALID, "device_id differs from the subject's device")
+        try:
+            check_ids(query)
+        except InvalidId as exc:
+            return _answer(K.KnowledgeAnswer.STATUS_INVALID, exc.message)
         limit = min(query.limit or DEFAULT_LIMIT, MAX_LIMIT)
         try:
             graph = self.graph()
