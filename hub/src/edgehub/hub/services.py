@@ -89,7 +89,9 @@ class HubServices:
         devices = DeviceRegistry(js, watcher)
         identity = DeviceIdentity(trust, ca, nats_urls, Enrollments(js), credentials, revoked)
         views = FleetViews(watcher, devices)
-        goals = GoalService(js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics)
+        goals = GoalService(
+            js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics, agents=agents
+        )
         return cls(
             js=js,
             agents=agents,
