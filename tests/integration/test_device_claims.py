@@ -202,7 +202,14 @@ async def test_a_device_cannot_claim_the_agents_the_planner_gave_another(
     task = dispatched()
     assert task is not None
     assert task.device == "dev-p"
-    mine = task.agent_id  # registered to dev-p before its StartAgent was sent
+    mine = task.agent_id  # registered to dev-p before its StartAgent is sent (once the goal is stored)
+    await eventually(
+        lambda: (
+            code_of(lambda: stub.GetAgent(H.GetAgentRequest(agent_id=mine), timeout=10)) == grpc.StatusCode.OK
+        ),
+        within=15,
+        what="the task agent registered",
+    )
     assert stub.GetAgent(H.GetAgentRequest(agent_id=mine), timeout=10).device_id == "dev-p"
     sibling = mine.replace("-t1-", "-t2-")  # predictable: the planner's ids are {goal}-{task}-{attempt}
 

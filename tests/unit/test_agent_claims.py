@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgehub.hub.fleet.agents import AgentRecord, fence, in_hub_namespace
-from edgehub.hub.goals.schedule import advance
+from edgehub.hub.goals.schedule import advance, attempt_id
 from edgehub.protocol.v1 import agent_pb2, events_pb2
 from tests.unit.test_planning_schedule import CFG, T0, devices, goal, t
 
@@ -59,3 +59,28 @@ def test_an_unknown_id_outside_the_namespace_is_registered_by_its_first_event(
 )
 def test_any_planner_shaped_id_is_reserved(goal_hex: str, task: str, attempt: int) -> None:
     assert in_hub_namespace(f"g-{goal_hex}-{task}-{attempt}")
+
+
+def test_a_replanned_task_reusing_an_id_gets_agent_ids_of_its_own() -> None:
+    first = attempt_id("g-0123456789ab", "b", 1, 1)
+    again = attempt_id("g-0123456789ab", "b", 2, 1)
+    assert first == "g-0123456789ab-b-1"  # the first revision's ids are as before
+    assert again != first
+    assert in_hub_namespace(again)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    one=st.tuples(
+        st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True), st.integers(0, 5), st.integers(1, 20)
+    ),
+    two=st.tuples(
+        st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True), st.integers(0, 5), st.integers(1, 20)
+    ),
+)
+def test_attempt_ids_of_one_goal_never_collide(one: tuple[str, int, int], two: tuple[str, int, int]) -> None:
+    def key(task: str, revision: int, attempt: int) -> tuple[str, int, int]:
+        return task, max(revision, 1), attempt  # revisions 0 (an older record) and 1 are the first plan
+
+    if key(*one) != key(*two):
+        assert attempt_id("g-0123456789ab", *one) != attempt_id("g-0123456789ab", *two)
