@@ -180,6 +180,10 @@ async def test_a_device_cannot_pass_for_another_in_its_twin_and_is_offline_once_
     assert not listed(hub)["dev-a"].online
     assert not api(hub).GetDevice(H.GetDeviceRequest(device_id="dev-a"), timeout=10).online
 
+    again: Device = await enrolled("dev-a")  # type: ignore[misc]
+    await again.put_twin(twin("dev-a"))  # enrolled again: its new credentials are valid
+    await eventually(lambda: listed(hub)["dev-a"].online, within=15, what="dev-a online once enrolled again")
+
 
 async def test_a_device_cannot_claim_the_agents_the_planner_gave_another(
     hub: Hub, enrolled: Callable[[str], object]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 
 from edgehub.protocol.errors import ErrorCode
+from edgehub.protocol.ids import id_of_key
 from edgehub.protocol.v1 import hub_pb2, records_pb2
 from edgehub.sync.auth import AuthError, Trust, inbox_prefix, is_user_key
 from edgehub.sync.errors import SyncError
@@ -184,9 +185,13 @@ class RevokedDevices:
     def add(self, device_id: str) -> None:
         self.ids = self.ids | {device_id}
 
+    def discard(self, device_id: str) -> None:
+        """Enrolled again: its new credentials are valid."""
+        self.ids = self.ids - {device_id}
+
     async def refresh(self) -> None:
         records = await self.credentials.store.list()
-        self.ids = frozenset(s.value.device_id or s.key for s in records if is_revoked(s.value))
+        self.ids = frozenset(id_of_key(s.key) for s in records if is_revoked(s.value))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh until ``stop`` (a failed read keeps the last set: NATS is briefly away)."""
@@ -239,6 +244,8 @@ class DeviceIdentity:
             raise _invalid(str(exc)) from None
         await self.enrollments.spend(req.token, req.device_id)
         await self.credentials.issued(req.device_id, req.nats_user_key)
+        if self.revoked is not None:
+            self.revoked.discard(req.device_id)
         return hub_pb2.EnrollResponse(
             device_id=req.device_id,
             nats_jwt=jwt,
