@@ -133,7 +133,7 @@ async def enrolled(hub: Hub, tmp_path: Path) -> AsyncIterator[Callable[[str], ob
         )
         ca = (hub.trust / "ca.pem").read_bytes()
         identity: DeviceIdentity = await asyncio.to_thread(
-            enroll, tmp_path / device_id, device_id, hub.api, token.token, ca
+            enroll, tmp_path / f"{device_id}-{len(clients)}", device_id, hub.api, token.token, ca
         )
         device = Device(device_id, None)  # type: ignore[arg-type]
 
