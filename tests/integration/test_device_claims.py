@@ -194,7 +194,10 @@ async def test_a_device_cannot_claim_the_agents_the_planner_gave_another(
     await eventually(lambda: "dev-p" in listed(hub), within=15)
     stub = api(hub)
     plan = G.PlanDraft(
-        tasks=[G.TaskDraft(id="t1", goal="first"), G.TaskDraft(id="t2", goal="second", needs=["t1"])]
+        tasks=[
+            G.TaskDraft(id="t1", goal="first", estimate_tokens=100),
+            G.TaskDraft(id="t2", goal="second", needs=["t1"], estimate_tokens=100),
+        ]
     )
     goal = stub.SubmitGoal(G.SubmitGoalRequest(text="two steps", plan=plan), timeout=30)
 
@@ -202,7 +205,11 @@ async def test_a_device_cannot_claim_the_agents_the_planner_gave_another(
         state = stub.GetGoal(G.GetGoalRequest(goal_id=goal.goal_id), timeout=10).tasks["t1"]
         return state if state.agent_id else None
 
-    await eventually(lambda: dispatched() is not None, within=30, what="t1 dispatched")
+    await eventually(
+        lambda: dispatched() is not None,
+        within=30,
+        what=lambda: f"t1 dispatched: {stub.GetGoal(G.GetGoalRequest(goal_id=goal.goal_id), timeout=10)}",
+    )
     task = dispatched()
     assert task is not None
     assert task.device == "dev-p"
