@@ -97,6 +97,7 @@ def twin(device_id: str, **fields: object) -> twin_pb2.DeviceTwin:
         schema_version=1, device_id=device_id, state=twin_pb2.DEVICE_STATE_RUNNING, sent_at=time.time(),
         heartbeat_s=60, version="0.1.0", tools=TOOLS, max_concurrent=2,
     )  # fmt: skip
+    out.labels.update(fields.pop("labels", {}))  # type: ignore[arg-type]
     for name, value in fields.items():
         setattr(out, name, value)
     return out
@@ -190,7 +191,7 @@ async def test_a_device_cannot_claim_the_agents_the_planner_gave_another(
 ) -> None:
     p: Device = await enrolled("dev-p")  # type: ignore[misc]
     q: Device = await enrolled("dev-q")  # type: ignore[misc]
-    await p.put_twin(twin("dev-p"))
+    await p.put_twin(twin("dev-p", labels={"claims": "p"}))
     await eventually(lambda: "dev-p" in listed(hub), within=15)
     stub = api(hub)
     plan = G.PlanDraft(
@@ -199,7 +200,8 @@ async def test_a_device_cannot_claim_the_agents_the_planner_gave_another(
             G.TaskDraft(id="t2", goal="second", needs=["t1"], estimate_tokens=100),
         ]
     )
-    goal = stub.SubmitGoal(G.SubmitGoalRequest(text="two steps", plan=plan), timeout=30)
+    only_p = {"claims": "p"}  # the test before left another device online
+    goal = stub.SubmitGoal(G.SubmitGoalRequest(text="two steps", plan=plan, labels=only_p), timeout=30)
 
     def dispatched() -> G.TaskState | None:
         state = stub.GetGoal(G.GetGoalRequest(goal_id=goal.goal_id), timeout=10).tasks["t1"]
