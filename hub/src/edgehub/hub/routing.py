@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import events_pb2
 
-from .fleet.agents import Refusal, fence
+from .fleet.agents import AgentRecord, Refusal, fence, stranger
 from .knowledge.episodes import episode_records
 from .services import HubServices
 
@@ -46,14 +47,16 @@ class EventRouter:
         refused = {id(e) for e, _ in fenced}
         mine = [e for e in steps if id(e) not in refused] + results  # task agents' steps: start times
         await self._dead_letter(await self.services.goals.on_events(mine))
-        await self._episodes(await self._fence(_of(events, "episode")))
+        await self._episodes(await self._fence(_of(events, "episode"), stranger))  # no epoch of their own
 
-    async def _fence(self, events: list[Event]) -> list[Event]:
+    async def _fence(
+        self, events: list[Event], check: Callable[[AgentRecord | None, Event], str] = fence
+    ) -> list[Event]:
         """The events whose device owned their agent at their epoch (as for steps); the others (another
         device's agent, a stale copy of a migrated one) are dead-lettered. One read per agent."""
         agents = list({e.agent_id for e in events})
         records = dict(zip(agents, await asyncio.gather(*map(self.services.agents.get, agents)), strict=True))
-        refused = [(e, why) for e in events if (why := fence(records[e.agent_id], e))]
+        refused = [(e, why) for e in events if (why := check(records[e.agent_id], e))]
         await self._dead_letter(refused)
         dropped = {id(e) for e, _ in refused}
         return [e for e in events if id(e) not in dropped]

@@ -118,6 +118,16 @@ def fence(record: hub_pb2.AgentRecord | None, event: events_pb2.EdgeEvent) -> st
     return f"unknown epoch {event.epoch} for agent {event.agent_id} (known: {[e.epoch for e in history]})"
 
 
+def stranger(record: hub_pb2.AgentRecord | None, event: events_pb2.EdgeEvent) -> str:
+    """Why ``event``'s device never owned the agent ('' when it owned it at some epoch): the check for
+    events that carry no epoch of their own (episodes), where ``fence`` would judge them by epoch 0."""
+    if record is None:
+        return fence(None, event)
+    if event.device_id in {record.device_id, *(e.device for e in record.epochs)}:
+        return ""
+    return f"agent {event.agent_id} belongs to device {record.device_id}, not {event.device_id}"
+
+
 def written_by(event: events_pb2.EdgeEvent) -> hub_pb2.AgentRecord:
     """The record a step event writes (before the migration history is carried over)."""
     step = event.step
