@@ -139,7 +139,12 @@ async def test_json_and_protobuf_twins_are_listed_alike_by_the_key_s_device(nc: 
     })  # fmt: skip
     new = twin_pb2.DeviceTwin(schema_version=1, device_id="spoofed", state=twin_pb2.DEVICE_STATE_RUNNING)
     new.heartbeat_s, new.sent_at, new.version = 5, now, "0.2.0"
-    await (await nc.jetstream().key_value(DEVICES.name)).put("dev-new", new.SerializeToString())
+    kv = await nc.jetstream().key_value(DEVICES.name)
+    await kv.put("dev-new", new.SerializeToString())
+    refused = {d.device_id for d in await DeviceRegistry(nc.jetstream()).all(now)}
+    assert refused == {"dev-old"}  # a twin naming another device than its key's is refused (issue 17)
+    new.device_id = "dev-new"
+    await kv.put("dev-new", new.SerializeToString())
     listed = {d.device_id: d for d in await DeviceRegistry(nc.jetstream()).all(now)}
     assert sorted(listed) == ["dev-new", "dev-old"]  # the key's id, never the twin's own field
     old = listed["dev-old"]

@@ -5,6 +5,14 @@ Lifecycle as everywhere: ``async with HubDaemon(cfg) as hub: await hub.run()``; 
 (SIGTERM) ends the run, ``shutdown()`` is idempotent. With no ``[nats] url`` the daemon starts an
 embedded nats-server (JetStream, ``sync_interval: always``) on 127.0.0.1 and stops it on shutdown.
 Several hub processes may run against one NATS: they share the event consumer through a lease.
+
+The NATS connection is supervised: while it is down (nats-py reconnecting) the API's health service
+says NOT_SERVING, and SERVING again once it is back. When it closes for good (the server closed it
+with an error nats-py does not reconnect after, such as ``maximum control line exceeded``, or the
+embedded nats-server died) the run ends with ``NatsLost``: ``edgehub hub run`` exits non-zero and
+the supervisor (systemd ``Restart=on-failure``) starts a fresh hub, rather than one that answers but
+applies nothing. Re-building every service on a new connection in-process would duplicate what a
+restart already does, with state (watches, leases, consumers) that a restart resets cleanly.
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
 from types import TracebackType
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -25,8 +35,9 @@ from edgehub.sync.auth import Trust
 from edgehub.sync.lease import Lease
 from edgehub.sync.tls import CertificateAuthority
 
-from .api.service import serve
+from .api.service import ApiHealth, serve
 from .config import HubConfig
+from .errors import NatsLost
 from .knowledge import KnowledgeService
 from .metrics import ApplierCollector, EventLag
 from .operators import bootstrap_admin
@@ -60,6 +71,9 @@ class HubDaemon:
         self.api: grpc.aio.Server | None = None
         self.api_port: int | None = None
         self.device_api_port: int | None = None
+        self.health = ApiHealth()
+        """The API's health: follows the NATS connection."""
+        self._nats_lost = asyncio.Event()
 
     def _counted(self) -> tuple[EventApplier, EventRouter] | None:
         return (self.applier, self.router) if self.applier and self.router else None
@@ -128,7 +142,27 @@ class HubDaemon:
             user_credentials=RawCredentials(trust.hub_creds(self.cfg.hub.id)),
             max_reconnect_attempts=-1,
             error_cb=_quiet,
+            disconnected_cb=self._nats_down,
+            reconnected_cb=self._nats_up,
+            closed_cb=self._nats_closed,
         )
+
+    async def _nats_down(self) -> None:
+        if not self._closed:
+            log.warning("lost the NATS connection; reconnecting (health: NOT_SERVING)")
+            await self.health.set(False)
+
+    async def _nats_up(self) -> None:
+        log.info("NATS connection back (health: SERVING)")
+        await self.health.set(True)
+
+    async def _nats_closed(self) -> None:
+        """The client gave up for good (not our own shutdown): end the run (see the module docstring)."""
+        if self._closed:
+            return
+        log.error("the NATS connection closed for good (%s); stopping", self.nc.last_error if self.nc else "")
+        await self.health.set(False)
+        self._nats_lost.set()
 
     async def _open_services(self, trust: Trust, ca: CertificateAuthority) -> HubServices:
         """The topology, the services, and the applier that routes events into them."""
@@ -175,8 +209,10 @@ class HubDaemon:
         admin = await bootstrap_admin(services.tokens, self.cfg.auth.dir)
         api = self.cfg.api
         self.api, self.api_port, self.device_api_port = await serve(
-            services, api.addr, api.device_addr, ca.server_pair(api.tls_names)
+            services, api.addr, api.device_addr, ca.server_pair(api.tls_names), self.health
         )
+        if self.nc is not None and not self.nc.is_connected:  # went down while the API came up
+            await self.health.set(False)
         log.info(
             "management API (gRPC, TLS) on %s, for devices (mutual TLS) on %s; CA %s, admin token in %s",
             self.api_address,
@@ -206,6 +242,7 @@ class HubDaemon:
             self.applier.run(self._stop),
             self.lag.run(self.nc.jetstream(), self._stop),
             self._watch_knowledge(),
+            self._watch_nats(),
             *self.services.runs(self._stop),
         ]
         tasks = [asyncio.create_task(c) for c in parts]
@@ -222,6 +259,23 @@ class HubDaemon:
             return
         with contextlib.suppress(Stopped):
             await until_stopped(self.knowledge.run(), self._stop)
+
+    async def _watch_nats(self) -> None:
+        """Until stopped; raises ``NatsLost`` (ending the run) when the connection closed for good or
+        the embedded nats-server exited."""
+        waits: list[Coroutine[Any, Any, object]] = [self._nats_lost.wait(), self._stop.wait()]
+        if self.server is not None and self.server.process is not None:
+            waits.append(self.server.process.wait())
+        tasks = [asyncio.ensure_future(w) for w in waits]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+        if self._stop.is_set() and not self._nats_lost.is_set():
+            return
+        await self.health.set(False)
+        raise NatsLost("the hub's NATS connection closed for good; exiting for a restart")
 
     async def shutdown(self) -> None:
         if self._closed:

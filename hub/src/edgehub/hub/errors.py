@@ -9,6 +9,7 @@ HubError
 │   ├── GoalError       goals/: submit, decide, cancel; a goal update that lost too many races
 │   ├── MigrationError  fleet/migration.py: a migration refused or lost a race
 │   └── EnrollmentRefused  api/access.py: an unknown, spent, expired or misused enrollment token
+├── NatsLost            app.py: the hub's NATS connection closed for good (the daemon exits non-zero)
 ├── PlanningError       goals/errors.py: a plan or an answer the model wrote is unusable
 └── KnowledgeError      knowledge/errors.py: the L4 knowledge graph
 """
@@ -20,6 +21,13 @@ from edgehub.protocol.errors import EdgehubError, ErrorCode
 
 class HubError(EdgehubError):
     """Root of the hub's errors."""
+
+
+class NatsLost(HubError):
+    """The hub's NATS connection closed for good (the client gave up, or the embedded nats-server died):
+    the daemon's run ends with it, so the process exits non-zero and its supervisor restarts it."""
+
+    code = ErrorCode.UNAVAILABLE
 
 
 class HubConfigError(HubError):

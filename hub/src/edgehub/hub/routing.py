@@ -1,18 +1,20 @@
 """Where the edges' events go once the applier admitted them (``EventApplier``'s ``apply_batch``):
 step events to the agent registry, task results (and task agents' first steps) to the goals, episodes
-to the knowledge graph. An event its device may not send for its agent (``fleet.agents.fence``) is
-applied nowhere and kept in the dead letters with the reason.
+to the knowledge graph. An event its device may not send for its agent (``fleet.agents.fence``: another
+device's agent, an id in the hub's namespace not registered to it, a stale copy after a migration) is
+applied nowhere, steps, results and episodes alike, and kept in the dead letters with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import events_pb2
 
-from .fleet.agents import Refusal, fence
+from .fleet.agents import AgentRecord, Refusal, fence, stranger
 from .knowledge.episodes import episode_records
 from .services import HubServices
 
@@ -39,21 +41,25 @@ class EventRouter:
         consolidation) to the graph, in the same batch, so a batch is acked only when all have it. A
         hub without a graph (``[neo4j] enabled = false``) counts episodes and drops them."""
         steps = _of(events, "step")
-        if steps:
-            await self._dead_letter(await self.services.agents.apply_batch(steps))
-        results = _of(events, "task_result")
-        refused = {id(e) for e, _ in await self._fence(results)}
-        mine = steps + [e for e in results if id(e) not in refused]  # task agents' steps: start times
+        fenced = await self.services.agents.apply_batch(steps) if steps else []
+        await self._dead_letter(fenced)
+        results = await self._fence(_of(events, "task_result"))
+        refused = {id(e) for e, _ in fenced}
+        mine = [e for e in steps if id(e) not in refused] + results  # task agents' steps: start times
         await self._dead_letter(await self.services.goals.on_events(mine))
-        await self._episodes(_of(events, "episode"))
+        await self._episodes(await self._fence(_of(events, "episode"), stranger))  # no epoch of their own
 
-    async def _fence(self, results: list[Event]) -> list[Refusal]:
-        """Task results whose device did not own the agent at their epoch (as for steps: a stale copy
-        of a migrated agent), dead-lettered; the rest may be applied."""
-        records = await asyncio.gather(*(self.services.agents.get(e.agent_id) for e in results))
-        refused = [(e, why) for e, record in zip(results, records, strict=True) if (why := fence(record, e))]
+    async def _fence(
+        self, events: list[Event], check: Callable[[AgentRecord | None, Event], str] = fence
+    ) -> list[Event]:
+        """The events whose device owned their agent at their epoch (as for steps); the others (another
+        device's agent, a stale copy of a migrated one) are dead-lettered. One read per agent."""
+        agents = list({e.agent_id for e in events})
+        records = dict(zip(agents, await asyncio.gather(*map(self.services.agents.get, agents)), strict=True))
+        refused = [(e, why) for e in events if (why := check(records[e.agent_id], e))]
         await self._dead_letter(refused)
-        return refused
+        dropped = {id(e) for e, _ in refused}
+        return [e for e in events if id(e) not in dropped]
 
     async def _episodes(self, episodes: list[Event]) -> None:
         if not episodes:

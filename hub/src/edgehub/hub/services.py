@@ -22,7 +22,7 @@ from .config import HubConfig
 from .fleet.agents import AgentRegistry
 from .fleet.control import Commands
 from .fleet.devices import DeviceRegistry, DeviceWatcher
-from .fleet.identity import Credentials, DeviceIdentity, Enrollments
+from .fleet.identity import Credentials, DeviceIdentity, Enrollments, RevokedDevices
 from .fleet.migration import MigrationService
 from .fleet.traces import Traces
 from .goals import DeviceView, FleetCache
@@ -83,11 +83,15 @@ class HubServices:
         metrics: CollectorRegistry,
     ) -> HubServices:
         agents = AgentRegistry(js)
-        watcher = DeviceWatcher(js, metrics)
+        credentials = Credentials(js)
+        revoked = RevokedDevices(credentials)
+        watcher = DeviceWatcher(js, metrics, revoked=revoked)
         devices = DeviceRegistry(js, watcher)
-        identity = DeviceIdentity(trust, ca, nats_urls, Enrollments(js), Credentials(js))
+        identity = DeviceIdentity(trust, ca, nats_urls, Enrollments(js), credentials, revoked)
         views = FleetViews(watcher, devices)
-        goals = GoalService(js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics)
+        goals = GoalService(
+            js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics, agents=agents
+        )
         return cls(
             js=js,
             agents=agents,
@@ -114,6 +118,8 @@ class HubServices:
     def runs(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
         """The services' background work, each until ``stop``."""
         parts = [self.watcher.run(stop), self.migrations.run(stop), self.goals.run(stop)]
+        if self.identity.revoked is not None:
+            parts.append(self.identity.revoked.run(stop))
         if self.responder is not None:
             parts.append(self.responder.run(stop))
         if self.dreamer is not None:

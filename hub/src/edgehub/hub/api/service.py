@@ -47,13 +47,37 @@ class HubService(
         self.goals = services.goals
 
 
+class ApiHealth:
+    """The standard gRPC health service of the API: SERVING while the hub can reach NATS, NOT_SERVING
+    while it cannot (``HubDaemon`` follows its connection); both for "" (the server) and the service."""
+
+    NAMES = ("", SERVICE.full_name)
+
+    def __init__(self) -> None:
+        self.servicer = health.aio.HealthServicer()
+        self.serving = False
+
+    async def set(self, serving: bool) -> None:
+        self.serving = serving
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self.NAMES:
+            await self.servicer.set(name, status)
+
+
 async def serve(
-    services: HubServices, addr: str, device_addr: str, server_pair: tuple[bytes, bytes]
+    services: HubServices,
+    addr: str,
+    device_addr: str,
+    server_pair: tuple[bytes, bytes],
+    api_health: ApiHealth | None = None,
 ) -> tuple[grpc.aio.Server, int, int]:
     """Start the API (plus health and reflection), TLS with ``server_pair`` (certificate, key), on two
     ports ("host:0" for any): ``addr`` for operators (bearer tokens) and enrollment, ``device_addr``
     for devices, which must present a client certificate from the hub's CA (mutual TLS). Returns the
-    server and both ports; ``services.identity.device_api`` is set to the device address."""
+    server and both ports; ``services.identity.device_api`` is set to the device address. The health
+    service (``api_health``) says SERVING once it has started; the daemon changes it with NATS."""
     size = MAX_HANDOVER_BYTES + 1024 * 1024  # an agent's state in a migration, plus the envelope
     identity = services.identity
     server = grpc.aio.server(
@@ -61,8 +85,8 @@ async def serve(
         options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
     )
     hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(services), server)
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    api_health = api_health or ApiHealth()
+    health_pb2_grpc.add_HealthServicer_to_server(api_health.servicer, server)
     names = (SERVICE.full_name, reflection.SERVICE_NAME, health.SERVICE_NAME)
     reflection.enable_server_reflection(names, server)
     cert, key = server_pair
@@ -73,6 +97,5 @@ async def serve(
     device_port = server.add_secure_port(device_addr, mutual)
     identity.device_api = f"{device_addr.rsplit(':', 1)[0]}:{device_port}"
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    await health_servicer.set(names[0], health_pb2.HealthCheckResponse.SERVING)
+    await api_health.set(True)
     return server, port, device_port

@@ -6,11 +6,22 @@ sequence of the event that wrote it. Events of one device arrive in order, so a 
 forward; replaying an event is harmless (the record is rewritten with the same content). A migration
 moves a record to another device with a newer epoch (``transfer``); ``fence`` tells, from the record,
 whether an event's device owned the agent at the event's epoch.
+
+Who may write for an agent id is decided before any device does (issue 17: a device must not claim
+another's agent). The hub registers every agent it starts to its device before the command leaves
+(``reserve``: ``StartAgent``, the planner's task agents; a migration moves an existing record), so
+their ids are owned before a device learns them. The planner's ids (``{goal}-{task}-{attempt}``,
+predictable to a device running a sibling task) are the hub's namespace (``HUB_AGENT_IDS``): no
+device event registers one; only the hub's reservation does. An agent a device starts on its own
+(``edgehub agent run``, a random id) is registered by its first event under the device's
+authenticated subject, unless the id is already another device's or in the hub's namespace; an
+event for another device's agent is refused (dead-lettered by the router).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from nats.js import JetStreamContext
@@ -29,6 +40,14 @@ Refusal = tuple[events_pb2.EdgeEvent, str]
 RECORD_VERSION = 1
 APPLY_ATTEMPTS = 8
 """Compare-and-set rounds of one agent's write in a batch (a migration or another hub writing it)."""
+HUB_AGENT_IDS = re.compile(r"^g-[0-9a-f]{12}-")
+"""The hub's namespace of agent ids: the planner's task agents, ``{goal id}-{task}-{attempt}`` with
+goal ids ``g-`` and 12 hex digits (``goals.record.new_record``). Registered only by ``reserve``."""
+
+
+def in_hub_namespace(agent_id: str) -> bool:
+    """Only the hub registers this id (a planner's task agent), never a device's first event."""
+    return HUB_AGENT_IDS.match(agent_id) is not None
 
 
 def _from_json(raw: JsonObject) -> hub_pb2.AgentRecord:
@@ -69,6 +88,8 @@ def fence(record: hub_pb2.AgentRecord | None, event: events_pb2.EdgeEvent) -> st
     device that owned its epoch and for that epoch's steps: the source's late events from before the
     hand-over are history; anything a stale copy did after it is refused."""
     if record is None:
+        if in_hub_namespace(event.agent_id):
+            return f"agent {event.agent_id} is the hub's to assign and is not registered to {event.device_id}"
         return ""
     history = record.epochs
     if not history:
@@ -95,6 +116,16 @@ def fence(record: hub_pb2.AgentRecord | None, event: events_pb2.EdgeEvent) -> st
             )
         return ""
     return f"unknown epoch {event.epoch} for agent {event.agent_id} (known: {[e.epoch for e in history]})"
+
+
+def stranger(record: hub_pb2.AgentRecord | None, event: events_pb2.EdgeEvent) -> str:
+    """Why ``event``'s device never owned the agent ('' when it owned it at some epoch): the check for
+    events that carry no epoch of their own (episodes), where ``fence`` would judge them by epoch 0."""
+    if record is None:
+        return fence(None, event)
+    if event.device_id in {record.device_id, *(e.device for e in record.epochs)}:
+        return ""
+    return f"agent {event.agent_id} belongs to device {record.device_id}, not {event.device_id}"
 
 
 def written_by(event: events_pb2.EdgeEvent) -> hub_pb2.AgentRecord:
@@ -154,6 +185,29 @@ class AgentRegistry:
         if record is None:
             raise Refused(ErrorCode.NOT_FOUND, f"no agent {agent_id!r} has reported to the hub")
         return record
+
+    async def reserve(self, agent_id: str, device_id: str) -> None:
+        """Register ``agent_id`` to ``device_id`` before the device is told to start it, so only that
+        device's events are ever applied to it (done again for the same device: nothing changes).
+        FAILED_PRECONDITION when another device owns it."""
+
+        def change(found: Stored[hub_pb2.AgentRecord] | None) -> hub_pb2.AgentRecord | None:
+            if found is not None:
+                if found.value.device_id != device_id:
+                    owner = found.value.device_id
+                    raise Refused(
+                        ErrorCode.FAILED_PRECONDITION, f"agent {agent_id!r} belongs to device {owner!r}"
+                    )
+                return None
+            return AgentRecord(
+                agent_id=agent_id,
+                device_id=device_id,
+                status=S.AGENT_STATUS_PENDING,
+                updated_at=time.time(),
+                schema_version=RECORD_VERSION,
+            )
+
+        await self.store.update(agent_id, change)
 
     async def all(self) -> list[hub_pb2.AgentRecord]:
         """Every agent, least recently updated first."""

@@ -1,6 +1,7 @@
 """Commands to devices in an operator's name (``edgehub.sync.commands``): start, stop and approvals
 for agents, drain for devices. An agent's command goes to its owner with the epoch the registry
-knows, so a device holding a stale copy of it refuses it."""
+knows, so a device holding a stale copy of it refuses it. A started agent is registered to its device
+(``AgentRegistry.reserve``) before the command is sent: an id another device owns is refused."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from edgehub.sync.commands import new_command, send_command
 from edgehub.sync.streams import MAX_EVENT_BYTES
 
 from ..errors import Refused
-from .agents import AgentRegistry
+from .agents import AgentRegistry, in_hub_namespace
 
 H = hub_pb2
 
@@ -51,10 +52,14 @@ class Commands:
     async def start_agent(self, req: H.StartAgentRequest, by: str) -> H.StartAgentResponse:
         if not req.device_id or not req.goal.strip():
             raise _invalid("device_id and goal are required")
+        if in_hub_namespace(req.agent_id):
+            raise _invalid("agent ids g-<12 hex digits>-... are the planner's; choose another")
         cmd = new_command(req.device_id, by)
         cmd.start_agent.agent_id = req.agent_id or f"agent-{uuid.uuid4().hex[:12]}"
         cmd.start_agent.goal = req.goal
         cmd.start_agent.budget.CopyFrom(req.budget)
+        # registered to the device before it hears of it: no other device can claim it meanwhile
+        await self.agents.reserve(cmd.start_agent.agent_id, req.device_id)
         await self.send(cmd)
         return H.StartAgentResponse(agent_id=cmd.start_agent.agent_id, command_id=cmd.command_id)
 

@@ -4,7 +4,10 @@ one place on the hub.
 ``TWINS`` is their codec: protobuf, and, through its legacy decoder, the JSON twins daemons of the
 release before still write while a fleet rolls out (every field of those may be missing or of the
 wrong type: a missing one takes what an older daemon implied, a malformed one the most cautious value).
-A twin's device id is its key's, never the field the device wrote.
+A twin's device id is its key's: one whose ``device_id`` field disagrees is refused (logged, never
+listed), and every self-reported number and list is bounded before anything reads it (``bounds``).
+A revoked device (``revoked``: the ids ``Credentials`` marks revoked) is never online, whatever its
+last twin said.
 
 ``DeviceWatcher`` keeps the hub's live view of the twins from a watch and measures how late heartbeats
 arrive; ``DeviceRegistry`` answers from that view once it has synced, else from the bucket. Both judge
@@ -18,7 +21,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import json_format
@@ -37,6 +40,8 @@ from edgehub.sync.records import (
     json_legacy,
 )
 from edgehub.sync.streams import DEVICES
+
+from .bounds import admit
 
 log = logging.getLogger("edgehub.hub.fleet.devices")
 T = twin_pb2
@@ -153,21 +158,25 @@ def is_online(twin: twin_pb2.DeviceTwin, now: float) -> bool:
     return twin.state == T.DEVICE_STATE_RUNNING and heartbeat_age(twin, now) <= beats
 
 
-def device(twin: twin_pb2.DeviceTwin, now: float) -> hub_pb2.Device:
-    """The API's view of a device: its twin, and online and last seen as judged at ``now``."""
+def device(twin: twin_pb2.DeviceTwin, now: float, revoked: bool = False) -> hub_pb2.Device:
+    """The API's view of a device: its twin, and online (never when ``revoked``) and last seen as
+    judged at ``now``."""
     age = heartbeat_age(twin, now)
     return hub_pb2.Device(
         device_id=twin.device_id,
-        online=is_online(twin, now),
+        online=is_online(twin, now) and not revoked,
         last_seen_s=round(age, 1) if math.isfinite(age) else 0.0,
         twin=twin,
     )
 
 
-def owned(key: str, twin: twin_pb2.DeviceTwin) -> twin_pb2.DeviceTwin:
-    """``twin`` as the device of ``key`` wrote it: its id is the key's (the device's credentials allow
-    it only its own key), whatever the field said."""
-    twin.device_id = id_of_key(key)
+def admitted(key: str, twin: twin_pb2.DeviceTwin, received_at: float) -> twin_pb2.DeviceTwin | None:
+    """``twin`` as read from ``key``, bounded; None (logged) when it claims another device's id: the
+    device's credentials allow it only its own key, so the key is who wrote it."""
+    why = admit(key, twin, received_at)
+    if why:
+        log.warning("%s", why)
+        return None
     return twin
 
 
@@ -212,8 +221,11 @@ class DeviceWatcher:
         *,
         retry_s: float = 0.5,
         idle_check_s: float = 5.0,
+        revoked: Container[str] = frozenset(),
     ) -> None:
         self.store = RecordStore(js, DEVICES.name, TWINS)
+        self.revoked = revoked
+        """Device ids whose credentials are revoked: listed, never online, never given work."""
         self.retry_s = retry_s
         self.idle_check_s = idle_check_s
         self.view: dict[str, SeenTwin] = {}
@@ -247,16 +259,17 @@ class DeviceWatcher:
         if not self.synced:
             return None
         now = time.time() if now is None else now
-        return _sorted([device(seen.twin, now) for seen in list(self.view.values())])
+        seen = list(self.view.items())
+        return _sorted([device(s.twin, now, d in self.revoked) for d, s in seen])
 
     def twins(self) -> list[tuple[str, int, twin_pb2.DeviceTwin]]:
-        """(device id, revision, twin) of every device in the view."""
-        return [(d, s.revision, s.twin) for d, s in list(self.view.items())]
+        """(device id, revision, twin) of every device in the view that is not revoked (the planner's)."""
+        return [(d, s.revision, s.twin) for d, s in list(self.view.items()) if d not in self.revoked]
 
     def count_online(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
-        seen = list(self.view.values())  # one C-level copy: the metrics thread reads while the loop writes
-        return sum(is_online(s.twin, now) for s in seen)
+        seen = list(self.view.items())  # one C-level copy: the metrics thread reads while the loop writes
+        return sum(is_online(s.twin, now) and d not in self.revoked for d, s in seen)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -307,7 +320,9 @@ class DeviceWatcher:
             log.debug("twin %s unreadable: %s", change.key, change.error)
             return
         seen_at = time.time()
-        twin = owned(change.key, change.value)
+        twin = admitted(change.key, change.value, seen_at)
+        if twin is None:  # another device's id: refused; the device's last good twin stays (and ages)
+            return
         self.view[device_id] = SeenTwin(twin, seen_at, change.revision)
         if not (live or known is not None):
             return
@@ -321,26 +336,35 @@ class DeviceRegistry:
     """The devices as their twins say (online = a recent heartbeat): from ``watcher``'s live view once
     it has synced, else read from the bucket."""
 
-    def __init__(self, js: JetStreamContext, watcher: DeviceWatcher | None = None) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        watcher: DeviceWatcher | None = None,
+        revoked: Container[str] = frozenset(),
+    ) -> None:
         self.store = RecordStore(js, DEVICES.name, TWINS)
         self.watcher = watcher
+        self.revoked = watcher.revoked if watcher is not None else revoked
 
     async def all(self, now: float | None = None) -> list[hub_pb2.Device]:
         now = time.time() if now is None else now
         live = self.watcher.devices(now) if self.watcher is not None else None
         if live is not None:
             return live
-        return _sorted([device(owned(s.key, s.value), now) for s in await self.store.list()])
+        found = [(s.key, admitted(s.key, s.value, now)) for s in await self.store.list()]
+        return _sorted([device(t, now, id_of_key(k) in self.revoked) for k, t in found if t is not None])
 
     async def get(self, device_id: str, now: float | None = None) -> hub_pb2.Device | None:
         """The device; None when it never reported (or its twin is unreadable)."""
         now = time.time() if now is None else now
+        revoked = device_id in self.revoked
         if self.watcher is not None and self.watcher.synced:
             seen = self.watcher.view.get(device_id)
-            return device(seen.twin, now) if seen is not None else None
+            return device(seen.twin, now, revoked) if seen is not None else None
         try:
             found = await self.store.get(device_id)
         except RecordUnreadable as exc:
             log.warning("twin of %s unreadable: %s", device_id, exc)
             return None
-        return device(owned(found.key, found.value), now) if found is not None else None
+        twin = admitted(found.key, found.value, now) if found is not None else None
+        return device(twin, now, revoked) if twin is not None else None

@@ -11,6 +11,8 @@ changed by compare-and-set.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from nats.js import JetStreamContext
 
 from edgehub.protocol.errors import ErrorCode
+from edgehub.protocol.ids import id_of_key
 from edgehub.protocol.v1 import hub_pb2, records_pb2
 from edgehub.sync.auth import AuthError, Trust, inbox_prefix, is_user_key
 from edgehub.sync.errors import SyncError
@@ -160,6 +163,47 @@ class Credentials:
         return at
 
 
+def is_revoked(record: records_pb2.DeviceCredentials) -> bool:
+    """Revoked, and not enrolled again since (every user key it holds was issued before the revocation)."""
+    at = record.revoked_at
+    return bool(at) and all(issued <= at for issued in record.user_keys.values())
+
+
+class RevokedDevices:
+    """The ids of the revoked devices (``is_revoked``), as a set the device views read without I/O
+    (``in``): loaded from the credentials bucket every ``refresh_s`` (so a revocation on another hub
+    process shows within it) and at once when this process revokes a device (``add``)."""
+
+    def __init__(self, credentials: Credentials, refresh_s: float = CACHE_S) -> None:
+        self.credentials = credentials
+        self.refresh_s = refresh_s
+        self.ids: frozenset[str] = frozenset()
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self.ids
+
+    def add(self, device_id: str) -> None:
+        self.ids = self.ids | {device_id}
+
+    def discard(self, device_id: str) -> None:
+        """Enrolled again: its new credentials are valid."""
+        self.ids = self.ids - {device_id}
+
+    async def refresh(self) -> None:
+        records = await self.credentials.store.list()
+        self.ids = frozenset(id_of_key(s.key) for s in records if is_revoked(s.value))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Refresh until ``stop`` (a failed read keeps the last set: NATS is briefly away)."""
+        while not stop.is_set():
+            try:
+                await self.refresh()
+            except Exception as exc:  # NATS unreachable: the next round tries again
+                log.debug("revoked devices not refreshed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.refresh_s)
+
+
 def _invalid(message: str) -> Refused:
     return Refused(ErrorCode.INVALID_ARGUMENT, message)
 
@@ -174,6 +218,8 @@ class DeviceIdentity:
     nats_urls: list[str]
     enrollments: Enrollments
     credentials: Credentials
+    revoked: RevokedDevices | None = None
+    """The revoked devices' ids the device views read; told at once of a revocation here."""
     device_api: str = ""
     """Where devices call the API with their client certificate (set by ``api.serve``)."""
     apply_revocations: Callable[[dict[str, int]], Awaitable[bool]] | None = None
@@ -198,6 +244,8 @@ class DeviceIdentity:
             raise _invalid(str(exc)) from None
         await self.enrollments.spend(req.token, req.device_id)
         await self.credentials.issued(req.device_id, req.nats_user_key)
+        if self.revoked is not None:
+            self.revoked.discard(req.device_id)
         return hub_pb2.EnrollResponse(
             device_id=req.device_id,
             nats_jwt=jwt,
@@ -213,6 +261,8 @@ class DeviceIdentity:
         if not device_id:
             raise _invalid("device_id is required")
         record = await self.credentials.revoke(device_id, by, reason)
+        if self.revoked is not None:
+            self.revoked.add(device_id)
         revocations = await self.credentials.revocations()
         applied = False
         if self.apply_revocations is not None:

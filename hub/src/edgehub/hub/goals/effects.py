@@ -15,10 +15,11 @@ from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
-from edgehub.protocol.v1 import agent_pb2, goals_pb2, task_pb2
+from edgehub.protocol.v1 import agent_pb2, commands_pb2, goals_pb2, task_pb2
 from edgehub.sync.commands import send_command
 
 from ..config import PlannerConfig
+from ..errors import Refused
 from .record import goal_word, limits_of
 from .schedule import Effects
 
@@ -79,7 +80,8 @@ class Submit(Protocol):
 class EffectRunner:
     """Carries out ``Effects`` once their goal's record is stored. ``submit`` starts a sub-goal,
     ``report`` takes a task's result (a sub-goal's end, for its parent), ``replan`` and ``synthesise``
-    start the model's work on a goal."""
+    start the model's work on a goal, ``reserve`` registers a task agent to its device before its
+    StartAgent is sent (``AgentRegistry.reserve``)."""
 
     def __init__(
         self,
@@ -91,6 +93,7 @@ class EffectRunner:
         report: Callable[[task_pb2.TaskResult, str], Awaitable[None]],
         replan: Callable[[str, str], object],
         synthesise: Callable[[str], object],
+        reserve: Callable[[str, str], Awaitable[None]],
     ) -> None:
         self.js = js
         self.cfg = cfg
@@ -99,12 +102,16 @@ class EffectRunner:
         self._report = report
         self._replan = replan
         self._synthesise = synthesise
+        self._reserve = reserve
 
     async def carry_out(self, record: G.Goal, fx: Effects) -> None:
         """Everything ``fx`` asks for, now that ``record`` (with the transition) is stored."""
         for cmd in fx.commands:
+            starts = cmd.WhichOneof("body") == "start_agent"
+            if starts and not await self._registered(cmd):
+                continue
             await send_command(self.js, cmd)
-            if cmd.WhichOneof("body") == "start_agent":
+            if starts:
                 self.metrics.dispatched.labels(cmd.device_id).inc()
         for tid, text in fx.subgoals:
             await self._start_subgoal(record, tid, text)
@@ -117,6 +124,16 @@ class EffectRunner:
         if fx.ended:
             error = f": {record.error}" if record.error else ""
             log.info("goal %s %s%s", record.goal_id, goal_word(record.status), error)
+
+    async def _registered(self, cmd: commands_pb2.Command) -> bool:
+        """The task agent registered to its device before the device hears of it (False, logged: the
+        id belongs to another device, which the hub's namespace makes a bug, never a device's doing)."""
+        try:
+            await self._reserve(cmd.start_agent.agent_id, cmd.device_id)
+        except Refused as exc:
+            log.error("task agent not started: %s", exc.message)
+            return False
+        return True
 
     async def _start_subgoal(self, parent: G.Goal, tid: str, text: str) -> None:
         """The task ``tid`` of ``parent`` as a goal of its own, under the parent's selector, approval

@@ -71,6 +71,16 @@ class Effects:
         return self
 
 
+def attempt_id(goal_id: str, task_id: str, revision: int, attempt: int) -> str:
+    """The agent (or sub-goal) id of a task's attempt: ``{goal}-{task}-{attempt}``, with ``-R{revision}``
+    before the attempt from the second plan revision on (a re-plan may reuse a task id, and its attempts
+    count from 1 again; task ids are lower case, so the marker cannot be part of one). Distinct for every
+    (task, revision, attempt) of a goal: the hub registers each to its device once
+    (``fleet.agents.reserve``)."""
+    marker = f"-R{revision}" if revision > 1 else ""
+    return f"{goal_id}-{task_id}{marker}-{attempt}"
+
+
 def _stop(device: str, agent_id: str, reason: str, issued_by: str) -> commands_pb2.Command:
     cmd = new_command(device, issued_by)
     cmd.command_id = f"{agent_id}-stop"
@@ -238,7 +248,7 @@ def _held(record: G.Goal, task: G.PlannedTask, state: G.TaskState, r: Round) -> 
 
 def _start_subgoal(record: G.Goal, task: G.PlannedTask, state: G.TaskState, now: float, fx: Effects) -> None:
     attempt = state.attempt + 1
-    child = f"{record.goal_id}-{task.id}-{attempt}"
+    child = attempt_id(record.goal_id, task.id, state.revision, attempt)
     state.status, state.dispatched_at, state.attempt = G.TASK_STATUS_DISPATCHED, now, attempt
     state.agent_id, state.subgoal_id, state.device = child, child, "hub"
     state.ClearField("waiting_for")
@@ -290,7 +300,7 @@ def _start(
         return None
     state = record.tasks[task.id]
     attempt = state.attempt + 1
-    agent_id = f"{record.goal_id}-{task.id}-{attempt}"
+    agent_id = attempt_id(record.goal_id, task.id, state.revision, attempt)
     state.status, state.attempt, state.agent_id = G.TASK_STATUS_DISPATCHED, attempt, agent_id
     state.device, state.dispatched_at = device, r.now
     for name in ("waiting_for", "started_at", "finished_at", "error"):

@@ -35,6 +35,7 @@ from edgehub.sync import any_set
 
 from ..config import PlannerConfig
 from ..errors import GoalError
+from ..fleet.agents import AgentRegistry
 from .effects import EffectRunner, GoalMetrics
 from .intake import ResultIntake
 from .placement import DeviceView
@@ -58,7 +59,9 @@ PRUNE_EVERY_S = 60.0
 
 class GoalService:
     """The hub's planner and dispatcher (see the module docstring). ``devices`` gives the hub's live view
-    of the devices; ``brain`` replaces the model ``cfg`` names (tests of the planner's logic)."""
+    of the devices; ``brain`` replaces the model ``cfg`` names (tests of the planner's logic); ``agents``
+    registers each task agent to its device before its StartAgent is sent (its own over ``js`` when
+    None)."""
 
     def __init__(
         self,
@@ -69,6 +72,7 @@ class GoalService:
         brain: Brain | None = None,
         issued_by: str = "hub:planner",
         metrics: CollectorRegistry | None = None,
+        agents: AgentRegistry | None = None,
     ) -> None:
         self.js = js
         self.devices = devices
@@ -82,6 +86,7 @@ class GoalService:
         self.effects = EffectRunner(
             js, cfg, self.metrics, submit=self.submit, report=self.on_result,
             replan=self.work.plan, synthesise=self.work.synthesise,
+            reserve=(agents or AgentRegistry(js)).reserve,
         )  # fmt: skip
         self.intake = ResultIntake(
             self.store, cfg, issued_by, self.metrics, update=self.update, devices=self.devices
