@@ -233,15 +233,12 @@ class Steering:
                 event.observation.CopyFrom(result)
                 event.detail = result.output
                 return
-            full = all(checked_in_full(d, record) for d in new.deliverables)
-            verdict = (
-                S.VERIFICATION_UNVERIFIED
-                if missing
-                else S.VERIFICATION_VERIFIED
-                if full
-                else S.VERIFICATION_PARTIAL
-            )
             if missing:
+                verdict = S.VERIFICATION_UNVERIFIED
                 event.detail = f"{answer} (unverified: {'; '.join(m.problem for m in missing)})"
+            elif all(checked_in_full(d, record) for d in new.deliverables):
+                verdict = S.VERIFICATION_VERIFIED
+            else:
+                verdict = S.VERIFICATION_PARTIAL
         new.status, new.answer, new.verification = S.AGENT_STATUS_FINISHED, answer, verdict
         event.detail = event.detail or answer

@@ -102,12 +102,10 @@ class ToolRegistry:
         spec = self._tools[tool].spec
         branch = _branch(spec, plan)
         params = spec.parameters.get("properties")
-        pinned: JsonObject = {
-            k: {"const": v}
-            for k, v in (fixed or {}).items()
-            if v and isinstance(params, dict) and k in params
-        }
-        if pinned and isinstance(params, dict):
+        if not isinstance(params, dict):
+            params = {}
+        pinned: JsonObject = {k: {"const": v} for k, v in (fixed or {}).items() if v and k in params}
+        if pinned:
             args = dict(spec.parameters)
             args["properties"] = {**params, **pinned}
             branch["properties"] = {**branch["properties"], "args": args}  # type: ignore[dict-item]
