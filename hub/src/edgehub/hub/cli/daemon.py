@@ -14,6 +14,7 @@ from edgehub.cli.common import ConfigOpt, err, fail, setup_logging
 from edgehub.sync import SyncError
 from edgehub.sync.auth import Trust
 from edgehub.sync.server import dial_host
+from edgehub.sync.tls import CertificateAuthority
 
 from ..app import HubDaemon
 from ..config import HubConfig, load_config
@@ -66,7 +67,20 @@ def hub_leaf_config(
         str | None,
         typer.Option(help="The hub's NATS (default: the configured url, or the embedded server's)."),
     ] = None,
-    renew: Annotated[bool, typer.Option(help="Issue new leaf credentials even if OUT has some.")] = False,
+    renew: Annotated[
+        bool, typer.Option(help="Issue new leaf credentials (and server certificate) even if OUT has some.")
+    ] = False,
+    tls_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tls-name",
+            help="A host name or IP the site's devices dial the leaf at (repeat for several): the leaf "
+            "then gets a server certificate from the hub's CA and takes TLS only (server.pem, server.key).",
+        ),
+    ] = None,
+    tls_days: Annotated[
+        float, typer.Option(min=1, max=825, help="Lifetime of the leaf's server certificate.")
+    ] = 90.0,
 ) -> None:
     """What a NATS leaf node on a site gateway needs (the edgehub_nats_leaf Ansible role): the hub's
     trust block (public JWTs, current revocations) and credentials for its connection to the hub's
@@ -75,10 +89,11 @@ def hub_leaf_config(
     unless something did."""
     cfg = load(config)
     n = cfg.nats
+    scheme = "tls" if n.client_tls else "nats"
     if not (
         url := nats_url
         or n.url
-        or (n.embedded_port and f"nats://{dial_host(n.embedded_host)}:{n.embedded_port}")
+        or (n.embedded_port and f"{scheme}://{dial_host(n.embedded_host)}:{n.embedded_port}")
     ):
         fail("the embedded server's port is 0 (any): pass --nats-url")
     if not (cfg.auth.dir / "account.nk").exists():
@@ -86,11 +101,21 @@ def hub_leaf_config(
             f"no trust folder at {cfg.auth.dir}: run this where the hub runs (or set EDGEHUB_HUB__AUTH__DIR)"
         )
     try:
-        done = write_leaf_folder(Trust.load_or_create(cfg.auth.dir), url, out, name, renew=renew)
+        done = write_leaf_folder(
+            Trust.load_or_create(cfg.auth.dir),
+            url,
+            out,
+            name,
+            renew=renew,
+            ca=CertificateAuthority.load_or_create(cfg.auth.dir),
+            tls_names=tls_name,
+            tls_days=tls_days,
+            allow_plaintext=n.allow_plaintext,
+        )
     except (OSError, SyncError, TimeoutError, NatsError) as exc:
         fail(f"{exc or exc.__class__.__name__} (is the hub running, its NATS at {url}?)")
     leaf = (
-        f"nats-leaf://{n.leaf_host or n.embedded_host}:{n.leaf_port}"
+        f"nats-leaf://{n.leaf_host or n.embedded_host}:{n.leaf_port} ({'TLS' if n.leaf_tls else 'plaintext'})"
         if n.leaf_port
         else "(off: set leaf_port in the nats section)"
     )
@@ -100,4 +125,8 @@ def hub_leaf_config(
         print(f"{out}/leaf.creds: new credentials {leaf_user(name)} ({done.creds_issued}), 0600")
     else:
         print(f"{out}/leaf.creds: kept")
+    if tls_name:
+        print(
+            f"{out}/server.pem: {'new certificate' if done.cert_issued else 'kept'} for {', '.join(tls_name)}"
+        )
     print(f"account {done.account}; the hub's leafnode listener: {leaf}")
