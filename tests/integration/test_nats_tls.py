@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shlex
 import ssl
+import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,19 +31,28 @@ from edgehub.protocol import subjects
 from edgehub.sync import NatsServer
 from edgehub.sync.tls import CertificateAuthority, client_context, nats_tls
 from tests.harness.hub import Hub, start_hub
+from tests.harness.nats import natscli
 
 DEVICE = "tls-dev"
 CERT_DAYS = 0.0002
 """17 s: renewed when a third is left, about every 12 s."""
 
 
+HUB_ENV = {"EDGEHUB_HUB__NATS__TLS": "true", "EDGEHUB_HUB__NATS__TLS_CERT_DAYS": str(CERT_DAYS)}
+
+
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    env = {"EDGEHUB_HUB__NATS__TLS": "true", "EDGEHUB_HUB__NATS__TLS_CERT_DAYS": str(CERT_DAYS)}
-    running = start_hub(tmp_path_factory.mktemp("hub"), "hub-tls", env=env)
+    running = start_hub(tmp_path_factory.mktemp("hub"), "hub-tls", env=HUB_ENV)
     running.wait_ready()
     yield running
     running.stop()
+
+
+def on_hub_machine(hub: Hub) -> dict[str, str]:
+    """What a command run where the hub runs needs: its trust folder and its NATS settings."""
+    port = hub.url.rsplit(":", 1)[1]
+    return {**HUB_ENV, "EDGEHUB_HUB__AUTH__DIR": str(hub.trust), "EDGEHUB_HUB__NATS__EMBEDDED_PORT": port}
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +243,37 @@ async def test_the_server_certificate_is_renewed_while_devices_stay_connected(de
         await again.close()
     finally:
         await nc.close()
+
+
+def natscli_run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([natscli(), *args], capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_an_operator_gets_nats_credentials_for_natscli_which_needs_tls_first_and_revocation_cuts_off(
+    hub: Hub, tmp_path: Path
+) -> None:
+    creds = tmp_path / "alice.creds"
+    made = hub.cli("hub", "nats-creds", "alice", "--out", str(creds), "--ttl", "600", env=on_hub_machine(hub))
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert "nats:alice" in made.stdout
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    hint = next(line for line in made.stdout.splitlines() if line.startswith("natscli: nats "))
+    args = shlex.split(hint.removeprefix("natscli: nats "))
+    assert "--tlsfirst" in args, hint
+    listed = natscli_run(*args, "--names")  # the command it printed, as an operator pastes it
+    assert listed.returncode == 0, listed.stderr
+    assert subjects.EVENTS_STREAM in listed.stdout.split(), listed.stdout
+    # the same client without TLS first gets nothing from the server
+    plain = natscli_run("--server", hub.url, "--tlsca", str(hub.trust / "ca.pem"), "--creds", str(creds),
+                        "--timeout", "3s", "stream", "ls", "--names")  # fmt: skip
+    assert plain.returncode != 0, plain.stdout
+    assert subjects.EVENTS_STREAM not in plain.stdout
+
+    bad = hub.cli("devices", "revoke", "nats:not an id")
+    assert bad.returncode != 0
+    assert "not an id" in bad.stderr, bad.stderr
+    revoked = hub.cli("devices", "revoke", "nats:alice", "--reason", "left the team")
+    assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+    after = natscli_run(*args, "--names")
+    assert after.returncode != 0, after.stdout
+    assert "authorization" in (after.stderr + after.stdout).lower(), after.stderr

@@ -36,6 +36,7 @@ import nats
 import nkeys
 from nats.aio.client import RawCredentials
 
+from edgehub.protocol.ids import holder
 from edgehub.sync.auth import Trust, creds_text, decode_jwt, keypair, new_seed, public_key, write_secret
 from edgehub.sync.tls import CertificateAuthority, ServerTls, names_of, nats_tls
 
@@ -48,7 +49,7 @@ _CREDS_JWT = re.compile(r"-----BEGIN NATS USER JWT-----\n(\S+)\n")
 
 def leaf_user(name: str) -> str:
     """The record (``edgehub devices revoke`` argument) the leaf's credentials are issued under."""
-    return f"leaf:{name}"
+    return holder("leaf", name)
 
 
 @dataclass(frozen=True)
