@@ -18,6 +18,9 @@
 #                           from Maven Central into $EDGEHUB_CACHE/neo4j/lib (about 1.5 minutes and 130 MB
 #                           the first time, needs a JDK 17 and Maven: apt); rebuilt when hub/neo4j-launcher
 #                           changes (its hash is in $EDGEHUB_CACHE/neo4j/stamp)
+#   natscli                 the NATS project's own CLI, a third-party client the security tests use the way
+#                           an operator would (TLS first, credentials from `edgehub hub nats-creds`): built
+#                           once with `go install` into $EDGEHUB_CACHE/go/bin (about 3 minutes on 2 cores)
 #
 # Safe to run repeatedly; prints one line per step.
 set -euo pipefail
@@ -123,6 +126,17 @@ fi
 
 if ! uv run --no-sync python -c "import llama_cpp, apsw" 2>/dev/null; then
     echo "llama_cpp or apsw failed to import after sync" >&2; exit 1
+fi
+
+NATSCLI_VERSION=v0.5.0  # PLATFORM.md: v0.5.1 is not served here
+GO_BIN="${EDGEHUB_CACHE:-$HOME/.cache/edgehub}/go/bin"
+if [ ! -x "$GO_BIN/nats" ] || ! grep -qx "$NATSCLI_VERSION" "$GO_BIN/nats.version" 2>/dev/null; then
+    command -v go >/dev/null || PATH="$PATH:/usr/local/go/bin"
+    command -v go >/dev/null || { echo "go is needed to build natscli (the tests' NATS client)" >&2; exit 1; }
+    step "building natscli $NATSCLI_VERSION into $GO_BIN (once; about 3 minutes)"
+    mkdir -p "$GO_BIN"
+    GOBIN="$GO_BIN" go install "github.com/nats-io/natscli/nats@$NATSCLI_VERSION"
+    echo "$NATSCLI_VERSION" >"$GO_BIN/nats.version"
 fi
 
 scripts/criu.sh  # CRIU >= 4 + pycriu for the warm worker's snapshots (built once into the cache)

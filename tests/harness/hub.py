@@ -11,11 +11,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nats.aio.client import RawCredentials
 
 from edgehub.sync import free_port
 from edgehub.sync.auth import Trust
+from edgehub.sync.tls import is_loopback, nats_tls
 
 EDGEHUB = [sys.executable, "-m", "edgehub.cli"]
 
@@ -51,6 +53,10 @@ class Hub:
             timeout=timeout,
             check=False,
         )
+
+    def tls(self) -> dict[str, Any]:
+        """``nats.connect`` arguments for ``url`` (TLS first against the hub's CA when it is tls://)."""
+        return nats_tls([self.url], self.trust / "ca.pem")
 
     def creds(self, name: str = "test") -> RawCredentials:
         """Unrestricted NATS credentials (what a hub process uses), for tests that act as the hub."""
@@ -144,4 +150,7 @@ def start_hub(
     proc = subprocess.Popen(
         [*(prefix or []), *EDGEHUB, "hub", "run"], env=env, stderr=subprocess.PIPE, text=True
     )
-    return Hub(proc, f"nats://{host}:{port}", api, trust, prefix or [])
+    listen = env["EDGEHUB_HUB__NATS__EMBEDDED_HOST"]
+    tls = env.get("EDGEHUB_HUB__NATS__TLS", "").lower()
+    scheme = "tls" if tls == "true" or (tls != "false" and not is_loopback(listen)) else "nats"
+    return Hub(proc, f"{scheme}://{host}:{port}", api, trust, prefix or [])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -35,3 +36,12 @@ async def connect(server: NatsServer, name: str = "test", creds: RawCredentials 
     )
     await ensure_topology(nc.jetstream())
     return nc
+
+
+def natscli() -> str:
+    """The natscli binary make setup builds into the cache (a missing one fails the test, never skips)."""
+    cache = Path(os.environ.get("EDGEHUB_CACHE") or Path.home() / ".cache" / "edgehub")
+    binary = cache / "go" / "bin" / "nats"
+    if not binary.exists():
+        pytest.fail(f"natscli is not at {binary}: make setup builds it")
+    return str(binary)

@@ -8,9 +8,14 @@ on the hub's loopback only, so the device *cannot* reach it: everything the edge
 through the leaf. The leaf runs in operator mode with the hub's trust: the device authenticates there
 with its own credentials and its per-device permissions are enforced there.
 
+Both hops are TLS, handshake first: the device verifies the leaf's certificate (issued by the hub's
+CA, ``leaf-config --tls-name``) with the CA enrollment gave it, and the leaf verifies the hub's
+leafnode listener, which the hub puts under TLS because it is not on loopback.
+
 The tests are stages on one site and run in order: install the leaf; an edge with only the leaf's URL
 comes online and runs an agent started from the hub; the leaf refuses anonymous clients and a device
-publishing as another; the operator loop run again (``edgehub hub leaf-config`` and the playbook)
+publishing as another; a capture on the gateway sees only ciphertext on both hops and a plaintext
+client refused; the operator loop run again (``edgehub hub leaf-config`` and the playbook)
 changes nothing; a device revoked at the hub is, after that loop, refused at the leaf; ansible-lint.
 """
 
@@ -37,6 +42,7 @@ from tests.harness.ansible import ANSIBLE_DIR, BIN, Run, SshFleet, assert_unit_h
 from tests.harness.edge_proc import start_edge, stop_edges
 from tests.harness.hub import Hub, start_hub
 from tests.harness.netns import Lan, lan
+from tests.harness.sniff import capture
 from tests.harness.wait import assert_eventually
 
 DEVICE = "site-edge-1"
@@ -80,7 +86,7 @@ class Site:
 
     @property
     def leaf_url(self) -> str:
-        return f"nats://{self.net.addr['gw']}:{LEAF_PORT}"
+        return f"tls://{self.net.addr['gw']}:{LEAF_PORT}"
 
     @property
     def data_dir(self) -> Path:
@@ -89,7 +95,7 @@ class Site:
     def leaf_config(self) -> subprocess.CompletedProcess[str]:
         return self.hub.cli(
             "hub", "leaf-config", "--name", "gw", "--out", str(self.extra["edgehub_nats_leaf_trust_dir"]),
-            env=self.hub_env,
+            "--tls-name", self.net.addr["gw"], env=self.hub_env,
         )  # fmt: skip
 
     def run(self) -> Run:
@@ -105,13 +111,16 @@ class Site:
         return path.read_text(errors="replace") if path.exists() else ""
 
     def on_device(self, code: str) -> dict[str, Any]:
-        """Run ``code`` (async Python, ``creds``/``url``/``inbox`` given, sets ``out``) in the device's
-        namespace; returns ``out``."""
+        """Run ``code`` (async Python, ``creds``/``url``/``inbox`` given, ``tls`` the TLS arguments with
+        the CA enrollment gave, sets ``out``) in the device's namespace; returns ``out``."""
         program = textwrap.dedent(
             """
             import asyncio, json, sys
+            from pathlib import Path
             import nats
+            from edgehub.sync.tls import nats_tls
             creds, url, inbox = sys.argv[1:4]
+            tls = nats_tls([url], Path(creds).with_name("nats-ca.pem"))
             out = {}
             async def main():
             %s
@@ -198,6 +207,7 @@ def test_leaf_playbook_installs_a_leaf_connected_to_the_hub(site: Site) -> None:
     made = site.leaf_config()
     assert made.returncode == 0, made.stdout + made.stderr
     assert "new credentials leaf:gw" in made.stdout, made.stdout
+    assert "server.pem: new certificate" in made.stdout, made.stdout
     run = site.run()
     assert run.returncode == 0, run.output[-6000:]
     assert run.recap["gw"]["failed"] == 0, run.recap
@@ -209,6 +219,8 @@ def test_leaf_playbook_installs_a_leaf_connected_to_the_hub(site: Site) -> None:
     trust = (etc / "trust.conf").read_text()
     assert "resolver: MEMORY" in trust
     assert "SEED" not in trust.upper()  # public: JWTs, no seed
+    assert stat.S_IMODE((etc / "server.key").stat().st_mode) == 0o600
+    assert conf.count("handshake_first: true") == 2, conf  # the edges' listener and the hub remote
     # the role waited for the leaf's connection (monitor /leafz); the leaf logged it too
     assert "Leafnode connection created" in site.leaf_log(), site.leaf_log()[-2000:]
     print(f"leaf install: {run.seconds:.1f} s")
@@ -261,14 +273,15 @@ def test_leaf_refuses_anonymous_clients_and_a_device_publishing_as_another(site:
         async def error_cb(exc):
             errors.append(str(exc))
         try:
-            anonymous = await nats.connect(url, allow_reconnect=False, connect_timeout=5, error_cb=error_cb)
+            anonymous = await nats.connect(url, allow_reconnect=False, connect_timeout=5, error_cb=error_cb,
+                                           **tls)
             out["anonymous"] = "accepted"
             await anonymous.close()
         except Exception as exc:
             out["anonymous"] = f"refused: {exc!r} {errors}"
         errors.clear()
         nc = await nats.connect(url, user_credentials=creds, inbox_prefix=inbox.encode(),
-                                allow_reconnect=False, error_cb=error_cb)
+                                allow_reconnect=False, error_cb=error_cb, **tls)
         await nc.publish("edgehub.ev.site-edge-2.a1", b"spoofed")
         await nc.flush()
         await asyncio.sleep(0.5)
@@ -287,11 +300,57 @@ def test_leaf_refuses_anonymous_clients_and_a_device_publishing_as_another(site:
     )
 
 
+def test_site_lan_carries_only_ciphertext_and_the_leaf_refuses_plaintext(site: Site) -> None:
+    """A capture on the gateway (every interface: the device's hop and the hub's) while the device
+    publishes a marker through JetStream, acknowledged by the hub; then a client that talks plaintext
+    with another marker. The second marker shows the capture sees payloads; the first must be in none."""
+    secret, clear = b"MARKER-c4f1-valve-12-open", b"MARKER-9e2d-sent-in-clear"
+    leaf_port = int(site.extra["edgehub_nats_leaf_hub_urls"][0].rsplit(":", 1)[1])
+    with capture(site.net.prefix("gw")) as wire:
+        out = site.on_device(
+            f"""
+            nc = await nats.connect(url, user_credentials=creds, inbox_prefix=inbox.encode(),
+                                    allow_reconnect=False, connect_timeout=10, **tls)
+            ack = await nc.jetstream().publish("edgehub.ev.{DEVICE}.wire-check", {secret!r})
+            out["acked"] = ack.seq
+            await nc.close()
+            host, port = url.split("://")[1].rsplit(":", 1)
+            try:
+                plain = await nats.connect(f"nats://{{host}}:{{port}}", user_credentials=creds,
+                                           inbox_prefix=inbox.encode(), allow_reconnect=False,
+                                           connect_timeout=3)
+                out["plaintext"] = "accepted"
+                await plain.close()
+            except Exception as exc:
+                out["plaintext"] = f"refused: {{exc!r}}"
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b'CONNECT {{"name": "' + {clear!r} + b'"}}\\r\\nPING\\r\\n')
+            await writer.drain()
+            out["answer"] = (await asyncio.wait_for(reader.read(4096), 10)).decode(errors="replace")
+            writer.close()
+            """
+        )
+    assert out["acked"] > 0, out
+    assert out["plaintext"].startswith("refused"), out
+    assert "INFO" not in out["answer"], out
+    assert "PONG" not in out["answer"], out
+    device_hop, hub_hop = wire.on(LEAF_PORT), wire.on(leaf_port)
+    assert clear in device_hop, "the capture saw no plaintext payload: it would prove nothing"
+    assert len(device_hop) > 2000, len(device_hop)
+    assert len(hub_hop) > 2000, len(hub_hop)
+    assert secret not in wire.anywhere()
+    assert b"CONNECT" not in hub_hop  # the device's hop holds the plaintext attempt's
+    for hop in (device_hop, hub_hop):
+        assert b"INFO {" not in hop
+        assert b"edgehub.ev." not in hop
+
+
 def test_operator_loop_again_changes_nothing(site: Site) -> None:
     made = site.leaf_config()
     assert made.returncode == 0, made.stdout + made.stderr
     assert "trust.conf: unchanged" in made.stdout, made.stdout
     assert "leaf.creds: kept" in made.stdout, made.stdout
+    assert "server.pem: kept" in made.stdout, made.stdout
     run = site.run()
     assert run.returncode == 0, run.output[-6000:]
     assert run.changed() == {"gw": 0}, run.output[-6000:]
@@ -324,7 +383,7 @@ def test_device_revoked_at_the_hub_is_refused_at_the_leaf_after_the_loop(site: S
         """
         try:
             nc = await nats.connect(url, user_credentials=creds, inbox_prefix=inbox.encode(),
-                                    allow_reconnect=False, connect_timeout=5)
+                                    allow_reconnect=False, connect_timeout=5, **tls)
             out["device"] = "accepted"
             await nc.close()
         except Exception as exc:

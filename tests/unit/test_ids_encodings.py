@@ -20,11 +20,13 @@ from edgehub.protocol.ids import (
     NAME_PATTERN,
     InvalidId,
     check_id,
+    check_ids,
+    holder,
     id_of_key,
     is_id,
     kv_key,
 )
-from edgehub.protocol.v1 import events_pb2
+from edgehub.protocol.v1 import events_pb2, hub_pb2
 from edgehub.sync.applier import decode
 from edgehub.sync.commands import consumer_name, decode_command, new_command
 from edgehub.sync.errors import MessageRejected
@@ -219,3 +221,20 @@ def test_a_task_field_holds_a_task_id_or_goal_slash_task() -> None:
         cmd.start_agent.task_id = bad
         with pytest.raises(MessageRejected, match="task_id"):
             decode_command(_Msg(subjects.commands("dev-1"), cmd.SerializeToString()), "dev-1")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["leaf:gw", "nats:alice", "nats:a.b-c_1", "dev-1"])
+def test_a_revocation_names_a_device_or_another_credential_holder(value: str) -> None:
+    check_ids(hub_pb2.RevokeDeviceRequest(device_id=value))
+
+
+@pytest.mark.parametrize("value", ["dev:1", "nats:", "leaf:bad name", "nats:" + "a" * 65, ":x", "nats:-a"])
+def test_a_holder_of_no_known_kind_or_with_a_bad_name_is_refused(value: str) -> None:
+    with pytest.raises(InvalidId, match="device_id"):
+        check_ids(hub_pb2.RevokeDeviceRequest(device_id=value))
+
+
+def test_only_a_revocation_takes_a_holder_not_a_device_field_elsewhere() -> None:
+    assert holder("nats", "alice") == "nats:alice"
+    with pytest.raises(InvalidId, match="device_id"):
+        check_ids(hub_pb2.StartAgentRequest(device_id="leaf:gw", goal="x"))

@@ -162,8 +162,13 @@ class SafetyConfig(_Section):
 
 class HubLinkConfig(_Section):
     nats_url: str | None = None
-    """NATS server or cluster of the hub (``nats://host:4222``); None: the URLs enrollment gave, and
+    """NATS server or cluster of the hub (``tls://host:4222``); None: the URLs enrollment gave, and
     with no enrollment either, offline (the outbox keeps growing)."""
+    ca_file: Path | None = None
+    """CA (PEM) that verifies a ``tls://`` server; None: the one enrollment gave."""
+    allow_plaintext: bool = False
+    """Allow a ``nats://`` (plaintext) URL to another machine: only on a network you trust entirely
+    (credentials, commands and mind-logs cross it in clear). Loopback needs no permission."""
     outbox_alarm: int = Field(100_000, ge=1)
     """Undelivered events above which the daemon raises an alarm (it never drops them)."""
     publish_batch: int = Field(256, ge=1, le=10_000)

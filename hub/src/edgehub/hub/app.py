@@ -32,12 +32,13 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from edgehub.sync import EventApplier, NatsServer, Stopped, ensure_topology, until_stopped
 from edgehub.sync.auth import Trust
+from edgehub.sync.errors import SyncError
 from edgehub.sync.lease import Lease
-from edgehub.sync.tls import CertificateAuthority
+from edgehub.sync.tls import CertificateAuthority, ServerTls, nats_tls
 
 from .api.service import ApiHealth, serve
 from .config import HubConfig
-from .errors import NatsLost
+from .errors import HubError, NatsLost
 from .knowledge import KnowledgeService
 from .metrics import ApplierCollector, EventLag
 from .operators import bootstrap_admin
@@ -74,6 +75,7 @@ class HubDaemon:
         self.health = ApiHealth()
         """The API's health: follows the NATS connection."""
         self._nats_lost = asyncio.Event()
+        self._ca: CertificateAuthority | None = None
 
     def _counted(self) -> tuple[EventApplier, EventRouter] | None:
         return (self.applier, self.router) if self.applier and self.router else None
@@ -109,7 +111,7 @@ class HubDaemon:
         try:
             trust = Trust.load_or_create(self.cfg.auth.dir)
             ca = CertificateAuthority.load_or_create(self.cfg.auth.dir)
-            await self._start_nats(trust)
+            await self._start_nats(trust, ca)
             services = await self._open_services(trust, ca)
             await self._load_revocations(services, trust)
             await self._open_knowledge(services, starting)
@@ -121,10 +123,12 @@ class HubDaemon:
                 await asyncio.gather(starting, return_exceptions=True)
             raise
 
-    async def _start_nats(self, trust: Trust) -> None:
+    async def _start_nats(self, trust: Trust, ca: CertificateAuthority) -> None:
         """The embedded nats-server (when no ``[nats] url``), then the hub's connection."""
         n = self.cfg.nats
+        self._ca = ca
         if not n.url:
+            pair = self._new_server_certificate() if n.client_tls or n.leaf_tls else None
             self.server = await NatsServer.start(
                 n.embedded_store,
                 port=n.embedded_port,
@@ -132,12 +136,16 @@ class HubDaemon:
                 host=n.embedded_host,
                 leaf=(n.leaf_host or n.embedded_host, n.leaf_port) if n.leaf_port else None,
                 leaf_js_accounts=(trust.account_id,),
+                tls=pair if n.client_tls else None,
+                leaf_tls=pair if n.leaf_tls else None,
             )
             log.info("embedded nats-server on %s (store %s)", self.server.url, n.embedded_store)
             if self.server.leaf:
-                log.info("leaf nodes connect to nats-leaf://%s:%d", *self.server.leaf)
+                scheme = "TLS" if n.leaf_tls else "plaintext"
+                log.info("leaf nodes connect to nats-leaf://%s:%d (%s)", *self.server.leaf, scheme)
         self.nc = await nats.connect(
             self.url,
+            **nats_tls([self.url], self.nats_ca, allow_plaintext=n.allow_plaintext, setting="nats.url"),
             name=f"edgehub-hub-{self.cfg.hub.id}",
             user_credentials=RawCredentials(trust.hub_creds(self.cfg.hub.id)),
             max_reconnect_attempts=-1,
@@ -146,6 +154,48 @@ class HubDaemon:
             reconnected_cb=self._nats_up,
             closed_cb=self._nats_closed,
         )
+
+    @property
+    def nats_ca(self) -> bytes:
+        """The CA (bundle) of the NATS servers' certificates: ``[nats] ca_file``, or the hub's."""
+        if self.cfg.nats.ca_file is not None:
+            return self.cfg.nats.ca_file.read_bytes()
+        assert self._ca is not None, "open() first"
+        return self._ca.pem
+
+    def _new_server_certificate(self) -> ServerTls:
+        n = self.cfg.nats
+        assert self._ca is not None, "open() first"
+        pair = self._ca.write_server_pair(n.embedded_store / "tls", n.server_names(), n.tls_cert_days)
+        log.info(
+            "NATS server certificate for %s, valid %.0f days", ", ".join(n.server_names()), n.tls_cert_days
+        )
+        return pair
+
+    async def renew_nats_certificate(self) -> int:
+        """Issue the embedded server a new certificate and load it without a restart (connected
+        clients stay connected; new ones see the new certificate). Returns its serial number."""
+        if self.server is None or not (self.server.tls or self.server.leaf_tls):
+            raise HubError("the hub runs no embedded nats-server with TLS: no certificate to renew")
+        pair = self._new_server_certificate()
+        await self.server.reload_tls()
+        return pair.serial()
+
+    async def _renew_certificates(self) -> None:
+        """Until stopped: renew the embedded server's certificate when a third of its life is left."""
+        pair = (self.server.tls or self.server.leaf_tls) if self.server is not None else None
+        if pair is None:
+            await self._stop.wait()
+            return
+        check_s = min(3600.0, pair.lifetime().total_seconds() / 20)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), check_s)
+            if not self._stop.is_set() and pair.due():
+                try:
+                    await self.renew_nats_certificate()
+                except SyncError as exc:  # the next check tries again; the old one is still valid
+                    log.error("NATS server certificate not renewed: %s", exc)
 
     async def _nats_down(self) -> None:
         if not self._closed:
@@ -170,7 +220,9 @@ class HubDaemon:
         js = self.nc.jetstream()
         await ensure_topology(js)
         urls = self.cfg.nats.advertise or [self.url]
-        self.services = services = HubServices.build(js, self.cfg, trust, ca, urls, self.registry_metrics)
+        self.services = services = HubServices.build(
+            js, self.cfg, trust, ca, urls, self.registry_metrics, nats_ca=self.nats_ca
+        )
         self.router = EventRouter(services)
         self.applier = EventApplier(
             js,
@@ -243,6 +295,7 @@ class HubDaemon:
             self.lag.run(self.nc.jetstream(), self._stop),
             self._watch_knowledge(),
             self._watch_nats(),
+            self._renew_certificates(),
             *self.services.runs(self._stop),
         ]
         tasks = [asyncio.create_task(c) for c in parts]

@@ -6,12 +6,14 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgehub.cli import config as config_loader
 from edgehub.llm import LlamaSettings
 from edgehub.protocol.ids import NAME_PATTERN
+from edgehub.sync.tls import is_loopback
 
 from .errors import HubConfigError
 
@@ -38,12 +40,78 @@ class NatsConfig(_Section):
     ``edgehub_nats_leaf`` Ansible role; ``edgehub hub leaf-config`` gives what a leaf needs); 0: off."""
     leaf_host: str | None = None
     """Address the leafnode listener binds (None: ``embedded_host``)."""
+    tls: bool | None = None
+    """TLS on the embedded server's client and leafnode listeners (handshake first, a certificate
+    from the hub's CA, which devices get at enrollment); None: on for a listener bound to anything
+    but loopback, off on loopback."""
+    allow_plaintext: bool = False
+    """Allow plaintext NATS off loopback: ``tls = false`` on a LAN listener, or a ``nats://`` url to
+    another machine. Only for a network you trust entirely: credentials, commands and mind-logs
+    cross it in clear."""
+    tls_names: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1", socket.gethostname()])
+    """Host names and IPs in the embedded server's certificate, besides its listen addresses and the
+    advertised URLs' hosts."""
+    tls_cert_days: float = Field(30.0, gt=0, le=825)
+    """Lifetime of the embedded server's certificate; the running hub renews it when a third is left
+    (clients stay connected)."""
+    ca_file: Path | None = None
+    """With a ``tls://`` url: the CA (PEM bundle) of that cluster's certificates, handed to devices at
+    enrollment; None: the hub's own CA."""
 
     @model_validator(mode="after")
     def _leaf_needs_embedded(self) -> NatsConfig:
         if self.leaf_port and self.url:
             raise ValueError("leaf_port is for the embedded server: with a url, configure leafnodes there")
         return self
+
+    @model_validator(mode="after")
+    def _advertise_matches(self) -> NatsConfig:
+        scheme = "tls" if self.client_tls else "nats"
+        if not self.url and (wrong := [u for u in self.advertise if urlsplit(u).scheme != scheme]):
+            raise ValueError(f"advertise: the embedded server takes {scheme}:// (tls = {self.client_tls}); "
+                             f"not {', '.join(wrong)}")  # fmt: skip
+        return self
+
+    @model_validator(mode="after")
+    def _no_plaintext_off_loopback(self) -> NatsConfig:
+        if self.allow_plaintext:
+            return self
+        listeners = [("embedded_host", self.embedded_host, self.client_tls)] if not self.url else []
+        if self.leaf_port:
+            listeners.append(("leaf_host", self.leaf_host or self.embedded_host, self.leaf_tls))
+        for key, host, tls in listeners:
+            if not tls and not is_loopback(host):
+                raise ValueError(
+                    f"tls = false with {key} = {host!r} (not loopback) would carry credentials and "
+                    "commands in clear: turn TLS on, or set allow_plaintext = true"
+                )
+        urls = [*([self.url] if self.url else []), *self.advertise]
+        remote = [u for u in urls if u.startswith("nats://") and not is_loopback(urlsplit(u).hostname or "")]
+        if remote:
+            raise ValueError(f"plaintext NATS URL off loopback ({', '.join(remote)}): use tls://, or set "
+                             "allow_plaintext = true")  # fmt: skip
+        return self
+
+    @property
+    def client_tls(self) -> bool:
+        """The embedded server's client listener takes TLS only."""
+        return self.tls if self.tls is not None else not is_loopback(self.embedded_host)
+
+    @property
+    def leaf_tls(self) -> bool:
+        """The embedded server's leafnode listener takes TLS only."""
+        return self.tls if self.tls is not None else not is_loopback(self.leaf_host or self.embedded_host)
+
+    def server_names(self) -> list[str]:
+        """What the embedded server's certificate names: ``tls_names``, the listen addresses (not a
+        wildcard) and the advertised URLs' hosts."""
+        hosts = [
+            self.embedded_host,
+            self.leaf_host or "",
+            *(urlsplit(u).hostname or "" for u in self.advertise),
+        ]
+        names = [*self.tls_names, *(h for h in hosts if h and h not in ("0.0.0.0", "::"))]
+        return list(dict.fromkeys(names))
 
 
 class HubSection(_Section):

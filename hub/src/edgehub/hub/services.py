@@ -81,13 +81,18 @@ class HubServices:
         ca: CertificateAuthority,
         nats_urls: list[str],
         metrics: CollectorRegistry,
+        *,
+        nats_ca: bytes | None = None,
     ) -> HubServices:
+        """``nats_ca``: the CA of the NATS servers' certificates handed to devices (None: ``ca``'s)."""
         agents = AgentRegistry(js)
         credentials = Credentials(js)
         revoked = RevokedDevices(credentials)
         watcher = DeviceWatcher(js, metrics, revoked=revoked)
         devices = DeviceRegistry(js, watcher)
-        identity = DeviceIdentity(trust, ca, nats_urls, Enrollments(js), credentials, revoked)
+        identity = DeviceIdentity(
+            trust, ca, nats_urls, Enrollments(js), credentials, revoked, nats_ca=nats_ca
+        )
         views = FleetViews(watcher, devices)
         goals = GoalService(
             js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics, agents=agents

@@ -110,6 +110,29 @@ ID_FIELDS = DEVICE_FIELDS | TASK_FIELDS | {"agent_id", "goal_id", "migration_id"
 """Fields of the protocol's messages that hold an id (checked wherever a message enters)."""
 
 
+HOLDER_KINDS = ("leaf", "nats")
+"""Holders of NATS credentials other than devices, recorded (and revoked) as ``<kind>:<name>``: a site
+gateway's leaf node (``edgehub hub leaf-config``) and an operator's natscli (``edgehub hub
+nats-creds``). The ``:`` is outside the id alphabet, so no device id equals one."""
+HOLDER_FIELDS = {"RevokeDeviceRequest": frozenset({"device_id"})}
+"""Message fields that name any credential holder: a device id, or ``<kind>:<name>``."""
+
+
+def holder(kind: str, name: str) -> str:
+    """The record ``name`` of ``kind`` holds its NATS credentials under (``check_holder`` accepts it)."""
+    assert kind in HOLDER_KINDS, kind
+    return f"{kind}:{check_id(name, 'name', max_len=DEVICE_ID_MAX)}"
+
+
+def check_holder(value: str, field: str = "device_id") -> str:
+    """A device id, or ``<kind>:<name>`` of a ``HOLDER_KINDS`` with a device-id name; else ``InvalidId``."""
+    kind, sep, name = value.partition(":")
+    if sep and kind in HOLDER_KINDS:
+        check_id(name, field, max_len=DEVICE_ID_MAX)
+        return value
+    return check_device_id(value, field)
+
+
 def check_ids(message: Message, extra: frozenset[str] = frozenset()) -> None:
     """Check every set id field (``ID_FIELDS`` and ``extra``) of ``message`` and of the messages it
     holds; ``InvalidId`` naming the first bad one. Empty fields are left to the caller (required or not
@@ -119,6 +142,8 @@ def check_ids(message: Message, extra: frozenset[str] = frozenset()) -> None:
             values = value if field.is_repeated else [value]
             for inner in values if not field.message_type.GetOptions().map_entry else ():
                 check_ids(inner, extra)
+        elif field.name in HOLDER_FIELDS.get(message.DESCRIPTOR.name, ()):
+            check_holder(value, field.name)
         elif field.name in ID_FIELDS or field.name in extra:
             values = value if field.is_repeated else [value]
             limit = DEVICE_ID_MAX if field.name in DEVICE_FIELDS else ID_MAX

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SyncError
+from .tls import ServerTls
 
 CONFIG = """\
 listen: {host}:{port}
 http: 127.0.0.1:{monitor}
 max_payload: {max_payload}
-jetstream {{
+{tls}jetstream {{
   store_dir: "{store}"
   sync_interval: always
 }}
@@ -34,8 +35,17 @@ RELOADED = "Reloaded server configuration"
 LEAFNODES = """\
 leafnodes {{
   listen: "{host}:{port}"
-}}
+{tls}}}
 {domains}"""
+TLS = """\
+tls {{
+  cert_file: "{cert}"
+  key_file: "{key}"
+  # TLS before anything else: no INFO in clear, so no client can be talked out of TLS
+  handshake_first: true
+  timeout: 5
+}}
+"""
 JS_DEFAULT_DOMAIN = """\
 # Leaf nodes without JetStream use this server's JetStream for these accounts, in the same (empty)
 # domain: without it nats-server denies $JS.API.>, $KV.> and $OBJ.> on their leaf connections (the
@@ -44,13 +54,27 @@ default_js_domain: {{ {accounts} }}
 """
 
 
-def leafnodes_block(host: str, port: int, js_accounts: tuple[str, ...] = ()) -> str:
+def tls_block(tls: ServerTls | None, indent: str = "") -> str:
+    """nats-server's ``tls`` block for a listener (empty: plaintext)."""
+    if tls is None:
+        return ""
+    block = TLS.format(cert=tls.cert_file, key=tls.key_file)
+    return "".join(f"{indent}{line}\n" for line in block.splitlines())
+
+
+def leafnodes_block(
+    host: str, port: int, js_accounts: tuple[str, ...] = (), tls: ServerTls | None = None
+) -> str:
     """The ``leafnodes`` listener block (leaf nodes on site gateways dial it). In operator mode a leaf
     authenticates with user credentials of an account, like a client; ``js_accounts`` (public keys)
-    may use this server's JetStream through a leaf that runs none."""
+    may use this server's JetStream through a leaf that runs none; ``tls``: leaves connect with TLS
+    first (their remote sets ``handshake_first`` too)."""
     domains = ", ".join(f'{a}: ""' for a in js_accounts)
     return LEAFNODES.format(
-        host=host, port=port, domains=JS_DEFAULT_DOMAIN.format(accounts=domains) if domains else ""
+        host=host,
+        port=port,
+        tls=tls_block(tls, "  "),
+        domains=JS_DEFAULT_DOMAIN.format(accounts=domains) if domains else "",
     )
 
 
@@ -102,10 +126,14 @@ class NatsServer:
     """(host, port) of a leafnode listener for site gateways' leaf nodes; None: none."""
     leaf_js_accounts: tuple[str, ...] = ()
     """Accounts (public keys) whose clients on a leaf without JetStream use this server's."""
+    tls: ServerTls | None = None
+    """Clients must speak TLS (handshake first) with this certificate; None: plaintext."""
+    leaf_tls: ServerTls | None = None
+    """The same for the leafnode listener."""
 
     @property
     def url(self) -> str:
-        return f"nats://{self._dial}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{self._dial}:{self.port}"
 
     @property
     def _dial(self) -> str:
@@ -122,8 +150,11 @@ class NatsServer:
         host: str = "127.0.0.1",
         leaf: tuple[str, int] | None = None,
         leaf_js_accounts: tuple[str, ...] = (),
+        tls: ServerTls | None = None,
+        leaf_tls: ServerTls | None = None,
     ) -> NatsServer:
-        """``leaf``: also listen for leaf nodes on (host, port), port 0 meaning any free port."""
+        """``leaf``: also listen for leaf nodes on (host, port), port 0 meaning any free port;
+        ``tls``/``leaf_tls``: those listeners take TLS only."""
         if leaf is not None:
             leaf = (leaf[0], leaf[1] or free_port())
         server = cls(
@@ -134,6 +165,8 @@ class NatsServer:
             host=host,
             leaf=leaf,
             leaf_js_accounts=leaf_js_accounts,
+            tls=tls,
+            leaf_tls=leaf_tls,
         )
         await server._launch(max_payload)
         return server
@@ -150,8 +183,11 @@ class NatsServer:
                     port=self.port,
                     monitor=self.monitor_port,
                     max_payload=max_payload,
+                    tls=tls_block(self.tls),
                     store=self.store_dir,
-                    leafnodes=leafnodes_block(*self.leaf, self.leaf_js_accounts) if self.leaf else "",
+                    leafnodes=(
+                        leafnodes_block(*self.leaf, self.leaf_js_accounts, self.leaf_tls) if self.leaf else ""
+                    ),
                     auth=self.auth,
                 )
             )
@@ -196,6 +232,17 @@ class NatsServer:
         text = conf.read_text()
         head, _, _ = text.partition(AUTH_MARK)
         conf.write_text(f"{head}{AUTH_MARK}\n{auth}\n")
+        await self._sighup(wait_s)
+
+    async def reload_tls(self, *, wait_s: float = 10.0) -> None:
+        """Load the certificate files anew (renewed in place): new connections get the new
+        certificate, connected clients stay connected. SyncError if the server did not reload."""
+        if self.process is None or self.process.returncode is not None:
+            raise SyncError("nats-server is not running")
+        await self._sighup(wait_s)
+
+    async def _sighup(self, wait_s: float) -> None:
+        assert self.process is not None
         log_path = self.store_dir / "nats-server.log"
         before = log_path.read_text(errors="replace").count(RELOADED)
         os.kill(self.process.pid, signal.SIGHUP)

@@ -12,6 +12,7 @@ import asyncio
 import shutil
 import subprocess
 from dataclasses import dataclass
+from typing import Any
 
 from edgehub.llm import ModelFileError, check_model_file
 
@@ -19,6 +20,7 @@ from ..brain import llama_settings
 from ..config import EdgeConfig
 from ..errors import EdgeError
 from ..uplink.identity import DeviceIdentity
+from ..uplink.link import hub_endpoints
 
 BOOTSTRAP = "scripts/bootstrap.sh (runs scripts/criu.sh)"
 
@@ -96,7 +98,9 @@ def check_model(cfg: EdgeConfig) -> Finding:
     return Finding("model", True, True, f"{path} ({path.stat().st_size / 1e6:.0f} MB)")
 
 
-async def _nats_ping(urls: list[str], identity: DeviceIdentity | None, wait_s: float) -> None:
+async def _nats_ping(
+    urls: list[str], tls: dict[str, Any], identity: DeviceIdentity | None, wait_s: float
+) -> None:
     import nats
     from nats.aio.client import DEFAULT_INBOX_PREFIX
 
@@ -115,6 +119,7 @@ async def _nats_ping(urls: list[str], identity: DeviceIdentity | None, wait_s: f
                 error_cb=collect,
                 user_credentials=str(identity.creds) if identity else None,
                 inbox_prefix=identity.inbox_prefix if identity else DEFAULT_INBOX_PREFIX,
+                **tls,
             ),
             wait_s * 2,
         )
@@ -132,11 +137,14 @@ def check_hub(cfg: EdgeConfig, timeout: float = 3.0) -> Finding | None:
         identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
     except EdgeError as exc:
         return Finding("hub identity", False, True, str(exc), "edgehub edge enroll --force ...")
-    urls = [cfg.hub.nats_url] if cfg.hub.nats_url else list(identity.nats_urls if identity else ())
+    try:
+        urls, tls = hub_endpoints(cfg.hub, identity)
+    except EdgeError as exc:
+        return Finding("hub (NATS)", False, True, str(exc), "use tls:// URLs (edgehub edge enroll)")
     if not urls:
         return None
     try:
-        asyncio.run(_nats_ping(urls, identity, timeout))
+        asyncio.run(_nats_ping(urls, tls, identity, timeout))
     except Exception as exc:
         detail = f"{', '.join(urls)}: {type(exc).__name__}: {exc}".rstrip(": ")
         return Finding("hub (NATS)", False, True, detail, "check hub.nats_url, the network and credentials")

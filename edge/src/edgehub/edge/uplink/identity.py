@@ -7,6 +7,8 @@ keeps what comes back in ``<data_dir>/identity/`` (0700, secrets 0600)::
     device.creds     NATS user JWT + seed (only this device's subjects)
     device.key/.pem  client certificate for the hub's API (mutual TLS)
     ca.pem           the hub's CA
+    nats-ca.pem      the CA of the NATS servers' certificates (tls:// URLs): the hub's, or its
+                     external cluster's
     identity.json    version, device id, NATS URLs, inbox prefix, enrolment time
 """
 
@@ -45,6 +47,13 @@ class DeviceIdentity:
     @property
     def creds(self) -> Path:
         return self.folder / "device.creds"
+
+    @property
+    def nats_ca(self) -> Path:
+        """The CA that verifies the NATS servers (a device enrolled before it was handed out: the
+        hub's CA, which signs the embedded server's certificate)."""
+        handed = self.folder / "nats-ca.pem"
+        return handed if handed.exists() else self.folder / "ca.pem"
 
     @classmethod
     def load(cls, folder: Path, device_id: str) -> DeviceIdentity | None:
@@ -90,6 +99,7 @@ def enroll(folder: Path, device_id: str, api: str, token: str, ca_pem: bytes) ->
     write_secret(folder / "device.key", key_pem(cert_key))
     write_secret(folder / "device.pem", reply.client_cert_pem)
     write_secret(folder / "ca.pem", reply.ca_pem)
+    write_secret(folder / "nats-ca.pem", reply.nats_ca_pem or reply.ca_pem)
     record = {
         "version": IDENTITY_VERSION,
         "device_id": device_id,

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import nats
 from nats.aio.client import DEFAULT_INBOX_PREFIX, Client
@@ -21,9 +22,11 @@ from nats.aio.client import DEFAULT_INBOX_PREFIX, Client
 from edgehub.protocol.v1 import twin_pb2
 from edgehub.sync import OutboxPublisher, Stopped, until_stopped
 from edgehub.sync.commands import CommandConsumer, Handler
+from edgehub.sync.errors import SyncError
 from edgehub.sync.publisher import Entry
 from edgehub.sync.records import RecordStore
 from edgehub.sync.streams import DEVICES
+from edgehub.sync.tls import nats_tls
 
 from ..config import HubLinkConfig
 from ..errors import ConfigError
@@ -47,6 +50,18 @@ class LinkStore(Protocol):
     def outbox_depth(self) -> int: ...
 
 
+def hub_endpoints(cfg: HubLinkConfig, identity: DeviceIdentity | None) -> tuple[list[str], dict[str, Any]]:
+    """The hub's NATS URLs (configured, else from enrollment; empty: none) and the TLS arguments of
+    ``nats.connect`` for them (``edgehub.sync.tls.nats_tls``: TLS first against the CA enrollment
+    gave; plaintext only to loopback unless ``[hub] allow_plaintext``). ConfigError when refused."""
+    urls = [cfg.nats_url] if cfg.nats_url else list(identity.nats_urls if identity else ())
+    ca = cfg.ca_file or (identity.nats_ca if identity else None)
+    try:
+        return urls, nats_tls(urls, ca, allow_plaintext=cfg.allow_plaintext) if urls else {}
+    except (SyncError, OSError, ssl.SSLError) as exc:
+        raise ConfigError(str(exc), key="hub.nats_url") from None
+
+
 async def _quiet(exc: Exception) -> None:
     log.debug("hub link: %s", exc)
 
@@ -63,7 +78,7 @@ class HubLink:
         *,
         identity: DeviceIdentity | None = None,
     ) -> None:
-        urls = [cfg.nats_url] if cfg.nats_url else list(identity.nats_urls if identity else ())
+        urls, self.tls = hub_endpoints(cfg, identity)
         if not urls:
             raise ConfigError("no NATS URL for the hub: set it, or enroll the device", key="hub.nats_url")
         self.urls = urls
@@ -100,6 +115,7 @@ class HubLink:
                     error_cb=_quiet,
                     user_credentials=creds,
                     inbox_prefix=inbox or DEFAULT_INBOX_PREFIX,
+                    **self.tls,
                 )
                 return await until_stopped(connecting, stop)
             except Stopped:

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 from typing import Annotated
 
+import nkeys
 import typer
 from nats.errors import Error as NatsError
 
 from edgehub.cli.common import ConfigOpt, err, fail, setup_logging
+from edgehub.protocol.errors import EdgehubError
+from edgehub.protocol.ids import DEVICE_ID_MAX, check_id, holder
 from edgehub.sync import SyncError
-from edgehub.sync.auth import Trust
+from edgehub.sync.auth import Trust, creds_text, keypair, new_seed, public_key, write_secret
 from edgehub.sync.server import dial_host
+from edgehub.sync.tls import CertificateAuthority, nats_tls
 
 from ..app import HubDaemon
 from ..config import HubConfig, load_config
 from ..errors import HubError
-from ..fleet.leaf import leaf_user, write_leaf_folder
+from ..fleet.leaf import hub_revocations, leaf_user, write_leaf_folder
 
 hub_app = typer.Typer(
     help="The hub daemon: fleet registry over NATS JetStream and the management API.", no_args_is_help=True
@@ -55,6 +60,65 @@ def hub_run(
         fail(exc)
 
 
+def _hub_nats(cfg: HubConfig, nats_url: str | None) -> str:
+    """The hub's NATS URL for a command run where the hub runs (its trust folder must be there)."""
+    n = cfg.nats
+    scheme = "tls" if n.client_tls else "nats"
+    if not (
+        url := nats_url
+        or n.url
+        or (n.embedded_port and f"{scheme}://{dial_host(n.embedded_host)}:{n.embedded_port}")
+    ):
+        fail("the embedded server's port is 0 (any): pass --nats-url")
+    if not (cfg.auth.dir / "account.nk").exists():
+        fail(
+            f"no trust folder at {cfg.auth.dir}: run this where the hub runs (or set EDGEHUB_HUB__AUTH__DIR)"
+        )
+    return url
+
+
+NatsUrlOpt = Annotated[
+    str | None, typer.Option(help="The hub's NATS (default: the configured url, or the embedded server's).")
+]
+
+
+@hub_app.command("nats-creds")
+def hub_nats_creds(
+    name: Annotated[
+        str, typer.Argument(help="Whose they are: recorded as nats:NAME (edgehub devices revoke nats:NAME).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The .creds file to write (0600).")],
+    ttl: Annotated[
+        float, typer.Option(min=60, max=30 * 86400, help="Seconds until they expire (default 8 hours).")
+    ] = 8 * 3600,
+    config: ConfigOpt = None,
+    nats_url: NatsUrlOpt = None,
+) -> None:
+    """NATS credentials for an operator's natscli: an unrestricted user of the hub's account (streams,
+    consumers, KV), a new key, expiring after TTL, recorded like a device's so that `edgehub devices
+    revoke nats:NAME` cuts them off. Run where the hub runs (it reads the trust folder). Prints the
+    natscli options that go with them (TLS first, with the hub's CA)."""
+    cfg = load(config)
+    try:
+        who = holder("nats", name)
+    except EdgehubError as exc:
+        fail(exc)
+    url = _hub_nats(cfg, nats_url)
+    trust, ca = Trust.load_or_create(cfg.auth.dir), CertificateAuthority.load_or_create(cfg.auth.dir)
+    seed = new_seed(nkeys.PREFIX_BYTE_USER)
+    user_key = public_key(keypair(seed))
+    try:
+        tls = nats_tls([url], ca.pem, allow_plaintext=cfg.nats.allow_plaintext)
+        asyncio.run(hub_revocations(trust, url, (who, user_key), tls=tls))  # records what it issues
+    except (OSError, SyncError, TimeoutError, NatsError) as exc:
+        fail(f"{exc or exc.__class__.__name__} (is the hub running, its NATS at {url}?)")
+    write_secret(out, creds_text(trust.user_jwt(who, user_key, None, ttl_s=ttl), seed))
+    until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() + ttl))
+    print(f"{out}: NATS credentials {who} ({user_key}), until {until}, 0600")
+    tls_flags = f" --tlsfirst --tlsca {cfg.auth.dir / 'ca.pem'}" if url.startswith("tls://") else ""
+    print(f"natscli: nats --server {url}{tls_flags} --creds {out} stream ls")
+
+
 @hub_app.command("leaf-config")
 def hub_leaf_config(
     out: Annotated[
@@ -62,11 +126,21 @@ def hub_leaf_config(
     ],
     name: Annotated[str, typer.Option(help="The leaf's name (its credentials are leaf:NAME).")] = "leaf",
     config: ConfigOpt = None,
-    nats_url: Annotated[
-        str | None,
-        typer.Option(help="The hub's NATS (default: the configured url, or the embedded server's)."),
+    nats_url: NatsUrlOpt = None,
+    renew: Annotated[
+        bool, typer.Option(help="Issue new leaf credentials (and server certificate) even if OUT has some.")
+    ] = False,
+    tls_name: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--tls-name",
+            help="A host name or IP the site's devices dial the leaf at (repeat for several): the leaf "
+            "then gets a server certificate from the hub's CA and takes TLS only (server.pem, server.key).",
+        ),
     ] = None,
-    renew: Annotated[bool, typer.Option(help="Issue new leaf credentials even if OUT has some.")] = False,
+    tls_days: Annotated[
+        float, typer.Option(min=1, max=825, help="Lifetime of the leaf's server certificate.")
+    ] = 90.0,
 ) -> None:
     """What a NATS leaf node on a site gateway needs (the edgehub_nats_leaf Ansible role): the hub's
     trust block (public JWTs, current revocations) and credentials for its connection to the hub's
@@ -75,22 +149,27 @@ def hub_leaf_config(
     unless something did."""
     cfg = load(config)
     n = cfg.nats
-    if not (
-        url := nats_url
-        or n.url
-        or (n.embedded_port and f"nats://{dial_host(n.embedded_host)}:{n.embedded_port}")
-    ):
-        fail("the embedded server's port is 0 (any): pass --nats-url")
-    if not (cfg.auth.dir / "account.nk").exists():
-        fail(
-            f"no trust folder at {cfg.auth.dir}: run this where the hub runs (or set EDGEHUB_HUB__AUTH__DIR)"
-        )
     try:
-        done = write_leaf_folder(Trust.load_or_create(cfg.auth.dir), url, out, name, renew=renew)
+        check_id(name, "--name", max_len=DEVICE_ID_MAX)
+    except EdgehubError as exc:
+        fail(exc)
+    url = _hub_nats(cfg, nats_url)
+    try:
+        done = write_leaf_folder(
+            Trust.load_or_create(cfg.auth.dir),
+            url,
+            out,
+            name,
+            renew=renew,
+            ca=CertificateAuthority.load_or_create(cfg.auth.dir),
+            tls_names=tls_name,
+            tls_days=tls_days,
+            allow_plaintext=n.allow_plaintext,
+        )
     except (OSError, SyncError, TimeoutError, NatsError) as exc:
         fail(f"{exc or exc.__class__.__name__} (is the hub running, its NATS at {url}?)")
     leaf = (
-        f"nats-leaf://{n.leaf_host or n.embedded_host}:{n.leaf_port}"
+        f"nats-leaf://{n.leaf_host or n.embedded_host}:{n.leaf_port} ({'TLS' if n.leaf_tls else 'plaintext'})"
         if n.leaf_port
         else "(off: set leaf_port in the nats section)"
     )
@@ -100,4 +179,8 @@ def hub_leaf_config(
         print(f"{out}/leaf.creds: new credentials {leaf_user(name)} ({done.creds_issued}), 0600")
     else:
         print(f"{out}/leaf.creds: kept")
+    if tls_name:
+        print(
+            f"{out}/server.pem: {'new certificate' if done.cert_issued else 'kept'} for {', '.join(tls_name)}"
+        )
     print(f"account {done.account}; the hub's leafnode listener: {leaf}")

@@ -220,6 +220,8 @@ class DeviceIdentity:
     credentials: Credentials
     revoked: RevokedDevices | None = None
     """The revoked devices' ids the device views read; told at once of a revocation here."""
+    nats_ca: bytes | None = None
+    """The CA (bundle) of the NATS servers' certificates, handed to devices (None: ``ca``'s)."""
     device_api: str = ""
     """Where devices call the API with their client certificate (set by ``api.serve``)."""
     apply_revocations: Callable[[dict[str, int]], Awaitable[bool]] | None = None
@@ -254,6 +256,7 @@ class DeviceIdentity:
             ca_pem=self.ca.pem.decode(),
             inbox_prefix=inbox_prefix(req.device_id),
             device_api=self.device_api,
+            nats_ca_pem=(self.nats_ca or self.ca.pem).decode(),
         )
 
     async def revoke(self, device_id: str, by: str, reason: str) -> hub_pb2.RevokeDeviceResponse:

@@ -13,6 +13,11 @@ The folder written (``write_leaf_folder``):
     trust.conf    the operator-mode block (public: JWTs only, no seed), included by the leaf's config
     account.pub   the application account's public key (the remote's ``account``)
     leaf.creds    the leaf's user credentials (secret, 0600); kept across runs unless renewed
+    ca.pem        the hub's CA: the leaf verifies the hub's leafnode listener with it (and devices,
+                  which got it at enrollment, verify the leaf)
+    server.pem    with TLS names: the leaf's own server certificate for the site's devices, from the
+    server.key    hub's CA (the key 0600); renewed when a third of its life is left, the names change
+                  or ``renew``; the leaf loads a renewed one on reload, its devices stay connected
 
 Running it again writes nothing when nothing changed (the JWTs carry an issue time, so claims are
 compared, not text), and keeps the operator JWT a leaf already has: nats-server refuses a reload that
@@ -31,7 +36,9 @@ import nats
 import nkeys
 from nats.aio.client import RawCredentials
 
+from edgehub.protocol.ids import holder
 from edgehub.sync.auth import Trust, creds_text, decode_jwt, keypair, new_seed, public_key, write_secret
+from edgehub.sync.tls import CertificateAuthority, ServerTls, names_of, nats_tls
 
 from .identity import Credentials
 
@@ -42,7 +49,7 @@ _CREDS_JWT = re.compile(r"-----BEGIN NATS USER JWT-----\n(\S+)\n")
 
 def leaf_user(name: str) -> str:
     """The record (``edgehub devices revoke`` argument) the leaf's credentials are issued under."""
-    return f"leaf:{name}"
+    return holder("leaf", name)
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,8 @@ class LeafFolder:
     """trust.conf was written (new, or the claims changed: e.g. a device was revoked since)."""
     creds_issued: str | None
     """The user key of newly issued leaf credentials; None: the existing ones were kept."""
+    cert_issued: bool = False
+    """A new server certificate was written (none yet, names changed, due, or renewed)."""
 
 
 def _claims(jwt: str) -> dict[str, Any]:
@@ -90,12 +99,14 @@ def _creds_account(text: str) -> str | None:
 
 
 async def hub_revocations(
-    trust: Trust, nats_url: str, issued: tuple[str, str] | None = None
+    trust: Trust, nats_url: str, issued: tuple[str, str] | None = None, *, tls: dict[str, Any] | None = None
 ) -> dict[str, int]:
     """The hub's current revocations, read from its NATS as a hub process; ``issued`` (record, user
-    key): first record newly issued leaf credentials, as enrollment does for a device's."""
+    key): first record newly issued leaf credentials, as enrollment does for a device's; ``tls``: the
+    connection's TLS arguments (``nats_tls``)."""
     nc = await nats.connect(
         nats_url,
+        **(tls or {}),
         name="edgehub-leaf-config",
         user_credentials=RawCredentials(trust.hub_creds("leaf-config")),
         allow_reconnect=False,
@@ -110,10 +121,37 @@ async def hub_revocations(
         await nc.close()
 
 
+def _server_certificate(
+    ca: CertificateAuthority, folder: Path, names: list[str], days: float, renew: bool
+) -> bool:
+    """Write the leaf's server certificate unless the one there is for ``names``, from ``ca`` and not
+    due; True: written."""
+    pair = ServerTls(folder / "server.pem", folder / "server.key")
+    if not renew and pair.cert_file.exists() and pair.key_file.exists():
+        try:
+            if names_of(pair.cert_file) == names and pair.issued_by(ca) and not pair.due():
+                return False
+        except ValueError:  # unreadable: issue a new one
+            pass
+    ca.write_server_pair(folder, names, days)
+    return True
+
+
 def write_leaf_folder(
-    trust: Trust, nats_url: str, folder: Path, name: str, *, renew: bool = False
+    trust: Trust,
+    nats_url: str,
+    folder: Path,
+    name: str,
+    *,
+    renew: bool = False,
+    ca: CertificateAuthority | None = None,
+    tls_names: list[str] | None = None,
+    tls_days: float = 90.0,
+    allow_plaintext: bool = False,
 ) -> LeafFolder:
-    """Write (or bring up to date) ``folder`` for the leaf ``name``; needs the hub's NATS running."""
+    """Write (or bring up to date) ``folder`` for the leaf ``name``; needs the hub's NATS running.
+    ``ca``: the hub's CA (written as ca.pem; with ``tls_names``, the leaf's server certificate for
+    those names is issued from it, valid ``tls_days``)."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     trust_file, creds_file, account_file = (
         folder / "trust.conf",
@@ -125,7 +163,8 @@ def write_leaf_folder(
     if renew or _creds_account(old_creds) != trust.account_id:  # none yet, or another hub's
         creds, user_key = leaf_creds(trust, name)
     issued = (leaf_user(name), user_key) if user_key else None
-    revocations = asyncio.run(hub_revocations(trust, nats_url, issued))
+    tls = nats_tls([nats_url], ca.pem if ca else None, allow_plaintext=allow_plaintext)
+    revocations = asyncio.run(hub_revocations(trust, nats_url, issued, tls=tls))
     if creds is not None:
         write_secret(creds_file, creds)
     previous = trust_file.read_text() if trust_file.exists() else ""
@@ -136,4 +175,12 @@ def write_leaf_folder(
         trust_file.chmod(0o644)
     if not account_file.exists() or account_file.read_text().strip() != trust.account_id:
         account_file.write_text(trust.account_id + "\n")
-    return LeafFolder(folder, trust.account_id, changed, user_key)
+    cert_issued = False
+    if ca is not None:
+        ca_file = folder / "ca.pem"
+        if not ca_file.exists() or ca_file.read_bytes() != ca.pem:
+            ca_file.write_bytes(ca.pem)
+            ca_file.chmod(0o644)
+        if tls_names:
+            cert_issued = _server_certificate(ca, folder, tls_names, tls_days, renew)
+    return LeafFolder(folder, trust.account_id, changed, user_key, cert_issued)

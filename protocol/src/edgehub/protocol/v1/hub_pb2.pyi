@@ -678,6 +678,7 @@ class EnrollResponse(_message.Message):
     CA_PEM_FIELD_NUMBER: _builtins.int
     INBOX_PREFIX_FIELD_NUMBER: _builtins.int
     DEVICE_API_FIELD_NUMBER: _builtins.int
+    NATS_CA_PEM_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     nats_jwt: _builtins.str
     """User JWT for nats_user_key, allowed only this device's subjects."""
@@ -687,6 +688,10 @@ class EnrollResponse(_message.Message):
     """The device's NATS inbox prefix (its credentials allow no other)."""
     device_api: _builtins.str
     """The API address for devices (mutual TLS with client_cert_pem)."""
+    nats_ca_pem: _builtins.str
+    """The CA (bundle) that signs the certificates of the NATS servers in nats_urls (tls:// URLs):
+    the hub's CA, or the one configured for an external NATS cluster.
+    """
     @_builtins.property
     def nats_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """NATS servers the device should use (may be empty: keep its configured URL)."""
@@ -701,10 +706,11 @@ class EnrollResponse(_message.Message):
         ca_pem: _builtins.str = ...,
         inbox_prefix: _builtins.str = ...,
         device_api: _builtins.str = ...,
+        nats_ca_pem: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "client_cert_pem", b"client_cert_pem", "device_api", b"device_api", "device_id", b"device_id", "inbox_prefix", b"inbox_prefix", "nats_jwt", b"nats_jwt", "nats_urls", b"nats_urls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "client_cert_pem", b"client_cert_pem", "device_api", b"device_api", "device_id", b"device_id", "inbox_prefix", b"inbox_prefix", "nats_ca_pem", b"nats_ca_pem", "nats_jwt", b"nats_jwt", "nats_urls", b"nats_urls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
