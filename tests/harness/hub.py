@@ -31,6 +31,13 @@ class Hub:
     trust: Path
     prefix: list[str] = field(default_factory=list)
     """Runs a command where the hub runs (its network namespace, see ``tests.harness.netns``)."""
+    log: Path | None = None
+    """Where the hub's standard error goes: a file, because a pipe nobody reads while the test runs
+    fills up (64 KB of log) and then blocks the hub's event loop on its next log line."""
+
+    def output(self) -> str:
+        """What the hub logged so far."""
+        return self.log.read_text(errors="replace") if self.log is not None and self.log.exists() else ""
 
     @property
     def env(self) -> dict[str, str]:
@@ -69,7 +76,7 @@ class Hub:
         (where the device runs: ``prefix``, e.g. its network namespace)."""
         token = self.cli("devices", "enroll-token", device_id)
         assert token.returncode == 0, token.stderr
-        device = Hub(self.proc, self.url, self.api, self.trust, prefix or [])
+        device = Hub(self.proc, self.url, self.api, self.trust, prefix or [], self.log)
         return device.cli(
             "edge",
             "enroll",
@@ -84,7 +91,7 @@ class Hub:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the hub exited: {self.proc.communicate()[1][-2000:]}")
+                raise AssertionError(f"the hub exited: {self.output()[-2000:]}")
             if self.prefix:  # in another namespace: ask from there
                 probe = f"import socket; socket.create_connection(({host!r}, {port}), 1)"
                 if (
@@ -104,9 +111,11 @@ class Hub:
         raise AssertionError(f"the hub's API at {self.api} did not come up in {timeout} s")
 
     def stop(self) -> str:
-        self.proc.terminate()
-        _, stderr = self.proc.communicate(timeout=30)
-        return stderr
+        """SIGTERM (if it still runs), wait, and what it logged."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        return self.output()
 
 
 def start_hub(
@@ -147,10 +156,10 @@ def start_hub(
         "EDGEHUB_HUB__NEO4J__EMBEDDED_DATA": str(tmp_path / "neo4j"),
         **(env or {}),
     }
-    proc = subprocess.Popen(
-        [*(prefix or []), *EDGEHUB, "hub", "run"], env=env, stderr=subprocess.PIPE, text=True
-    )
+    log = tmp_path / f"{hub_id}-{time.monotonic_ns()}.stderr.log"
+    with log.open("w") as stderr:  # the child keeps its own descriptor
+        proc = subprocess.Popen([*(prefix or []), *EDGEHUB, "hub", "run"], env=env, stderr=stderr, text=True)
     listen = env["EDGEHUB_HUB__NATS__EMBEDDED_HOST"]
     tls = env.get("EDGEHUB_HUB__NATS__TLS", "").lower()
     scheme = "tls" if tls == "true" or (tls != "false" and not is_loopback(listen)) else "nats"
-    return Hub(proc, f"{scheme}://{host}:{port}", api, trust, prefix or [])
+    return Hub(proc, f"{scheme}://{host}:{port}", api, trust, prefix or [], log)
