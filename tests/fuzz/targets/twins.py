@@ -39,7 +39,7 @@ from edgehub.protocol.ids import id_of_key, kv_key
 from edgehub.protocol.v1 import goals_pb2, twin_pb2
 from edgehub.sync.fake import FakeJetStream
 from edgehub.sync.records import Change, ChangeKind, RecordUnreadable
-from tests.fuzz.protos import text, wire
+from tests.fuzz.protos import build, damaged, text
 
 G = goals_pb2
 T = twin_pb2
@@ -72,17 +72,20 @@ def _json_value(fdp: FuzzedDataProvider, depth: int = 0) -> object:
     return {text(fdp, FIELDS): _json_value(fdp, depth + 1) for _ in range(fdp.ConsumeIntInRange(0, 4))}
 
 
-def value(fdp: FuzzedDataProvider) -> bytes:
-    """What the device writes (see the module docstring)."""
+def value(fdp: FuzzedDataProvider, owner: str) -> bytes:
+    """What the device writes (see the module docstring); often naming ``owner``, as its daemon would."""
     how = fdp.ConsumeIntInRange(0, 3)
     if how == 0:
         fields = {fdp.PickValueInList(FIELDS): _json_value(fdp) for _ in range(fdp.ConsumeIntInRange(0, 8))}
-        if fdp.ConsumeBool():
-            fields["device_id"] = fdp.PickValueInList(["dev-a", "dev-x"])
+        if fdp.ConsumeIntInRange(0, 3):
+            fields["device_id"] = owner if fdp.ConsumeBool() else _json_value(fdp)
         return json.dumps(fields).encode()  # NaN and Infinity as Python writes them
     if how == 1:
         return b"{" + fdp.ConsumeBytes(fdp.ConsumeIntInRange(0, 200))
-    return wire(T.DeviceTwin, fdp, WORDS)
+    twin = build(T.DeviceTwin, fdp, WORDS)
+    if fdp.ConsumeBool():
+        twin.schema_version, twin.device_id = 1, owner
+    return damaged(twin.SerializeToString(), fdp)
 
 
 def key(fdp: FuzzedDataProvider) -> str:
@@ -127,7 +130,8 @@ def one_input(data: bytes) -> None:
     watcher.synced = True
     good = Change(ChangeKind.PUT, "dev-a", good_twin("dev-a", now), 1, now)
     watcher._apply(good, live=True)
-    where, raw = key(fdp), value(fdp)
+    where = key(fdp)
+    raw = value(fdp, id_of_key(where))
     before = dict(watcher.view)
     try:
         change = Change(ChangeKind.PUT, where, TWINS.decode(raw), 2, now)
