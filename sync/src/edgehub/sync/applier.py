@@ -47,7 +47,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from edgehub.protocol import subjects
-from edgehub.protocol.ids import InvalidId, check_ids
+from edgehub.protocol.ids import InvalidId, check_ids, shown
+from edgehub.protocol.times import InvalidTime, check_times
 from edgehub.protocol.v1 import events_pb2
 
 from .errors import MessageRejected, SyncError
@@ -58,6 +59,10 @@ from .streams import APPLIED, HUB_EVENTS_CONSUMER, MAX_EVENT_BYTES
 log = logging.getLogger("edgehub.sync.applier")
 
 SUPPORTED_EVENT_VERSIONS = frozenset({1})
+_AGENT_BODIES = ("step", "task_result")
+"""Bodies that name their agent again: it must be the envelope's (the one the subject authenticates).
+A device's result naming another device's task agent failed or finished that task (found by the
+``events`` fuzz target)."""
 Apply = Callable[[events_pb2.EdgeEvent], Awaitable[None]]
 ApplyBatch = Callable[[list[events_pb2.EdgeEvent]], Awaitable[None]]
 """Applies a batch's admitted events (in per-device sequence order) at once: lets the registry write
@@ -89,11 +94,16 @@ def decode(msg: Msg) -> events_pb2.EdgeEvent:
     if (device, agent) != (event.device_id, event.agent_id) or event.seq < 1:
         raise MessageRejected(
             f"subject says {device}/{agent} but the event says "
-            f"{event.device_id}/{event.agent_id} seq {event.seq}"
+            f"{shown(event.device_id)}/{shown(event.agent_id)} seq {event.seq}"
         )
+    body = event.WhichOneof("body")
+    if body in _AGENT_BODIES and (named := getattr(event, body).agent_id) != agent:
+        # the fence and the registry judge the envelope's agent; the goal intake the result's: one agent
+        raise MessageRejected(f"the {body} names agent {shown(named, 80)}, the event's agent is {agent}")
     try:
         check_ids(event)  # every id the payload holds (a task's, a migration's) before the hub uses one
-    except InvalidId as exc:
+        check_times(event)  # a time out of range raises wherever it is read: refused whole, here
+    except (InvalidId, InvalidTime) as exc:
         raise MessageRejected(exc.message) from None
     return event
 

@@ -22,6 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from edgehub.protocol import subjects
 from edgehub.protocol.ids import InvalidId, check_ids, shown
+from edgehub.protocol.times import InvalidTime, check_times
 from edgehub.protocol.v1 import commands_pb2
 
 from .errors import MessageRejected
@@ -91,7 +92,8 @@ def decode_command(msg: Msg, device_id: str) -> commands_pb2.Command:
         raise MessageRejected(f"not a command for {device_id}: {who}")
     try:
         check_ids(cmd)  # an id the edge would use in a subject, a key or a file name
-    except InvalidId as exc:
+        check_times(cmd)
+    except (InvalidId, InvalidTime) as exc:
         raise MessageRejected(exc.message) from None
     return cmd
 
