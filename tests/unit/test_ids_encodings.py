@@ -238,3 +238,14 @@ def test_only_a_revocation_takes_a_holder_not_a_device_field_elsewhere() -> None
     assert holder("nats", "alice") == "nats:alice"
     with pytest.raises(InvalidId, match="device_id"):
         check_ids(hub_pb2.StartAgentRequest(device_id="leaf:gw", goal="x"))
+
+
+def test_dead_letter_headers_are_one_printable_line_each() -> None:
+    """A reason quotes what a device sent: a line break would add headers of its choosing."""
+    from edgehub.sync.errors import dead_letter_headers
+
+    headers = dead_letter_headers("bad\r\nNats-Msg-Id: x", "edgehub.ev.d.a" + "\x00" * 400)
+    assert set(headers) == {"Edgehub-Reason", "Edgehub-Subject"}
+    assert all(v.isprintable() for v in headers.values())
+    assert "\n" not in headers["Edgehub-Reason"]
+    assert len(headers["Edgehub-Subject"]) <= 256

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import events_pb2
+from edgehub.sync.errors import dead_letter_headers
 
 from .fleet.agents import AgentRecord, Refusal, fence, stranger
 from .knowledge.episodes import episode_records
@@ -76,7 +77,7 @@ class EventRouter:
         for event, reason in refused:
             self.fenced += 1
             log.warning("event %s from %s refused: %s", event.event_id, event.device_id, reason)
-            headers = {"Edgehub-Reason": f"fenced: {reason}"[:500], "Edgehub-Subject": event.event_id[:200]}
+            headers = dead_letter_headers(f"fenced: {reason}", event.event_id)
             await self.services.js.publish(
                 subjects.deadletter("events"), event.SerializeToString(), headers=headers
             )

@@ -51,7 +51,7 @@ from edgehub.protocol.ids import InvalidId, check_ids, shown
 from edgehub.protocol.times import InvalidTime, check_times
 from edgehub.protocol.v1 import events_pb2
 
-from .errors import MessageRejected, SyncError
+from .errors import MessageRejected, SyncError, dead_letter_headers
 from .lease import Lease
 from .records import RecordConflict, RecordStore, TextCodec
 from .streams import APPLIED, HUB_EVENTS_CONSUMER, MAX_EVENT_BYTES
@@ -501,7 +501,7 @@ class EventApplier:
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         log.warning("dead-lettering a message from %s: %s", msg.subject, reason)
-        headers = {"Edgehub-Reason": reason[:500], "Edgehub-Subject": msg.subject}
+        headers = dead_letter_headers(reason, msg.subject)
         await self.js.publish(subjects.deadletter("events"), msg.data[:MAX_EVENT_BYTES], headers=headers)
         self.stats.dead_lettered += 1
         await msg.ack()

@@ -25,7 +25,7 @@ from edgehub.protocol.ids import InvalidId, check_ids, shown
 from edgehub.protocol.times import InvalidTime, check_times
 from edgehub.protocol.v1 import commands_pb2
 
-from .errors import MessageRejected
+from .errors import MessageRejected, dead_letter_headers
 from .pull import pull_forever
 from .streams import MAX_EVENT_BYTES
 
@@ -133,7 +133,7 @@ class CommandConsumer:
     async def _reject(self, msg: Msg, rejected: MessageRejected) -> None:
         log.warning("command rejected: %s", rejected.reason)
         self.rejected += 1
-        headers = {"Edgehub-Reason": rejected.reason[:500], "Edgehub-Subject": msg.subject}
+        headers = dead_letter_headers(rejected.reason, msg.subject)
         with contextlib.suppress(Exception):
             await self.js.publish(
                 subjects.device_deadletter(self.device_id), msg.data[:MAX_EVENT_BYTES], headers=headers

@@ -35,3 +35,15 @@ class Stopped(SyncError):
 
     def __init__(self) -> None:
         super().__init__("stopped")
+
+
+def dead_letter_headers(reason: str, subject: str) -> dict[str, str]:
+    """The headers of a dead letter: why (``Edgehub-Reason``) and where it came from
+    (``Edgehub-Subject``), each one printable line of bounded length. Reasons quote what a device
+    sent; a line break in a header value would add headers of the device's choosing (a
+    ``Nats-Msg-Id`` that makes the stream drop later dead letters as duplicates)."""
+    return {"Edgehub-Reason": _one_line(reason, 500), "Edgehub-Subject": _one_line(subject, 256)}
+
+
+def _one_line(text: str, limit: int) -> str:
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
