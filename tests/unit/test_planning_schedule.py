@@ -240,3 +240,21 @@ def test_a_task_whose_agent_migrated_follows_it_instead_of_being_reassigned() ->
     state = record.tasks["a"]
     assert (state.device, state.status, state.attempt) == (target, G.TASK_STATUS_RUNNING, 1)
     assert "runs on" in record.audit[-1].what
+
+
+def test_a_device_reporting_absurd_usage_cannot_break_the_goals_accounting() -> None:
+    """Usage is the device's word: a result claiming 2**64-1 tokens and 2**32-1 tool calls is bounded,
+    so the goal's totals do not overflow and the next result (another device's) still applies."""
+    fleet = devices("dev-a", "dev-b")
+    record = goal([t("a"), t("b"), t("c", ["a", "b"])], fleet)
+    fx = advance(record, fleet, Counter(), T0, CFG, "hub")
+    starts = {c.start_agent.task_id.split("/")[1]: c.device_id for c in fx.commands}
+    for tid in ("a", "b"):
+        forged = finish(record, tid, tokens=2**64 - 1)
+        forged.usage.evaluated_tokens = 2**64 - 1
+        forged.usage.tool_calls = forged.usage.steps = 2**32 - 1
+        apply_result(record, tid, forged, starts[tid], T0 + 1, CFG)
+    assert record.tasks["a"].status == G.TASK_STATUS_DONE
+    assert record.tasks["b"].status == G.TASK_STATUS_DONE
+    assert record.usage.tool_calls <= 2 * 10**6
+    record.SerializeToString()  # still a valid record

@@ -383,8 +383,22 @@ def apply_result(
     return fx
 
 
+MAX_REPORTED_TOKENS = 10**9
+"""Tokens one task result may report (evaluated and completion, each): usage is the device's word."""
+MAX_REPORTED_COUNT = 10**6
+"""Steps and tool calls one task result may report."""
+
+
 def _count_usage(record: G.Goal, state: G.TaskState, u: agent_pb2.Usage, device: str) -> int:
-    """Add an attempt's usage to the goal's, the device's and the task's; the tokens it spent."""
+    """Add an attempt's usage to the goal's, the device's and the task's; the tokens it spent. What a
+    device reports is bounded first: a huge count would overflow the goal's totals and make every later
+    result for the goal fail to apply, another device's too."""
+    u = agent_pb2.Usage(
+        evaluated_tokens=min(u.evaluated_tokens, MAX_REPORTED_TOKENS),
+        completion_tokens=min(u.completion_tokens, MAX_REPORTED_TOKENS),
+        tool_calls=min(u.tool_calls, MAX_REPORTED_COUNT),
+        steps=min(u.steps, MAX_REPORTED_COUNT),
+    )
     tokens = u.evaluated_tokens + u.completion_tokens
     usage = record.usage
     usage.tokens += tokens
