@@ -55,6 +55,11 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceResponse.FromString,
                 _registered_method=True)
+        self.SetDeviceLabels = channel.unary_unary(
+                '/edgehub.v1.HubService/SetDeviceLabels',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.SetDeviceLabelsRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.DeviceLabels.FromString,
+                _registered_method=True)
         self.ListAgents = channel.unary_unary(
                 '/edgehub.v1.HubService/ListAgents',
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.ListAgentsRequest.SerializeToString,
@@ -202,6 +207,14 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetDeviceLabels(self, request, context):
+        """Replace the labels the hub assigned to a device (what operator scopes select by). A scoped admin
+        may relabel only a device in its scope, and only to labels that keep it there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAgents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -241,7 +254,10 @@ class HubServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateEnrollmentToken(self, request, context):
-        """A one-time token with which one device (by id) can enroll, valid for ttl_s.
+        """A one-time token with which one device (by id) can enroll, valid for ttl_s; the device gets the
+        token's labels. A scoped admin may make one only for a device that is new or in its scope, with
+        labels that put it in its scope; the token is refused at enrollment if by then the device is outside
+        that scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -256,7 +272,8 @@ class HubServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateApiToken(self, request, context):
-        """A bearer token for an operator; shown once, stored only as a hash.
+        """A bearer token for an operator; shown once, stored only as a hash. A scoped admin may give only a
+        scope within its own (never none: that is the whole fleet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -389,6 +406,11 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.RevokeDevice,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceResponse.SerializeToString,
+            ),
+            'SetDeviceLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDeviceLabels,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.SetDeviceLabelsRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.DeviceLabels.SerializeToString,
             ),
             'ListAgents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAgents,
@@ -614,6 +636,33 @@ class HubService:
             '/edgehub.v1.HubService/RevokeDevice',
             edgehub_dot_v1_dot_hub__pb2.RevokeDeviceRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.RevokeDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDeviceLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/SetDeviceLabels',
+            edgehub_dot_v1_dot_hub__pb2.SetDeviceLabelsRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.DeviceLabels.FromString,
             options,
             channel_credentials,
             insecure,
