@@ -15,7 +15,9 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
+from edgehub.protocol.v1 import hub_pb2
 from edgehub.sync.auth import Trust
+from edgehub.sync.decisions import SigningKey
 from edgehub.sync.tls import CertificateAuthority
 
 from .config import HubConfig
@@ -92,7 +94,9 @@ class HubServices:
         view = CredentialsView(credentials)
         watcher = DeviceWatcher(js, metrics, revoked=view.revoked)
         devices = DeviceRegistry(js, watcher)
+        signer = SigningKey.load_or_create(cfg.auth.dir)
         identity = DeviceIdentity(trust, ca, nats_urls, Enrollments(js), credentials, view)
+        identity.hub_key = hub_pb2.HubKey(public_key=signer.public_key, key_id=signer.key_id)
         views = FleetViews(watcher, devices, view)
         goals = GoalService(
             js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics, agents=agents
@@ -103,7 +107,7 @@ class HubServices:
             watcher=watcher,
             devices=devices,
             migrations=MigrationService(js, agents, devices.all),
-            commands=Commands(js, agents),
+            commands=Commands(js, agents, signer, cfg.auth.decision_ttl_s),
             traces=Traces(js, agents),
             tokens=ApiTokens(js),
             identity=identity,

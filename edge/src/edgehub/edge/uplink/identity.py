@@ -7,7 +7,11 @@ keeps what comes back in ``<data_dir>/identity/`` (0700, secrets 0600)::
     device.creds     NATS user JWT + seed (only this device's subjects)
     device.key/.pem  client certificate for the hub's API (mutual TLS)
     ca.pem           the hub's CA
+    hub.pub          the hub's public signing key (approval decisions: ``edgehub.sync.decisions``)
     identity.json    version, device id, NATS URLs, inbox prefix, enrolment time
+
+A device enrolled before the hub signed decisions has no ``hub.pub``: it fetches it once from the
+hub's device API (``GetHubKey``, mutual TLS against the CA it got at enrollment) and keeps it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import grpc
 import nkeys
 
 from edgehub.protocol.v1 import hub_pb2, hub_pb2_grpc
-from edgehub.sync.auth import creds_text, keypair, new_seed, public_key, write_secret
+from edgehub.sync.auth import AuthError, creds_text, keypair, new_seed, public_key, write_secret
+from edgehub.sync.decisions import HubKey
 from edgehub.sync.tls import csr, key_pem, new_key
 
 from ..errors import EdgeError
@@ -45,6 +50,26 @@ class DeviceIdentity:
     @property
     def creds(self) -> Path:
         return self.folder / "device.creds"
+
+    @property
+    def hub_key_path(self) -> Path:
+        return self.folder / "hub.pub"
+
+    def hub_key(self) -> HubKey | None:
+        """The hub's signing key this device keeps (None: enrolled before the hub had one)."""
+        if not self.hub_key_path.exists():
+            return None
+        try:
+            return HubKey.from_pem(self.hub_key_path.read_bytes())
+        except AuthError as exc:
+            why = f"{self.hub_key_path}: {exc.message}; delete it to fetch it again"
+            raise EnrollmentError(why) from None
+
+    def keep_hub_key(self, raw: bytes) -> HubKey:
+        """Keep the hub's signing key (``AuthError``: ``raw`` is not one)."""
+        key = HubKey.from_raw(raw)
+        write_secret(self.hub_key_path, key.to_pem())
+        return key
 
     @classmethod
     def load(cls, folder: Path, device_id: str) -> DeviceIdentity | None:
@@ -102,4 +127,11 @@ def enroll(folder: Path, device_id: str, api: str, token: str, ca_pem: bytes) ->
     write_secret(folder / "identity.json", json.dumps(record, indent=2) + "\n")
     identity = DeviceIdentity.load(folder, device_id)
     assert identity is not None
+    if reply.hub_key.public_key:  # a hub of the release before has none: fetched later (GetHubKey)
+        try:
+            identity.keep_hub_key(reply.hub_key.public_key)
+        except AuthError as exc:
+            raise EnrollmentError(f"the hub's signing key is unusable: {exc.message}") from None
+    elif identity.hub_key_path.exists():
+        identity.hub_key_path.unlink()  # an earlier enrollment's: this hub may be another
     return identity

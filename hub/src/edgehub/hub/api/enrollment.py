@@ -1,5 +1,6 @@
 """The device identity methods of the management API (``CreateEnrollmentToken``, ``Enroll``,
-``RevokeDevice``, ``SetDeviceLabels``): a mixin of ``HubService``, over the hub's ``DeviceIdentity``.
+``RevokeDevice``, ``SetDeviceLabels``, ``GetHubKey``): a mixin of ``HubService``, over the hub's
+``DeviceIdentity``.
 A scoped admin enrolls, relabels and revokes only devices in its scope, and labels them only into it
 (``fleet/scopes.py``)."""
 
@@ -33,6 +34,9 @@ class EnrollmentApi:
 
     async def Enroll(self, request: H.EnrollRequest, context: Any) -> H.EnrollResponse:
         return await self.services.identity.enroll(request)
+
+    async def GetHubKey(self, request: H.GetHubKeyRequest, context: Any) -> H.HubKey:
+        return self.services.identity.hub_key
 
     async def RevokeDevice(self, request: H.RevokeDeviceRequest, context: Any) -> H.RevokeDeviceResponse:
         me = current()

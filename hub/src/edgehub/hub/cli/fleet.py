@@ -326,13 +326,13 @@ def agents_stop(
 def agents_decide(
     key: Annotated[str, typer.Argument(help="Approval key AGENT/STEP.")],
     approve: Annotated[bool, typer.Option("--approve/--deny", help="Let the call run, or refuse it.")],
-    by: Annotated[str, typer.Option("--by", help="On whose behalf (noted; audited as your token).")] = "",
-    note: Annotated[str, typer.Option(help="Why.")] = "",
+    note: Annotated[str, typer.Option(help="Why (and on whose behalf, if not your own).")] = "",
     device: Annotated[str, typer.Option("--device", "-d", help="Default: the agent's owner.")] = "",
     api: ApiOpt = DEFAULT_API,
 ) -> None:
-    """Relay an approval decision to the device where the agent waits (audited as your token's name)."""
-    req = H.DecideApprovalRequest(key=key, device_id=device, approve=approve, by=by, note=note)
+    """Send an approval decision to the device where the agent waits, signed by the hub in your API
+    token's name (the device applies no other; it is recorded as operator:<token name>)."""
+    req = H.DecideApprovalRequest(key=key, device_id=device, approve=approve, note=note)
     reply = call(api, lambda s: s.DecideApproval(req, timeout=10))
     console.print(f"decision sent to {reply.device_id} (command {reply.command_id})")
 

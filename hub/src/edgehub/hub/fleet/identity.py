@@ -20,7 +20,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
@@ -300,6 +300,9 @@ class DeviceIdentity:
     """Where devices call the API with their client certificate (set by ``api.serve``)."""
     apply_revocations: Callable[[dict[str, int]], Awaitable[bool]] | None = None
     """Loads revocations into the hub's embedded nats-server (True: done); None: NATS is external."""
+    hub_key: hub_pb2.HubKey = field(default_factory=hub_pb2.HubKey)
+    """The public key the hub signs approval decisions with (``edgehub.sync.decisions``), given to each
+    device at enrollment."""
 
     async def enrollment_token(
         self,
@@ -358,6 +361,7 @@ class DeviceIdentity:
             ca_pem=self.ca.pem.decode(),
             inbox_prefix=inbox_prefix(req.device_id),
             device_api=self.device_api,
+            hub_key=self.hub_key,
         )
 
     async def revoke(self, device_id: str, by: str, reason: str) -> hub_pb2.RevokeDeviceResponse:

@@ -37,6 +37,11 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class _Role:
@@ -845,6 +850,7 @@ class EnrollResponse(_message.Message):
     CA_PEM_FIELD_NUMBER: _builtins.int
     INBOX_PREFIX_FIELD_NUMBER: _builtins.int
     DEVICE_API_FIELD_NUMBER: _builtins.int
+    HUB_KEY_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     nats_jwt: _builtins.str
     """User JWT for nats_user_key, allowed only this device's subjects."""
@@ -858,6 +864,10 @@ class EnrollResponse(_message.Message):
     def nats_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """NATS servers the device should use (may be empty: keep its configured URL)."""
 
+    @_builtins.property
+    def hub_key(self) -> Global___HubKey:
+        """The key the hub signs approval decisions with."""
+
     def __init__(
         self,
         *,
@@ -868,14 +878,56 @@ class EnrollResponse(_message.Message):
         ca_pem: _builtins.str = ...,
         inbox_prefix: _builtins.str = ...,
         device_api: _builtins.str = ...,
+        hub_key: Global___HubKey | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hub_key", b"hub_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "client_cert_pem", b"client_cert_pem", "device_api", b"device_api", "device_id", b"device_id", "inbox_prefix", b"inbox_prefix", "nats_jwt", b"nats_jwt", "nats_urls", b"nats_urls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "client_cert_pem", b"client_cert_pem", "device_api", b"device_api", "device_id", b"device_id", "hub_key", b"hub_key", "inbox_prefix", b"inbox_prefix", "nats_jwt", b"nats_jwt", "nats_urls", b"nats_urls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EnrollResponse: _TypeAlias = EnrollResponse  # noqa: Y015
+
+@_typing.final
+class GetHubKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHubKeyRequest: _TypeAlias = GetHubKeyRequest  # noqa: Y015
+
+@_typing.final
+class HubKey(_message.Message):
+    """The hub's Ed25519 public key for the decisions it signs (edgehub.sync.decisions)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    public_key: _builtins.bytes
+    """Raw, 32 bytes."""
+    key_id: _builtins.str
+    """The first 16 hex digits of its SHA-256 (named by each signed decision)."""
+    def __init__(
+        self,
+        *,
+        public_key: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubKey: _TypeAlias = HubKey  # noqa: Y015
 
 @_typing.final
 class CreateApiTokenRequest(_message.Message):
@@ -1486,7 +1538,20 @@ class DecideApprovalRequest(_message.Message):
     device_id: _builtins.str
     """Empty: the agent's owner in the registry."""
     approve: _builtins.bool
-    by: _builtins.str
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def by(self) -> _builtins.str:
+        """No longer accepted (INVALID_ARGUMENT when set): the decision is recorded under the caller's
+        token's identity, which the hub signs; say on whose behalf in `note`.
+        """
+
+    @by.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def by(self, value: _builtins.str) -> None:
+        """No longer accepted (INVALID_ARGUMENT when set): the decision is recorded under the caller's
+        token's identity, which the hub signs; say on whose behalf in `note`.
+        """
+
     note: _builtins.str
     def __init__(
         self,

@@ -120,6 +120,11 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.Principal.FromString,
                 _registered_method=True)
+        self.GetHubKey = channel.unary_unary(
+                '/edgehub.v1.HubService/GetHubKey',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.GetHubKeyRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.HubKey.FromString,
+                _registered_method=True)
         self.Consolidate = channel.unary_unary(
                 '/edgehub.v1.HubService/Consolidate',
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.ConsolidateRequest.SerializeToString,
@@ -248,7 +253,9 @@ class HubServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DecideApproval(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Sends the decision on a held tool call to the agent's device, signed with the hub's key in the
+        caller's name (edgehub.sync.decisions): devices apply no other.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -295,6 +302,14 @@ class HubServiceServicer:
 
     def WhoAmI(self, request, context):
         """The caller as the hub sees it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHubKey(self, request, context):
+        """The hub's public signing key: devices verify the approval decisions the hub signs with it. A
+        device enrolled before decisions were signed fetches it here (on the device port).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -471,6 +486,11 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.Principal.SerializeToString,
+            ),
+            'GetHubKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHubKey,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.GetHubKeyRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.HubKey.SerializeToString,
             ),
             'Consolidate': grpc.unary_unary_rpc_method_handler(
                     servicer.Consolidate,
@@ -987,6 +1007,33 @@ class HubService:
             '/edgehub.v1.HubService/WhoAmI',
             edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.Principal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHubKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/GetHubKey',
+            edgehub_dot_v1_dot_hub__pb2.GetHubKeyRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.HubKey.FromString,
             options,
             channel_credentials,
             insecure,
