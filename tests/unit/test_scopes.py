@@ -12,8 +12,11 @@ from edgehub.hub.errors import Refused
 from edgehub.hub.fleet.scopes import FLEET, MAX_LABELS, Scope, parse_labels
 from edgehub.hub.goals import DeviceView
 from edgehub.hub.goals.schedule import goal_devices
+from edgehub.hub.goals.store import CODEC as GOALS
+from edgehub.hub.operators import TOKENS_CODEC
 from edgehub.protocol.ids import InvalidId
-from edgehub.protocol.v1 import goals_pb2, scope_pb2
+from edgehub.protocol.v1 import goals_pb2, hub_pb2, scope_pb2
+from edgehub.sync.records import ProtoCodec, RecordUnreadable
 
 
 def scope(*selectors: dict[str, str], devices: tuple[str, ...] = ()) -> Scope:
@@ -100,3 +103,13 @@ def test_a_goal_runs_only_on_devices_its_scope_covers_by_hub_labels_not_by_twin_
     assert goal_devices(fleet, scoped) == [honest]
     unscoped = goals_pb2.Goal(labels={"site": "a"})  # a fleet-wide goal selects by what devices report
     assert goal_devices(fleet, unscoped) == fleet
+
+
+def test_a_hub_of_the_release_before_cannot_read_a_scoped_token_or_goal_as_a_fleet_wide_one() -> None:
+    token = hub_pb2.ApiTokenInfo(name="a-op", role=hub_pb2.ROLE_OPERATOR, scope=SITE_A.to_proto())
+    goal = goals_pb2.Goal(goal_id="g-000000000001", text="x", scope=SITE_A.to_proto())
+    for codec, record, before in ((TOKENS_CODEC, token, 1), (GOALS, goal, 2)):
+        older = ProtoCodec(type(record), before)  # what that release decodes with
+        with pytest.raises(RecordUnreadable, match="schema version"):
+            older.decode(codec.encode(record))
+    assert Scope.from_proto(TOKENS_CODEC.decode(TOKENS_CODEC.encode(token)).scope) == SITE_A
