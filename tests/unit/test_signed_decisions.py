@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from edgehub.edge.agent.loop import new_agent
@@ -22,6 +23,7 @@ from edgehub.edge.store.base import Approval
 from edgehub.edge.store.sqlite import SqliteStore
 from edgehub.edge.uplink.commands import CommandRouter
 from edgehub.edge.uplink.decisions import HubDecisions
+from edgehub.edge.uplink.identity import DeviceIdentity
 from edgehub.protocol.v1 import agent_pb2, commands_pb2
 from edgehub.sync.decisions import HubKey, SigningKey
 from edgehub.sync.errors import MessageRejected
@@ -192,3 +194,33 @@ async def test_a_decision_on_the_device_is_the_os_users_and_counts_only_where_al
     for local_ok, effect in ((True, "allow"), (False, "needs_approval")):
         verdict = await PolicyAdmission(engine, store, local_ok=local_ok).admit(call, WRITE_FILE, {}, ctx)
         assert verdict.effect == effect, local_ok
+
+
+async def test_a_device_enrolled_before_fetches_the_hub_key_once_and_waits_while_the_hub_is_away(
+    tmp_path: Path, hub_key: SigningKey
+) -> None:
+    identity = DeviceIdentity(tmp_path / "identity", "dev-1", (), "_INBOX_dev-1", "hub:7444")
+    identity.folder.mkdir()
+    asked: list[str] = []
+
+    def fetching(answer: bytes | grpc.StatusCode) -> Callable[[DeviceIdentity], Awaitable[bytes]]:
+        async def fetch(who: DeviceIdentity) -> bytes:
+            asked.append(who.device_id)
+            if isinstance(answer, grpc.StatusCode):
+                raise grpc.aio.AioRpcError(answer, grpc.aio.Metadata(), grpc.aio.Metadata(), "no")
+            return answer
+
+        return fetch
+
+    away = HubDecisions(identity, "dev-1", fetching(grpc.StatusCode.UNAVAILABLE))
+    with pytest.raises(grpc.aio.AioRpcError):  # not a refusal: the command comes back later
+        await away.verified(signed(hub_key))
+    for answer in (b"not a key", grpc.StatusCode.UNIMPLEMENTED):  # no key to be had: refused
+        with pytest.raises(MessageRejected, match=r"no (hub )?key"):
+            await HubDecisions(identity, "dev-1", fetching(answer)).verified(signed(hub_key))
+    assert identity.hub_key() is None
+    fetched = HubDecisions(identity, "dev-1", fetching(hub_key.public_key))
+    assert (await fetched.verified(signed(hub_key))).approver == "operator:alice"
+    assert (await fetched.verified(signed(hub_key))).approver == "operator:alice"
+    assert identity.hub_key() == HubKey.from_raw(hub_key.public_key)  # kept: asked once
+    assert len(asked) == 4

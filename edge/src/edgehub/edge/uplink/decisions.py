@@ -12,11 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import grpc
+
+from edgehub.protocol.errors import EdgehubError
 from edgehub.protocol.v1 import commands_pb2, hub_pb2
 from edgehub.sync.decisions import DecisionRefused, HubKey
 
 from .api import DeviceApi
 from .identity import DeviceIdentity
+
+TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+"""Errors fetching the hub's key that a later try may not meet (the decision waits meanwhile)."""
 
 FetchKey = Callable[[DeviceIdentity], Awaitable[bytes]]
 
@@ -45,15 +51,24 @@ class HubDecisions:
         """The hub's key once known (given, kept in the identity folder, or fetched)."""
 
     async def key(self) -> HubKey:
-        """The hub's key: kept, else fetched and kept (an error reaching the hub is not a refusal: the
-        command is tried again)."""
+        """The hub's key: kept, else fetched and kept. The hub out of reach is no refusal (the command
+        is tried again); no key to be had is (``DecisionRefused``, the approval stays pending)."""
         if self._key is None:
             if self.identity is None:
                 raise DecisionRefused(
                     f"device {self.device_id} is not enrolled with a hub: it has no key to verify the hub's "
                     "decisions with (enroll it, or decide on the device)"
                 )
-            self._key = self.identity.hub_key() or self.identity.keep_hub_key(await self.fetch(self.identity))
+            try:
+                self._key = self.identity.hub_key() or self.identity.keep_hub_key(
+                    await self.fetch(self.identity)
+                )
+            except EdgehubError as exc:  # an unreadable key file, no device API, a key that is none
+                raise DecisionRefused(f"no hub key to verify decisions with: {exc.message}") from None
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in TRANSIENT:
+                    raise
+                raise DecisionRefused(f"the hub gave no key: {exc.code().name}: {exc.details()}") from None
         return self._key
 
     async def verified(self, cmd: commands_pb2.Command) -> commands_pb2.ApprovalDecision:

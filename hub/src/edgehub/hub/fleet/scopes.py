@@ -162,11 +162,11 @@ class ScopeGuard:
         raise OutOfScope(f"{what}: device {device_id} is outside your scope ({scope})", device_id, str(scope))
 
     async def agent(self, scope: Scope, agent_id: str, what: str) -> hub_pb2.AgentRecord | None:
-        """The agent's record when its owner is in ``scope`` (None: unknown, to a fleet-wide caller
-        only), else ``OutOfScope``."""
-        record = await self.agents.get(agent_id) if agent_id else None
+        """The agent's record when its owner is in ``scope``, else ``OutOfScope``; None for a fleet-wide
+        caller (nothing is read: the method reads what it needs, as without scopes)."""
         if scope.fleet_wide:
-            return record
+            return None
+        record = await self.agents.get(agent_id) if agent_id else None
         if record is None or not scope.covers(record.device_id, await self.labels(record.device_id)):
             raise OutOfScope(
                 f"{what}: agent {agent_id} is not on a device in your scope ({scope})", "", str(scope)
