@@ -4,6 +4,9 @@ request may hold, and a goal's devices by the labels the hub assigned, never the
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -113,3 +116,14 @@ def test_a_hub_of_the_release_before_cannot_read_a_scoped_token_or_goal_as_a_fle
         with pytest.raises(RecordUnreadable, match="schema version"):
             older.decode(codec.encode(record))
     assert Scope.from_proto(TOKENS_CODEC.decode(TOKENS_CODEC.encode(token)).scope) == SITE_A
+
+
+def test_every_api_method_says_what_it_does_for_a_scoped_caller() -> None:
+    """docs/identity.md's scope table names each HubService method: a new method needs a decision."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "identity.md").read_text()
+    table = text.split("## Scopes", 1)[1].split("\n\n")[2]
+    first_column = "".join(row.split("|")[1] for row in table.splitlines())
+    named = set(re.findall(r"\b[A-Z][A-Za-z]+\b", first_column))
+    methods = {m.name for m in hub_pb2.DESCRIPTOR.services_by_name["HubService"].methods}
+    assert methods - named == set(), "add these methods to docs/identity.md's scope table"
+    assert named - methods == set(), "no such methods"
