@@ -59,7 +59,7 @@ def approvals_decide(
     config: ConfigOpt = None,
 ) -> None:
     """Approve or deny a paused call on this device; the agent resumes (a denied call becomes its
-    observation). Recorded as local:<your OS user>. Allowed by `[safety] local_approvals`: by default
+    observation). Recorded as local:<your OS user>. Allowed by the setting safety.local_approvals: by default
     only on a device not enrolled with a hub; an enrolled device is decided through the hub
     (`edgehub agents decide`), which signs the decision in your API token's name."""
     cfg = load(config)

@@ -7,6 +7,7 @@ import time
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgehub.cli.common import ExitCode, JsonOpt, console, exit_with, fail
@@ -40,7 +41,8 @@ def _state(d: H.Device) -> str:
 def _labels(d: H.Device) -> str:
     """The hub's labels, then what the device reports of itself."""
     ours, theirs = describe_labels(d.labels), describe_labels(d.twin.labels)
-    return ((ours or "-") + (f" (reports {theirs})" if theirs else "")).replace(",", ", ")
+    shown = ((ours or "-") + (f" (reports {theirs})" if theirs else "")).replace(",", ", ")
+    return escape(shown)  # a device's own labels are any text it likes, markup included
 
 
 def _parsed(texts: list[str], field: str) -> dict[str, str]:
