@@ -181,6 +181,9 @@ async def test_a_site_a_operator_acts_on_no_other_device_and_nothing_changes(fle
     assert_denied(lambda: op.MigrateAgent(into_b, timeout=10), "device dev-b1")
     from_b = H.MigrateAgentRequest(agent_id="b-agent", to_device="dev-a2")
     assert_denied(lambda: op.MigrateAgent(from_b, timeout=10), "agent b-agent")
+    taken = H.StartAgentRequest(device_id="dev-a1", goal="g", agent_id="b-agent")  # site B's agent id
+    code, details = refused(lambda: op.StartAgent(taken, timeout=10))
+    assert (code, "dev-b1" in details) == (grpc.StatusCode.FAILED_PRECONDITION, False), details
     code, details = refused(lambda: op.Consolidate(H.ConsolidateRequest(), timeout=10))
     assert (code, "whole fleet" in details) == (grpc.StatusCode.PERMISSION_DENIED, True)
 

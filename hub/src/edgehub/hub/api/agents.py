@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgehub.protocol.errors import ErrorCode
 from edgehub.protocol.v1 import hub_pb2
 
+from ..errors import Refused
 from ..services import HubServices
 from .access import current
 
@@ -30,8 +32,13 @@ class AgentsApi:
         return record if record is not None else await self.services.agents.require(request.agent_id)
 
     async def StartAgent(self, request: H.StartAgentRequest, context: Any) -> H.StartAgentResponse:
-        me = current()
-        await self.services.scopes.device(me.scope, request.device_id, "StartAgent")
+        me, scopes = current(), self.services.scopes
+        await scopes.device(me.scope, request.device_id, "StartAgent")
+        if request.agent_id and not me.scope.fleet_wide:  # taken elsewhere: say so, not where
+            owner = await self.services.agents.get(request.agent_id)
+            if owner is not None and not await scopes.holds_devices(me.scope, (owner.device_id,)):
+                why = f"StartAgent: agent id {request.agent_id} is taken; choose another"
+                raise Refused(ErrorCode.FAILED_PRECONDITION, why)
         return await self.services.commands.start_agent(request, me.name)
 
     async def StopAgent(self, request: H.StopAgentRequest, context: Any) -> H.CommandAccepted:
