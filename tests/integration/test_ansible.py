@@ -146,7 +146,8 @@ def write_inventory(folder: Path, net_addr: dict[str, str], roots: dict[str, Pat
     group_vars.mkdir(parents=True)
     shutil.copy(ANSIBLE_DIR / "inventories" / "example" / "group_vars" / f"{group}.yml", group_vars)
     for site in ("site_lab_a", "site_lab_b"):
-        (group_vars / f"{site}.yml").write_text(json.dumps({"edgehub_edge_labels": {"site": site}}))
+        labels = {"edgehub_edge_labels": {"site": site}, "edgehub_edge_hub_labels": {"site": site}}
+        (group_vars / f"{site}.yml").write_text(json.dumps(labels))
     (folder / "hosts.yml").write_text(json.dumps(inventory))
     return folder
 
@@ -203,8 +204,9 @@ def test_install_enrolls_three_devices_that_report_to_the_hub(rollout: Rollout) 
         assert (root / "opt/edgehub/current").resolve() == root / "opt/edgehub/versions" / version
         assert (root / "var/lib/edgehub/identity/device.creds").exists()
         assert (root / "var/lib/edgehub-models/gemma-3-270m-q4_k_m.gguf").stat().st_size > 100_000_000
-        labels = twins[device]["twin"].get("labels", {})
-        assert labels.get("site") == ("site_lab_b" if device == "dev-3" else "site_lab_a"), twins[device]
+        site = "site_lab_b" if device == "dev-3" else "site_lab_a"
+        assert twins[device]["twin"].get("labels", {}).get("site") == site, twins[device]
+        assert twins[device]["labels"] == {"site": site}  # assigned by the hub at enrollment
     print(f"install: {run.seconds:.1f} s")
 
 

@@ -471,7 +471,7 @@ async def test_a_goal_stored_by_the_previous_release_is_read_and_carried_on(nc: 
     await raw.put(gid, json.dumps(v1))  # byte for byte what the first release stored
     record = await goals.get(gid)
     assert (record.schema_version, record.status, record.planner) == (
-        2,
+        3,
         G.GOAL_STATUS_RUNNING,
         G.GOAL_PLANNER_OPERATOR,
     )
@@ -497,14 +497,14 @@ async def test_a_goal_stored_by_the_previous_release_is_read_and_carried_on(nc: 
     assert c.status == G.TASK_STATUS_WAITING
     assert record.usage.by_device["dev-a"] == G.DeviceUsage(tokens=70, tool_calls=2, tasks=2)
     assert [e.what for e in record.audit] == [e["what"] for e in v1["audit"]]
-    # the goal goes on: restart-b's result dispatches the report, and the record is stored as version 2
+    # the goal goes on: restart-b's result dispatches the report, and the record is stored as version 3
     await goals.on_result(result(record, "restart-b"), "dev-b")
     record = await goals.get(gid)
     assert record.tasks["restart-b"].status == G.TASK_STATUS_DONE
     assert record.tasks["report"].status == G.TASK_STATUS_DISPATCHED
     stored = await _raw_bytes(nc, gid)
     assert not stored.startswith(b"{")
-    assert G.Goal.FromString(stored).schema_version == 2
+    assert G.Goal.FromString(stored).schema_version == 3
     await goals.on_result(result(record, "report"), "dev-a")
     record = await goals.get(gid)
     assert (record.status, record.answer, record.answer_by) == (

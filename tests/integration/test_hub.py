@@ -201,14 +201,18 @@ async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: P
                 within=30,
             )
             decided = await asyncio.to_thread(
-                hub_cli, "decide", "a-rep/0", "-d", "pi-garage", "--approve", "--by", "ops-ana"
+                hub_cli, "decide", "a-rep/0", "-d", "pi-garage", "--approve", "--note", "for ana"
             )
             assert decided.returncode == 0, decided.stderr
             await eventually(lambda: store.load_agent("a-rep").status == S.AGENT_STATUS_FINISHED, within=30)
             approval = store.get_approval("a-rep/0")
             assert approval is not None
-            assert approval.decided_by == "operator:admin"  # who the token says, not what the caller typed
-            assert approval.note.startswith("ops-ana")
+            # who the token says, signed by the hub (the enrolled device fetched no key: enrollment gave it)
+            assert (approval.decided_by, approval.decided_via, approval.note) == (
+                "operator:admin",
+                "hub",
+                "for ana",
+            )
             records = await eventually(
                 lambda: (
                     {r["agent_id"]: r["status"] for r in agents(hub)}.get("a-rep") == "AGENT_STATUS_FINISHED"

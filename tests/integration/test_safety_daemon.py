@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
 from pathlib import Path
 
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
-from edgehub.edge.safety import decide
+from edgehub.edge.safety import Approver, decide
 from edgehub.llm.fake import FakeBrain
 from edgehub.protocol.v1 import agent_pb2
 from tests.harness.cli import edgehub
@@ -105,18 +106,20 @@ async def test_needs_approval_pauses_until_approved_through_the_cli_then_runs(tm
     env = {"EDGEHUB_EDGE__SAFETY__POLICY": str(tmp_path / "policy.toml")}
     listed = edgehub("approvals", "list", "--json", data_dir=tmp_path / "data", env=env)
     assert json.loads(listed.stdout)["key"] == key
-    no_name = edgehub(
-        "approvals", "decide", key, "--approve", "--by", " ", data_dir=tmp_path / "data", env=env
-    )
-    assert no_name.returncode == 1
-    assert "say who decides" in no_name.stderr
-    ok = edgehub(
+    typed = edgehub(  # a name someone types is no identity
         "approvals", "decide", key, "--approve", "--by", "ops-ana", data_dir=tmp_path / "data", env=env
     )
+    assert typed.returncode == 2
+    assert "No such option" in typed.stderr
+    off = {**env, "EDGEHUB_EDGE__SAFETY__LOCAL_APPROVALS": "off"}
+    refused = edgehub("approvals", "decide", key, "--approve", data_dir=tmp_path / "data", env=off)
+    assert refused.returncode == 1
+    assert "decisions on the device are off" in refused.stderr
+    ok = edgehub("approvals", "decide", key, "--approve", data_dir=tmp_path / "data", env=env)
     assert ok.returncode == 0, ok.stderr
-    again = edgehub(
-        "approvals", "decide", key, "--deny", "--by", "ops-bo", data_dir=tmp_path / "data", env=env
-    )
+    me = f"local:{pwd.getpwuid(os.getuid()).pw_name}"  # the OS user who ran it, marked local
+    assert f"approved by {me} (on the device)" in ok.stdout
+    again = edgehub("approvals", "decide", key, "--deny", data_dir=tmp_path / "data", env=env)
     assert "already approved" in again.stderr
     async with EdgeDaemon(cfg, brain=brain) as daemon:
         await daemon.run(until_idle=True)
@@ -132,7 +135,8 @@ async def test_needs_approval_pauses_until_approved_through_the_cli_then_runs(tm
         "STEP_KIND_ACTION",
         "STEP_KIND_ACTION",
     ]
-    assert log[2].observation.decision.approved_by == "ops-ana"
+    assert log[1].detail == f"approved by {me} (on the device)"
+    assert log[2].observation.decision.approved_by == me
     assert len(brain.prompts) == 2  # the paused step replayed its proposal: the model was not asked again
 
 
@@ -142,13 +146,14 @@ async def test_a_denied_approval_becomes_the_observation_and_nothing_runs(tmp_pa
     async with EdgeDaemon(config(tmp_path), brain=brain) as daemon:
         state = await run_goal(daemon)
         assert daemon.store is not None
-        decide(daemon.store, f"{state.agent_id}/0", approve=False, by="ops", note="not today")
+        ops = Approver("local:ops", "local")
+        decide(daemon.store, f"{state.agent_id}/0", approve=False, approver=ops, note="not today")
         await daemon.run(until_idle=True)
         steps = actions(daemon, state.agent_id)
         final = daemon.store.load_agent(state.agent_id)
     assert final.status == S.AGENT_STATUS_FINISHED
     assert steps[0].observation.error == "denied"
-    assert "denied by operator ops (not today)" in steps[0].observation.output
+    assert "denied by local:ops (not today)" in steps[0].observation.output
     assert not (tmp_path / "data" / "workspaces" / state.agent_id / "report.txt").exists()
 
 

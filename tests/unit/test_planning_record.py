@@ -1,5 +1,6 @@
-"""The goal record's one serialisation: the ``Goal`` message at schema version 2, and the JSON records
-of schema version 1 the previous release stored, read through the codec's legacy decoder."""
+"""The goal record's one serialisation: the ``Goal`` message at schema version 3 (2 before goals had a
+scope), and the JSON records of schema version 1 the previous release stored, read through the codec's
+legacy decoder."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from edgehub.hub.goals.record import new_record, summary
 from edgehub.hub.goals.store import CODEC
-from edgehub.protocol.v1 import goals_pb2
+from edgehub.protocol.v1 import goals_pb2, scope_pb2
 from edgehub.sync.records import RecordUnreadable
 
 G = goals_pb2
@@ -28,17 +29,22 @@ def stored(record: dict[str, Any]) -> bytes:
     return json.dumps(record).encode()  # as the first release wrote it
 
 
-def test_a_goal_round_trips_at_version_2() -> None:
-    record = new_record("x", by="op", planner=G.GOAL_PLANNER_MODEL, labels={"site": "a"}, now=5.0)
+def test_a_goal_round_trips_at_version_3_and_one_of_version_2_has_no_scope() -> None:
+    scope = scope_pb2.Scope(selectors=[scope_pb2.LabelSelector(labels={"site": "a"})])
+    record = new_record(
+        "x", by="op", planner=G.GOAL_PLANNER_MODEL, labels={"site": "a"}, now=5.0, scope=scope
+    )
     data = CODEC.encode(record)
     assert not data.startswith(b"{")
     assert CODEC.decode(data) == record
-    assert CODEC.decode(data).schema_version == 2
+    assert CODEC.decode(data).schema_version == 3
+    older = G.Goal(schema_version=2, goal_id="g-000000000002", text="x")  # the release before's
+    assert not CODEC.decode(older.SerializeToString()).HasField("scope")  # the whole fleet
 
 
 def test_a_version_1_record_reads_as_the_same_goal() -> None:
     goal = CODEC.decode(stored(v1()))
-    assert (goal.schema_version, goal.goal_id, goal.status) == (2, "g-v1record0001", G.GOAL_STATUS_RUNNING)
+    assert (goal.schema_version, goal.goal_id, goal.status) == (3, "g-v1record0001", G.GOAL_STATUS_RUNNING)
     assert goal.planner == G.GOAL_PLANNER_OPERATOR
     assert not goal.HasField("parent")
     assert [t.id for t in goal.plan.tasks] == ["read-a", "restart-b", "report"]
@@ -47,7 +53,7 @@ def test_a_version_1_record_reads_as_the_same_goal() -> None:
     assert goal.tasks["report"].status == G.TASK_STATUS_WAITING
     assert goal.usage.tokens == 70
     assert len(goal.audit) == len(v1()["audit"])
-    assert CODEC.decode(CODEC.encode(goal)) == goal  # written back as version 2, nothing lost
+    assert CODEC.decode(CODEC.encode(goal)) == goal  # written back as version 3, nothing lost
 
 
 def test_a_finished_version_1_goal_keeps_its_answer_and_origin() -> None:

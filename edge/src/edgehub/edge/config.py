@@ -158,6 +158,11 @@ class SafetyConfig(_Section):
     """Mask PII in everything that leaves the device (the outbox)."""
     phone_region: str = Field("US", pattern=r"^[A-Z]{2}$")
     """Region for phone numbers written without a country code."""
+    local_approvals: Literal["unenrolled", "on", "off"] = "unenrolled"
+    """Whether ``edgehub approvals decide`` on the device decides (recorded as ``local:<OS user>``):
+    ``unenrolled``, only while the device is not enrolled with a hub (an enrolled device takes only
+    decisions the hub signed, in the name of the API token that made them); ``on``, also when enrolled
+    (offline sites); ``off``, never."""
 
 
 class HubLinkConfig(_Section):

@@ -84,13 +84,13 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
     """Build every part; what must be closed is pushed onto ``opened``."""
     store = SqliteStore.open(cfg.store_path, device_id=cfg.device.id, outgoing=build_scrubber(cfg))
     opened.callback(store.close)
-    safety = build_safety(cfg, store, config_path=opts.config_path)
+    identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
+    safety = build_safety(cfg, store, config_path=opts.config_path, enrolled=identity is not None)
     brain = opts.brain or await _open_brain(cfg, opened)
     tracing = Tracing.from_config(cfg.tracing, cfg.device.id)
     opened.push_async_callback(asyncio.to_thread, tracing.shutdown)  # may wait for a slow collector
     metrics = EdgeMetrics(cfg.device.id)
     opened.callback(metrics.close)
-    identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
     hub = _hub(cfg, store, identity)
     indexer = await _indexer(cfg, store, replicate=hub is not None and cfg.memory.replicate)
     loop = AgentLoop(_loop_deps(cfg, store, brain, safety, tracing, _on_step(metrics, indexer), hub, indexer))

@@ -141,8 +141,12 @@ class ApiConfig(_Section):
 
 class AuthConfig(_Section):
     dir: Path = Path(".edgehub/hub/trust")
-    """The hub's trust folder (0700): NATS operator/account keys, the API's CA, the first admin token.
-    Every hub process of a deployment uses the same one (a shared secret volume in production)."""
+    """The hub's trust folder (0700): NATS operator/account keys, the API's CA, the key approval decisions
+    are signed with, the first admin token. Every hub process of a deployment uses the same one (a
+    shared secret volume in production)."""
+    decision_ttl_s: float = Field(86400.0, gt=0, le=14 * 86400)
+    """How long a device may apply an approval decision the hub signed (``DecideApproval``): a device
+    offline longer leaves the call pending, for an operator to decide again."""
 
 
 class Neo4jConfig(_Section):

@@ -8,6 +8,7 @@ HubError
 ├── Refused             a request the hub refuses; ``code`` says why (not found, a failed precondition...)
 │   ├── GoalError       goals/: submit, decide, cancel; a goal update that lost too many races
 │   ├── MigrationError  fleet/migration.py: a migration refused or lost a race
+│   ├── OutOfScope      fleet/scopes.py: a device, agent, goal or token outside the caller's scope
 │   └── EnrollmentRefused  api/access.py: an unknown, spent, expired or misused enrollment token
 ├── NatsLost            app.py: the hub's NATS connection closed for good (the daemon exits non-zero)
 ├── PlanningError       goals/errors.py: a plan or an answer the model wrote is unusable
@@ -64,3 +65,13 @@ class EnrollmentRefused(Refused):
 
     def __init__(self, message: str) -> None:
         super().__init__(ErrorCode.FAILED_PRECONDITION, message)
+
+
+class OutOfScope(Refused):
+    """What a request names is outside the caller's scope (PERMISSION_DENIED): ``device_id`` when it
+    named a device, ``scope`` the caller's, in words."""
+
+    def __init__(self, message: str, device_id: str = "", scope: str = "") -> None:
+        super().__init__(ErrorCode.PERMISSION_DENIED, message)
+        self.device_id = device_id
+        self.scope = scope

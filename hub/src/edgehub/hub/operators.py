@@ -1,8 +1,9 @@
-"""Operators: who they are (``Principal``, roles) and their API tokens, kept in JetStream KV.
+"""Operators: who they are (``Principal``, roles, scopes) and their API tokens, kept in JetStream KV.
 
 Operator tokens are random (``eht_``) and stored only as SHA-256 in ``edgehub-tokens``, so every hub
-process sees the same ones and a leaked bucket reveals none. The API authenticates calls with them
-(``api/access.py``); device identity is ``fleet/identity.py``.
+process sees the same ones and a leaked bucket reveals none. A token may carry a scope: the devices it
+reaches (``fleet/scopes.py``). The API authenticates calls with them (``api/access.py``); device
+identity is ``fleet/identity.py``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from edgehub.sync.auth import write_secret
 from edgehub.sync.records import JsonObject, ProtoCodec, RecordStore, json_legacy
 from edgehub.sync.streams import TOKENS
 
-from .errors import Refused
+from .errors import OutOfScope, Refused
 from .fleet.identity import digest
+from .fleet.scopes import FLEET, Scope
 
 log = logging.getLogger("edgehub.hub.operators")
 
@@ -32,7 +34,9 @@ Role = hub_pb2.Role
 ROLE_NAMES = {"viewer": Role.ROLE_VIEWER, "operator": Role.ROLE_OPERATOR, "admin": Role.ROLE_ADMIN}
 TOKEN_CACHE_S = 5.0
 """How long a token's lookup is cached: a deleted token stops working on other hub processes within it."""
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+"""2: a token may carry a scope (a hub of the release before cannot read these, so it never takes a
+scoped token for one of the whole fleet)."""
 MAX_TTL_S = 10 * 365 * 24 * 3600.0
 """The longest lifetime a token may be given (0 asks for one that never expires)."""
 
@@ -43,8 +47,14 @@ def role_name(role: int) -> str:
 
 @dataclass(frozen=True)
 class Principal:
+    """The caller of an API method, as the hub authenticated it."""
+
     name: str
+    """``operator:NAME`` (its token's name), ``device:ID`` (its certificate's CN) or ``anonymous``."""
     role: int
+    scope: Scope = FLEET
+    """The devices an operator's token reaches (the whole fleet for devices and anonymous callers:
+    their methods check what they may do themselves)."""
 
     @property
     def device_id(self) -> str | None:
@@ -85,8 +95,10 @@ class ApiTokens:
         self.store = RecordStore(js, TOKENS.name, TOKENS_CODEC, keyed=False)  # keys: digests
         self._cache: dict[str, tuple[float, tuple[Principal | None, float]]] = {}
 
-    async def create(self, name: str, role: int, created_by: str, ttl_s: float = 0.0) -> hub_pb2.ApiToken:
-        """A new token (shown once) and when it expires (0: never)."""
+    async def create(
+        self, name: str, role: int, created_by: str, ttl_s: float = 0.0, scope: Scope = FLEET
+    ) -> hub_pb2.ApiToken:
+        """A new token (shown once) reaching ``scope``, and when it expires (0: never)."""
         if not name.strip() or role not in (Role.ROLE_VIEWER, Role.ROLE_OPERATOR, Role.ROLE_ADMIN):
             raise Refused(ErrorCode.INVALID_ARGUMENT, "name and a role (viewer|operator|admin)")
         check_id(name, "name")
@@ -96,11 +108,23 @@ class ApiTokens:
             )
         token = f"eht_{secrets.token_urlsafe(32)}"
         expires = time.time() + ttl_s if ttl_s > 0 else 0.0
-        await self.register(token, name, role, created_by, expires)
-        return hub_pb2.ApiToken(token=token, name=name, role=role, expires_at=expires)  # type: ignore[arg-type]
+        await self.register(token, name, role, created_by, expires, scope)
+        return hub_pb2.ApiToken(
+            token=token,
+            name=name,
+            role=role,  # type: ignore[arg-type]
+            expires_at=expires,
+            scope=scope.to_proto(),
+        )
 
     async def register(
-        self, token: str, name: str, role: int, created_by: str, expires_at: float = 0.0
+        self,
+        token: str,
+        name: str,
+        role: int,
+        created_by: str,
+        expires_at: float = 0.0,
+        scope: Scope = FLEET,
     ) -> None:
         record = hub_pb2.ApiTokenInfo(
             name=name,
@@ -108,24 +132,35 @@ class ApiTokens:
             created_by=created_by,
             created_at=time.time(),
             expires_at=expires_at,
+            scope=scope.to_proto(),
         )
         await self.store.put(digest(token), record)
         self._cache.pop(digest(token), None)
 
-    async def list(self) -> list[hub_pb2.ApiTokenInfo]:
-        """Every operator token, by name (``id``: the start of its digest; never the secret)."""
+    async def list(self, within: Scope = FLEET) -> list[hub_pb2.ApiTokenInfo]:
+        """Every operator token whose scope is ``within`` (a scoped admin's), by name (``id``: the start
+        of its digest; never the secret)."""
         out = []
         for found in await self.store.list():
             info = found.value
+            if not Scope.from_proto(info.scope).within(within):
+                continue
             info.id = found.key[:12]
             out.append(info)
         return sorted(out, key=lambda t: (t.name, t.created_at))
 
-    async def delete(self, name: str) -> int:
-        """Delete every token of ``name``; how many there were (NOT_FOUND: none)."""
+    async def delete(self, name: str, within: Scope = FLEET) -> int:
+        """Delete every token of ``name``; how many there were (NOT_FOUND: none). ``OutOfScope`` and
+        none deleted when one of them reaches more than ``within`` (a scoped admin's scope)."""
         if not name:
             raise Refused(ErrorCode.INVALID_ARGUMENT, "name is required")
-        doomed = [found.key for found in await self.store.list() if found.value.name == name]
+        named = [found for found in await self.store.list() if found.value.name == name]
+        for found in named:
+            wider = Scope.from_proto(found.value.scope)
+            if not wider.within(within):
+                why = f"a token of {name} reaches more than your scope ({within}): {wider}"
+                raise OutOfScope(f"DeleteApiTokens: {why}", "", str(within))
+        doomed = [found.key for found in named]
         for key in doomed:
             await self.store.delete(key)
             self._cache.pop(key, None)
@@ -157,7 +192,8 @@ class ApiTokens:
         found = await self.store.get(key)
         principal, expires = None, 0.0
         if found is not None:  # else never made, or deleted
-            principal = Principal(f"operator:{found.value.name}", found.value.role)
+            scope = Scope.from_proto(found.value.scope)
+            principal = Principal(f"operator:{found.value.name}", found.value.role, scope)
             expires = found.value.expires_at
         self._cache[key] = (time.monotonic(), (principal, expires))
         return principal, expires

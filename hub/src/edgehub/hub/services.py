@@ -15,15 +15,18 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry
 
+from edgehub.protocol.v1 import hub_pb2
 from edgehub.sync.auth import Trust
+from edgehub.sync.decisions import SigningKey
 from edgehub.sync.tls import CertificateAuthority
 
 from .config import HubConfig
 from .fleet.agents import AgentRegistry
 from .fleet.control import Commands
 from .fleet.devices import DeviceRegistry, DeviceWatcher
-from .fleet.identity import Credentials, DeviceIdentity, Enrollments, RevokedDevices
+from .fleet.identity import Credentials, CredentialsView, DeviceIdentity, Enrollments
 from .fleet.migration import MigrationService
+from .fleet.scopes import ScopeGuard
 from .fleet.traces import Traces
 from .goals import DeviceView, FleetCache
 from .goals.service import GoalService
@@ -36,17 +39,19 @@ from .operators import ApiTokens
 class FleetViews:
     """The planner's live view of the devices (``GoalService``'s ``devices``): each device's view is
     rebuilt only when its twin changed (placement runs for every result: at 1,000 devices, rebuilding
-    every view each time stalled the hub)."""
+    every view each time stalled the hub), with the labels the hub assigned it (``credentials``:
+    what a goal's scope places by)."""
 
     watcher: DeviceWatcher
     devices: DeviceRegistry
+    credentials: CredentialsView
     cache: FleetCache = field(default_factory=FleetCache)
 
     async def __call__(self) -> list[DeviceView]:
-        now = time.time()
+        now, labels = time.time(), self.credentials.labels_of
         if self.watcher.synced:
-            return self.cache.views(self.watcher.twins(), now)
-        return [DeviceView.from_twin(d.twin, now) for d in await self.devices.all(now)]
+            return self.cache.views(self.watcher.twins(), now, labels)
+        return [DeviceView.from_twin(d.twin, now, labels(d.device_id)) for d in await self.devices.all(now)]
 
 
 @dataclass
@@ -63,6 +68,8 @@ class HubServices:
     traces: Traces
     tokens: ApiTokens
     identity: DeviceIdentity
+    scopes: ScopeGuard
+    """The scope checks of operators' calls (``fleet/scopes.py``)."""
     goals: GoalService
     """Planning and dispatch of goals (``[planner]``)."""
     knowledge: KnowledgeService | None = None
@@ -87,13 +94,13 @@ class HubServices:
         """``nats_ca``: the CA of the NATS servers' certificates handed to devices (None: ``ca``'s)."""
         agents = AgentRegistry(js)
         credentials = Credentials(js)
-        revoked = RevokedDevices(credentials)
-        watcher = DeviceWatcher(js, metrics, revoked=revoked)
+        view = CredentialsView(credentials)
+        watcher = DeviceWatcher(js, metrics, revoked=view.revoked)
         devices = DeviceRegistry(js, watcher)
-        identity = DeviceIdentity(
-            trust, ca, nats_urls, Enrollments(js), credentials, revoked, nats_ca=nats_ca
-        )
-        views = FleetViews(watcher, devices)
+        signer = SigningKey.load_or_create(cfg.auth.dir)
+        identity = DeviceIdentity(trust, ca, nats_urls, Enrollments(js), credentials, view, nats_ca=nats_ca)
+        identity.hub_key = hub_pb2.HubKey(public_key=signer.public_key, key_id=signer.key_id)
+        views = FleetViews(watcher, devices, view)
         goals = GoalService(
             js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics, agents=agents
         )
@@ -103,10 +110,11 @@ class HubServices:
             watcher=watcher,
             devices=devices,
             migrations=MigrationService(js, agents, devices.all),
-            commands=Commands(js, agents),
+            commands=Commands(js, agents, signer, cfg.auth.decision_ttl_s),
             traces=Traces(js, agents),
             tokens=ApiTokens(js),
             identity=identity,
+            scopes=ScopeGuard(credentials.labels, view.labels_of, agents),
             goals=goals,
         )
 
@@ -123,8 +131,8 @@ class HubServices:
     def runs(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
         """The services' background work, each until ``stop``."""
         parts = [self.watcher.run(stop), self.migrations.run(stop), self.goals.run(stop)]
-        if self.identity.revoked is not None:
-            parts.append(self.identity.revoked.run(stop))
+        if self.identity.view is not None:
+            parts.append(self.identity.view.run(stop))
         if self.responder is not None:
             parts.append(self.responder.run(stop))
         if self.dreamer is not None:

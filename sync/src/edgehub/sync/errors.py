@@ -3,7 +3,9 @@
 SyncError                 code UNAVAILABLE unless a subclass says otherwise
 ├── (the server could not be started / reached: plain SyncError with the reason)
 ├── MessageRejected   a message that cannot be processed (malformed, oversized, unknown version);
-│                     ``reason`` goes to the dead-letter subject with it
+│   │                 ``reason`` goes to the dead-letter subject with it
+│   └── DecisionRefused  (decisions.py) an approval decision not signed by the hub for this device,
+│                        expired or replayed
 ├── Stopped           the component was told to stop before what it waited for happened
 ├── AuthError         (auth.py) a credential, key or JWT that cannot be used
 └── RecordConflict, RecordExists, RecordUnreadable   (records.py) the KV record store

@@ -13,10 +13,11 @@ from rich.table import Table
 from edgehub.cli.common import ConfigOpt, ExitCode, JsonOpt, console, exit_with, fail
 
 from ..errors import EdgeError
-from ..safety.approvals import decide
+from ..safety.approvals import Approver, decide, local_approvals_allowed
 from ..safety.pii import unmask
 from ..safety.policy import Policy, PolicyEngine, default_policy_text
 from ..safety.vault import VaultKey
+from ..uplink.identity import DeviceIdentity
 from .common import agent_id as agent_id_arg
 from .common import approval_key, load, open_store
 from .render import dumps
@@ -39,10 +40,11 @@ def approvals_list(
         for a in items:
             print(dumps({k: v for k, v in dataclasses.asdict(a).items() if k != "proposal_json"}))
         return
-    table = Table("tool", "arguments", "rule", "status", "decided by")
+    table = Table("tool", "arguments", "rule", "status", "decided by", "how")
     table.add_column("key", no_wrap=True, overflow="fold")
     for a in items:
-        table.add_row(a.tool, a.args_json[:70], a.rule, a.status, a.decided_by, a.key)
+        how = {"hub": "signed by the hub", "local": "on the device"}.get(a.decided_via, "")
+        table.add_row(a.tool, a.args_json[:70], a.rule, a.status, a.decided_by, how, a.key)
     console.print(table)
 
 
@@ -52,18 +54,32 @@ def approvals_decide(
         str,
         typer.Argument(help="The approval's key (AGENT/STEP), from `approvals list`.", callback=approval_key),
     ],
-    by: Annotated[str, typer.Option("--by", help="Who decides (recorded in the audit trail).")],
     approve: Annotated[bool, typer.Option("--approve/--deny", help="Let the call run, or refuse it.")],
     note: Annotated[str, typer.Option(help="Why (shown to the agent and recorded).")] = "",
     config: ConfigOpt = None,
 ) -> None:
-    """Approve or deny a paused call; the agent resumes (a denied call becomes its observation)."""
-    store = open_store(load(config))
+    """Approve or deny a paused call on this device; the agent resumes (a denied call becomes its
+    observation). Recorded as local:<your OS user>. Allowed by the setting safety.local_approvals: by default
+    only on a device not enrolled with a hub; an enrolled device is decided through the hub
+    (`edgehub agents decide`), which signs the decision in your API token's name."""
+    cfg = load(config)
     try:
-        decided = decide(store, key, approve=approve, by=by, note=note)
+        enrolled = DeviceIdentity.load(cfg.identity_dir, cfg.device.id) is not None
+    except EdgeError as exc:  # an unreadable identity: enroll again
+        fail(exc)
+    if not local_approvals_allowed(cfg.safety.local_approvals, enrolled):
+        why = "this device is enrolled with a hub" if enrolled else "[safety] local_approvals is off"
+        fail(
+            f"decisions on the device are off ({why}): decide through the hub with "
+            '`edgehub agents decide KEY --approve|--deny`, or set [safety] local_approvals = "on"',
+            ExitCode.FAILED,
+        )
+    store = open_store(cfg)
+    try:
+        decided = decide(store, key, approve=approve, approver=Approver.local(), note=note)
     except EdgeError as exc:
         fail(exc, ExitCode.FAILED)
-    console.print(f"{decided.key}: {decided.status} by {decided.decided_by}")
+    console.print(f"{decided.key}: {decided.status} by {decided.decided_by} (on the device)")
 
 
 @policy_app.command("check")

@@ -7,7 +7,7 @@ monitor (``stuck``) watches each step; PII is masked in everything that leaves t
 ``vault``). ``build`` wires them from the config.
 """
 
-from .approvals import ApprovalError, PolicyAdmission, decide
+from .approvals import ApprovalError, Approver, PolicyAdmission, decide, local_approvals_allowed
 from .build import Safety, build_safety
 from .guards import Breakers, RateLimits
 from .pii import Scrubber, unmask
@@ -18,6 +18,7 @@ from .vault import VaultError, VaultKey
 
 __all__ = [
     "ApprovalError",
+    "Approver",
     "Breakers",
     "BwrapSandbox",
     "HashingEmbedder",
@@ -37,5 +38,6 @@ __all__ = [
     "Verdict",
     "build_safety",
     "decide",
+    "local_approvals_allowed",
     "unmask",
 ]

@@ -11,7 +11,7 @@ from ..agent.tools.gateway import Admission, Interceptor
 from ..config import EdgeConfig
 from ..errors import ConfigError
 from ..store.base import EdgeStore
-from .approvals import PolicyAdmission
+from .approvals import PolicyAdmission, local_approvals_allowed
 from .guards import Breakers, RateLimits
 from .pii import Scrubber
 from .policy import PolicyEngine
@@ -61,7 +61,11 @@ def build_sandbox(cfg: EdgeConfig, *, config_path: Path | None = None) -> tuple[
         return None, str(exc)
 
 
-def build_safety(cfg: EdgeConfig, store: EdgeStore, *, config_path: Path | None = None) -> Safety:
+def build_safety(
+    cfg: EdgeConfig, store: EdgeStore, *, config_path: Path | None = None, enrolled: bool = False
+) -> Safety:
+    """The safety layer; ``enrolled``: the device is enrolled with a hub (decisions made on the device
+    then count only with ``[safety] local_approvals = "on"``)."""
     s = cfg.safety
     if s.policy is not None and not Path(s.policy).exists():
         raise ConfigError("policy file not found", key="safety.policy", path=str(s.policy))
@@ -69,7 +73,10 @@ def build_safety(cfg: EdgeConfig, store: EdgeStore, *, config_path: Path | None 
     sandbox, problem = build_sandbox(cfg, config_path=config_path)
     return Safety(
         policy=policy,
-        admissions=[PolicyAdmission(policy, store), RateLimits(s.tool_rate_per_minute, s.rate_per_minute)],
+        admissions=[
+            PolicyAdmission(policy, store, local_ok=local_approvals_allowed(s.local_approvals, enrolled)),
+            RateLimits(s.tool_rate_per_minute, s.rate_per_minute),
+        ],
         interceptors=[Breakers(s.breaker_failures, s.breaker_reset_s)],
         sandbox=sandbox,
         sandbox_problem=problem,

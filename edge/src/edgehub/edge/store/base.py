@@ -48,9 +48,16 @@ class Approval:
     status: str = "pending"
     """``pending``, ``approved`` or ``denied``."""
     decided_by: str = ""
+    """Who decided, as verified: ``operator:NAME`` (the API token the hub authenticated and signed for)
+    or ``local:USER`` (the OS user who ran ``edgehub approvals decide`` on the device)."""
     note: str = ""
     requested_at: float = 0.0
     decided_at: float | None = None
+    decided_via: str = ""
+    """``hub`` (a decision the hub signed), ``local`` (on the device), '' (decided before decisions
+    were verified: ``decided_by`` is free text)."""
+    decision_id: str = ""
+    """The hub's signed decision that decided it: each is applied at most once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +154,8 @@ class EdgeStore(Protocol):
     def decide_approval(
         self, approval: Approval, state: agent_pb2.AgentState, event: agent_pb2.StepEvent
     ) -> None:
-        """Record a decision (``approval`` carries it) and the agent's new state and event, atomically.
+        """Record a decision (``approval`` carries it, with its ``decision_id`` when the hub signed it)
+        and the agent's new state and event, atomically.
 
         Raises StoreError if the approval is not pending any more.
         """

@@ -177,6 +177,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             WHERE embedding IS NOT NULL;
         """,
     ),
+    Migration(
+        8,
+        "approvals record how they were decided: a decision the hub signed (once) or one made on the device",
+        """
+        ALTER TABLE approvals ADD COLUMN decided_via TEXT NOT NULL DEFAULT '';  -- hub | local | '' (before 8)
+        ALTER TABLE approvals ADD COLUMN decision_id TEXT NOT NULL DEFAULT '';  -- the hub's signed decision
+        CREATE UNIQUE INDEX approvals_by_decision ON approvals(decision_id) WHERE decision_id != '';
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -4,11 +4,14 @@
 the command's effect is committed (the consumer then acks it), and raises ``MessageRejected`` for a
 command refused for good (the consumer dead-letters it with the reason), including a kind this daemon
 does not know. Every handler is idempotent: the hub may deliver a command again.
+
+An approval decision is applied only as the hub signed it (``HubDecisions``), and checked before it is
+fenced: a forged one changes nothing, not even the agent's standing. Each signed decision resolves one
+pending approval once; delivered again it changes nothing, and a replay of it is refused.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
@@ -18,8 +21,10 @@ from edgehub.protocol.v1 import agent_pb2, commands_pb2
 from edgehub.sync.errors import MessageRejected
 
 from ..datadir import DrainFlag
-from ..safety.approvals import ApprovalError, decide
+from ..errors import StoreError
+from ..safety.approvals import ApprovalError, Approver, decide
 from ..store.base import DeviceStore
+from .decisions import HubDecisions
 from .identity import DeviceIdentity
 from .migration import migrate_in, migrate_out
 from .twin import daemon_version
@@ -72,6 +77,7 @@ class CommandRouter:
         device_id: str,
         identity: DeviceIdentity | None,
         keep_consolidated_days: float,
+        decisions: HubDecisions | None = None,
     ) -> None:
         self.store = store
         self.agents = agents
@@ -79,6 +85,7 @@ class CommandRouter:
         self.device_id = device_id
         self.identity = identity
         self.keep_consolidated_days = keep_consolidated_days
+        self.decisions = decisions or HubDecisions(identity, device_id)
         self.handlers: dict[str, Handler] = {
             "migrate_out": lambda cmd: migrate_out(self, cmd),
             "migrate_in": lambda cmd: migrate_in(self, cmd),
@@ -112,7 +119,8 @@ class CommandRouter:
         handler = self.handlers.get(kind or "")
         if handler is None:  # a newer hub's command this daemon does not know: dead letters, with the reason
             raise MessageRejected(f"unknown command {kind or '(empty)'}; this daemon is {daemon_version()}")
-        await self.fence(cmd)
+        if kind != "decide_approval":  # verified first, then fenced (``_decide_approval``)
+            await self.fence(cmd)
         await handler(cmd)
 
     async def fence(self, cmd: commands_pb2.Command) -> None:
@@ -163,9 +171,29 @@ class CommandRouter:
             await self.agents.stop_agent(stop.agent_id, stop.reason or "stopped by the hub")
 
     async def _decide_approval(self, cmd: commands_pb2.Command) -> None:
-        d = cmd.decide_approval
-        with contextlib.suppress(ApprovalError):  # already decided: the effect is there
-            decide(self.store, d.key, approve=d.approve, by=d.by, note=d.note)
+        d = await self.decisions.verified(cmd)
+        found = self.store.get_approval(d.key)
+        if found is None:
+            raise MessageRejected(f"no approval {d.key} on device {self.device_id}")
+        if found.status != "pending":
+            if found.decision_id == d.decision_id:
+                return  # applied before: the command came again (delivered again, or replayed)
+            raise MessageRejected(
+                f"approval {d.key} was already {found.status} by {found.decided_by}: "
+                f"decision {d.decision_id} not applied (replayed?)"
+            )
+        await self.fence(cmd)
+        approver = Approver(d.approver, "hub", d.decision_id)
+        try:
+            decide(self.store, d.key, approve=d.approve, approver=approver, note=d.note)
+        except (ApprovalError, StoreError) as exc:  # decided meanwhile, or the decision used before
+            raise MessageRejected(f"decision {d.decision_id} not applied: {exc.message}") from None
+        log.warning(
+            "approval %s %s by %s (signed by the hub)",
+            d.key,
+            "approved" if d.approve else "denied",
+            d.approver,
+        )
 
     async def _prune_episodes(self, cmd: commands_pb2.Command) -> None:
         prune = cmd.prune_episodes

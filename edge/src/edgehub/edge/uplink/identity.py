@@ -9,7 +9,11 @@ keeps what comes back in ``<data_dir>/identity/`` (0700, secrets 0600)::
     ca.pem           the hub's CA
     nats-ca.pem      the CA of the NATS servers' certificates (tls:// URLs): the hub's, or its
                      external cluster's
+    hub.pub          the hub's public signing key (approval decisions: ``edgehub.sync.decisions``)
     identity.json    version, device id, NATS URLs, inbox prefix, enrolment time
+
+A device enrolled before the hub signed decisions has no ``hub.pub``: it fetches it once from the
+hub's device API (``GetHubKey``, mutual TLS against the CA it got at enrollment) and keeps it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import grpc
 import nkeys
 
 from edgehub.protocol.v1 import hub_pb2, hub_pb2_grpc
-from edgehub.sync.auth import creds_text, keypair, new_seed, public_key, write_secret
+from edgehub.sync.auth import AuthError, creds_text, keypair, new_seed, public_key, write_secret
+from edgehub.sync.decisions import HubKey
 from edgehub.sync.tls import csr, key_pem, new_key
 
 from ..errors import EdgeError
@@ -54,6 +59,26 @@ class DeviceIdentity:
         hub's CA, which signs the embedded server's certificate)."""
         handed = self.folder / "nats-ca.pem"
         return handed if handed.exists() else self.folder / "ca.pem"
+
+    @property
+    def hub_key_path(self) -> Path:
+        return self.folder / "hub.pub"
+
+    def hub_key(self) -> HubKey | None:
+        """The hub's signing key this device keeps (None: enrolled before the hub had one)."""
+        if not self.hub_key_path.exists():
+            return None
+        try:
+            return HubKey.from_pem(self.hub_key_path.read_bytes())
+        except AuthError as exc:
+            why = f"{self.hub_key_path}: {exc.message}; delete it to fetch it again"
+            raise EnrollmentError(why) from None
+
+    def keep_hub_key(self, raw: bytes) -> HubKey:
+        """Keep the hub's signing key (``AuthError``: ``raw`` is not one)."""
+        key = HubKey.from_raw(raw)
+        write_secret(self.hub_key_path, key.to_pem())
+        return key
 
     @classmethod
     def load(cls, folder: Path, device_id: str) -> DeviceIdentity | None:
@@ -112,4 +137,11 @@ def enroll(folder: Path, device_id: str, api: str, token: str, ca_pem: bytes) ->
     write_secret(folder / "identity.json", json.dumps(record, indent=2) + "\n")
     identity = DeviceIdentity.load(folder, device_id)
     assert identity is not None
+    if reply.hub_key.public_key:  # a hub of the release before has none: fetched later (GetHubKey)
+        try:
+            identity.keep_hub_key(reply.hub_key.public_key)
+        except AuthError as exc:
+            raise EnrollmentError(f"the hub's signing key is unusable: {exc.message}") from None
+    elif identity.hub_key_path.exists():
+        identity.hub_key_path.unlink()  # an earlier enrollment's: this hub may be another
     return identity

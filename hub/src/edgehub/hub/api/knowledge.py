@@ -1,5 +1,6 @@
 """The knowledge methods of the management API (``Consolidate``): a mixin of ``HubService``, over the
-hub's ``DreamerService``."""
+hub's ``DreamerService``. Consolidation works on the whole fleet's episodes (and prunes them on every
+device): a scoped token may not run it."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from edgehub.protocol.errors import ErrorCode
 from edgehub.protocol.v1 import hub_pb2
 
 from ..errors import Refused
+from ..fleet.scopes import ScopeGuard
 from ..knowledge.dreamer import DreamReport
 from ..services import HubServices
 from .access import current
@@ -37,6 +39,7 @@ class KnowledgeApi:
     services: HubServices
 
     async def Consolidate(self, request: H.ConsolidateRequest, context: Any) -> H.ConsolidateReport:
+        ScopeGuard.fleet(current().scope, "Consolidate")
         dreamer = self.services.dreamer
         if dreamer is None:
             raise Refused(ErrorCode.FAILED_PRECONDITION, "consolidation is not enabled on this hub")

@@ -7,13 +7,16 @@ import time
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgehub.cli.common import ExitCode, JsonOpt, console, exit_with, fail
-from edgehub.protocol.v1 import hub_pb2, twin_pb2
+from edgehub.protocol.errors import EdgehubError
+from edgehub.protocol.v1 import hub_pb2, scope_pb2, twin_pb2
 
 from ..fleet.agents import status_name
 from ..fleet.migration import IN_FLIGHT, phase_name
+from ..fleet.scopes import Scope, describe_labels, parse_labels
 from .api import DEFAULT_API, ApiOpt, as_json_line, call
 
 H = hub_pb2
@@ -35,8 +38,30 @@ def _state(d: H.Device) -> str:
     return online + (" (draining)" if d.twin.draining else "")
 
 
-def _labels(twin: twin_pb2.DeviceTwin) -> str:
-    return ", ".join(f"{k}={v}" for k, v in sorted(twin.labels.items())) or "-"
+def _labels(d: H.Device) -> str:
+    """The hub's labels, then what the device reports of itself."""
+    ours, theirs = describe_labels(d.labels), describe_labels(d.twin.labels)
+    shown = ((ours or "-") + (f" (reports {theirs})" if theirs else "")).replace(",", ", ")
+    return escape(shown)  # a device's own labels are any text it likes, markup included
+
+
+def _parsed(texts: list[str], field: str) -> dict[str, str]:
+    """``KEY=VALUE[,KEY=VALUE]`` options as labels; a usage error (exit 2) when one is not."""
+    try:
+        return parse_labels(texts, field)
+    except EdgehubError as exc:
+        fail(exc.message, ExitCode.ERROR)
+
+
+LabelOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--label",
+        "-l",
+        help="A label the hub assigns the device, KEY=VALUE (repeat, or KEY=VALUE,KEY=VALUE): what "
+        "operator scopes select by. None given: the labels the device has now.",
+    ),
+]
 
 
 @devices_app.command("list")
@@ -58,7 +83,7 @@ def devices_list(api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
             f"{t.load:.2f}",
             ", ".join(a or "?" for a in t.agents_running) or "-",
             str(t.outbox_depth),
-            _labels(t),
+            _labels(d),
         )
     console.print(table)
 
@@ -82,7 +107,7 @@ def devices_get(device_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = Fa
         ("load", f"{t.load:.2f}; outbox {t.outbox_depth}"),
         ("agents", f"{', '.join(a or '?' for a in t.agents_running) or '-'} (at most {t.max_concurrent})"),
         ("tools", ", ".join(t.tools) or "-"),
-        ("labels", _labels(t)),
+        ("labels", _labels(d)),
         ("memories", ", ".join(t.memories) or "-"),
     ):
         console.print(f"[bold]{name:>9}[/] {value}")
@@ -131,20 +156,52 @@ def devices_revoke(
 def devices_enroll_token(
     device_id: str,
     ttl: Annotated[int, typer.Option(help="Seconds the token stays valid.")] = 3600,
+    label: LabelOpt = [],  # noqa: B006 - typer reads the default, never mutates it
     api: ApiOpt = DEFAULT_API,
     as_json: JsonOpt = False,
 ) -> None:
-    """A one-time token with which DEVICE_ID can enroll (`edgehub edge enroll`); needs an admin token."""
-    req = H.CreateEnrollmentTokenRequest(device_id=device_id, ttl_s=ttl)
+    """A one-time token with which DEVICE_ID can enroll (`edgehub edge enroll`); the device gets the
+    labels given (`--label site=plant-a`). Needs an admin token; a scoped admin may give only labels
+    that put the device in its scope."""
+    labels = _parsed(label, "--label")
+    req = H.CreateEnrollmentTokenRequest(device_id=device_id, ttl_s=ttl, labels=labels)
     reply = call(api, lambda s: s.CreateEnrollmentToken(req, timeout=10))
     if as_json:
         print(as_json_line(reply))
         return
-    console.print(f"enrollment token for {device_id} (one use, {ttl} s):")
+    shown = describe_labels(reply.labels) or "no labels"
+    console.print(f"enrollment token for {device_id} (one use, {ttl} s; labels: {shown}):")
     print(reply.token)
 
 
-tokens_app = typer.Typer(help="Operator API tokens (roles: viewer, operator, admin).", no_args_is_help=True)
+@devices_app.command("label")
+def devices_label(
+    device_id: str,
+    labels: Annotated[
+        list[str] | None,
+        typer.Argument(help="KEY=VALUE labels, replacing the device's (site=plant-a line=3)."),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Remove every label the hub assigned.")] = False,
+    api: ApiOpt = DEFAULT_API,
+) -> None:
+    """Set the labels the hub assigns DEVICE_ID: what operator scopes (`edgehub tokens create --scope`)
+    select by; the labels a device reports of itself never count. Needs an admin token; a scoped admin
+    relabels only a device in its scope, into its scope."""
+    if not labels and not clear:
+        fail("give KEY=VALUE labels, or --clear to remove them all", ExitCode.ERROR)
+    req = H.SetDeviceLabelsRequest(device_id=device_id, labels=_parsed(labels or [], "labels"))
+    reply = call(api, lambda s: s.SetDeviceLabels(req, timeout=10))
+    console.print(f"{reply.device_id}: {describe_labels(reply.labels) or 'no labels'}")
+
+
+tokens_app = typer.Typer(
+    help="Operator API tokens (roles: viewer, operator, admin; optionally scoped to some devices).",
+    no_args_is_help=True,
+)
+
+
+def _scope(pb: scope_pb2.Scope) -> str:
+    return str(Scope.from_proto(pb))
 
 
 @tokens_app.command("create")
@@ -154,13 +211,28 @@ def tokens_create(
         str, typer.Option(help="viewer (read), operator (act on agents/devices), admin.")
     ] = "viewer",
     days: Annotated[float, typer.Option(help="Expire after this many days (0: never).", min=0)] = 0.0,
+    scope: Annotated[
+        list[str],
+        typer.Option(
+            "--scope",
+            help="Reach only devices the hub labelled so: KEY=VALUE, or KEY=VALUE,KEY=VALUE for "
+            "devices carrying all of them; repeat for more (a device matching any is in scope).",
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    scope_device: Annotated[
+        list[str], typer.Option("--scope-device", help="Reach this device whatever its labels (repeat).")
+    ] = [],  # noqa: B006
     api: ApiOpt = DEFAULT_API,
 ) -> None:
-    """A new bearer token for NAME; printed once (the hub keeps only its hash). Needs admin."""
+    """A new bearer token for NAME; printed once (the hub keeps only its hash). Without --scope or
+    --scope-device it reaches the whole fleet. Needs admin; a scoped admin may give only a scope within
+    its own."""
     roles = {"viewer": H.ROLE_VIEWER, "operator": H.ROLE_OPERATOR, "admin": H.ROLE_ADMIN}
     if role not in roles:
         fail(f"unknown role {role!r} (viewer, operator, admin)")
-    req = H.CreateApiTokenRequest(name=name, role=roles[role], ttl_s=days * 86400)
+    selectors = [scope_pb2.LabelSelector(labels=_parsed([one], "--scope")) for one in scope]
+    wanted = scope_pb2.Scope(selectors=selectors, devices=scope_device)
+    req = H.CreateApiTokenRequest(name=name, role=roles[role], ttl_s=days * 86400, scope=wanted)
     reply = call(api, lambda s: s.CreateApiToken(req, timeout=10))
     print(reply.token)
 
@@ -177,14 +249,13 @@ def tokens_list(api: ApiOpt = DEFAULT_API, as_json: JsonOpt = False) -> None:
         for tok in reply.tokens:
             print(as_json_line(tok))
         return
-    table = Table("name", "role", "id", "created by", "created", "expires")
+    table = Table("name", "role", "scope", "id", "created by", "created", "expires")
     now = time.time()
     for tok in reply.tokens:
         expired = " (expired)" if tok.expires_at and tok.expires_at <= now else ""
         role = H.Role.Name(tok.role).removeprefix("ROLE_").lower()
-        table.add_row(
-            tok.name, role, tok.id, tok.created_by, _when(tok.created_at), _when(tok.expires_at) + expired
-        )
+        when = (_when(tok.created_at), _when(tok.expires_at) + expired)
+        table.add_row(tok.name, role, _scope(tok.scope), tok.id, tok.created_by, *when)
     console.print(table)
 
 
@@ -197,9 +268,10 @@ def tokens_delete(name: str, api: ApiOpt = DEFAULT_API) -> None:
 
 @tokens_app.command("whoami")
 def tokens_whoami(api: ApiOpt = DEFAULT_API) -> None:
-    """Who the hub takes you for, and your role."""
+    """Who the hub takes you for, your role and your scope."""
     me = call(api, lambda s: s.WhoAmI(H.WhoAmIRequest(), timeout=10))
-    console.print(f"{me.name} ({H.Role.Name(me.role).removeprefix('ROLE_').lower()})")
+    role = H.Role.Name(me.role).removeprefix("ROLE_").lower()
+    console.print(f"{me.name} ({role}; scope: {_scope(me.scope)})")
 
 
 @agents_app.command("list")
@@ -256,13 +328,13 @@ def agents_stop(
 def agents_decide(
     key: Annotated[str, typer.Argument(help="Approval key AGENT/STEP.")],
     approve: Annotated[bool, typer.Option("--approve/--deny", help="Let the call run, or refuse it.")],
-    by: Annotated[str, typer.Option("--by", help="On whose behalf (noted; audited as your token).")] = "",
-    note: Annotated[str, typer.Option(help="Why.")] = "",
+    note: Annotated[str, typer.Option(help="Why (and on whose behalf, if not your own).")] = "",
     device: Annotated[str, typer.Option("--device", "-d", help="Default: the agent's owner.")] = "",
     api: ApiOpt = DEFAULT_API,
 ) -> None:
-    """Relay an approval decision to the device where the agent waits (audited as your token's name)."""
-    req = H.DecideApprovalRequest(key=key, device_id=device, approve=approve, by=by, note=note)
+    """Send an approval decision to the device where the agent waits, signed by the hub in your API
+    token's name (the device applies no other; it is recorded as operator:<token name>)."""
+    req = H.DecideApprovalRequest(key=key, device_id=device, approve=approve, note=note)
     reply = call(api, lambda s: s.DecideApproval(req, timeout=10))
     console.print(f"decision sent to {reply.device_id} (command {reply.command_id})")
 

@@ -1,10 +1,13 @@
 """Commands to devices in an operator's name (``edgehub.sync.commands``): start, stop and approvals
 for agents, drain for devices. An agent's command goes to its owner with the epoch the registry
 knows, so a device holding a stale copy of it refuses it. A started agent is registered to its device
-(``AgentRegistry.reserve``) before the command is sent: an id another device owns is refused."""
+(``AgentRegistry.reserve``) before the command is sent: an id another device owns is refused. An
+approval decision is signed with the hub's key (``edgehub.sync.decisions``), naming the operator the
+API authenticated as the approver: devices apply no other."""
 
 from __future__ import annotations
 
+import time
 import uuid
 
 from nats.js import JetStreamContext
@@ -13,6 +16,7 @@ from edgehub.protocol.errors import ErrorCode
 from edgehub.protocol.ids import check_id
 from edgehub.protocol.v1 import commands_pb2, hub_pb2
 from edgehub.sync.commands import new_command, send_command
+from edgehub.sync.decisions import SigningKey
 from edgehub.sync.streams import MAX_EVENT_BYTES
 
 from ..errors import Refused
@@ -28,9 +32,13 @@ def _invalid(message: str) -> Refused:
 class Commands:
     """The operator's commands to devices (see the module docstring)."""
 
-    def __init__(self, js: JetStreamContext, agents: AgentRegistry) -> None:
+    def __init__(
+        self, js: JetStreamContext, agents: AgentRegistry, signer: SigningKey, decision_ttl_s: float
+    ) -> None:
         self.js = js
         self.agents = agents
+        self.signer = signer
+        self.decision_ttl_s = decision_ttl_s
 
     async def send(self, cmd: commands_pb2.Command) -> H.CommandAccepted:
         if cmd.ByteSize() > MAX_EVENT_BYTES:  # the edge would dead-letter it unread
@@ -70,13 +78,24 @@ class Commands:
         return await self.send(cmd)
 
     async def decide(self, req: H.DecideApprovalRequest, by: str) -> H.CommandAccepted:
+        """Relay a decision, signed, in the name of ``by`` (the authenticated caller)."""
         agent_id, _, step = req.key.rpartition("/")
         if not step.isdecimal() or len(step) > 10:
             raise _invalid("key (AGENT/STEP) is required")
+        if req.by:  # deprecated
+            raise _invalid(
+                "by: no longer accepted; the decision is your token's (say on whose behalf in note)"
+            )
         cmd = await self._to_owner(check_id(agent_id, "key"), req.device_id, by)
-        d = cmd.decide_approval
-        d.key, d.approve, d.by = req.key, req.approve, by
-        d.note = f"{req.by}: {req.note}" if req.by and req.by not in by else req.note
+        now = time.time()
+        decision = commands_pb2.ApprovalDecision(
+            decision_id=cmd.command_id, device_id=cmd.device_id, key=req.key, approve=req.approve,
+            approver=by, note=req.note, issued_at=now, expires_at=now + self.decision_ttl_s,
+            epoch=cmd.epoch,
+        )  # fmt: skip
+        cmd.decide_approval.CopyFrom(self.signer.sign(decision))
+        d = cmd.decide_approval  # what a daemon of the release before applies, unsigned
+        d.approve, d.by, d.note = req.approve, by, req.note
         return await self.send(cmd)
 
     async def _to_owner(self, agent_id: str, device_id: str, by: str) -> commands_pb2.Command:

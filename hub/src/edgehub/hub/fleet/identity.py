@@ -5,8 +5,10 @@ its CSR), and revocation.
 Enrollment tokens are random (``ehe_``) and stored only as SHA-256 in JetStream KV
 (``edgehub-enrollments``), so every hub process sees the same ones and a leaked bucket reveals none; a
 token is spent with compare-and-delete, so two devices racing with one token cannot both enroll. What
-each device was issued, and whether it is revoked, is one record per device (``edgehub-credentials``)
-changed by compare-and-set.
+each device was issued, whether it is revoked and the labels the hub assigned it (what operator scopes
+select by, ``scopes.py``) is one record per device (``edgehub-credentials``) changed by compare-and-set.
+A token carries the labels the device gets and the scope of the admin who made it: it is refused if
+the device is outside that scope by the time it is used.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
 from nats.js import JetStreamContext
 
@@ -31,7 +33,8 @@ from edgehub.sync.records import JsonObject, ProtoCodec, RecordConflict, RecordS
 from edgehub.sync.streams import CREDENTIALS, ENROLLMENTS
 from edgehub.sync.tls import CertificateAuthority
 
-from ..errors import EnrollmentRefused, Refused
+from ..errors import EnrollmentRefused, OutOfScope, Refused
+from .scopes import FLEET, Scope, check_labels, describe_labels
 
 log = logging.getLogger("edgehub.hub.fleet.identity")
 R = records_pb2
@@ -79,32 +82,56 @@ class Enrollments:
     def __init__(self, js: JetStreamContext) -> None:
         self.store = RecordStore(js, ENROLLMENTS.name, ENROLLMENTS_CODEC, keyed=False)  # keys: digests
 
-    async def create(self, device_id: str, ttl_s: float, created_by: str) -> tuple[str, float]:
-        """A new token for ``device_id`` and when it expires."""
+    async def create(
+        self,
+        device_id: str,
+        ttl_s: float,
+        created_by: str,
+        labels: Mapping[str, str] | None = None,
+        scope: Scope = FLEET,
+    ) -> tuple[str, float]:
+        """A new token for ``device_id`` (which gets ``labels`` when it enrolls; ``scope``: its
+        creator's) and when it expires."""
         token = f"ehe_{secrets.token_urlsafe(32)}"
         expires = time.time() + ttl_s
-        record = R.EnrollmentRecord(device_id=device_id, expires_at=expires, created_by=created_by)
+        record = R.EnrollmentRecord(
+            device_id=device_id,
+            expires_at=expires,
+            created_by=created_by,
+            labels=dict(labels or {}),
+            created_scope=scope.to_proto(),
+        )
         await self.store.put(digest(token), record)
         return token, expires
 
-    async def spend(self, token: str, device_id: str) -> None:
-        """Consume ``token`` for ``device_id`` exactly once; EnrollmentRefused says why not."""
+    async def spend(
+        self, token: str, device_id: str, labels_now: Mapping[str, str] | None = None
+    ) -> records_pb2.EnrollmentRecord:
+        """Consume ``token`` for ``device_id`` exactly once and return it; EnrollmentRefused says why
+        not. ``labels_now`` (the device's hub-assigned labels, None for a device never labelled nor
+        enrolled) must be in the scope of the token's creator, else it is refused and not spent."""
         found = await self.store.get(digest(token))
         if found is None:
             raise EnrollmentRefused("unknown or already used enrollment token")
         if found.value.device_id != device_id:
             raise EnrollmentRefused(f"this token is for device {found.value.device_id!r}, not {device_id!r}")
+        creator = Scope.from_proto(found.value.created_scope)
+        if labels_now is not None and not creator.covers(device_id, labels_now):
+            why = f"device {device_id} is now outside the scope of the admin who made this token"
+            raise OutOfScope(why, device_id, str(creator))
         try:
             await self.store.delete(digest(token), revision=found.revision)
         except RecordConflict:  # another request spent it first
             raise EnrollmentRefused("enrollment token already used") from None
         if found.value.expires_at < time.time():
             raise EnrollmentRefused("enrollment token expired")
+        return found.value
 
 
 class Credentials:
-    """What enrollment issued to each device (its NATS user keys) and whether it is revoked (see the
-    module docstring). ``revoked_at`` is cached for ``CACHE_S``."""
+    """What enrollment issued to each device (its NATS user keys), whether it is revoked and the labels
+    the hub assigned it (see the module docstring). ``revoked_at`` is cached for ``CACHE_S``; ``labels``
+    is read each time (scope checks of one device)."""
 
     def __init__(self, js: JetStreamContext) -> None:
         self.store = RecordStore(js, CREDENTIALS.name, CREDENTIALS_CODEC)
@@ -125,14 +152,36 @@ class Credentials:
         assert stored is not None  # ``changed`` always writes
         return stored.value
 
-    async def issued(self, device_id: str, user_key: str) -> None:
-        """Enrollment gave ``device_id`` the NATS user ``user_key``."""
+    async def issued(
+        self, device_id: str, user_key: str, labels: Mapping[str, str] | None = None, by: str = ""
+    ) -> records_pb2.DeviceCredentials:
+        """Enrollment gave ``device_id`` the NATS user ``user_key`` and the labels its token carried
+        (``by``: who made the token; None: its labels stay as they are, as for a leaf's credentials)."""
         now = time.time()
 
         def add(record: records_pb2.DeviceCredentials) -> None:
             record.user_keys[user_key] = now
+            if labels is not None:
+                _relabel(record, labels, by, now)
 
-        await self._update(device_id, add)
+        return await self._update(device_id, add)
+
+    async def relabel(
+        self, device_id: str, labels: Mapping[str, str], by: str
+    ) -> records_pb2.DeviceCredentials:
+        """The device's hub-assigned labels are ``labels`` from now on."""
+        now = time.time()
+        return await self._update(device_id, lambda record: _relabel(record, labels, by, now))
+
+    async def labels(self, device_id: str) -> dict[str, str]:
+        """The labels the hub assigned to the device, read now (none: never labelled nor enrolled)."""
+        found = await self.store.get(device_id)
+        return dict(found.value.labels) if found is not None else {}
+
+    async def known(self, device_id: str) -> records_pb2.DeviceCredentials | None:
+        """The device's record (None: never labelled nor enrolled)."""
+        found = await self.store.get(device_id)
+        return found.value if found is not None else None
 
     async def revoke(self, device_id: str, by: str, reason: str) -> records_pb2.DeviceCredentials:
         """Revoke every credential issued to the device until now; returns its record."""
@@ -169,29 +218,55 @@ def is_revoked(record: records_pb2.DeviceCredentials) -> bool:
     return bool(at) and all(issued <= at for issued in record.user_keys.values())
 
 
-class RevokedDevices:
-    """The ids of the revoked devices (``is_revoked``), as a set the device views read without I/O
-    (``in``): loaded from the credentials bucket every ``refresh_s`` (so a revocation on another hub
-    process shows within it) and at once when this process revokes a device (``add``)."""
+def _relabel(record: records_pb2.DeviceCredentials, labels: Mapping[str, str], by: str, now: float) -> None:
+    record.labels.clear()
+    record.labels.update(labels)
+    record.labels_by, record.labels_at = by, now
+
+
+class RevokedIds:
+    """``device_id in revoked``: the revoked devices of a ``CredentialsView`` (what the device views
+    take: ``DeviceWatcher(revoked=...)``)."""
+
+    def __init__(self, view: CredentialsView) -> None:
+        self.view = view
+
+    def __contains__(self, device_id: object) -> bool:
+        return device_id in self.view.revoked_ids
+
+
+class CredentialsView:
+    """The credentials bucket as the device views and list filters read it, without I/O: the ids of the
+    revoked devices (``is_revoked``; ``revoked``, a container) and each device's hub-assigned labels
+    (``labels_of``). Loaded every ``refresh_s`` (a change on another hub process shows within it) and
+    changed at once by what this process does (``revoke``, ``enrolled``, ``relabelled``)."""
 
     def __init__(self, credentials: Credentials, refresh_s: float = CACHE_S) -> None:
         self.credentials = credentials
         self.refresh_s = refresh_s
-        self.ids: frozenset[str] = frozenset()
+        self.revoked_ids: frozenset[str] = frozenset()
+        self.labels: dict[str, dict[str, str]] = {}
+        self.revoked = RevokedIds(self)
 
-    def __contains__(self, device_id: object) -> bool:
-        return device_id in self.ids
+    def labels_of(self, device_id: str) -> Mapping[str, str]:
+        """The labels the hub assigned to the device (empty: none)."""
+        return self.labels.get(device_id, {})
 
-    def add(self, device_id: str) -> None:
-        self.ids = self.ids | {device_id}
+    def revoke(self, device_id: str) -> None:
+        self.revoked_ids = self.revoked_ids | {device_id}
 
-    def discard(self, device_id: str) -> None:
-        """Enrolled again: its new credentials are valid."""
-        self.ids = self.ids - {device_id}
+    def enrolled(self, device_id: str, labels: Mapping[str, str]) -> None:
+        """Enrolled again: its new credentials are valid; it has ``labels``."""
+        self.revoked_ids = self.revoked_ids - {device_id}
+        self.relabelled(device_id, labels)
+
+    def relabelled(self, device_id: str, labels: Mapping[str, str]) -> None:
+        self.labels = {**self.labels, device_id: dict(labels)}
 
     async def refresh(self) -> None:
         records = await self.credentials.store.list()
-        self.ids = frozenset(id_of_key(s.key) for s in records if is_revoked(s.value))
+        self.revoked_ids = frozenset(id_of_key(s.key) for s in records if is_revoked(s.value))
+        self.labels = {id_of_key(s.key): dict(s.value.labels) for s in records if s.value.labels}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Refresh until ``stop`` (a failed read keeps the last set: NATS is briefly away)."""
@@ -218,21 +293,50 @@ class DeviceIdentity:
     nats_urls: list[str]
     enrollments: Enrollments
     credentials: Credentials
-    revoked: RevokedDevices | None = None
-    """The revoked devices' ids the device views read; told at once of a revocation here."""
+    view: CredentialsView | None = None
+    """The revoked devices and labels the device views and list filters read; told at once of a
+    change here."""
     nats_ca: bytes | None = None
     """The CA (bundle) of the NATS servers' certificates, handed to devices (None: ``ca``'s)."""
     device_api: str = ""
     """Where devices call the API with their client certificate (set by ``api.serve``)."""
     apply_revocations: Callable[[dict[str, int]], Awaitable[bool]] | None = None
     """Loads revocations into the hub's embedded nats-server (True: done); None: NATS is external."""
+    hub_key: hub_pb2.HubKey = field(default_factory=hub_pb2.HubKey)
+    """The public key the hub signs approval decisions with (``edgehub.sync.decisions``), given to each
+    device at enrollment."""
 
-    async def enrollment_token(self, device_id: str, ttl_s: int, by: str) -> hub_pb2.EnrollmentToken:
+    async def enrollment_token(
+        self,
+        device_id: str,
+        ttl_s: int,
+        by: str,
+        labels: Mapping[str, str] | None = None,
+        scope: Scope = FLEET,
+    ) -> hub_pb2.EnrollmentToken:
+        """A one-time token with which ``device_id`` enrolls and gets ``labels`` (none given: the labels
+        it has now). A caller with a ``scope`` may make one only for a device that is new or in it, with
+        labels that keep it there (``OutOfScope``)."""
         if not device_id or ttl_s > MAX_ENROLL_TTL_S:
             raise _invalid("device_id, and ttl_s at most 30 days")
-        token, expires = await self.enrollments.create(device_id, ttl_s or DEFAULT_ENROLL_TTL_S, by)
+        given = check_labels(labels or {})
+        known = await self.credentials.known(device_id)
+        now = dict(known.labels) if known is not None else {}
+        if known is not None and not scope.covers(device_id, now):
+            why = f"CreateEnrollmentToken: device {device_id} is outside your scope ({scope})"
+            raise OutOfScope(why, device_id, str(scope))
+        after = given or now
+        if not scope.covers(device_id, after):
+            shown = describe_labels(after) or "no labels"
+            why = f"device {device_id} with {shown} would be outside your scope ({scope})"
+            raise OutOfScope(
+                f"CreateEnrollmentToken: {why}; give it labels in it (--label)", device_id, str(scope)
+            )
+        token, expires = await self.enrollments.create(
+            device_id, ttl_s or DEFAULT_ENROLL_TTL_S, by, after, scope
+        )
         return hub_pb2.EnrollmentToken(
-            token=token, device_id=device_id, expires_at=expires, ca_pem=self.ca.pem.decode()
+            token=token, device_id=device_id, expires_at=expires, ca_pem=self.ca.pem.decode(), labels=after
         )
 
     async def enroll(self, req: hub_pb2.EnrollRequest) -> hub_pb2.EnrollResponse:
@@ -244,10 +348,13 @@ class DeviceIdentity:
             jwt = self.trust.device_jwt(req.device_id, req.nats_user_key)
         except AuthError as exc:
             raise _invalid(str(exc)) from None
-        await self.enrollments.spend(req.token, req.device_id)
-        await self.credentials.issued(req.device_id, req.nats_user_key)
-        if self.revoked is not None:
-            self.revoked.discard(req.device_id)
+        known = await self.credentials.known(req.device_id)
+        token = await self.enrollments.spend(
+            req.token, req.device_id, dict(known.labels) if known is not None else None
+        )
+        await self.credentials.issued(req.device_id, req.nats_user_key, token.labels, token.created_by)
+        if self.view is not None:
+            self.view.enrolled(req.device_id, token.labels)
         return hub_pb2.EnrollResponse(
             device_id=req.device_id,
             nats_jwt=jwt,
@@ -257,6 +364,7 @@ class DeviceIdentity:
             inbox_prefix=inbox_prefix(req.device_id),
             device_api=self.device_api,
             nats_ca_pem=(self.nats_ca or self.ca.pem).decode(),
+            hub_key=self.hub_key,
         )
 
     async def revoke(self, device_id: str, by: str, reason: str) -> hub_pb2.RevokeDeviceResponse:
@@ -264,8 +372,8 @@ class DeviceIdentity:
         if not device_id:
             raise _invalid("device_id is required")
         record = await self.credentials.revoke(device_id, by, reason)
-        if self.revoked is not None:
-            self.revoked.add(device_id)
+        if self.view is not None:
+            self.view.revoke(device_id)
         revocations = await self.credentials.revocations()
         applied = False
         if self.apply_revocations is not None:
@@ -281,3 +389,22 @@ class DeviceIdentity:
             applied=applied,
             account_jwt=self.trust.account_jwt("account", revocations),
         )
+
+    async def relabel(self, device_id: str, labels: Mapping[str, str], by: str) -> hub_pb2.DeviceLabels:
+        """Replace the device's hub-assigned labels (checked: ``check_labels``)."""
+        if not device_id:
+            raise _invalid("device_id is required")
+        record = await self.credentials.relabel(device_id, check_labels(labels), by)
+        if self.view is not None:
+            self.view.relabelled(device_id, record.labels)
+        log.warning("device %s labelled %s by %s", device_id, describe_labels(record.labels) or "(none)", by)
+        return labels_of(device_id, record)
+
+
+def labels_of(device_id: str, record: records_pb2.DeviceCredentials | None) -> hub_pb2.DeviceLabels:
+    """A device's hub-assigned labels as the API returns them."""
+    if record is None:
+        return hub_pb2.DeviceLabels(device_id=device_id)
+    return hub_pb2.DeviceLabels(
+        device_id=device_id, labels=record.labels, set_by=record.labels_by, set_at=record.labels_at
+    )

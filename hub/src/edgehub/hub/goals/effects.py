@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
-from edgehub.protocol.v1 import agent_pb2, commands_pb2, goals_pb2, task_pb2
+from edgehub.protocol.v1 import agent_pb2, commands_pb2, goals_pb2, scope_pb2, task_pb2
 from edgehub.sync.commands import send_command
 
 from ..config import PlannerConfig
@@ -74,6 +74,7 @@ class Submit(Protocol):
         depth: int = 0,
         goal_id: str = "",
         wait: bool = True,
+        scope: scope_pb2.Scope | None = None,
     ) -> Awaitable[G.Goal]: ...
 
 
@@ -136,8 +137,8 @@ class EffectRunner:
         return True
 
     async def _start_subgoal(self, parent: G.Goal, tid: str, text: str) -> None:
-        """The task ``tid`` of ``parent`` as a goal of its own, under the parent's selector, approval
-        rules and what is left of its token budget."""
+        """The task ``tid`` of ``parent`` as a goal of its own, under the parent's selector, scope,
+        approval rules and what is left of its token budget."""
         left = limits_of(parent, self.cfg).tokens - parent.usage.tokens
         await self._submit(
             text,
@@ -149,6 +150,7 @@ class EffectRunner:
             depth=parent.depth + 1,
             goal_id=parent.tasks[tid].subgoal_id,
             wait=False,
+            scope=parent.scope,
         )
 
     async def _report_to_parent(self, child: G.Goal) -> None:

@@ -20,7 +20,7 @@ from ..errors import GoalError
 from .effects import GoalMetrics
 from .placement import DeviceView
 from .record import ACTIVE
-from .schedule import Effects, advance, apply_result, busy_of, selected
+from .schedule import Effects, advance, apply_result, busy_of, goal_devices
 from .store import GoalStore, Transition
 
 G = goals_pb2
@@ -126,7 +126,7 @@ class ResultIntake:
 
         def change(record: G.Goal) -> Effects:
             fx = apply_result(record, tid, result, device, now, self.cfg)
-            mine = selected(devices, record.labels)
+            mine = goal_devices(devices, record)
             busy = busy_of(self.store.others(goal_id))
             return fx.then(advance(record, mine, busy, now, self.cfg, self.issued_by))
 

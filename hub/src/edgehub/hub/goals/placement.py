@@ -6,7 +6,7 @@ older daemon implies, such as the built-in tools, a malformed one the most cauti
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
@@ -45,9 +45,12 @@ class DeviceView:
     """The GGUF the device's brain runs ('' when not reported)."""
     arch: str = ""
     memories: frozenset[str] = frozenset()
+    """Lower-case keywords of what the device's L3 memories are about: a hint for data locality."""
     agents: frozenset[str] = frozenset()
     """Ids of the agents it reported running (empty when it reports only a count)."""
-    """Lower-case keywords of what the device's L3 memories are about: a hint for data locality."""
+    hub_labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """The labels the hub assigned to the device (its enrollment token's, an admin's since): what a
+    goal's scope places by (``fleet.scopes``); unlike ``labels``, never the device's own claim."""
 
     @property
     def eligible(self) -> bool:
@@ -69,8 +72,11 @@ class DeviceView:
         )
 
     @classmethod
-    def from_twin(cls, twin: twin_pb2.DeviceTwin, now: float) -> DeviceView:
-        """The view of ``twin`` at ``now`` (seconds since the epoch, as the twin's ``sent_at``)."""
+    def from_twin(
+        cls, twin: twin_pb2.DeviceTwin, now: float, hub_labels: Mapping[str, str] | None = None
+    ) -> DeviceView:
+        """The view of ``twin`` at ``now`` (seconds since the epoch, as the twin's ``sent_at``), with the
+        labels the hub assigned the device."""
         running = list(twin.agents_running)  # '' for an agent an older daemon only counted
         return cls(
             device_id=twin.device_id,
@@ -86,6 +92,7 @@ class DeviceView:
             arch=twin.hardware.arch,
             memories=frozenset(m.strip().lower() for m in twin.memories),
             agents=frozenset(a for a in running if a),
+            hub_labels=MappingProxyType(dict(hub_labels or {})),
         )
 
 
@@ -101,8 +108,14 @@ class FleetCache:
         self._list: list[DeviceView] = []
         self._at = -math.inf
 
-    def views(self, twins: Iterable[tuple[str, int, twin_pb2.DeviceTwin]], now: float) -> list[DeviceView]:
-        """The views of ``twins`` (device id, revision, twin) at ``now``."""
+    def views(
+        self,
+        twins: Iterable[tuple[str, int, twin_pb2.DeviceTwin]],
+        now: float,
+        hub_labels: Callable[[str], Mapping[str, str]] = lambda _: {},
+    ) -> list[DeviceView]:
+        """The views of ``twins`` (device id, revision, twin) at ``now``, each with the labels the hub
+        assigned its device (``hub_labels``)."""
         if 0 <= now - self._at < self.max_age_s:
             return self._list
         out, seen = [], set()
@@ -114,6 +127,9 @@ class FleetCache:
             online = is_online(twin, now)
             if cached[1].online != online:
                 cached = (revision, replace(cached[1], online=online))
+            assigned = hub_labels(device_id)
+            if cached[1].hub_labels != assigned:
+                cached = (revision, replace(cached[1], hub_labels=MappingProxyType(dict(assigned))))
             self._views[device_id] = cached
             out.append(cached[1])
         for gone in self._views.keys() - seen:

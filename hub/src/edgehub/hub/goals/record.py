@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeAlias
 
 from edgehub.protocol.ids import ID_MAX
-from edgehub.protocol.v1 import goals_pb2
+from edgehub.protocol.v1 import goals_pb2, scope_pb2
 
 from .draft import MAX_ID
 from .validate import Limits, Plan, PlannedTask
@@ -29,8 +29,10 @@ if TYPE_CHECKING:  # the CLI renders records: importing the hub's config from it
 
 G = goals_pb2
 
-SCHEMA_VERSION = 2
-"""The record's format: 2 is the protobuf ``Goal``; 1 was JSON (read by ``legacy.py``)."""
+SCHEMA_VERSION = 3
+"""The record's format: 3 is the protobuf ``Goal`` with a scope (a hub of the release before cannot
+read it, so it never places a scoped goal's tasks outside its scope), 2 the same without one; 1 was
+JSON (read by ``legacy.py``)."""
 MAX_INPUT = 2000
 """Characters of one upstream answer handed to a dependant task."""
 MAX_AUDIT = 200
@@ -95,8 +97,9 @@ def new_record(
     depth: int = 0,
     goal_id: str = "",
     now: float | None = None,
+    scope: scope_pb2.Scope | None = None,
 ) -> G.Goal:
-    """A goal just submitted (status planning)."""
+    """A goal just submitted (status planning); ``scope``: its submitter's (none: the whole fleet)."""
     now = now or time.time()
     record = G.Goal(
         schema_version=SCHEMA_VERSION,
@@ -113,6 +116,7 @@ def new_record(
         plan=plan,
         parent=parent,
         depth=depth,
+        scope=scope,
     )
     record.usage.SetInParent()  # zero usage is still usage: shown as such
     audit(record, f"submitted: {text[:200]}", by, now)

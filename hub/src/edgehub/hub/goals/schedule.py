@@ -20,6 +20,7 @@ from edgehub.protocol.v1 import agent_pb2, commands_pb2, goals_pb2, task_pb2
 from edgehub.sync.commands import new_command
 
 from ..config import PlannerConfig
+from ..fleet.scopes import Scope
 from .assign import assign
 from .placement import DeviceView
 from .record import (
@@ -429,3 +430,13 @@ def busy_of(records: Iterable[G.Goal]) -> Counter[str]:
 def selected(devices: Sequence[DeviceView], labels: Mapping[str, str]) -> list[DeviceView]:
     """The devices a goal's selector allows (all, without one: the common case costs nothing)."""
     return [d for d in devices if d.matches(labels, {})] if labels else list(devices)
+
+
+def goal_devices(devices: Sequence[DeviceView], record: G.Goal) -> list[DeviceView]:
+    """The devices a goal may use: those its selector allows (the labels devices report) that are in
+    its scope (the labels the hub assigned them: a device cannot put itself in a scope)."""
+    mine = selected(devices, record.labels)
+    scope = Scope.from_proto(record.scope)
+    if scope.fleet_wide:
+        return mine
+    return [d for d in mine if scope.covers(d.device_id, d.hub_labels)]

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from edgehub.llm import Brain
 from edgehub.protocol.errors import ErrorCode
-from edgehub.protocol.v1 import events_pb2, goals_pb2, task_pb2
+from edgehub.protocol.v1 import events_pb2, goals_pb2, scope_pb2, task_pb2
 from edgehub.sync import any_set
 
 from ..config import PlannerConfig
@@ -40,7 +40,7 @@ from .effects import EffectRunner, GoalMetrics
 from .intake import ResultIntake
 from .placement import DeviceView
 from .record import GOAL_ENDED, MODEL_WORK, audit, goal_word, new_record, task_word
-from .schedule import Effects, advance, busy_of, end_goal, selected
+from .schedule import Effects, advance, busy_of, end_goal, goal_devices
 from .store import GoalStore, Transition
 from .work import ModelWork
 
@@ -112,15 +112,17 @@ class GoalService:
         depth: int = 0,
         goal_id: str = "",
         wait: bool = True,
+        scope: scope_pb2.Scope | None = None,
     ) -> G.Goal:
-        """Store the goal, plan it (the model, or the operator's ``plan``) and start it. With ``wait``,
-        returns once planned (status running, or failed with the planner's reasons)."""
+        """Store the goal, plan it (the model, or the operator's ``plan``) and start it; its tasks run
+        only on devices in ``scope`` (its submitter's; none: the whole fleet). With ``wait``, returns
+        once planned (status running, or failed with the planner's reasons)."""
         text = text.strip()
         _check_request(text, labels or {}, budget, plan, approve_tools or (), planner_on=self.cfg.enabled)
         record = new_record(
             text, by=by, labels=labels, budget=budget, approve_tools=approve_tools or (), plan=plan,
             planner=G.GOAL_PLANNER_MODEL if plan is None else G.GOAL_PLANNER_OPERATOR,
-            parent=parent, depth=depth, goal_id=goal_id,
+            parent=parent, depth=depth, goal_id=goal_id, scope=scope,
         )  # fmt: skip
         if not await self.store.create(record):  # a sub-goal started again after a crash: it exists
             return (await self.get(goal_id)) if goal_id else record
@@ -179,9 +181,9 @@ class GoalService:
         return await self.update(goal_id, change)
 
     # the fleet and the results ---------------------------------------------------------------------
-    async def fleet(self, labels: Mapping[str, str]) -> list[DeviceView]:
-        """The devices a goal's selector allows."""
-        return selected(await self.devices(), labels)
+    async def fleet(self, record: G.Goal) -> list[DeviceView]:
+        """The devices a goal may use (its selector's, in its scope: ``goal_devices``)."""
+        return goal_devices(await self.devices(), record)
 
     async def on_events(
         self, events: Iterable[events_pb2.EdgeEvent]
@@ -202,9 +204,9 @@ class GoalService:
             record = self.store.active.get(gid)
             if record is not None and record.status in MODEL_WORK:
                 continue
-            mine = selected(devices, record.labels if record is not None else {})
 
-            def change(r: G.Goal, mine: list[DeviceView] = mine, gid: str = gid) -> Effects:
+            def change(r: G.Goal, gid: str = gid) -> Effects:
+                mine = goal_devices(devices, r)
                 return advance(r, mine, busy_of(self.store.others(gid)), now, self.cfg, self.issued_by)
 
             try:

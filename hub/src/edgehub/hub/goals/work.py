@@ -35,13 +35,13 @@ PLANNING_STALE_S = 120.0
 planned (synthesised) again."""
 
 Update = Callable[[str, Transition], Awaitable[G.Goal]]
-Fleet = Callable[[dict[str, str]], Awaitable[list[DeviceView]]]
+Fleet = Callable[[G.Goal], Awaitable[list[DeviceView]]]
 
 
 class ModelWork:
     """Planning, re-planning and synthesis of goals (see the module docstring). ``brain`` replaces the
     model ``cfg`` names (tests of the planner's logic); ``update`` stores a transition, ``fleet`` gives
-    the devices a goal's selector allows, ``tick`` advances a goal once it is planned."""
+    the devices a goal may use, ``tick`` advances a goal once it is planned."""
 
     def __init__(
         self,
@@ -156,7 +156,7 @@ class ModelWork:
 
     async def _draft(self, record: G.Goal, replan: str) -> tuple[Planned | None, str]:
         """A plan for ``record`` that passed validation, or None and why there is none."""
-        fleet = await self._fleet(dict(record.labels))
+        fleet = await self._fleet(record)
         limits = plan_limits(record, self.cfg)
         subgoals = may_split(record, self.cfg.max_goal_depth)
         try:

@@ -500,6 +500,8 @@ class ApprovalRecord(_message.Message):
     NOTE_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
+    DECIDED_VIA_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     step: _builtins.int
     tool: _builtins.str
@@ -512,6 +514,12 @@ class ApprovalRecord(_message.Message):
     note: _builtins.str
     requested_at: _builtins.float
     decided_at: _builtins.float
+    decided_via: _builtins.str
+    """"hub" (a decision the hub signed: decided_by is the API token's identity), "local" (on the device:
+    decided_by is "local:" and the OS user), "" (before decisions were verified: free text).
+    """
+    decision_id: _builtins.str
+    """The hub's signed decision that decided it (ApprovalDecision.decision_id; one use)."""
     def __init__(
         self,
         *,
@@ -527,10 +535,12 @@ class ApprovalRecord(_message.Message):
         note: _builtins.str = ...,
         requested_at: _builtins.float = ...,
         decided_at: _builtins.float = ...,
+        decided_via: _builtins.str = ...,
+        decision_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "decided_at", b"decided_at", "decided_by", b"decided_by", "key", b"key", "note", b"note", "proposal_json", b"proposal_json", "reason", b"reason", "requested_at", b"requested_at", "rule", b"rule", "status", b"status", "step", b"step", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "decided_at", b"decided_at", "decided_by", b"decided_by", "decided_via", b"decided_via", "decision_id", b"decision_id", "key", b"key", "note", b"note", "proposal_json", b"proposal_json", "reason", b"reason", "requested_at", b"requested_at", "rule", b"rule", "status", b"status", "step", b"step", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -241,7 +241,13 @@ Global___StopAgent: _TypeAlias = StopAgent  # noqa: Y015
 
 @_typing.final
 class DecideApproval(_message.Message):
-    """An operator's decision on a call that policy marked needs-approval (relayed by the hub)."""
+    """An operator's decision on a call that policy marked needs-approval (relayed by the hub). A device
+    applies only `decision`, once its signature verifies against the hub's signing key
+    (edgehub.sync.decisions); it refuses one unsigned, badly signed, for another device, expired or
+    replayed, and the approval stays pending. `key` must equal the decision's (the device fences the
+    command by it); `approve`, `by` and `note` are for daemons of the release before, which apply them
+    unsigned.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -249,11 +255,20 @@ class DecideApproval(_message.Message):
     APPROVE_FIELD_NUMBER: _builtins.int
     BY_FIELD_NUMBER: _builtins.int
     NOTE_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """The approval key, AGENT/STEP."""
     approve: _builtins.bool
     by: _builtins.str
     note: _builtins.str
+    decision: _builtins.bytes
+    """An ApprovalDecision, serialized: the bytes the hub signed."""
+    signature: _builtins.bytes
+    """The hub's Ed25519 signature over `decision`."""
+    key_id: _builtins.str
+    """The key that signed it (HubKey.key_id)."""
     def __init__(
         self,
         *,
@@ -261,14 +276,76 @@ class DecideApproval(_message.Message):
         approve: _builtins.bool = ...,
         by: _builtins.str = ...,
         note: _builtins.str = ...,
+        decision: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "by", b"by", "key", b"key", "note", b"note"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "by", b"by", "decision", b"decision", "key", b"key", "key_id", b"key_id", "note", b"note", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecideApproval: _TypeAlias = DecideApproval  # noqa: Y015
+
+@_typing.final
+class ApprovalDecision(_message.Message):
+    """An approval decision as the hub signs it: who decided (the identity of the API token the hub
+    authenticated for the DecideApproval call, never a field of the request), on which approval of which
+    device, and until when it may be applied.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    DECISION_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    APPROVE_FIELD_NUMBER: _builtins.int
+    APPROVER_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    schema_version: _builtins.int
+    decision_id: _builtins.str
+    """Unique (the command's id): a device applies a decision at most once."""
+    device_id: _builtins.str
+    """The one device that may apply it."""
+    key: _builtins.str
+    """The approval key, AGENT/STEP."""
+    approve: _builtins.bool
+    approver: _builtins.str
+    """"operator:NAME"."""
+    note: _builtins.str
+    issued_at: _builtins.float
+    """Unix seconds by the hub's clock: a device refuses one issued ahead of its own clock by more than a
+    few minutes, or past expires_at.
+    """
+    expires_at: _builtins.float
+    epoch: _builtins.int
+    """The command's epoch (Command.epoch), which the device fences the command by."""
+    def __init__(
+        self,
+        *,
+        schema_version: _builtins.int = ...,
+        decision_id: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        key: _builtins.str = ...,
+        approve: _builtins.bool = ...,
+        approver: _builtins.str = ...,
+        note: _builtins.str = ...,
+        issued_at: _builtins.float = ...,
+        expires_at: _builtins.float = ...,
+        epoch: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "approver", b"approver", "decision_id", b"decision_id", "device_id", b"device_id", "epoch", b"epoch", "expires_at", b"expires_at", "issued_at", b"issued_at", "key", b"key", "note", b"note", "schema_version", b"schema_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApprovalDecision: _TypeAlias = ApprovalDecision  # noqa: Y015
 
 @_typing.final
 class PruneEpisodes(_message.Message):

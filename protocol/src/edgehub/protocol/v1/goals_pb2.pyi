@@ -3,14 +3,16 @@
 isort:skip_file
 Goals: what an operator asks the fleet to achieve, the hub's plan for it (a DAG of tasks) and how it
 went. One `Goal` message is both the record the hub keeps in the `edgehub-goals` KV bucket (protobuf
-bytes, `schema_version` 2; the JSON records of schema version 1 that earlier releases stored are read
-by the hub's legacy decoder) and what the management API returns (`GetGoal`, `SubmitGoal`, ...).
+bytes, `schema_version` 3 since goals have a scope, which a hub of the release before cannot read;
+2 before; the JSON records of schema version 1 that earlier releases stored are read by the hub's
+legacy decoder) and what the management API returns (`GetGoal`, `SubmitGoal`, ...).
 `ListGoals` returns `GoalSummary`s instead: a goal without its plan revisions, task states and audit.
 
 Times are seconds since the Unix epoch (the hub's wall clock), as the device twin's `sent_at`.
 """
 
 from collections import abc as _abc
+from edgehub.protocol.v1 import scope_pb2 as _scope_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -839,6 +841,7 @@ class Goal(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     SYNTHESIS_ERROR_FIELD_NUMBER: _builtins.int
     AUDIT_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """2 (1 was the JSON record of the first release)."""
     goal_id: _builtins.str
@@ -887,6 +890,12 @@ class Goal(_message.Message):
     def usage(self) -> Global___GoalUsage: ...
     @_builtins.property
     def audit(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    @_builtins.property
+    def scope(self) -> _scope_pb2.Scope:
+        """The scope of the token that submitted it (a sub-goal: its parent's): its tasks run only on devices
+        in it, and only tokens whose scope holds it see or change it. Empty: the whole fleet.
+        """
+
     def __init__(
         self,
         *,
@@ -914,10 +923,11 @@ class Goal(_message.Message):
         error: _builtins.str = ...,
         synthesis_error: _builtins.str = ...,
         audit: _abc.Iterable[Global___AuditEntry] | None = ...,
+        scope: _scope_pb2.Scope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "parent", b"parent", "plan", b"plan", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "parent", b"parent", "plan", b"plan", "scope", b"scope", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answer_by", b"answer_by", "approve_tools", b"approve_tools", "audit", b"audit", "budget", b"budget", "depth", b"depth", "error", b"error", "finished_at", b"finished_at", "goal_id", b"goal_id", "labels", b"labels", "parent", b"parent", "plan", b"plan", "planner", b"planner", "replans", b"replans", "revisions", b"revisions", "schema_version", b"schema_version", "status", b"status", "submitted_at", b"submitted_at", "submitted_by", b"submitted_by", "synthesis_error", b"synthesis_error", "tasks", b"tasks", "text", b"text", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answer_by", b"answer_by", "approve_tools", b"approve_tools", "audit", b"audit", "budget", b"budget", "depth", b"depth", "error", b"error", "finished_at", b"finished_at", "goal_id", b"goal_id", "labels", b"labels", "parent", b"parent", "plan", b"plan", "planner", b"planner", "replans", b"replans", "revisions", b"revisions", "schema_version", b"schema_version", "scope", b"scope", "status", b"status", "submitted_at", b"submitted_at", "submitted_by", b"submitted_by", "synthesis_error", b"synthesis_error", "tasks", b"tasks", "text", b"text", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,13 +5,22 @@ The hub's management API (gRPC over TLS). Operators and the `edgehub` CLI use it
 token; devices use it to enroll (with a one-time token) and then, on the hub's device port (mutual
 TLS), with their client certificate.
 Errors use standard status codes: UNAUTHENTICATED (no or unknown credentials), PERMISSION_DENIED
-(the caller's role is too low), NOT_FOUND (unknown agent or device), INVALID_ARGUMENT (bad input),
+(the caller's role is too low, or what it names is outside its token's scope), NOT_FOUND (unknown agent or device), INVALID_ARGUMENT (bad input),
 FAILED_PRECONDITION (expired or used enrollment token; a feature this hub does not run),
 UNAVAILABLE (NATS or the knowledge graph unreachable).
+
+Scopes (scope.proto): a token with a scope reaches only the devices in it. Methods that act on a
+device or an agent (StartAgent, StopAgent, DecideApproval, DrainDevice, RevokeDevice, MigrateAgent:
+its source and target, SetDeviceLabels, CreateEnrollmentToken) answer PERMISSION_DENIED for one
+outside it, naming what the request named and the caller's scope; reads (ListDevices, ListAgents,
+ListGoals, ListApiTokens) leave out what is outside it, and GetDevice, GetAgent, TraceAgent,
+GetMigration, GetGoal refuse it. A goal is submitted with its submitter's scope: its tasks run only on
+devices in it. Consolidate works on the whole fleet and needs a token without a scope.
 """
 
 from collections import abc as _abc
 from edgehub.protocol.v1 import agent_pb2 as _agent_pb2
+from edgehub.protocol.v1 import scope_pb2 as _scope_pb2
 from edgehub.protocol.v1 import twin_pb2 as _twin_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import descriptor_pb2 as _descriptor_pb2
@@ -27,6 +36,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -449,18 +463,24 @@ class Principal(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """"operator:NAME" or "device:ID"."""
     role: Global___Role.ValueType
+    @_builtins.property
+    def scope(self) -> _scope_pb2.Scope:
+        """The devices an operator's token reaches (empty: the whole fleet)."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         role: Global___Role.ValueType = ...,
+        scope: _scope_pb2.Scope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -549,6 +569,104 @@ class RevokeDeviceRequest(_message.Message):
 Global___RevokeDeviceRequest: _TypeAlias = RevokeDeviceRequest  # noqa: Y015
 
 @_typing.final
+class SetDeviceLabelsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The device's labels from now on (empty: none; then only tokens without a scope, and scopes naming
+        the device, reach it). At most 16, keys and values ids.
+        """
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDeviceLabelsRequest: _TypeAlias = SetDeviceLabelsRequest  # noqa: Y015
+
+@_typing.final
+class DeviceLabels(_message.Message):
+    """The labels the hub assigned to a device (`edgehub-credentials`), and who set them last."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    SET_BY_FIELD_NUMBER: _builtins.int
+    SET_AT_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    set_by: _builtins.str
+    set_at: _builtins.float
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        set_by: _builtins.str = ...,
+        set_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "labels", b"labels", "set_at", b"set_at", "set_by", b"set_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceLabels: _TypeAlias = DeviceLabels  # noqa: Y015
+
+@_typing.final
 class RevokeDeviceResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -589,20 +707,48 @@ Global___RevokeDeviceResponse: _TypeAlias = RevokeDeviceResponse  # noqa: Y015
 class CreateEnrollmentTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     TTL_S_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     ttl_s: _builtins.int
     """Default 3600 s, at most 30 days."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The labels the device gets when it enrolls (what operator scopes select by); empty: the labels it
+        has now (none for a new device).
+        """
+
     def __init__(
         self,
         *,
         device_id: _builtins.str = ...,
         ttl_s: _builtins.int = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "ttl_s", b"ttl_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "labels", b"labels", "ttl_s", b"ttl_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -612,15 +758,40 @@ Global___CreateEnrollmentTokenRequest: _TypeAlias = CreateEnrollmentTokenRequest
 class EnrollmentToken(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     TOKEN_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CA_PEM_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     device_id: _builtins.str
     expires_at: _builtins.float
     ca_pem: _builtins.str
     """The API's CA certificate (PEM): the device verifies the hub with it."""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The labels enrolling with it gives the device."""
+
     def __init__(
         self,
         *,
@@ -628,10 +799,11 @@ class EnrollmentToken(_message.Message):
         device_id: _builtins.str = ...,
         expires_at: _builtins.float = ...,
         ca_pem: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "device_id", b"device_id", "expires_at", b"expires_at", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "device_id", b"device_id", "expires_at", b"expires_at", "labels", b"labels", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -679,6 +851,7 @@ class EnrollResponse(_message.Message):
     INBOX_PREFIX_FIELD_NUMBER: _builtins.int
     DEVICE_API_FIELD_NUMBER: _builtins.int
     NATS_CA_PEM_FIELD_NUMBER: _builtins.int
+    HUB_KEY_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     nats_jwt: _builtins.str
     """User JWT for nats_user_key, allowed only this device's subjects."""
@@ -696,6 +869,10 @@ class EnrollResponse(_message.Message):
     def nats_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """NATS servers the device should use (may be empty: keep its configured URL)."""
 
+    @_builtins.property
+    def hub_key(self) -> Global___HubKey:
+        """The key the hub signs approval decisions with."""
+
     def __init__(
         self,
         *,
@@ -707,14 +884,56 @@ class EnrollResponse(_message.Message):
         inbox_prefix: _builtins.str = ...,
         device_api: _builtins.str = ...,
         nats_ca_pem: _builtins.str = ...,
+        hub_key: Global___HubKey | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hub_key", b"hub_key"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "client_cert_pem", b"client_cert_pem", "device_api", b"device_api", "device_id", b"device_id", "inbox_prefix", b"inbox_prefix", "nats_ca_pem", b"nats_ca_pem", "nats_jwt", b"nats_jwt", "nats_urls", b"nats_urls"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_pem", b"ca_pem", "client_cert_pem", b"client_cert_pem", "device_api", b"device_api", "device_id", b"device_id", "hub_key", b"hub_key", "inbox_prefix", b"inbox_prefix", "nats_ca_pem", b"nats_ca_pem", "nats_jwt", b"nats_jwt", "nats_urls", b"nats_urls"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EnrollResponse: _TypeAlias = EnrollResponse  # noqa: Y015
+
+@_typing.final
+class GetHubKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHubKeyRequest: _TypeAlias = GetHubKeyRequest  # noqa: Y015
+
+@_typing.final
+class HubKey(_message.Message):
+    """The hub's Ed25519 public key for the decisions it signs (edgehub.sync.decisions)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    public_key: _builtins.bytes
+    """Raw, 32 bytes."""
+    key_id: _builtins.str
+    """The first 16 hex digits of its SHA-256 (named by each signed decision)."""
+    def __init__(
+        self,
+        *,
+        public_key: _builtins.bytes = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "public_key", b"public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HubKey: _TypeAlias = HubKey  # noqa: Y015
 
 @_typing.final
 class CreateApiTokenRequest(_message.Message):
@@ -723,20 +942,28 @@ class CreateApiTokenRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     TTL_S_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: Global___Role.ValueType
     ttl_s: _builtins.float
     """The token stops working this long after it is made (0: never)."""
+    @_builtins.property
+    def scope(self) -> _scope_pb2.Scope:
+        """The devices it reaches (empty: the whole fleet). At most 16 selectors of at most 16 labels each,
+        and 256 device ids.
+        """
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         role: Global___Role.ValueType = ...,
         ttl_s: _builtins.float = ...,
+        scope: _scope_pb2.Scope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role", "ttl_s", b"ttl_s"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "role", b"role", "scope", b"scope", "ttl_s", b"ttl_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -750,11 +977,14 @@ class ApiToken(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     name: _builtins.str
     role: Global___Role.ValueType
     expires_at: _builtins.float
     """Unix time; 0: never."""
+    @_builtins.property
+    def scope(self) -> _scope_pb2.Scope: ...
     def __init__(
         self,
         *,
@@ -762,10 +992,11 @@ class ApiToken(_message.Message):
         name: _builtins.str = ...,
         role: Global___Role.ValueType = ...,
         expires_at: _builtins.float = ...,
+        scope: _scope_pb2.Scope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "name", b"name", "role", b"role", "token", b"token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "name", b"name", "role", b"role", "scope", b"scope", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -799,6 +1030,7 @@ class ApiTokenInfo(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     ID_FIELD_NUMBER: _builtins.int
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     role: Global___Role.ValueType
     created_by: _builtins.str
@@ -808,7 +1040,13 @@ class ApiTokenInfo(_message.Message):
     id: _builtins.str
     """The first characters of the token's SHA-256 (tells two tokens of one name apart); not stored."""
     schema_version: _builtins.int
-    """The stored record's format (edgehub.sync.records)."""
+    """The stored record's format (edgehub.sync.records): 2 since tokens carry a scope (a hub of the
+    release before cannot read them, so it never takes a scoped token for one of the whole fleet).
+    """
+    @_builtins.property
+    def scope(self) -> _scope_pb2.Scope:
+        """The devices it reaches (empty: the whole fleet)."""
+
     def __init__(
         self,
         *,
@@ -819,10 +1057,11 @@ class ApiTokenInfo(_message.Message):
         expires_at: _builtins.float = ...,
         id: _builtins.str = ...,
         schema_version: _builtins.int = ...,
+        scope: _scope_pb2.Scope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "id", b"id", "name", b"name", "role", b"role", "schema_version", b"schema_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "id", b"id", "name", b"name", "role", b"role", "schema_version", b"schema_version", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -892,10 +1131,31 @@ class Device(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     ONLINE_FIELD_NUMBER: _builtins.int
     LAST_SEEN_S_FIELD_NUMBER: _builtins.int
     TWIN_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     """The device's id, from the key it wrote its twin under (never the twin's own field)."""
     online: _builtins.bool
@@ -904,6 +1164,12 @@ class Device(_message.Message):
     """Seconds since the device sent the twin (hub clock minus the device's sent_at)."""
     @_builtins.property
     def twin(self) -> _twin_pb2.DeviceTwin: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The labels the hub assigned to the device (its enrollment token's, or `SetDeviceLabels`): what
+        operator scopes select by. The twin's labels are what the device says of itself.
+        """
+
     def __init__(
         self,
         *,
@@ -911,10 +1177,11 @@ class Device(_message.Message):
         online: _builtins.bool = ...,
         last_seen_s: _builtins.float = ...,
         twin: _twin_pb2.DeviceTwin | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["twin", b"twin"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "last_seen_s", b"last_seen_s", "online", b"online", "twin", b"twin"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "labels", b"labels", "last_seen_s", b"last_seen_s", "online", b"online", "twin", b"twin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1277,7 +1544,20 @@ class DecideApprovalRequest(_message.Message):
     device_id: _builtins.str
     """Empty: the agent's owner in the registry."""
     approve: _builtins.bool
-    by: _builtins.str
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def by(self) -> _builtins.str:
+        """No longer accepted (INVALID_ARGUMENT when set): the decision is recorded under the caller's
+        token's identity, which the hub signs; say on whose behalf in `note`.
+        """
+
+    @by.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def by(self, value: _builtins.str) -> None:
+        """No longer accepted (INVALID_ARGUMENT when set): the decision is recorded under the caller's
+        token's identity, which the hub signs; say on whose behalf in `note`.
+        """
+
     note: _builtins.str
     def __init__(
         self,

@@ -55,6 +55,11 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceResponse.FromString,
                 _registered_method=True)
+        self.SetDeviceLabels = channel.unary_unary(
+                '/edgehub.v1.HubService/SetDeviceLabels',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.SetDeviceLabelsRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.DeviceLabels.FromString,
+                _registered_method=True)
         self.ListAgents = channel.unary_unary(
                 '/edgehub.v1.HubService/ListAgents',
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.ListAgentsRequest.SerializeToString,
@@ -114,6 +119,11 @@ class HubServiceStub:
                 '/edgehub.v1.HubService/WhoAmI',
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.Principal.FromString,
+                _registered_method=True)
+        self.GetHubKey = channel.unary_unary(
+                '/edgehub.v1.HubService/GetHubKey',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.GetHubKeyRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.HubKey.FromString,
                 _registered_method=True)
         self.Consolidate = channel.unary_unary(
                 '/edgehub.v1.HubService/Consolidate',
@@ -202,6 +212,14 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetDeviceLabels(self, request, context):
+        """Replace the labels the hub assigned to a device (what operator scopes select by). A scoped admin
+        may relabel only a device in its scope, and only to labels that keep it there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListAgents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -235,13 +253,18 @@ class HubServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DecideApproval(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Sends the decision on a held tool call to the agent's device, signed with the hub's key in the
+        caller's name (edgehub.sync.decisions): devices apply no other.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateEnrollmentToken(self, request, context):
-        """A one-time token with which one device (by id) can enroll, valid for ttl_s.
+        """A one-time token with which one device (by id) can enroll, valid for ttl_s; the device gets the
+        token's labels. A scoped admin may make one only for a device that is new or in its scope, with
+        labels that put it in its scope; the token is refused at enrollment if by then the device is outside
+        that scope.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -256,7 +279,8 @@ class HubServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateApiToken(self, request, context):
-        """A bearer token for an operator; shown once, stored only as a hash.
+        """A bearer token for an operator; shown once, stored only as a hash. A scoped admin may give only a
+        scope within its own (never none: that is the whole fleet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -278,6 +302,14 @@ class HubServiceServicer:
 
     def WhoAmI(self, request, context):
         """The caller as the hub sees it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHubKey(self, request, context):
+        """The hub's public signing key: devices verify the approval decisions the hub signs with it. A
+        device enrolled before decisions were signed fetches it here (on the device port).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -390,6 +422,11 @@ def add_HubServiceServicer_to_server(servicer, server):
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.RevokeDeviceResponse.SerializeToString,
             ),
+            'SetDeviceLabels': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDeviceLabels,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.SetDeviceLabelsRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.DeviceLabels.SerializeToString,
+            ),
             'ListAgents': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAgents,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.ListAgentsRequest.FromString,
@@ -449,6 +486,11 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.Principal.SerializeToString,
+            ),
+            'GetHubKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHubKey,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.GetHubKeyRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.HubKey.SerializeToString,
             ),
             'Consolidate': grpc.unary_unary_rpc_method_handler(
                     servicer.Consolidate,
@@ -614,6 +656,33 @@ class HubService:
             '/edgehub.v1.HubService/RevokeDevice',
             edgehub_dot_v1_dot_hub__pb2.RevokeDeviceRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.RevokeDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDeviceLabels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/SetDeviceLabels',
+            edgehub_dot_v1_dot_hub__pb2.SetDeviceLabelsRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.DeviceLabels.FromString,
             options,
             channel_credentials,
             insecure,
@@ -938,6 +1007,33 @@ class HubService:
             '/edgehub.v1.HubService/WhoAmI',
             edgehub_dot_v1_dot_hub__pb2.WhoAmIRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.Principal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHubKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/GetHubKey',
+            edgehub_dot_v1_dot_hub__pb2.GetHubKeyRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.HubKey.FromString,
             options,
             channel_credentials,
             insecure,

@@ -22,21 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from edgehub.protocol.v1 import scope_pb2 as edgehub_dot_v1_dot_scope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gehub/v1/records.proto\x12\nedgehub.v1\"e\n\x10\x45nrollmentRecord\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x12\n\ncreated_by\x18\x04 \x01(\t\"\xe7\x01\n\x11\x44\x65viceCredentials\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12>\n\tuser_keys\x18\x03 \x03(\x0b\x32+.edgehub.v1.DeviceCredentials.UserKeysEntry\x12\x12\n\nrevoked_at\x18\x04 \x01(\x01\x12\x12\n\nrevoked_by\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x1a/\n\rUserKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x65\x64gehub/v1/records.proto\x12\nedgehub.v1\x1a\x16\x65\x64gehub/v1/scope.proto\"\xf8\x01\n\x10\x45nrollmentRecord\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x12\n\ncreated_by\x18\x04 \x01(\t\x12\x38\n\x06labels\x18\x05 \x03(\x0b\x32(.edgehub.v1.EnrollmentRecord.LabelsEntry\x12(\n\rcreated_scope\x18\x06 \x01(\x0b\x32\x11.edgehub.v1.Scope\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf7\x02\n\x11\x44\x65viceCredentials\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12>\n\tuser_keys\x18\x03 \x03(\x0b\x32+.edgehub.v1.DeviceCredentials.UserKeysEntry\x12\x12\n\nrevoked_at\x18\x04 \x01(\x01\x12\x12\n\nrevoked_by\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x39\n\x06labels\x18\x07 \x03(\x0b\x32).edgehub.v1.DeviceCredentials.LabelsEntry\x12\x11\n\tlabels_by\x18\x08 \x01(\t\x12\x11\n\tlabels_at\x18\t \x01(\x01\x1a/\n\rUserKeysEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgehub.v1.records_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ENROLLMENTRECORD_LABELSENTRY']._loaded_options = None
+  _globals['_ENROLLMENTRECORD_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_DEVICECREDENTIALS_USERKEYSENTRY']._loaded_options = None
   _globals['_DEVICECREDENTIALS_USERKEYSENTRY']._serialized_options = b'8\001'
-  _globals['_ENROLLMENTRECORD']._serialized_start=40
-  _globals['_ENROLLMENTRECORD']._serialized_end=141
-  _globals['_DEVICECREDENTIALS']._serialized_start=144
-  _globals['_DEVICECREDENTIALS']._serialized_end=375
-  _globals['_DEVICECREDENTIALS_USERKEYSENTRY']._serialized_start=328
-  _globals['_DEVICECREDENTIALS_USERKEYSENTRY']._serialized_end=375
+  _globals['_DEVICECREDENTIALS_LABELSENTRY']._loaded_options = None
+  _globals['_DEVICECREDENTIALS_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_ENROLLMENTRECORD']._serialized_start=65
+  _globals['_ENROLLMENTRECORD']._serialized_end=313
+  _globals['_ENROLLMENTRECORD_LABELSENTRY']._serialized_start=268
+  _globals['_ENROLLMENTRECORD_LABELSENTRY']._serialized_end=313
+  _globals['_DEVICECREDENTIALS']._serialized_start=316
+  _globals['_DEVICECREDENTIALS']._serialized_end=691
+  _globals['_DEVICECREDENTIALS_USERKEYSENTRY']._serialized_start=597
+  _globals['_DEVICECREDENTIALS_USERKEYSENTRY']._serialized_end=644
+  _globals['_DEVICECREDENTIALS_LABELSENTRY']._serialized_start=268
+  _globals['_DEVICECREDENTIALS_LABELSENTRY']._serialized_end=313
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ ApiTokenInfo) are the API's own messages in hub.proto.
 """
 
 from collections import abc as _abc
+from edgehub.protocol.v1 import scope_pb2 as _scope_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -30,16 +31,48 @@ class EnrollmentRecord(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     CREATED_BY_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    CREATED_SCOPE_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     device_id: _builtins.str
     """The one device that may enroll with it."""
     expires_at: _builtins.float
     """Unix seconds."""
     created_by: _builtins.str
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The labels the device gets when it enrolls (given with the token, else the device's when the
+        token was made).
+        """
+
+    @_builtins.property
+    def created_scope(self) -> _scope_pb2.Scope:
+        """The scope of the admin who made it: enrolling is refused if the device is outside it by then."""
+
     def __init__(
         self,
         *,
@@ -47,10 +80,12 @@ class EnrollmentRecord(_message.Message):
         device_id: _builtins.str = ...,
         expires_at: _builtins.float = ...,
         created_by: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        created_scope: _scope_pb2.Scope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_scope", b"created_scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "device_id", b"device_id", "expires_at", b"expires_at", "schema_version", b"schema_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_by", b"created_by", "created_scope", b"created_scope", "device_id", b"device_id", "expires_at", b"expires_at", "labels", b"labels", "schema_version", b"schema_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -84,21 +119,52 @@ class DeviceCredentials(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
     DEVICE_ID_FIELD_NUMBER: _builtins.int
     USER_KEYS_FIELD_NUMBER: _builtins.int
     REVOKED_AT_FIELD_NUMBER: _builtins.int
     REVOKED_BY_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    LABELS_BY_FIELD_NUMBER: _builtins.int
+    LABELS_AT_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     device_id: _builtins.str
     revoked_at: _builtins.float
     """Unix seconds; 0: not revoked. Keys (and certificates) issued up to then are revoked."""
     revoked_by: _builtins.str
     reason: _builtins.str
+    labels_by: _builtins.str
+    labels_at: _builtins.float
     @_builtins.property
     def user_keys(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """NATS user public key -> when it was issued (unix seconds)."""
+
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The labels the hub assigned to the device (its enrollment token's, or an admin's since): what
+        operator scopes select by. A hub of the release before ignores them (it knows no scopes either).
+        """
 
     def __init__(
         self,
@@ -109,10 +175,13 @@ class DeviceCredentials(_message.Message):
         revoked_at: _builtins.float = ...,
         revoked_by: _builtins.str = ...,
         reason: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        labels_by: _builtins.str = ...,
+        labels_at: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "reason", b"reason", "revoked_at", b"revoked_at", "revoked_by", b"revoked_by", "schema_version", b"schema_version", "user_keys", b"user_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "labels", b"labels", "labels_at", b"labels_at", "labels_by", b"labels_by", "reason", b"reason", "revoked_at", b"revoked_at", "revoked_by", b"revoked_by", "schema_version", b"schema_version", "user_keys", b"user_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -6,6 +6,8 @@ import time
 from dataclasses import astuple, replace
 from typing import Any
 
+import apsw
+
 from edgehub.protocol.v1 import agent_pb2
 
 from ...errors import StoreError
@@ -15,7 +17,7 @@ from .outbox import Outbox
 
 APPROVAL_COLS = (
     "key, agent_id, step, tool, args_json, proposal_json, rule, reason, status, decided_by, note,"
-    " requested_at, decided_at"
+    " requested_at, decided_at, decided_via, decision_id"
 )
 """The ``approvals`` columns in the order of ``Approval``'s fields."""
 
@@ -26,7 +28,7 @@ class Approvals(AgentRows, Outbox):
     def _put_approval(self, a: Approval) -> None:
         """Insert, or refresh a pending one (inside the caller's transaction); a decided one stays."""
         self._conn.execute(
-            f"INSERT INTO approvals({APPROVAL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            f"INSERT INTO approvals({APPROVAL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(key) DO UPDATE SET tool = excluded.tool, args_json = excluded.args_json,"
             " proposal_json = excluded.proposal_json, rule = excluded.rule, reason = excluded.reason,"
             " requested_at = excluded.requested_at WHERE approvals.status = 'pending'",
@@ -47,14 +49,18 @@ class Approvals(AgentRows, Outbox):
     def decide_approval(
         self, approval: Approval, state: agent_pb2.AgentState, event: agent_pb2.StepEvent
     ) -> None:
+        a = approval
         with self._tx():
-            self._conn.execute(
-                "UPDATE approvals SET status = ?, decided_by = ?, note = ?, decided_at = ?"
-                " WHERE key = ? AND status = 'pending'",
-                (approval.status, approval.decided_by, approval.note, time.time(), approval.key),
-            )
+            try:
+                self._conn.execute(
+                    "UPDATE approvals SET status = ?, decided_by = ?, note = ?, decided_at = ?,"
+                    " decided_via = ?, decision_id = ? WHERE key = ? AND status = 'pending'",
+                    (a.status, a.decided_by, a.note, time.time(), a.decided_via, a.decision_id, a.key),
+                )
+            except apsw.ConstraintError:  # the index: one decision, one approval
+                raise StoreError(f"decision {a.decision_id!r} was used before", path=str(self.path)) from None
             if self._conn.changes() != 1:
-                raise StoreError(f"approval {approval.key!r} is not pending", path=str(self.path))
+                raise StoreError(f"approval {a.key!r} is not pending", path=str(self.path))
             self._put_state(state)
             self._log_event(event)
             self._append_outbox(event)

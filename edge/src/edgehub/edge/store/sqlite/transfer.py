@@ -31,6 +31,8 @@ def _record_of(a: Approval) -> agent_pb2.ApprovalRecord:
         note=a.note,
         requested_at=a.requested_at or 0.0,
         decided_at=a.decided_at or 0.0,
+        decided_via=a.decided_via,
+        decision_id=a.decision_id,
     )
 
 
@@ -49,6 +51,8 @@ def _approval_of(r: agent_pb2.ApprovalRecord, agent_id: str) -> Approval:
         r.note,
         r.requested_at,
         r.decided_at or None,
+        r.decided_via,
+        r.decision_id,
     )
 
 
