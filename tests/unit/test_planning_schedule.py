@@ -240,3 +240,17 @@ def test_a_task_whose_agent_migrated_follows_it_instead_of_being_reassigned() ->
     state = record.tasks["a"]
     assert (state.device, state.status, state.attempt) == (target, G.TASK_STATUS_RUNNING, 1)
     assert "runs on" in record.audit[-1].what
+
+
+def test_a_task_agent_is_granted_exactly_its_planned_tools() -> None:
+    """The plan's per-task tools travel with the StartAgent: a least-privilege grant on the edge, and
+    a task that needs no tool (a join) is granted none, so it answers from its inputs."""
+    fleet = devices("dev-a")
+    record = goal([t("a", tools=["run_command"]), t("b", ["a"])], fleet)
+    (start,) = advance(record, fleet, Counter(), T0, CFG, "hub").commands
+    assert start.start_agent.HasField("tools")
+    assert list(start.start_agent.tools.names) == ["run_command"]
+    apply_result(record, "a", finish(record, "a"), start.device_id, T0 + 1, CFG)
+    (join,) = advance(record, fleet, Counter(), T0 + 1, CFG, "hub").commands
+    assert join.start_agent.HasField("tools")
+    assert list(join.start_agent.tools.names) == []

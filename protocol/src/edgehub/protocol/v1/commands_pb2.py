@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from edgehub.protocol.v1 import agent_pb2 as edgehub_dot_v1_dot_agent__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gehub/v1/commands.proto\x12\nedgehub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16\x65\x64gehub/v1/agent.proto\"\xe9\x03\n\x07\x43ommand\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tissued_by\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12-\n\x0bstart_agent\x18\n \x01(\x0b\x32\x16.edgehub.v1.StartAgentH\x00\x12+\n\nstop_agent\x18\x0b \x01(\x0b\x32\x15.edgehub.v1.StopAgentH\x00\x12\x35\n\x0f\x64\x65\x63ide_approval\x18\x0c \x01(\x0b\x32\x1a.edgehub.v1.DecideApprovalH\x00\x12\"\n\x05\x64rain\x18\r \x01(\x0b\x32\x11.edgehub.v1.DrainH\x00\x12\x33\n\x0eprune_episodes\x18\x0e \x01(\x0b\x32\x19.edgehub.v1.PruneEpisodesH\x00\x12-\n\x0bmigrate_out\x18\x0f \x01(\x0b\x32\x16.edgehub.v1.MigrateOutH\x00\x12+\n\nmigrate_in\x18\x10 \x01(\x0b\x32\x15.edgehub.v1.MigrateInH\x00\x42\x06\n\x04\x62ody\"K\n\nMigrateOut\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x15\n\rtarget_device\x18\x03 \x01(\t\"i\n\tMigrateIn\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x15\n\rsource_device\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\"\'\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06resume\x18\x02 \x01(\x08\"a\n\nStartAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\"\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x12.edgehub.v1.Budget\x12\x0f\n\x07task_id\x18\x04 \x01(\t\"-\n\tStopAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"H\n\x0e\x44\x65\x63ideApproval\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\"-\n\rPruneEpisodes\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gehub/v1/commands.proto\x12\nedgehub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16\x65\x64gehub/v1/agent.proto\"\xe9\x03\n\x07\x43ommand\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tissued_by\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12-\n\x0bstart_agent\x18\n \x01(\x0b\x32\x16.edgehub.v1.StartAgentH\x00\x12+\n\nstop_agent\x18\x0b \x01(\x0b\x32\x15.edgehub.v1.StopAgentH\x00\x12\x35\n\x0f\x64\x65\x63ide_approval\x18\x0c \x01(\x0b\x32\x1a.edgehub.v1.DecideApprovalH\x00\x12\"\n\x05\x64rain\x18\r \x01(\x0b\x32\x11.edgehub.v1.DrainH\x00\x12\x33\n\x0eprune_episodes\x18\x0e \x01(\x0b\x32\x19.edgehub.v1.PruneEpisodesH\x00\x12-\n\x0bmigrate_out\x18\x0f \x01(\x0b\x32\x16.edgehub.v1.MigrateOutH\x00\x12+\n\nmigrate_in\x18\x10 \x01(\x0b\x32\x15.edgehub.v1.MigrateInH\x00\x42\x06\n\x04\x62ody\"K\n\nMigrateOut\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x15\n\rtarget_device\x18\x03 \x01(\t\"i\n\tMigrateIn\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x15\n\rsource_device\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\"\'\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06resume\x18\x02 \x01(\x08\"\x87\x01\n\nStartAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\"\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x12.edgehub.v1.Budget\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12$\n\x05tools\x18\x05 \x01(\x0b\x32\x15.edgehub.v1.ToolGrant\"-\n\tStopAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"H\n\x0e\x44\x65\x63ideApproval\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\"-\n\rPruneEpisodes\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,12 +41,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MIGRATEIN']._serialized_end=772
   _globals['_DRAIN']._serialized_start=774
   _globals['_DRAIN']._serialized_end=813
-  _globals['_STARTAGENT']._serialized_start=815
-  _globals['_STARTAGENT']._serialized_end=912
-  _globals['_STOPAGENT']._serialized_start=914
-  _globals['_STOPAGENT']._serialized_end=959
-  _globals['_DECIDEAPPROVAL']._serialized_start=961
-  _globals['_DECIDEAPPROVAL']._serialized_end=1033
-  _globals['_PRUNEEPISODES']._serialized_start=1035
-  _globals['_PRUNEEPISODES']._serialized_end=1080
+  _globals['_STARTAGENT']._serialized_start=816
+  _globals['_STARTAGENT']._serialized_end=951
+  _globals['_STOPAGENT']._serialized_start=953
+  _globals['_STOPAGENT']._serialized_end=998
+  _globals['_DECIDEAPPROVAL']._serialized_start=1000
+  _globals['_DECIDEAPPROVAL']._serialized_end=1072
+  _globals['_PRUNEEPISODES']._serialized_start=1074
+  _globals['_PRUNEEPISODES']._serialized_end=1119
 # @@protoc_insertion_point(module_scope)
