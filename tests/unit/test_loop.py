@@ -279,13 +279,17 @@ async def test_an_agent_granted_some_tools_is_offered_and_allowed_only_those(tmp
 
 
 async def test_an_agent_granted_no_tool_is_guided_to_answer_at_once(tmp_path: Path) -> None:
-    """The join task of a plan needs no tool: it answers from the inputs in its goal."""
-    loop, store, brain = make_loop(tmp_path, [act("finish", answer="green and blue")])
+    """The join task of a plan needs no tool: it answers from the inputs in its goal, and memories of
+    other goals are not put beside them (Gemma answered "green, leaf" from a recalled leaf.txt goal)."""
+    memories = Memories(["Earlier goal: save green to leaf.txt. Its verified result: green"])
+    loop, store, brain = make_loop(tmp_path, [act("finish", answer="green and blue")], memory=memories)
     store.create_agent(new_agent("a1", "Finish with the two words you were given: green, blue", tools=[]))
     state = await loop.run("a1", asyncio.Event())
     assert schema_tools(brain.schemas[0]) == {"finish"}
     assert state.status == S.AGENT_STATUS_FINISHED
     assert state.answer == "green and blue"
+    assert not state.recalled
+    assert "leaf.txt" not in brain.prompts[0]
 
 
 async def test_an_agent_without_a_grant_has_every_tool(tmp_path: Path) -> None:

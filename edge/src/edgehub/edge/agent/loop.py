@@ -95,7 +95,7 @@ class AgentLoop:
         with self._spans.run(state, self.d.device_id) as span:
             if state.status == S.AGENT_STATUS_PENDING:
                 state.status = S.AGENT_STATUS_RUNNING
-                if state.step == 0:
+                if state.step == 0 and granted(state) != frozenset():  # granted no tool: its goal is all
                     state.recalled[:] = await self.context.recall(state, state.goal)
                     state.deliverables.extend(extract(state.goal))
                 self.d.store.update_agent(state)
