@@ -7,7 +7,9 @@
 # 1. The CLI submits a goal to edge-1 and follows it (the edge keeps L3 episodes of each step), then
 #    reads the agent, the devices and the trace back through the hub's API as the admin operator.
 # 2. A planned goal (examples/plan.json: two tasks in parallel on the two edges, then a join) runs
-#    across the fleet; `edgehub goal show` draws the DAG with devices and timings.
+#    across the fleet; `edgehub goal show` draws the DAG with devices and timings. Each task's agent
+#    gets only the tools its plan names (the join none: it answers from the two results); the script
+#    checks that the answer names both colours.
 # 3. The hub's own model plans a goal; every task is held for approval, the plan is shown, and the
 #    goal is cancelled (the tasks a 270M model writes are not worth running unreviewed).
 # 4. A consolidation of the edges' replicated episodes into the L4 graph with the hub's own model.
@@ -95,6 +97,14 @@ step "a planned goal across the fleet: edgehub goal submit --plan examples/plan.
 PLANNED=$($EH goal submit "Store two colours on two devices and name both" --plan examples/plan.json --json \
     | uv run --no-sync python -c 'import json,sys; print(json.loads(sys.stdin.read())["goal_id"])')
 $EH goal show "$PLANNED" --wait 900 || rc=$?
+# done is not success: the join must name both colours the two tasks stored (checked, as in 5.)
+if ! $EH goal show "$PLANNED" --json | uv run --no-sync python -c '
+import json, sys
+answer = json.loads(sys.stdin.read()).get("answer", "").lower()
+print(f"  planned goal answer: {answer!r}")
+sys.exit(0 if "green" in answer and "blue" in answer else 1)'; then
+    step "the planned goal's answer does not name both colours"; rc=1
+fi
 step "the hub's own model plans a goal (every task held for approval: shown, then cancelled)"
 MODEL=$($EH goal submit "Check the temperature of line A and line B, then say which is warmer." \
     --approve-tool '*' --json | uv run --no-sync python -c 'import json,sys; print(json.loads(sys.stdin.read())["goal_id"])') || rc=$?

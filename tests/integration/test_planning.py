@@ -41,11 +41,13 @@ def _goal(prompt: str) -> str:
 
 
 def worker(prompt: str) -> str:
-    """A task's agent: one command (``sleep``; ``slow`` tasks longer), then it finishes with its task's
-    first line and the inputs it was given (so the goal's answer shows what flowed through the DAG)."""
+    """A task's agent: one command (``sleep``; ``slow`` tasks longer) when its task was granted
+    run_command (the prompt lists only granted tools), then it finishes with its task's first line and
+    the inputs it was given (so the goal's answer shows what flowed through the DAG)."""
     goal = _goal(prompt)
     first = goal.splitlines()[0]
-    if "Step 1 observation" not in prompt.split("## Task\n", 1)[1]:
+    granted = "\nrun_command: " in prompt.split("## Task\n", 1)[0]
+    if granted and "Step 1 observation" not in prompt.split("## Task\n", 1)[1]:
         seconds = 10 if "slow" in first else 2.5  # long enough to overlap on a loaded machine
         return json.dumps({"thought": "work", "tool": "run_command", "args": {"command": f"sleep {seconds}"}})
     inputs = [line[2:] for line in goal.splitlines() if line.startswith("- ")]

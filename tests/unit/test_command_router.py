@@ -34,9 +34,10 @@ class Agents:
         agent_id: str | None = None,
         budget: agent_pb2.Budget | None = None,
         task_id: str = "",
+        tools: list[str] | None = None,
     ) -> str:
         assert agent_id is not None
-        self.store.create_agent(new_agent(agent_id, goal, budget, task_id))
+        self.store.create_agent(new_agent(agent_id, goal, budget, task_id, tools))
         return agent_id
 
     async def stop_agent(self, agent_id: str, reason: str) -> agent_pb2.AgentState:

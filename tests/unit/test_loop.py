@@ -234,3 +234,66 @@ async def test_memories_are_recalled_again_at_compaction_for_the_goal_and_summar
     assert len(memory.queries) >= 2
     assert memory.queries[1].startswith("g ")
     assert list(state.recalled) == ["door code is 4417"]
+
+
+def schema_tools(schema: dict[str, object] | None) -> set[str]:
+    """The tool names a step's action schema allows (its ``tool`` consts and enums, at any depth)."""
+    found: set[str] = set()
+
+    def walk(node: object, key: str = "") -> None:
+        if isinstance(node, dict):
+            if key == "tool":
+                found.update([node["const"]] if "const" in node else node.get("enum", []))
+            for k, v in node.items():
+                walk(v, k if k != "properties" else key)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, key)
+
+    walk(schema)
+    return found
+
+
+async def test_an_agent_granted_some_tools_is_offered_and_allowed_only_those(tmp_path: Path) -> None:
+    """A planned task's grant (``StartAgent.tools``): the grammar and the prompt offer only the granted
+    tools and finish, and a call to another (a model without a grammar) is refused, not run."""
+    script = [
+        act("run_command", command="touch escaped"),
+        act("read_file", path="a.txt"),
+        act("finish", answer="x"),
+    ]
+    loop, store, brain = make_loop(tmp_path, script, guide=False)
+    store.create_agent(new_agent("a1", "read a.txt and finish", tools=["read_file"]))
+    state = await loop.run("a1", asyncio.Event())
+    assert schema_tools(brain.schemas[0]) <= {"read_file", "finish"}
+    assert "read_file" in schema_tools(brain.schemas[0])
+    assert "run_command:" not in brain.prompts[0]
+    assert "write_file:" not in brain.prompts[0]
+    first = store.mind_log("a1")[0]
+    assert first.observation.error == "not_granted"
+    assert "read_file" in first.observation.output
+    assert not (tmp_path / "ws" / "a1" / "escaped").exists()
+    assert state.status == S.AGENT_STATUS_FINISHED
+    assert state.HasField("tools")
+    assert list(state.tools.names) == ["read_file"]
+
+
+async def test_an_agent_granted_no_tool_is_guided_to_answer_at_once(tmp_path: Path) -> None:
+    """The join task of a plan needs no tool: it answers from the inputs in its goal, and memories of
+    other goals are not put beside them (Gemma answered "green, leaf" from a recalled leaf.txt goal)."""
+    memories = Memories(["Earlier goal: save green to leaf.txt. Its verified result: green"])
+    loop, store, brain = make_loop(tmp_path, [act("finish", answer="green and blue")], memory=memories)
+    store.create_agent(new_agent("a1", "Finish with the two words you were given: green, blue", tools=[]))
+    state = await loop.run("a1", asyncio.Event())
+    assert schema_tools(brain.schemas[0]) == {"finish"}
+    assert state.status == S.AGENT_STATUS_FINISHED
+    assert state.answer == "green and blue"
+    assert not state.recalled
+    assert "leaf.txt" not in brain.prompts[0]
+
+
+async def test_an_agent_without_a_grant_has_every_tool(tmp_path: Path) -> None:
+    loop, store, brain = make_loop(tmp_path, [act("finish", answer="ok")])
+    await run(loop, store)
+    assert {"run_command", "write_file", "read_file"} <= schema_tools(brain.schemas[0])
+    assert not store.load_agent("a1").HasField("tools")

@@ -258,3 +258,17 @@ def test_a_device_reporting_absurd_usage_cannot_break_the_goals_accounting() -> 
     assert record.tasks["b"].status == G.TASK_STATUS_DONE
     assert record.usage.tool_calls <= 2 * 10**6
     record.SerializeToString()  # still a valid record
+
+
+def test_a_task_agent_is_granted_exactly_its_planned_tools() -> None:
+    """The plan's per-task tools travel with the StartAgent: a least-privilege grant on the edge, and
+    a task that needs no tool (a join) is granted none, so it answers from its inputs."""
+    fleet = devices("dev-a")
+    record = goal([t("a", tools=["run_command"]), t("b", ["a"])], fleet)
+    (start,) = advance(record, fleet, Counter(), T0, CFG, "hub").commands
+    assert start.start_agent.HasField("tools")
+    assert list(start.start_agent.tools.names) == ["run_command"]
+    apply_result(record, "a", finish(record, "a"), start.device_id, T0 + 1, CFG)
+    (join,) = advance(record, fleet, Counter(), T0 + 1, CFG, "hub").commands
+    assert join.start_agent.HasField("tools")
+    assert list(join.start_agent.tools.names) == []

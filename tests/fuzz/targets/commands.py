@@ -54,10 +54,16 @@ class Agents:
         self.calls: list[tuple[str, str]] = []
 
     def submit(
-        self, goal: str, *, agent_id: str | None = None, budget: object = None, task_id: str = ""
+        self,
+        goal: str,
+        *,
+        agent_id: str | None = None,
+        budget: object = None,
+        task_id: str = "",
+        tools: list[str] | None = None,
     ) -> str:
         assert agent_id is not None
-        self.store.create_agent(new_agent(agent_id, goal, budget, task_id))  # type: ignore[arg-type]
+        self.store.create_agent(new_agent(agent_id, goal, budget, task_id, tools))  # type: ignore[arg-type]
         self.calls.append(("submit", agent_id))
         return agent_id
 

@@ -110,9 +110,13 @@ class EdgeDaemon:
         agent_id: str | None = None,
         budget: agent_pb2.Budget | None = None,
         task_id: str = "",
+        tools: list[str] | None = None,
     ) -> str:
-        """Create a PENDING agent for ``goal``; the scheduler starts it."""
-        return self.parts.scheduler.submit(goal, agent_id=agent_id, budget=budget, task_id=task_id)
+        """Create a PENDING agent for ``goal``; the scheduler starts it. ``tools``: the only tools it
+        may call besides ``finish`` (None: every tool)."""
+        return self.parts.scheduler.submit(
+            goal, agent_id=agent_id, budget=budget, task_id=task_id, tools=tools
+        )
 
     def report(self) -> twin_pb2.DeviceTwin:
         """This device's twin as of now (what the heartbeat sends)."""

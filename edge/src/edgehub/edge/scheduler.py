@@ -63,10 +63,12 @@ class AgentScheduler:
         agent_id: str | None = None,
         budget: agent_pb2.Budget | None = None,
         task_id: str = "",
+        tools: list[str] | None = None,
     ) -> str:
-        """Create a PENDING agent for ``goal`` (the next tick starts it); its id."""
+        """Create a PENDING agent for ``goal`` (the next tick starts it); its id. ``tools``: the only
+        tools it may call besides ``finish`` (None: every tool)."""
         agent_id = agent_id or f"agent-{uuid.uuid4().hex[:12]}"
-        self.store.create_agent(new_agent(agent_id, goal, budget, task_id))
+        self.store.create_agent(new_agent(agent_id, goal, budget, task_id, tools))
         return agent_id
 
     def request_stop(self) -> None:

@@ -20,6 +20,7 @@ from importlib import resources
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from edgehub.protocol.tasks import INPUTS_HEADER
 from edgehub.protocol.v1 import agent_pb2
 
 MAX_DEMOS = 3
@@ -29,6 +30,7 @@ _CUES = {
     "remember": re.compile(r"\b(remember|note|memori[sz]e|for later|keep in mind)\b", re.I),
     "recall": re.compile(r"\b(recall|look (?:\w+ )*up)\b", re.I),
     "knowledge": re.compile(r"\b(knowledge|fleet)\b", re.I),
+    "inputs": re.compile(re.escape(INPUTS_HEADER)),
 }
 
 

@@ -36,7 +36,7 @@ from .deliverables import extract
 from .deps import LoopDeps
 from .journal import Journal
 from .prompt import PromptBuilder
-from .steering import Steering, copied_command
+from .steering import Steering, copied_command, granted
 from .tools.base import ToolContext
 
 if TYPE_CHECKING:
@@ -49,10 +49,15 @@ TERMINAL = (S.AGENT_STATUS_FINISHED, S.AGENT_STATUS_FAILED, S.AGENT_STATUS_STOPP
 
 
 def new_agent(
-    agent_id: str, goal: str, budget: agent_pb2.Budget | None = None, task_id: str = ""
+    agent_id: str,
+    goal: str,
+    budget: agent_pb2.Budget | None = None,
+    task_id: str = "",
+    tools: list[str] | None = None,
 ) -> agent_pb2.AgentState:
     """A PENDING agent ready to be created in the store; ``task_id``: a hub-planned task, whose result
-    the store reports when the agent ends."""
+    the store reports when the agent ends; ``tools``: the only tools it may call besides ``finish``
+    (None: every tool the device has)."""
     state = S.AgentState(
         schema_version=STATE_SCHEMA_VERSION,
         agent_id=agent_id,
@@ -62,6 +67,9 @@ def new_agent(
     )
     if budget is not None:
         state.budget.CopyFrom(budget)
+    if tools is not None:
+        state.tools.SetInParent()
+        state.tools.names.extend(tools)
     state.created_at.GetCurrentTime()
     state.updated_at.GetCurrentTime()
     return state
@@ -87,7 +95,7 @@ class AgentLoop:
         with self._spans.run(state, self.d.device_id) as span:
             if state.status == S.AGENT_STATUS_PENDING:
                 state.status = S.AGENT_STATUS_RUNNING
-                if state.step == 0:
+                if state.step == 0 and granted(state) != frozenset():  # granted no tool: its goal is all
                     state.recalled[:] = await self.context.recall(state, state.goal)
                     state.deliverables.extend(extract(state.goal))
                 self.d.store.update_agent(state)
@@ -168,6 +176,11 @@ class AgentLoop:
         copied = copied_command(state, proposal)
         if copied:
             return S.ToolResult(idempotency_key=key, ok=False, error="from_memory", output=copied), None
+        allowed = granted(state)
+        if allowed is not None and proposal.tool not in allowed | {"finish"}:
+            names = ", ".join(sorted(allowed)) or "none: answer with finish"
+            refused = f"{proposal.tool} is not granted to this task (its tools: {names})"
+            return S.ToolResult(idempotency_key=key, ok=False, error="not_granted", output=refused), None
         call = S.ToolCall(tool=proposal.tool, args_json=proposal.args_json(), idempotency_key=key)
         workspace = self.d.workspaces / state.agent_id
         if state.agent_id not in self._workspaces:

@@ -21,7 +21,7 @@ does not control is also neutralised so it cannot spell the template's special t
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 from edgehub.llm import ChatFormat, neutralise
 from edgehub.protocol.v1 import agent_pb2
@@ -78,6 +78,7 @@ class PromptBuilder:
     ) -> None:
         self.chat = chat
         self.plan = plan
+        self._specs = list(specs)
         self._tools = self._tool_lines(specs)
 
     @property
@@ -106,10 +107,14 @@ class PromptBuilder:
                 lines.append(f"Step {i} observation: {observation_text(obs)}\n")
         return "".join(lines)
 
-    def header(self, demos: Sequence[Demo]) -> str:
-        """The fixed part: what the agent is, its tools, and worked examples (best match last)."""
+    def header(self, demos: Sequence[Demo], *, tools: Collection[str] | None = None) -> str:
+        """The fixed part: what the agent is, its tools (only ``tools``, when given), and worked
+        examples (best match last)."""
         intro = CHAT_INTRO if self.chat is not None else INTRO
-        text = intro + (PLAN_NOTE if self.plan else "") + self._tools + self.examples(list(reversed(demos)))
+        listed = (
+            self._tools if tools is None else self._tool_lines([s for s in self._specs if s.name in tools])
+        )
+        text = intro + (PLAN_NOTE if self.plan else "") + listed + self.examples(list(reversed(demos)))
         return self.chat.head(text) if self.chat is not None else text
 
     def task(self, goal: str, summary: str, recalled: Sequence[str] = (), plan: Sequence[str] = ()) -> str:

@@ -84,11 +84,7 @@ class Steering:
         self.workspaces = workspaces
         self.registry = registry
         self._tools = set(registry.names())
-        self._schemas = {
-            (plan, finish): registry.action_schema(plan=plan, without=() if finish else ("finish",))
-            for plan in (False, True)
-            for finish in (False, True)
-        }
+        self._schemas: dict[tuple[bool, frozenset[str]], JsonObject] = {}
         self._headers: dict[str, str] = {}  # agent -> header (its demonstrations depend on its goal)
         self._header_tokens: dict[str, int] = {}
 
@@ -106,9 +102,17 @@ class Steering:
                 return self.count_tokens(self.prompts.examples(chosen)) <= budget
 
             wanted = list(state.deliverables) or extract(state.goal)
-            chosen = demos.choose(state.goal, wanted, self._tools, fits, style=self.cfg.demonstrations)
-            header = self._headers[state.agent_id] = self.prompts.header(chosen)
+            tools = self.tools(state)
+            chosen = demos.choose(state.goal, wanted, tools, fits, style=self.cfg.demonstrations)
+            shown = None if tools == self._tools else tools
+            header = self._headers[state.agent_id] = self.prompts.header(chosen, tools=shown)
         return header
+
+    def tools(self, state: agent_pb2.AgentState) -> set[str]:
+        """The tools ``state``'s agent may call: those it was granted (``finish`` always) that this
+        device has, or all of them."""
+        allowed = granted(state)
+        return self._tools if allowed is None else self._tools & (allowed | {"finish"})
 
     def header_tokens(self, state: agent_pb2.AgentState) -> int:
         header = self.header(state)
@@ -153,6 +157,9 @@ class Steering:
         Only goals the platform understands whole are guided: one naming a file no deliverable covers
         (``temps.txt lists readings ...``) is left to the model, and a file whose text the goal does not
         give is not written before the agent has found something out (a read, a command, a recall)."""
+        tools = self.tools(state)
+        if self.cfg.guide and tools == {"finish"}:  # granted no tool: the answer is all there is to do
+            return ("finish", {})
         work = [d for d in state.deliverables if d.kind in GUIDED_TOOL]
         if not (self.cfg.guide and work):
             return None
@@ -161,7 +168,7 @@ class Steering:
         record = self.record(state, "")
         for d, missing in unmet(work, record):
             tool = GUIDED_TOOL[d.kind]
-            if not missing.returnable or tool not in self._tools:
+            if not missing.returnable or tool not in tools:
                 continue
             arg = GUIDED_ARG.get(tool, "")
             fixed = {arg: d.target} if arg and d.target else {}
@@ -171,7 +178,7 @@ class Steering:
                 return None
             tries = [a for a, _ in record.calls(tool) if not arg or str(a.get(arg, "")) == d.target]
             return (tool, fixed) if len(tries) < GUIDE_TRIES else None
-        return ("finish", {}) if may_finish and "finish" in self._tools else None
+        return ("finish", {}) if may_finish and "finish" in tools else None
 
     @staticmethod
     def _found_out(record: Record) -> bool:
@@ -185,7 +192,12 @@ class Steering:
         guided = self.guided(state, finish)
         if guided is not None:
             return self.registry.guided_schema(guided[0], plan=plan, fixed=guided[1])
-        return self._schemas[plan, finish]
+        without = frozenset(self._tools - self.tools(state)) | (frozenset() if finish else {"finish"})
+        if (plan, without) not in self._schemas:
+            self._schemas[plan, without] = self.registry.action_schema(
+                plan=plan, without=tuple(sorted(without))
+            )
+        return self._schemas[plan, without]
 
     # the plan --------------------------------------------------------------------------------------
     @staticmethod
@@ -242,3 +254,8 @@ class Steering:
                 verdict = S.VERIFICATION_PARTIAL
         new.status, new.answer, new.verification = S.AGENT_STATUS_FINISHED, answer, verdict
         event.detail = event.detail or answer
+
+
+def granted(state: agent_pb2.AgentState) -> frozenset[str] | None:
+    """The tools ``state``'s agent was granted besides ``finish`` (a planned task's); None: every tool."""
+    return frozenset(state.tools.names) if state.HasField("tools") else None

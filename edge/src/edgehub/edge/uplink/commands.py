@@ -56,6 +56,7 @@ class Agents(Protocol):
         agent_id: str | None = None,
         budget: agent_pb2.Budget | None = None,
         task_id: str = "",
+        tools: list[str] | None = None,
     ) -> str: ...
 
     async def stop_agent(self, agent_id: str, reason: str) -> agent_pb2.AgentState: ...
@@ -160,7 +161,13 @@ class CommandRouter:
             return  # started before: the command came again
         if self.drain.on:
             raise MessageRejected(f"device {self.device_id} is draining: {start.agent_id} not started")
-        self.agents.submit(start.goal, agent_id=start.agent_id, budget=start.budget, task_id=start.task_id)
+        self.agents.submit(
+            start.goal,
+            agent_id=start.agent_id,
+            budget=start.budget,
+            task_id=start.task_id,
+            tools=list(start.tools.names) if start.HasField("tools") else None,
+        )
 
     async def _drain(self, cmd: commands_pb2.Command) -> None:
         self.drain.set(not cmd.drain.resume, cmd.drain.reason)

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeAlias
 
 from edgehub.protocol.ids import ID_MAX
+from edgehub.protocol.tasks import INPUTS_HEADER
 from edgehub.protocol.v1 import goals_pb2, scope_pb2
 
 from .draft import MAX_ID
@@ -228,7 +229,7 @@ def task_text(record: G.Goal, task: G.PlannedTask) -> str:
     lines = [task.goal]
     inputs = [(n, record.tasks[n].answer if n in record.tasks else "") for n in task.needs]
     if inputs:
-        lines.append("Results of the tasks this one builds on:")
+        lines.append(INPUTS_HEADER)
         lines += [f"- {n}: {answer[:MAX_INPUT]}" for n, answer in inputs]
     return "\n".join(lines)
 

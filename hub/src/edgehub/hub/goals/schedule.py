@@ -312,6 +312,7 @@ def _start(
     start.agent_id = agent_id
     start.task_id = f"{record.goal_id}/{task.id}"
     start.goal = task_text(record, task)
+    start.tools.names.extend(task.tools)  # set even when empty: a task that needs no tool gets none
     start.budget.max_tokens = min(r.cfg.task_tokens, tokens)
     start.budget.max_tool_calls = min(r.cfg.task_tool_calls, calls)
     start.budget.max_wall_seconds = wall

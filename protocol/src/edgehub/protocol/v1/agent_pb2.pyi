@@ -280,6 +280,7 @@ class AgentState(_message.Message):
     VERIFICATION_FIELD_NUMBER: _builtins.int
     FINISH_RETURNS_FIELD_NUMBER: _builtins.int
     PLAN_DONE_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     agent_id: _builtins.str
     goal: _builtins.str
@@ -338,6 +339,10 @@ class AgentState(_message.Message):
         the agent starts; the finish check holds the agent's record against them before it may finish.
         """
 
+    @_builtins.property
+    def tools(self) -> Global___ToolGrant:
+        """The tools this agent may call besides finish (StartAgent.tools); unset: every tool the device has."""
+
     def __init__(
         self,
         *,
@@ -366,10 +371,11 @@ class AgentState(_message.Message):
         verification: Global___Verification.ValueType = ...,
         finish_returns: _builtins.int = ...,
         plan_done: _builtins.int = ...,
+        tools: Global___ToolGrant | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "guard", b"guard", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "guard", b"guard", "tools", b"tools", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "deliverables", b"deliverables", "epoch", b"epoch", "failure_reason", b"failure_reason", "finish_returns", b"finish_returns", "goal", b"goal", "guard", b"guard", "migrated_from", b"migrated_from", "migrated_to", b"migrated_to", "migration_id", b"migration_id", "plan", b"plan", "plan_done", b"plan_done", "recalled", b"recalled", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "updated_at", b"updated_at", "usage", b"usage", "verification", b"verification"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "deliverables", b"deliverables", "epoch", b"epoch", "failure_reason", b"failure_reason", "finish_returns", b"finish_returns", "goal", b"goal", "guard", b"guard", "migrated_from", b"migrated_from", "migrated_to", b"migrated_to", "migration_id", b"migration_id", "plan", b"plan", "plan_done", b"plan_done", "recalled", b"recalled", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "tools", b"tools", "updated_at", b"updated_at", "usage", b"usage", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -838,3 +844,25 @@ class StepEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StepEvent: _TypeAlias = StepEvent  # noqa: Y015
+
+@_typing.final
+class ToolGrant(_message.Message):
+    """A set of tools an agent is granted (a message, so that "none" differs from "not restricted")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["names", b"names"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolGrant: _TypeAlias = ToolGrant  # noqa: Y015

@@ -193,12 +193,19 @@ class StartAgent(_message.Message):
     GOAL_FIELD_NUMBER: _builtins.int
     BUDGET_FIELD_NUMBER: _builtins.int
     TASK_ID_FIELD_NUMBER: _builtins.int
+    TOOLS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     goal: _builtins.str
     task_id: _builtins.str
     """A hub-planned task (GOAL/TASK): when the agent ends, the device reports a TaskResult event."""
     @_builtins.property
     def budget(self) -> _agent_pb2.Budget: ...
+    @_builtins.property
+    def tools(self) -> _agent_pb2.ToolGrant:
+        """The tools the agent may call (a planned task's, from its plan), besides finish; unset: every tool
+        the device has. Set and empty: the agent answers from its goal alone.
+        """
+
     def __init__(
         self,
         *,
@@ -206,10 +213,11 @@ class StartAgent(_message.Message):
         goal: _builtins.str = ...,
         budget: _agent_pb2.Budget | None = ...,
         task_id: _builtins.str = ...,
+        tools: _agent_pb2.ToolGrant | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "tools", b"tools"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "budget", b"budget", "goal", b"goal", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "budget", b"budget", "goal", b"goal", "task_id", b"task_id", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
