@@ -138,7 +138,10 @@ def start_hub(
     ``device_port``: the device API's port (0: any; a hub restarted for the same devices needs the
     port it had, which enrollment told them)."""
     port = port or free_port()
-    api = f"{host}:{free_port()}"
+    api_port = free_port()
+    while api_port in (port, device_port):  # free_port() may hand out a port twice: both must bind
+        api_port = free_port()
+    api = f"{host}:{api_port}"
     metrics = {"EDGEHUB_HUB__METRICS__PORT": str(metrics_port)} if metrics_port else {}
     trust = tmp_path / "trust"
     env = {
@@ -156,6 +159,7 @@ def start_hub(
         "EDGEHUB_HUB__NEO4J__EMBEDDED_DATA": str(tmp_path / "neo4j"),
         **(env or {}),
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     log = tmp_path / f"{hub_id}-{time.monotonic_ns()}.stderr.log"
     with log.open("w") as stderr:  # the child keeps its own descriptor
         proc = subprocess.Popen([*(prefix or []), *EDGEHUB, "hub", "run"], env=env, stderr=stderr, text=True)
