@@ -23,7 +23,7 @@ from edgehub.sync.tls import CertificateAuthority, nats_tls
 from ..app import HubDaemon
 from ..config import HubConfig, load_config
 from ..errors import HubError
-from ..fleet.leaf import hub_revocations, leaf_user, write_leaf_folder
+from ..fleet.leaf import leaf_user, record_issued, write_leaf_folder
 
 hub_app = typer.Typer(
     help="The hub daemon: fleet registry over NATS JetStream and the management API.", no_args_is_help=True
@@ -109,7 +109,7 @@ def hub_nats_creds(
     user_key = public_key(keypair(seed))
     try:
         tls = nats_tls([url], ca.pem, allow_plaintext=cfg.nats.allow_plaintext)
-        asyncio.run(hub_revocations(trust, url, (who, user_key), tls=tls))  # records what it issues
+        asyncio.run(record_issued(trust, url, who, user_key, tls=tls))
     except (OSError, SyncError, TimeoutError, NatsError) as exc:
         fail(f"{exc or exc.__class__.__name__} (is the hub running, its NATS at {url}?)")
     write_secret(out, creds_text(trust.user_jwt(who, user_key, None, ttl_s=ttl), seed))

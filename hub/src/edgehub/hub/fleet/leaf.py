@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,27 +100,43 @@ def _creds_account(text: str) -> str | None:
     return str(decode_jwt(found.group(1)).get("iss")) if found else None
 
 
-async def hub_revocations(
-    trust: Trust, nats_url: str, issued: tuple[str, str] | None = None, *, tls: dict[str, Any] | None = None
-) -> dict[str, int]:
-    """The hub's current revocations, read from its NATS as a hub process; ``issued`` (record, user
-    key): first record newly issued leaf credentials, as enrollment does for a device's; ``tls``: the
-    connection's TLS arguments (``nats_tls``)."""
+@asynccontextmanager
+async def _hub_credentials(
+    trust: Trust, nats_url: str, tls: dict[str, Any] | None, process: str
+) -> AsyncIterator[Credentials]:
+    """The hub's credential records, over a short connection to its NATS as the hub process
+    ``process``; ``tls``: the connection's TLS arguments (``nats_tls``)."""
     nc = await nats.connect(
         nats_url,
         **(tls or {}),
-        name="edgehub-leaf-config",
-        user_credentials=RawCredentials(trust.hub_creds("leaf-config")),
+        name=f"edgehub-{process}",
+        user_credentials=RawCredentials(trust.hub_creds(process)),
         allow_reconnect=False,
         connect_timeout=5,
     )
     try:
-        credentials = Credentials(nc.jetstream())
+        yield Credentials(nc.jetstream())
+    finally:
+        await nc.close()
+
+
+async def hub_revocations(
+    trust: Trust, nats_url: str, issued: tuple[str, str] | None = None, *, tls: dict[str, Any] | None = None
+) -> dict[str, int]:
+    """The hub's current revocations; ``issued`` (record, user key): first record newly issued leaf
+    credentials, as enrollment does for a device's."""
+    async with _hub_credentials(trust, nats_url, tls, "leaf-config") as credentials:
         if issued is not None:
             await credentials.issued(*issued)
         return await credentials.revocations()
-    finally:
-        await nc.close()
+
+
+async def record_issued(
+    trust: Trust, nats_url: str, who: str, user_key: str, *, tls: dict[str, Any] | None = None
+) -> None:
+    """Record credentials issued to ``who`` (a ``holder`` id) so that revoking ``who`` cuts them off."""
+    async with _hub_credentials(trust, nats_url, tls, "nats-creds") as credentials:
+        await credentials.issued(who, user_key)
 
 
 def _server_certificate(
