@@ -14,6 +14,7 @@ from edgehub.cli.common import ConfigOpt, ExitCode, JsonOpt, console, exit_with,
 
 from ..errors import EdgeError
 from ..safety.approvals import Approver, decide, local_approvals_allowed
+from ..safety.effects import analyse
 from ..safety.pii import unmask
 from ..safety.policy import Policy, PolicyEngine, default_policy_text
 from ..safety.vault import VaultKey
@@ -99,6 +100,8 @@ def policy_check(
     for i, rule in enumerate(policy.rules, 1):
         src = rule.source
         when = "; ".join(f"{k}: {' | '.join(v)}" for k, v in src.args.items())
+        if src.effects is not None:
+            when = "; ".join(filter(None, [when, f"effects: {' | '.join(src.effects)}"]))
         hosts = ", ".join(src.network)
         table.add_row(str(i), rule.id, rule.effect, ", ".join(src.tools), when, hosts, src.reason)
     console.print(table)
@@ -110,7 +113,8 @@ def policy_try(
     args: Annotated[str, typer.Argument(help='Arguments as JSON, e.g. \'{"command": "ls"}\'.')] = "{}",
     config: ConfigOpt = None,
 ) -> None:
-    """Show what the policy decides for one call, and which rule decides it."""
+    """Show what the policy decides for one call, which rule decides it and, for a command, what each
+    simple command in it does (the effects rules match)."""
     cfg = load(config)
     try:
         parsed = json.loads(args)
@@ -122,7 +126,10 @@ def policy_try(
     if not isinstance(parsed, dict):
         fail("arguments must be a JSON object")
     v = engine.decide(tool, parsed)
-    console.print(f"{v.effect} (rule {v.rule}): {v.reason}")
+    console.print(f"{v.effect} (rule {v.rule}): {v.reason}", markup=False, highlight=False, soft_wrap=True)
+    if isinstance(parsed.get("command"), str):
+        for cmd in analyse(parsed["command"]).commands:
+            console.print(f"  effects of {cmd.describe()}", markup=False, highlight=False, soft_wrap=True)
     if v.effect != "allow":
         exit_with(ExitCode.FAILED)
 

@@ -1,6 +1,7 @@
 """The edge safety layer: the model suggests, the platform decides.
 
-Policy (``policy``) and rate limits (``guards``) admit or refuse each call at the execution gateway;
+Policy (``policy``) and rate limits (``guards``) admit or refuse each call at the execution gateway; a
+command is judged on its parsed effects (``shell`` parses, ``effects`` classifies with ``commands``);
 needs-approval pauses the agent (``approvals``); commands run in a bubblewrap sandbox with cgroup
 limits (``sandbox``, ``cgroups``); circuit breakers wrap each tool run (``guards``); the stuck-loop
 monitor (``stuck``) watches each step; PII is masked in everything that leaves the device (``pii``,
@@ -9,6 +10,7 @@ monitor (``stuck``) watches each step; PII is masked in everything that leaves t
 
 from .approvals import ApprovalError, Approver, PolicyAdmission, decide, local_approvals_allowed
 from .build import Safety, build_safety
+from .effects import CommandAnalysis, CommandEffects, analyse
 from .guards import Breakers, RateLimits
 from .pii import Scrubber, unmask
 from .policy import Policy, PolicyEngine, Verdict
@@ -21,6 +23,8 @@ __all__ = [
     "Approver",
     "Breakers",
     "BwrapSandbox",
+    "CommandAnalysis",
+    "CommandEffects",
     "HashingEmbedder",
     "HostRunner",
     "Limits",
@@ -36,6 +40,7 @@ __all__ = [
     "VaultError",
     "VaultKey",
     "Verdict",
+    "analyse",
     "build_safety",
     "decide",
     "local_approvals_allowed",

@@ -2,14 +2,14 @@
 
 A policy is a TOML file operators read and review::
 
-    version = 1
+    version = 2
 
     [[rules]]
-    id = "no-network-tools"
+    id = "recursive-deletes"
     tools = ["run_command"]
-    effect = "deny"
-    reason = "commands that reach the network"
-    args = { command = ["re:\\b(nc|ssh)\\b"] }
+    effect = "needs_approval"
+    reason = "deleting a tree needs an operator"
+    effects = ["delete+recursive", "outside_workspace"]
 
     [[rules]]
     id = "fetch-docs"
@@ -28,6 +28,10 @@ Rules are tried in file order and the first whose ``tools`` and ``args`` match d
 patterns on the tool name; ``args`` maps an argument name to patterns, all of which names must match
 (any one pattern per name): a glob (``fnmatch``, e.g. ``secrets/*``) or, prefixed ``re:``, a regular
 expression searched in the value. A rule naming an argument the call does not have does not match.
+``effects`` (version 2) matches what a ``command`` argument does rather than how it is spelled: the
+command is parsed like bash parses it and each simple command classified (``effects.analyse``); the
+rule matches when one simple command has every effect of one entry (``"delete+recursive"``).
+Version 1 files (no ``effects``) load unchanged.
 
 The engine re-reads the file when it changes (checked on each decision with one ``stat``), so edits
 take effect without restarting the daemon. A broken edit is refused with a logged error and the last
@@ -50,15 +54,18 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ConfigError
 from ..jsontypes import JsonObject
+from .effects import EFFECTS, CommandAnalysis, analyse
 
 log = logging.getLogger("edgehub.edge.policy")
 
 Effect = Literal["allow", "deny", "needs_approval"]
-POLICY_VERSION = 1
+POLICY_VERSION = 2
+POLICY_VERSIONS = (1, 2)
+"""Versions this engine reads: 2 added ``effects``."""
 DEFAULT_POLICY = "default_policy.toml"
 
 
@@ -74,6 +81,20 @@ class RuleModel(BaseModel):
     args: dict[str, list[str]] = {}
     network: list[str] = []
     """Hosts (``host[:port]`` globs) a sandboxed call allowed by this rule may reach."""
+    effects: list[str] | None = None
+    """What the call's ``command`` does: any one entry, each effect names joined by ``+`` (all of them
+    in one simple command); see ``effects.EFFECTS``. Version 2."""
+
+    @field_validator("effects")
+    @classmethod
+    def _known_effects(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and not value:
+            raise ValueError("give at least one effect, or leave effects out")
+        for entry in value or []:
+            unknown = [name for name in entry.split("+") if name not in EFFECTS]
+            if unknown:
+                raise ValueError(f"unknown effect {unknown[0]!r} in {entry!r}; known: {', '.join(EFFECTS)}")
+        return value
 
     @field_validator("network")
     @classmethod
@@ -103,8 +124,26 @@ class PolicyModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: Literal[1]
+    version: int = Field(strict=True)
     rules: list[RuleModel] = []
+
+    @field_validator("version")
+    @classmethod
+    def _readable(cls, version: int) -> int:
+        if version not in POLICY_VERSIONS:
+            raise ValueError(
+                f"policy version {version} is not one this edgehub reads"
+                f" ({', '.join(map(str, POLICY_VERSIONS))});"
+                " upgrade edgehub or write the file for a version it reads"
+            )
+        return version
+
+    @model_validator(mode="after")
+    def _effects_need_v2(self) -> PolicyModel:
+        for i, rule in enumerate(self.rules):
+            if rule.effects is not None and self.version < 2:
+                raise ValueError(f"rules.{i}.effects: `effects` needs version = 2")
+        return self
 
     @field_validator("rules")
     @classmethod
@@ -137,6 +176,8 @@ class Rule:
     tools: tuple[Matcher, ...]
     args: tuple[tuple[str, tuple[Matcher, ...]], ...]
     network: tuple[str, ...]
+    effects: tuple[frozenset[str], ...] | None
+    """Each entry: effects one simple command must all have (``None``: the rule does not look)."""
     source: RuleModel
     """The rule as written (for listings)."""
 
@@ -149,10 +190,11 @@ class Rule:
             tuple(_matcher(t) for t in model.tools),
             tuple((name, tuple(_matcher(p) for p in pats)) for name, pats in model.args.items()),
             tuple(model.network) if model.effect != "deny" else (),
+            None if model.effects is None else tuple(frozenset(e.split("+")) for e in model.effects),
             model,
         )
 
-    def matches(self, tool: str, args: JsonObject) -> bool:
+    def matches(self, tool: str, args: JsonObject, seen: _Seen) -> bool:
         if not any(m(tool) for m in self.tools):
             return False
         for name, matchers in self.args:
@@ -162,7 +204,30 @@ class Rule:
             text = value if isinstance(value, str) else str(value)
             if not any(m(text) for m in matchers):
                 return False
+        if self.effects is not None:
+            analysis = seen.analysis(args)
+            hit = next((h for e in self.effects if analysis and (h := analysis.first_match(e))), None)
+            if hit is None:
+                return False
+            seen.matched = hit.describe()
         return True
+
+
+class _Seen:
+    """One decision's command analysis, made once and only if an ``effects`` rule asks."""
+
+    def __init__(self) -> None:
+        self._analysis: CommandAnalysis | None = None
+        self.matched = ""
+        """The simple command (and its effects) that the deciding rule matched."""
+
+    def analysis(self, args: JsonObject) -> CommandAnalysis | None:
+        command = args.get("command")
+        if not isinstance(command, str):
+            return None
+        if self._analysis is None:
+            self._analysis = analyse(command)
+        return self._analysis
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +242,8 @@ class Verdict:
     """Short digest of the policy text that decided."""
     network: tuple[str, ...] = ()
     """Hosts the call may reach (from the deciding rule's ``network``)."""
+    matched: str = ""
+    """For an ``effects`` rule: the simple command it matched and that command's effects."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +271,11 @@ class Policy:
         return cls(tuple(Rule.compile(r) for r in model.rules), digest, source)
 
     def decide(self, tool: str, args: JsonObject) -> Verdict:
+        seen = _Seen()
         for rule in self.rules:
-            if rule.matches(tool, args):
-                return Verdict(rule.effect, rule.id, rule.reason, self.digest, rule.network)
+            if rule.matches(tool, args, seen):
+                reason = f"{rule.reason} ({seen.matched})" if seen.matched else rule.reason
+                return Verdict(rule.effect, rule.id, reason, self.digest, rule.network, seen.matched)
         return Verdict("deny", "default", "no rule allows this call (deny by default)", self.digest)
 
 
