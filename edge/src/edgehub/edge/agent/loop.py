@@ -12,7 +12,7 @@ One step, in order:
 
 Before a call reaches the gateway, the monitor may refuse it: a repeat of a call that already ran and
 whose tool is not repeatable (``ToolSpec.repeatable``) gets the first run's result as its observation
-and never runs again, unless the thought gives a reason or an operator approved that very call.
+and never runs again, unless the thought gives a reason.
 
 A call that policy marks needs-approval does not end the step: the agent is checkpointed as
 AWAITING_APPROVAL with the proposal, and the step resumes from that proposal once an operator decided.
@@ -187,7 +187,7 @@ class AgentLoop:
             names = ", ".join(sorted(allowed)) or "none: answer with finish"
             refused = f"{proposal.tool} is not granted to this task (its tools: {names})"
             return S.ToolResult(idempotency_key=key, ok=False, error="not_granted", output=refused), None
-        refusal = self._refusal(state, proposal, key)
+        refusal = self._refusal(state, proposal)
         if refusal is not None:
             return S.ToolResult(
                 idempotency_key=key, ok=False, error=refusal.error, output=refusal.reason
@@ -209,23 +209,19 @@ class AgentLoop:
         )
         return await self.d.gateway.execute(call, ctx, proposal_json=proposal.to_json())
 
-    def _refusal(self, state: agent_pb2.AgentState, proposal: Proposal, key: str) -> Refusal | None:
-        """The stuck monitor's refusal of this call (a repeat of a call that already ran and is not
-        repeatable; a tool withheld this step), unless an operator approved this very call."""
+    def _refusal(self, state: agent_pb2.AgentState, proposal: Proposal) -> Refusal | None:
+        """The stuck monitor's refusal of this call: a repeat of a call that already ran and is not
+        repeatable, or a tool withheld this step."""
         tool = self.d.registry.get(proposal.tool)
         if self.d.monitor is None or tool is None:
             return None  # an unknown tool is the gateway's error
-        refusal = self.d.monitor.refusal(
+        return self.d.monitor.refusal(
             state.guard,
             proposal.tool,
             call_key(proposal),
             repeatable=tool.spec.repeatable,
             thought=proposal.thought,
         )
-        if refusal is None:
-            return None
-        approval = self.d.store.get_approval(key)
-        return None if approval is not None and approval.status == "approved" else refusal
 
     # end -------------------------------------------------------------------------------------------
     def _end(
