@@ -11,6 +11,7 @@ import pytest
 
 from edgehub.edge.agent.actions import parse_action
 from edgehub.edge.agent.base import StepMonitor
+from edgehub.edge.agent.deliverables import extract
 from edgehub.edge.agent.loop import AgentLoop, LoopDeps, new_agent
 from edgehub.edge.agent.tools.base import Recall
 from edgehub.edge.agent.tools.gateway import ExecutionGateway
@@ -330,3 +331,25 @@ async def test_a_repeated_note_is_refused_and_withheld_from_the_next_grammar_acr
     assert "remember is not offered in your next step" in brain2.prompts[0]
     assert state.status == S.AGENT_STATUS_FAILED
     assert state.failure_reason.startswith("stuck: repeated a call that already ran (remember")
+
+
+async def test_a_withheld_tool_is_not_guided_either_and_the_grammar_is_never_empty(tmp_path: Path) -> None:
+    """The goal's next deliverable is a note (guided: remember alone); after a repeat warning withholds
+    remember, the step is not guided to it, and the model chooses among the rest."""
+    loop, store, _ = make_loop(tmp_path, [])
+    goal = "Store a note under the key shift_lead whose value is Marta."
+    state = new_agent("a1", goal)
+    state.deliverables.extend(extract(goal))
+    store.create_agent(state)
+    assert schema_tools(loop.steer.schema(state, [])) == {"remember"}
+    state.guard.excluded_tool = "remember"
+    free = schema_tools(loop.steer.schema(state, []))
+    assert "remember" not in free
+    assert {"read_file", "run_command", "recall"} <= free
+    only = new_agent("a2", "note it", tools=["remember"])
+    only.step = 1
+    only.guard.excluded_tool = "remember"
+    assert schema_tools(loop.steer.schema(only, [])) == {"finish"}
+    only.step = 0  # a first step with work to do: finish is withheld too, so remember stays
+    only.deliverables.extend(extract(goal))
+    assert schema_tools(loop.steer.schema(only, [])) == {"remember"}
