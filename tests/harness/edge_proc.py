@@ -14,6 +14,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -88,8 +89,11 @@ def agent_state(data_dir: Path, agent_id: str) -> Any:
 
 
 def count_slowly(prompt: str) -> str:
-    """A brain whose agent never finishes: one short command a step (bench/migrate)."""
-    return json.dumps({"thought": "count", "tool": "run_command", "args": {"command": "sleep 0.3"}})
+    """A brain whose agent never finishes: one short command a step, each its own (an identical repeat
+    would be refused: run_command is not repeatable) (bench/migrate)."""
+    steps = re.findall(r"Step (\d+) action: $", prompt)
+    command = f"sleep 0.3; echo {steps[-1] if steps else 0}"
+    return json.dumps({"thought": "count", "tool": "run_command", "args": {"command": command}})
 
 
 async def main(config: dict[str, Any], script: str) -> None:

@@ -162,8 +162,8 @@ async def test_hub_commands_start_stop_and_approve_agents_on_an_edge(tmp_path: P
     )
 
     def brain(prompt: str) -> str:
-        if "Goal: loop" in prompt:
-            return act("run_command", command="sleep 1")
+        if "Goal: loop" in prompt:  # a command of its own each step (an identical one is not repeated)
+            return act("run_command", command=f"sleep 1; echo {len(re.findall('action: ', prompt))}")
         if prompt.endswith("Step 1 action: "):  # the report goal first writes (needs approval)
             return act("write_file", path="report.txt", content="ok")
         return act("finish", answer="ok")

@@ -39,7 +39,9 @@ def brain(prompt: str) -> str:
     step = int(re.findall(r"Step (\d+) action: $", prompt)[-1]) if prompt.endswith("action: ") else 0
     if step >= STEPS:
         return json.dumps({"thought": "done", "tool": "finish", "args": {"answer": "counted"}})
-    return json.dumps({"thought": f"count {step}", "tool": "run_command", "args": {"command": "sleep 1"}})
+    # a command of its own each step: an identical repeat would be refused (not repeatable)
+    command = f"sleep 1; echo {step}"
+    return json.dumps({"thought": f"count {step}", "tool": "run_command", "args": {"command": command}})
 
 
 def edge_config(tmp_path: Path, device: str) -> EdgeConfig:

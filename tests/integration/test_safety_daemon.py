@@ -233,8 +233,46 @@ async def test_a_stuck_agent_is_warned_then_stopped_with_the_reason_in_its_trace
     assert "Platform warning" not in brain.prompts[2]
 
 
+def offers(schema: dict[str, object] | None, tool: str) -> bool:
+    """Whether a step's action grammar lets the model call ``tool``."""
+    return f'"tool": {{"const": "{tool}"}}' in json.dumps(schema)
+
+
+async def test_a_repeated_appending_command_runs_once_is_left_out_of_the_next_grammar_and_stops_the_agent(
+    tmp_path: Path,
+) -> None:
+    """The tester's case: a model that keeps emitting ``echo 42 >> log.txt``. The side effect happens
+    once; the repeat is refused with the first run's result and a warning, the next step's grammar has
+    no run_command (the scripted model emits it anyway, as a model without a grammar would), and the
+    agent is stopped as stuck with the call in the reason."""
+    script = [act("run_command", thought="Append 42 to log.txt.", command="echo 42 >> log.txt")] * 10
+    brain = FakeBrain(script)
+    async with EdgeDaemon(config(tmp_path), brain=brain) as daemon:
+        state = await run_goal(daemon)
+        steps = actions(daemon, state.agent_id)
+    assert (tmp_path / "data" / "workspaces" / state.agent_id / "log.txt").read_text() == "42\n"
+    assert [s.observation.error for s in steps] == ["", "repeated", "repeated"]
+    assert "already ran this exact call at step 1" in steps[1].observation.output
+    assert "exit status 0" in steps[1].observation.output
+    assert steps[1].detail.startswith("warning: repeated a call that already ran (run_command")
+    assert steps[1].detail.endswith("run_command is withheld from its next step")
+    assert offers(brain.schemas[1], "run_command")
+    assert not offers(brain.schemas[2], "run_command")
+    assert offers(brain.schemas[2], "write_file")
+    assert offers(brain.schemas[2], "read_file")
+    assert "run_command is not offered in your next step" in brain.prompts[2]
+    assert state.status == S.AGENT_STATUS_FAILED
+    assert state.failure_reason == (
+        'stuck: repeated a call that already ran (run_command {"command": "echo 42 >> log.txt"}; made 3 '
+        "times), and it persisted after 1 warning(s)"
+    )
+
+
 async def test_rate_limit_and_budgets_stop_the_agent_with_a_clear_reason(tmp_path: Path) -> None:
-    script = [act("remember", key="k", value="v")] * 10
+    # distinct notes first (an identical repeat of remember is refused before the rate limit sees it)
+    script = [act("remember", key="k", value=f"v{i}") for i in range(3)] + [
+        act("remember", key="k", value="v2")
+    ]
     cfg = config(tmp_path, tool_rate_per_minute={"remember": 2}, failing_repeats=2, stuck_warnings=0)
     async with EdgeDaemon(cfg, brain=FakeBrain(script)) as daemon:
         state = await run_goal(daemon)

@@ -43,6 +43,7 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         ("", {"EDGEHUB_EDGE__TRACING__SAMPLE_RATIO": "-0.1"}, "tracing.sample_ratio"),
         ("", {"EDGEHUB_EDGE__TRACING__SAMPLE_RATIO": "half"}, "tracing.sample_ratio"),
         ("[tracing]\notlp_endpoint = '127.0.0.1:4317'\n", {}, "tracing.otlp_endpoint"),
+        ("[safety]\nsame_calls = 1\n", {}, "safety.same_calls"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, env: dict[str, str], key: str) -> None:

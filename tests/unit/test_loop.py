@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 
 from edgehub.edge.agent.actions import parse_action
+from edgehub.edge.agent.base import StepMonitor
+from edgehub.edge.agent.deliverables import extract
 from edgehub.edge.agent.loop import AgentLoop, LoopDeps, new_agent
 from edgehub.edge.agent.tools.base import Recall
 from edgehub.edge.agent.tools.gateway import ExecutionGateway
 from edgehub.edge.agent.tools.registry import ToolRegistry
 from edgehub.edge.config import AgentConfig, ToolsConfig
 from edgehub.edge.memory.compaction import Compactor
+from edgehub.edge.safety import StuckMonitor
 from edgehub.edge.store.base import Intent
 from edgehub.edge.store.sqlite import SqliteStore
 from edgehub.llm.fake import FakeBrain
@@ -30,7 +33,11 @@ def act(tool: str, thought: str = "go", **args: object) -> str:
 
 
 def make_loop(
-    tmp_path: Path, script: list[str], memory: Recall | None = None, **agent_cfg: object
+    tmp_path: Path,
+    script: list[str],
+    memory: Recall | None = None,
+    monitor: StepMonitor | None = None,
+    **agent_cfg: object,
 ) -> tuple[AgentLoop, SqliteStore, FakeBrain]:
     store = SqliteStore.open(tmp_path / "edge.db", device_id="dev-1")
     brain = FakeBrain(script)
@@ -48,6 +55,7 @@ def make_loop(
         n_ctx=brain.n_ctx,
         max_action_tokens=64,
         memory=memory,
+        monitor=monitor,
     )
     return AgentLoop(deps), store, brain
 
@@ -297,3 +305,51 @@ async def test_an_agent_without_a_grant_has_every_tool(tmp_path: Path) -> None:
     await run(loop, store)
     assert {"run_command", "write_file", "read_file"} <= schema_tools(brain.schemas[0])
     assert not store.load_agent("a1").HasField("tools")
+
+
+async def test_a_repeated_note_is_refused_and_withheld_from_the_next_grammar_across_a_restart(
+    tmp_path: Path,
+) -> None:
+    """``remember`` is not repeatable: its identical repeat is refused with the first result, the warning
+    takes the tool out of the next step's grammar, and a restarted loop (a new daemon) keeps both."""
+    same = act("remember", thought="store the note", key="k", value="v")
+    loop, store, brain = make_loop(tmp_path, [same, same], monitor=StuckMonitor(), guide=False)
+    store.create_agent(new_agent("a1", "note k"))
+    state = store.load_agent("a1")
+    state.status = S.AGENT_STATUS_RUNNING
+    state = await loop.step(await loop.step(state))
+    assert "remember" in schema_tools(brain.schemas[1])
+    restarted, _, brain2 = make_loop(tmp_path, [same], monitor=StuckMonitor(), guide=False)
+    state = await restarted.step(store.load_agent("a1"))
+    log = store.mind_log("a1")
+    assert [e.observation.error for e in log] == ["", "repeated", "repeated"]
+    assert "already ran this exact call at step 1" in log[1].observation.output
+    assert "remembered k" in log[1].observation.output
+    assert log[1].detail.endswith("remember is withheld from its next step")
+    assert "remember" not in schema_tools(brain2.schemas[0])
+    assert {"read_file", "run_command"} <= schema_tools(brain2.schemas[0])
+    assert "remember is not offered in your next step" in brain2.prompts[0]
+    assert state.status == S.AGENT_STATUS_FAILED
+    assert state.failure_reason.startswith("stuck: repeated a call that already ran (remember")
+
+
+async def test_a_withheld_tool_is_not_guided_either_and_the_grammar_is_never_empty(tmp_path: Path) -> None:
+    """The goal's next deliverable is a note (guided: remember alone); after a repeat warning withholds
+    remember, the step is not guided to it, and the model chooses among the rest."""
+    loop, store, _ = make_loop(tmp_path, [])
+    goal = "Store a note under the key shift_lead whose value is Marta."
+    state = new_agent("a1", goal)
+    state.deliverables.extend(extract(goal))
+    store.create_agent(state)
+    assert schema_tools(loop.steer.schema(state, [])) == {"remember"}
+    state.guard.excluded_tool = "remember"
+    free = schema_tools(loop.steer.schema(state, []))
+    assert "remember" not in free
+    assert {"read_file", "run_command", "recall"} <= free
+    only = new_agent("a2", "note it", tools=["remember"])
+    only.step = 1
+    only.guard.excluded_tool = "remember"
+    assert schema_tools(loop.steer.schema(only, [])) == {"finish"}
+    only.step = 0  # a first step with work to do: finish is withheld too, so remember stays
+    only.deliverables.extend(extract(goal))
+    assert schema_tools(loop.steer.schema(only, [])) == {"remember"}

@@ -152,6 +152,10 @@ class SafetyConfig(_Section):
     """Near-identical consecutive thoughts that count as stuck."""
     failing_repeats: int = Field(3, ge=2)
     """The same failing call this many times in a row counts as stuck."""
+    same_calls: int = Field(4, ge=2)
+    """The same call (tool and arguments) succeeding this many times in an agent's life counts as stuck;
+    a repeat of a call whose tool is not repeatable (commands, notes) is refused at once, and counts as
+    stuck the first time."""
     stuck_warnings: int = Field(1, ge=0)
     """Re-plan warnings before a stuck agent is stopped."""
     pii_masking: bool = True

@@ -20,9 +20,44 @@ class StepVerdict:
     """The agent's guard after this step (checkpointed with it, so a restart does not reset it)."""
 
 
+@dataclass(frozen=True, slots=True)
+class SeenStep:
+    """One committed step as a step monitor sees it."""
+
+    thought: str
+    call: str
+    """``tool {arguments as canonical JSON}``, or ``invalid action: ...`` when the output was none."""
+    failed: bool
+    number: int = 0
+    """The step's number (from 0)."""
+    tool: str = ""
+    ran: bool = False
+    """The tool ran (or its recorded run was replayed): its side effect, if any, happened."""
+    refused: bool = False
+    """The monitor refused the call (``StepMonitor.refusal``: a repeat, or its tool withheld): it did
+    not run."""
+    output: str = ""
+    """What the call returned (kept, shortened, for the refusal of a repeat)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a call is not run (a ``ToolResult`` error kind and the observation's text)."""
+
+    error: Literal["repeated", "withheld"]
+    reason: str
+
+
 class StepMonitor(Protocol):
     """Watches each committed step of an agent (the stuck-loop monitor)."""
 
-    def observe(self, guard: agent_pb2.Guard, thought: str, call: str, failed: bool) -> StepVerdict:
-        """Judge a step: its thought, its call (tool and arguments) and whether the call failed."""
+    def observe(self, guard: agent_pb2.Guard, step: SeenStep) -> StepVerdict:
+        """Judge a step: its thought, its call (tool and arguments), whether the call ran and failed."""
+        ...
+
+    def refusal(
+        self, guard: agent_pb2.Guard, tool: str, call: str, *, repeatable: bool, thought: str
+    ) -> Refusal | None:
+        """Why ``call`` must not run now (a repeat of a call that is not repeatable and already ran,
+        with no reason given in ``thought``; a tool withheld this step); None: it may."""
         ...

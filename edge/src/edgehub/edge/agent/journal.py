@@ -18,12 +18,25 @@ from edgehub.protocol.v1 import agent_pb2
 from ..store.base import Approval
 from ..tracing import AgentSpans
 from .actions import Proposal
+from .base import SeenStep
 from .deps import LoopDeps
 from .steering import Steering
 from .window import Window
 
 S = agent_pb2
 EVENT_SCHEMA_VERSION = 1
+RAN_ERRORS = frozenset({"timeout", "tool_error"})
+"""Errors of a tool that ran (and may have had its effect) before it failed."""
+
+
+def call_key(proposal: Proposal) -> str:
+    """A call as the stuck monitor counts it: the tool and its arguments as canonical JSON."""
+    return f"{proposal.tool} {proposal.args_json()}"
+
+
+def ran(result: agent_pb2.ToolResult, output: Any) -> bool:
+    """The gateway ran the tool (or replayed its recorded run), as opposed to refusing the call."""
+    return output is not None or result.replayed or result.error in RAN_ERRORS
 
 
 def event_id(state: agent_pb2.AgentState, kind: str) -> str:
@@ -107,7 +120,7 @@ class Journal:
         if output is not None and output.finish and result.ok:
             self.steer.finish_or_return(new, event, result)
         if new.status != S.AGENT_STATUS_FINISHED:
-            self._guard(new, event, proposal, result)
+            self._guard(new, event, proposal, result, output)
         new.step += 1
         turns = self._turns(state.step, proposal, result, completion)
         turns += self.steer.plan_turns(state.step, new, proposal, result)
@@ -155,19 +168,29 @@ class Journal:
         event: agent_pb2.StepEvent,
         proposal: Proposal,
         result: agent_pb2.ToolResult,
+        output: Any,
     ) -> None:
-        """Let the stuck-loop monitor judge this step; it may warn (prompt) or stop (FAILED) the agent."""
+        """Let the stuck-loop monitor judge this step; it may warn (prompt, and a tool withheld from the
+        next step's grammar) or stop (FAILED) the agent."""
         if self.d.monitor is None:
             return
-        call = (
-            f"{proposal.tool} {proposal.args_json()}"
-            if proposal.ok
-            else f"invalid action: {proposal.error[:60]}"
+        call = call_key(proposal) if proposal.ok else f"invalid action: {proposal.error[:60]}"
+        seen = SeenStep(
+            thought=proposal.thought,
+            call=call,
+            failed=not result.ok,
+            number=new.step,
+            tool=proposal.tool if proposal.ok else "",
+            ran=proposal.ok and ran(result, output),
+            refused=result.error in ("repeated", "withheld"),
+            output=result.output,
         )
-        verdict = self.d.monitor.observe(new.guard, proposal.thought, call, failed=not result.ok)
+        verdict = self.d.monitor.observe(new.guard, seen)
         new.guard.CopyFrom(verdict.guard)
         if verdict.action == "warn":
             event.detail = f"warning: {verdict.reason}; the agent was told to re-plan"
+            if new.guard.excluded_tool:
+                event.detail += f"; {new.guard.excluded_tool} is withheld from its next step"
         elif verdict.action == "stop":
             new.status, new.failure_reason = S.AGENT_STATUS_FAILED, verdict.reason
             event.detail = verdict.reason

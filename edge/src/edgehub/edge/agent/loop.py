@@ -7,7 +7,12 @@ One step, in order:
    if it must be and the model proposes a grammar-constrained action;
 3. the execution gateway runs it (or turns it into an error observation);
 4. state + mind-log event + turns + intent result + outbox entry commit in one transaction;
-5. the stuck-loop monitor updates the agent's guard: a warning goes into the next prompt, a stop ends it.
+5. the stuck-loop monitor updates the agent's guard: a warning goes into the next prompt (and a repeated
+   call's tool out of the next step's grammar), a stop ends it.
+
+Before a call reaches the gateway, the monitor may refuse it: a repeat of a call that already ran and
+whose tool is not repeatable (``ToolSpec.repeatable``) gets the first run's result as its observation
+and never runs again, unless the thought gives a reason.
 
 A call that policy marks needs-approval does not end the step: the agent is checkpointed as
 AWAITING_APPROVAL with the proposal, and the step resumes from that proposal once an operator decided.
@@ -31,10 +36,11 @@ from edgehub.testing import failpoints
 
 from ..tracing import AgentSpans
 from .actions import Proposal, parse_action
+from .base import Refusal
 from .context import AgentContext
 from .deliverables import extract
 from .deps import LoopDeps
-from .journal import Journal
+from .journal import Journal, call_key
 from .prompt import PromptBuilder
 from .steering import Steering, copied_command, granted
 from .tools.base import ToolContext
@@ -181,6 +187,11 @@ class AgentLoop:
             names = ", ".join(sorted(allowed)) or "none: answer with finish"
             refused = f"{proposal.tool} is not granted to this task (its tools: {names})"
             return S.ToolResult(idempotency_key=key, ok=False, error="not_granted", output=refused), None
+        refusal = self._refusal(state, proposal)
+        if refusal is not None:
+            return S.ToolResult(
+                idempotency_key=key, ok=False, error=refusal.error, output=refusal.reason
+            ), None
         call = S.ToolCall(tool=proposal.tool, args_json=proposal.args_json(), idempotency_key=key)
         workspace = self.d.workspaces / state.agent_id
         if state.agent_id not in self._workspaces:
@@ -197,6 +208,20 @@ class AgentLoop:
             knowledge=self.d.knowledge,
         )
         return await self.d.gateway.execute(call, ctx, proposal_json=proposal.to_json())
+
+    def _refusal(self, state: agent_pb2.AgentState, proposal: Proposal) -> Refusal | None:
+        """The stuck monitor's refusal of this call: a repeat of a call that already ran and is not
+        repeatable, or a tool withheld this step."""
+        tool = self.d.registry.get(proposal.tool)
+        if self.d.monitor is None or tool is None:
+            return None  # an unknown tool is the gateway's error
+        return self.d.monitor.refusal(
+            state.guard,
+            proposal.tool,
+            call_key(proposal),
+            repeatable=tool.spec.repeatable,
+            thought=proposal.thought,
+        )
 
     # end -------------------------------------------------------------------------------------------
     def _end(

@@ -5,7 +5,8 @@ key so the evaluation can measure it on and off.
 - each step's action grammar: a plan with the first action and after a send-back or a warning
   (``[agent] plan``), ``finish`` withheld before any work and right after a send-back
   (``[agent] finish_check``), and the tool of the goal's next unmet deliverable with the file or
-  command the goal spells out, or ``finish`` once the work is done (``[agent] guide``);
+  command the goal spells out, or ``finish`` once the work is done (``[agent] guide``); the tool of a
+  repeated call the stuck monitor warned about is left out of the next step (always, guided or not);
 - the platform's line after each step with the next step of the agent's plan;
 - the finish check's verdict (``finishcheck.py``);
 - the refusal of a command copied from another agent's memory (``copied_command``).
@@ -189,15 +190,25 @@ class Steering:
     def schema(self, state: agent_pb2.AgentState, turns: Sequence[agent_pb2.Turn]) -> JsonObject:
         """The JSON schema (hence grammar) of this step's action."""
         plan, finish = self.needs_plan(state, turns), self.may_finish(state, turns)
+        withheld = self.withheld(state)
         guided = self.guided(state, finish)
-        if guided is not None:
+        if guided is not None and guided[0] not in withheld:
             return self.registry.guided_schema(guided[0], plan=plan, fixed=guided[1])
         without = frozenset(self._tools - self.tools(state)) | (frozenset() if finish else {"finish"})
+        if self.tools(state) - without - withheld:  # never an empty grammar: then the tool stays
+            without |= withheld
         if (plan, without) not in self._schemas:
             self._schemas[plan, without] = self.registry.action_schema(
                 plan=plan, without=tuple(sorted(without))
             )
         return self._schemas[plan, without]
+
+    @staticmethod
+    def withheld(state: agent_pb2.AgentState) -> frozenset[str]:
+        """Tools this step's grammar leaves out: the tool of the call the stuck monitor just warned
+        about (``Guard.excluded_tool``, for one step)."""
+        tool = state.guard.excluded_tool
+        return frozenset({tool}) if tool and tool != "finish" else frozenset()
 
     # the plan --------------------------------------------------------------------------------------
     @staticmethod

@@ -81,6 +81,8 @@ def build_safety(
         sandbox=sandbox,
         sandbox_problem=problem,
         monitor=StuckMonitor(
-            StuckSettings(s.stuck_similarity, s.stuck_steps, s.failing_repeats, s.stuck_warnings)
+            StuckSettings(
+                s.stuck_similarity, s.stuck_steps, s.failing_repeats, s.stuck_warnings, s.same_calls
+            )
         ),
     )

@@ -564,6 +564,9 @@ class Guard(_message.Message):
     FAILING_RUN_FIELD_NUMBER: _builtins.int
     WARNINGS_FIELD_NUMBER: _builtins.int
     WARNING_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    EXCLUDED_TOOL_FIELD_NUMBER: _builtins.int
+    EXCLUDED_CALL_FIELD_NUMBER: _builtins.int
     similar_run: _builtins.int
     """Consecutive steps whose thought was near-identical to the one before (cosine similarity)."""
     last_thought: _builtins.str
@@ -573,6 +576,17 @@ class Guard(_message.Message):
     warnings: _builtins.int
     """Re-plan warnings given so far; the warning text currently shown in the prompt (empty: none)."""
     warning: _builtins.str
+    excluded_tool: _builtins.str
+    """The tool withheld from the next step's grammar after a repeat warning (empty: none), and the call
+    that made the monitor withhold it.
+    """
+    excluded_call: _builtins.str
+    @_builtins.property
+    def calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___CallCount]:
+        """Each distinct call (tool + canonical JSON arguments) the agent ran or had refused as a repeat, most
+        recently used last, bounded: how often, and what its last run returned.
+        """
+
     def __init__(
         self,
         *,
@@ -582,14 +596,57 @@ class Guard(_message.Message):
         failing_run: _builtins.int = ...,
         warnings: _builtins.int = ...,
         warning: _builtins.str = ...,
+        calls: _abc.Iterable[Global___CallCount] | None = ...,
+        excluded_tool: _builtins.str = ...,
+        excluded_call: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failing_call", b"failing_call", "failing_run", b"failing_run", "last_thought", b"last_thought", "similar_run", b"similar_run", "warning", b"warning", "warnings", b"warnings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "excluded_call", b"excluded_call", "excluded_tool", b"excluded_tool", "failing_call", b"failing_call", "failing_run", b"failing_run", "last_thought", b"last_thought", "similar_run", b"similar_run", "warning", b"warning", "warnings", b"warnings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Guard: _TypeAlias = Guard  # noqa: Y015
+
+@_typing.final
+class CallCount(_message.Message):
+    """One distinct call in an agent's Guard."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    RAN_STEP_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    RAN_FIELD_NUMBER: _builtins.int
+    call: _builtins.str
+    """"tool args_json" with the arguments as canonical JSON (sorted keys)."""
+    count: _builtins.int
+    """Times the call was made (run, or refused as a repeat)."""
+    ran_step: _builtins.int
+    """The step that last ran it, and the start of what that run returned (for the refusal's observation)."""
+    output: _builtins.str
+    ok: _builtins.bool
+    ran: _builtins.bool
+    """The call has run at least once (a refused repeat alone does not count as a run)."""
+    def __init__(
+        self,
+        *,
+        call: _builtins.str = ...,
+        count: _builtins.int = ...,
+        ran_step: _builtins.int = ...,
+        output: _builtins.str = ...,
+        ok: _builtins.bool = ...,
+        ran: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "count", b"count", "ok", b"ok", "output", b"output", "ran", b"ran", "ran_step", b"ran_step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CallCount: _TypeAlias = CallCount  # noqa: Y015
 
 @_typing.final
 class PolicyDecision(_message.Message):

@@ -27,6 +27,12 @@ class ToolSpec:
     """JSON schema of the arguments object (``type: object``)."""
     idempotent: bool
     """Safe to run again with the same arguments after a crash mid-call (no repeated side effect)."""
+    repeatable: bool = False
+    """A second call with the same arguments changes nothing the first did not (a read, a lookup, a
+    whole-file write): the stuck monitor only counts its repeats. A tool that is not (a command, an
+    append, a note that adds a memory) has an identical repeat refused with what the first call
+    returned, unless the agent says why it must run again (``safety.stuck``). False by default, so a
+    plugin tool that does not say is treated as having side effects."""
     runs_code: bool = False
     """Runs commands or code: the safety layer sandboxes such tools."""
     timeout_s: float = 30.0

@@ -143,6 +143,7 @@ def knowledge_tool(*, timeout_s: float) -> Tool:
         "Ask the fleet's shared knowledge about a thing: a device, a site, a part.",
         _obj(["about"], about=_str(128)),
         idempotent=True,
+        repeatable=True,
         timeout_s=timeout_s + 5,
         example={"about": "line 3"},
     )
@@ -158,6 +159,7 @@ WRITE_FILE = ToolSpec(
     "Write text to a file in the workspace.",
     _obj(["path", "content"], path=_str(128), content=_str(2000)),
     idempotent=True,
+    repeatable=True,
     example={"path": "notes.txt", "content": "hello"},
 )
 READ_FILE = ToolSpec(
@@ -165,6 +167,7 @@ READ_FILE = ToolSpec(
     "Read a text file from the workspace.",
     _obj(["path"], path=_str(128)),
     idempotent=True,
+    repeatable=True,
     example={"path": "notes.txt"},
 )
 REMEMBER = ToolSpec(
@@ -172,6 +175,7 @@ REMEMBER = ToolSpec(
     "Store a note under a key for later steps.",
     _obj(["key", "value"], key=_str(64), value=_str(500)),
     idempotent=True,
+    repeatable=False,  # the note is replaced, but each call also adds an L3 episode
     example={"key": "door code", "value": "4417"},
 )
 RECALL = ToolSpec(
@@ -179,6 +183,7 @@ RECALL = ToolSpec(
     "Look up notes stored with remember.",
     _obj(["query"], query=_str(128)),
     idempotent=True,
+    repeatable=True,
     example={"query": "door code"},
 )
 FINISH = ToolSpec(
@@ -186,6 +191,7 @@ FINISH = ToolSpec(
     "Finish the goal with the answer.",
     _obj(["answer"], answer=_str(500)),
     idempotent=True,
+    repeatable=True,
     example={"answer": "42"},
 )
 
@@ -197,6 +203,7 @@ def run_command_spec(timeout_s: float) -> ToolSpec:
         "Run a shell command in the workspace and see its exit status and output.",
         _obj(["command"], command=_str(500)),
         idempotent=False,
+        repeatable=False,
         runs_code=True,
         timeout_s=timeout_s + 5,
         example={"command": "ls -l"},
