@@ -42,7 +42,7 @@ from .deliverables import extract
 from .deps import LoopDeps
 from .journal import Journal, call_key
 from .prompt import PromptBuilder
-from .steering import Steering, copied_command, granted
+from .steering import Steering, copied_command, granted, may_call
 from .tools.base import ToolContext
 
 if TYPE_CHECKING:
@@ -182,9 +182,8 @@ class AgentLoop:
         copied = copied_command(state, proposal)
         if copied:
             return S.ToolResult(idempotency_key=key, ok=False, error="from_memory", output=copied), None
-        allowed = granted(state)
-        if allowed is not None and proposal.tool not in allowed | {"finish"}:
-            names = ", ".join(sorted(allowed)) or "none: answer with finish"
+        if not may_call(state, proposal.tool):
+            names = ", ".join(sorted(granted(state) or ())) or "none: answer with finish"
             refused = f"{proposal.tool} is not granted to this task (its tools: {names})"
             return S.ToolResult(idempotency_key=key, ok=False, error="not_granted", output=refused), None
         refusal = self._refusal(state, proposal)

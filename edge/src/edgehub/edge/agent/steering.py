@@ -112,8 +112,7 @@ class Steering:
     def tools(self, state: agent_pb2.AgentState) -> set[str]:
         """The tools ``state``'s agent may call: those it was granted (``finish`` always) that this
         device has, or all of them."""
-        allowed = granted(state)
-        return self._tools if allowed is None else self._tools & (allowed | {"finish"})
+        return {tool for tool in self._tools if may_call(state, tool)}
 
     def header_tokens(self, state: agent_pb2.AgentState) -> int:
         header = self.header(state)
@@ -270,3 +269,10 @@ class Steering:
 def granted(state: agent_pb2.AgentState) -> frozenset[str] | None:
     """The tools ``state``'s agent was granted besides ``finish`` (a planned task's); None: every tool."""
     return frozenset(state.tools.names) if state.HasField("tools") else None
+
+
+def may_call(state: agent_pb2.AgentState, tool: str) -> bool:
+    """Whether ``state``'s agent may call ``tool``: ``finish`` always, another tool when it was granted
+    (or when the agent was granted every tool)."""
+    allowed = granted(state)
+    return allowed is None or tool == "finish" or tool in allowed
