@@ -99,6 +99,7 @@ class LlamaBrain:
         be used."""
         path = check_model_file(settings)
         logs.install()
+        mark = logs.errors_seen()
         try:
             llm = Llama(
                 model_path=str(path),
@@ -110,7 +111,7 @@ class LlamaBrain:
                 verbose=logs.shown(),  # False also silences what the C library prints itself while loading
             )
         except (ValueError, RuntimeError, OSError) as exc:
-            said = f": {logs.last_error()}" if logs.last_error() else ""
+            said = f": {logs.first_error(mark)}" if logs.first_error(mark) else ""
             raise ModelFileError(
                 f"llama.cpp could not load it ({exc}{said}); the file may be truncated or corrupt",
                 path=str(path),

@@ -6,7 +6,7 @@ library now numbers them NONE, DEBUG, INFO, WARN, ERROR: every warning passes as
 such as ``llama_kv_cache_iswa: using full-size SWA cache`` were printed on every model load whatever
 ``verbose`` said. ``install()`` replaces that callback with ``_on_line``, which maps levels by the current
 enum and hands whole lines to the ``llama.cpp`` logger: silent unless ``show()`` lowered its threshold.
-Error lines are also kept (``last_error``) so a failed load can say what llama.cpp said, in one line.
+Error lines are also kept (``first_error``) so a failed load can say what llama.cpp said, in one line.
 
 Importing this module does not load llama.cpp (the CLI's ``--verbose`` sets the level before any model
 is opened); ``install()`` does, and the modules that construct a ``Llama`` call it first.
@@ -31,7 +31,9 @@ CONT = 5
 _callback: Any = None  # the ctypes function object: llama.cpp holds only its address, so keep it alive
 _level = logging.DEBUG
 _partial = ""
-_errors: deque[str] = deque(maxlen=4)
+_errors: deque[str] = deque(maxlen=8)
+_seen = 0
+_handler: logging.Handler | None = None
 
 
 class _Raw(logging.Formatter):
@@ -41,10 +43,11 @@ class _Raw(logging.Formatter):
 
 def show(level: int = logging.DEBUG) -> None:
     """Print llama.cpp's lines of ``level`` and above on standard error, as llama.cpp writes them."""
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(_Raw())
-        log.addHandler(handler)
+    global _handler
+    if _handler is None:
+        _handler = logging.StreamHandler(sys.stderr)
+        _handler.setFormatter(_Raw())
+        log.addHandler(_handler)
     log.setLevel(level)
 
 
@@ -53,9 +56,16 @@ def shown() -> bool:
     return log.isEnabledFor(logging.INFO)
 
 
-def last_error() -> str:
-    """llama.cpp's most recent error line ("" when none), for an error message of ours."""
-    return _errors[-1] if _errors else ""
+def errors_seen() -> int:
+    """How many error lines llama.cpp has logged so far (a mark for ``first_error``)."""
+    return _seen
+
+
+def first_error(since: int) -> str:
+    """llama.cpp's first error line after the mark ``since`` ("" when none was kept): the specific one,
+    before the lines that only say the load failed."""
+    kept = _seen - len(_errors)
+    return _errors[since - kept] if kept <= since < _seen else ""
 
 
 def install() -> None:
@@ -71,7 +81,7 @@ def install() -> None:
 
 def _on_line(level: int, text: bytes, _user_data: Any) -> None:
     """llama.cpp's callback: fragments are joined into lines; each line is logged at its level."""
-    global _level, _partial
+    global _level, _partial, _seen
     if level != CONT:
         _level = LEVELS.get(level, logging.DEBUG)
     if _level < logging.ERROR and not log.isEnabledFor(_level):
@@ -81,4 +91,5 @@ def _on_line(level: int, text: bytes, _user_data: Any) -> None:
     for line in lines:
         if _level >= logging.ERROR:
             _errors.append(line.strip())
+            _seen += 1
         log.log(_level, "%s", line)
