@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -13,18 +14,28 @@ EDGEHUB = [sys.executable, "-m", "edgehub.cli"]
 
 
 def edgehub(
-    *args: str, data_dir: Path, env: dict[str, str] | None = None, timeout: float = 300
+    *args: str,
+    data_dir: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+    stdin: str | bytes | None = None,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``edgehub ARGS`` with its edge data dir set to ``data_dir``."""
+    """Run ``edgehub ARGS`` with its edge data dir set to ``data_dir``; ``stdin``: what it reads there
+    (default: nothing, at once); ``preexec_fn``: run in the child before the CLI starts."""
     full_env = {**os.environ, "EDGEHUB_EDGE__DEVICE__DATA_DIR": str(data_dir), **(env or {})}
-    return subprocess.run(
+    done = subprocess.run(
         [*EDGEHUB, *args],
         capture_output=True,
-        text=True,
+        input=stdin.encode() if isinstance(stdin, str) else (stdin if stdin is not None else b""),
         env=full_env,
         timeout=timeout,
         cwd=ROOT,
         check=False,
+        preexec_fn=preexec_fn,
+    )
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
     )
 
 

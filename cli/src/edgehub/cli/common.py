@@ -41,7 +41,10 @@ err = Console(stderr=True, soft_wrap=True)
 ConfigOpt = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="The daemon's TOML config (default: built-in defaults + environment)."
+        "--config",
+        "-c",
+        help="The daemon's TOML config (default: built-in defaults + environment).",
+        readable=False,  # the loader reports an unreadable file in one line, as every other bad file
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON lines).")]

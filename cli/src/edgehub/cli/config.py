@@ -68,18 +68,30 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file is read up to this size (a larger one, or ``/dev/zero``, is refused, not read on)."""
+
+
 def read_toml(path: Path, error: ConfigErrorFactory) -> dict[str, Any]:
+    """The table in the TOML file at ``path``; every way it can fail is one ``error`` naming the file."""
     where = str(path)
     try:
-        return tomllib.loads(Path(path).read_text())
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise error("file not found", path=where) from None
     except IsADirectoryError:
         raise error("is a folder, not a TOML file", path=where) from None
     except PermissionError:
         raise error("not readable (permission denied)", path=where) from None
+    except OSError as exc:  # a socket, a device that refuses reads, an I/O error
+        raise error(f"cannot read it ({exc.strerror or exc})", path=where) from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise error(f"over {MAX_CONFIG_BYTES:,} bytes: not a config file", path=where)
+    try:
+        return tomllib.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
-        raise error(f"not UTF-8 text ({exc.reason})", path=where) from None
+        raise error(f"not UTF-8 text ({exc.reason} at byte {exc.start})", path=where) from None
     except tomllib.TOMLDecodeError as exc:
         raise error(f"not valid TOML: {exc}", path=where) from None
 

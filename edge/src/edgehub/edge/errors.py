@@ -9,6 +9,7 @@ whether trying again may help (the one root: ``edgehub.protocol.errors.EdgehubEr
     ├── StoreError           the durable store cannot be opened or migrated (``path``)
     │   └── SchemaVersionError  the store was written by a newer edgehub
     ├── ToolError            a tool could not be registered or loaded (``tool``)
+    ├── GoalError            a goal this device cannot take: empty, too long, or more than the context holds
     └── AgentNotFound        no agent with that id (``agent_id``)
 
 Tool *call* failures are not exceptions for the agent loop: the gateway turns them into error
@@ -74,6 +75,13 @@ class ToolError(EdgeError):
     def __init__(self, message: str, *, tool: str) -> None:
         self.tool = tool
         super().__init__(f"tool {tool!r}: {message}")
+
+
+class GoalError(EdgeError):
+    """A goal this device cannot take: empty, over ``MAX_GOAL_CHARS``, not text, or more tokens than the
+    model's context leaves for it (``agent/goal.py``)."""
+
+    code = ErrorCode.INVALID_ARGUMENT
 
 
 class AgentNotFound(EdgeError):

@@ -21,6 +21,7 @@ import llama_cpp
 from llama_cpp import Llama, LlamaGrammar
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
+from . import logs
 from .base import Completion
 from .chat import ChatFormat, chat_format_of
 from .errors import ModelFileError
@@ -97,6 +98,8 @@ class LlamaBrain:
         """Load the model ``settings`` name (default: the Gemma package); ModelFileError if it cannot
         be used."""
         path = check_model_file(settings)
+        logs.install()
+        mark = logs.errors_seen()
         try:
             llm = Llama(
                 model_path=str(path),
@@ -105,11 +108,13 @@ class LlamaBrain:
                 n_batch=settings.n_batch,
                 seed=settings.seed,
                 logits_all=False,
-                verbose=False,
+                verbose=logs.shown(),  # False also silences what the C library prints itself while loading
             )
         except (ValueError, RuntimeError, OSError) as exc:
+            said = f": {logs.first_error(mark)}" if logs.first_error(mark) else ""
             raise ModelFileError(
-                f"llama.cpp could not load it ({exc}); the file may be truncated or corrupt", path=str(path)
+                f"llama.cpp could not load it ({exc}{said}); the file may be truncated or corrupt",
+                path=str(path),
             ) from None
         return cls(llm, path=path, settings=settings)
 

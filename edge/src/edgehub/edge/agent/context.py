@@ -13,9 +13,11 @@ import logging
 from edgehub.llm import Completion
 from edgehub.protocol.v1 import agent_pb2
 
+from ..errors import GoalError
 from ..memory.l1 import steps_to_compact
 from ..tracing import AgentSpans
 from .deps import LoopDeps
+from .goal import MIN_WINDOW, too_big
 from .journal import Journal
 from .prompt import PromptBuilder
 from .steering import Steering
@@ -94,6 +96,18 @@ class AgentContext:
         except Exception as exc:  # L3 is an aid: the agent works without it
             log.warning("recall for %s failed (%s: %s)", state.agent_id, type(exc).__name__, exc)
             return []
+
+    def goal_problem(self, state: agent_pb2.AgentState) -> GoalError | None:
+        """Why ``state``'s goal cannot be worked on in this model's context (``goal.py``), or None: its
+        task block, the agent's header, room for recalled memories, one action and ``MIN_WINDOW``
+        tokens of steps must all fit."""
+        goal = self.d.count_tokens(state.goal)
+        task = self.d.count_tokens(self._task(state))
+        recall = self.d.cfg.recall_tokens if self.d.memory is not None else 0
+        fixed = self.steer.header_tokens(state) + task - goal + recall + self.d.max_action_tokens + 16
+        if goal + fixed + MIN_WINDOW <= self.d.n_ctx:
+            return None
+        return too_big(goal, fixed + MIN_WINDOW, self.d.n_ctx)
 
     def _window_budget(self, state: agent_pb2.AgentState) -> int:
         key = self._task(state)

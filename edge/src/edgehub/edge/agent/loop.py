@@ -34,6 +34,7 @@ from edgehub.llm import Completion
 from edgehub.protocol.v1 import agent_pb2
 from edgehub.testing import failpoints
 
+from ..errors import GoalError
 from ..tracing import AgentSpans
 from .actions import Proposal, parse_action
 from .base import Refusal
@@ -99,6 +100,9 @@ class AgentLoop:
     async def run(self, agent_id: str, stop: asyncio.Event) -> agent_pb2.AgentState:
         state = self.d.store.load_agent(agent_id)
         with self._spans.run(state, self.d.device_id) as span:
+            fresh = state.status == S.AGENT_STATUS_PENDING and state.step == 0
+            if fresh and (too_big := self.context.goal_problem(state)) is not None:
+                state = self._end(state, S.AGENT_STATUS_FAILED, str(too_big))  # before any step (goal.py)
             if state.status == S.AGENT_STATUS_PENDING:
                 state.status = S.AGENT_STATUS_RUNNING
                 if state.step == 0 and granted(state) != frozenset():  # granted no tool: its goal is all
@@ -109,6 +113,10 @@ class AgentLoop:
                 state = await self.step(state)
             self._spans.run_ended(span, state)
         return state
+
+    def goal_problem(self, state: agent_pb2.AgentState) -> GoalError | None:
+        """Why ``state``'s goal does not fit this model's context, or None (``AgentContext.goal_problem``)."""
+        return self.context.goal_problem(state)
 
     async def step(self, state: agent_pb2.AgentState) -> agent_pb2.AgentState:
         with self._spans.step(state):

@@ -1,4 +1,5 @@
-"""What the edge's commands share: the config (with this machine's hardware profile under it) and the store.
+"""What the edge's commands share: the config (with this machine's hardware profile under it) and the store
+(opened read-only by the commands that only show what is there).
 
 Options, ``fail`` and the exit codes are the whole CLI's (``edgehub.cli.common``)."""
 
@@ -21,18 +22,18 @@ from ..store.sqlite import SqliteStore
 
 
 def agent_id(value: str) -> str:
-    """A typer callback: an agent id argument checked by the one id rule (a usage error otherwise)."""
+    """A typer callback: an agent id argument checked by the one id rule (one error line, exit 2)."""
     try:
         return check_id(value, "AGENT_ID")
     except InvalidId as exc:
-        raise typer.BadParameter(exc.message) from None
+        fail(exc.message)
 
 
 def approval_key(value: str) -> str:
     """A typer callback: an approval key (AGENT/STEP), its agent id checked by the one id rule."""
     agent, _, step = value.rpartition("/")
     if not step.isdecimal() or len(step) > 10:
-        raise typer.BadParameter("KEY is AGENT/STEP, e.g. agent-1a2b/3")
+        fail(f"KEY {value!r} is not AGENT/STEP, e.g. agent-1a2b/3")
     return f"{agent_id(agent)}/{step}"
 
 
@@ -56,6 +57,17 @@ def hardware_settings() -> Mapping[str, Mapping[str, object]]:
     except Exception as exc:  # a broken profile must not stop the daemon
         err.print(f"[yellow]warning:[/] hardware profile not applied: {exc}")
         return {}
+
+
+def read_store(cfg: EdgeConfig) -> DeviceStore | None:
+    """The store opened read-only for a command that only shows what is there, or None when this device
+    has none yet: such a command creates nothing (no data dir, store or vault key)."""
+    if not cfg.store_path.exists():
+        return None
+    try:
+        return SqliteStore.open_readonly(cfg.store_path, device_id=cfg.device.id)
+    except EdgeError as exc:
+        fail(exc)
 
 
 def open_store(cfg: EdgeConfig) -> DeviceStore:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgehub.cli.common import ConfigOpt, ExitCode, JsonOpt, console, exit_with, fail
+from edgehub.cli.common import ConfigOpt, ExitCode, JsonOpt, console, err, exit_with, fail
 
 from ..errors import EdgeError
 from ..safety.approvals import Approver, decide, local_approvals_allowed
@@ -20,7 +20,7 @@ from ..safety.policy import Policy, PolicyEngine, default_policy_text
 from ..safety.vault import VaultKey
 from ..uplink.identity import DeviceIdentity
 from .common import agent_id as agent_id_arg
-from .common import approval_key, load, open_store
+from .common import approval_key, load, open_store, read_store
 from .render import dumps
 
 approvals_app = typer.Typer(help="Tool calls waiting for an operator's decision.", no_args_is_help=True)
@@ -34,12 +34,15 @@ def approvals_list(
     as_json: JsonOpt = False,
     all_: Annotated[bool, typer.Option("--all", help="Decided ones too.")] = False,
 ) -> None:
-    """List approvals (pending ones by default)."""
-    store = open_store(load(config))
-    items = store.list_approvals(None if all_ else "pending")
+    """List approvals (pending ones by default; none: nothing on stdout, exit status 0). Read-only."""
+    store = read_store(load(config))
+    items = store.list_approvals(None if all_ else "pending") if store is not None else []
     if as_json:
         for a in items:
             print(dumps({k: v for k, v in dataclasses.asdict(a).items() if k != "proposal_json"}))
+        return
+    if not items:
+        err.print("no approvals on this device" if all_ else "no pending approvals on this device")
         return
     table = Table("tool", "arguments", "rule", "status", "decided by", "how")
     table.add_column("key", no_wrap=True, overflow="fold")
@@ -146,13 +149,18 @@ def pii_unmask(
     text: Annotated[str, typer.Argument(help="Text with tokens like <EMAIL_abcdefghij>; - reads stdin.")],
     config: ConfigOpt = None,
 ) -> None:
-    """Restore masked values from this device's vault (only the device that masked them can)."""
+    """Restore masked values from this device's vault (only the device that masked them can). Read-only:
+    on a device with no store the text is printed as it is (nothing was masked here)."""
     cfg = load(config)
     if text == "-":
         text = typer.get_text_stream("stdin").read()
-    store = open_store(cfg)
+    store = read_store(cfg)
+    if store is None or not cfg.vault_key_path.exists():
+        err.print("nothing was masked on this device (it has no store or vault key)")
+        print(text)
+        return
     try:
-        print(unmask(text, store.vault_get, VaultKey.load_or_create(cfg.vault_key_path)))
+        print(unmask(text, store.vault_get, VaultKey.load(cfg.vault_key_path)))
     except EdgeError as exc:
         fail(exc, ExitCode.FAILED)
 
@@ -164,9 +172,10 @@ def pii_outgoing(
     ],
     config: ConfigOpt = None,
 ) -> None:
-    """Show an agent's not yet delivered events exactly as they will leave the device (PII masked)."""
-    store = open_store(load(config))
-    for entry in store.outbox_pending(limit=100_000):
+    """Show an agent's not yet delivered events exactly as they will leave the device (PII masked).
+    Read-only: none (or no store) prints nothing, exit status 0."""
+    store = read_store(load(config))
+    for entry in store.outbox_pending(limit=100_000) if store is not None else []:
         if entry.event.agent_id == agent_id:
             step = entry.event.step
             shown = {"thought": step.thought, "action": step.action.args_json, "detail": step.detail}

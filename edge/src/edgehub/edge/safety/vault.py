@@ -36,6 +36,14 @@ class VaultKey:
         self._aead = AESGCM(key)
 
     @classmethod
+    def load(cls, path: Path) -> VaultKey:
+        """The key at ``path`` (``VaultError`` when it cannot be read); creates nothing."""
+        try:
+            return cls(path.read_bytes())
+        except OSError as exc:
+            raise VaultError(f"vault key {path}: cannot read ({exc.strerror or exc})") from None
+
+    @classmethod
     def load_or_create(cls, path: Path) -> VaultKey:
         path.parent.mkdir(parents=True, exist_ok=True)
         try:

@@ -179,6 +179,9 @@ class WorkerBrain:
         if self._vocab is None:
             from llama_cpp import Llama
 
+            from edgehub.llm import logs
+
+            logs.install()
             self._vocab = Llama(model_path=str(self.model_path), vocab_only=True, verbose=False)
         return self._vocab
 

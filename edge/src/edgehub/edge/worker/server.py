@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import logging
 import os
 import socket
 import struct
@@ -219,8 +220,10 @@ def _settings(raw: str) -> Any:
 def main(argv: list[str]) -> int:
     """``server.py SOCKET SETTINGS_JSON``: load the model, listen, serve until told to exit."""
     path, raw = argv
+    from edgehub.llm import logs
     from edgehub.llm.llama import LlamaBrain
 
+    logs.show(logging.WARNING)  # into worker.log, whose last lines a failed start reports
     brain = LlamaBrain.open(_settings(raw))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     if os.path.exists(path):

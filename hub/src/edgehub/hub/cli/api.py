@@ -46,7 +46,12 @@ def credentials(*, token: bool = True) -> grpc.ChannelCredentials:
     value = os.environ.get("EDGEHUB_TOKEN", "")
     token_file = Path(os.environ.get("EDGEHUB_TOKEN_FILE") or _trust_dir() / "admin.token")
     if not value and token_file.exists():
-        value = token_file.read_text().strip()
+        try:
+            value = token_file.read_bytes().decode().strip()
+        except OSError as exc:
+            fail(f"cannot read the token file {token_file} ({exc.strerror}): set EDGEHUB_TOKEN_FILE")
+        except UnicodeDecodeError:
+            fail(f"the token file {token_file} is not UTF-8 text: set EDGEHUB_TOKEN_FILE")
     if not value:
         return creds  # the hub answers UNAUTHENTICATED, with advice below
     return grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(value))

@@ -63,9 +63,11 @@ def _labels(spec: str) -> dict[str, str]:
 def _plan(path: Path) -> G.PlanDraft:
     """The plan in the file at ``path``: JSON in the planner's draft format (``PlanDraft``)."""
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode()
     except OSError as exc:
         fail(f"cannot read the plan {path}: {exc.strerror}")
+    except UnicodeDecodeError as exc:
+        fail(f"the plan {path} is not UTF-8 text ({exc.reason} at byte {exc.start})")
     try:
         return json_format.ParseDict(json.loads(text), G.PlanDraft())
     except ValueError as exc:  # JSONDecodeError
@@ -189,7 +191,10 @@ def goal_submit(
 ) -> None:
     """Plan a goal into tasks with the hub's model (or your --plan) and run it across the fleet.
 
-    Exit code 1 when planning fails (the reasons are shown), or the goal fails within --wait."""
+    Exit code 1 when planning fails (the reasons are shown), or the goal fails within --wait; 2 for bad
+    input (an empty goal, one over the hub's 4,000 characters, an unreadable plan)."""
+    if not text.strip():
+        fail("the goal is empty" if not text else "the goal is only whitespace")
     req = G.SubmitGoalRequest(
         text=text,
         labels=_labels(devices),

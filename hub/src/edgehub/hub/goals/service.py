@@ -266,8 +266,8 @@ def _check_request(
     def bad(message: str) -> GoalError:
         return GoalError(ErrorCode.INVALID_ARGUMENT, message)
 
-    if not text:
-        raise bad("the goal's text is empty")
+    if not text.strip():
+        raise bad("the goal's text is empty" if not text else "the goal's text is only whitespace")
     if len(text) > MAX_TEXT:
         raise bad(f"the goal is {len(text)} characters; at most {MAX_TEXT}")
     if plan is None and not planner_on:

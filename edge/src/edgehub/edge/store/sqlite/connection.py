@@ -8,6 +8,7 @@ upgrade, and a busy timeout so a short overlap waits instead of failing.
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,21 @@ def connect(path: Path) -> apsw.Connection:
     return conn
 
 
+def connect_readonly(path: Path) -> apsw.Connection:
+    """A read-only connection to the store at ``path`` (SQLite's ``mode=ro``): it writes nothing and
+    creates nothing, not even the file or its folder (``StoreError`` when there is no store)."""
+    uri = f"file:{urllib.parse.quote(str(path.absolute()))}?mode=ro"
+    try:
+        conn = apsw.Connection(uri, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        conn.enable_load_extension(True)
+        conn.load_extension(sqlite_vec.loadable_path())
+        conn.enable_load_extension(False)
+        conn.set_busy_timeout(5000)
+    except apsw.Error as exc:
+        raise StoreError(f"cannot open to read: {exc.__class__.__name__}: {exc}", path=str(path)) from None
+    return conn
+
+
 class Connection:
     """One SQLite file. Not thread-safe: use it from one thread (the event loop)."""
 
@@ -48,6 +64,18 @@ class Connection:
         self.device_id = device_id
         self.outgoing = outgoing
         """Applied to each event entering the outbox (PII masking); the mind-log keeps the original."""
+
+    def _check_readonly(self) -> None:
+        """A store opened read-only must already be at this edgehub's schema (it cannot migrate)."""
+        version = self._scalar("PRAGMA user_version")
+        if version > LATEST:
+            raise SchemaVersionError(path=str(self.path), found=version, supported=LATEST)
+        if version < LATEST:
+            raise StoreError(
+                f"schema version {version} is older than this edgehub's ({LATEST}) and a read-only command "
+                "does not upgrade it: run `edgehub edge run` (or `edgehub agent run`) once",
+                path=str(self.path),
+            )
 
     def _migrate(self) -> None:
         """Append the schema's migrations this file has not had, one transaction each."""

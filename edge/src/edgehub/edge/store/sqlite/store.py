@@ -13,7 +13,7 @@ from edgehub.protocol.v1 import agent_pb2
 
 from ...errors import StoreError
 from ..base import Approval, Intent, OutgoingFilter
-from .connection import connect
+from .connection import connect, connect_readonly
 from .episodes import Episodes
 from .knowledge import KnowledgeRows
 from .transfer import Transfer
@@ -38,6 +38,18 @@ class SqliteStore(Transfer, Episodes, KnowledgeRows):
             store._migrate()
         except apsw.Error as exc:
             raise StoreError(f"cannot open: {exc.__class__.__name__}: {exc}", path=str(path)) from None
+        return store
+
+    @classmethod
+    def open_readonly(cls, path: Path, *, device_id: str) -> SqliteStore:
+        """Open the existing store at ``path`` to read (writes fail): for commands that only show what
+        is there, which must create nothing. ``StoreError`` when there is none or it needs a migration."""
+        path = Path(path)
+        store = cls(connect_readonly(path), path=path, device_id=device_id)
+        try:
+            store._check_readonly()
+        except apsw.Error as exc:
+            raise StoreError(f"cannot read: {exc.__class__.__name__}: {exc}", path=str(path)) from None
         return store
 
     # intents ---------------------------------------------------------------------------------------
