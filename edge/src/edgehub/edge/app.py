@@ -29,6 +29,7 @@ from .errors import EdgeError
 from .memory.episodic import EpisodeIndexer
 from .parts import Options, Parts, open_parts
 from .store.base import DeviceStore
+from .store.upkeep import wal_checkpoints
 
 log = logging.getLogger("edgehub.edge")
 
@@ -142,8 +143,10 @@ class EdgeDaemon:
                 await helper
 
     def _helpers(self, p: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
-        """What runs beside the agents until ``stop``: the hub link, L3 indexing, idle checkpoints."""
-        helpers = []
+        """What runs beside the agents until ``stop``: the hub link, L3 indexing, idle checkpoints of
+        the model's worker, and the store's WAL checkpoints."""
+        wal = wal_checkpoints(p.store, self.cfg.store.checkpoint_s, stop)
+        helpers = [asyncio.create_task(wal, name="wal-checkpoints")]
         if p.hub is not None:
             link = p.hub.link.run(stop, commands=p.router.apply, twin=p.twin.twin)
             helpers.append(asyncio.create_task(link, name="hublink"))

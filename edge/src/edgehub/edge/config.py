@@ -235,6 +235,13 @@ class SnapshotConfig(_Section):
     """CRIU binary; None: the one bootstrap links beside the venv's Python, else ``criu`` on PATH."""
 
 
+class StoreConfig(_Section):
+    checkpoint_s: float = Field(10.0, gt=0)
+    """Copy the store's write-ahead log into the database this often (passive: never waits for a
+    reader), besides SQLite's own checkpoint at 1 MB of log: committed steps do not stay for long
+    only in ``edge.db-wal`` (docs/architecture.md, Durability of the store)."""
+
+
 class EdgeConfig(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
@@ -247,6 +254,7 @@ class EdgeConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
+    store: StoreConfig = StoreConfig()
 
     @property
     def store_path(self) -> Path:

@@ -7,7 +7,9 @@ whether trying again may help (the one root: ``edgehub.protocol.errors.EdgehubEr
     ├── ConfigError          bad or unreadable configuration (``key`` names the offending setting)
     ├── ModelError           model file missing, corrupt or not a GGUF (``path``)
     ├── StoreError           the durable store cannot be opened or migrated (``path``)
-    │   └── SchemaVersionError  the store was written by a newer edgehub
+    │   ├── SchemaVersionError  the store was written by a newer edgehub
+    │   ├── StoreDamaged        SQLite's check found the file damaged (``problems``)
+    │   └── StoreRolledBack     the file is behind what it had committed (``found``, ``recorded``)
     ├── ToolError            a tool could not be registered or loaded (``tool``)
     ├── GoalError            a goal this device cannot take: empty, too long, or more than the context holds
     └── AgentNotFound        no agent with that id (``agent_id``)
@@ -63,6 +65,37 @@ class SchemaVersionError(StoreError):
         self.supported = supported
         super().__init__(
             f"schema version {found} is newer than this edgehub supports ({supported}); upgrade edgehub",
+            path=path,
+        )
+
+
+class StoreDamaged(StoreError):
+    """SQLite's own check (``PRAGMA quick_check`` at open, ``integrity_check`` in ``edge doctor --store``)
+    found the file damaged: nothing is run on it."""
+
+    def __init__(self, *, path: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(
+            f"damaged ({problems[0] if problems else 'check failed'}"
+            f"{f' and {len(problems) - 1} more' if len(problems) > 1 else ''}); nothing was run on it."
+            " See `edgehub edge doctor --store`; recover by restoring the file from a backup or moving"
+            " it aside (docs/edge.md, Durability of the store)",
+            path=path,
+        )
+
+
+class StoreRolledBack(StoreError):
+    """The store is behind the watermark kept beside it: committed steps were lost (a truncated WAL, a
+    restored old copy). Nothing may be written or resumed until the loss is accepted."""
+
+    def __init__(self, *, path: str, found: int, recorded: int) -> None:
+        self.found = found
+        self.recorded = recorded
+        super().__init__(
+            f"rolled back: store generation {found}, but {recorded} was committed (watermark beside it);"
+            " resuming would repeat steps and their side effects, so no agent runs. Inspect with"
+            " `edgehub edge doctor --store`; accept the loss with"
+            " `edgehub edge doctor --store --accept-rollback`",
             path=path,
         )
 

@@ -84,6 +84,9 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
     """Build every part; what must be closed is pushed onto ``opened``."""
     store = SqliteStore.open(cfg.store_path, device_id=cfg.device.id, outgoing=build_scrubber(cfg))
     opened.callback(store.close)
+    if (rolled_back := store.rolled_back) is not None:  # resuming would repeat lost steps' side effects
+        log.error("%s", rolled_back)
+        raise rolled_back
     identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
     safety = build_safety(cfg, store, config_path=opts.config_path, enrolled=identity is not None)
     brain = opts.brain or await _open_brain(cfg, opened)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from edgehub.cli.common import err, fail
 from edgehub.protocol.ids import InvalidId, check_id
@@ -65,13 +66,25 @@ def read_store(cfg: EdgeConfig) -> DeviceStore | None:
     if not cfg.store_path.exists():
         return None
     try:
-        return SqliteStore.open_readonly(cfg.store_path, device_id=cfg.device.id)
+        store = SqliteStore.open_readonly(cfg.store_path, device_id=cfg.device.id)
     except EdgeError as exc:
         fail(exc)
+    return _warn_rolled_back(store)
 
 
 def open_store(cfg: EdgeConfig) -> DeviceStore:
+    """The device's store; a damaged one ends the command. One that lost commits (behind its watermark)
+    opens read-only, and a warning says so first: what it shows is older than what happened."""
     try:
-        return SqliteStore.open(cfg.store_path, device_id=cfg.device.id, outgoing=build_scrubber(cfg))
+        store = SqliteStore.open(cfg.store_path, device_id=cfg.device.id, outgoing=build_scrubber(cfg))
     except EdgeError as exc:
         fail(exc)
+    return _warn_rolled_back(store)
+
+
+def _warn_rolled_back(store: SqliteStore) -> SqliteStore:
+    """``store``, after a warning when it lost commits (behind its watermark): what it shows is older
+    than what happened."""
+    if (rolled_back := store.rolled_back) is not None:
+        err.print(f"[bold red]warning:[/] {escape(str(rolled_back))}")
+    return store

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ from rich.table import Table
 from edgehub.cli.common import ConfigOpt, ExitCode, console, exit_with, fail, setup_logging
 
 from ..app import EdgeDaemon
+from ..config import EdgeConfig
 from ..errors import EdgeError
 from ..uplink.identity import DeviceIdentity, enroll
 from .common import load
@@ -83,13 +85,31 @@ def edge_config(config: ConfigOpt = None) -> None:
 
 
 @edge_app.command("doctor")
-def edge_doctor(config: ConfigOpt = None) -> None:
-    """Check what this device needs (model, bubblewrap, CRIU, the hub) and how to fix what is missing.
+def edge_doctor(
+    config: ConfigOpt = None,
+    store: Annotated[
+        bool, typer.Option("--store", help="Check only the store, fully (SQLite's integrity_check; slower).")
+    ] = False,
+    accept_rollback: Annotated[
+        bool,
+        typer.Option(
+            "--accept-rollback",
+            help="With --store: accept what a store behind its watermark lost; its agents resume from the"
+            " checkpoints it kept (repeating the lost steps). Recorded in the store.",
+        ),
+    ] = False,
+    by: Annotated[str, typer.Option(help="Who accepts (recorded with --accept-rollback).")] = "",
+) -> None:
+    """Check what this device needs (model, bubblewrap, CRIU, the hub, the store) and how to fix what is
+    missing.
 
     Exit status: 0 when everything the configuration requires is there, 1 otherwise."""
-    from .doctor import diagnose
+    from .doctor import check_store, diagnose
 
-    findings = diagnose(load(config))
+    cfg = load(config)
+    if accept_rollback:
+        _accept_rollback(cfg, store, by)
+    findings = check_store(cfg, full=True) if store else diagnose(cfg)
     table = Table("check", "status", "found", "fix")
     for f in findings:
         missing = "[red]MISSING[/]" if f.required else "[yellow]missing (optional)[/]"
@@ -98,3 +118,19 @@ def edge_doctor(config: ConfigOpt = None) -> None:
     console.print(table)
     if any(f.required and not f.ok for f in findings):
         exit_with(ExitCode.FAILED)
+
+
+def _accept_rollback(cfg: EdgeConfig, store: bool, by: str) -> None:
+    from .doctor import accept_rollback
+
+    if not store:
+        fail("--accept-rollback goes with --store")
+    try:
+        done = accept_rollback(cfg, by or getpass.getuser())
+    except EdgeError as exc:
+        fail(exc)
+    console.print(
+        f"rollback accepted by {done.by}: generation {done.lost.found} (watermark {done.lost.recorded});"
+        f" the outbox goes on after seq {done.lost.acked_seq}; resuming from older checkpoints:"
+        f" {', '.join(done.agents) or 'none'}"
+    )

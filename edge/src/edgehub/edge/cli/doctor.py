@@ -3,7 +3,9 @@
 Each check says whether it passed, whether the configuration makes it required (CRIU only when
 ``[snapshot] enabled``, bubblewrap only with ``[sandbox] mode = "bwrap"``, the hub only when one is
 configured or the device is enrolled), what was found, and the fix. The CLI exits 1 when a required
-check fails.
+check fails. The store is checked as every open checks it (SQLite's ``quick_check``, and whether it is
+behind its watermark); ``--store`` checks only the store, fully (``integrity_check``), and
+``--accept-rollback`` accepts what a store behind its watermark lost (recorded in the store).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from edgehub.llm import ModelFileError, check_model_file
 
 from ..brain import llama_settings
 from ..config import EdgeConfig
-from ..errors import EdgeError
+from ..datadir import DaemonLock
+from ..errors import EdgeError, StoreDamaged
+from ..store.sqlite import SqliteStore
+from ..store.sqlite.watermark import AcceptedRollback
 from ..uplink.identity import DeviceIdentity
 from ..uplink.link import hub_endpoints
 
@@ -152,8 +157,67 @@ def check_hub(cfg: EdgeConfig, timeout: float = 3.0) -> Finding | None:
 
 
 def diagnose(cfg: EdgeConfig) -> list[Finding]:
-    findings = [check_model(cfg), check_bwrap(cfg), *check_criu(cfg)]
+    findings = [check_model(cfg), check_bwrap(cfg), *check_criu(cfg), *check_store(cfg)]
     hub = check_hub(cfg)
     if hub is not None:
         findings.append(hub)
     return findings
+
+
+MOVE_ASIDE = (
+    "restore {db} from a backup, or move {db} and {db}-wal aside (keep {db}.watermark) and run"
+    " `edgehub edge doctor --store --accept-rollback` to start an empty store"
+)
+
+
+def check_store(cfg: EdgeConfig, *, full: bool = False) -> list[Finding]:
+    """The store: SQLite's check (``quick_check`` as at every open; ``full``: ``integrity_check``) and
+    whether it is behind its watermark; ``full`` also shows the size of its write-ahead log."""
+    path = cfg.store_path
+    if not path.exists():
+        return [Finding("store", True, True, f"{path}: not created yet (the first run creates it)")]
+    fix_damage = MOVE_ASIDE.format(db=path.name)
+    try:
+        store = SqliteStore.open(path, device_id=cfg.device.id)
+    except StoreDamaged as exc:
+        return [Finding("store integrity", False, True, f"{path}: {'; '.join(exc.problems[:3])}", fix_damage)]
+    except EdgeError as exc:
+        return [Finding("store", False, True, str(exc), fix_damage)]
+    try:
+        problems = store.integrity() if full else []
+        kind = "integrity_check" if full else "quick_check"
+        found = [Finding(f"store {kind}", not problems, True, f"{path}: {'; '.join(problems[:3]) or 'ok'}",
+                         fix_damage if problems else "")]  # fmt: skip
+        found.append(_rollback_finding(store))
+        if full:
+            wal = path.with_name(path.name + "-wal")
+            size = wal.stat().st_size if wal.exists() else 0
+            detail = f"{size / 1e6:.1f} MB, store generation {store.generation}"
+            found.append(Finding("store WAL", True, True, detail))
+        return found
+    finally:
+        store.close()
+
+
+def _rollback_finding(store: SqliteStore) -> Finding:
+    lost = store.rollback
+    if lost is None:
+        detail = f"none: generation {store.generation}, not behind its watermark"
+        return Finding("store rollback", True, True, detail)
+    detail = (
+        f"generation {lost.found}, watermark {lost.recorded}: commits lost (hub acknowledged outbox up to"
+        f" {lost.acked_seq}, the store has up to {lost.outbox_seq}); no agent runs"
+    )
+    return Finding("store rollback", False, True, detail, "edgehub edge doctor --store --accept-rollback")
+
+
+def accept_rollback(cfg: EdgeConfig, by: str) -> AcceptedRollback:
+    """Accept what the store lost (``SqliteStore.accept_rollback``); ``EdgeError`` when a daemon runs on
+    it, or it is not behind its watermark."""
+    if DaemonLock.held(cfg.device.data_dir):
+        raise EdgeError(f"an edge daemon is running on {cfg.device.data_dir}: stop it first")
+    store = SqliteStore.open(cfg.store_path, device_id=cfg.device.id)
+    try:
+        return store.accept_rollback(by)
+    finally:
+        store.close()

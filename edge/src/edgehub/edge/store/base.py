@@ -14,6 +14,8 @@ from typing import Protocol
 
 from edgehub.protocol.v1 import agent_pb2, events_pb2
 
+from ..errors import StoreRolledBack
+
 
 @dataclass(frozen=True, slots=True)
 class Intent:
@@ -188,6 +190,16 @@ class EdgeStore(Protocol):
 
     def outbox_depth(self) -> int:
         """Entries not yet delivered."""
+        ...
+
+    # durability
+    @property
+    def rolled_back(self) -> StoreRolledBack | None:
+        """Why nothing may run on this store: it lost commits its watermark recorded (None: it did not)."""
+        ...
+
+    def wal_checkpoint(self) -> tuple[int, int]:
+        """Copy the write-ahead log into the database without waiting for readers; (frames, copied)."""
         ...
 
     def close(self) -> None: ...

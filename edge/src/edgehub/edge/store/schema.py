@@ -186,6 +186,27 @@ MIGRATIONS: tuple[Migration, ...] = (
         CREATE UNIQUE INDEX approvals_by_decision ON approvals(decision_id) WHERE decision_id != '';
         """,
     ),
+    Migration(
+        9,
+        "the store generation (its watermark beside the file catches a rollback) and accepted rollbacks",
+        """
+        CREATE TABLE store_meta (
+            id         INTEGER PRIMARY KEY CHECK (id = 1),
+            generation INTEGER NOT NULL          -- +1 per write transaction; <db>.watermark records it
+        );
+        INSERT INTO store_meta(id, generation) VALUES (1, 0);
+        CREATE TABLE rollbacks (                 -- each loss an operator accepted (edge doctor --store)
+            id          INTEGER PRIMARY KEY,
+            accepted_at REAL NOT NULL,
+            accepted_by TEXT NOT NULL,
+            found       INTEGER NOT NULL,        -- the generation the store had
+            recorded    INTEGER NOT NULL,        -- the generation its watermark had recorded
+            acked_seq   INTEGER NOT NULL,        -- the outbox goes on after this sequence
+            outbox_seq  INTEGER NOT NULL,        -- the highest sequence the store still had
+            agents      TEXT NOT NULL            -- active agents that resume from older checkpoints
+        );
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

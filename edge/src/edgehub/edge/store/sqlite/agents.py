@@ -18,7 +18,7 @@ class AgentRows(Connection):
     def create_agent(self, state: agent_pb2.AgentState) -> None:
         now = time.time()
         try:
-            with self._tx():
+            with self._tx(seal=True):
                 self._conn.execute(
                     "INSERT INTO agents(agent_id, status, state, created_at, updated_at) VALUES (?,?,?,?,?)",
                     (state.agent_id, state.status, state.SerializeToString(), now, now),

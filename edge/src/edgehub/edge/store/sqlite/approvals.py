@@ -50,7 +50,7 @@ class Approvals(AgentRows, Outbox):
         self, approval: Approval, state: agent_pb2.AgentState, event: agent_pb2.StepEvent
     ) -> None:
         a = approval
-        with self._tx():
+        with self._tx(seal=True):
             try:
                 self._conn.execute(
                     "UPDATE approvals SET status = ?, decided_by = ?, note = ?, decided_at = ?,"

@@ -50,7 +50,8 @@ class Outbox(Connection):
         return int(newest) - int(acked)
 
     def outbox_ack(self, upto_seq: int) -> None:
-        with self._tx():
+        self._acked = max(self._acked, upto_seq)  # true once the hub side said so, whatever happens here
+        with self._tx(seal=True):
             self._conn.execute("UPDATE outbox SET acked = 1 WHERE acked = 0 AND seq <= ?", (upto_seq,))
 
     def _append_outbox(self, step: agent_pb2.StepEvent) -> int:

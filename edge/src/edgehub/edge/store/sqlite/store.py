@@ -4,20 +4,31 @@ that writes across them in one transaction."""
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from pathlib import Path
 
 import apsw
 
-from edgehub.protocol.v1 import agent_pb2
+from edgehub.protocol.v1 import agent_pb2, events_pb2
 
-from ...errors import StoreError
+from ...errors import StoreDamaged, StoreError
 from ..base import Approval, Intent, OutgoingFilter
-from .connection import connect, connect_readonly
+from .connection import DAMAGE, check, connect, connect_readonly
 from .episodes import Episodes
 from .knowledge import KnowledgeRows
+from .outbox import EDGE_EVENT_SCHEMA_VERSION
 from .transfer import Transfer
+from .watermark import AcceptedRollback
 
+log = logging.getLogger("edgehub.edge.store")
+RESUMABLE = (
+    agent_pb2.AGENT_STATUS_PENDING,
+    agent_pb2.AGENT_STATUS_RUNNING,
+    agent_pb2.AGENT_STATUS_AWAITING_APPROVAL,
+)
+"""Statuses of agents that go on (from their last kept checkpoint) once a rollback is accepted."""
 TASK_ENDS = (agent_pb2.AGENT_STATUS_FINISHED, agent_pb2.AGENT_STATUS_FAILED, agent_pb2.AGENT_STATUS_STOPPED)
 """Statuses that end a hub-planned task's agent: the store reports the task's result."""
 
@@ -30,14 +41,26 @@ class SqliteStore(Transfer, Episodes, KnowledgeRows):
 
     @classmethod
     def open(cls, path: Path, *, device_id: str, outgoing: OutgoingFilter | None = None) -> SqliteStore:
-        """Open (creating and migrating as needed) the store at ``path``."""
+        """Open (creating and migrating as needed) the store at ``path``. ``StoreDamaged`` when SQLite's
+        quick check finds it damaged; behind its watermark, it opens with ``rollback`` set (readable,
+        every write refused; the daemon refuses to run on it)."""
         path = Path(path)
         conn = connect(path)
         store = cls(conn, path=path, device_id=device_id, outgoing=outgoing)
         try:
+            if problems := check(conn):
+                raise StoreDamaged(path=str(path), problems=problems)
             store._migrate()
+            store._check_watermark()
+        except DAMAGE as exc:
+            store.close()
+            raise StoreDamaged(path=str(path), problems=[f"{exc.__class__.__name__}: {exc}"]) from None
         except apsw.Error as exc:
+            store.close()
             raise StoreError(f"cannot open: {exc.__class__.__name__}: {exc}", path=str(path)) from None
+        except BaseException:
+            store.close()
+            raise
         return store
 
     @classmethod
@@ -45,12 +68,60 @@ class SqliteStore(Transfer, Episodes, KnowledgeRows):
         """Open the existing store at ``path`` to read (writes fail): for commands that only show what
         is there, which must create nothing. ``StoreError`` when there is none or it needs a migration."""
         path = Path(path)
-        store = cls(connect_readonly(path), path=path, device_id=device_id)
+        conn = connect_readonly(path)
+        store = cls(conn, path=path, device_id=device_id)
         try:
+            if problems := check(conn):
+                raise StoreDamaged(path=str(path), problems=problems)
             store._check_readonly()
+            store._check_watermark(record=False)
+        except DAMAGE as exc:
+            store.close()
+            raise StoreDamaged(path=str(path), problems=[f"{exc.__class__.__name__}: {exc}"]) from None
         except apsw.Error as exc:
+            store.close()
             raise StoreError(f"cannot read: {exc.__class__.__name__}: {exc}", path=str(path)) from None
+        except BaseException:
+            store.close()
+            raise
         return store
+
+    def accept_rollback(self, by: str) -> AcceptedRollback:
+        """Accept what the store lost (``rollback``), recorded in ``rollbacks``: the generation moves
+        past the watermark's, the outbox goes on after the highest sequence the hub side acknowledged
+        (so new events are not taken for resends of applied ones), and the active agents resume from
+        the checkpoints the store kept, repeating the lost steps."""
+        lost = self.rollback
+        if lost is None:
+            raise StoreError("is not behind its watermark: no rollback to accept", path=str(self.path))
+        accepted = AcceptedRollback(lost, by, tuple(s.agent_id for s in self.list_agents(RESUMABLE)))
+        self.rollback = None  # lets this one transaction write
+        try:
+            with self._tx(seal=True):
+                self._conn.execute("UPDATE store_meta SET generation = ?", (lost.recorded,))
+                self._conn.execute("UPDATE outbox SET acked = 1 WHERE seq <= ?", (lost.acked_seq,))
+                if lost.outbox_seq < lost.acked_seq:  # an acked placeholder: the next event is acked_seq + 1
+                    self._placeholder(lost.acked_seq)
+                self._conn.execute(
+                    "INSERT INTO rollbacks(accepted_at, accepted_by, found, recorded, acked_seq, outbox_seq,"
+                    " agents) VALUES (?,?,?,?,?,?,?)",
+                    (time.time(), by, lost.found, lost.recorded, lost.acked_seq, lost.outbox_seq,
+                     json.dumps(accepted.agents)),
+                )  # fmt: skip
+        except BaseException:
+            self.rollback = lost
+            raise
+        log.warning("store %s: rollback accepted by %s: %s", self.path, by, accepted)
+        return accepted
+
+    def _placeholder(self, seq: int) -> None:
+        """An acknowledged outbox entry at ``seq`` that is never sent (inside the caller's transaction)."""
+        event = events_pb2.EdgeEvent(event_id=f"rollback/{seq}", device_id=self.device_id, seq=seq)
+        event.schema_version = EDGE_EVENT_SCHEMA_VERSION
+        self._conn.execute(
+            "INSERT INTO outbox(seq, event_id, event, created_at, acked) VALUES (?,?,?,?,1)",
+            (seq, event.event_id, event.SerializeToString(), time.time()),
+        )
 
     # intents ---------------------------------------------------------------------------------------
     def begin_intent(self, intent: Intent) -> None:
@@ -90,7 +161,7 @@ class SqliteStore(Transfer, Episodes, KnowledgeRows):
         result: agent_pb2.ToolResult | None = None,
         approval: Approval | None = None,
     ) -> int:
-        with self._tx():
+        with self._tx(seal=True):
             seq = self._scalar("SELECT seq FROM outbox WHERE event_id = ?", (event.event_id,))
             if seq is not None:
                 return int(seq)  # this step was committed before: change nothing

@@ -88,7 +88,7 @@ class Transfer(Approvals, Sessions):
 
     def mark_migrated(self, agent_id: str, migration_id: str, target: str) -> agent_pb2.AgentState:
         """The agent left (or is leaving) for ``target``: it is never run here again (not ACTIVE)."""
-        with self._tx():
+        with self._tx(seal=True):
             state = self.load_agent(agent_id)
             if state.status != agent_pb2.AGENT_STATUS_MIGRATED:
                 state.migrated_from = state.status
@@ -125,7 +125,7 @@ class Transfer(Approvals, Sessions):
             raise StoreError("agent bundle without an agent id", path=str(self.path))
         state.epoch = epoch
         now = time.time()
-        with self._tx():
+        with self._tx(seal=True):
             blob = self._scalar("SELECT state FROM agents WHERE agent_id = ?", (agent_id,))
             if blob is not None:
                 if agent_pb2.AgentState.FromString(blob).epoch >= epoch:

@@ -1,0 +1,107 @@
+"""The store's watermark: what it had committed, kept OUTSIDE the database, so a database that went back
+in time (a truncated or lost WAL, an old copy put back) is caught instead of silently resumed.
+
+``<db>.watermark`` beside the database holds the highest store generation known committed (every write
+transaction bumps the generation inside the database; the watermark is rewritten after each step's
+checkpoint and each outbox acknowledgement) and the highest outbox sequence the hub side acknowledged.
+It is written after the database commit, so it never runs ahead of what is durable: a crash in between
+leaves it one commit behind, which is harmless. On open, a database whose generation is below the
+watermark's has lost commits (``Rollback``).
+
+The file is one JSON object with a ``version`` (so its format can change), written to a temporary file,
+fsynced, renamed over the old one and the folder fsynced: a crash leaves the old or the new one, whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import StoreError
+
+WATERMARK_VERSION = 1
+"""The watermark file's format version (``version`` in the file)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """What the store had committed, as recorded outside it."""
+
+    generation: int
+    """The store generation of the last checkpoint recorded (the database's ``store_meta``)."""
+    acked_seq: int
+    """The highest outbox sequence the hub side acknowledged (JetStream stored it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """The database is behind its watermark: commits were lost."""
+
+    found: int
+    """The generation the database has."""
+    recorded: int
+    """The generation the watermark says was committed."""
+    acked_seq: int
+    """The highest outbox sequence the hub side had acknowledged."""
+    outbox_seq: int
+    """The highest outbox sequence the database has (below ``acked_seq``: sequences the hub already
+    applied would be given to new events, and the hub would drop them as resends)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedRollback:
+    """A rollback an operator accepted (a row of ``rollbacks``)."""
+
+    lost: Rollback
+    by: str
+    """Who accepted it."""
+    agents: tuple[str, ...]
+    """Active agents that resume from the older checkpoints the store kept."""
+
+
+class WatermarkFile:
+    """``<db>.watermark``: read at open, rewritten after checkpoints and outbox acknowledgements."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = db_path.with_name(db_path.name + ".watermark")
+
+    def read(self) -> Watermark | None:
+        """The recorded watermark; None when there is none (a new store, or one from before watermarks).
+        ``StoreError`` when it cannot be read or is not a watermark this edgehub knows."""
+        try:
+            raw = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"unreadable watermark {self.path}: {exc}", path=str(self.path)) from None
+        if not isinstance(raw, dict) or raw.get("version") != WATERMARK_VERSION:
+            found = raw.get("version") if isinstance(raw, dict) else raw
+            raise StoreError(
+                f"watermark {self.path} has version {found!r}; this edgehub reads {WATERMARK_VERSION}",
+                path=str(self.path),
+            )
+        try:
+            return Watermark(int(raw["generation"]), int(raw["acked_seq"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"malformed watermark {self.path}: {exc!r}", path=str(self.path)) from None
+
+    def write(self, mark: Watermark) -> None:
+        """Replace the watermark durably and atomically."""
+        data = json.dumps(
+            {"version": WATERMARK_VERSION, "generation": mark.generation, "acked_seq": mark.acked_seq}
+        ).encode()
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")  # per process: the CLI writes too
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the rename itself must survive power loss
+        finally:
+            os.close(folder)
