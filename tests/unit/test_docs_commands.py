@@ -82,6 +82,8 @@ def test_the_docs_name_commands_at_all() -> None:
 @pytest.mark.parametrize(("doc", "command"), _mentioned())
 def test_every_command_the_docs_name_exists_and_answers_help(doc: str, command: str) -> None:
     root = typer.main.get_command(app)
+    for area in root.list_commands(typer.Context(root)):  # type: ignore[attr-defined]
+        root.load(area)  # type: ignore[attr-defined]  # the root mounts an area when it is named
     paths = _paths(command, root)
     assert paths, f"{doc}: `{command}` names no command"
     for path in paths:

@@ -15,9 +15,10 @@ from edgehub.cli.common import ConfigOpt, ExitCode, console, exit_with, fail, se
 from ..app import EdgeDaemon
 from ..errors import EdgeError
 from ..uplink.identity import DeviceIdentity, enroll
+from .areas import EDGE
 from .common import load
 
-edge_app = typer.Typer(help="The edge daemon: runs agents on this device.", no_args_is_help=True)
+edge_app = typer.Typer(help=EDGE.help, no_args_is_help=True)
 
 
 @edge_app.command("run")
