@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -26,9 +27,11 @@ from .agent.loop import AgentLoop
 from .config import EdgeConfig
 from .datadir import DaemonLock
 from .errors import EdgeError
+from .memory.embed import LazyEmbedder
 from .memory.episodic import EpisodeIndexer
 from .parts import Options, Parts, open_parts
 from .store.base import DeviceStore
+from .trim import IdleTrim, limit_malloc_arenas
 
 log = logging.getLogger("edgehub.edge")
 
@@ -64,6 +67,7 @@ class EdgeDaemon:
     async def open(self) -> None:
         """Take the data dir (one daemon per data dir), open the store, load the model and build the
         other parts; on an error, close again what was opened."""
+        limit_malloc_arenas()  # before the threads that load and run the model make arenas of their own
         async with contextlib.AsyncExitStack() as opened:
             lock = DaemonLock(self.cfg.device.data_dir)
             lock.acquire()
@@ -142,13 +146,16 @@ class EdgeDaemon:
                 await helper
 
     def _helpers(self, p: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
-        """What runs beside the agents until ``stop``: the hub link, L3 indexing, idle checkpoints."""
+        """What runs beside the agents until ``stop``: the hub link, L3 indexing, the idle trim, idle
+        checkpoints."""
         helpers = []
         if p.hub is not None:
             link = p.hub.link.run(stop, commands=p.router.apply, twin=p.twin.twin)
             helpers.append(asyncio.create_task(link, name="hublink"))
         if p.indexer is not None:  # what it has not indexed when stopped, the next start catches up with
             helpers.append(asyncio.create_task(p.indexer.run(stop), name="l3-indexer"))
+        trim = IdleTrim(lambda: len(p.scheduler.running), _releasers(p))
+        helpers.append(asyncio.create_task(trim.run(stop), name="idle-trim"))
         if self.opts.brain is None and self.cfg.snapshot.enabled:  # only a brain of its own sleeps
             from .worker import idle_checkpoints
 
@@ -165,3 +172,9 @@ class EdgeDaemon:
             self._parts.scheduler.request_stop()
             await self._parts.scheduler.drain()
         await self._resources.aclose()
+
+
+def _releasers(p: Parts) -> list[Callable[[], object]]:
+    """What an idle daemon drops: the embedding model (loaded again by the next embedding)."""
+    embedder = p.indexer.memory.embedder if p.indexer is not None else None
+    return [embedder.release] if isinstance(embedder, LazyEmbedder) else []
