@@ -53,6 +53,9 @@ def _paths(command: str, root: Any) -> list[tuple[str, ...]]:
     """The command paths a mention names (a|b alternatives expanded); raises on a missing command."""
     paths = []
     for i, words in enumerate(_segments(command)):
+        if not words and not i:
+            paths.append(())  # `edgehub --help`: the root itself
+            continue
         if not words or (i and words[0] not in root.commands):
             continue  # `a | b` where b is an argument, not another command
         frontier: list[tuple[tuple[str, ...], Any]] = [((), root)]
