@@ -31,7 +31,7 @@ from .memory.embed import LazyEmbedder
 from .memory.episodic import EpisodeIndexer
 from .parts import Options, Parts, open_parts
 from .store.base import DeviceStore
-from .trim import IdleTrim, limit_malloc_arenas
+from .trim import IdleTrim
 
 log = logging.getLogger("edgehub.edge")
 
@@ -67,7 +67,6 @@ class EdgeDaemon:
     async def open(self) -> None:
         """Take the data dir (one daemon per data dir), open the store, load the model and build the
         other parts; on an error, close again what was opened."""
-        limit_malloc_arenas()  # before the threads that load and run the model make arenas of their own
         async with contextlib.AsyncExitStack() as opened:
             lock = DaemonLock(self.cfg.device.data_dir)
             lock.acquire()

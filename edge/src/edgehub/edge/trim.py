@@ -18,16 +18,8 @@ from typing import Any
 log = logging.getLogger("edgehub.edge.trim")
 
 
-M_ARENA_MAX = -8
-"""glibc's ``mallopt`` parameter for the most malloc arenas a process may have."""
-ARENAS = 2
-"""The main heap and one for every other thread. glibc's default (8 per core) gave each thread running
-the model its own arena, each keeping up to ~60 MiB of the sampler's freed per-token arrays: an agent
-run peaked ~300 MiB higher. With one shared arena the freed chunks are reused."""
-
-
 def _glibc(name: str) -> Any:
-    """A glibc function, or None where libc is not glibc (musl has neither ``malloc_trim`` nor arenas)."""
+    """A glibc function, or None where libc is not glibc (musl has no ``malloc_trim``)."""
     libc = ctypes.util.find_library("c")
     if libc is None:
         return None
@@ -44,16 +36,6 @@ def malloc_trim() -> bool:
         return False
     trim.argtypes = [ctypes.c_size_t]
     return bool(trim(0))
-
-
-def limit_malloc_arenas(arenas: int = ARENAS) -> bool:
-    """Cap glibc's malloc arenas (call before threads start: an arena once made stays); False where
-    libc is not glibc."""
-    mallopt = _glibc("mallopt")
-    if mallopt is None:
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(M_ARENA_MAX, arenas))
 
 
 class IdleTrim:
