@@ -1,5 +1,5 @@
-"""What the edge daemon reports at scrape time: the outbox's depth, running agents, and events published
-only once the hub link has a publisher."""
+"""What the edge daemon reports at scrape time: the outbox's depth, running agents, events published
+only once the hub link has a publisher, and its resident memory by part."""
 
 from __future__ import annotations
 
@@ -25,3 +25,18 @@ def test_the_daemon_reports_outbox_depth_and_running_agents() -> None:
 
 def test_events_published_are_counted_once_the_link_publishes() -> None:
     assert 'edgehub_edge_events_published_total{device="dev-1"} 41.0' in scrape(41)
+
+
+def test_the_daemon_reports_its_resident_memory_by_part() -> None:
+    text = scrape(None)
+    lines = {
+        line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("edgehub_edge_memory_bytes{")
+    }
+    parts = [
+        f'device="dev-1",part="{p}",process="daemon"' for p in ("embeddings", "model_buffers", "model_file")
+    ]
+    assert set(lines) == {*parts, 'device="dev-1",part="python",process="daemon"'}
+    assert lines['device="dev-1",part="python",process="daemon"'] > 10 * 2**20  # this interpreter at least
+    assert all(lines[p] == 0 for p in parts[1:])  # no model mapped in a unit test

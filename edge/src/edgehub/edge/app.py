@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -26,10 +27,12 @@ from .agent.loop import AgentLoop
 from .config import EdgeConfig
 from .datadir import DaemonLock
 from .errors import EdgeError
+from .memory.embed import LazyEmbedder
 from .memory.episodic import EpisodeIndexer
 from .parts import Options, Parts, open_parts
 from .store.base import DeviceStore
 from .store.upkeep import wal_checkpoints
+from .trim import IdleTrim
 
 log = logging.getLogger("edgehub.edge")
 
@@ -143,8 +146,8 @@ class EdgeDaemon:
                 await helper
 
     def _helpers(self, p: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
-        """What runs beside the agents until ``stop``: the hub link, L3 indexing, idle checkpoints of
-        the model's worker, and the store's WAL checkpoints."""
+        """What runs beside the agents until ``stop``: the hub link, L3 indexing, the idle trim, idle
+        checkpoints of the model's worker, and the store's WAL checkpoints."""
         wal = wal_checkpoints(p.store, self.cfg.store.checkpoint_s, stop)
         helpers = [asyncio.create_task(wal, name="wal-checkpoints")]
         if p.hub is not None:
@@ -152,6 +155,8 @@ class EdgeDaemon:
             helpers.append(asyncio.create_task(link, name="hublink"))
         if p.indexer is not None:  # what it has not indexed when stopped, the next start catches up with
             helpers.append(asyncio.create_task(p.indexer.run(stop), name="l3-indexer"))
+        trim = IdleTrim(lambda: len(p.scheduler.running), _releasers(p))
+        helpers.append(asyncio.create_task(trim.run(stop), name="idle-trim"))
         if self.opts.brain is None and self.cfg.snapshot.enabled:  # only a brain of its own sleeps
             from .worker import idle_checkpoints
 
@@ -168,3 +173,9 @@ class EdgeDaemon:
             self._parts.scheduler.request_stop()
             await self._parts.scheduler.drain()
         await self._resources.aclose()
+
+
+def _releasers(p: Parts) -> list[Callable[[], object]]:
+    """What an idle daemon drops: the embedding model (loaded again by the next embedding)."""
+    embedder = p.indexer.memory.embedder if p.indexer is not None else None
+    return [embedder.release] if isinstance(embedder, LazyEmbedder) else []

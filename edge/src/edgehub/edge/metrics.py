@@ -1,11 +1,13 @@
 """Prometheus metrics of the edge daemon (``[metrics] port``; off by default).
 
 One registry per daemon (several daemons can live in one test process). Steps are observed from
-the mind-log events the loop commits; outbox depth and publishing from the hub link at scrape time.
+the mind-log events the loop commits; outbox depth and publishing from the hub link, and resident
+memory by process and part (``footprint.py``) at scrape time.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from wsgiref.simple_server import WSGIServer
 
@@ -15,13 +17,16 @@ from prometheus_client.registry import Collector
 
 from edgehub.protocol.v1 import agent_pb2
 
+from .footprint import measure_daemon
+
 S = agent_pb2
 Family = GaugeMetricFamily | CounterMetricFamily
 
 
 class DaemonCollector(Collector):
-    """What the daemon reports at scrape time: the outbox's depth, the agents stepping and the events
-    published (once the hub link has connected)."""
+    """What the daemon reports at scrape time: the outbox's depth, the agents stepping, the events
+    published (once the hub link has connected) and the resident memory of this process and its model
+    workers by part."""
 
     def __init__(
         self,
@@ -51,6 +56,24 @@ class DaemonCollector(Collector):
             sent = CounterMetricFamily("edgehub_edge_events_published", "Events published", labels=["device"])
             sent.add_metric([d], published)
             yield sent
+        yield self._memory()
+
+    def _memory(self) -> GaugeMetricFamily:
+        memory = GaugeMetricFamily(
+            "edgehub_edge_memory_bytes",
+            "Resident memory by process (daemon, worker) and part (model_file, model_buffers, embeddings,"
+            " python)",
+            labels=["device", "process", "part"],
+        )
+        for f in measure_daemon(os.getpid()):
+            parts = (
+                ("model_file", f.model_file),
+                ("model_buffers", f.model_buffers),
+                ("embeddings", f.embeddings),
+            )
+            for part, size in (*parts, ("python", f.python)):
+                memory.add_metric([self.device_id, f.role, part], size)
+        return memory
 
 
 class EdgeMetrics:

@@ -24,7 +24,7 @@ from .agent.tools.registry import ToolRegistry
 from .config import EdgeConfig
 from .datadir import DrainFlag
 from .memory.compaction import Compactor
-from .memory.embed import shared_embedder
+from .memory.embed import LazyEmbedder
 from .memory.episodic import EpisodeIndexer, EpisodicMemory
 from .metrics import DaemonCollector, EdgeMetrics
 from .safety.build import Safety, build_safety, build_scrubber
@@ -159,7 +159,7 @@ def _hub(cfg: EdgeConfig, store: DeviceStore, identity: DeviceIdentity | None) -
 async def _indexer(cfg: EdgeConfig, store: DeviceStore, *, replicate: bool) -> EpisodeIndexer | None:
     if not cfg.memory.episodic:
         return None
-    embedder = await asyncio.to_thread(shared_embedder)
+    embedder = LazyEmbedder()  # loaded by the first embedding, dropped when idle (trim.py)
     half_life_s = cfg.memory.half_life_days * 86400
     return EpisodeIndexer(EpisodicMemory(store, embedder, half_life_s=half_life_s, replicate=replicate))
 

@@ -11,16 +11,14 @@ from rich.table import Table
 
 from edgehub.cli.common import JsonOpt, console, fail
 
+from .areas import HARDWARE
 from .errors import HardwareError
 from .machine import Machine, detect
 from .matching import match, mismatches, specificity
 from .profile import BUILTIN_PROFILES, Profile, load_profiles, profile_schema
 from .settings import derive
 
-hardware_app = typer.Typer(
-    help="Hardware profiles: detect this machine, match a profile, derive runtime settings.",
-    no_args_is_help=True,
-)
+hardware_app = typer.Typer(help=HARDWARE.help, no_args_is_help=True)
 
 ProfilesOpt = Annotated[
     Path | None,

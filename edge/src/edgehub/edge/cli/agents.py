@@ -23,11 +23,12 @@ from ..config import EdgeConfig
 from ..datadir import DaemonLock
 from ..errors import AgentNotFound, EdgeError
 from ..store.base import EdgeStore
+from .areas import AGENT
 from .common import AgentIdArg, load, open_store, read_store
 from .render import dumps, event_dict, print_event, print_summary, state_dict, status_name
 
 S = agent_pb2
-agent_app = typer.Typer(help="Agents on this device: run a goal, list, trace.", no_args_is_help=True)
+agent_app = typer.Typer(help=AGENT.help, no_args_is_help=True)
 
 
 def _follow(store: EdgeStore, agent_id: str, as_json: bool, seen: int) -> int:

@@ -17,9 +17,10 @@ from ..app import EdgeDaemon
 from ..config import EdgeConfig
 from ..errors import EdgeError
 from ..uplink.identity import DeviceIdentity, enroll
+from .areas import EDGE
 from .common import load
 
-edge_app = typer.Typer(help="The edge daemon: runs agents on this device.", no_args_is_help=True)
+edge_app = typer.Typer(help=EDGE.help, no_args_is_help=True)
 
 
 @edge_app.command("run")

@@ -19,13 +19,14 @@ from ..safety.pii import unmask
 from ..safety.policy import Policy, PolicyEngine, default_policy_text
 from ..safety.vault import VaultKey
 from ..uplink.identity import DeviceIdentity
+from .areas import APPROVALS, PII, POLICY
 from .common import agent_id as agent_id_arg
 from .common import approval_key, load, open_store, read_store
 from .render import dumps
 
-approvals_app = typer.Typer(help="Tool calls waiting for an operator's decision.", no_args_is_help=True)
-policy_app = typer.Typer(help="Check and try the tool policy.", no_args_is_help=True)
-pii_app = typer.Typer(help="Masked PII: what leaves the device, and unmasking on it.", no_args_is_help=True)
+approvals_app = typer.Typer(help=APPROVALS.help, no_args_is_help=True)
+policy_app = typer.Typer(help=POLICY.help, no_args_is_help=True)
+pii_app = typer.Typer(help=PII.help, no_args_is_help=True)
 
 
 @approvals_app.command("list")

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..cli.areas import EVAL
 from ..config import EdgeConfig, load_config
 from ..errors import EdgeError
 from ..jsontypes import JsonObject
@@ -29,7 +30,7 @@ from .suite import load_suite
 
 console = Console()
 err = Console(stderr=True, soft_wrap=True)
-eval_app = typer.Typer(help="Measure how often agents reach their goals (checked by side effects).")
+eval_app = typer.Typer(help=EVAL.help)
 
 SuiteOpt = Annotated[str, typer.Option("--suite", "-s", help="A bundled suite's name or a suite .toml file.")]
 

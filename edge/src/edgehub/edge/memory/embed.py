@@ -5,6 +5,11 @@ through the lock file and load offline); the model is a 6-layer BERT, small enou
 forward pass (about 2-5 ms per short text on 2 cores) needs no PyTorch or ONNX runtime. Output is
 sentence-transformers' recipe: mean pooling over the tokens, then L2 normalisation, so a dot product
 is the cosine similarity.
+
+The weights are read-only views of one mapping of the model file (``_mapped``), not copies: their pages
+are the page cache's, counted as the file's, and a forward pass reads only the rows of the 47 MB
+word-embedding table its tokens need. The daemon holds the model through ``LazyEmbedder``: loaded on
+first use, dropped when no agent runs (``edge/trim.py``).
 """
 
 from __future__ import annotations
@@ -12,14 +17,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
+import struct
 import threading
 import zipfile
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
 from tokenizers import Tokenizer
 
 from ..errors import EdgeError
@@ -70,6 +76,36 @@ def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray((x - mean) / np.sqrt(var + _EPS) * w + b)
 
 
+_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64}
+
+
+def _mapped(path: Path) -> dict[str, np.ndarray]:
+    """A safetensors file's tensors as float32 views of one read-only mapping of it (the format: an
+    8-byte little-endian header length, a JSON header of dtype/shape/offsets, the raw data). A tensor
+    stored in another type or misaligned is copied."""
+    with path.open("rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + length)
+    out = {}
+    for name, tensor in header.items():
+        if name == "__metadata__":
+            continue
+        if tensor["dtype"] not in _DTYPES:
+            raise EmbeddingError(
+                f"{path}: tensor {name} has dtype {tensor['dtype']}, not one of {list(_DTYPES)}"
+            )
+        start, end = tensor["data_offsets"]
+        raw = data[start:end]
+        dtype = _DTYPES[tensor["dtype"]]
+        if dtype is np.float32 and raw.ctypes.data % 4 == 0:
+            array = raw.view(np.float32)
+        else:
+            array = np.frombuffer(raw.tobytes(), dtype).astype(np.float32)
+        out[name] = array.reshape(tensor["shape"])
+    return out
+
+
 class MiniLM:
     """``embed(texts) -> float32 [n, 384]``, unit length. Thread-safe (one forward pass at a time)."""
 
@@ -81,13 +117,11 @@ class MiniLM:
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.enable_truncation(MAX_TOKENS)
         self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
-        w = load_file(str(folder / "model.safetensors"))
-        # dense weights pre-transposed and contiguous: x @ W.T on a strided view skips BLAS (20x slower)
+        # dense weights as [in, out]: the transposed view of a C-contiguous matrix is Fortran-ordered,
+        # which BLAS takes as it is (a view of an unaligned buffer would not be: _mapped copies those)
         self.w = {
-            k: np.ascontiguousarray(
-                v.T if k.startswith("encoder.") and k.endswith("weight") and v.ndim == 2 else v
-            ).astype(np.float32)
-            for k, v in w.items()
+            k: v.T if k.startswith("encoder.") and k.endswith("weight") and v.ndim == 2 else v
+            for k, v in _mapped(folder / "model.safetensors").items()
         }
         self._lock = threading.Lock()
 
@@ -149,6 +183,41 @@ class MiniLM:
                 p(f"{pre}output.LayerNorm.bias"),
             )
         return np.asarray(x)
+
+
+class LazyEmbedder:
+    """A ``MiniLM`` loaded on the first ``embed`` and dropped by ``release()``, so an idle daemon holds
+    none of it. Thread-safe: a call under way keeps the model it started with."""
+
+    dim = DIM
+    name = MiniLM.name
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self._folder = folder
+        self._model: MiniLM | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def _get(self) -> MiniLM:
+        with self._lock:
+            if self._model is None:
+                self._model = MiniLM(self._folder)
+            return self._model
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self._get().embed(texts)
+
+    def embed_one(self, text: str) -> np.ndarray:
+        return self._get().embed_one(text)
+
+    def release(self) -> bool:
+        """Drop the model (loaded again by the next ``embed``); whether one was loaded."""
+        with self._lock:
+            loaded, self._model = self._model is not None, None
+        return loaded
 
 
 @functools.cache

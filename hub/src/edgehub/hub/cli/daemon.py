@@ -24,10 +24,9 @@ from ..app import HubDaemon
 from ..config import HubConfig, load_config
 from ..errors import HubError
 from ..fleet.leaf import leaf_user, record_issued, write_leaf_folder
+from .areas import HUB
 
-hub_app = typer.Typer(
-    help="The hub daemon: fleet registry over NATS JetStream and the management API.", no_args_is_help=True
-)
+hub_app = typer.Typer(help=HUB.help, no_args_is_help=True)
 
 
 def load(path: Path | None) -> HubConfig:

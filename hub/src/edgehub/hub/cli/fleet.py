@@ -18,19 +18,14 @@ from ..fleet.agents import status_name
 from ..fleet.migration import IN_FLIGHT, phase_name
 from ..fleet.scopes import Scope, describe_labels, parse_labels
 from .api import DEFAULT_API, ApiOpt, as_json_line, call
+from .areas import AGENTS, DEVICES, KNOWLEDGE, TOKENS
 
 H = hub_pb2
 T = twin_pb2
 
-devices_app = typer.Typer(
-    help="Devices reporting to the hub (through its management API).", no_args_is_help=True
-)
-agents_app = typer.Typer(
-    help="Agents across the fleet (through the hub's management API).", no_args_is_help=True
-)
-knowledge_app = typer.Typer(
-    help="The hub's L4 knowledge graph (through the hub's management API).", no_args_is_help=True
-)
+devices_app = typer.Typer(help=DEVICES.help, no_args_is_help=True)
+agents_app = typer.Typer(help=AGENTS.help, no_args_is_help=True)
+knowledge_app = typer.Typer(help=KNOWLEDGE.help, no_args_is_help=True)
 
 
 def _state(d: H.Device) -> str:
@@ -195,7 +190,7 @@ def devices_label(
 
 
 tokens_app = typer.Typer(
-    help="Operator API tokens (roles: viewer, operator, admin; optionally scoped to some devices).",
+    help=TOKENS.help,
     no_args_is_help=True,
 )
 

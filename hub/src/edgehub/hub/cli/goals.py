@@ -18,13 +18,14 @@ from edgehub.protocol.v1 import goals_pb2
 
 from ..goals.record import GOAL_ENDED, current_plan, goal_word, task_word
 from .api import DEFAULT_API, ApiOpt, as_json_line, call
+from .areas import GOAL
 
 console = Console()
 if not console.is_terminal:  # piped or logged: the DAG's table needs more than rich's default 80 columns
     console = Console(width=160)
 
 goal_app = typer.Typer(
-    help="Goals: planned by the hub into a DAG of tasks, run by agents across the fleet.",
+    help=GOAL.help,
     no_args_is_help=True,
 )
 
