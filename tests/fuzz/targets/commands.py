@@ -98,11 +98,14 @@ DRAIN = DrainFlag(HOME, DEVICE)
 
 
 def _state() -> dict[str, object]:
-    """Every table of the store, and the drain flag."""
+    """Every table of the store, and the drain flag. Not ``store_meta``: its generation counts write
+    transactions (the rollback watermark's), and the one refusal with an effect, a fence, writes one."""
     tables = STORE._rows(
         "SELECT name FROM sqlite_master WHERE type='table' AND sql NOT LIKE 'CREATE VIRTUAL%'"
     )
-    names = sorted(n for (n,) in tables if not n.startswith(("episode_vectors", "episode_bits", "sqlite_")))
+    names = sorted(
+        n for (n,) in tables if not n.startswith(("episode_vectors", "episode_bits", "sqlite_", "store_meta"))
+    )
     return {t: STORE._rows(f'SELECT * FROM "{t}" ORDER BY rowid') for t in names} | {"draining": DRAIN.on}
 
 
