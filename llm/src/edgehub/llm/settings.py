@@ -16,8 +16,14 @@ from .errors import ModelFileError
 GGUF_MAGIC = b"GGUF"
 
 
-DEFAULT_MODEL_NAME = "gemma-3-270m-q4_k_m"
-"""The default model's file name without ``.gguf`` (what devices report as their ``model_name``)."""
+DEFAULT_MODEL_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m"
+"""The edge's default model, chosen by the evaluation suite (docs/benchmarks.md, bench/eval): its file
+name without ``.gguf`` (what devices report as their ``model_name``)."""
+
+HUB_MODEL_NAME = "gemma-3-270m-q4_k_m"
+"""The hub's default model (planning, synthesis, consolidation): the one its prompts were written and
+tested on. The evaluation suite measures edge agents, not these prompts, so the edge's default does not
+carry over until they are measured on it too."""
 
 
 def _gemma() -> Path:
@@ -125,7 +131,7 @@ class LlamaSettings:
     """How to load the model and decode."""
 
     path: Path | None = None
-    """GGUF file; None: the Gemma 3 270M package's model (``default_model_path``)."""
+    """GGUF file; None: the default model's (``default_model_path``)."""
     n_ctx: int = 2048
     """Context window in tokens."""
     n_threads: int | None = None
