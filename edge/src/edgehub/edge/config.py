@@ -42,7 +42,7 @@ class DeviceConfig(_Section):
 
 class ModelConfig(_Section):
     path: Path | None = None
-    """GGUF file; default: the Gemma 3 270M package's model, assembled on first use."""
+    """GGUF file; default: the default model (``edgehub.llm.settings.DEFAULT_MODEL_NAME``)."""
     n_ctx: int = Field(2048, ge=256, le=131072)
     n_threads: int | None = Field(None, ge=1, le=256)
     """None: one per available core."""

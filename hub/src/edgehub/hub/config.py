@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgehub.cli import config as config_loader
-from edgehub.llm import LlamaSettings
+from edgehub.llm import LlamaSettings, packaged_model_path
+from edgehub.llm.settings import HUB_MODEL_NAME
 from edgehub.protocol.ids import NAME_PATTERN
 from edgehub.sync.tls import is_loopback
 
@@ -176,7 +177,7 @@ class HubModelConfig(_Section):
     it: consolidation, planning. Each part loads its own when it first needs it."""
 
     model_path: Path | None = None
-    """GGUF file; None: the Gemma 3 270M package's model, the edges' default (a larger GGUF writes
+    """GGUF file; None: the Gemma 3 270M package's model (``HUB_MODEL_NAME``; a larger GGUF writes
     better facts and plans on a real hub)."""
     n_ctx: int = Field(2048, ge=512, le=131072)
     n_threads: int | None = Field(None, ge=1, le=256)
@@ -186,7 +187,7 @@ class HubModelConfig(_Section):
     def llama_settings(self, section: str) -> LlamaSettings:
         """How to load it; ``section`` names the setting in "not found" errors."""
         return LlamaSettings(
-            path=self.model_path,
+            path=self.model_path or packaged_model_path(HUB_MODEL_NAME),
             n_ctx=self.n_ctx,
             n_threads=self.n_threads,
             n_batch=self.n_batch,

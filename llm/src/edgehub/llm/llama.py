@@ -95,7 +95,7 @@ class LlamaBrain:
 
     @classmethod
     def open(cls, settings: LlamaSettings) -> LlamaBrain:
-        """Load the model ``settings`` name (default: the Gemma package); ModelFileError if it cannot
+        """Load the model ``settings`` name (default: ``default_model_path``); ModelFileError if it cannot
         be used."""
         path = check_model_file(settings)
         logs.install()
