@@ -21,10 +21,10 @@ from edgehub.edge.eval.suite import load_suite
 
 pytestmark = pytest.mark.model
 
-FLOOR = 0.5
-"""Share of the CI subset's goals that must succeed: measured 6 of 10 on Gemma 3 270M with every lever on,
-guided steps included (greeting-file, shift-lead-note, note-hello-readback, echo-twice, echo-answer,
-show-key; docs/benchmarks.md), so one goal of slack."""
+FLOOR = 0.8
+"""Share of the CI subset's goals that must succeed: measured 9 of 10 on the default model, Qwen2.5 Coder
+0.5B Instruct, with every lever on (all but order-quantity; docs/benchmarks.md), so one goal of slack.
+(Gemma 3 270M, the default before, measured 6 and then 7 of 10.)"""
 
 
 @pytest.mark.timeout(900)
