@@ -301,3 +301,23 @@ def test_a_goal_from_stdin_runs_with_pure_json_on_stdout_and_no_llama_lines(tmp_
     assert all(isinstance(x, dict) for x in lines)
     assert lines[-1]["agent"]["goal"] == "Write the word blue into a.txt."
     assert "llama" not in done.stderr, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("agent", "run", "--bogus"), "error: edgehub agent run: No such option: --bogus"),
+        (("agent", "trace"), "error: edgehub agent trace: Missing argument 'agent_id'"),
+        (("agent", "run", "--goal", "x", "--max-steps", "many"), "error: edgehub agent run: Invalid value"),
+        (("no-such-area",), "error: edgehub: No such command 'no-such-area'"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_command(
+    tmp_path: Path, argv: tuple[str, ...], expected: str
+) -> None:
+    done = edgehub(*argv, data_dir=tmp_path / "data")
+    assert done.returncode == 2, done
+    assert done.stderr.startswith(expected), done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr  # no traceback
+    assert "╭" not in done.stderr, done.stderr  # no box
+    assert not (tmp_path / "data").exists()

@@ -102,5 +102,18 @@ _mount_areas(app)
 
 
 def main() -> None:
-    """Console-script entry point."""
-    sys.exit(app())
+    """Console-script entry point. A usage error (an unknown option, a missing or invalid value) is one
+    line naming the command, exit status 2, as every other input error of the CLI."""
+    try:
+        code = app(standalone_mode=False, prog_name="edgehub")
+    except typer.Abort:
+        err_console.print("aborted", markup=False)
+        sys.exit(1)
+    except typer.TyperException as exc:  # typer's click errors: usage errors carry the command's context
+        ctx = getattr(exc, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        see = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        if message := exc.format_message():  # none: the help was shown for a command line with no command
+            err_console.print(f"error: {where}{message}{see}", markup=False)
+        sys.exit(getattr(exc, "exit_code", 1))
+    sys.exit(code if isinstance(code, int) else 0)
