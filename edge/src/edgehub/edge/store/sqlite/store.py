@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import apsw
@@ -45,46 +46,36 @@ class SqliteStore(Transfer, Episodes, KnowledgeRows):
         quick check finds it damaged; behind its watermark, it opens with ``rollback`` set (readable,
         every write refused; the daemon refuses to run on it)."""
         path = Path(path)
-        conn = connect(path)
-        store = cls(conn, path=path, device_id=device_id, outgoing=outgoing)
-        try:
-            if problems := check(conn):
-                raise StoreDamaged(path=str(path), problems=problems)
-            store._migrate()
-            store._check_watermark()
-        except DAMAGE as exc:
-            store.close()
-            raise StoreDamaged(path=str(path), problems=[f"{exc.__class__.__name__}: {exc}"]) from None
-        except apsw.Error as exc:
-            store.close()
-            raise StoreError(f"cannot open: {exc.__class__.__name__}: {exc}", path=str(path)) from None
-        except BaseException:
-            store.close()
-            raise
-        return store
+        store = cls(connect(path), path=path, device_id=device_id, outgoing=outgoing)
+        return store._checked("open", store._migrate, store._check_watermark)
 
     @classmethod
     def open_readonly(cls, path: Path, *, device_id: str) -> SqliteStore:
         """Open the existing store at ``path`` to read (writes fail): for commands that only show what
         is there, which must create nothing. ``StoreError`` when there is none or it needs a migration."""
         path = Path(path)
-        conn = connect_readonly(path)
-        store = cls(conn, path=path, device_id=device_id)
+        store = cls(connect_readonly(path), path=path, device_id=device_id)
+        return store._checked("read", store._check_readonly, lambda: store._check_watermark(record=False))
+
+    def _checked(self, verb: str, *steps: Callable[[], None]) -> SqliteStore:
+        """This freshly opened store after SQLite's quick check and ``steps`` (closed when any fails):
+        damage is ``StoreDamaged``, another SQLite error a ``StoreError`` saying it cannot ``verb``."""
+        path = str(self.path)
         try:
-            if problems := check(conn):
-                raise StoreDamaged(path=str(path), problems=problems)
-            store._check_readonly()
-            store._check_watermark(record=False)
+            if problems := check(self._conn):
+                raise StoreDamaged(path=path, problems=problems)
+            for step in steps:
+                step()
         except DAMAGE as exc:
-            store.close()
-            raise StoreDamaged(path=str(path), problems=[f"{exc.__class__.__name__}: {exc}"]) from None
+            self.close()
+            raise StoreDamaged(path=path, problems=[f"{exc.__class__.__name__}: {exc}"]) from None
         except apsw.Error as exc:
-            store.close()
-            raise StoreError(f"cannot read: {exc.__class__.__name__}: {exc}", path=str(path)) from None
+            self.close()
+            raise StoreError(f"cannot {verb}: {exc.__class__.__name__}: {exc}", path=path) from None
         except BaseException:
-            store.close()
+            self.close()
             raise
-        return store
+        return self
 
     def accept_rollback(self, by: str) -> AcceptedRollback:
         """Accept what the store lost (``rollback``), recorded in ``rollbacks``: the generation moves
