@@ -55,9 +55,9 @@ def test_this_process_pages_of_a_mapped_gguf_and_its_large_buffers(tmp_path: Pat
         buffer.write(b"x" * len(buffer))
         now = measure(os.getpid())
         buffer.close()
-    assert now.model_file == 4 * MiB
-    assert now.model_buffers >= BUFFER_MIN + MiB
-    assert before.model_file == before.model_buffers == 0
+    # what this test mapped (in a full run the process may already hold a real model from other tests)
+    assert now.model_file - before.model_file == 4 * MiB
+    assert now.model_buffers - before.model_buffers >= BUFFER_MIN + MiB
     assert now.python > 0
 
 
