@@ -152,9 +152,11 @@ def creds_text(jwt: str, seed: bytes) -> str:
 
 
 def write_secret(path: Path, text: str | bytes) -> None:
-    """Write a file only its owner can read (created 0600, replaced atomically)."""
+    """Write a file only its owner can read (created 0600), replaced atomically and durably: the data
+    and the rename both survive power loss. The temporary file is per process, so two processes
+    writing the same file never share one."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = text.encode() if isinstance(text, str) else text
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
@@ -162,6 +164,11 @@ def write_secret(path: Path, text: str | bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
 
 
 class Trust:

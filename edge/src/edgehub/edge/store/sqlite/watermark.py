@@ -15,9 +15,10 @@ fsynced, renamed over the old one and the folder fsynced: a crash leaves the old
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from edgehub.sync.auth import write_secret
 
 from ...errors import StoreError
 
@@ -89,19 +90,5 @@ class WatermarkFile:
 
     def write(self, mark: Watermark) -> None:
         """Replace the watermark durably and atomically."""
-        data = json.dumps(
-            {"version": WATERMARK_VERSION, "generation": mark.generation, "acked_seq": mark.acked_seq}
-        ).encode()
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}")  # per process: the CLI writes too
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        folder = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)  # the rename itself must survive power loss
-        finally:
-            os.close(folder)
+        data = {"version": WATERMARK_VERSION, "generation": mark.generation, "acked_seq": mark.acked_seq}
+        write_secret(self.path, json.dumps(data))  # per-process temporary file: the CLI writes too
