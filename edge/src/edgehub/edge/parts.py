@@ -92,7 +92,7 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
     brain = opts.brain or await _open_brain(cfg, opened)
     tracing = Tracing.from_config(cfg.tracing, cfg.device.id)
     opened.push_async_callback(asyncio.to_thread, tracing.shutdown)  # may wait for a slow collector
-    metrics = EdgeMetrics(cfg.device.id)
+    metrics = EdgeMetrics(cfg.device.id, n_ctx=brain.n_ctx)
     opened.callback(metrics.close)
     hub = _hub(cfg, store, identity)
     indexer = await _indexer(cfg, store, replicate=hub is not None and cfg.memory.replicate)
@@ -226,6 +226,7 @@ def _serve_metrics(
             outbox_depth=store.outbox_depth,
             running=lambda: len(scheduler.running),
             published=published,
+            data_dir=cfg.device.data_dir,
         )
     )
     if cfg.metrics.port is None:

@@ -42,7 +42,7 @@ class LoopDeps:
     monitor: StepMonitor | None = None
     sandbox: CommandRunner | None = None
     on_step: Callable[[agent_pb2.StepEvent], None] | None = None
-    """Told about every committed action step (metrics)."""
+    """Told about every committed mind-log event: steps, ends, approval waits (metrics, L3)."""
     tracer: Tracer | None = None
     """Spans of runs, steps and phases (``..tracing``); None or the API's no-op tracer: none, at no cost."""
     memory: Recall | None = None

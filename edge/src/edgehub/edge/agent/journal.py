@@ -93,6 +93,8 @@ class Journal:
         with self._spans.phase("checkpoint"):
             self.d.store.checkpoint(state, event, turns, result, approval)
         self._spans.committed(event)
+        if self.d.on_step is not None:
+            self.d.on_step(event)
 
     def commit(
         self,
@@ -132,8 +134,6 @@ class Journal:
         self.checkpoint(new, event, turns, result)
         text = self._render(turns)
         window.extend(turns, text, self.d.count_tokens(text))
-        if self.d.on_step is not None:
-            self.d.on_step(event)
         return new
 
     @staticmethod

@@ -44,6 +44,7 @@ from .deps import LoopDeps
 from .journal import Journal, call_key
 from .prompt import PromptBuilder
 from .steering import Steering, copied_command, granted, may_call
+from .stops import BUDGET_EXHAUSTED
 from .tools.base import ToolContext
 
 if TYPE_CHECKING:
@@ -176,7 +177,7 @@ class AgentLoop:
         ]
         for used, limit, what in checks:
             if used >= limit:
-                return f"{what} budget exhausted ({used:g} of {limit:g}) before finishing"
+                return f"{what} {BUDGET_EXHAUSTED} ({used:g} of {limit:g}) before finishing"
         return ""
 
     # act -------------------------------------------------------------------------------------------

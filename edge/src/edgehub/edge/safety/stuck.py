@@ -37,6 +37,7 @@ from edgehub.protocol.v1 import agent_pb2
 
 from ..agent.base import Refusal, SeenStep
 from ..agent.base import StepVerdict as Verdict
+from ..agent.stops import STUCK
 
 S = agent_pb2
 DIMS = 512
@@ -141,7 +142,7 @@ class StuckMonitor:
                 g.warning = ""  # the agent did something different: the warning has done its job
             return Verdict("ok", "", g)
         if g.warnings >= self.s.max_warnings:
-            return Verdict("stop", f"stuck: {reason}, and it persisted after {g.warnings} warning(s)", g)
+            return Verdict("stop", f"{STUCK}{reason}, and it persisted after {g.warnings} warning(s)", g)
         g.warnings += 1
         g.similar_run = g.failing_run = 0
         withheld = ""
