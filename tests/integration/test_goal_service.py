@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 from nats.aio.client import Client
+from prometheus_client import CollectorRegistry
 
 from edgehub.hub.config import PlannerConfig
 from edgehub.hub.errors import GoalError
@@ -78,7 +79,10 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:  # noqa: F811 - 
 
 
 def service(
-    nc: Client, script: list[str] | Callable[[str], str] | None = None, **cfg: Any
+    nc: Client,
+    script: list[str] | Callable[[str], str] | None = None,
+    metrics: CollectorRegistry | None = None,
+    **cfg: Any,
 ) -> tuple[GoalService, list[dict[str, Any]], FakeBrain]:
     devices = [twin("dev-a"), twin("dev-b")]
 
@@ -87,7 +91,7 @@ def service(
 
     brain = FakeBrain(script if script is not None else [])
     settings = PlannerConfig(retry_backoff_s=0, tick_s=0.1, **cfg)
-    return GoalService(nc.jetstream(), twins, settings, brain=brain), devices, brain
+    return GoalService(nc.jetstream(), twins, settings, brain=brain, metrics=metrics), devices, brain
 
 
 def result(record: G.Goal, tid: str, status: int = S.AGENT_STATUS_FINISHED, tokens: int = 10) -> Any:
@@ -272,6 +276,23 @@ async def test_one_last_task_or_synthesis_off_needs_no_model(nc: Client) -> None
     record = await finish_all(goals, record.goal_id, ("a", "b"))
     assert (record.answer, record.answer_by) == ("a: answer of a\nb: answer of b", G.ANSWER_BY_JOINED)
     assert not brain.prompts
+
+
+async def test_goals_ended_are_counted_by_final_status(nc: Client) -> None:
+    metrics = CollectorRegistry()
+    goals, _, _ = service(nc, ["[]"], metrics, attempts=1)
+
+    def ended(status: str) -> float | None:
+        return metrics.get_sample_value("edgehub_hub_goals_ended_total", {"status": status})
+
+    done = await goals.submit("x", by="test", plan=plan(("a", [])))
+    await finish_all(goals, done.goal_id, ("a",))
+    failed = await goals.submit("no plan comes", by="test")  # the model's one draft is not a plan
+    running = await goals.submit("y", by="test", plan=plan(("b", [])))
+    await goals.cancel(running.goal_id, by="test")
+    assert failed.status == G.GOAL_STATUS_FAILED
+    assert (ended("done"), ended("failed"), ended("cancelled")) == (1.0, 1.0, 1.0)
+    assert ended("running") is None
 
 
 async def test_a_subgoal_beyond_the_depth_limit_is_refused(nc: Client) -> None:

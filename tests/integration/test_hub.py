@@ -139,6 +139,9 @@ async def test_an_edge_agent_appears_in_the_hub_registry_with_metrics_on_both_si
         assert metric["edgehub_hub_event_lag_seconds_count"] >= 2  # every applied event observed
         assert metric["edgehub_hub_event_queue_seconds_count"] >= 2
         assert metric["edgehub_hub_events_pending"] == 0  # all applied and acknowledged
+        # the device's backlog as the hub sees it: its last twin's outbox head is all applied
+        assert metric['edgehub_hub_device_lag_events{device="pi-kitchen"}'] == 0
+        assert 'edgehub_hub_device_outbox_depth{device="pi-kitchen"}' in metric
     finally:
         stderr = hub.stop()
     assert hub.proc.returncode == 0, stderr[-2000:]

@@ -40,7 +40,7 @@ from .api.service import ApiHealth, serve
 from .config import HubConfig
 from .errors import HubError, NatsLost
 from .knowledge import KnowledgeService
-from .metrics import ApplierCollector, EventLag
+from .metrics import ApplierCollector, DeviceStateCollector, EventLag
 from .operators import bootstrap_admin
 from .routing import EventRouter
 from .services import HubServices
@@ -67,6 +67,12 @@ class HubDaemon:
         self.registry_metrics = CollectorRegistry()
         self.registry_metrics.register(ApplierCollector(cfg.hub.id, self._counted))
         self.lag = EventLag(self.registry_metrics)
+        self.registry_metrics.register(
+            DeviceStateCollector(
+                lambda: self.services.watcher if self.services else None,
+                lambda: self.applier.last_applied if self.applier else None,
+            )
+        )
         self._metrics_server: WSGIServer | None = None
         self.metrics_port: int | None = None
         self.api: grpc.aio.Server | None = None

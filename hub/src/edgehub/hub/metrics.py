@@ -1,5 +1,10 @@
-"""The hub daemon's own metrics: how far behind the edges it is (``EventLag``) and its event counters
-(``ApplierCollector``, read at scrape time)."""
+"""The hub daemon's own metrics: how far behind the edges it is (``EventLag``), its event counters
+(``ApplierCollector``, read at scrape time) and each device's state and backlog
+(``DeviceStateCollector``).
+
+Labels stay bounded: the hub id, and the device id only on the per-device gauges, where the
+device is the point (one series per device of the fleet, none per agent or goal).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from collections.abc import Callable, Iterator
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from edgehub.protocol import subjects
@@ -20,6 +25,7 @@ from edgehub.protocol.v1 import events_pb2
 from edgehub.sync import EventApplier
 from edgehub.sync.streams import HUB_EVENTS_CONSUMER
 
+from .fleet.devices import DeviceWatcher, is_online
 from .routing import EventRouter
 
 log = logging.getLogger("edgehub.hub.metrics")
@@ -103,3 +109,47 @@ class ApplierCollector(Collector):
             family = CounterMetricFamily(name, text, labels=["hub"])
             family.add_metric([self.hub_id], value)
             yield family
+
+
+class DeviceStateCollector(Collector):
+    """Per device (revoked ones left out), at scrape time, from the hub's live view of the twins:
+    online as the fleet API says it (``edgehub_hub_device_online``, 1 or 0), its outbox depth as its
+    last twin said (``edgehub_hub_device_outbox_depth``), and its lag: its outbox head (twin) minus the
+    sequence the hub applied last for it (``edgehub_hub_device_lag_events``), events it made that the
+    hub has not applied yet, wherever they wait. The lag is reported only by the hub process applying
+    events (``applied``: device -> sequence, filled as it applies; None until the applier exists), and
+    only for devices whose events it has handled since it took over."""
+
+    def __init__(
+        self, watcher: Callable[[], DeviceWatcher | None], applied: Callable[[], dict[str, int] | None]
+    ) -> None:
+        self.watcher = watcher
+        self.applied = applied
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        watcher = self.watcher()
+        if watcher is None or not watcher.synced:
+            return
+        online = GaugeMetricFamily(
+            "edgehub_hub_device_online",
+            "1: the device's heartbeats arrive; 0: they stopped",
+            labels=["device"],
+        )
+        depth = GaugeMetricFamily(
+            "edgehub_hub_device_outbox_depth",
+            "Events waiting in the device's outbox, as its last twin reported",
+            labels=["device"],
+        )
+        lag = GaugeMetricFamily(
+            "edgehub_hub_device_lag_events",
+            "Events the device made (its twin's outbox head) that this hub has not applied",
+            labels=["device"],
+        )
+        applied = dict(self.applied() or {})  # one copy: the loop writes while the metrics thread reads
+        now = time.time()
+        for device, _, twin in watcher.twins():
+            online.add_metric([device], float(is_online(twin, now)))
+            depth.add_metric([device], twin.outbox_depth)
+            if device in applied:
+                lag.add_metric([device], max(0, twin.outbox_head - applied[device]))
+        yield from (online, depth, lag)

@@ -310,6 +310,9 @@ class EventApplier:
         self.stats = ApplierStats()
         self.applied = RecordStore(js, APPLIED.name, TextCodec())
         """Per device (key: its id), the sequence of the last event applied."""
+        self.last_applied: dict[str, int] = {}
+        """Per device this process handled events of while consuming, the sequence applied last (for
+        the hub's lag metric); cleared when it stops consuming (another hub holds the lease)."""
 
     def _consumer_config(self) -> ConsumerConfig:
         # explicit acks, one per event, sent after the record moved: AckAll would let a later ack
@@ -349,6 +352,7 @@ class EventApplier:
                 watcher.cancel()
                 await asyncio.gather(keeper, watcher, return_exceptions=True)
                 await self.lease.release()
+                self.last_applied.clear()  # the next holder's figures, not these stale ones
 
     async def _consume(self, stop: asyncio.Event, retry_s: float = 0.2) -> None:
         """Consume until ``stop``; survives server restarts and lost consumers (it re-subscribes).
@@ -450,6 +454,8 @@ class EventApplier:
         await asyncio.gather(
             *(self._record(key, dev) for key, dev in devices.items() if dev.last > dev.recorded)
         )
+        for key, dev in devices.items():
+            self.last_applied[key] = max(self.last_applied.get(key, 0), dev.last)
         for msg in done:
             await msg.ack()
         for msg in deferred:

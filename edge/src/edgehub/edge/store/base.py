@@ -192,6 +192,10 @@ class EdgeStore(Protocol):
         """Entries not yet delivered."""
         ...
 
+    def outbox_head(self) -> int:
+        """The sequence of the newest entry (0: none yet)."""
+        ...
+
     # durability
     @property
     def rolled_back(self) -> StoreRolledBack | None:

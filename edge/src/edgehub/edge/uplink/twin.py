@@ -49,6 +49,8 @@ class TwinSource(Protocol):
 
     def outbox_depth(self) -> int: ...
 
+    def outbox_head(self) -> int: ...
+
     def recent_episode_texts(self, limit: int = 500) -> list[str]: ...
 
 
@@ -130,6 +132,7 @@ class TwinReporter:
             model_name=cfg.model.path.stem if cfg.model.path else DEFAULT_MODEL_NAME,
             profile=self.profile,
             memories=self.memories(),
+            outbox_head=self.store.outbox_head(),
         )
 
     def memories(self) -> list[str]:

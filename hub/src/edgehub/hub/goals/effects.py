@@ -36,6 +36,8 @@ class GoalMetrics:
     dispatched: PromCounter
     ended: PromCounter
     tokens: PromCounter
+    goals_ended: PromCounter
+    """Goals (and sub-goals) that reached a final status, by status (done, failed, cancelled)."""
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None, active: Callable[[], int]) -> GoalMetrics:
@@ -54,6 +56,12 @@ class GoalMetrics:
                 "edgehub_hub_task_tokens",
                 "Tokens (evaluated + generated) spent by tasks",
                 ["device"],
+                registry=reg,
+            ),
+            PromCounter(
+                "edgehub_hub_goals_ended",
+                "Goals (sub-goals included) that ended, by final status (done, failed, cancelled)",
+                ["status"],
                 registry=reg,
             ),
         )
@@ -123,6 +131,7 @@ class EffectRunner:
         if fx.ended and record.HasField("parent"):
             await self._report_to_parent(record)
         if fx.ended:
+            self.metrics.goals_ended.labels(goal_word(record.status)).inc()
             error = f": {record.error}" if record.error else ""
             log.info("goal %s %s%s", record.goal_id, goal_word(record.status), error)
 

@@ -49,6 +49,10 @@ class Outbox(Connection):
         acked = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox WHERE acked = 1")
         return int(newest) - int(acked)
 
+    def outbox_head(self) -> int:
+        """The sequence of the newest entry (0: none yet); the twin reports it for the hub's lag."""
+        return int(self._scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox"))
+
     def outbox_ack(self, upto_seq: int) -> None:
         self._acked = max(self._acked, upto_seq)  # true once the hub side said so, whatever happens here
         with self._tx(seal=True):
