@@ -23,6 +23,8 @@
 #   natscli                 the NATS project's own CLI, a third-party client the security tests use the way
 #                           an operator would (TLS first, credentials from `edgehub hub nats-creds`): built
 #                           once with `go install` into $EDGEHUB_CACHE/go/bin (about 3 minutes on 2 cores)
+#   promtool                Prometheus's rules checker, for the alert rules' tests (scripts/promtool.sh):
+#                           built once with `go install` into $EDGEHUB_CACHE/go/bin (about 9 minutes on 2 cores)
 #
 # Safe to run repeatedly; prints one line per step.
 set -euo pipefail
@@ -153,6 +155,7 @@ if [ ! -x "$GO_BIN/nats" ] || ! grep -qx "$NATSCLI_VERSION" "$GO_BIN/nats.versio
     echo "$NATSCLI_VERSION" >"$GO_BIN/nats.version"
 fi
 
+scripts/promtool.sh  # promtool for ops/prometheus's rules tests (built once into the cache)
 scripts/criu.sh  # CRIU >= 4 + pycriu for the warm worker's snapshots (built once into the cache)
 
 step "model: $(uv run --no-sync python -c 'from edgehub.llm import default_model_path; print(default_model_path())')"
