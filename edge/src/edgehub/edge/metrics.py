@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from edgehub.protocol.v1 import agent_pb2
 
-from .agent.stops import stop_cause
+from .agent.stops import WARNING, stop_cause
 from .footprint import measure_daemon
 
 S = agent_pb2
@@ -188,7 +188,7 @@ class EdgeMetrics:
             self._action(event)
         elif event.kind == S.STEP_KIND_APPROVAL_REQUESTED:
             self._decision(event.observation)
-        if event.detail.startswith("warning: "):
+        if event.detail.startswith(WARNING):
             self.stuck_warnings.labels(d).inc()
         outcome = ENDED.get(event.status)
         if outcome is None:

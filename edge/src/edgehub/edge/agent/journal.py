@@ -21,6 +21,7 @@ from .actions import Proposal
 from .base import SeenStep
 from .deps import LoopDeps
 from .steering import Steering
+from .stops import WARNING
 from .window import Window
 
 S = agent_pb2
@@ -188,7 +189,7 @@ class Journal:
         verdict = self.d.monitor.observe(new.guard, seen)
         new.guard.CopyFrom(verdict.guard)
         if verdict.action == "warn":
-            event.detail = f"warning: {verdict.reason}; the agent was told to re-plan"
+            event.detail = f"{WARNING}{verdict.reason}; the agent was told to re-plan"
             if new.guard.excluded_tool:
                 event.detail += f"; {new.guard.excluded_tool} is withheld from its next step"
         elif verdict.action == "stop":

@@ -1,10 +1,13 @@
 """Why an agent stopped, as the metrics count it: the words the stuck-loop monitor and the budget check
-put first in an agent's failure reason (the reason stays human text; these keep it countable)."""
+put first in an agent's failure reason, or in a step warned by the monitor (the text stays for humans;
+these keep it countable)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
+WARNING = "warning: "
+"""How a step's detail begins when the stuck-loop monitor warned the agent (``Journal``)."""
 STUCK = "stuck: "
 """How the stuck-loop monitor's stop reason begins (``safety.stuck``)."""
 BUDGET_EXHAUSTED = "budget exhausted"
