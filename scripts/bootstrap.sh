@@ -23,6 +23,8 @@
 #   natscli                 the NATS project's own CLI, a third-party client the security tests use the way
 #                           an operator would (TLS first, credentials from `edgehub hub nats-creds`): built
 #                           once with `go install` into $EDGEHUB_CACHE/go/bin (about 3 minutes on 2 cores)
+#   Jaeger                  the tracing test's backend (scripts/jaeger.sh): built once from its Go module
+#                           into $EDGEHUB_CACHE/jaeger/<version>/bin
 #
 # Safe to run repeatedly; prints one line per step.
 set -euo pipefail
@@ -154,5 +156,6 @@ if [ ! -x "$GO_BIN/nats" ] || ! grep -qx "$NATSCLI_VERSION" "$GO_BIN/nats.versio
 fi
 
 scripts/criu.sh  # CRIU >= 4 + pycriu for the warm worker's snapshots (built once into the cache)
+scripts/jaeger.sh  # Jaeger, the tracing test's backend (built once into the cache)
 
 step "model: $(uv run --no-sync python -c 'from edgehub.llm import default_model_path; print(default_model_path())')"
