@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer, get_current_span
 
+from edgehub.edge.uplink.api import TraceMetadata
 from edgehub.sync import tracing
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -77,3 +79,30 @@ def test_no_provider_is_built_without_an_endpoint_or_exporter() -> None:
         endpoint=None, service_name="x", sample_ratio=1.0, resource={}, version="0"
     )
     assert provider is None
+
+
+async def test_the_devices_api_calls_carry_the_current_trace_context_as_grpc_metadata(tracer: Tracer) -> None:
+    """``DeviceApi``'s interceptor, against a real gRPC server on a free port: the current span goes as
+    ``traceparent`` metadata, and nothing goes when there is no span."""
+    seen: list[dict[str, str]] = []
+
+    async def call(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        seen.append({k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)})
+        return request
+
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(call)
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("test.Echo", {"Call": handler})])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", interceptors=[TraceMetadata()]) as channel:
+            echo = channel.unary_unary("/test.Echo/Call")
+            with tracer.start_as_current_span("migrate_out") as span:
+                assert await echo(b"x") == b"x"
+            await echo(b"y")
+    finally:
+        await server.stop(None)
+    ctx = span.get_span_context()
+    assert seen[0]["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    assert "traceparent" not in seen[1]
