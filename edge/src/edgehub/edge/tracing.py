@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import logging
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Span, StatusCode, Tracer, get_current_span
 from opentelemetry.util.types import AttributeValue
 
@@ -56,7 +54,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-log = logging.getLogger("edgehub.edge.tracing")
 S = agent_pb2
 SCOPE = "edgehub.edge"
 _OFF: AbstractContextManager[Span] = contextlib.nullcontext(INVALID_SPAN)
@@ -162,8 +159,7 @@ class AgentSpans:
     def _root(self, name: str, attrs: Attrs, parent: str = "") -> AbstractContextManager[Span]:
         # runs are scheduled, not requested: never a child of whatever span is current, but of what
         # started the agent (``AgentState.trace_parent``: the hub's task) or else a trace of its own
-        context = linked(parent) if parent else Context()
-        return self._tracer.start_as_current_span(name, context=context, attributes=attrs)
+        return self._tracer.start_as_current_span(name, context=linked(parent), attributes=attrs)
 
     def run_ended(self, span: Span, state: agent_pb2.AgentState) -> None:
         if not span.is_recording():
