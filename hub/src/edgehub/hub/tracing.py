@@ -6,6 +6,8 @@
     │                 ``traceparent`` metadata, validated, is its parent)
     └─ goal           edgehub.goal.id, edgehub.goal.planner, edgehub.goal.depth; its traceparent is kept
        │              in the goal record (``Goal.trace_parent``) so any hub process continues the trace
+       ├─ goal.plan   the planner's work (the model, or the operator's plan checked); goal.synthesise:
+       │              the model writing the goal's answer from its tasks' results
        └─ task        one per dispatch: edgehub.goal.id, edgehub.task.id, edgehub.agent.id,
           │           edgehub.device.id, edgehub.task.attempt; the StartAgent command carries it in
           │           its NATS headers, and the edge's ``agent.run`` spans are its children
@@ -93,6 +95,16 @@ class HubTracing:
             "edgehub.goal.depth": record.depth,
         }
         return self.tracer.start_as_current_span("goal", attributes=attrs)
+
+    def work(
+        self, name: str, record: goals_pb2.Goal, **attrs: AttributeValue
+    ) -> AbstractContextManager[Span]:
+        """The planner model's work on a goal (``goal.plan``, ``goal.synthesise``), in the goal's trace
+        whichever hub process does it (the goal's stored traceparent)."""
+        tags: Attrs = {"edgehub.goal.id": record.goal_id, "edgehub.goal.replans": record.replans}
+        tags |= {f"edgehub.goal.{key}": value for key, value in attrs.items()}
+        context = tracing.linked(record.trace_parent)
+        return self.tracer.start_as_current_span(name, context=context, attributes=tags)
 
     def command(self, record: goals_pb2.Goal, cmd: commands_pb2.Command) -> AbstractContextManager[Span]:
         """The span a goal's command is sent in (``send_command`` puts it in the headers): ``task`` for a

@@ -78,15 +78,16 @@ class GoalService:
         tracing: HubTracing | None = None,
     ) -> None:
         self.js = js
-        self.tracing = tracing or HubTracing()
         self.devices = devices
         self.cfg = cfg
         self.issued_by = issued_by
         self.store = GoalStore(js)
+        self.tracing = tracing or HubTracing()
         self.metrics = GoalMetrics.create(metrics, lambda: len(self.store.active))
         self.work = ModelWork(
-            self.store, cfg, issued_by, brain=brain, update=self.update, fleet=self.fleet, tick=self.tick
-        )
+            self.store, cfg, issued_by, brain=brain, update=self.update, fleet=self.fleet, tick=self.tick,
+            tracing=self.tracing,
+        )  # fmt: skip
         self.effects = EffectRunner(
             js, cfg, self.metrics, submit=self.submit, report=self.on_result,
             replan=self.work.plan, synthesise=self.work.synthesise,
