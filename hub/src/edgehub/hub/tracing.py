@@ -30,7 +30,7 @@ from nats.aio.msg import Msg
 from opentelemetry.trace import NoOpTracer, Span, Tracer
 from opentelemetry.util.types import AttributeValue
 
-from edgehub.protocol.v1 import commands_pb2, events_pb2, goals_pb2
+from edgehub.protocol.v1 import commands_pb2, events_pb2, goals_pb2, hub_pb2
 from edgehub.sync import tracing
 
 from .config import TracingConfig
@@ -79,13 +79,15 @@ class HubTracing:
         return self._provider is not None
 
     def server_interceptors(self) -> list[grpc.aio.ServerInterceptor]:
-        """The API's interceptor (``opentelemetry-instrumentation-grpc``): a server span per call, the
-        child of the caller's W3C ``traceparent`` metadata when valid; none when tracing is off."""
+        """The API's interceptor (``opentelemetry-instrumentation-grpc``): a server span per call of the
+        hub's own service (not of health checks or reflection), the child of the caller's W3C
+        ``traceparent`` metadata when valid; none when tracing is off."""
         if self._provider is None:
             return []
-        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-        return [aio_server_interceptor(tracer_provider=self._provider)]
+        service = hub_pb2.DESCRIPTOR.services_by_name["HubService"].full_name
+        return [aio_server_interceptor(self._provider, filters.service_name(service))]
 
     def goal(self, record: goals_pb2.Goal) -> AbstractContextManager[Span]:
         """The goal's span, current while it is stored and planned (a child of the API call, if any)."""
