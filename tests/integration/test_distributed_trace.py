@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,10 +34,18 @@ ENDED = ("GOAL_STATUS_DONE", "GOAL_STATUS_FAILED", "GOAL_STATUS_CANCELLED")
 
 def worker(prompt: str) -> str:
     """A task's agent: one ``sleep`` (long enough that both tasks overlap, so each device takes one),
-    then it finishes."""
-    if "Step 1 observation" not in prompt.split("## Task\n", 1)[1]:
-        return json.dumps({"thought": "work", "tool": "run_command", "args": {"command": "sleep 2"}})
-    return json.dumps({"thought": "done", "tool": "finish", "args": {"answer": "read"}})
+    then it finishes; a ``slow`` task takes a second, long step (the time to kill its daemon in)."""
+    task = prompt.split("## Task\n", 1)[1]
+    slow = "slow" in task.split("\n", 1)[0]
+    if "Step 1 observation" not in task:
+        return _act("run_command", command="sleep 2")
+    if slow and "Step 2 observation" not in task:
+        return _act("run_command", command="sleep 8")
+    return _act("finish", answer="read")
+
+
+def _act(tool: str, **args: str) -> str:
+    return json.dumps({"thought": "work", "tool": tool, "args": args})
 
 
 class TracedFleet:
@@ -53,23 +62,29 @@ class TracedFleet:
                 "OTEL_BSP_SCHEDULE_DELAY": "200",  # spans leave within 0.2 s, not 5
             },
         )
+        self.otlp = otlp
         self.edges: dict[str, subprocess.Popen[str]] = {}
         try:
             self.hub.wait_ready(timeout=90)
             for device in DEVICES:
                 done = self.hub.enroll(device, tmp / device)
                 assert done.returncode == 0, done.stderr
-                config = {
-                    "device": {"id": device, "data_dir": str(tmp / device)},
-                    "tools": {"load_entry_points": False},
-                    "hub": {"heartbeat_s": 0.5},
-                    "tracing": {"otlp_endpoint": otlp, "service_name": f"edgehub-edge-{device}"},
-                }
-                self.edges[device] = start_edge(config, SCRIPT, env={"OTEL_BSP_SCHEDULE_DELAY": "200"})
+                self.start(device)
             assert_eventually(lambda: all(self.online(d) for d in DEVICES), timeout=60, what="edges online")
         except BaseException:
             self.stop()
             raise
+
+    def start(self, device: str) -> None:
+        config = {
+            "device": {"id": device, "data_dir": str(self.tmp / device)},
+            "tools": {"load_entry_points": False},
+            # online for 3 beats after its last: a daemon killed and started again within 30 s keeps
+            # its task (the hub does not reassign it), so the agent resumes where it was
+            "hub": {"heartbeat_s": 10},
+            "tracing": {"otlp_endpoint": self.otlp, "service_name": f"edgehub-edge-{device}"},
+        }
+        self.edges[device] = start_edge(config, SCRIPT, env={"OTEL_BSP_SCHEDULE_DELAY": "200"})
 
     def online(self, device: str) -> bool:
         done = self.hub.cli("devices", "list", "--json")
@@ -153,6 +168,8 @@ def test_a_two_device_goal_is_one_trace_from_the_api_call_to_every_step(
     (goal,) = named("goal")
     assert _parent(goal) == server["spanID"]
     assert _tag(goal, "edgehub.goal.id") == goal_id
+    (planning,) = named("goal.plan")  # the operator's plan, checked by the planner
+    assert _parent(planning) == goal["spanID"]
 
     # hub: one task span per dispatch, children of the goal
     tasks = {_tag(s, "edgehub.task.id"): s for s in named("task")}
@@ -213,3 +230,53 @@ def test_an_untraced_caller_still_gets_one_trace_per_goal(fleet: TracedFleet, ja
     (task,) = [s for s in spans if s["operationName"] == "task"]
     (run,) = [s for s in spans if s["operationName"] == "agent.run"]
     assert (_parent(goal), _parent(task), _parent(run)) == (server["spanID"], goal["spanID"], task["spanID"])
+
+
+def test_an_agent_resumed_after_its_daemon_was_killed_stays_in_its_tasks_trace(
+    fleet: TracedFleet,
+    jaeger: Jaeger,  # noqa: F811
+) -> None:
+    """The task's trace context is in the agent's durable state: the daemon started again after a
+    SIGKILL (in the middle of the agent's second step) resumes the agent as a child of the same task
+    span, and the events it sends from then on join the trace too."""
+    plan = fleet.tmp / "slow.json"
+    plan.write_text(json.dumps({"tasks": [_task("slow", "slow read of line C")]}))
+    done = fleet.hub.cli("goal", "submit", "read slowly", "--plan", str(plan), "--json")
+    assert done.returncode == 0, done.stderr
+    goal_id = json.loads(done.stdout)["goal_id"]
+    trace_id = fleet.goal(goal_id)["trace_parent"].split("-")[1]
+
+    def first_step_done() -> dict[str, Any] | None:
+        steps = [s for s in jaeger.trace(trace_id) if s["operationName"] == "agent.step"]
+        return next((s for s in steps if _tag(s, "edgehub.agent.step") == 0), None)
+
+    step0 = assert_eventually(first_step_done, timeout=60, what="the slow task's first step in Jaeger")
+    state = fleet.goal(goal_id)["tasks"]["slow"]
+    victim = state["device"]
+    fleet.edges[victim].send_signal(signal.SIGKILL)  # in its second step (sleep 8): no span flushed
+    fleet.edges[victim].wait(timeout=10)
+    fleet.start(victim)
+    record = assert_eventually(
+        lambda: (g := fleet.goal(goal_id))["status"] in ENDED and g, timeout=120, what="the goal to end"
+    )
+    assert record["status"] == "GOAL_STATUS_DONE", record.get("error")
+    assert record["tasks"]["slow"]["attempt"] == 1  # resumed, not reassigned
+
+    def resumed() -> list[dict[str, Any]] | None:
+        spans = jaeger.trace(trace_id)
+        runs = [s for s in spans if s["operationName"] == "agent.run"]
+        return spans if any(_tag(r, "edgehub.agent.first_step") == 1 for r in runs) else None
+
+    spans = assert_eventually(resumed, timeout=60, what=lambda: f"the resumed run: {jaeger.trace(trace_id)}")
+    (task,) = [s for s in spans if s["operationName"] == "task"]
+    (run,) = [s for s in spans if s["operationName"] == "agent.run"]  # the killed run's never ended
+    assert _tag(run, "edgehub.agent.id") == state["agent_id"]
+    assert _tag(run, "edgehub.agent.first_step") == 1
+    assert _parent(run) == task["spanID"]
+    assert _parent(step0) != run["spanID"]  # step 0 ran in the killed process's run
+    later = [s for s in spans if s["operationName"] == "agent.step" and _parent(s) == run["spanID"]]
+    assert sorted(_tag(s, "edgehub.agent.step") for s in later) == [1, 2]
+    checkpoints = {s["spanID"] for s in spans if s["operationName"] == "checkpoint"}
+    applied = [s for s in spans if s["operationName"] == "event.applied"]
+    assert len(applied) >= 3  # steps 0, 1, 2 (and the task's result)
+    assert all(_parent(s) in checkpoints for s in applied)
