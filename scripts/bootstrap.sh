@@ -25,6 +25,8 @@
 #                           once with `go install` into $EDGEHUB_CACHE/go/bin (about 3 minutes on 2 cores)
 #   promtool                Prometheus's rules checker, for the alert rules' tests (scripts/promtool.sh):
 #                           built once with `go install` into $EDGEHUB_CACHE/go/bin (about 9 minutes on 2 cores)
+#   Jaeger                  the tracing test's backend (scripts/jaeger.sh): built once from its Go module
+#                           into $EDGEHUB_CACHE/jaeger/<version>/bin
 #
 # Safe to run repeatedly; prints one line per step.
 set -euo pipefail
@@ -157,5 +159,6 @@ fi
 
 scripts/promtool.sh  # promtool for ops/prometheus's rules tests (built once into the cache)
 scripts/criu.sh  # CRIU >= 4 + pycriu for the warm worker's snapshots (built once into the cache)
+scripts/jaeger.sh  # Jaeger, the tracing test's backend (built once into the cache)
 
 step "model: $(uv run --no-sync python -c 'from edgehub.llm import default_model_path; print(default_model_path())')"

@@ -35,9 +35,12 @@ class Agents:
         budget: agent_pb2.Budget | None = None,
         task_id: str = "",
         tools: list[str] | None = None,
+        trace_parent: str = "",
     ) -> str:
         assert agent_id is not None
-        self.store.create_agent(new_agent(agent_id, goal, budget, task_id, tools))
+        state = new_agent(agent_id, goal, budget, task_id, tools)
+        state.trace_parent = trace_parent
+        self.store.create_agent(state)
         return agent_id
 
     async def stop_agent(self, agent_id: str, reason: str) -> agent_pb2.AgentState:

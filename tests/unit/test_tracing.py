@@ -383,3 +383,37 @@ async def test_the_daemon_exports_agent_traces_to_the_configured_collector(
     attributes = {a.key: a.value.string_value for a in spans[0][0].attributes}
     assert (attributes["service.name"], attributes["device.id"]) == ("edgehub-edge", "dev-7")
     assert SECRET not in str(receiver.requests)
+
+
+async def test_a_hub_started_agent_resumed_after_a_restart_runs_in_the_hubs_trace_and_its_events_carry_it(
+    tmp_path: Path, tracer: Tracer, exporter: InMemorySpanExporter
+) -> None:
+    """The traceparent the StartAgent command brought is kept in the agent's state: the daemon that
+    opens the store next (a restart) runs it as the child of the hub's task span; each event it puts in
+    the outbox keeps the context of the checkpoint that wrote it (what the publisher sends as headers)."""
+    trace_id, task_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    state = new_agent("a1", GOAL)
+    state.trace_parent = f"00-{trace_id}-{task_span}-01"
+    first = SqliteStore.open(tmp_path / "edge.db", device_id="dev-1")
+    first.create_agent(state)
+    first.close()
+
+    script = [act("write_file", path="a.txt", content="blue"), act("finish", answer="blue")]
+    loop, store = make_loop(tmp_path, script, tracer)  # the same database, opened again
+    assert (await loop.run("a1", asyncio.Event())).status == S.AGENT_STATUS_FINISHED
+    spans = exporter.get_finished_spans()
+    (root,) = named(spans, "agent.run")
+    assert root.parent is not None
+    parent = (format(root.parent.trace_id, "032x"), format(root.parent.span_id, "016x"))
+    assert parent == (trace_id, task_span)
+    assert {format(s.context.trace_id, "032x") for s in spans if s.context} == {trace_id}
+    checkpoints = {format(s.context.span_id, "016x") for s in named(spans, "checkpoint") if s.context}
+    sent = [e.traceparent.split("-") for e in store.outbox_pending()]
+    assert sent
+    assert all(parts[1] == trace_id and parts[2] in checkpoints for parts in sent)
+
+
+async def test_an_untraced_agent_writes_no_trace_context_into_its_outbox(tmp_path: Path) -> None:
+    loop, store = make_loop(tmp_path, [act("finish", answer="done")], None)
+    await run(loop, store)
+    assert [e.traceparent for e in store.outbox_pending()] == [""]

@@ -208,7 +208,8 @@ class TracingConfig(_Section):
     service_name: str = Field("edgehub-edge", min_length=1)
     """``service.name`` of the traces (the device id is ``device.id``)."""
     sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
-    """Fraction of agent runs traced; a run's steps are kept or dropped together."""
+    """Fraction of agent runs traced; a run's steps are kept or dropped together. The runs of an agent
+    the hub started follow the hub's decision for its goal instead (parent-based sampling)."""
 
     @field_validator("otlp_endpoint")
     @classmethod

@@ -64,11 +64,15 @@ class AgentScheduler:
         budget: agent_pb2.Budget | None = None,
         task_id: str = "",
         tools: list[str] | None = None,
+        trace_parent: str = "",
     ) -> str:
         """Create a PENDING agent for ``goal`` (the next tick starts it); its id. ``tools``: the only
-        tools it may call besides ``finish`` (None: every tool)."""
+        tools it may call besides ``finish`` (None: every tool); ``trace_parent``: the W3C traceparent
+        its runs are children of (kept in its state, so a restart joins the same trace)."""
         agent_id = agent_id or f"agent-{uuid.uuid4().hex[:12]}"
-        self.store.create_agent(new_agent(agent_id, goal, budget, task_id, tools))
+        state = new_agent(agent_id, goal, budget, task_id, tools)
+        state.trace_parent = trace_parent
+        self.store.create_agent(state)
         return agent_id
 
     def request_stop(self) -> None:

@@ -1,6 +1,11 @@
 """OpenTelemetry traces of agent runs and steps, exported over OTLP/gRPC (``[tracing]``; off by default).
 
-One trace per agent run on this daemon (a resume after a crash, a drain or an approval starts a new one)::
+An agent the hub started (a goal's task) runs in the goal's trace: the StartAgent command's NATS headers
+carry the hub's ``task`` span, the agent keeps it (``AgentState.trace_parent``) and each ``agent.run`` -
+the first, and every resume after a crash, a restart, a drain, an approval or a migration - is its
+child. An agent started here is one trace per run. Each event a step puts in the outbox keeps the
+context of its ``checkpoint`` span (the outbox's ``traceparent``), sent as the event's NATS headers, so
+the hub's ``event.applied`` span joins the same trace (``edgehub.sync.tracing``, ``edgehub.hub.tracing``)::
 
     agent.run        edgehub.agent.id, edgehub.device.id, edgehub.agent.goal_chars, edgehub.agent.epoch,
     │                edgehub.agent.first_step; at the end edgehub.agent.status, edgehub.agent.steps
@@ -33,16 +38,15 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
-import logging
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from opentelemetry.context import Context
 from opentelemetry.trace import INVALID_SPAN, NoOpTracer, Span, StatusCode, Tracer, get_current_span
 from opentelemetry.util.types import AttributeValue
 
 from edgehub.llm import Completion
 from edgehub.protocol.v1 import agent_pb2
+from edgehub.sync.tracing import linked, tracer_provider
 
 from .config import TracingConfig
 
@@ -50,7 +54,6 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
 
-log = logging.getLogger("edgehub.edge.tracing")
 S = agent_pb2
 SCOPE = "edgehub.edge"
 _OFF: AbstractContextManager[Span] = contextlib.nullcontext(INVALID_SPAN)
@@ -76,32 +79,14 @@ class Tracing:
         cls, cfg: TracingConfig, device_id: str, *, exporter: SpanExporter | None = None
     ) -> Tracing:
         """Tracing as configured; ``exporter`` replaces the OTLP one (tests). Off without an endpoint."""
-        if cfg.otlp_endpoint is None and exporter is None:
-            return cls()
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-        from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-
-        if exporter is None:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-            exporter = OTLPSpanExporter(endpoint=cfg.otlp_endpoint)
-        resource = Resource.create(
-            {
-                "service.name": cfg.service_name,
-                "service.version": _version(),
-                "service.instance.id": device_id,
-                "device.id": device_id,
-            }
+        provider = tracer_provider(
+            endpoint=cfg.otlp_endpoint,
+            service_name=cfg.service_name,
+            sample_ratio=cfg.sample_ratio,
+            resource={"service.instance.id": device_id, "device.id": device_id},
+            version=_version(),
+            exporter=exporter,
         )
-        provider = TracerProvider(
-            sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)),
-            resource=resource,
-            shutdown_on_exit=False,  # the daemon shuts it down; an atexit hook would keep it alive
-        )
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-        log.info("tracing to %s (%g of agent runs)", cfg.otlp_endpoint or exporter, cfg.sample_ratio)
         return cls(provider)
 
     @property
@@ -169,11 +154,12 @@ class AgentSpans:
             "edgehub.agent.epoch": state.epoch,
             "edgehub.agent.first_step": state.step,
         }
-        return self._root("agent.run", attrs)
+        return self._root("agent.run", attrs, state.trace_parent)
 
-    def _root(self, name: str, attrs: Attrs) -> AbstractContextManager[Span]:
-        # a trace of its own even when started inside another span: runs are scheduled, not requested
-        return self._tracer.start_as_current_span(name, context=Context(), attributes=attrs)
+    def _root(self, name: str, attrs: Attrs, parent: str = "") -> AbstractContextManager[Span]:
+        # runs are scheduled, not requested: never a child of whatever span is current, but of what
+        # started the agent (``AgentState.trace_parent``: the hub's task) or else a trace of its own
+        return self._tracer.start_as_current_span(name, context=linked(parent), attributes=attrs)
 
     def run_ended(self, span: Span, state: agent_pb2.AgentState) -> None:
         if not span.is_recording():

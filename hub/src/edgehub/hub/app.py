@@ -28,8 +28,10 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 import nats
 from nats.aio.client import Client, RawCredentials
+from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry, start_http_server
 
+from edgehub.protocol.v1 import events_pb2
 from edgehub.sync import EventApplier, NatsServer, Stopped, ensure_topology, until_stopped
 from edgehub.sync.auth import Trust
 from edgehub.sync.errors import SyncError
@@ -44,6 +46,7 @@ from .metrics import ApplierCollector, DeviceStateCollector, EventLag
 from .operators import bootstrap_admin
 from .routing import EventRouter
 from .services import HubServices
+from .tracing import HubTracing
 
 log = logging.getLogger("edgehub.hub")
 
@@ -73,6 +76,8 @@ class HubDaemon:
                 lambda: self.applier.last_applied if self.applier else None,
             )
         )
+        self.tracing = HubTracing.from_config(cfg.tracing, cfg.hub.id)
+        """Goals, their tasks, the API's calls and applied events, as spans (``[tracing]``; off: no-op)."""
         self._metrics_server: WSGIServer | None = None
         self.metrics_port: int | None = None
         self.api: grpc.aio.Server | None = None
@@ -227,18 +232,23 @@ class HubDaemon:
         await ensure_topology(js)
         urls = self.cfg.nats.advertise or [self.url]
         self.services = services = HubServices.build(
-            js, self.cfg, trust, ca, urls, self.registry_metrics, nats_ca=self.nats_ca
+            js, self.cfg, trust, ca, urls, self.registry_metrics, nats_ca=self.nats_ca, tracing=self.tracing
         )
         self.router = EventRouter(services)
         self.applier = EventApplier(
             js,
             services.agents.apply,
             lease=Lease(js, "events", self.cfg.hub.id),
-            observe=self.lag.observe,
+            observe=self._observe,
             apply_batch=self.router.apply_batch,
             batch=self.cfg.hub.events_batch,
         )
         return services
+
+    def _observe(self, event: events_pb2.EdgeEvent, msg: Msg) -> None:
+        """An event was applied: its lag, and its span when it carries a trace context."""
+        self.lag.observe(event, msg)
+        self.tracing.applied(event, msg)
 
     async def _load_revocations(self, services: HubServices, trust: Trust) -> None:
         """The embedded server refuses revoked devices from the start, and reloads on a revocation."""
@@ -267,8 +277,9 @@ class HubDaemon:
         admin = await bootstrap_admin(services.tokens, self.cfg.auth.dir)
         api = self.cfg.api
         self.api, self.api_port, self.device_api_port = await serve(
-            services, api.addr, api.device_addr, ca.server_pair(api.tls_names), self.health
-        )
+            services, api.addr, api.device_addr, ca.server_pair(api.tls_names), self.health,
+            interceptors=self.tracing.server_interceptors(),
+        )  # fmt: skip
         if self.nc is not None and not self.nc.is_connected:  # went down while the API came up
             await self.health.set(False)
         log.info(
@@ -355,3 +366,4 @@ class HubDaemon:
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
+        await asyncio.to_thread(self.tracing.shutdown)  # may wait for a slow collector

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgehub.cli import config as config_loader
 from edgehub.llm import LlamaSettings, packaged_model_path
@@ -129,6 +130,29 @@ class MetricsConfig(_Section):
     port: int | None = Field(None, ge=0, le=65535)
     """Serve Prometheus metrics on this port (0: any free port); None: off."""
     addr: str = "127.0.0.1"
+
+
+_OTLP_ENDPOINT = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[^/\s:\[\]]+)(:\d{1,5})?/?")
+
+
+class TracingConfig(_Section):
+    """The hub's traces (``edgehub.hub.tracing``): goals, their tasks, the API's calls, applied events."""
+
+    otlp_endpoint: str | None = None
+    """OTLP/gRPC collector (``http://127.0.0.1:4317``; ``https://`` for TLS); None: off, at no cost.
+    The standard ``OTEL_EXPORTER_OTLP_*`` variables (headers, certificates, timeout) still apply."""
+    service_name: str = Field("edgehub-hub", min_length=1)
+    """``service.name`` of the traces (the hub process's id is ``service.instance.id``)."""
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Fraction of goals traced; a goal's tasks, agents and steps are kept or dropped with it (edges
+    follow the hub's decision)."""
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not _OTLP_ENDPOINT.fullmatch(value):
+            raise ValueError("should be http://HOST:PORT, or https://HOST:PORT for TLS")
+        return value
 
 
 class ApiConfig(_Section):
@@ -283,6 +307,7 @@ class HubConfig(_Section):
     neo4j: Neo4jConfig = Field(default_factory=Neo4jConfig)
     dreamer: DreamerConfig = DreamerConfig()
     planner: PlannerConfig = PlannerConfig()
+    tracing: TracingConfig = TracingConfig()
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> HubConfig:

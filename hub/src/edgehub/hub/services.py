@@ -33,6 +33,7 @@ from .goals.service import GoalService
 from .knowledge import DreamerService, KnowledgeService
 from .knowledge.responder import KnowledgeResponder
 from .operators import ApiTokens
+from .tracing import HubTracing
 
 
 @dataclass
@@ -90,6 +91,7 @@ class HubServices:
         metrics: CollectorRegistry,
         *,
         nats_ca: bytes | None = None,
+        tracing: HubTracing | None = None,
     ) -> HubServices:
         """``nats_ca``: the CA of the NATS servers' certificates handed to devices (None: ``ca``'s)."""
         agents = AgentRegistry(js)
@@ -102,8 +104,9 @@ class HubServices:
         identity.hub_key = hub_pb2.HubKey(public_key=signer.public_key, key_id=signer.key_id)
         views = FleetViews(watcher, devices, view)
         goals = GoalService(
-            js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics, agents=agents
-        )
+            js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics, agents=agents,
+            tracing=tracing,
+        )  # fmt: skip
         return cls(
             js=js,
             agents=agents,

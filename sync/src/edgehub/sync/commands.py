@@ -19,12 +19,14 @@ from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import context as otel_context
 
 from edgehub.protocol import subjects
 from edgehub.protocol.ids import InvalidId, check_ids, shown
 from edgehub.protocol.times import InvalidTime, check_times
 from edgehub.protocol.v1 import commands_pb2
 
+from . import tracing
 from .errors import MessageRejected, dead_letter_headers
 from .pull import pull_forever
 from .streams import MAX_EVENT_BYTES
@@ -69,11 +71,12 @@ def new_command(device_id: str, issued_by: str) -> commands_pb2.Command:
 
 
 async def send_command(js: JetStreamContext, command: commands_pb2.Command) -> None:
-    """Publish ``command`` durably (waits for the stream's ack)."""
+    """Publish ``command`` durably (waits for the stream's ack), with the current span's trace context
+    in its headers (``tracing``): what the edge does with it joins the sender's trace."""
     await js.publish(
         subjects.commands(command.device_id),
         command.SerializeToString(),
-        headers={"Nats-Msg-Id": command.command_id},
+        headers=tracing.inject({"Nats-Msg-Id": command.command_id}),
         stream=subjects.COMMANDS_STREAM,
     )
 
@@ -146,6 +149,7 @@ class CommandConsumer:
         except MessageRejected as rejected:
             await self._reject(msg, rejected)
             return
+        token = otel_context.attach(tracing.extract(msg.headers))  # the sender's span, validated
         try:
             await self.handle(cmd)
         except MessageRejected as rejected:  # the handler refuses it for good (e.g. the device drains)
@@ -157,5 +161,7 @@ class CommandConsumer:
             )
             await msg.nak(delay=self.retry_delay_s)
             return
+        finally:
+            otel_context.detach(token)
         self.applied += 1
         await msg.ack()

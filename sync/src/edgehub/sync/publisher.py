@@ -28,6 +28,7 @@ from nats.js.errors import Error as JetStreamError
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, events_pb2
 
+from . import tracing
 from .streams import MAX_EVENT_BYTES
 from .waiting import any_set
 
@@ -40,6 +41,11 @@ class Entry(Protocol):
 
     @property
     def event(self) -> events_pb2.EdgeEvent: ...
+
+    @property
+    def traceparent(self) -> str:
+        """W3C trace context of the span that wrote the event ('' untraced): sent as its header."""
+        ...
 
 
 class Outbox(Protocol):
@@ -134,10 +140,13 @@ class OutboxPublisher:
             log.error("event %s is %d bytes; publishing a placeholder", event.event_id, len(data))
             data = placeholder(event, len(data))
             self.stats.placeholders += 1
+        headers = {"Nats-Msg-Id": msg_id(event.device_id, entry.seq)}
+        if entry.traceparent:  # kept in the outbox: it survives an offline spell and a restart
+            tracing.inject(headers, tracing.linked(entry.traceparent))
         future = await self.js.publish_async(
             subjects.events(event.device_id, event.agent_id),
             data,
-            headers={"Nats-Msg-Id": msg_id(event.device_id, entry.seq)},
+            headers=headers,
             stream=subjects.EVENTS_STREAM,
             wait_stall=self.ack_timeout_s,
         )

@@ -102,6 +102,8 @@ class OutboxEntry:
     seq: int
     """Per-device, strictly increasing, gap-free."""
     event: events_pb2.EdgeEvent
+    traceparent: str = ""
+    """W3C trace context of the span that wrote the event (the step's checkpoint); '' untraced."""
 
 
 class EdgeStore(Protocol):

@@ -207,6 +207,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        10,
+        "each outbox event keeps the trace context of the step that wrote it, for the hub's span of it",
+        """
+        ALTER TABLE outbox ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';  -- W3C; '' untraced or before 10
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

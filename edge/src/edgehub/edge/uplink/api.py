@@ -3,15 +3,19 @@ certificate from enrollment (``identity/device.pem``/``device.key``, the hub's `
 
 Used for what does not fit a NATS message: an agent's state in a migration (up to
 ``MAX_HANDOVER_BYTES``). Errors come back as ``grpc.aio.AioRpcError`` with the hub's status code;
-``HubApiError`` when this device has no way to call it (not enrolled)."""
+``HubApiError`` when this device has no way to call it (not enrolled). Each call carries the current
+trace context as W3C ``traceparent`` metadata (``TraceMetadata``): a migration's handover is part of the
+trace of the hub command that asked for it."""
 
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Any
 
 import grpc
 
 from edgehub.protocol.v1 import hub_pb2, hub_pb2_grpc
+from edgehub.sync import tracing
 from edgehub.sync.streams import MAX_HANDOVER_BYTES
 
 from ..errors import EdgeError
@@ -22,6 +26,19 @@ H = hub_pb2
 
 class HubApiError(EdgeError):
     pass
+
+
+class TraceMetadata(grpc.aio.UnaryUnaryClientInterceptor):
+    """Sends the current span's W3C trace context as the call's metadata (nothing when there is none)."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        trace = tracing.inject({})
+        if trace:
+            metadata = grpc.aio.Metadata(*(details.metadata or ()), *trace.items())
+            details = grpc.aio.ClientCallDetails(
+                details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+            )
+        return await continuation(details, request)
 
 
 class DeviceApi:
@@ -44,6 +61,7 @@ class DeviceApi:
             identity.device_api,
             creds,
             options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
+            interceptors=[TraceMetadata()],
         )
         self.stub = hub_pb2_grpc.HubServiceStub(self.channel)
         self.timeout_s = timeout_s

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from edgehub.protocol.v1 import agent_pb2, commands_pb2
 from edgehub.sync.errors import MessageRejected
+from edgehub.sync.tracing import traceparent
 
 from ..datadir import DrainFlag
 from ..errors import StoreError
@@ -57,6 +58,7 @@ class Agents(Protocol):
         budget: agent_pb2.Budget | None = None,
         task_id: str = "",
         tools: list[str] | None = None,
+        trace_parent: str = "",
     ) -> str: ...
 
     async def stop_agent(self, agent_id: str, reason: str) -> agent_pb2.AgentState: ...
@@ -167,6 +169,7 @@ class CommandRouter:
             budget=start.budget,
             task_id=start.task_id,
             tools=list(start.tools.names) if start.HasField("tools") else None,
+            trace_parent=traceparent(),  # the hub's task span, from the command's headers (validated)
         )
 
     async def _drain(self, cmd: commands_pb2.Command) -> None:

@@ -7,6 +7,8 @@ once by the daemon); who may call what is ``access``, and errors become statuses
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -72,16 +74,19 @@ async def serve(
     device_addr: str,
     server_pair: tuple[bytes, bytes],
     api_health: ApiHealth | None = None,
+    *,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[grpc.aio.Server, int, int]:
     """Start the API (plus health and reflection), TLS with ``server_pair`` (certificate, key), on two
     ports ("host:0" for any): ``addr`` for operators (bearer tokens) and enrollment, ``device_addr``
     for devices, which must present a client certificate from the hub's CA (mutual TLS). Returns the
     server and both ports; ``services.identity.device_api`` is set to the device address. The health
-    service (``api_health``) says SERVING once it has started; the daemon changes it with NATS."""
+    service (``api_health``) says SERVING once it has started; the daemon changes it with NATS.
+    ``interceptors`` run before the access check (the tracing one: ``HubTracing.server_interceptors``)."""
     size = MAX_HANDOVER_BYTES + 1024 * 1024  # an agent's state in a migration, plus the envelope
     identity = services.identity
     server = grpc.aio.server(
-        interceptors=[AccessInterceptor(services.tokens, identity.credentials)],
+        interceptors=[*interceptors, AccessInterceptor(services.tokens, identity.credentials)],
         options=[("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size)],
     )
     hub_pb2_grpc.add_HubServiceServicer_to_server(HubService(services), server)

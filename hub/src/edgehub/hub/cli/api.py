@@ -4,10 +4,14 @@ one call with a clear error (and exit code) for each status an operator can act 
 The API is TLS with the hub's own CA and wants a bearer token: ``EDGEHUB_CA`` names the CA file and
 ``EDGEHUB_TOKEN`` (or ``EDGEHUB_TOKEN_FILE``) the token. On the hub's machine both default to the
 hub's trust folder (``.edgehub/hub/trust/ca.pem`` and ``admin.token``, or ``EDGEHUB_HUB__AUTH__DIR``).
+
+A W3C trace context in ``TRACEPARENT`` (and ``TRACESTATE``; OpenTelemetry's environment carriers) is sent
+as the call's metadata, validated first: a goal submitted from a traced script joins the script's trace.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 from collections.abc import Callable
@@ -22,6 +26,7 @@ from google.protobuf.message import Message
 from edgehub.cli.common import ExitCode, fail
 from edgehub.protocol.ids import InvalidId
 from edgehub.protocol.v1 import hub_pb2_grpc
+from edgehub.sync import tracing
 
 from ..api.errors import check_request
 
@@ -63,7 +68,7 @@ def call(
     """One API call with a clear error for each status an operator can act on; a request holding an
     invalid id (``check_request``, the hub's own check) is refused before it is sent."""
     with grpc.secure_channel(api, creds or credentials()) as channel:
-        checked = grpc.intercept_channel(channel, _ChecksIds())
+        checked = grpc.intercept_channel(channel, _ChecksIds(), _CarriesTrace())
         try:
             return method(hub_pb2_grpc.HubServiceStub(checked))
         except InvalidId as exc:
@@ -83,6 +88,30 @@ class _ChecksIds(grpc.UnaryUnaryClientInterceptor):
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         check_request(request)
+        return continuation(details, request)
+
+
+class _Details(
+    collections.namedtuple(
+        "_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
+    """A call's details with other metadata (grpc's own type cannot be copied with changes)."""
+
+
+class _CarriesTrace(grpc.UnaryUnaryClientInterceptor):
+    """Sends the trace context of ``TRACEPARENT``/``TRACESTATE`` (when valid) as the call's metadata."""
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        carrier = {k.lower(): v for k in ("TRACEPARENT", "TRACESTATE") if (v := os.environ.get(k))}
+        trace = tracing.inject({}, tracing.extract(carrier))
+        if trace:
+            metadata = [*(details.metadata or ()), *trace.items()]
+            details = _Details(
+                details.method, details.timeout, metadata, details.credentials,
+                details.wait_for_ready, details.compression,
+            )  # fmt: skip
         return continuation(details, request)
 
 

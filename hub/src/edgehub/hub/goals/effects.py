@@ -12,14 +12,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from nats.js import JetStreamContext
+from opentelemetry import context as otel_context
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client import Counter as PromCounter
 
 from edgehub.protocol.v1 import agent_pb2, commands_pb2, goals_pb2, scope_pb2, task_pb2
 from edgehub.sync.commands import send_command
+from edgehub.sync.tracing import linked
 
 from ..config import PlannerConfig
 from ..errors import Refused
+from ..tracing import HubTracing
 from .record import goal_word, limits_of
 from .schedule import Effects
 
@@ -103,8 +106,10 @@ class EffectRunner:
         replan: Callable[[str, str], object],
         synthesise: Callable[[str], object],
         reserve: Callable[[str, str], Awaitable[None]],
+        tracing: HubTracing | None = None,
     ) -> None:
         self.js = js
+        self.tracing = tracing or HubTracing()
         self.cfg = cfg
         self.metrics = metrics
         self._submit = submit
@@ -119,11 +124,16 @@ class EffectRunner:
             starts = cmd.WhichOneof("body") == "start_agent"
             if starts and not await self._registered(cmd):
                 continue
-            await send_command(self.js, cmd)
+            with self.tracing.command(record, cmd):  # its headers carry the span to the edge
+                await send_command(self.js, cmd)
             if starts:
                 self.metrics.dispatched.labels(cmd.device_id).inc()
         for tid, text in fx.subgoals:
-            await self._start_subgoal(record, tid, text)
+            token = otel_context.attach(linked(record.trace_parent))  # a sub-goal: in its parent's trace
+            try:
+                await self._start_subgoal(record, tid, text)
+            finally:
+                otel_context.detach(token)
         if fx.replan:
             self._replan(record.goal_id, fx.replan)
         if fx.synthesise:

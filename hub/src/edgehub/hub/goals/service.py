@@ -32,10 +32,12 @@ from edgehub.llm import Brain
 from edgehub.protocol.errors import ErrorCode
 from edgehub.protocol.v1 import events_pb2, goals_pb2, scope_pb2, task_pb2
 from edgehub.sync import any_set
+from edgehub.sync.tracing import traceparent
 
 from ..config import PlannerConfig
 from ..errors import GoalError
 from ..fleet.agents import AgentRegistry
+from ..tracing import HubTracing
 from .effects import EffectRunner, GoalMetrics
 from .intake import ResultIntake
 from .placement import DeviceView
@@ -73,20 +75,23 @@ class GoalService:
         issued_by: str = "hub:planner",
         metrics: CollectorRegistry | None = None,
         agents: AgentRegistry | None = None,
+        tracing: HubTracing | None = None,
     ) -> None:
         self.js = js
         self.devices = devices
         self.cfg = cfg
         self.issued_by = issued_by
         self.store = GoalStore(js)
+        self.tracing = tracing or HubTracing()
         self.metrics = GoalMetrics.create(metrics, lambda: len(self.store.active))
         self.work = ModelWork(
-            self.store, cfg, issued_by, brain=brain, update=self.update, fleet=self.fleet, tick=self.tick
-        )
+            self.store, cfg, issued_by, brain=brain, update=self.update, fleet=self.fleet, tick=self.tick,
+            tracing=self.tracing,
+        )  # fmt: skip
         self.effects = EffectRunner(
             js, cfg, self.metrics, submit=self.submit, report=self.on_result,
             replan=self.work.plan, synthesise=self.work.synthesise,
-            reserve=(agents or AgentRegistry(js)).reserve,
+            reserve=(agents or AgentRegistry(js)).reserve, tracing=self.tracing,
         )  # fmt: skip
         self.intake = ResultIntake(
             self.store, cfg, issued_by, self.metrics, update=self.update, devices=self.devices
@@ -124,13 +129,15 @@ class GoalService:
             planner=G.GOAL_PLANNER_MODEL if plan is None else G.GOAL_PLANNER_OPERATOR,
             parent=parent, depth=depth, goal_id=goal_id, scope=scope,
         )  # fmt: skip
-        if not await self.store.create(record):  # a sub-goal started again after a crash: it exists
-            return (await self.get(goal_id)) if goal_id else record
-        log.info("goal %s submitted by %s: %s", record.goal_id, by, text[:120])
-        task = self.work.plan(record.goal_id)
-        if wait:
-            return await asyncio.shield(task)
-        return record
+        with self.tracing.goal(record):  # kept in the record: its tasks' spans join this trace
+            record.trace_parent = traceparent()
+            if not await self.store.create(record):  # a sub-goal started again after a crash: it exists
+                return (await self.get(goal_id)) if goal_id else record
+            log.info("goal %s submitted by %s: %s", record.goal_id, by, text[:120])
+            task = self.work.plan(record.goal_id)
+            if wait:
+                return await asyncio.shield(task)
+            return record
 
     async def get(self, goal_id: str) -> G.Goal:
         """The goal as stored; ``GoalError`` (NOT_FOUND) when there is none."""

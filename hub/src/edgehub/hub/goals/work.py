@@ -19,6 +19,7 @@ from edgehub.llm import Brain, Completion, ModelGate
 from edgehub.protocol.v1 import goals_pb2
 
 from ..config import PlannerConfig
+from ..tracing import HubTracing
 from .errors import PlanRejected, SynthesisFailed
 from .placement import DeviceView
 from .planner import Planned, plan_given, plan_with_model, synthesise_with_model
@@ -41,7 +42,8 @@ Fleet = Callable[[G.Goal], Awaitable[list[DeviceView]]]
 class ModelWork:
     """Planning, re-planning and synthesis of goals (see the module docstring). ``brain`` replaces the
     model ``cfg`` names (tests of the planner's logic); ``update`` stores a transition, ``fleet`` gives
-    the devices a goal may use, ``tick`` advances a goal once it is planned."""
+    the devices a goal may use, ``tick`` advances a goal once it is planned; ``tracing`` traces each
+    piece of work in its goal's trace."""
 
     def __init__(
         self,
@@ -53,8 +55,10 @@ class ModelWork:
         update: Update,
         fleet: Fleet,
         tick: Callable[[str], Awaitable[None]],
+        tracing: HubTracing | None = None,
     ) -> None:
         self.store = store
+        self.tracing = tracing or HubTracing()
         self.cfg = cfg
         self.issued_by = issued_by
         self._brain = brain
@@ -134,7 +138,9 @@ class ModelWork:
     # planning --------------------------------------------------------------------------------------
     async def _plan(self, goal_id: str, replan: str) -> G.Goal:
         """Plan (or re-plan) the goal and store the revision; the goal fails when no plan passes."""
-        planned, failure = await self._draft(await self.store.read(goal_id), replan)
+        record = await self.store.read(goal_id)
+        with self.tracing.work("goal.plan", record, replan=bool(replan)):
+            planned, failure = await self._draft(record, replan)
 
         def change(r: G.Goal) -> Effects:
             fx, now = Effects(), time.time()
@@ -190,9 +196,10 @@ class ModelWork:
         results = [(tid, record.tasks[tid].answer) for tid in sinks(record)]
         answer, tokens, error = "", 0, ""
         try:
-            answer, tokens = await synthesise_with_model(
-                self._complete, record.text, results, max_tokens=self.cfg.synthesis_tokens
-            )
+            with self.tracing.work("goal.synthesise", record):
+                answer, tokens = await synthesise_with_model(
+                    self._complete, record.text, results, max_tokens=self.cfg.synthesis_tokens
+                )
         except SynthesisFailed as exc:
             tokens, error = exc.tokens, exc.reason
         except Exception as exc:  # the model file missing, llama.cpp failing: the joined answers serve

@@ -281,6 +281,7 @@ class AgentState(_message.Message):
     FINISH_RETURNS_FIELD_NUMBER: _builtins.int
     PLAN_DONE_FIELD_NUMBER: _builtins.int
     TOOLS_FIELD_NUMBER: _builtins.int
+    TRACE_PARENT_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     agent_id: _builtins.str
     goal: _builtins.str
@@ -310,6 +311,11 @@ class AgentState(_message.Message):
     """Times the finish check sent the agent back with what was missing."""
     plan_done: _builtins.int
     """Steps of the plan done so far (successful actions since it was written or rewritten)."""
+    trace_parent: _builtins.str
+    """W3C traceparent of what started the agent (the hub's task span, from the StartAgent command's
+    headers): its runs, after any restart or migration, are children of it in one trace. Empty: each
+    run is a trace of its own.
+    """
     @_builtins.property
     def budget(self) -> Global___Budget: ...
     @_builtins.property
@@ -372,10 +378,11 @@ class AgentState(_message.Message):
         finish_returns: _builtins.int = ...,
         plan_done: _builtins.int = ...,
         tools: Global___ToolGrant | None = ...,
+        trace_parent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "created_at", b"created_at", "guard", b"guard", "tools", b"tools", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "deliverables", b"deliverables", "epoch", b"epoch", "failure_reason", b"failure_reason", "finish_returns", b"finish_returns", "goal", b"goal", "guard", b"guard", "migrated_from", b"migrated_from", "migrated_to", b"migrated_to", "migration_id", b"migration_id", "plan", b"plan", "plan_done", b"plan_done", "recalled", b"recalled", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "tools", b"tools", "updated_at", b"updated_at", "usage", b"usage", "verification", b"verification"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "answer", b"answer", "budget", b"budget", "created_at", b"created_at", "deliverables", b"deliverables", "epoch", b"epoch", "failure_reason", b"failure_reason", "finish_returns", b"finish_returns", "goal", b"goal", "guard", b"guard", "migrated_from", b"migrated_from", "migrated_to", b"migrated_to", "migration_id", b"migration_id", "plan", b"plan", "plan_done", b"plan_done", "recalled", b"recalled", "schema_version", b"schema_version", "status", b"status", "step", b"step", "summarized_through", b"summarized_through", "summary", b"summary", "task_id", b"task_id", "tools", b"tools", "trace_parent", b"trace_parent", "updated_at", b"updated_at", "usage", b"usage", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -842,6 +842,7 @@ class Goal(_message.Message):
     SYNTHESIS_ERROR_FIELD_NUMBER: _builtins.int
     AUDIT_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
+    TRACE_PARENT_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """2 (1 was the JSON record of the first release)."""
     goal_id: _builtins.str
@@ -862,6 +863,10 @@ class Goal(_message.Message):
     error: _builtins.str
     synthesis_error: _builtins.str
     """Why the planner's model could not write the answer (the tasks' answers are joined instead)."""
+    trace_parent: _builtins.str
+    """W3C traceparent of the goal's span, kept so that its tasks, their agents and their steps join one
+    trace whichever hub process dispatches them (empty: not traced, or stored by an older release).
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Device selector: every task runs on a device carrying all these labels."""
@@ -924,10 +929,11 @@ class Goal(_message.Message):
         synthesis_error: _builtins.str = ...,
         audit: _abc.Iterable[Global___AuditEntry] | None = ...,
         scope: _scope_pb2.Scope | None = ...,
+        trace_parent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "parent", b"parent", "plan", b"plan", "scope", b"scope", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answer_by", b"answer_by", "approve_tools", b"approve_tools", "audit", b"audit", "budget", b"budget", "depth", b"depth", "error", b"error", "finished_at", b"finished_at", "goal_id", b"goal_id", "labels", b"labels", "parent", b"parent", "plan", b"plan", "planner", b"planner", "replans", b"replans", "revisions", b"revisions", "schema_version", b"schema_version", "scope", b"scope", "status", b"status", "submitted_at", b"submitted_at", "submitted_by", b"submitted_by", "synthesis_error", b"synthesis_error", "tasks", b"tasks", "text", b"text", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer", b"answer", "answer_by", b"answer_by", "approve_tools", b"approve_tools", "audit", b"audit", "budget", b"budget", "depth", b"depth", "error", b"error", "finished_at", b"finished_at", "goal_id", b"goal_id", "labels", b"labels", "parent", b"parent", "plan", b"plan", "planner", b"planner", "replans", b"replans", "revisions", b"revisions", "schema_version", b"schema_version", "scope", b"scope", "status", b"status", "submitted_at", b"submitted_at", "submitted_by", b"submitted_by", "synthesis_error", b"synthesis_error", "tasks", b"tasks", "text", b"text", "trace_parent", b"trace_parent", "updated_at", b"updated_at", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 
 from edgehub.protocol.v1 import agent_pb2, events_pb2, task_pb2
+from edgehub.sync.tracing import traceparent
 
 from ..base import OutboxEntry, VaultEntry
 from .connection import Connection
@@ -35,8 +36,10 @@ class Outbox(Connection):
 
     # outbox ----------------------------------------------------------------------------------------
     def outbox_pending(self, limit: int = 1000) -> list[OutboxEntry]:
-        rows = self._rows("SELECT seq, event FROM outbox WHERE acked = 0 ORDER BY seq LIMIT ?", (limit,))
-        return [OutboxEntry(seq=s, event=events_pb2.EdgeEvent.FromString(e)) for s, e in rows]
+        rows = self._rows(
+            "SELECT seq, event, traceparent FROM outbox WHERE acked = 0 ORDER BY seq LIMIT ?", (limit,)
+        )
+        return [OutboxEntry(s, events_pb2.EdgeEvent.FromString(e), str(t)) for s, e, t in rows]
 
     def outbox_depth(self) -> int:
         """Entries not yet acknowledged by the hub side.
@@ -91,14 +94,15 @@ class Outbox(Connection):
         return self._enqueue(event)
 
     def _enqueue(self, envelope: events_pb2.EdgeEvent) -> int:
-        """Append an event to the outbox with the next sequence number (inside the caller's transaction)."""
+        """Append an event to the outbox with the next sequence number (inside the caller's transaction),
+        with the current span's trace context (the step's checkpoint; '' when tracing is off)."""
         seq = int(self._scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM outbox"))
         envelope.schema_version = EDGE_EVENT_SCHEMA_VERSION
         envelope.device_id = self.device_id
         envelope.seq = seq
         self._conn.execute(
-            "INSERT INTO outbox(seq, event_id, event, created_at) VALUES (?,?,?,?)",
-            (seq, envelope.event_id, envelope.SerializeToString(), time.time()),
+            "INSERT INTO outbox(seq, event_id, event, created_at, traceparent) VALUES (?,?,?,?,?)",
+            (seq, envelope.event_id, envelope.SerializeToString(), time.time(), traceparent()),
         )
         return seq
 
