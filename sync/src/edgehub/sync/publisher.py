@@ -10,6 +10,11 @@ server drop a resend inside its window, and the hub applies each sequence number
 An event too large for the stream is never dropped silently and never blocks the ones behind it: it
 is replaced, under the same sequence number, by a placeholder saying so (the original stays in the
 device's mind-log).
+
+A server that refuses to store (the events stream at its byte limit: "maximum bytes exceeded"; the
+server's JetStream store full: "insufficient resources") answers each publish with an error: the
+events stay in the outbox and are sent again with the same back-off as when the hub is unreachable.
+The refusal is logged once (``last_error``), not once per round.
 """
 
 from __future__ import annotations
@@ -109,6 +114,8 @@ class OutboxPublisher:
         self.max_bytes = max_bytes
         self.stats = PublisherStats()
         self._failed = False
+        self.last_error = ""
+        """Why the last publish failed, as the server or the client said it ('' after a success)."""
         self.wake = asyncio.Event()
         """Set by the producer after a commit to publish at once instead of at the next poll."""
 
@@ -123,12 +130,16 @@ class OutboxPublisher:
             for entry in entries:
                 pending.append((entry.seq, await self._publish(entry)))
         except (nats.errors.Error, JetStreamError, OSError) as exc:
-            log.warning("publishing stopped at seq %d: %s", entry.seq, exc)
-            self.stats.failures += 1
-            self._failed = True
+            self._refused(entry.seq, exc)
         confirmed = await self._confirmed(pending)
+        if not self._failed:
+            self.last_error = ""
         if confirmed:
-            self.outbox.outbox_ack(confirmed)
+            try:
+                self.outbox.outbox_ack(confirmed)
+            except Exception as exc:  # the device's disk is full: sent again later, applied once
+                self._refused(confirmed, exc, "acknowledging in the outbox failed at seq %d: %s")
+                return 0
             self.stats.acked_rounds += 1
         first = entries[0].seq
         return confirmed - first + 1 if confirmed else 0
@@ -153,6 +164,17 @@ class OutboxPublisher:
         self.stats.published += 1
         return future  # type: ignore[return-value]
 
+    def _refused(
+        self, seq: int, exc: BaseException, say: str = "publishing stopped at seq %d (kept in the outbox, retried): %s"
+    ) -> None:
+        """A publish from ``seq`` on failed: resent next round; said once per distinct reason."""
+        error = f"{exc.__class__.__name__}: {exc}".strip().rstrip(":")
+        if error != self.last_error:
+            log.warning(say, seq, error)
+        self.last_error = error
+        self.stats.failures += 1
+        self._failed = True
+
     async def _confirmed(self, pending: list[tuple[int, asyncio.Future[object]]]) -> int:
         """The highest seq such that it and every seq before it in this round were acknowledged."""
         confirmed = 0
@@ -161,9 +183,7 @@ class OutboxPublisher:
                 await asyncio.wait_for(asyncio.shield(future), self.ack_timeout_s)
                 future.result()
             except Exception as exc:  # a nack, a timeout or a lost connection: resend from here next round
-                log.warning("no ack for seq %d: %s", seq, exc.__class__.__name__)
-                self.stats.failures += 1
-                self._failed = True
+                self._refused(seq, exc)
                 for _, rest in pending[i:]:
                     rest.cancel()
                 break

@@ -27,7 +27,7 @@ max_payload: {max_payload}
 {tls}jetstream {{
   store_dir: "{store}"
   sync_interval: always
-}}
+{max_store}}}
 {leafnodes}# authentication (rewritten in place by NatsServer.reload)
 {auth}"""
 AUTH_MARK = "# authentication (rewritten in place by NatsServer.reload)"
@@ -130,6 +130,9 @@ class NatsServer:
     """Clients must speak TLS (handshake first) with this certificate; None: plaintext."""
     leaf_tls: ServerTls | None = None
     """The same for the leafnode listener."""
+    max_store: int | None = None
+    """JetStream's file store limit in bytes (``max_file_store``): past it, every publish is refused
+    with "insufficient resources"; None: the disk's."""
 
     @property
     def url(self) -> str:
@@ -152,9 +155,11 @@ class NatsServer:
         leaf_js_accounts: tuple[str, ...] = (),
         tls: ServerTls | None = None,
         leaf_tls: ServerTls | None = None,
+        max_store: int | None = None,
     ) -> NatsServer:
         """``leaf``: also listen for leaf nodes on (host, port), port 0 meaning any free port;
-        ``tls``/``leaf_tls``: those listeners take TLS only."""
+        ``tls``/``leaf_tls``: those listeners take TLS only; ``max_store``: JetStream's file store
+        limit in bytes."""
         if leaf is not None:
             leaf = (leaf[0], leaf[1] or free_port())
         server = cls(
@@ -167,6 +172,7 @@ class NatsServer:
             leaf_js_accounts=leaf_js_accounts,
             tls=tls,
             leaf_tls=leaf_tls,
+            max_store=max_store,
         )
         await server._launch(max_payload)
         return server
@@ -185,6 +191,7 @@ class NatsServer:
                     max_payload=max_payload,
                     tls=tls_block(self.tls),
                     store=self.store_dir,
+                    max_store=f"  max_file_store: {self.max_store}\n" if self.max_store else "",
                     leafnodes=(
                         leafnodes_block(*self.leaf, self.leaf_js_accounts, self.leaf_tls) if self.leaf else ""
                     ),
