@@ -44,11 +44,16 @@ from .errors import HubError, NatsLost
 from .knowledge import KnowledgeService
 from .metrics import ApplierCollector, DeviceStateCollector, EventLag
 from .operators import bootstrap_admin
+from .retention import Retention
 from .routing import EventRouter
 from .services import HubServices
 from .tracing import HubTracing
 
 log = logging.getLogger("edgehub.hub")
+
+
+def _mb(mb: int | None) -> int | None:
+    return None if mb is None else mb * 1024 * 1024
 
 
 async def _quiet(exc: Exception) -> None:
@@ -64,6 +69,8 @@ class HubDaemon:
         self.router: EventRouter | None = None
         self.applier: EventApplier | None = None
         self.knowledge: KnowledgeService | None = None
+        self.retention: Retention | None = None
+        """Purges applied events and prunes ended migrations (``[retention]``, one hub process at a time)."""
         """The L4 graph (``[neo4j]``; the embedded Neo4j when no uri is set), starting with the daemon."""
         self._stop = asyncio.Event()
         self._closed = False
@@ -149,6 +156,7 @@ class HubDaemon:
                 leaf_js_accounts=(trust.account_id,),
                 tls=pair if n.client_tls else None,
                 leaf_tls=pair if n.leaf_tls else None,
+                max_store=_mb(self.cfg.retention.jetstream_max_store_mb),
             )
             log.info("embedded nats-server on %s (store %s)", self.server.url, n.embedded_store)
             if self.server.leaf:
@@ -229,7 +237,7 @@ class HubDaemon:
         """The topology, the services, and the applier that routes events into them."""
         assert self.nc is not None
         js = self.nc.jetstream()
-        await ensure_topology(js)
+        await ensure_topology(js, self.cfg.retention.stream_limits())
         urls = self.cfg.nats.advertise or [self.url]
         self.services = services = HubServices.build(
             js, self.cfg, trust, ca, urls, self.registry_metrics, nats_ca=self.nats_ca, tracing=self.tracing
@@ -242,6 +250,9 @@ class HubDaemon:
             observe=self._observe,
             apply_batch=self.router.apply_batch,
             batch=self.cfg.hub.events_batch,
+        )
+        self.retention = Retention(
+            js, self.cfg.retention, services.migrations, holder=self.cfg.hub.id, metrics=self.registry_metrics
         )
         return services
 
@@ -315,6 +326,8 @@ class HubDaemon:
             self._renew_certificates(),
             *self.services.runs(self._stop),
         ]
+        if self.retention is not None:
+            parts.append(self.retention.run(self._stop))
         tasks = [asyncio.create_task(c) for c in parts]
         try:
             for done in (await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION))[0]:

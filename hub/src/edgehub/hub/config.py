@@ -15,6 +15,7 @@ from edgehub.cli import config as config_loader
 from edgehub.llm import LlamaSettings, packaged_model_path
 from edgehub.llm.settings import HUB_MODEL_NAME
 from edgehub.protocol.ids import NAME_PATTERN
+from edgehub.sync.streams import StreamLimits
 from edgehub.sync.tls import is_loopback
 
 from .errors import HubConfigError
@@ -298,6 +299,54 @@ class PlannerConfig(HubModelConfig):
     100, so its JSON closes)."""
 
 
+MB = 1024 * 1024
+
+
+class RetentionConfig(_Section):
+    """How long the hub keeps what it stores in JetStream, and how much (docs/operations.md, "Retention
+    on the hub"). No event is dropped before it is applied: see ``edgehub.sync.streams``."""
+
+    events_days: float = Field(30.0, gt=0)
+    """Applied events (the agents' mind-logs, what ``agent trace`` reads) are purged this long after
+    they reached the hub; an event not applied yet is kept, however old."""
+    events_max_mb: int = Field(4096, ge=1)
+    """The events stream's size: at it, edges' publishes are refused (they keep the events in their
+    outbox and retry), never old events dropped."""
+    commands_days: float = Field(7.0, gt=0)
+    """Commands to devices are deleted this long after they were sent (a device offline longer misses them)."""
+    commands_max_mb: int = Field(256, ge=1)
+    """The commands stream's size: at it, new commands are refused."""
+    migrations_days: float = Field(30.0, gt=0)
+    """Ended migrations (done, failed, rolled back) and their handover state are deleted this long after
+    they ended. (Ended goals: ``[planner] keep_ended_days``.)"""
+    alarm_ratio: float = Field(0.8, gt=0, le=1)
+    """A stream this full (of its max bytes) is logged as a warning and shown in
+    ``edgehub_hub_stream_fill_ratio``, before it refuses publishes."""
+    interval_s: float = Field(300.0, gt=0)
+    """How often the hub process holding the ``retention`` lease purges and prunes."""
+    jetstream_max_store_mb: int | None = Field(None, ge=1)
+    """The embedded nats-server's file store limit (``max_file_store``); None: the disk's. Past it
+    every publish is refused with "insufficient resources"."""
+
+    @model_validator(mode="after")
+    def _streams_fit_the_store(self) -> RetentionConfig:
+        streams = self.events_max_mb + self.commands_max_mb
+        if self.jetstream_max_store_mb is not None and streams >= self.jetstream_max_store_mb:
+            raise ValueError(
+                f"events_max_mb + commands_max_mb ({streams}) must stay below jetstream_max_store_mb "
+                f"({self.jetstream_max_store_mb}): the buckets need room too"
+            )
+        return self
+
+    def stream_limits(self) -> StreamLimits:
+        """The limits ``ensure_topology`` sets on the streams."""
+        return StreamLimits(
+            events_max_bytes=self.events_max_mb * MB,
+            commands_max_bytes=self.commands_max_mb * MB,
+            commands_max_age_s=self.commands_days * 86400,
+        )
+
+
 class HubConfig(_Section):
     hub: HubSection = HubSection()
     nats: NatsConfig = NatsConfig()
@@ -308,6 +357,7 @@ class HubConfig(_Section):
     dreamer: DreamerConfig = DreamerConfig()
     planner: PlannerConfig = PlannerConfig()
     tracing: TracingConfig = TracingConfig()
+    retention: RetentionConfig = RetentionConfig()
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> HubConfig:

@@ -114,7 +114,7 @@ class HubServices:
             devices=devices,
             migrations=MigrationService(js, agents, devices.all),
             commands=Commands(js, agents, signer, cfg.auth.decision_ttl_s),
-            traces=Traces(js, agents),
+            traces=Traces(js, agents, keep_days=cfg.retention.events_days),
             tokens=ApiTokens(js),
             identity=identity,
             scopes=ScopeGuard(credentials.labels, view.labels_of, agents),

@@ -1,5 +1,9 @@
 """An agent's mind-log as the hub received it: its step events, read back from the events stream
-(``TraceAgent``), paged by stream sequence, without a stale copy's steps (``fence``)."""
+(``TraceAgent``), paged by stream sequence, without a stale copy's steps (``fence``).
+
+Applied events are purged after ``[retention] events_days`` (``hub/retention.py``): a trace whose
+events are all gone is refused as expired (NOT_FOUND, saying so), never answered with an empty page;
+one partly purged starts at the oldest step kept."""
 
 from __future__ import annotations
 
@@ -35,9 +39,11 @@ def start_of(token: str) -> int:
 class Traces:
     """Pages of agents' step events from the ``EVENTS`` stream."""
 
-    def __init__(self, js: JetStreamContext, agents: AgentRegistry) -> None:
+    def __init__(self, js: JetStreamContext, agents: AgentRegistry, *, keep_days: float = 30.0) -> None:
         self.js = js
         self.agents = agents
+        self.keep_days = keep_days
+        """How long applied events are kept (named in the "expired" answer)."""
 
     async def page(self, agent_id: str, size: int, token: str) -> hub_pb2.TraceAgentResponse:
         """At most ``size`` events (default 100, max 1000) from ``token`` (a stream sequence; '' from
@@ -73,4 +79,14 @@ class Traces:
                 await sub.unsubscribe()
         if fetched == size:
             out.next_page_token = str(last + 1)
+        elif not out.events and not token and record.last_event and await self._purged():
+            raise Refused(
+                ErrorCode.NOT_FOUND,
+                f"the trace of agent {agent_id} expired: the hub keeps agents' events {self.keep_days:g} "
+                "days after they arrive ([retention] events_days)",
+            )
         return out
+
+    async def _purged(self) -> bool:
+        """Events were purged from the stream (its first sequence is past 1)."""
+        return int((await self.js.stream_info(subjects.EVENTS_STREAM)).state.first_seq) > 1
