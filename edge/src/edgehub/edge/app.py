@@ -146,8 +146,8 @@ class EdgeDaemon:
                 await helper
 
     def _helpers(self, p: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
-        """What runs beside the agents until ``stop``: the hub link, L3 indexing, the idle trim, idle
-        checkpoints of the model's worker, and the store's WAL checkpoints."""
+        """What runs beside the agents until ``stop``: the hub link, L3 indexing, the disk-pressure
+        check, the idle trim, idle checkpoints of the model's worker, and the store's WAL checkpoints."""
         wal = wal_checkpoints(p.store, self.cfg.store.checkpoint_s, stop)
         helpers = [asyncio.create_task(wal, name="wal-checkpoints")]
         if p.hub is not None:
@@ -155,6 +155,8 @@ class EdgeDaemon:
             helpers.append(asyncio.create_task(link, name="hublink"))
         if p.indexer is not None:  # what it has not indexed when stopped, the next start catches up with
             helpers.append(asyncio.create_task(p.indexer.run(stop), name="l3-indexer"))
+        if p.scheduler.pressure is not None:  # resumes agents paused by a full disk
+            helpers.append(asyncio.create_task(p.scheduler.pressure.run(stop), name="disk-pressure"))
         trim = IdleTrim(lambda: len(p.scheduler.running), _releasers(p))
         helpers.append(asyncio.create_task(trim.run(stop), name="idle-trim"))
         if self.opts.brain is None and self.cfg.snapshot.enabled:  # only a brain of its own sleeps

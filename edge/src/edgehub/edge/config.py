@@ -241,6 +241,9 @@ class StoreConfig(_Section):
     """Copy the store's write-ahead log into the database this often (passive: never waits for a
     reader), besides SQLite's own checkpoint at 1 MB of log: committed steps do not stay for long
     only in ``edge.db-wal`` (docs/architecture.md, Durability of the store)."""
+    resume_free_mb: float = Field(2.0, gt=0)
+    """After the store's file system filled up (agents paused, docs/operations.md "Disk pressure"),
+    they resume once this much is free again."""
 
 
 class EdgeConfig(_Section):

@@ -9,7 +9,9 @@ whether trying again may help (the one root: ``edgehub.protocol.errors.EdgehubEr
     ├── StoreError           the durable store cannot be opened or migrated (``path``)
     │   ├── SchemaVersionError  the store was written by a newer edgehub
     │   ├── StoreDamaged        SQLite's check found the file damaged (``problems``)
-    │   └── StoreRolledBack     the file is behind what it had committed (``found``, ``recorded``)
+    │   ├── StoreRolledBack     the file is behind what it had committed (``found``, ``recorded``)
+    │   └── StoreFull           its file system is full (SQLITE_FULL, ENOSPC): the write was rolled
+    │                           back, retryable once there is space (agents pause meanwhile)
     ├── ToolError            a tool could not be registered or loaded (``tool``)
     ├── GoalError            a goal this device cannot take: empty, too long, or more than the context holds
     └── AgentNotFound        no agent with that id (``agent_id``)
@@ -55,6 +57,19 @@ class StoreError(EdgeError):
     def __init__(self, message: str, *, path: str) -> None:
         self.path = path
         super().__init__(f"store {path}: {message}")
+
+
+class StoreFull(StoreError):
+    """The store's file system is full: the write (a step's checkpoint, an acknowledgement) was rolled
+    back whole, nothing committed by halves. The daemon pauses its agents and resumes them by itself
+    once there is space again (``pressure.py``)."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+    retryable = True
+
+    def __init__(self, *, path: str, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"the file system is full ({detail}); the write was rolled back", path=path)
 
 
 class SchemaVersionError(StoreError):

@@ -28,6 +28,7 @@ from .memory.embed import LazyEmbedder
 from .memory.episodic import EpisodeIndexer, EpisodicMemory
 from .metrics import DaemonCollector, EdgeMetrics
 from .safety.build import Safety, build_safety, build_scrubber
+from .pressure import DiskPressure
 from .scheduler import AgentScheduler
 from .store.base import DeviceStore
 from .store.sqlite import SqliteStore
@@ -103,6 +104,7 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         max_concurrent=cfg.agent.max_concurrent,
         drain_timeout=opts.drain_timeout,
         poll_interval=opts.poll_interval,
+        pressure=DiskPressure(cfg.store_path.parent, resume_free_bytes=int(cfg.store.resume_free_mb * 2**20)),
     )
     drain = DrainFlag(cfg.device.data_dir, cfg.device.id)
     router = CommandRouter(
@@ -120,6 +122,7 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         tools=loop.d.registry.names(),
         running=lambda: scheduler.running,
         draining=lambda: drain.on,
+        paused=lambda: scheduler.pressure.reason if scheduler.pressure else "",
     )
     port = _serve_metrics(cfg, metrics, store, scheduler, hub)
     return Parts(store, brain, loop, scheduler, router, twin, hub, indexer, port)

@@ -4,7 +4,9 @@ Work arrives through the store: ``submit`` (or another process such as the CLI) 
 agent and the next tick starts it; agents left RUNNING by a previous life (a crash or a drain) are
 ready too and resume from their last checkpoint. Every running agent has its own stop event, so one
 can be stopped (``stop_agent``) or held still for a migration (``hold``) at its step boundary while
-the others go on; ``request_stop`` stops them all after their current step.
+the others go on; ``request_stop`` stops them all after their current step. An agent whose write
+does not fit on the disk (``StoreFull``) is paused, not failed, and no agent starts until there is
+space again; then the paused ones resume from their last checkpoint (``pressure.py``).
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 
 from edgehub.protocol.v1 import agent_pb2
 
 from .agent.loop import AgentLoop, new_agent
+from .errors import StoreFull
+from .pressure import DiskPressure
 from .store.base import EdgeStore
 
 log = logging.getLogger("edgehub.edge")
@@ -38,8 +43,11 @@ class AgentScheduler:
         max_concurrent: int,
         drain_timeout: float = 30.0,
         poll_interval: float = 0.2,
+        pressure: DiskPressure | None = None,
     ) -> None:
         self.store = store
+        self.pressure = pressure
+        """Pauses agents while the store's disk is full (None: a full disk fails them)."""
         self.loop = loop
         self.max_concurrent = max_concurrent
         self.drain_timeout = drain_timeout
@@ -93,7 +101,7 @@ class AgentScheduler:
             self._start_ready()
             if tick is not None:
                 tick()
-            if until_idle and not self._tasks:
+            if until_idle and not self._tasks and not (self.pressure and self.pressure.paused):
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.poll_interval)
@@ -135,6 +143,15 @@ class AgentScheduler:
         await asyncio.gather(*pending, return_exceptions=True)
 
     def _start_ready(self) -> None:
+        if self.pressure is not None:
+            if self.pressure.full:
+                return
+            for paused in self.pressure.take_resumed():
+                try:
+                    self.loop.note_pause(paused.agent_id, paused.reason, time.time() - paused.since)
+                except StoreFull as exc:  # full again at once
+                    self.pressure.hit(paused.agent_id, exc)
+                    return
         for state in self.store.list_agents(ACTIVE):
             agent_id = state.agent_id
             if agent_id in self._tasks or agent_id in self._held or len(self._tasks) >= self.max_concurrent:
@@ -152,6 +169,12 @@ class AgentScheduler:
             if self._stop.is_set():
                 stop.set()
             state = await self.loop.run(agent_id, stop)
+        except StoreFull as exc:
+            if self.pressure is None:
+                raise
+            log.warning("agent %s paused: %s", agent_id, exc.message)
+            self.pressure.hit(agent_id, exc)
+            return self.store.load_agent(agent_id)  # its last checkpoint: resumed from there
         except Exception as exc:  # a bug in one agent's step must not take the others down
             log.exception("agent %s failed with an internal error", agent_id)
             reason = f"internal error: {exc.__class__.__name__}: {exc}"

@@ -220,6 +220,12 @@ class Journal:
         self.checkpoint(new, event, [])
         return new
 
+    def note(self, state: agent_pb2.AgentState, detail: str) -> None:
+        """A warning in ``state``'s mind-log (the state itself unchanged): why it stood still."""
+        event = self.event(state, S.STEP_KIND_WARNING, f"paused-{time.time_ns()}")
+        event.detail = detail
+        self.checkpoint(state, event, [])
+
     def await_approval(
         self,
         state: agent_pb2.AgentState,

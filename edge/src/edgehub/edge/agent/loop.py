@@ -239,6 +239,14 @@ class AgentLoop:
         self.context.forget(state.agent_id)
         return new
 
+    def note_pause(self, agent_id: str, reason: str, seconds: float) -> None:
+        """Write into a resuming agent's mind-log that it was paused ``seconds`` for ``reason`` (a
+        full disk): its trace says why it stood still."""
+        state = self.d.store.load_agent(agent_id)
+        if state.status in TERMINAL:
+            return
+        self.journal.note(state, f"paused {seconds:.0f} s: {reason}; resumed from the last checkpoint")
+
     def end(
         self, agent_id: str, status: agent_pb2.AgentStatus.ValueType, reason: str
     ) -> agent_pb2.AgentState:

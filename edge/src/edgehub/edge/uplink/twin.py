@@ -93,6 +93,7 @@ class TwinReporter:
         tools: Sequence[str],
         running: Callable[[], list[str]],
         draining: Callable[[], bool],
+        paused: Callable[[], str] = lambda: "",
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -101,6 +102,8 @@ class TwinReporter:
         """The tools its agents may call (what the hub's planner places tasks by)."""
         self.running = running
         self.draining = draining
+        self.paused = paused
+        """Why its agents are paused ('': they are not): a full disk (``pressure.py``)."""
         self._memories: list[str] = []
         self._memories_at = -MEMORY_KEYWORDS_S
 
@@ -133,6 +136,7 @@ class TwinReporter:
             profile=self.profile,
             memories=self.memories(),
             outbox_head=self.store.outbox_head(),
+            paused_reason=self.paused(),
         )
 
     def memories(self) -> list[str]:

@@ -204,6 +204,7 @@ class DeviceTwin(_message.Message):
     PROFILE_FIELD_NUMBER: _builtins.int
     MEMORIES_FIELD_NUMBER: _builtins.int
     OUTBOX_HEAD_FIELD_NUMBER: _builtins.int
+    PAUSED_REASON_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """TWIN_SCHEMA_VERSION in edgehub.protocol.twin: a reader refuses a newer version than it knows."""
     device_id: _builtins.str
@@ -229,6 +230,10 @@ class DeviceTwin(_message.Message):
     outbox_head: _builtins.int
     """The sequence of the newest event in its outbox (0: none yet). The hub compares it with the
     sequence it applied last for the device: the device's consumer lag, in events.
+    """
+    paused_reason: _builtins.str
+    """Why its agents are paused (the store's file system is full); empty: they are not. They resume by
+    themselves once there is space again.
     """
     @_builtins.property
     def hardware(self) -> Global___Hardware: ...
@@ -272,10 +277,11 @@ class DeviceTwin(_message.Message):
         profile: Global___HardwareProfile | None = ...,
         memories: _abc.Iterable[_builtins.str] | None = ...,
         outbox_head: _builtins.int = ...,
+        paused_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_running", b"agents_running", "device_id", b"device_id", "draining", b"draining", "hardware", b"hardware", "heartbeat_s", b"heartbeat_s", "labels", b"labels", "load", b"load", "max_concurrent", b"max_concurrent", "memories", b"memories", "model", b"model", "model_name", b"model_name", "outbox_depth", b"outbox_depth", "outbox_head", b"outbox_head", "profile", b"profile", "schema_version", b"schema_version", "sent_at", b"sent_at", "state", b"state", "tools", b"tools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_running", b"agents_running", "device_id", b"device_id", "draining", b"draining", "hardware", b"hardware", "heartbeat_s", b"heartbeat_s", "labels", b"labels", "load", b"load", "max_concurrent", b"max_concurrent", "memories", b"memories", "model", b"model", "model_name", b"model_name", "outbox_depth", b"outbox_depth", "outbox_head", b"outbox_head", "paused_reason", b"paused_reason", "profile", b"profile", "schema_version", b"schema_version", "sent_at", b"sent_at", "state", b"state", "tools", b"tools", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,6 +14,7 @@ afterwards in the watermark beside the file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import apsw
 import sqlite_vec
 
-from ...errors import SchemaVersionError, StoreDamaged, StoreError, StoreRolledBack
+from ...errors import SchemaVersionError, StoreDamaged, StoreError, StoreFull, StoreRolledBack
 from ..base import OutgoingFilter
 from ..schema import LATEST, MIGRATIONS
 from .watermark import Rollback, Watermark, WatermarkFile
@@ -189,17 +190,28 @@ class Connection:
                 ((generation,),) = self._rows(  # read to the end: a statement in progress blocks COMMIT
                     "UPDATE store_meta SET generation = generation + 1 RETURNING generation"
                 )
+            self._conn.execute("COMMIT")
+        except apsw.FullError as exc:  # in a statement or at COMMIT: the whole transaction goes
+            self._rollback()
+            raise StoreFull(path=str(self.path), detail=str(exc)) from None
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            self._rollback()
             raise
-        self._conn.execute("COMMIT")
         if seal and generation:
             self._record_watermark(generation)
+
+    def _rollback(self) -> None:
+        """Roll back the open transaction (SQLite may have rolled it back itself already)."""
+        if not self._conn.in_transaction:
+            return
+        self._conn.execute("ROLLBACK")
 
     def _record_watermark(self, generation: int) -> None:
         try:
             self.watermark.write(Watermark(generation, self._acked))
         except OSError as exc:
+            if exc.errno == errno.ENOSPC:  # the commit stands; the next sealed one records it
+                raise StoreFull(path=str(self.watermark.path), detail=str(exc)) from None
             raise StoreError(f"cannot write its watermark: {exc}", path=str(self.watermark.path)) from None
 
     def _scalar(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
