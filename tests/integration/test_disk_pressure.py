@@ -66,15 +66,20 @@ def quick_check(path: Path) -> list[str]:
         conn.close()
 
 
+def create_until_full(store: SqliteStore) -> None:
+    for i in range(1000):
+        store.create_agent(new_agent(f"agent-{i}", PAD * 20))
+
+
 def test_a_write_that_does_not_fit_raises_store_full_and_commits_nothing(tmp_path: Path) -> None:
     with small_fs(tmp_path / "small", "4m") as fs:
         store = SqliteStore.open(fs / "edge.db", device_id="dev-full")
         store.create_agent(new_agent("agent-a", "goal"))
         filler = fill(fs, leave_bytes=64 * 1024)
         with pytest.raises(StoreFull) as full:
-            for i in range(1000):
-                store.create_agent(new_agent(f"agent-{i}", PAD * 20))
-        assert full.value.retryable and full.value.code == "RESOURCE_EXHAUSTED"
+            create_until_full(store)
+        assert full.value.retryable
+        assert full.value.code == "RESOURCE_EXHAUSTED"
         created = {a.agent_id for a in store.list_agents()}
         filler.unlink()
         store.create_agent(new_agent("agent-after", "goal"))  # writable again once there is space
@@ -129,7 +134,8 @@ async def test_an_agent_pauses_on_a_full_disk_and_resumes_by_itself_losing_nothi
     stop.set()
     await applier
     notes = [e for e in log if e.kind == S.STEP_KIND_WARNING and "paused" in e.detail]
-    assert notes and "file system is full" in notes[0].detail
+    assert notes
+    assert "file system is full" in notes[0].detail
     assert paused.step < log[-1].step  # it went on after the pause
     actions = [e.step for e in log if e.kind == S.STEP_KIND_ACTION]
     assert actions == list(range(actions[0], actions[0] + len(actions))), "a step lost or repeated"

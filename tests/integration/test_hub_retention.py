@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy
@@ -126,7 +127,8 @@ async def test_a_purged_trace_is_refused_as_expired_not_answered_empty(tmp_path:
     with pytest.raises(Refused) as refused:
         await traces.page("agent-1", 0, "")
     assert refused.value.code == ErrorCode.NOT_FOUND
-    assert "expired" in refused.value.message and "30 days" in refused.value.message
+    assert "expired" in refused.value.message
+    assert "30 days" in refused.value.message
     store.close()
 
 
@@ -193,3 +195,44 @@ async def test_a_full_events_stream_refuses_publishes_and_the_outbox_keeps_them_
     assert await applied_seq(nc) == 2000  # every sequence applied, in order, none skipped
     assert purger.rounds > 1
     store.close()
+
+
+async def test_a_full_jetstream_store_leaves_the_events_stream_its_room_and_loses_nothing(
+    tmp_path: Path,
+) -> None:
+    """The server's store (``max_file_store``) filled by another stream: the events stream's limit is
+    reserved, so edges still publish into it; at its limit they are refused, keep the events, and
+    deliver them all as the hub applies and purges."""
+    server = await NatsServer.start(tmp_path / "nats", max_store=3 * 1024**2)
+    nc = await connect_only(server)
+    js = nc.jetstream()
+    await ensure_topology(js, StreamLimits(events_max_bytes=128 * 1024, commands_max_bytes=64 * 1024))
+    refused = ""
+    for i in range(20_000):  # dead letters (no byte limit of their own) until the store is full
+        try:
+            await js.publish(subjects.deadletter("events"), b"\0" * 4096, stream=subjects.DEADLETTER_STREAM)
+        except Exception as exc:
+            refused = f"{exc} after {i}"
+            break
+    assert "insufficient" in refused.lower() or "resources" in refused.lower(), refused
+
+    store = fill_outbox(tmp_path / "edge.db", 3000, agents=4)
+    publisher = OutboxPublisher(store, js, batch=50)
+    agents = AgentRegistry(js)
+    applier = EventApplier(js, agents.apply, apply_batch=agents.apply_batch)
+    purger = Purger(retention(nc, agents, events_days=1))
+    async with running(publisher.run):
+        await eventually(lambda: publisher.stats.failures > 0, within=60, what="a refused publish")
+        assert 0 < store.outbox_depth() < 3000
+        async with running(applier.run, purger.run):
+            await eventually(lambda: store.outbox_depth() == 0, within=120, what="the outbox to drain")
+            await eventually(lambda: applier.stats.applied == 3000, within=60, what="each applied once")
+    assert await applied_seq(nc) == 3000
+    store.close()
+    await nc.close()
+    await server.stop()
+
+
+async def connect_only(server: NatsServer) -> Client:
+    """A client without the harness's default topology (whose 4 GB events stream would not fit)."""
+    return await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)

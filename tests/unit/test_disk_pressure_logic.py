@@ -14,20 +14,25 @@ def test_paused_agents_come_back_once_when_enough_space_is_free(tmp_path: Path) 
     disk.hit("a", full)
     disk.hit("b", full)
     disk.hit("a", full)
-    assert disk.full and "full" in disk.reason
-    assert not disk.check() and disk.take_resumed() == []
+    assert disk.full
+    assert "full" in disk.reason
+    assert not disk.check()
+    assert disk.take_resumed() == []
     disk.resume_free_bytes = 1
-    assert disk.check() and not disk.full
+    assert disk.check()
+    assert not disk.full
     assert sorted(p.agent_id for p in disk.take_resumed()) == ["a", "b"]
     assert disk.take_resumed() == []
 
 
 def test_without_pressure_the_check_does_not_look_at_the_disk(tmp_path: Path) -> None:
     disk = DiskPressure(tmp_path / "absent")
-    assert disk.check() and not disk.full
+    assert disk.check()
+    assert not disk.full
 
 
 def test_a_folder_that_cannot_be_measured_keeps_the_agents_paused(tmp_path: Path) -> None:
     disk = DiskPressure(tmp_path / "absent", resume_free_bytes=1)
     disk.hit("a", StoreFull(path="edge.db", detail="full"))
-    assert not disk.check() and disk.full
+    assert not disk.check()
+    assert disk.full

@@ -25,7 +25,9 @@ def test_defaults_keep_events_30_days_and_refuse_publishes_at_the_limit_instead_
 
 def test_the_streams_must_fit_in_the_jetstream_store(tmp_path: Path) -> None:
     path = tmp_path / "hub.toml"
-    path.write_text("[retention]\nevents_max_mb = 900\ncommands_max_mb = 200\njetstream_max_store_mb = 1000\n")
+    path.write_text(
+        "[retention]\nevents_max_mb = 900\ncommands_max_mb = 200\njetstream_max_store_mb = 1000\n"
+    )
     with pytest.raises(HubConfigError) as info:
         load_config(path, env={})
     assert "jetstream_max_store_mb" in info.value.message

@@ -27,8 +27,8 @@ from .memory.compaction import Compactor
 from .memory.embed import LazyEmbedder
 from .memory.episodic import EpisodeIndexer, EpisodicMemory
 from .metrics import DaemonCollector, EdgeMetrics
-from .safety.build import Safety, build_safety, build_scrubber
 from .pressure import DiskPressure
+from .safety.build import Safety, build_safety, build_scrubber
 from .scheduler import AgentScheduler
 from .store.base import DeviceStore
 from .store.sqlite import SqliteStore

@@ -313,7 +313,8 @@ class RetentionConfig(_Section):
     """The events stream's size: at it, edges' publishes are refused (they keep the events in their
     outbox and retry), never old events dropped."""
     commands_days: float = Field(7.0, gt=0)
-    """Commands to devices are deleted this long after they were sent (a device offline longer misses them)."""
+    """Commands to devices are deleted this long after they were sent (a device offline longer misses
+    them)."""
     commands_max_mb: int = Field(256, ge=1)
     """The commands stream's size: at it, new commands are refused."""
     migrations_days: float = Field(30.0, gt=0)

@@ -36,9 +36,7 @@ from .fleet.migration import MigrationService
 
 log = logging.getLogger("edgehub.hub.retention")
 H = hub_pb2
-ENDED = frozenset(
-    {H.MIGRATION_PHASE_DONE, H.MIGRATION_PHASE_FAILED, H.MIGRATION_PHASE_ROLLED_BACK}
-)
+ENDED = frozenset({H.MIGRATION_PHASE_DONE, H.MIGRATION_PHASE_FAILED, H.MIGRATION_PHASE_ROLLED_BACK})
 """Migration phases nothing follows: prunable once old enough."""
 FILLED = (subjects.EVENTS_STREAM, subjects.COMMANDS_STREAM)
 """Streams that refuse publishes at their byte limit: their fill is watched."""
@@ -109,7 +107,8 @@ class Retention:
         if below <= state.first_seq:
             return 0, kept
         await self.js.purge_stream(stream, seq=below)
-        log.info("events below stream seq %d purged (applied, older than %g days)", below, self.cfg.events_days)
+        days = self.cfg.events_days
+        log.info("events below stream seq %d purged (applied, older than %g days)", below, days)
         return below, kept
 
     async def _first_since(self, horizon: float, last_seq: int) -> int:
@@ -196,4 +195,3 @@ class Retention:
             keeper.cancel()
             await asyncio.gather(keeper, return_exceptions=True)
             await self.lease.release()
-

@@ -38,6 +38,7 @@ from .streams import MAX_EVENT_BYTES
 from .waiting import any_set
 
 log = logging.getLogger("edgehub.sync.publisher")
+_STOPPED = "publishing stopped at seq %d (kept in the outbox, retried): %s"
 
 
 class Entry(Protocol):
@@ -164,9 +165,7 @@ class OutboxPublisher:
         self.stats.published += 1
         return future  # type: ignore[return-value]
 
-    def _refused(
-        self, seq: int, exc: BaseException, say: str = "publishing stopped at seq %d (kept in the outbox, retried): %s"
-    ) -> None:
+    def _refused(self, seq: int, exc: BaseException, say: str = _STOPPED) -> None:
         """A publish from ``seq`` on failed: resent next round; said once per distinct reason."""
         error = f"{exc.__class__.__name__}: {exc}".strip().rstrip(":")
         if error != self.last_error:

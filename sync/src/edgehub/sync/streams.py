@@ -7,8 +7,10 @@ stream whose limits differ is updated in place, one whose limits match is left a
 No event is dropped before the hub applied it: the events stream has no age limit of its own (the
 hub's retention task purges only what the hub's durable consumer acknowledged, i.e. applied, and is
 older than the retention) and discards NEW at its byte limit, so a full stream refuses publishes
-(the edges keep the events in their outbox and retry) instead of deleting old, unapplied ones. Every server of ours runs with ``sync_interval: always`` (PLATFORM.md: an ack must mean the
-data is on disk), which the harness and ``edgehub hub run`` configure.
+(the edges keep the events in their outbox and retry) instead of deleting old, unapplied ones.
+
+Every server of ours runs with ``sync_interval: always`` (PLATFORM.md: an ack must mean the data is
+on disk), which the harness and ``edgehub hub run`` configure.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ STREAMS = (
         max_age_s=14 * 24 * 3600.0,
     ),
 )
+
 
 @dataclass(frozen=True, slots=True)
 class StreamLimits:
