@@ -52,8 +52,9 @@ def config(data_dir: Path, url: str) -> EdgeConfig:
             "tools": {"load_entry_points": False},
             "hub": {"nats_url": url},
             "memory": {"replicate": False, "episodic": False},
-            "agent": {"max_steps": 60},
+            "agent": {"max_steps": 60, "max_tool_calls": 100},
             "store": {"resume_free_mb": 1.0},
+            "safety": {"stuck_steps": 100},  # the padded thoughts are alike on purpose
         }
     )
 
@@ -122,7 +123,7 @@ async def test_an_agent_pauses_on_a_full_disk_and_resumes_by_itself_losing_nothi
             await eventually(
                 lambda: daemon.store.load_agent(agent_id).status == S.AGENT_STATUS_FINISHED,
                 within=60,
-                what="the agent to resume and finish",
+                what=lambda: f"the agent to resume and finish: {daemon.store.load_agent(agent_id)}",
             )
             assert daemon.report().paused_reason == ""
             log = daemon.store.mind_log(agent_id)

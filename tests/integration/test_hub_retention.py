@@ -197,12 +197,12 @@ async def test_a_full_events_stream_refuses_publishes_and_the_outbox_keeps_them_
     store.close()
 
 
-async def test_a_full_jetstream_store_leaves_the_events_stream_its_room_and_loses_nothing(
+async def test_a_full_jetstream_store_refuses_publishes_and_the_outbox_delivers_all_once_there_is_room(
     tmp_path: Path,
 ) -> None:
-    """The server's store (``max_file_store``) filled by another stream: the events stream's limit is
-    reserved, so edges still publish into it; at its limit they are refused, keep the events, and
-    deliver them all as the hub applies and purges."""
+    """The server's store (``max_file_store``) filled by another stream: the edge's publishes are
+    refused with the server's reason, it keeps the events, and once the store has room again (the
+    other stream purged) it delivers them all, each applied once."""
     server = await NatsServer.start(tmp_path / "nats", max_store=3 * 1024**2)
     nc = await connect_only(server)
     js = nc.jetstream()
@@ -214,20 +214,21 @@ async def test_a_full_jetstream_store_leaves_the_events_stream_its_room_and_lose
         except Exception as exc:
             refused = f"{exc} after {i}"
             break
-    assert "insufficient" in refused.lower() or "resources" in refused.lower(), refused
+    assert "insufficient resources" in refused, refused
 
-    store = fill_outbox(tmp_path / "edge.db", 3000, agents=4)
+    store = fill_outbox(tmp_path / "edge.db", 1000, agents=4)
     publisher = OutboxPublisher(store, js, batch=50)
     agents = AgentRegistry(js)
     applier = EventApplier(js, agents.apply, apply_batch=agents.apply_batch)
     purger = Purger(retention(nc, agents, events_days=1))
-    async with running(publisher.run):
+    async with running(publisher.run, applier.run, purger.run):
         await eventually(lambda: publisher.stats.failures > 0, within=60, what="a refused publish")
-        assert 0 < store.outbox_depth() < 3000
-        async with running(applier.run, purger.run):
-            await eventually(lambda: store.outbox_depth() == 0, within=120, what="the outbox to drain")
-            await eventually(lambda: applier.stats.applied == 3000, within=60, what="each applied once")
-    assert await applied_seq(nc) == 3000
+        assert "insufficient resources" in publisher.last_error
+        assert store.outbox_depth() == 1000  # kept, every one
+        await js.purge_stream(subjects.DEADLETTER_STREAM)  # room again
+        await eventually(lambda: store.outbox_depth() == 0, within=120, what="the outbox to drain")
+        await eventually(lambda: applier.stats.applied == 1000, within=60, what="each applied once")
+    assert await applied_seq(nc) == 1000
     store.close()
     await nc.close()
     await server.stop()

@@ -126,10 +126,10 @@ class OutboxPublisher:
         entries = self.outbox.outbox_pending(self.batch)
         if not entries:
             return 0
-        pending: list[tuple[int, asyncio.Future[object]]] = []
+        pending: list[tuple[Entry, asyncio.Future[object]]] = []
         try:
             for entry in entries:
-                pending.append((entry.seq, await self._publish(entry)))
+                pending.append((entry, await self._publish(entry)))
         except (nats.errors.Error, JetStreamError, OSError) as exc:
             self._refused(entry.seq, exc)
         confirmed = await self._confirmed(pending)
@@ -145,7 +145,8 @@ class OutboxPublisher:
         first = entries[0].seq
         return confirmed - first + 1 if confirmed else 0
 
-    async def _publish(self, entry: Entry) -> asyncio.Future[object]:
+    def _message(self, entry: Entry) -> tuple[str, bytes, dict[str, str]]:
+        """Subject, payload and headers of ``entry``'s message."""
         event = entry.event
         data = event.SerializeToString()
         if len(data) > self.max_bytes:
@@ -155,38 +156,56 @@ class OutboxPublisher:
         headers = {"Nats-Msg-Id": msg_id(event.device_id, entry.seq)}
         if entry.traceparent:  # kept in the outbox: it survives an offline spell and a restart
             tracing.inject(headers, tracing.linked(entry.traceparent))
+        return subjects.events(event.device_id, event.agent_id), data, headers
+
+    async def _publish(self, entry: Entry) -> asyncio.Future[object]:
+        subject, data, headers = self._message(entry)
         future = await self.js.publish_async(
-            subjects.events(event.device_id, event.agent_id),
-            data,
-            headers=headers,
-            stream=subjects.EVENTS_STREAM,
-            wait_stall=self.ack_timeout_s,
+            subject, data, headers=headers, stream=subjects.EVENTS_STREAM, wait_stall=self.ack_timeout_s
         )
         self.stats.published += 1
         return future  # type: ignore[return-value]
 
+    async def _ask(self, entry: Entry) -> Exception | None:
+        """Publish ``entry`` once more, waiting for the server's answer: None when it is stored now,
+        else why not. nats-py (2.x) leaves an async publish's future unresolved when the server answers
+        503 ("maximum bytes exceeded", "insufficient resources": its reply handler raises instead of
+        failing the future), so a timeout alone cannot tell a full stream from a slow one. The
+        ``Nats-Msg-Id`` is the same, so a message stored meanwhile is not stored twice."""
+        subject, data, headers = self._message(entry)
+        try:
+            await self.js.publish(
+                subject, data, headers=headers, stream=subjects.EVENTS_STREAM, timeout=self.ack_timeout_s
+            )
+        except Exception as exc:  # the server's refusal, or a timeout again
+            return exc
+        return None
+
     def _refused(self, seq: int, exc: BaseException, say: str = _STOPPED) -> None:
         """A publish from ``seq`` on failed: resent next round; said once per distinct reason."""
-        error = f"{exc.__class__.__name__}: {exc}".strip().rstrip(":")
+        error = str(exc).strip() or exc.__class__.__name__
         if error != self.last_error:
             log.warning(say, seq, error)
         self.last_error = error
         self.stats.failures += 1
         self._failed = True
 
-    async def _confirmed(self, pending: list[tuple[int, asyncio.Future[object]]]) -> int:
+    async def _confirmed(self, pending: list[tuple[Entry, asyncio.Future[object]]]) -> int:
         """The highest seq such that it and every seq before it in this round were acknowledged."""
         confirmed = 0
-        for i, (seq, future) in enumerate(pending):
+        for i, (entry, future) in enumerate(pending):
             try:
                 await asyncio.wait_for(asyncio.shield(future), self.ack_timeout_s)
                 future.result()
             except Exception as exc:  # a nack, a timeout or a lost connection: resend from here next round
-                self._refused(seq, exc)
                 for _, rest in pending[i:]:
                     rest.cancel()
+                why = await self._ask(entry) if isinstance(exc, TimeoutError) else exc
+                if why is None:  # stored now: the next round goes on after it
+                    return entry.seq
+                self._refused(entry.seq, why)
                 break
-            confirmed = seq
+            confirmed = entry.seq
         return confirmed
 
     async def run(self, stop: asyncio.Event) -> None:
