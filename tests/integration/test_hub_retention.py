@@ -17,7 +17,8 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy
 
-from edgehub.hub.config import RetentionConfig
+from edgehub.hub.app import HubDaemon
+from edgehub.hub.config import HubConfig, RetentionConfig
 from edgehub.hub.errors import Refused
 from edgehub.hub.fleet.agents import AgentRegistry
 from edgehub.hub.fleet.migration import MigrationService
@@ -27,6 +28,7 @@ from edgehub.protocol import subjects
 from edgehub.protocol.errors import ErrorCode
 from edgehub.protocol.v1 import events_pb2, hub_pb2
 from edgehub.sync import EventApplier, NatsServer, OutboxPublisher, ensure_topology
+from edgehub.sync.lease import Lease
 from edgehub.sync.records import RecordStore, TextCodec
 from edgehub.sync.streams import APPLIED, HANDOVERS, STREAMS, StreamLimits
 from tests.harness.nats import connect, nats_server  # noqa: F401 - fixture
@@ -237,3 +239,30 @@ async def test_a_full_jetstream_store_refuses_publishes_and_the_outbox_delivers_
 async def connect_only(server: NatsServer) -> Client:
     """A client without the harness's default topology (whose 4 GB events stream would not fit)."""
     return await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+
+
+async def test_the_hub_daemon_sets_its_retention_on_the_embedded_server_and_runs_the_task(
+    tmp_path: Path,
+) -> None:
+    cfg = HubConfig.model_validate(
+        {
+            "hub": {"id": "hub-retention"},
+            "nats": {"embedded_port": 0, "embedded_store": str(tmp_path / "nats")},
+            "api": {"addr": "127.0.0.1:0", "device_addr": "127.0.0.1:0", "tls_names": ["127.0.0.1"]},
+            "auth": {"dir": str(tmp_path / "trust")},
+            "neo4j": {"enabled": False},
+            "retention": {"events_max_mb": 2, "commands_max_mb": 1, "jetstream_max_store_mb": 64},
+        }
+    )
+    async with HubDaemon(cfg) as hub:
+        run = asyncio.create_task(hub.run())
+        assert hub.nc is not None
+        js = hub.nc.jetstream()
+        assert "max_file_store: 67108864" in (tmp_path / "nats" / "nats.conf").read_text()
+        events = await js.stream_info(subjects.EVENTS_STREAM)
+        assert (events.config.max_bytes, events.config.discard) == (2 * 1024**2, DiscardPolicy.NEW)
+        lease = Lease(js, "retention", "observer")
+        await eventually(lambda: hub.retention is not None and hub.retention.lease.held, within=30)
+        assert await lease.holder_now() == "hub-retention"
+        hub.request_stop()
+        await run

@@ -40,6 +40,11 @@ class Lease:
         log.info("%s holds the lease %s", self.holder, self.name)
         return True
 
+    @property
+    def held(self) -> bool:
+        """This holder acquired the lease and has not released it (it may have lost it since)."""
+        return self._revision is not None
+
     async def holder_now(self) -> str | None:
         found = await self.store.get(self.name)
         return (found.value or None) if found is not None else None
