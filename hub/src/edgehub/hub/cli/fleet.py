@@ -30,7 +30,8 @@ knowledge_app = typer.Typer(help=KNOWLEDGE.help, no_args_is_help=True)
 
 def _state(d: H.Device) -> str:
     online = "[green]yes[/]" if d.online else "[red]no[/]"
-    return online + (" (draining)" if d.twin.draining else "")
+    paused = " (agents paused: disk full)" if d.twin.paused_reason else ""
+    return online + (" (draining)" if d.twin.draining else "") + paused
 
 
 def _labels(d: H.Device) -> str:
@@ -101,6 +102,7 @@ def devices_get(device_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = Fa
         ("model", f"{t.model_name or '-'} ({t.model[:16] or 'no fingerprint'})"),
         ("load", f"{t.load:.2f}; outbox {t.outbox_depth}"),
         ("agents", f"{', '.join(a or '?' for a in t.agents_running) or '-'} (at most {t.max_concurrent})"),
+        ("paused", escape(t.paused_reason) or "-"),
         ("tools", ", ".join(t.tools) or "-"),
         ("labels", _labels(d)),
         ("memories", ", ".join(t.memories) or "-"),
