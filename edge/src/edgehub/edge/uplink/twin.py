@@ -19,7 +19,7 @@ from typing import Protocol
 from edgehub.llm import Brain
 from edgehub.llm.settings import DEFAULT_MODEL_NAME
 from edgehub.protocol.keywords import keywords
-from edgehub.protocol.v1 import twin_pb2
+from edgehub.protocol.v1 import policy_pb2, twin_pb2
 from edgehub.sync.records import ProtoCodec
 
 from ..config import EdgeConfig
@@ -91,6 +91,7 @@ class TwinReporter:
         tools: Sequence[str],
         running: Callable[[], list[str]],
         draining: Callable[[], bool],
+        policy: Callable[[], policy_pb2.RunningPolicy] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -99,6 +100,8 @@ class TwinReporter:
         """The tools its agents may call (what the hub's planner places tasks by)."""
         self.running = running
         self.draining = draining
+        self.policy = policy
+        """The safety policy in force and the last bundle refused (``HubPolicy.running``)."""
         self._memories: list[str] = []
         self._memories_at = -MEMORY_KEYWORDS_S
 
@@ -130,6 +133,7 @@ class TwinReporter:
             model_name=cfg.model.path.stem if cfg.model.path else DEFAULT_MODEL_NAME,
             profile=self.profile,
             memories=self.memories(),
+            policy=self.policy() if self.policy is not None else None,
         )
 
     def memories(self) -> list[str]:
