@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from edgehub.edge.agent.tools.base import ToolContext
+from edgehub.edge.agent.tools.builtins import WRITE_FILE
+from edgehub.edge.safety.approvals import PolicyAdmission
 from edgehub.edge.safety.hubpolicy import HubPolicy
 from edgehub.edge.safety.policy import PolicyEngine
-from edgehub.protocol.v1 import policy_pb2
+from edgehub.edge.store.sqlite import SqliteStore
+from edgehub.protocol.v1 import agent_pb2, policy_pb2
 from edgehub.sync.decisions import HubKey, SigningKey
 from edgehub.sync.policies import PolicyRefused, sign_bundle, text_sha256
 
@@ -116,3 +120,22 @@ def test_with_fleet_policy_off_the_device_is_local_only(tmp_path: Path, hub_key:
     with pytest.raises(PolicyRefused, match="fleet_policy = false"):
         off.apply(bundle(hub_key, 3), public(hub_key))
     assert off.running().refused_version == 3
+
+
+ASK = 'version = 2\n[[rules]]\nid = "ask"\ntools = ["write_file"]\neffect = "needs_approval"\n'
+
+
+async def test_denials_and_held_calls_name_the_bundles_version(tmp_path: Path, hub_key: SigningKey) -> None:
+    hub, _ = device(tmp_path)
+    store = SqliteStore.open(tmp_path / "edge.db", device_id=DEVICE)
+    try:
+        admission = PolicyAdmission(hub.engine, store)
+        call = agent_pb2.ToolCall(tool="write_file", args_json="{}")
+        ctx = ToolContext("a1", 0, "a1/0", tmp_path, notes=None)  # type: ignore[arg-type]
+        for version, text, effect in ((4, SHUT, "deny"), (5, ASK, "needs_approval")):
+            hub.apply(bundle(hub_key, version, text), public(hub_key))
+            decision = (await admission.admit(call, WRITE_FILE, {}, ctx)).to_proto()
+            assert (decision.effect, decision.policy_version) == (effect, version)
+            assert decision.policy_digest == text_sha256(text)[:12]
+    finally:
+        store.close()
