@@ -1,6 +1,7 @@
-"""Fleet policy from the hub, as this device takes it: ``ApplyPolicy`` commands, and on start the
-hub's latest bundle for this device (``GetPolicy`` on the device API), so a device that was offline
-during a push converges when it comes back, whatever its commands stream still holds.
+"""Fleet policy from the hub, as this device takes it: ``ApplyPolicy`` commands, and at start (then
+every ``CHECK_S``) the hub's latest bundle for this device (``GetPolicy`` on the device API), so a
+device that was offline during a push converges when it comes back, whatever its commands stream
+still holds.
 
 Both go through ``HubPolicy.apply`` with the hub's key (``HubDecisions.key``: the one key, and the
 one way to get it, that approval decisions are checked with). A refused bundle leaves the policy in
@@ -27,6 +28,8 @@ from .decisions import HubDecisions
 from .identity import DeviceIdentity
 
 log = logging.getLogger("edgehub.edge.uplink.policy")
+CHECK_S = 300.0
+"""How often a running daemon asks the hub for its latest bundle (besides its commands)."""
 FetchPolicy = Callable[[DeviceIdentity], Awaitable[policy_pb2.SignedPolicy]]
 
 
@@ -61,9 +64,11 @@ class HubPolicies:
         if await self.apply(cmd.apply_policy.policy):
             log.warning("policy bundle from command %s (by %s) in force", cmd.command_id, cmd.issued_by)
 
-    async def converge(self, stop: asyncio.Event, *, retry_s: float = 2.0) -> None:
-        """Once at start: ask the hub for this device's latest bundle and apply it, trying again while
-        the hub is out of reach (a refusal is reported like any other, and not tried again)."""
+    async def converge(self, stop: asyncio.Event, *, retry_s: float = 2.0, every_s: float = CHECK_S) -> None:
+        """At start, then every ``every_s``: ask the hub for this device's latest bundle and apply it
+        (the same one again changes nothing), trying again sooner while the hub is out of reach. A
+        refusal is reported like any other. The periodic check covers a daemon that stayed up offline
+        longer than the commands stream keeps its command."""
         identity = self.decisions.identity
         if identity is None or not identity.device_api:
             return
@@ -73,11 +78,11 @@ class HubPolicies:
                 signed = await self.fetch(identity)
                 if signed.bundle:
                     await self.apply(signed)
-                return
+                delay = every_s
             except PolicyRefused:  # reported in the twin
-                return
+                delay = every_s
             except (grpc.aio.AioRpcError, EdgehubError, OSError) as exc:
-                log.info("the hub's policy for this device not fetched yet (%s); trying again", exc)
+                log.info("the hub's policy for this device not fetched (%s); trying again", exc)
+                delay = min(max(delay * 2, retry_s), 60.0) if delay < every_s else retry_s
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-            delay = min(delay * 2, 60.0)
