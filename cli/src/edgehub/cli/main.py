@@ -6,6 +6,9 @@ accepted too and mounted at once). So an edge device that installs only ``edgehu
 ``edgehub edge`` and ``edgehub agent`` without pulling in the hub, and the hub and edge never import
 each other.
 
+Two members may contribute to one area (``edgehub policy``: the edge's check/try/default, the hub's
+push/status/rollback): their commands are mounted together in one group, with both helps.
+
 Areas are loaded lazily (``_Areas``): ``edgehub --help`` reads only the areas' descriptors, and
 ``edgehub edge run`` imports the edge daemon's CLI and nothing of the hub's. Importing every member's
 app up front cost 2.7 s and 143 MB before any command ran.
@@ -26,8 +29,9 @@ GROUP = "edgehub.cli"
 
 err_console = Console(stderr=True, soft_wrap=True)
 
-_LAZY: dict[str, Area] = {}
-"""Areas described by their entry points (by subcommand); each group imports one when it is named."""
+_LAZY: dict[str, list[Area]] = {}
+"""Areas described by their entry points (by subcommand; several members may add to one); each group
+imports its areas when it is named."""
 _BROKEN: set[str] = set()
 """Lazy areas whose app failed to import."""
 
@@ -42,7 +46,7 @@ class _Areas(TyperGroup):
     def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | None:  # type: ignore[override]
         if cmd_name in self.commands or cmd_name not in _LAZY or cmd_name in _BROKEN:
             return self.commands.get(cmd_name)  # type: ignore[return-value]
-        return TyperCommand(name=cmd_name, help=_LAZY[cmd_name].help)  # a stand-in for the listing
+        return TyperCommand(name=cmd_name, help=_help(_LAZY[cmd_name]))  # a stand-in for the listing
 
     def resolve_command(self, ctx: typer.Context, args: list[str]) -> tuple[str | None, object, list[str]]:  # type: ignore[override]
         if args:
@@ -52,15 +56,19 @@ class _Areas(TyperGroup):
     def load(self, name: str) -> None:
         """Mount the lazy area ``name`` (its app imported now); a broken area is left out with a
         warning, as if it were not installed."""
-        area = _LAZY.get(name)
-        if area is None or name in self.commands or name in _BROKEN:
+        areas = _LAZY.get(name)
+        if areas is None or name in self.commands or name in _BROKEN:
             return
-        try:
-            sub = area.load()
-        except Exception as exc:  # a broken plugin must not take the whole CLI down
+        subs = []
+        for area in areas:
+            try:
+                subs.append(area.load())
+            except Exception as exc:  # a broken plugin must not take the whole CLI down
+                _warn(name, area.app, exc)
+        if not subs:
             _BROKEN.add(name)
-            _warn(name, area.app, exc)
             return
+        sub = subs[0] if len(subs) == 1 else _merged(subs)
         mounted = typer.Typer()
         mounted.add_typer(sub, name=name)  # as an eager mount would: a group even with one command
         self.commands[name] = typer.main.get_group(mounted).commands[name]
@@ -81,6 +89,20 @@ def _root() -> None:
     """The root is a group even before any area is mounted (every area may be lazy)."""
 
 
+def _help(areas: list[Area]) -> str:
+    return " ".join(area.help for area in areas)
+
+
+def _merged(subs: list[typer.Typer]) -> typer.Typer:
+    """One group holding the commands of every member's app for an area."""
+    merged = typer.Typer(help=" ".join(s.info.help for s in subs if isinstance(s.info.help, str)),
+                         no_args_is_help=True)  # fmt: skip
+    for sub in subs:
+        merged.registered_commands.extend(sub.registered_commands)
+        merged.registered_groups.extend(sub.registered_groups)
+    return merged
+
+
 def _warn(name: str, value: str, exc: Exception) -> None:
     err_console.print(f"[yellow]warning:[/] CLI area {name!r} ({value}) failed to load: {exc}")
 
@@ -93,7 +115,7 @@ def _mount_areas(root: typer.Typer) -> None:
             _warn(ep.name, ep.value, exc)
             continue
         if isinstance(sub, Area):
-            _LAZY[ep.name] = sub
+            _LAZY.setdefault(ep.name, []).append(sub)
         else:
             root.add_typer(sub, name=ep.name)
 

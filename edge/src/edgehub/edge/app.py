@@ -146,13 +146,16 @@ class EdgeDaemon:
                 await helper
 
     def _helpers(self, p: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
-        """What runs beside the agents until ``stop``: the hub link, L3 indexing, the disk-pressure
-        check, the idle trim, idle checkpoints of the model's worker, and the store's WAL checkpoints."""
+        """What runs beside the agents until ``stop``: the hub link (and the fetch of the hub's
+        policy), L3 indexing, the disk-pressure check, the idle trim, idle checkpoints of the model's
+        worker, and the store's WAL checkpoints."""
         wal = wal_checkpoints(p.store, self.cfg.store.checkpoint_s, stop)
         helpers = [asyncio.create_task(wal, name="wal-checkpoints")]
         if p.hub is not None:
             link = p.hub.link.run(stop, commands=p.router.apply, twin=p.twin.twin)
             helpers.append(asyncio.create_task(link, name="hublink"))
+            if p.router.policies is not None:  # the hub's latest policy for this device
+                helpers.append(asyncio.create_task(p.router.policies.converge(stop), name="policy"))
         if p.indexer is not None:  # what it has not indexed when stopped, the next start catches up with
             helpers.append(asyncio.create_task(p.indexer.run(stop), name="l3-indexer"))
         if p.scheduler.pressure is not None:  # resumes agents paused by a full disk

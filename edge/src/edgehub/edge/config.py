@@ -138,7 +138,12 @@ class SandboxConfig(_Section):
 
 class SafetyConfig(_Section):
     policy: Path | None = None
-    """Policy file (TOML); None: the built-in default policy. Edits apply without a restart."""
+    """Policy file (TOML); None: the built-in default policy. Edits apply without a restart. A policy
+    bundle the hub pushed, once accepted, is in force instead (``fleet_policy``)."""
+    fleet_policy: bool = True
+    """Take policy bundles the hub signed (``edgehub policy push``): the latest accepted is kept under
+    ``<data_dir>/policy`` and wins over ``policy``. False: this device refuses them (and reports so)
+    and ignores the one it kept: the way back to local-only."""
     rate_per_minute: float | None = Field(120.0, gt=0)
     """Calls per minute per tool on this device; None: unlimited."""
     tool_rate_per_minute: dict[str, float] = {}

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgehub.llm import Brain, ModelGate
+from edgehub.protocol.errors import EdgehubError
 from edgehub.protocol.v1 import agent_pb2
+from edgehub.sync.decisions import HubKey
 
 from .agent.loop import AgentLoop, LoopDeps
 from .agent.tools.builtins import knowledge_tool
@@ -90,6 +92,7 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         raise rolled_back
     identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
     safety = build_safety(cfg, store, config_path=opts.config_path, enrolled=identity is not None)
+    safety.hub_policy.load(_kept_hub_key(identity))
     brain = opts.brain or await _open_brain(cfg, opened)
     tracing = Tracing.from_config(cfg.tracing, cfg.device.id)
     opened.push_async_callback(asyncio.to_thread, tracing.shutdown)  # may wait for a slow collector
@@ -114,6 +117,7 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         device_id=cfg.device.id,
         identity=identity,
         keep_consolidated_days=cfg.memory.keep_consolidated_days,
+        hub_policy=safety.hub_policy,
     )
     twin = TwinReporter(
         cfg,
@@ -123,9 +127,19 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         running=lambda: scheduler.running,
         draining=lambda: drain.on,
         paused=lambda: scheduler.pressure.reason if scheduler.pressure else "",
+        policy=safety.hub_policy.running,
     )
     port = _serve_metrics(cfg, metrics, store, scheduler, hub)
     return Parts(store, brain, loop, scheduler, router, twin, hub, indexer, port)
+
+
+def _kept_hub_key(identity: DeviceIdentity | None) -> HubKey | None:
+    """The hub's key this device keeps (None: not enrolled, none kept, or unreadable: logged)."""
+    try:
+        return identity.hub_key() if identity is not None else None
+    except EdgehubError as exc:
+        log.error("%s", exc)
+        return None
 
 
 async def _open_brain(cfg: EdgeConfig, opened: AsyncExitStack) -> Brain:

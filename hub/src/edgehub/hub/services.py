@@ -26,6 +26,7 @@ from .fleet.control import Commands
 from .fleet.devices import DeviceRegistry, DeviceWatcher
 from .fleet.identity import Credentials, CredentialsView, DeviceIdentity, Enrollments
 from .fleet.migration import MigrationService
+from .fleet.policies import FleetPolicies
 from .fleet.scopes import ScopeGuard
 from .fleet.traces import Traces
 from .goals import DeviceView, FleetCache
@@ -73,6 +74,8 @@ class HubServices:
     """The scope checks of operators' calls (``fleet/scopes.py``)."""
     goals: GoalService
     """Planning and dispatch of goals (``[planner]``)."""
+    policies: FleetPolicies
+    """Fleet policy: pushes, rollbacks, status (``fleet/policies.py``)."""
     knowledge: KnowledgeService | None = None
     """The L4 graph (``[neo4j]``), once it has started."""
     responder: KnowledgeResponder | None = None
@@ -107,18 +110,21 @@ class HubServices:
             js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics, agents=agents,
             tracing=tracing,
         )  # fmt: skip
+        commands = Commands(js, agents, signer, cfg.auth.decision_ttl_s)
+        scopes = ScopeGuard(credentials.labels, view.labels_of, agents)
         return cls(
             js=js,
             agents=agents,
             watcher=watcher,
             devices=devices,
             migrations=MigrationService(js, agents, devices.all),
-            commands=Commands(js, agents, signer, cfg.auth.decision_ttl_s),
+            commands=commands,
             traces=Traces(js, agents, keep_days=cfg.retention.events_days),
             tokens=ApiTokens(js),
             identity=identity,
-            scopes=ScopeGuard(credentials.labels, view.labels_of, agents),
+            scopes=scopes,
             goals=goals,
+            policies=FleetPolicies(js, signer, commands, views, scopes),
         )
 
     async def add_knowledge(

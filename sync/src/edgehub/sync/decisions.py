@@ -79,13 +79,17 @@ class SigningKey:
             raise AuthError(f"{path}: not an Ed25519 key")
         return cls(key)
 
+    def signature(self, data: bytes) -> bytes:
+        """This key's signature over ``data`` (every message the hub signs: decisions, policy bundles)."""
+        return self._key.sign(data)
+
     def sign(self, decision: commands_pb2.ApprovalDecision) -> commands_pb2.DecideApproval:
         """The command body carrying ``decision`` signed (``key`` set to its key; the fields older
         daemons read are the caller's to fill)."""
         decision.schema_version = DECISION_VERSION
         data = decision.SerializeToString()
         return commands_pb2.DecideApproval(
-            key=decision.key, decision=data, signature=self._key.sign(data), key_id=self.key_id
+            key=decision.key, decision=data, signature=self.signature(data), key_id=self.key_id
         )
 
 
@@ -127,15 +131,22 @@ class HubKey:
         """The decision ``cmd`` carries, when this key signed it for ``device_id``, for the command's
         own approval key and epoch, and it is fresh at ``now``; else ``DecisionRefused`` saying why."""
         body = cmd.decide_approval
-        if not body.signature:
-            raise DecisionRefused("an approval decision without the hub's signature")
-        if body.key_id != self.key_id:
-            raise DecisionRefused(f"signed by key {shown(body.key_id)}; this device knows {self.key_id}")
-        try:
-            Ed25519PublicKey.from_public_bytes(self.public_key).verify(body.signature, body.decision)
-        except InvalidSignature:
-            raise DecisionRefused("an approval decision whose signature is not the hub's") from None
+        if why := self.refusal(body.decision, body.signature, body.key_id):
+            raise DecisionRefused(f"an approval decision {why}")
         return _checked(_decoded(body.decision), cmd, device_id, now)
+
+    def refusal(self, data: bytes, signature: bytes, signer: str) -> str:
+        """Why ``signature`` (by the key named ``signer``) over ``data`` is not this key's ('' when it
+        is): the one check of everything the hub signs."""
+        if not signature:
+            return "without the hub's signature"
+        if signer != self.key_id:
+            return f"signed by key {shown(signer)}; this device knows {self.key_id}"
+        try:
+            Ed25519PublicKey.from_public_bytes(self.public_key).verify(signature, data)
+        except InvalidSignature:
+            return "whose signature is not the hub's"
+        return ""
 
 
 def _decoded(data: bytes) -> commands_pb2.ApprovalDecision:

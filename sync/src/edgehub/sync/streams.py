@@ -148,7 +148,16 @@ MIGRATIONS = BucketSpec(
 GOALS = BucketSpec(
     "edgehub-goals", "per goal: its plan revisions, tasks (status, device, attempts, usage), audit, by CAS"
 )
-BUCKETS = (APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS, CREDENTIALS, MIGRATIONS, GOALS)
+POLICIES = BucketSpec(
+    "edgehub-policies", "fleet policy pushes by version: text, hash, who pushed, when, to which devices"
+)
+POLICY_DEVICES = BucketSpec(
+    "edgehub-policy-devices", "per device: the latest policy bundle the hub signed for it (hub only)"
+)
+BUCKETS = (
+    APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS, CREDENTIALS, MIGRATIONS, GOALS, POLICIES,
+    POLICY_DEVICES,
+)  # fmt: skip
 
 HANDOVERS = "edgehub-handovers"
 """Object store: the AgentBundle of each migration in flight, by migration id (hub credentials only:

@@ -82,20 +82,20 @@ class PolicyAdmission:
         self, call: agent_pb2.ToolCall, spec: ToolSpec, args: JsonObject, ctx: ToolContext
     ) -> Decision:
         v = self.engine.decide(call.tool, args)
+        ver = v.version
         if v.effect != "needs_approval":
-            return Decision(v.effect, v.reason, v.rule, v.digest, network=v.network)
+            return Decision(v.effect, v.reason, v.rule, v.digest, network=v.network, policy_version=ver)
         a = self.approvals.get_approval(ctx.idempotency_key)
         if a is None or a.status == "pending" or (a.tool, a.args_json) != (call.tool, call.args_json):
-            return Decision("needs_approval", v.reason, v.rule, v.digest)
+            return Decision("needs_approval", v.reason, v.rule, v.digest, policy_version=ver)
         if a.decided_via == "local" and not self.local_ok:
             why = f"{v.reason}; decided on the device by {a.decided_by}, but local decisions are off"
-            return Decision("needs_approval", why, v.rule, v.digest)
+            return Decision("needs_approval", why, v.rule, v.digest, policy_version=ver)
         note = f" ({a.note})" if a.note else ""
         if a.status == "approved":
-            return Decision(
-                "allow", f"approved by {a.decided_by}{note}", v.rule, v.digest, approved_by=a.decided_by
-            )
-        return Decision("deny", f"denied by {a.decided_by}{note}", v.rule, v.digest)
+            why = f"approved by {a.decided_by}{note}"
+            return Decision("allow", why, v.rule, v.digest, approved_by=a.decided_by, policy_version=ver)
+        return Decision("deny", f"denied by {a.decided_by}{note}", v.rule, v.digest, policy_version=ver)
 
 
 _HOW = {"hub": "signed by the hub", "local": "on the device"}

@@ -13,6 +13,7 @@ from ..errors import ConfigError
 from ..store.base import EdgeStore
 from .approvals import PolicyAdmission, local_approvals_allowed
 from .guards import Breakers, RateLimits
+from .hubpolicy import HubPolicy
 from .pii import Scrubber
 from .policy import PolicyEngine
 from .sandbox import BwrapSandbox, HostRunner, Limits, SandboxUnavailable
@@ -27,6 +28,8 @@ class Safety:
     """The safety components a daemon plugs into its gateway, loop and store."""
 
     policy: PolicyEngine
+    hub_policy: HubPolicy
+    """The policy bundles the hub pushed (loaded by the daemon: ``HubPolicy.load``)."""
     admissions: list[Admission]
     interceptors: list[Interceptor]
     sandbox: CommandRunner | None
@@ -71,8 +74,10 @@ def build_safety(
         raise ConfigError("policy file not found", key="safety.policy", path=str(s.policy))
     policy = PolicyEngine(s.policy)
     sandbox, problem = build_sandbox(cfg, config_path=config_path)
+    hub_policy = HubPolicy(policy, cfg.device.data_dir / "policy", cfg.device.id, enabled=s.fleet_policy)
     return Safety(
         policy=policy,
+        hub_policy=hub_policy,
         admissions=[
             PolicyAdmission(policy, store, local_ok=local_approvals_allowed(s.local_approvals, enrolled)),
             RateLimits(s.tool_rate_per_minute, s.rate_per_minute),

@@ -244,6 +244,8 @@ class Verdict:
     """Hosts the call may reach (from the deciding rule's ``network``)."""
     matched: str = ""
     """For an ``effects`` rule: the simple command it matched and that command's effects."""
+    version: int = 0
+    """The hub bundle's version of the policy that decided (0: the local file or the default)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,9 +255,13 @@ class Policy:
     rules: tuple[Rule, ...]
     digest: str
     source: str
+    sha256: str = ""
+    """SHA-256 (hex) of the policy text (``digest`` is its first 12 digits)."""
+    version: int = 0
+    """The hub bundle's version (0: not from the hub)."""
 
     @classmethod
-    def parse(cls, text: str, *, source: str) -> Policy:
+    def parse(cls, text: str, *, source: str, version: int = 0) -> Policy:
         """Parse and validate policy text; raise ConfigError naming the bad key."""
         try:
             data = tomllib.loads(text)
@@ -267,16 +273,19 @@ class Policy:
             err = exc.errors()[0]
             key = ".".join(str(p) for p in err["loc"]) or "(policy)"
             raise ConfigError(f"{key}: {err['msg']}", key=key, path=source) from None
-        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-        return cls(tuple(Rule.compile(r) for r in model.rules), digest, source)
+        sha256 = hashlib.sha256(text.encode()).hexdigest()
+        return cls(tuple(Rule.compile(r) for r in model.rules), sha256[:12], source, sha256, version)
 
     def decide(self, tool: str, args: JsonObject) -> Verdict:
         seen = _Seen()
         for rule in self.rules:
             if rule.matches(tool, args, seen):
                 reason = f"{rule.reason} ({seen.matched})" if seen.matched else rule.reason
-                return Verdict(rule.effect, rule.id, reason, self.digest, rule.network, seen.matched)
-        return Verdict("deny", "default", "no rule allows this call (deny by default)", self.digest)
+                return Verdict(
+                    rule.effect, rule.id, reason, self.digest, rule.network, seen.matched, self.version
+                )
+        why = "no rule allows this call (deny by default)"
+        return Verdict("deny", "default", why, self.digest, version=self.version)
 
 
 def default_policy_text() -> str:
@@ -284,12 +293,15 @@ def default_policy_text() -> str:
 
 
 class PolicyEngine:
-    """Decides calls against a policy file, re-reading it when it changes."""
+    """Decides calls against a policy file, re-reading it when it changes; once a bundle from the hub
+    is adopted (``adopt``, see ``hubpolicy.py``), against that bundle and no longer the file."""
 
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self.load_error = ""
         """Why the last edit was refused (empty when the file in force is the file on disk)."""
+        self.from_hub = False
+        """A hub bundle is in force: the file is not read."""
         self._stamp: tuple[int, int, int] | None = None
         if path is None:
             self.policy = Policy.parse(default_policy_text(), source="(built-in default policy)")
@@ -314,7 +326,7 @@ class PolicyEngine:
 
     def reload_if_changed(self) -> bool:
         """Re-read the file if it changed; True when a new policy took effect."""
-        if self.path is None:
+        if self.path is None or self.from_hub:
             return False
         stamp = self._stat()
         if stamp == self._stamp:
@@ -329,6 +341,17 @@ class PolicyEngine:
         self.policy, self.load_error = policy, ""
         log.info("policy %s reloaded (digest %s, %d rules)", self.path, policy.digest, len(policy.rules))
         return True
+
+    def adopt(self, policy: Policy) -> None:
+        """Put a hub bundle's policy in force, in place of the file (the hub's wins from now on)."""
+        self.policy, self.from_hub, self.load_error = policy, True, ""
+        log.warning("policy version %d from the hub in force (digest %s, %d rules)",
+                    policy.version, policy.digest, len(policy.rules))  # fmt: skip
+
+    @property
+    def source(self) -> str:
+        """Where the policy in force comes from: ``hub``, ``file`` or ``default``."""
+        return "hub" if self.from_hub else "file" if self.path is not None else "default"
 
     def decide(self, tool: str, args: JsonObject) -> Verdict:
         self.reload_if_changed()

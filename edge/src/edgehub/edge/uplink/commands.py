@@ -24,10 +24,12 @@ from edgehub.sync.tracing import traceparent
 from ..datadir import DrainFlag
 from ..errors import StoreError
 from ..safety.approvals import ApprovalError, Approver, decide
+from ..safety.hubpolicy import HubPolicy
 from ..store.base import DeviceStore
 from .decisions import HubDecisions
 from .identity import DeviceIdentity
 from .migration import migrate_in, migrate_out
+from .policy import HubPolicies
 from .twin import daemon_version
 
 log = logging.getLogger("edgehub.edge")
@@ -81,6 +83,7 @@ class CommandRouter:
         identity: DeviceIdentity | None,
         keep_consolidated_days: float,
         decisions: HubDecisions | None = None,
+        hub_policy: HubPolicy | None = None,
     ) -> None:
         self.store = store
         self.agents = agents
@@ -89,6 +92,8 @@ class CommandRouter:
         self.identity = identity
         self.keep_consolidated_days = keep_consolidated_days
         self.decisions = decisions or HubDecisions(identity, device_id)
+        self.policies = HubPolicies(hub_policy, self.decisions) if hub_policy is not None else None
+        """Fleet policy bundles (None: this router applies none)."""
         self.handlers: dict[str, Handler] = {
             "migrate_out": lambda cmd: migrate_out(self, cmd),
             "migrate_in": lambda cmd: migrate_in(self, cmd),
@@ -97,6 +102,7 @@ class CommandRouter:
             "stop_agent": self._stop_agent,
             "decide_approval": self._decide_approval,
             "prune_episodes": self._prune_episodes,
+            "apply_policy": self._apply_policy,
         }
         """Command kind (the ``body`` field set) -> its handler."""
 
@@ -204,6 +210,11 @@ class CommandRouter:
             "approved" if d.approve else "denied",
             d.approver,
         )
+
+    async def _apply_policy(self, cmd: commands_pb2.Command) -> None:
+        if self.policies is None:
+            raise MessageRejected(f"device {self.device_id} keeps no fleet policy")
+        await self.policies.command(cmd)
 
     async def _prune_episodes(self, cmd: commands_pb2.Command) -> None:
         prune = cmd.prune_episodes

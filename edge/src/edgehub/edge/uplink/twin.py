@@ -19,7 +19,7 @@ from typing import Protocol
 from edgehub.llm import Brain
 from edgehub.llm.settings import DEFAULT_MODEL_NAME
 from edgehub.protocol.keywords import keywords
-from edgehub.protocol.v1 import twin_pb2
+from edgehub.protocol.v1 import policy_pb2, twin_pb2
 from edgehub.sync.records import ProtoCodec
 
 from ..config import EdgeConfig
@@ -94,6 +94,7 @@ class TwinReporter:
         running: Callable[[], list[str]],
         draining: Callable[[], bool],
         paused: Callable[[], str] = lambda: "",
+        policy: Callable[[], policy_pb2.RunningPolicy] | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -104,6 +105,8 @@ class TwinReporter:
         self.draining = draining
         self.paused = paused
         """Why its agents are paused ('': they are not): a full disk (``pressure.py``)."""
+        self.policy = policy
+        """The safety policy in force and the last bundle refused (``HubPolicy.running``)."""
         self._memories: list[str] = []
         self._memories_at = -MEMORY_KEYWORDS_S
 
@@ -137,6 +140,7 @@ class TwinReporter:
             memories=self.memories(),
             outbox_head=self.store.outbox_head(),
             paused_reason=self.paused(),
+            policy=self.policy() if self.policy is not None else None,
         )
 
     def memories(self) -> list[str]:

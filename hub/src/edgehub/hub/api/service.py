@@ -1,6 +1,6 @@
 """The management API (gRPC ``edgehub.v1.HubService`` over TLS), with server reflection and the
 standard health service. ``HubService`` is the servicer: one mixin per area (devices, agents, tokens,
-enrollment, migrations, knowledge, goals), each calling the hub's services (``HubServices``, built
+enrollment, migrations, knowledge, goals, policies), each calling the hub's services (``HubServices``, built
 once by the daemon); who may call what is ``access``, and errors become statuses in one place
 (``errors``).
 """
@@ -25,6 +25,7 @@ from .errors import maps_errors
 from .goals import GoalsApi
 from .knowledge import KnowledgeApi
 from .migrations import MigrationsApi
+from .policies import PoliciesApi
 from .tokens import TokensApi
 
 H = hub_pb2
@@ -40,6 +41,7 @@ class HubService(
     MigrationsApi,
     KnowledgeApi,
     GoalsApi,
+    PoliciesApi,
     hub_pb2_grpc.HubServiceServicer,
 ):
     """The servicer: builds nothing, holds the hub's services."""

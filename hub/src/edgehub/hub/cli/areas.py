@@ -26,3 +26,7 @@ GOAL = Area(
     "Goals: planned by the hub into a DAG of tasks, run by agents across the fleet.",
     "edgehub.hub.cli.goals:goal_app",
 )
+POLICY = Area(
+    "Fleet policy: safety policy files pushed to devices as signed, versioned bundles.",
+    "edgehub.hub.cli.policy:policy_app",
+)

@@ -667,6 +667,7 @@ class PolicyDecision(_message.Message):
     POLICY_DIGEST_FIELD_NUMBER: _builtins.int
     APPROVED_BY_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
     effect: _builtins.str
     """"allow", "deny" or "needs_approval"."""
     rule: _builtins.str
@@ -676,6 +677,8 @@ class PolicyDecision(_message.Message):
     """Digest of the policy file that decided, so an audit can find the exact rules."""
     approved_by: _builtins.str
     """For calls that needed approval: who decided."""
+    policy_version: _builtins.int
+    """The hub bundle's version of the policy that decided (0: the device's own file or the default)."""
     @_builtins.property
     def network(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Hosts the call was allowed to reach from its sandbox (the deciding rule's network grant)."""
@@ -689,10 +692,11 @@ class PolicyDecision(_message.Message):
         policy_digest: _builtins.str = ...,
         approved_by: _builtins.str = ...,
         network: _abc.Iterable[_builtins.str] | None = ...,
+        policy_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "effect", b"effect", "network", b"network", "policy_digest", b"policy_digest", "reason", b"reason", "rule", b"rule"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approved_by", b"approved_by", "effect", b"effect", "network", b"network", "policy_digest", b"policy_digest", "policy_version", b"policy_version", "reason", b"reason", "rule", b"rule"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,6 +20,7 @@ devices in it. Consolidate works on the whole fleet and needs a token without a 
 
 from collections import abc as _abc
 from edgehub.protocol.v1 import agent_pb2 as _agent_pb2
+from edgehub.protocol.v1 import policy_pb2 as _policy_pb2
 from edgehub.protocol.v1 import scope_pb2 as _scope_pb2
 from edgehub.protocol.v1 import twin_pb2 as _twin_pb2
 from google.protobuf import descriptor as _descriptor
@@ -1575,6 +1576,210 @@ class DecideApprovalRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DecideApprovalRequest: _TypeAlias = DecideApprovalRequest  # noqa: Y015
+
+@_typing.final
+class PolicyTarget(_message.Message):
+    """Which devices a policy push goes to: every device (`all`), the devices named, or the devices
+    carrying every label (the labels the hub assigned a device, over those its twin reports, with
+    `profile`, `arch` and `model`: as a goal's --devices selects).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ALL_FIELD_NUMBER: _builtins.int
+    DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    @_builtins.property
+    def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        all: _builtins.bool = ...,
+        device_ids: _abc.Iterable[_builtins.str] | None = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all", "device_ids", b"device_ids", "labels", b"labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyTarget: _TypeAlias = PolicyTarget  # noqa: Y015
+
+@_typing.final
+class PushPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The policy file (TOML)."""
+    note: _builtins.str
+    @_builtins.property
+    def target(self) -> Global___PolicyTarget: ...
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        target: Global___PolicyTarget | None = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "target", b"target", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushPolicyRequest: _TypeAlias = PushPolicyRequest  # noqa: Y015
+
+@_typing.final
+class RollbackPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TO_VERSION_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    to_version: _builtins.int
+    """The version whose text to push again (0: the one before the latest push)."""
+    @_builtins.property
+    def target(self) -> Global___PolicyTarget:
+        """Unset: the devices the latest push went to."""
+
+    def __init__(
+        self,
+        *,
+        to_version: _builtins.int = ...,
+        target: Global___PolicyTarget | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["target", b"target", "to_version", b"to_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackPolicyRequest: _TypeAlias = RollbackPolicyRequest  # noqa: Y015
+
+@_typing.final
+class PolicyStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyStatusRequest: _TypeAlias = PolicyStatusRequest  # noqa: Y015
+
+@_typing.final
+class DevicePolicy(_message.Message):
+    """One device's policy, as the hub knows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    SENT_VERSION_FIELD_NUMBER: _builtins.int
+    SENT_SHA256_FIELD_NUMBER: _builtins.int
+    RUNNING_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ONLINE_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    sent_version: _builtins.int
+    """The latest version pushed to it (0: none) and its text's SHA-256."""
+    sent_sha256: _builtins.str
+    state: _builtins.str
+    """"current" (runs what was sent), "pending" (not yet), "refused" (refused what was sent),
+    "local" (nothing sent: its own file or the default).
+    """
+    online: _builtins.bool
+    @_builtins.property
+    def running(self) -> _policy_pb2.RunningPolicy:
+        """What its twin reports (unset: it never reported)."""
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        sent_version: _builtins.int = ...,
+        sent_sha256: _builtins.str = ...,
+        running: _policy_pb2.RunningPolicy | None = ...,
+        state: _builtins.str = ...,
+        online: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["running", b"running"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "online", b"online", "running", b"running", "sent_sha256", b"sent_sha256", "sent_version", b"sent_version", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DevicePolicy: _TypeAlias = DevicePolicy  # noqa: Y015
+
+@_typing.final
+class PolicyStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICES_FIELD_NUMBER: _builtins.int
+    LATEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def devices(self) -> _containers.RepeatedCompositeFieldContainer[Global___DevicePolicy]: ...
+    @_builtins.property
+    def latest(self) -> _policy_pb2.PolicyPush:
+        """The latest push (unset: none)."""
+
+    def __init__(
+        self,
+        *,
+        devices: _abc.Iterable[Global___DevicePolicy] | None = ...,
+        latest: _policy_pb2.PolicyPush | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latest", b"latest"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "latest", b"latest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyStatusResponse: _TypeAlias = PolicyStatusResponse  # noqa: Y015
+
+@_typing.final
+class GetPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPolicyRequest: _TypeAlias = GetPolicyRequest  # noqa: Y015
 
 REQUIRED_ROLE_FIELD_NUMBER: _builtins.int
 required_role: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Role.ValueType]

@@ -5,6 +5,7 @@ import warnings
 
 from edgehub.protocol.v1 import goals_pb2 as edgehub_dot_v1_dot_goals__pb2
 from edgehub.protocol.v1 import hub_pb2 as edgehub_dot_v1_dot_hub__pb2
+from edgehub.protocol.v1 import policy_pb2 as edgehub_dot_v1_dot_policy__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -179,6 +180,26 @@ class HubServiceStub:
                 '/edgehub.v1.HubService/CancelGoal',
                 request_serializer=edgehub_dot_v1_dot_goals__pb2.CancelGoalRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_goals__pb2.Goal.FromString,
+                _registered_method=True)
+        self.PushPolicy = channel.unary_unary(
+                '/edgehub.v1.HubService/PushPolicy',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.PushPolicyRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_policy__pb2.PolicyPush.FromString,
+                _registered_method=True)
+        self.RollbackPolicy = channel.unary_unary(
+                '/edgehub.v1.HubService/RollbackPolicy',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.RollbackPolicyRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_policy__pb2.PolicyPush.FromString,
+                _registered_method=True)
+        self.PolicyStatus = channel.unary_unary(
+                '/edgehub.v1.HubService/PolicyStatus',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.PolicyStatusRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.PolicyStatusResponse.FromString,
+                _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/edgehub.v1.HubService/GetPolicy',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_policy__pb2.SignedPolicy.FromString,
                 _registered_method=True)
 
 
@@ -399,6 +420,37 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushPolicy(self, request, context):
+        """Fleet policy (policy.proto): push a policy file to the devices a selector picks, as the next
+        fleet-wide version, signed for each device and sent in its commands. INVALID_ARGUMENT: text that is
+        not TOML with an integer `version`, an oversized file, a bad selector or one no device matches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackPolicy(self, request, context):
+        """Push an earlier version's text again, as a new (higher) version: devices never go back in version.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PolicyStatus(self, request, context):
+        """Which version each device was sent, which it runs (its twin), and the last it refused and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicy(self, request, context):
+        """The calling device's latest bundle (empty when none was pushed to it): a device asks on start, so
+        one offline during a push converges without waiting for its commands.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -546,6 +598,26 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.CancelGoal,
                     request_deserializer=edgehub_dot_v1_dot_goals__pb2.CancelGoalRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_goals__pb2.Goal.SerializeToString,
+            ),
+            'PushPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushPolicy,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.PushPolicyRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_policy__pb2.PolicyPush.SerializeToString,
+            ),
+            'RollbackPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackPolicy,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.RollbackPolicyRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_policy__pb2.PolicyPush.SerializeToString,
+            ),
+            'PolicyStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.PolicyStatus,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.PolicyStatusRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.PolicyStatusResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.GetPolicyRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_policy__pb2.SignedPolicy.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1331,6 +1403,114 @@ class HubService:
             '/edgehub.v1.HubService/CancelGoal',
             edgehub_dot_v1_dot_goals__pb2.CancelGoalRequest.SerializeToString,
             edgehub_dot_v1_dot_goals__pb2.Goal.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/PushPolicy',
+            edgehub_dot_v1_dot_hub__pb2.PushPolicyRequest.SerializeToString,
+            edgehub_dot_v1_dot_policy__pb2.PolicyPush.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/RollbackPolicy',
+            edgehub_dot_v1_dot_hub__pb2.RollbackPolicyRequest.SerializeToString,
+            edgehub_dot_v1_dot_policy__pb2.PolicyPush.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PolicyStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/PolicyStatus',
+            edgehub_dot_v1_dot_hub__pb2.PolicyStatusRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.PolicyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/GetPolicy',
+            edgehub_dot_v1_dot_hub__pb2.GetPolicyRequest.SerializeToString,
+            edgehub_dot_v1_dot_policy__pb2.SignedPolicy.FromString,
             options,
             channel_credentials,
             insecure,

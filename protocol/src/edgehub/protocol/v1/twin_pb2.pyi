@@ -8,6 +8,7 @@ the hub trusts is the key's, never the `device_id` field.
 """
 
 from collections import abc as _abc
+from edgehub.protocol.v1 import policy_pb2 as _policy_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -205,6 +206,7 @@ class DeviceTwin(_message.Message):
     MEMORIES_FIELD_NUMBER: _builtins.int
     OUTBOX_HEAD_FIELD_NUMBER: _builtins.int
     PAUSED_REASON_FIELD_NUMBER: _builtins.int
+    POLICY_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """TWIN_SCHEMA_VERSION in edgehub.protocol.twin: a reader refuses a newer version than it knows."""
     device_id: _builtins.str
@@ -255,6 +257,10 @@ class DeviceTwin(_message.Message):
     def memories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Words its L3 memories are most about (data locality for the planner)."""
 
+    @_builtins.property
+    def policy(self) -> _policy_pb2.RunningPolicy:
+        """The safety policy in force, and the last hub bundle refused."""
+
     def __init__(
         self,
         *,
@@ -278,10 +284,11 @@ class DeviceTwin(_message.Message):
         memories: _abc.Iterable[_builtins.str] | None = ...,
         outbox_head: _builtins.int = ...,
         paused_reason: _builtins.str = ...,
+        policy: _policy_pb2.RunningPolicy | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware", "profile", b"profile"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware", "policy", b"policy", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_running", b"agents_running", "device_id", b"device_id", "draining", b"draining", "hardware", b"hardware", "heartbeat_s", b"heartbeat_s", "labels", b"labels", "load", b"load", "max_concurrent", b"max_concurrent", "memories", b"memories", "model", b"model", "model_name", b"model_name", "outbox_depth", b"outbox_depth", "outbox_head", b"outbox_head", "paused_reason", b"paused_reason", "profile", b"profile", "schema_version", b"schema_version", "sent_at", b"sent_at", "state", b"state", "tools", b"tools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_running", b"agents_running", "device_id", b"device_id", "draining", b"draining", "hardware", b"hardware", "heartbeat_s", b"heartbeat_s", "labels", b"labels", "load", b"load", "max_concurrent", b"max_concurrent", "memories", b"memories", "model", b"model", "model_name", b"model_name", "outbox_depth", b"outbox_depth", "outbox_head", b"outbox_head", "paused_reason", b"paused_reason", "policy", b"policy", "profile", b"profile", "schema_version", b"schema_version", "sent_at", b"sent_at", "state", b"state", "tools", b"tools", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

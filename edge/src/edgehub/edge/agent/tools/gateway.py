@@ -50,6 +50,8 @@ class Decision:
     approved_by: str = ""
     network: tuple[str, ...] = ()
     """Hosts the call may reach from its sandbox (a policy grant)."""
+    policy_version: int = 0
+    """The hub bundle's version of the policy that decided (0: the local file or the default)."""
 
     @property
     def allow(self) -> bool:
@@ -63,6 +65,7 @@ class Decision:
             policy_digest=self.digest,
             approved_by=self.approved_by,
             network=list(self.network),
+            policy_version=self.policy_version,
         )
 
 
