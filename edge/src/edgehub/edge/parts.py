@@ -30,6 +30,7 @@ from .metrics import DaemonCollector, EdgeMetrics
 from .safety.build import Safety, build_safety, build_scrubber
 from .scheduler import AgentScheduler
 from .store.base import DeviceStore
+from .store.retention import Pruner
 from .store.sqlite import SqliteStore
 from .tracing import Tracing
 from .uplink.commands import CommandRouter
@@ -66,6 +67,8 @@ class Parts:
     """L3: indexes each committed step (``[memory] episodic``; None: off)."""
     metrics_port: int | None
     """Where /metrics is served (``[metrics] port``; None: not served)."""
+    pruner: Pruner
+    """Retention: prunes the store by ``[retention]`` while the daemon runs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +125,22 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         draining=lambda: drain.on,
     )
     port = _serve_metrics(cfg, metrics, store, scheduler, hub)
-    return Parts(store, brain, loop, scheduler, router, twin, hub, indexer, port)
+    return Parts(
+        store, brain, loop, scheduler, router, twin, hub, indexer, port, _pruner(cfg, store, indexer)
+    )
+
+
+def _pruner(cfg: EdgeConfig, store: DeviceStore, indexer: EpisodeIndexer | None) -> Pruner:
+    """Retention by ``[retention]``; with L3 on, no mind-log row it has not indexed yet is pruned."""
+    r = cfg.retention
+    return Pruner(
+        store,
+        r.rules(),
+        interval_s=r.interval_s,
+        batch_rows=r.batch_rows,
+        vacuum_pages=r.vacuum_pages,
+        indexed_through=(lambda: indexer.memory.indexed_through) if indexer is not None else (lambda: None),
+    )
 
 
 async def _open_brain(cfg: EdgeConfig, opened: AsyncExitStack) -> Brain:
