@@ -95,6 +95,8 @@ class Pruner:
         self.passes = 0
         self.pruned: dict[str, int] = dict.fromkeys(KINDS, 0)
         """Rows deleted since the daemon started, per kind."""
+        self.slowest_batch_s = 0.0
+        """The longest one batch held the event loop (its query and its delete transaction)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """A pass every ``interval_s`` (the first one at once) until ``stop``; a failing pass is logged
@@ -128,13 +130,14 @@ class Pruner:
         totals = self.store.retention_totals(kind)
         rows = size = 0
         while stop is None or not stop.is_set():
-            indexed = self.indexed_through()
-            chosen = choose(
-                self.store.prune_candidates(kind, self.batch_rows, indexed), rule, totals, self.clock()
-            )
+            started, indexed = time.perf_counter(), self.indexed_through()
+            found = self.store.prune_candidates(kind, self.batch_rows, indexed)
+            chosen = choose(found, rule, totals, self.clock())
+            if chosen:
+                self.store.prune_rows(kind, [c.key for c in chosen], indexed)
+            self.slowest_batch_s = max(self.slowest_batch_s, time.perf_counter() - started)
             if not chosen:
                 break
-            self.store.prune_rows(kind, [c.key for c in chosen], indexed)
             gone = sum(c.bytes for c in chosen)
             rows, size = rows + len(chosen), size + gone
             totals = Totals(totals.rows - len(chosen), totals.bytes - gone, totals.oldest)

@@ -98,8 +98,11 @@ KINDS: dict[str, Kind] = {
         f"SELECT m.id, a.updated_at, length(m.event) + {ROW_BYTES} + COALESCE((SELECT SUM(length(t.text))"
         f" + COUNT(*) * {ROW_BYTES} FROM turns t WHERE t.agent_id = m.agent_id AND t.step = m.step"
         " AND m.id = (SELECT MIN(id) FROM mind_log f WHERE f.agent_id = m.agent_id AND f.step = m.step)), 0)"
-        f" FROM agents a JOIN mind_log m ON m.agent_id = a.agent_id WHERE a.status IN {ENDED}"
-        f" AND {_MIND_LOG_ELIGIBLE} ORDER BY a.updated_at, m.id LIMIT :limit",
+        # (from the :limit agents that ended first and still have a mind-log: no sort of the whole log)
+        f" FROM (SELECT agent_id, updated_at FROM agents x WHERE x.status IN {ENDED} AND EXISTS (SELECT 1"
+        " FROM mind_log y WHERE y.agent_id = x.agent_id) ORDER BY x.updated_at LIMIT :limit) a"
+        f" JOIN mind_log m ON m.agent_id = a.agent_id WHERE {_MIND_LOG_ELIGIBLE}"
+        " ORDER BY a.updated_at, m.id LIMIT :limit",
         (
             "DELETE FROM turns WHERE (agent_id, step) IN (SELECT m.agent_id, m.step FROM mind_log m"
             f" WHERE m.id IN {_KEYS} AND {_MIND_LOG_ELIGIBLE})",
