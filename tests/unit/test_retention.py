@@ -10,12 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import apsw
+import numpy as np
 import pytest
 
 from edgehub.edge.agent.loop import new_agent
 from edgehub.edge.config import EdgeConfig
 from edgehub.edge.store import Intent, SqliteStore
-from edgehub.edge.store.base import Approval, Candidate, Totals
+from edgehub.edge.store.base import Approval, Candidate, Episode, Totals
 from edgehub.edge.store.retention import Pruner, Rule, choose
 from edgehub.protocol.v1 import agent_pb2
 
@@ -141,6 +142,21 @@ def test_intents_of_agents_that_ended_go_and_a_live_agents_stay(store: SqliteSto
     assert prune(store, {"intents": EVERYTHING}) == {"intents": 3}  # acks do not matter for intents
     assert store.get_intent("done/0") is None
     assert store.get_intent("live/0") is not None
+
+
+def test_episodes_go_once_replicated_and_their_step_left_the_mind_log(store: SqliteStore) -> None:
+    run_agent(store, "a", 2)
+    vector = (np.ones(384) / np.sqrt(384)).astype(np.float32)
+    episodes = [
+        Episode(key, "a", f"memory {key}", 1.0, 0.5, 0, vector.tobytes()) for key in ("a/0/0/action", "m1")
+    ]
+    store.add_episodes(episodes[:1])
+    store.add_episodes(episodes[1:], replicate="model")  # its outbox event, not yet acknowledged
+    assert prune(store, {"episodes": EVERYTHING}) == {}  # a/0/0/action: its step is still in the mind-log
+    store.outbox_ack(3)
+    assert prune(store, {"mind_log": EVERYTHING, "episodes": EVERYTHING}) == {"mind_log": 2, "episodes": 2}
+    assert store.episode_count() == 0
+    assert store._scalar("SELECT COUNT(*) FROM episode_bits") == 0
 
 
 def test_count_and_byte_limits_keep_the_newest(store: SqliteStore) -> None:

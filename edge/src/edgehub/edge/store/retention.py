@@ -133,14 +133,13 @@ class Pruner:
             started, indexed = time.perf_counter(), self.indexed_through()
             found = self.store.prune_candidates(kind, self.batch_rows, indexed)
             chosen = choose(found, rule, totals, self.clock())
-            if chosen:
-                self.store.prune_rows(kind, [c.key for c in chosen], indexed)
+            went = self.store.prune_rows(kind, [c.key for c in chosen], indexed) if chosen else 0
             self.slowest_batch_s = max(self.slowest_batch_s, time.perf_counter() - started)
-            if not chosen:
+            if not went:  # nothing left to prune, or what was chosen became needed meanwhile
                 break
             gone = sum(c.bytes for c in chosen)
-            rows, size = rows + len(chosen), size + gone
-            totals = Totals(totals.rows - len(chosen), totals.bytes - gone, totals.oldest)
+            rows, size = rows + went, size + gone
+            totals = Totals(totals.rows - went, totals.bytes - gone, totals.oldest)
             await asyncio.sleep(0)  # let the agents' steps commit between batches
         if rows:
             report.rows[kind], report.bytes[kind] = rows, size

@@ -8,7 +8,8 @@ newest acknowledged one (its sequence is what the next event follows, ``outbox_d
 the rollback check compares with the watermark); the state, turns, mind-log, notes and intents of an
 agent that is pending, running or awaiting approval; an agent with an unresolved approval, or with a
 step whose event the hub has not acknowledged; a mind-log row L3 has not indexed yet; an L3 episode
-whose replication the hub has not acknowledged.
+whose replication the hub has not acknowledged, or whose step is still in the mind-log (L3 would index
+the step again).
 
 Space: a store is created with ``auto_vacuum=INCREMENTAL`` (``connect``); a store from before is
 switched once at open by ``VACUUM`` (it rewrites the file, so it needs as much free disk as the file
@@ -73,7 +74,10 @@ _AGENT_ELIGIBLE = (
     f" AND (m.id > :indexed OR {UNACKED.format('m.event_id')}))"
 )
 _INTENT_ELIGIBLE = f"NOT EXISTS (SELECT 1 FROM agents a WHERE a.agent_id = i.agent_id AND a.status IN {LIVE})"
-_EPISODE_ELIGIBLE = f"NOT {UNACKED.format(chr(39) + 'episode/' + chr(39) + ' || e.key')}"
+_EPISODE_ELIGIBLE = (  # its step's mind-log row gone too: L3 would index that step again after a restart
+    f"NOT {UNACKED.format(chr(39) + 'episode/' + chr(39) + ' || e.key')}"
+    " AND NOT EXISTS (SELECT 1 FROM mind_log m WHERE m.event_id = e.key)"
+)
 _KEYS = "(SELECT value FROM json_each(:keys))"
 _AGENT_KEYS = f"(SELECT a.agent_id FROM agents a WHERE a.agent_id IN {_KEYS} AND {_AGENT_ELIGIBLE})"
 
