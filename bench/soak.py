@@ -148,7 +148,7 @@ async def one_run(tmp: Path, server: NatsServer, retention: bool) -> Run:
     brain = FakeBrain(script())
     cfg = config(tmp / ("on" if retention else "off"), server.url, retention)
     started = time.perf_counter()
-    async with EdgeDaemon(cfg, brain=brain) as daemon:
+    async with EdgeDaemon(cfg, brain=brain, poll_interval=0.02) as daemon:
         store = store_of(daemon)
         runner = asyncio.create_task(daemon.run())
         at_checkpoint = 0
