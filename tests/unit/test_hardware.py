@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from edgehub.edge.config import EdgeConfig
 from edgehub.hardware import (
     BUILTIN_PROFILES,
+    Disk,
     Machine,
     NoMatchingProfile,
     ProfileError,
@@ -368,6 +369,21 @@ def test_a_ram_backed_snapshot_is_capped_by_memory_and_a_disk_one_is_not() -> No
     assert derive(small, profiles["x86-ipc"]).snapshot_max_mb == 256
     assert profiles["generic"].runtime.snapshot.dir is None
     assert derive(small, profiles["generic"]).snapshot_max_mb == profiles["generic"].runtime.snapshot.max_mb
+
+
+def test_the_store_budget_is_the_profiles_within_an_eighth_of_the_primary_disk() -> None:
+    pi = {p.name: p for p in load_profiles()}["raspberry-pi-5"]
+    card = Disk(name="mmcblk0", storage="sd", size_mb=16 * 1024, removable=False)
+    stick = Disk(name="sda", storage="ssd", size_mb=256 * 1024, removable=True)
+    small = dataclasses.replace(_machine(4, 4096), disks=(card, stick))
+    assert small.primary_disk_mb == 16 * 1024  # the fixed card, not the larger removable stick
+    assert derive(small, pi).store_budget_mb == min(pi.runtime.store.budget_mb, 2048) == 1024
+    tiny = dataclasses.replace(small, disks=(dataclasses.replace(card, size_mb=4096),))
+    assert derive(tiny, pi).store_budget_mb == 512
+    assert derive(_machine(4, 4096), pi).store_budget_mb == pi.runtime.store.budget_mb  # disk unknown
+    cfg = EdgeConfig.model_validate(derive(tiny, pi).as_edge_config())
+    assert cfg.retention.budget_mb == 512
+    assert cfg.retention.rules()["outbox"].max_bytes == int(512 * 0.2 * 1024 * 1024)
 
 
 def test_settings_are_json_ready_and_fit_the_edge_config(ipc_root: Path) -> None:

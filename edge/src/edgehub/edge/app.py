@@ -31,6 +31,7 @@ from .memory.embed import LazyEmbedder
 from .memory.episodic import EpisodeIndexer
 from .parts import Options, Parts, open_parts
 from .store.base import DeviceStore
+from .store.retention import Pruner
 from .store.upkeep import wal_checkpoints
 from .trim import IdleTrim
 
@@ -103,6 +104,11 @@ class EdgeDaemon:
         return self.parts.indexer
 
     @property
+    def pruner(self) -> Pruner:
+        """Retention (``[retention]``)."""
+        return self.parts.pruner
+
+    @property
     def metrics_port(self) -> int | None:
         """Where /metrics is served (None: not served)."""
         return self.parts.metrics_port
@@ -148,9 +154,11 @@ class EdgeDaemon:
     def _helpers(self, p: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """What runs beside the agents until ``stop``: the hub link (and the fetch of the hub's
         policy), L3 indexing, the disk-pressure check, the idle trim, idle checkpoints of the model's
-        worker, and the store's WAL checkpoints."""
+        worker, the store's WAL checkpoints and retention."""
         wal = wal_checkpoints(p.store, self.cfg.store.checkpoint_s, stop)
         helpers = [asyncio.create_task(wal, name="wal-checkpoints")]
+        if p.pruner.rules:
+            helpers.append(asyncio.create_task(p.pruner.run(stop), name="retention"))
         if p.hub is not None:
             link = p.hub.link.run(stop, commands=p.router.apply, twin=p.twin.twin)
             helpers.append(asyncio.create_task(link, name="hublink"))

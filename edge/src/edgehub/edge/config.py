@@ -20,6 +20,7 @@ from edgehub.cli import config as config_loader
 from edgehub.protocol.ids import NAME_PATTERN
 
 from .errors import ConfigError
+from .store.retention import KINDS, Rule
 
 ENV_PREFIX = "EDGEHUB_EDGE__"
 
@@ -251,6 +252,65 @@ class StoreConfig(_Section):
     they resume once this much is free again."""
 
 
+class KindRetention(_Section):
+    """How much of one kind of data the store keeps. A row goes once it is older than ``max_age_days``
+    OR beyond the newest ``max_rows`` OR beyond the newest ``max_mb``, and only when nothing still
+    needs it (docs/operations.md, Retention on the edge); unset: no limit of that sort."""
+
+    max_age_days: float | None = Field(None, gt=0)
+    max_rows: int | None = Field(None, ge=1)
+    max_mb: float | None = Field(None, gt=0)
+    """None: this kind's share of ``[retention] budget_mb``."""
+
+
+RETENTION_SHARES = {"outbox": 0.2, "mind_log": 0.4, "agents": 0.1, "intents": 0.1, "episodes": 0.2}
+"""Each kind's share of ``[retention] budget_mb`` when it sets no ``max_mb`` of its own."""
+
+
+class RetentionConfig(_Section):
+    """What the store keeps of the device's history, per kind; the daemon prunes the rest every
+    ``interval_s`` in small transactions and gives the space back to the file system."""
+
+    enabled: bool = True
+    """False: nothing is pruned (the store grows without bound)."""
+    interval_s: float = Field(60.0, gt=0)
+    """How often the daemon prunes."""
+    batch_rows: int = Field(500, ge=1, le=100_000)
+    """Rows deleted per transaction: a step waits for at most one batch."""
+    vacuum_pages: int = Field(1024, ge=0)
+    """Free pages given back to the file system per ``incremental_vacuum`` call after pruning (4 KB
+    each); 0: none (freed pages are only reused)."""
+    budget_mb: int = Field(1024, ge=16)
+    """What the kinds that set no ``max_mb`` share (``RETENTION_SHARES``); from the hardware profile."""
+    outbox: KindRetention = KindRetention(max_age_days=2)
+    """Outbox rows the hub acknowledged."""
+    mind_log: KindRetention = KindRetention(max_age_days=7)
+    """Mind-log events and L2 turns of ended agents, counted from the agent's end."""
+    agents: KindRetention = KindRetention(max_age_days=30)
+    """Ended agents (finished, failed, stopped, migrated away), with all they left behind."""
+    intents: KindRetention = KindRetention(max_age_days=7)
+    """Tool intents of agents that are no longer active."""
+    episodes: KindRetention = KindRetention(max_age_days=90)
+    """L3 episodes, beyond ``[memory] keep_consolidated_days`` (which prunes those the hub consolidated)."""
+
+    def rules(self) -> dict[str, Rule]:
+        """Each kind's rule as the pruner applies it; none when retention is off."""
+        if not self.enabled:
+            return {}
+        rules = {}
+        for kind in KINDS:
+            own: KindRetention = getattr(self, kind)
+            age = own.max_age_days * 86400 if own.max_age_days is not None else None
+            rules[kind] = Rule(age, own.max_rows, self.max_bytes(kind))
+        return rules
+
+    def max_bytes(self, kind: str) -> int:
+        """The byte limit of ``kind``: its own ``max_mb`` or its share of ``budget_mb``."""
+        own: KindRetention = getattr(self, kind)
+        mb = own.max_mb if own.max_mb is not None else self.budget_mb * RETENTION_SHARES[kind]
+        return int(mb * 1024 * 1024)
+
+
 class EdgeConfig(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
@@ -264,6 +324,7 @@ class EdgeConfig(_Section):
     tracing: TracingConfig = TracingConfig()
     snapshot: SnapshotConfig = SnapshotConfig()
     store: StoreConfig = StoreConfig()
+    retention: RetentionConfig = RetentionConfig()
 
     @property
     def store_path(self) -> Path:

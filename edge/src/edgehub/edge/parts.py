@@ -33,6 +33,7 @@ from .pressure import DiskPressure
 from .safety.build import Safety, build_safety, build_scrubber
 from .scheduler import AgentScheduler
 from .store.base import DeviceStore
+from .store.retention import Pruner
 from .store.sqlite import SqliteStore
 from .tracing import Tracing
 from .uplink.commands import CommandRouter
@@ -69,6 +70,8 @@ class Parts:
     """L3: indexes each committed step (``[memory] episodic``; None: off)."""
     metrics_port: int | None
     """Where /metrics is served (``[metrics] port``; None: not served)."""
+    pruner: Pruner
+    """Retention: prunes the store by ``[retention]`` while the daemon runs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +133,22 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         policy=safety.hub_policy.running,
     )
     port = _serve_metrics(cfg, metrics, store, scheduler, hub)
-    return Parts(store, brain, loop, scheduler, router, twin, hub, indexer, port)
+    return Parts(
+        store, brain, loop, scheduler, router, twin, hub, indexer, port, _pruner(cfg, store, indexer)
+    )
+
+
+def _pruner(cfg: EdgeConfig, store: DeviceStore, indexer: EpisodeIndexer | None) -> Pruner:
+    """Retention by ``[retention]``; with L3 on, no mind-log row it has not indexed yet is pruned."""
+    r = cfg.retention
+    return Pruner(
+        store,
+        r.rules(),
+        interval_s=r.interval_s,
+        batch_rows=r.batch_rows,
+        vacuum_pages=r.vacuum_pages,
+        indexed_through=(lambda: indexer.memory.indexed_through) if indexer is not None else (lambda: None),
+    )
 
 
 def _kept_hub_key(identity: DeviceIdentity | None) -> HubKey | None:

@@ -94,6 +94,12 @@ class Machine:
     """Class of the primary disk (the largest fixed one)."""
     disks: tuple[Disk, ...]
 
+    @property
+    def primary_disk_mb(self) -> int:
+        """Size of the primary disk (the largest fixed one, as for ``storage``); 0 if unknown."""
+        fixed = [d for d in self.disks if not d.removable] or list(self.disks)
+        return max((d.size_mb for d in fixed), default=0)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: flags sorted, disks as dicts."""
         out = asdict(self)

@@ -111,6 +111,14 @@ class SandboxLimits(_Strict):
     max_pids: int = Field(64, ge=4)
 
 
+class StorePlan(_Strict):
+    """How much of the disk the edge's store may keep (the edge's ``[retention] budget_mb``)."""
+
+    budget_mb: int = Field(1024, ge=16)
+    """What retention keeps the store's data within, split among its kinds; derive() also keeps it
+    within an eighth of the primary disk, so a small SD card is not filled by history."""
+
+
 class Runtime(_Strict):
     """What a machine of this class can afford; ranges are those of the edge's ``[model]``."""
 
@@ -122,6 +130,7 @@ class Runtime(_Strict):
     model: ModelFit
     snapshot: SnapshotPlan
     sandbox: SandboxLimits
+    store: StorePlan = StorePlan()
 
 
 class Profile(_Strict):

@@ -44,6 +44,9 @@ class Settings:
     sandbox_max_pids: int
     storage: StorageClass
     """Class of the primary disk, as detected."""
+    store_budget_mb: int = 1024
+    """What the edge's store retention keeps its data within: the profile's, within an eighth of the
+    primary disk."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (paths as strings)."""
@@ -56,6 +59,7 @@ class Settings:
         tree: dict[str, dict[str, Any]] = {
             "model": {"n_threads": self.threads, "n_ctx": self.n_ctx, "n_batch": self.n_batch},
             "sandbox": {"memory_mb": self.sandbox_memory_mb, "max_pids": self.sandbox_max_pids},
+            "retention": {"budget_mb": self.store_budget_mb},
         }
         if self.snapshot_dir is not None:
             tree["snapshot"] = {"dir": str(self.snapshot_dir)}
@@ -81,6 +85,7 @@ def derive(machine: Machine, profile: Profile) -> Settings:
         sandbox_memory_mb=max(_MIN_MB, _cap(rt.sandbox.memory_mb, memory // 4)),
         sandbox_max_pids=rt.sandbox.max_pids,
         storage=machine.storage,
+        store_budget_mb=max(_MIN_MB, _cap(rt.store.budget_mb, machine.primary_disk_mb // 8)),
     )
 
 

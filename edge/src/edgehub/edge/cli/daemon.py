@@ -1,4 +1,5 @@
-"""``edgehub edge ...``: run the daemon, enroll the device, show the config, check the device."""
+"""``edgehub edge ...``: run the daemon, enroll the device, show the config, check the device, show what
+its store keeps."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgehub.cli.common import ConfigOpt, ExitCode, console, exit_with, fail, setup_logging
+from edgehub.cli.common import ConfigOpt, ExitCode, JsonOpt, console, err, exit_with, fail, setup_logging
 
 from ..app import EdgeDaemon
 from ..config import EdgeConfig
 from ..errors import EdgeError
+from ..store.sqlite import SqliteStore
 from ..uplink.identity import DeviceIdentity, enroll
 from .areas import EDGE
-from .common import load
+from .common import load, read_store
 
 edge_app = typer.Typer(help=EDGE.help, no_args_is_help=True)
 
@@ -119,6 +121,24 @@ def edge_doctor(
     console.print(table)
     if any(f.required and not f.ok for f in findings):
         exit_with(ExitCode.FAILED)
+
+
+@edge_app.command("storage")
+def edge_storage(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """What the store keeps per kind of data (rows, bytes, oldest), what retention may prune now and its
+    setting, and the files (database, write-ahead log, free pages). Read-only: creates nothing."""
+    from .storage import show
+
+    cfg = load(config)
+    store = read_store(cfg)
+    if store is None:
+        err.print(f"no store on this device yet ({cfg.store_path})")
+        return
+    try:
+        assert isinstance(store, SqliteStore)
+        show(store, cfg.retention, as_json=as_json)
+    finally:
+        store.close()
 
 
 def _accept_rollback(cfg: EdgeConfig, store: bool, by: str) -> None:

@@ -180,6 +180,12 @@ class EpisodicMemory:
         text = outcome_text(state.goal, event.observation.output)
         return Episode(f"{OUTCOME}{event.agent_id}", event.agent_id, text, self._at(event), 0.9, event.step)
 
+    @property
+    def indexed_through(self) -> int:
+        """The last mind-log row looked at: every step up to it has its episode (retention prunes no
+        mind-log row after it)."""
+        return self._last_id
+
     async def catch_up(self, batch: int = 256) -> int:
         """Index every mind-log step that has no episode yet (new steps, or steps a crash left
         unindexed); returns how many episodes were added. Incremental: it continues after the last

@@ -275,5 +275,46 @@ class KnowledgeCache(Protocol):
     def cache_knowledge(self, query: str, answer: bytes, fetched_at: float) -> None: ...
 
 
-class DeviceStore(EdgeStore, AgentTransfer, EpisodeStore, KnowledgeCache, Protocol):
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """What the store holds of one kind of data (``retention.KINDS``)."""
+
+    rows: int
+    bytes: int
+    """Stored bytes of the rows' data (an estimate: record overhead and indexes are not counted)."""
+    oldest: float | None
+    """Unix time of the oldest row; None when there is none."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A row nothing needs any more: retention may delete it."""
+
+    key: str | int
+    at: float
+    """When it was written (mind-log: when its agent ended)."""
+    bytes: int
+
+
+class RetainedStore(Protocol):
+    """What retention needs of the store (``retention.Pruner``)."""
+
+    def retention_totals(self, kind: str) -> Totals: ...
+
+    def prune_candidates(self, kind: str, limit: int, indexed_through: int | None = None) -> list[Candidate]:
+        """Rows of ``kind`` nothing needs any more, oldest first; ``indexed_through``: the last mind-log
+        id L3 has indexed (None: L3 is off)."""
+        ...
+
+    def prune_rows(self, kind: str, keys: Sequence[str | int], indexed_through: int | None = None) -> int:
+        """Delete these candidates (and what goes with them) where still eligible, in one transaction;
+        how many went."""
+        ...
+
+    def incremental_vacuum(self, pages: int) -> int:
+        """Hand up to ``pages`` free pages back to the file system; how many were."""
+        ...
+
+
+class DeviceStore(EdgeStore, AgentTransfer, EpisodeStore, KnowledgeCache, RetainedStore, Protocol):
     """The whole store of a device, as the daemon holds it."""

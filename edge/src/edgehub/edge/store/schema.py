@@ -214,6 +214,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE outbox ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';  -- W3C; '' untraced or before 10
         """,
     ),
+    Migration(
+        11,
+        "retention: indexes that find old intents and an agent's intents; what retention pruned, per kind",
+        """
+        CREATE INDEX intents_by_age ON intents(created_at);
+        CREATE INDEX intents_by_agent ON intents(agent_id, step);
+        CREATE TABLE pruned (                    -- rows retention deleted over the store's life
+            kind    TEXT PRIMARY KEY,            -- outbox | mind_log | agents | intents | episodes
+            rows    INTEGER NOT NULL,
+            last_at REAL NOT NULL
+        );
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

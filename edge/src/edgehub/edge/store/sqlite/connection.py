@@ -48,6 +48,7 @@ def connect(path: Path) -> apsw.Connection:
         conn.load_extension(sqlite_vec.loadable_path())  # L3 vectors (episode_bits)
         conn.enable_load_extension(False)
         conn.set_busy_timeout(5000)
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file only; an older one: retention.py
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")

@@ -20,6 +20,7 @@ from .connection import DAMAGE, check, connect, connect_readonly
 from .episodes import Episodes
 from .knowledge import KnowledgeRows
 from .outbox import EDGE_EVENT_SCHEMA_VERSION
+from .retention import Retention
 from .transfer import Transfer
 from .watermark import AcceptedRollback
 
@@ -34,20 +35,24 @@ TASK_ENDS = (agent_pb2.AGENT_STATUS_FINISHED, agent_pb2.AGENT_STATUS_FAILED, age
 """Statuses that end a hub-planned task's agent: the store reports the task's result."""
 
 
-class SqliteStore(Transfer, Episodes, KnowledgeRows):
+class SqliteStore(Transfer, Episodes, KnowledgeRows, Retention):
     """``DeviceStore`` on one SQLite file: agents (``agents``), mind-log, outbox and PII vault
     (``outbox``), L2 turns and notes (``sessions``), approvals, migration (``transfer``), L3
-    (``episodes``), the knowledge cache, and here the tool intents and the step commit. Not
+    (``episodes``), the knowledge cache, retention (``retention``), and here the tool intents and the
+    step commit. Not
     thread-safe: use it from one thread (the event loop)."""
 
     @classmethod
     def open(cls, path: Path, *, device_id: str, outgoing: OutgoingFilter | None = None) -> SqliteStore:
         """Open (creating and migrating as needed) the store at ``path``. ``StoreDamaged`` when SQLite's
         quick check finds it damaged; behind its watermark, it opens with ``rollback`` set (readable,
-        every write refused; the daemon refuses to run on it)."""
+        every write refused; the daemon refuses to run on it). A store from before retention is switched
+        to incremental vacuum once (``retention``)."""
         path = Path(path)
         store = cls(connect(path), path=path, device_id=device_id, outgoing=outgoing)
-        return store._checked("open", store._migrate, store._check_watermark)
+        return store._checked(
+            "open", store._migrate, store._check_watermark, store._switch_to_incremental_vacuum
+        )
 
     @classmethod
     def open_readonly(cls, path: Path, *, device_id: str) -> SqliteStore:
@@ -156,6 +161,8 @@ class SqliteStore(Transfer, Episodes, KnowledgeRows):
             seq = self._scalar("SELECT seq FROM outbox WHERE event_id = ?", (event.event_id,))
             if seq is not None:
                 return int(seq)  # this step was committed before: change nothing
+            if self._scalar("SELECT 1 FROM mind_log WHERE event_id = ?", (event.event_id,)) is not None:
+                return 0  # committed before too, and its outbox entry pruned since (the hub had it)
             self._put_state(state)
             self._add_turns(state.agent_id, turns)
             self._log_event(event)
