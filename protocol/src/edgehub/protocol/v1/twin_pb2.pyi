@@ -33,6 +33,10 @@ class _DeviceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeviceSta
     DEVICE_STATE_RUNNING: _DeviceState.ValueType  # 1
     DEVICE_STATE_STOPPED: _DeviceState.ValueType  # 2
     """The daemon's last heartbeat, sent as it shut down."""
+    DEVICE_STATE_RESTRICTED: _DeviceState.ValueType  # 3
+    """Running in restricted mode: its store lost commits (`restricted` says why), so no agent runs and
+    nothing is sent from its outbox until an operator accepts the loss or recovers from the hub.
+    """
 
 class DeviceState(_DeviceState, metaclass=_DeviceStateEnumTypeWrapper): ...
 
@@ -40,6 +44,10 @@ DEVICE_STATE_UNSPECIFIED: DeviceState.ValueType  # 0
 DEVICE_STATE_RUNNING: DeviceState.ValueType  # 1
 DEVICE_STATE_STOPPED: DeviceState.ValueType  # 2
 """The daemon's last heartbeat, sent as it shut down."""
+DEVICE_STATE_RESTRICTED: DeviceState.ValueType  # 3
+"""Running in restricted mode: its store lost commits (`restricted` says why), so no agent runs and
+nothing is sent from its outbox until an operator accepts the loss or recovers from the hub.
+"""
 Global___DeviceState: _TypeAlias = DeviceState  # noqa: Y015
 
 @_typing.final
@@ -203,6 +211,8 @@ class DeviceTwin(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
     MEMORIES_FIELD_NUMBER: _builtins.int
+    RESTRICTED_FIELD_NUMBER: _builtins.int
+    AGENTS_HELD_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """TWIN_SCHEMA_VERSION in edgehub.protocol.twin: a reader refuses a newer version than it knows."""
     device_id: _builtins.str
@@ -225,6 +235,8 @@ class DeviceTwin(_message.Message):
     """The loaded model's fingerprint."""
     model_name: _builtins.str
     """The model's name (its GGUF's file name without the suffix)."""
+    restricted: _builtins.str
+    """Why the daemon runs restricted (DEVICE_STATE_RESTRICTED); empty otherwise."""
     @_builtins.property
     def hardware(self) -> Global___Hardware: ...
     @_builtins.property
@@ -244,6 +256,12 @@ class DeviceTwin(_message.Message):
     @_builtins.property
     def memories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Words its L3 memories are most about (data locality for the planner)."""
+
+    @_builtins.property
+    def agents_held(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agents held (not resumed) while restricted: they would resume from checkpoints older than
+        what they did.
+        """
 
     def __init__(
         self,
@@ -266,10 +284,12 @@ class DeviceTwin(_message.Message):
         model_name: _builtins.str = ...,
         profile: Global___HardwareProfile | None = ...,
         memories: _abc.Iterable[_builtins.str] | None = ...,
+        restricted: _builtins.str = ...,
+        agents_held: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_running", b"agents_running", "device_id", b"device_id", "draining", b"draining", "hardware", b"hardware", "heartbeat_s", b"heartbeat_s", "labels", b"labels", "load", b"load", "max_concurrent", b"max_concurrent", "memories", b"memories", "model", b"model", "model_name", b"model_name", "outbox_depth", b"outbox_depth", "profile", b"profile", "schema_version", b"schema_version", "sent_at", b"sent_at", "state", b"state", "tools", b"tools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_held", b"agents_held", "agents_running", b"agents_running", "device_id", b"device_id", "draining", b"draining", "hardware", b"hardware", "heartbeat_s", b"heartbeat_s", "labels", b"labels", "load", b"load", "max_concurrent", b"max_concurrent", "memories", b"memories", "model", b"model", "model_name", b"model_name", "outbox_depth", b"outbox_depth", "profile", b"profile", "restricted", b"restricted", "schema_version", b"schema_version", "sent_at", b"sent_at", "state", b"state", "tools", b"tools", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
