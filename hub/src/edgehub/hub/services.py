@@ -26,6 +26,7 @@ from .fleet.control import Commands
 from .fleet.devices import DeviceRegistry, DeviceWatcher
 from .fleet.identity import Credentials, CredentialsView, DeviceIdentity, Enrollments
 from .fleet.migration import MigrationService
+from .fleet.recovery import DeviceRecoveryView
 from .fleet.scopes import ScopeGuard
 from .fleet.traces import Traces
 from .goals import DeviceView, FleetCache
@@ -72,6 +73,8 @@ class HubServices:
     """The scope checks of operators' calls (``fleet/scopes.py``)."""
     goals: GoalService
     """Planning and dispatch of goals (``[planner]``)."""
+    recovery: DeviceRecoveryView
+    """What the hub holds of a device, for that device's recovery (``GetDeviceRecovery``)."""
     knowledge: KnowledgeService | None = None
     """The L4 graph (``[neo4j]``), once it has started."""
     responder: KnowledgeResponder | None = None
@@ -93,6 +96,7 @@ class HubServices:
     ) -> HubServices:
         """``nats_ca``: the CA of the NATS servers' certificates handed to devices (None: ``ca``'s)."""
         agents = AgentRegistry(js)
+        traces = Traces(js, agents)
         credentials = Credentials(js)
         view = CredentialsView(credentials)
         watcher = DeviceWatcher(js, metrics, revoked=view.revoked)
@@ -111,11 +115,12 @@ class HubServices:
             devices=devices,
             migrations=MigrationService(js, agents, devices.all),
             commands=Commands(js, agents, signer, cfg.auth.decision_ttl_s),
-            traces=Traces(js, agents),
+            traces=traces,
             tokens=ApiTokens(js),
             identity=identity,
             scopes=ScopeGuard(credentials.labels, view.labels_of, agents),
             goals=goals,
+            recovery=DeviceRecoveryView(js, agents, traces),
         )
 
     async def add_knowledge(

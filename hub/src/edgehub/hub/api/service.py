@@ -1,6 +1,6 @@
 """The management API (gRPC ``edgehub.v1.HubService`` over TLS), with server reflection and the
 standard health service. ``HubService`` is the servicer: one mixin per area (devices, agents, tokens,
-enrollment, migrations, knowledge, goals), each calling the hub's services (``HubServices``, built
+enrollment, migrations, recovery, knowledge, goals), each calling the hub's services (``HubServices``, built
 once by the daemon); who may call what is ``access``, and errors become statuses in one place
 (``errors``).
 """
@@ -23,6 +23,7 @@ from .errors import maps_errors
 from .goals import GoalsApi
 from .knowledge import KnowledgeApi
 from .migrations import MigrationsApi
+from .recovery import RecoveryApi
 from .tokens import TokensApi
 
 H = hub_pb2
@@ -36,6 +37,7 @@ class HubService(
     TokensApi,
     EnrollmentApi,
     MigrationsApi,
+    RecoveryApi,
     KnowledgeApi,
     GoalsApi,
     hub_pb2_grpc.HubServiceServicer,
