@@ -23,6 +23,7 @@ from edgehub.protocol.v1 import twin_pb2
 from edgehub.sync.records import ProtoCodec
 
 from ..config import EdgeConfig
+from ..errors import StoreRolledBack
 
 log = logging.getLogger("edgehub.edge.uplink.twin")
 T = twin_pb2
@@ -50,6 +51,8 @@ class TwinSource(Protocol):
     def outbox_depth(self) -> int: ...
 
     def recent_episode_texts(self, limit: int = 500) -> list[str]: ...
+
+    def held_agents(self) -> list[str]: ...
 
 
 def hardware_profile(apply: bool) -> T.HardwareProfile:
@@ -91,8 +94,11 @@ class TwinReporter:
         tools: Sequence[str],
         running: Callable[[], list[str]],
         draining: Callable[[], bool],
+        restricted: StoreRolledBack | None = None,
     ) -> None:
         self.cfg = cfg
+        self.restricted = restricted
+        """Why the daemon runs restricted (its store lost commits); None: it runs normally."""
         self.store = store
         self.brain = brain
         self.tools = list(tools)
@@ -109,8 +115,12 @@ class TwinReporter:
         return hardware_profile(self.cfg.device.apply_profile)
 
     def twin(self, state: T.DeviceState.ValueType = T.DEVICE_STATE_RUNNING) -> T.DeviceTwin:
-        """The twin as of now."""
+        """The twin as of now (RESTRICTED instead of RUNNING, with why and the agents held, when the
+        daemon runs restricted)."""
         cfg = self.cfg
+        restricted = self.restricted
+        if restricted is not None and state == T.DEVICE_STATE_RUNNING:
+            state = T.DEVICE_STATE_RESTRICTED
         return T.DeviceTwin(
             schema_version=TWIN_SCHEMA_VERSION,
             device_id=cfg.device.id,
@@ -130,6 +140,8 @@ class TwinReporter:
             model_name=cfg.model.path.stem if cfg.model.path else DEFAULT_MODEL_NAME,
             profile=self.profile,
             memories=self.memories(),
+            restricted=str(restricted) if restricted is not None else "",
+            agents_held=self.store.held_agents() if restricted is not None else [],
         )
 
     def memories(self) -> list[str]:
