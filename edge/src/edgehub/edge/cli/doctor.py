@@ -180,10 +180,10 @@ def _hub_applied(cfg: EdgeConfig, store: SqliteStore) -> Finding | None:
     with a hub's device API); a finding when the hub could not be asked."""
     from ..uplink.recovery import applied_seq
 
-    identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
-    if identity is None or not identity.device_api:
-        return None
     try:
+        identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
+        if identity is None or not identity.device_api:
+            return None
         store.compare_hub(asyncio.run(applied_seq(identity)))
     except EdgeError as exc:
         fix = "check the hub; only the watermark was checked"
@@ -244,6 +244,8 @@ def accept_rollback(cfg: EdgeConfig, by: str) -> AcceptedRollback:
     a daemon runs on it, or it lost nothing."""
     if DaemonLock.held(cfg.device.data_dir):
         raise EdgeError(f"an edge daemon is running on {cfg.device.data_dir}: stop it first")
+    if not cfg.store_path.exists():
+        raise EdgeError(f"no store at {cfg.store_path}: nothing to accept")
     store = SqliteStore.open(cfg.store_path, device_id=cfg.device.id)
     try:
         _hub_applied(cfg, store)
@@ -261,7 +263,13 @@ def recover_from_hub(cfg: EdgeConfig, by: str) -> Recovered:
 
     if DaemonLock.held(cfg.device.data_dir):
         raise EdgeError(f"an edge daemon is running on {cfg.device.data_dir}: stop it first")
+    if not cfg.store_path.exists():
+        raise EdgeError(f"no store at {cfg.store_path}: nothing to recover")
     identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
+    if identity is None or not identity.device_api:
+        raise EdgeError(
+            "this device is not enrolled with a hub (`edgehub edge enroll`): nothing to recover from"
+        )
     store = SqliteStore.open(cfg.store_path, device_id=cfg.device.id)
     try:
         held = asyncio.run(holdings(identity, next_steps(store)))
