@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 
-from edgehub.protocol.v1 import hub_pb2
+from edgehub.protocol.v1 import agent_pb2, hub_pb2
 from edgehub.sync.records import RecordStore, TextCodec
 from edgehub.sync.streams import APPLIED
 
@@ -17,6 +17,21 @@ from .traces import MAX_PAGE, Traces
 
 MAX_EVENTS = 200
 """Step events returned per agent at most (``max_events``' default and cap)."""
+MAX_TEXT = 500
+"""Characters kept of a returned event's arguments and detail: the answer says what each step did,
+not everything it saw (200 events of many agents must fit one message)."""
+
+
+def slim(event: agent_pb2.StepEvent) -> agent_pb2.StepEvent:
+    """``event`` without what recovery does not need (thought, plan, the observation's output), and its
+    arguments and detail cut to ``MAX_TEXT`` characters."""
+    out = agent_pb2.StepEvent()
+    out.CopyFrom(event)
+    out.thought = out.rationale = out.observation.output = ""
+    del out.plan[:]
+    out.action.args_json = out.action.args_json[:MAX_TEXT]
+    out.detail = out.detail[:MAX_TEXT]
+    return out
 
 
 class DeviceRecoveryView:
@@ -57,6 +72,6 @@ class DeviceRecoveryView:
                     continue
                 if len(agent.events) >= limit:
                     return True
-                agent.events.append(event)
+                agent.events.append(slim(event))
             if not (token := page.next_page_token):
                 return False

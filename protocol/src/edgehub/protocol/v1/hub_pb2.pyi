@@ -1642,7 +1642,9 @@ class RecoveredAgent(_message.Message):
     @_builtins.property
     def record(self) -> Global___AgentRecord: ...
     @_builtins.property
-    def events(self) -> _containers.RepeatedCompositeFieldContainer[_agent_pb2.StepEvent]: ...
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_agent_pb2.StepEvent]:
+        """Each without its thought, plan and observation output; arguments and detail cut to 500 characters."""
+
     def __init__(
         self,
         *,
