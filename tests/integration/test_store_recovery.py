@@ -41,6 +41,8 @@ SCRIPT = "tests.integration.test_store_recovery:brain"
 DEVICE = "dev-r"
 AGENT = "tally-r"
 FILES = ("edge.db", "edge.db-wal", "edge.db.watermark")
+WIDE = {"COLUMNS": "250"}
+"""Tables as wide as their rows: a cell is not folded over lines."""
 
 
 def brain(prompt: str) -> str:
@@ -176,7 +178,7 @@ def _restricted(hub: Hub, data_dir: Path) -> dict[str, Any]:
         assert "rolled back" in twin["restricted"]
         assert edge.poll() is None, _log(data_dir)
         assert "RESTRICTED, holding agents" in _log(data_dir)
-        shown = hub.cli("devices", "list")
+        shown = hub.cli("devices", "list", env=WIDE)
         assert "restricted" in shown.stdout, shown.stdout
     finally:
         stop_edges([edge])
@@ -237,7 +239,7 @@ def test_an_old_copy_put_back_with_its_watermark_is_caught_by_the_hub_and_recove
     assert "the hub applied" in twin["restricted"]
     assert twin["agents_held"] == [AGENT]
     assert _tally(data_dir) == tally
-    listed = edgehub("agent", "list", data_dir=data_dir, env=_env())
+    listed = edgehub("agent", "list", data_dir=data_dir, env={**_env(), **WIDE})
     assert "held: store rolled back" in listed.stdout, listed.stdout + listed.stderr
     assert "rolled back" in listed.stderr
 
