@@ -91,8 +91,7 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
     identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
     if store.rollback is None:
         await _compare_with_hub(store, identity)
-    if (restricted := store.rolled_back) is not None:  # resuming would repeat lost steps' side effects
-        log.error("restricted mode, no agent runs: %s", restricted)
+    restricted = store.rolled_back  # resuming would repeat lost steps' side effects: run() says so
     safety = build_safety(cfg, store, config_path=opts.config_path, enrolled=identity is not None)
     brain = opts.brain or await _open_brain(cfg, opened)
     tracing = Tracing.from_config(cfg.tracing, cfg.device.id)
