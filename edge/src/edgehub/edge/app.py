@@ -56,6 +56,8 @@ class EdgeDaemon:
         self._resources = contextlib.AsyncExitStack()
         """Closes what ``open()`` opened, in reverse order."""
         self._closed = False
+        self._stopping = asyncio.Event()
+        """Set by ``request_stop``: what a restricted daemon waits for."""
 
     async def __aenter__(self) -> EdgeDaemon:
         await self.open()
@@ -134,12 +136,16 @@ class EdgeDaemon:
 
     def request_stop(self) -> None:
         """Ask every agent to stop after its current step (SIGTERM handler)."""
+        self._stopping.set()
         if self._parts is not None:
             self._parts.scheduler.request_stop()
 
     async def run(self, *, until_idle: bool = False) -> None:
         """Schedule agents until stopped (or, with ``until_idle``, until none is left to run)."""
         p = self.parts
+        if p.restricted is not None:
+            await self._run_restricted(p, until_idle=until_idle)
+            return
         log.info("edge daemon %s running on %s", self.cfg.device.id, self.cfg.device.data_dir)
         sync_stop = asyncio.Event()
         helpers = self._helpers(p, sync_stop)
@@ -150,6 +156,29 @@ class EdgeDaemon:
             sync_stop.set()  # after the agents' last checkpoints, so the final drain sends them
             for helper in helpers:
                 await helper
+
+    async def _run_restricted(self, p: Parts, *, until_idle: bool) -> None:
+        """The store lost commits: no agent runs and nothing is sent from the outbox, but the twin goes
+        on reporting (RESTRICTED, why, the agents held) so the hub and its operator see it, until
+        stopped. Only an operator ends it (``edgehub edge doctor --store --recover-from-hub`` or
+        ``--accept-rollback`` with the daemon stopped). With ``until_idle`` (batch mode) it reports once
+        and raises ``StoreRolledBack``: nothing could run."""
+        assert p.restricted is not None
+        held = p.store.held_agents()
+        log.error("edge daemon %s RESTRICTED, holding agents %s: %s", self.cfg.device.id,
+                  ", ".join(held) or "(none)", p.restricted)  # fmt: skip
+        stop = asyncio.Event()
+        link = None
+        if p.hub is not None:
+            link = asyncio.create_task(p.hub.link.run(stop, twin=p.twin.twin, publish=False), name="hublink")
+        try:
+            if until_idle:
+                raise p.restricted
+            await self._stopping.wait()
+        finally:
+            stop.set()
+            if link is not None:
+                await link
 
     def _helpers(self, p: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """What runs beside the agents until ``stop``: the hub link (and the fetch of the hub's

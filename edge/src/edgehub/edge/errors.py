@@ -9,7 +9,7 @@ whether trying again may help (the one root: ``edgehub.protocol.errors.EdgehubEr
     ├── StoreError           the durable store cannot be opened or migrated (``path``)
     │   ├── SchemaVersionError  the store was written by a newer edgehub
     │   ├── StoreDamaged        SQLite's check found the file damaged (``problems``)
-    │   ├── StoreRolledBack     the file is behind what it had committed (``found``, ``recorded``)
+    │   ├── StoreRolledBack     the file is behind what it had committed (``lost``: a ``Rollback``)
     │   └── StoreFull           its file system is full (SQLITE_FULL, ENOSPC): the write was rolled
     │                           back, retryable once there is space (agents pause meanwhile)
     ├── ToolError            a tool could not be registered or loaded (``tool``)
@@ -22,7 +22,12 @@ observations the model can read, so a bad call never crashes a step.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from edgehub.protocol.errors import EdgehubError, ErrorCode
+
+if TYPE_CHECKING:
+    from .store.sqlite.watermark import Rollback
 
 
 class EdgeError(EdgehubError):
@@ -100,16 +105,24 @@ class StoreDamaged(StoreError):
 
 
 class StoreRolledBack(StoreError):
-    """The store is behind the watermark kept beside it: committed steps were lost (a truncated WAL, a
-    restored old copy). Nothing may be written or resumed until the loss is accepted."""
+    """The store is behind the watermark kept beside it, or its outbox ends below what the hub applied
+    from this device: committed steps were lost (a truncated WAL, a restored old copy). Nothing may be
+    written or resumed until the loss is accepted or recovered from the hub; the daemon runs
+    restricted meanwhile."""
 
-    def __init__(self, *, path: str, found: int, recorded: int) -> None:
-        self.found = found
-        self.recorded = recorded
+    def __init__(self, *, path: str, lost: Rollback) -> None:
+        self.found = lost.found
+        self.recorded = lost.recorded
+        self.lost = lost
+        if lost.found < lost.recorded:
+            what = f"store generation {lost.found}, but {lost.recorded} was committed (watermark beside it)"
+        else:
+            by = "the hub applied" if lost.hub_applied else "the hub side acknowledged"
+            what = f"its outbox ends at seq {lost.outbox_seq}, but {by} up to seq {lost.acked_seq}"
         super().__init__(
-            f"rolled back: store generation {found}, but {recorded} was committed (watermark beside it);"
-            " resuming would repeat steps and their side effects, so no agent runs. Inspect with"
-            " `edgehub edge doctor --store`; accept the loss with"
+            f"rolled back: {what}; resuming would repeat steps and their side effects, so no agent runs."
+            " Inspect with `edgehub edge doctor --store`; recover with"
+            " `edgehub edge doctor --store --recover-from-hub` or accept the loss with"
             " `edgehub edge doctor --store --accept-rollback`",
             path=path,
         )

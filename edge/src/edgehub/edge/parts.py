@@ -25,6 +25,7 @@ from .agent.tools.gateway import ExecutionGateway
 from .agent.tools.registry import ToolRegistry
 from .config import EdgeConfig
 from .datadir import DrainFlag
+from .errors import StoreRolledBack
 from .memory.compaction import Compactor
 from .memory.embed import LazyEmbedder
 from .memory.episodic import EpisodeIndexer, EpisodicMemory
@@ -72,6 +73,9 @@ class Parts:
     """Where /metrics is served (``[metrics] port``; None: not served)."""
     pruner: Pruner
     """Retention: prunes the store by ``[retention]`` while the daemon runs."""
+    restricted: StoreRolledBack | None = None
+    """Why the daemon runs restricted (the store lost commits): no agent runs, the outbox is not sent,
+    the hub's commands wait; the twin says why. None: it runs normally."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,10 +94,10 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
     """Build every part; what must be closed is pushed onto ``opened``."""
     store = SqliteStore.open(cfg.store_path, device_id=cfg.device.id, outgoing=build_scrubber(cfg))
     opened.callback(store.close)
-    if (rolled_back := store.rolled_back) is not None:  # resuming would repeat lost steps' side effects
-        log.error("%s", rolled_back)
-        raise rolled_back
     identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
+    if store.rollback is None:
+        await _compare_with_hub(store, identity)
+    restricted = store.rolled_back  # resuming would repeat lost steps' side effects: run() says so
     safety = build_safety(cfg, store, config_path=opts.config_path, enrolled=identity is not None)
     safety.hub_policy.load(_kept_hub_key(identity))
     brain = opts.brain or await _open_brain(cfg, opened)
@@ -102,7 +106,8 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
     metrics = EdgeMetrics(cfg.device.id, n_ctx=brain.n_ctx)
     opened.callback(metrics.close)
     hub = _hub(cfg, store, identity)
-    indexer = await _indexer(cfg, store, replicate=hub is not None and cfg.memory.replicate)
+    replicate = hub is not None and cfg.memory.replicate
+    indexer = None if restricted else await _indexer(cfg, store, replicate=replicate)
     loop = AgentLoop(_loop_deps(cfg, store, brain, safety, tracing, _on_step(metrics, indexer), hub, indexer))
     scheduler = AgentScheduler(
         store,
@@ -131,11 +136,11 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         draining=lambda: drain.on,
         paused=lambda: scheduler.pressure.reason if scheduler.pressure else "",
         policy=safety.hub_policy.running,
+        restricted=restricted,
     )
     port = _serve_metrics(cfg, metrics, store, scheduler, hub)
-    return Parts(
-        store, brain, loop, scheduler, router, twin, hub, indexer, port, _pruner(cfg, store, indexer)
-    )
+    pruner = _pruner(cfg, store, indexer)
+    return Parts(store, brain, loop, scheduler, router, twin, hub, indexer, port, pruner, restricted)
 
 
 def _pruner(cfg: EdgeConfig, store: DeviceStore, indexer: EpisodeIndexer | None) -> Pruner:
@@ -158,6 +163,21 @@ def _kept_hub_key(identity: DeviceIdentity | None) -> HubKey | None:
     except EdgehubError as exc:
         log.error("%s", exc)
         return None
+
+
+async def _compare_with_hub(store: SqliteStore, identity: DeviceIdentity | None) -> None:
+    """Check the store against the last outbox sequence the hub applied from this device (when enrolled
+    with a hub's device API): a store and watermark that went back together are caught only there. An
+    unreachable hub is logged and the watermark's check stands."""
+    from .uplink.api import HubApiError
+    from .uplink.recovery import applied_seq
+
+    if identity is None or not identity.device_api:
+        return
+    try:
+        store.compare_hub(await applied_seq(identity))
+    except HubApiError as exc:
+        log.warning("store not compared with the hub (%s); the watermark's check stands", exc)
 
 
 async def _open_brain(cfg: EdgeConfig, opened: AsyncExitStack) -> Brain:

@@ -27,6 +27,7 @@ from .fleet.devices import DeviceRegistry, DeviceWatcher
 from .fleet.identity import Credentials, CredentialsView, DeviceIdentity, Enrollments
 from .fleet.migration import MigrationService
 from .fleet.policies import FleetPolicies
+from .fleet.recovery import DeviceRecoveryView
 from .fleet.scopes import ScopeGuard
 from .fleet.traces import Traces
 from .goals import DeviceView, FleetCache
@@ -76,6 +77,8 @@ class HubServices:
     """Planning and dispatch of goals (``[planner]``)."""
     policies: FleetPolicies
     """Fleet policy: pushes, rollbacks, status (``fleet/policies.py``)."""
+    recovery: DeviceRecoveryView
+    """What the hub holds of a device, for that device's recovery (``GetDeviceRecovery``)."""
     knowledge: KnowledgeService | None = None
     """The L4 graph (``[neo4j]``), once it has started."""
     responder: KnowledgeResponder | None = None
@@ -98,6 +101,7 @@ class HubServices:
     ) -> HubServices:
         """``nats_ca``: the CA of the NATS servers' certificates handed to devices (None: ``ca``'s)."""
         agents = AgentRegistry(js)
+        traces = Traces(js, agents, keep_days=cfg.retention.events_days)
         credentials = Credentials(js)
         view = CredentialsView(credentials)
         watcher = DeviceWatcher(js, metrics, revoked=view.revoked)
@@ -119,12 +123,13 @@ class HubServices:
             devices=devices,
             migrations=MigrationService(js, agents, devices.all),
             commands=commands,
-            traces=Traces(js, agents, keep_days=cfg.retention.events_days),
+            traces=traces,
             tokens=ApiTokens(js),
             identity=identity,
             scopes=scopes,
             goals=goals,
             policies=FleetPolicies(js, signer, commands, views, scopes),
+            recovery=DeviceRecoveryView(js, agents, traces),
         )
 
     async def add_knowledge(

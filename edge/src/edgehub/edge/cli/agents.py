@@ -174,9 +174,9 @@ def agent_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     if not states:
         err.print("no agents on this device")
         return
+    held = set(store.held_agents()) if store is not None and store.rolled_back is not None else set()
     table = Table("agent", "status", "steps", "goal", "answer / reason")
     for s in states:
-        table.add_row(
-            s.agent_id, status_name(s.status), str(s.usage.steps), s.goal[:60], s.answer or s.failure_reason
-        )
+        status = status_name(s.status) + (" (held: store rolled back)" if s.agent_id in held else "")
+        table.add_row(s.agent_id, status, str(s.usage.steps), s.goal[:60], s.answer or s.failure_reason)
     console.print(table)

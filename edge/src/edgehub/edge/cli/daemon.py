@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgehub.cli.common import ConfigOpt, ExitCode, JsonOpt, console, err, exit_with, fail, setup_logging
@@ -101,7 +102,19 @@ def edge_doctor(
             " checkpoints it kept (repeating the lost steps). Recorded in the store.",
         ),
     ] = False,
-    by: Annotated[str, typer.Option(help="Who accepts (recorded with --accept-rollback).")] = "",
+    recover_from_hub: Annotated[
+        bool,
+        typer.Option(
+            "--recover-from-hub",
+            help="With --store: recover a store that lost commits from what the hub holds of this device:"
+            " the outbox goes on after the hub's applied sequence, agents whose lost steps the hub saw are"
+            " stopped (not resumed, so those side effects are not repeated), the rest resume. Prints what"
+            " was lost and what cannot be recovered. Recorded in the store.",
+        ),
+    ] = False,
+    by: Annotated[
+        str, typer.Option(help="Who accepts (recorded with --accept-rollback or --recover-from-hub).")
+    ] = "",
 ) -> None:
     """Check what this device needs (model, bubblewrap, CRIU, the hub, the store) and how to fix what is
     missing.
@@ -110,8 +123,12 @@ def edge_doctor(
     from .doctor import check_store, diagnose
 
     cfg = load(config)
+    if accept_rollback and recover_from_hub:
+        fail("--accept-rollback and --recover-from-hub: give one")
     if accept_rollback:
         _accept_rollback(cfg, store, by)
+    if recover_from_hub:
+        _recover_from_hub(cfg, store, by)
     findings = check_store(cfg, full=True) if store else diagnose(cfg)
     table = Table("check", "status", "found", "fix")
     for f in findings:
@@ -155,3 +172,28 @@ def _accept_rollback(cfg: EdgeConfig, store: bool, by: str) -> None:
         f" the outbox goes on after seq {done.lost.acked_seq}; resuming from older checkpoints:"
         f" {', '.join(done.agents) or 'none'}"
     )
+
+
+def _recover_from_hub(cfg: EdgeConfig, store: bool, by: str) -> None:
+    from .doctor import recover_from_hub
+
+    if not store:
+        fail("--recover-from-hub goes with --store")
+    try:
+        done = recover_from_hub(cfg, by or getpass.getuser())
+    except EdgeError as exc:
+        fail(exc)
+    lost = done.accepted.lost
+    console.print(
+        f"recovered from the hub by {done.accepted.by}: the outbox goes on after seq {lost.acked_seq}"
+        f" (the hub applied {lost.hub_applied or lost.acked_seq}, the store had {lost.outbox_seq})"
+    )
+    for loss in done.losses:
+        console.print(f"lost: {escape(loss.line)}")
+        for step in loss.steps:
+            console.print(f"  {escape(step)}")
+    resumed = [a for a in done.accepted.agents if a not in done.stopped]
+    console.print(f"stopped (would repeat what the hub saw): {', '.join(done.stopped) or 'none'}")
+    console.print(f"resume from their kept checkpoints: {', '.join(resumed) or 'none'}")
+    for line in done.unrecoverable:
+        console.print(f"cannot be recovered: {escape(line)}")

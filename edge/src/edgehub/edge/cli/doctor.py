@@ -5,7 +5,9 @@ Each check says whether it passed, whether the configuration makes it required (
 configured or the device is enrolled), what was found, and the fix. The CLI exits 1 when a required
 check fails. The store is checked as every open checks it (SQLite's ``quick_check``, and whether it is
 behind its watermark); ``--store`` checks only the store, fully (``integrity_check``), and
-``--accept-rollback`` accepts what a store behind its watermark lost (recorded in the store).
+``--accept-rollback`` accepts what a store behind its watermark lost (recorded in the store);
+``--recover-from-hub`` recovers it from what the hub holds (``edgehub.edge.recovery``). When the device
+is enrolled, the store is also compared with the last outbox sequence the hub applied from it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import shutil
 import subprocess
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgehub.llm import ModelFileError, check_model_file
 
@@ -26,6 +28,9 @@ from ..store.sqlite import SqliteStore
 from ..store.sqlite.watermark import AcceptedRollback
 from ..uplink.identity import DeviceIdentity
 from ..uplink.link import hub_endpoints
+
+if TYPE_CHECKING:
+    from ..recovery import Recovered
 
 BOOTSTRAP = "scripts/bootstrap.sh (runs scripts/criu.sh)"
 
@@ -170,9 +175,26 @@ MOVE_ASIDE = (
 )
 
 
+def _hub_applied(cfg: EdgeConfig, store: SqliteStore) -> Finding | None:
+    """Compare ``store`` with the last outbox sequence the hub applied from this device (when enrolled
+    with a hub's device API); a finding when the hub could not be asked."""
+    from ..uplink.recovery import applied_seq
+
+    try:
+        identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
+        if identity is None or not identity.device_api:
+            return None
+        store.compare_hub(asyncio.run(applied_seq(identity)))
+    except EdgeError as exc:
+        fix = "check the hub; only the watermark was checked"
+        return Finding("store vs hub", False, False, str(exc), fix)
+    return None
+
+
 def check_store(cfg: EdgeConfig, *, full: bool = False) -> list[Finding]:
     """The store: SQLite's check (``quick_check`` as at every open; ``full``: ``integrity_check``) and
-    whether it is behind its watermark; ``full`` also shows the size of its write-ahead log."""
+    whether it is behind its watermark or, when enrolled, the hub's applied sequence; ``full`` also
+    shows the size of its write-ahead log."""
     path = cfg.store_path
     if not path.exists():
         return [Finding("store", True, True, f"{path}: not created yet (the first run creates it)")]
@@ -184,6 +206,7 @@ def check_store(cfg: EdgeConfig, *, full: bool = False) -> list[Finding]:
     except EdgeError as exc:
         return [Finding("store", False, True, str(exc), fix_damage)]
     try:
+        unasked = _hub_applied(cfg, store) if store.rollback is None else None
         problems = store.integrity() if full else []
         kind = "integrity_check" if full else "quick_check"
         found = [Finding(f"store {kind}", not problems, True, f"{path}: {'; '.join(problems[:3]) or 'ok'}",
@@ -194,7 +217,7 @@ def check_store(cfg: EdgeConfig, *, full: bool = False) -> list[Finding]:
             size = wal.stat().st_size if wal.exists() else 0
             detail = f"{size / 1e6:.1f} MB, store generation {store.generation}"
             found.append(Finding("store WAL", True, True, detail))
-        return found
+        return [*found, unasked] if unasked is not None else found
     finally:
         store.close()
 
@@ -204,20 +227,52 @@ def _rollback_finding(store: SqliteStore) -> Finding:
     if lost is None:
         detail = f"none: generation {store.generation}, not behind its watermark"
         return Finding("store rollback", True, True, detail)
+    by = f"acknowledged up to {lost.acked_seq}"
+    if lost.hub_applied:
+        by = f"the hub applied up to {lost.hub_applied}"
     detail = (
-        f"generation {lost.found}, watermark {lost.recorded}: commits lost (hub acknowledged outbox up to"
-        f" {lost.acked_seq}, the store has up to {lost.outbox_seq}); no agent runs"
+        f"generation {lost.found}, watermark {lost.recorded}: commits lost (outbox {by},"
+        f" the store has up to {lost.outbox_seq}); no agent runs"
     )
-    return Finding("store rollback", False, True, detail, "edgehub edge doctor --store --accept-rollback")
+    fix = "edgehub edge doctor --store --recover-from-hub (or --accept-rollback)"
+    return Finding("store rollback", False, True, detail, fix)
 
 
 def accept_rollback(cfg: EdgeConfig, by: str) -> AcceptedRollback:
-    """Accept what the store lost (``SqliteStore.accept_rollback``); ``EdgeError`` when a daemon runs on
-    it, or it is not behind its watermark."""
+    """Accept what the store lost (``SqliteStore.accept_rollback``), after comparing it with the hub
+    when enrolled (best effort: the outbox then goes on after what the hub applied); ``EdgeError`` when
+    a daemon runs on it, or it lost nothing."""
     if DaemonLock.held(cfg.device.data_dir):
         raise EdgeError(f"an edge daemon is running on {cfg.device.data_dir}: stop it first")
+    if not cfg.store_path.exists():
+        raise EdgeError(f"no store at {cfg.store_path}: nothing to accept")
     store = SqliteStore.open(cfg.store_path, device_id=cfg.device.id)
     try:
+        _hub_applied(cfg, store)
         return store.accept_rollback(by)
+    finally:
+        store.close()
+
+
+def recover_from_hub(cfg: EdgeConfig, by: str) -> Recovered:
+    """Recover the store from what the hub holds of this device (``edgehub.edge.recovery``);
+    ``EdgeError`` when a daemon runs on it, the device has no hub, the hub does not answer, or the
+    store lost nothing."""
+    from ..recovery import next_steps, recover
+    from ..uplink.recovery import holdings
+
+    if DaemonLock.held(cfg.device.data_dir):
+        raise EdgeError(f"an edge daemon is running on {cfg.device.data_dir}: stop it first")
+    if not cfg.store_path.exists():
+        raise EdgeError(f"no store at {cfg.store_path}: nothing to recover")
+    identity = DeviceIdentity.load(cfg.identity_dir, cfg.device.id)
+    if identity is None or not identity.device_api:
+        raise EdgeError(
+            "this device is not enrolled with a hub (`edgehub edge enroll`): nothing to recover from"
+        )
+    store = SqliteStore.open(cfg.store_path, device_id=cfg.device.id)
+    try:
+        held = asyncio.run(holdings(identity, next_steps(store)))
+        return recover(store, held, by)
     finally:
         store.close()

@@ -204,6 +204,10 @@ class EdgeStore(Protocol):
         """Why nothing may run on this store: it lost commits its watermark recorded (None: it did not)."""
         ...
 
+    def held_agents(self) -> list[str]:
+        """The active agents, which a store that lost commits holds (resuming them would repeat steps)."""
+        ...
+
     def wal_checkpoint(self) -> tuple[int, int]:
         """Copy the write-ahead log into the database without waiting for readers; (frames, copied)."""
         ...

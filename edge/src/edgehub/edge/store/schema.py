@@ -227,6 +227,13 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         """,
     ),
+    Migration(
+        12,
+        "an accepted rollback records what it lost that the hub had seen (edge doctor --recover-from-hub)",
+        """
+        ALTER TABLE rollbacks ADD COLUMN lost TEXT NOT NULL DEFAULT '[]';  -- JSON list, one line a loss
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

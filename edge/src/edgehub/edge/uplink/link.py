@@ -162,9 +162,15 @@ class HubLink:
             pass
 
     async def run(
-        self, stop: asyncio.Event, *, commands: Handler | None = None, twin: Twin | None = None
+        self,
+        stop: asyncio.Event,
+        *,
+        commands: Handler | None = None,
+        twin: Twin | None = None,
+        publish: bool = True,
     ) -> None:
-        """Until ``stop``: publish the outbox, heartbeat ``twin`` and apply the hub's commands with
+        """Until ``stop``: publish the outbox (unless not ``publish``: a restricted daemon, whose outbox
+        went back in time, sends nothing from it), heartbeat ``twin`` and apply the hub's commands with
         ``commands`` (each only when given)."""
         nc = await self._connect(stop)
         if nc is None:
@@ -178,10 +184,12 @@ class HubLink:
             consumer = CommandConsumer(nc.jetstream(), self.device_id, commands)
             helpers.append(asyncio.create_task(consumer.run(stop), name="commands"))
         try:
-            await publisher.run(stop)
+            if publish:
+                await publisher.run(stop)
             await asyncio.gather(*helpers)
-            with contextlib.suppress(Exception):  # send what the drain checkpointed, for a few seconds
-                await asyncio.wait_for(self._flush(publisher), 10.0)
+            if publish:  # send what the drain checkpointed, for a few seconds
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._flush(publisher), 10.0)
         finally:
             self.nc = None
             with contextlib.suppress(Exception):

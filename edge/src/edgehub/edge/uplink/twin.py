@@ -23,6 +23,7 @@ from edgehub.protocol.v1 import policy_pb2, twin_pb2
 from edgehub.sync.records import ProtoCodec
 
 from ..config import EdgeConfig
+from ..errors import StoreRolledBack
 
 log = logging.getLogger("edgehub.edge.uplink.twin")
 T = twin_pb2
@@ -52,6 +53,8 @@ class TwinSource(Protocol):
     def outbox_head(self) -> int: ...
 
     def recent_episode_texts(self, limit: int = 500) -> list[str]: ...
+
+    def held_agents(self) -> list[str]: ...
 
 
 def hardware_profile(apply: bool) -> T.HardwareProfile:
@@ -95,8 +98,11 @@ class TwinReporter:
         draining: Callable[[], bool],
         paused: Callable[[], str] = lambda: "",
         policy: Callable[[], policy_pb2.RunningPolicy] | None = None,
+        restricted: StoreRolledBack | None = None,
     ) -> None:
         self.cfg = cfg
+        self.restricted = restricted
+        """Why the daemon runs restricted (its store lost commits); None: it runs normally."""
         self.store = store
         self.brain = brain
         self.tools = list(tools)
@@ -117,8 +123,12 @@ class TwinReporter:
         return hardware_profile(self.cfg.device.apply_profile)
 
     def twin(self, state: T.DeviceState.ValueType = T.DEVICE_STATE_RUNNING) -> T.DeviceTwin:
-        """The twin as of now."""
+        """The twin as of now (RESTRICTED instead of RUNNING, with why and the agents held, when the
+        daemon runs restricted)."""
         cfg = self.cfg
+        restricted = self.restricted
+        if restricted is not None and state == T.DEVICE_STATE_RUNNING:
+            state = T.DEVICE_STATE_RESTRICTED
         return T.DeviceTwin(
             schema_version=TWIN_SCHEMA_VERSION,
             device_id=cfg.device.id,
@@ -141,6 +151,8 @@ class TwinReporter:
             outbox_head=self.store.outbox_head(),
             paused_reason=self.paused(),
             policy=self.policy() if self.policy is not None else None,
+            restricted=str(restricted) if restricted is not None else "",
+            agents_held=self.store.held_agents() if restricted is not None else [],
         )
 
     def memories(self) -> list[str]:

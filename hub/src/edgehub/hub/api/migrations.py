@@ -17,11 +17,12 @@ from .access import current
 H = hub_pb2
 
 
-def _device_caller() -> str:
-    """The calling device (its client certificate); PERMISSION_DENIED for anyone else."""
+def device_caller(does: str = "hands agents over") -> str:
+    """The calling device (its client certificate); PERMISSION_DENIED for anyone else, saying that
+    only a device ``does``."""
     device = current().device_id
     if device is None:
-        raise Refused(ErrorCode.PERMISSION_DENIED, "only a device (its client certificate) hands agents over")
+        raise Refused(ErrorCode.PERMISSION_DENIED, f"only a device (its client certificate) {does}")
     return device
 
 
@@ -44,10 +45,10 @@ class MigrationsApi:
         return found
 
     async def PutHandover(self, request: H.PutHandoverRequest, context: Any) -> H.Migration:
-        return await self.services.migrations.put_handover(_device_caller(), request)
+        return await self.services.migrations.put_handover(device_caller(), request)
 
     async def GetHandover(self, request: H.GetHandoverRequest, context: Any) -> H.Handover:
-        return await self.services.migrations.get_handover(_device_caller(), request)
+        return await self.services.migrations.get_handover(device_caller(), request)
 
     async def CompleteHandover(self, request: H.CompleteHandoverRequest, context: Any) -> H.Migration:
-        return await self.services.migrations.complete(_device_caller(), request)
+        return await self.services.migrations.complete(device_caller(), request)

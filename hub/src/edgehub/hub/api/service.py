@@ -1,8 +1,8 @@
 """The management API (gRPC ``edgehub.v1.HubService`` over TLS), with server reflection and the
 standard health service. ``HubService`` is the servicer: one mixin per area (devices, agents, tokens,
-enrollment, migrations, knowledge, goals, policies), each calling the hub's services (``HubServices``, built
-once by the daemon); who may call what is ``access``, and errors become statuses in one place
-(``errors``).
+enrollment, migrations, recovery, knowledge, goals, policies), each calling the hub's services
+(``HubServices``, built once by the daemon); who may call what is ``access``, and errors become
+statuses in one place (``errors``).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from .goals import GoalsApi
 from .knowledge import KnowledgeApi
 from .migrations import MigrationsApi
 from .policies import PoliciesApi
+from .recovery import RecoveryApi
 from .tokens import TokensApi
 
 H = hub_pb2
@@ -39,6 +40,7 @@ class HubService(
     TokensApi,
     EnrollmentApi,
     MigrationsApi,
+    RecoveryApi,
     KnowledgeApi,
     GoalsApi,
     PoliciesApi,

@@ -30,6 +30,8 @@ knowledge_app = typer.Typer(help=KNOWLEDGE.help, no_args_is_help=True)
 
 def _state(d: H.Device) -> str:
     online = "[green]yes[/]" if d.online else "[red]no[/]"
+    if d.twin.state == T.DEVICE_STATE_RESTRICTED:  # heartbeats arrive, but no agent runs there
+        online = "[red]restricted[/]" if d.last_seen_s <= 3 * d.twin.heartbeat_s else online
     paused = " (agents paused: disk full)" if d.twin.paused_reason else ""
     return online + (" (draining)" if d.twin.draining else "") + paused
 
@@ -106,6 +108,7 @@ def devices_get(device_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = Fa
         ("tools", ", ".join(t.tools) or "-"),
         ("labels", _labels(d)),
         ("memories", ", ".join(t.memories) or "-"),
+        *((("why", escape(t.restricted)), ("held", ", ".join(t.agents_held) or "-")) if t.restricted else ()),
     ):
         console.print(f"[bold]{name:>9}[/] {value}")
 

@@ -1781,6 +1781,120 @@ class GetPolicyRequest(_message.Message):
 
 Global___GetPolicyRequest: _TypeAlias = GetPolicyRequest  # noqa: Y015
 
+@_typing.final
+class GetDeviceRecoveryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class NextStepsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NEXT_STEPS_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_FIELD_NUMBER: _builtins.int
+    APPLIED_ONLY_FIELD_NUMBER: _builtins.int
+    max_events: _builtins.int
+    """At most this many step events per agent (default and max 200)."""
+    applied_only: _builtins.bool
+    """Only applied_seq (no agents, no events): the daemon's check as it starts."""
+    @_builtins.property
+    def next_steps(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Per agent, the step the device would run next (its checkpoint's step): the hub returns that
+        agent's step events from that step on. An agent the device does not name gets them from step 0.
+        """
+
+    def __init__(
+        self,
+        *,
+        next_steps: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        max_events: _builtins.int = ...,
+        applied_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_only", b"applied_only", "max_events", b"max_events", "next_steps", b"next_steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetDeviceRecoveryRequest: _TypeAlias = GetDeviceRecoveryRequest  # noqa: Y015
+
+@_typing.final
+class RecoveredAgent(_message.Message):
+    """One agent as the hub holds it, and the step events it received from the device's next step on."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    TRUNCATED_FIELD_NUMBER: _builtins.int
+    truncated: _builtins.bool
+    """More than max_events were from the device's next step on."""
+    @_builtins.property
+    def record(self) -> Global___AgentRecord: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_agent_pb2.StepEvent]:
+        """Each without its thought, plan and observation output; arguments and detail cut to 500 characters."""
+
+    def __init__(
+        self,
+        *,
+        record: Global___AgentRecord | None = ...,
+        events: _abc.Iterable[_agent_pb2.StepEvent] | None = ...,
+        truncated: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["record", b"record"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "record", b"record", "truncated", b"truncated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecoveredAgent: _TypeAlias = RecoveredAgent  # noqa: Y015
+
+@_typing.final
+class DeviceRecovery(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    APPLIED_SEQ_FIELD_NUMBER: _builtins.int
+    AGENTS_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    """The calling device, as the hub authenticated it."""
+    applied_seq: _builtins.int
+    """The last outbox sequence the hub applied from this device (edgehub-applied; 0: none)."""
+    @_builtins.property
+    def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecoveredAgent]:
+        """The agents the registry says this device owns (its current epoch), oldest update first."""
+
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        applied_seq: _builtins.int = ...,
+        agents: _abc.Iterable[Global___RecoveredAgent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents", b"agents", "applied_seq", b"applied_seq", "device_id", b"device_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeviceRecovery: _TypeAlias = DeviceRecovery  # noqa: Y015
+
 REQUIRED_ROLE_FIELD_NUMBER: _builtins.int
 required_role: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Role.ValueType]
 """Every HubService method names its role; a method without one cannot be called."""

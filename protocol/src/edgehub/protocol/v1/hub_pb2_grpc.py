@@ -126,6 +126,11 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.GetHubKeyRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_hub__pb2.HubKey.FromString,
                 _registered_method=True)
+        self.GetDeviceRecovery = channel.unary_unary(
+                '/edgehub.v1.HubService/GetDeviceRecovery',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.GetDeviceRecoveryRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.DeviceRecovery.FromString,
+                _registered_method=True)
         self.Consolidate = channel.unary_unary(
                 '/edgehub.v1.HubService/Consolidate',
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.ConsolidateRequest.SerializeToString,
@@ -331,6 +336,18 @@ class HubServiceServicer:
     def GetHubKey(self, request, context):
         """The hub's public signing key: devices verify the approval decisions the hub signs with it. A
         device enrolled before decisions were signed fetches it here (on the device port).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDeviceRecovery(self, request, context):
+        """Device: what the hub holds of the calling device (the one its client certificate names; never a
+        request field), read-only: the last outbox sequence the hub applied from it, the agents it owns
+        in the registry, and the step events the hub received of each from the step the device would run
+        next. A device whose store went back in time detects it (its outbox head below the applied
+        sequence) and recovers from it (`edgehub edge doctor --store --recover-from-hub`).
+        PERMISSION_DENIED for a caller that is not a device.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -543,6 +560,11 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.GetHubKey,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.GetHubKeyRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_hub__pb2.HubKey.SerializeToString,
+            ),
+            'GetDeviceRecovery': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeviceRecovery,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.GetDeviceRecoveryRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.DeviceRecovery.SerializeToString,
             ),
             'Consolidate': grpc.unary_unary_rpc_method_handler(
                     servicer.Consolidate,
@@ -1106,6 +1128,33 @@ class HubService:
             '/edgehub.v1.HubService/GetHubKey',
             edgehub_dot_v1_dot_hub__pb2.GetHubKeyRequest.SerializeToString,
             edgehub_dot_v1_dot_hub__pb2.HubKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeviceRecovery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/GetDeviceRecovery',
+            edgehub_dot_v1_dot_hub__pb2.GetDeviceRecoveryRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.DeviceRecovery.FromString,
             options,
             channel_credentials,
             insecure,

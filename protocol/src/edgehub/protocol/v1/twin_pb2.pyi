@@ -34,6 +34,10 @@ class _DeviceStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeviceSta
     DEVICE_STATE_RUNNING: _DeviceState.ValueType  # 1
     DEVICE_STATE_STOPPED: _DeviceState.ValueType  # 2
     """The daemon's last heartbeat, sent as it shut down."""
+    DEVICE_STATE_RESTRICTED: _DeviceState.ValueType  # 3
+    """Running in restricted mode: its store lost commits (`restricted` says why), so no agent runs and
+    nothing is sent from its outbox until an operator accepts the loss or recovers from the hub.
+    """
 
 class DeviceState(_DeviceState, metaclass=_DeviceStateEnumTypeWrapper): ...
 
@@ -41,6 +45,10 @@ DEVICE_STATE_UNSPECIFIED: DeviceState.ValueType  # 0
 DEVICE_STATE_RUNNING: DeviceState.ValueType  # 1
 DEVICE_STATE_STOPPED: DeviceState.ValueType  # 2
 """The daemon's last heartbeat, sent as it shut down."""
+DEVICE_STATE_RESTRICTED: DeviceState.ValueType  # 3
+"""Running in restricted mode: its store lost commits (`restricted` says why), so no agent runs and
+nothing is sent from its outbox until an operator accepts the loss or recovers from the hub.
+"""
 Global___DeviceState: _TypeAlias = DeviceState  # noqa: Y015
 
 @_typing.final
@@ -207,6 +215,8 @@ class DeviceTwin(_message.Message):
     OUTBOX_HEAD_FIELD_NUMBER: _builtins.int
     PAUSED_REASON_FIELD_NUMBER: _builtins.int
     POLICY_FIELD_NUMBER: _builtins.int
+    RESTRICTED_FIELD_NUMBER: _builtins.int
+    AGENTS_HELD_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """TWIN_SCHEMA_VERSION in edgehub.protocol.twin: a reader refuses a newer version than it knows."""
     device_id: _builtins.str
@@ -237,6 +247,8 @@ class DeviceTwin(_message.Message):
     """Why its agents are paused (the store's file system is full); empty: they are not. They resume by
     themselves once there is space again.
     """
+    restricted: _builtins.str
+    """Why the daemon runs restricted (DEVICE_STATE_RESTRICTED); empty otherwise."""
     @_builtins.property
     def hardware(self) -> Global___Hardware: ...
     @_builtins.property
@@ -260,6 +272,12 @@ class DeviceTwin(_message.Message):
     @_builtins.property
     def policy(self) -> _policy_pb2.RunningPolicy:
         """The safety policy in force, and the last hub bundle refused."""
+
+    @_builtins.property
+    def agents_held(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The agents held (not resumed) while restricted: they would resume from checkpoints older than
+        what they did.
+        """
 
     def __init__(
         self,
@@ -285,10 +303,12 @@ class DeviceTwin(_message.Message):
         outbox_head: _builtins.int = ...,
         paused_reason: _builtins.str = ...,
         policy: _policy_pb2.RunningPolicy | None = ...,
+        restricted: _builtins.str = ...,
+        agents_held: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware", "policy", b"policy", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_running", b"agents_running", "device_id", b"device_id", "draining", b"draining", "hardware", b"hardware", "heartbeat_s", b"heartbeat_s", "labels", b"labels", "load", b"load", "max_concurrent", b"max_concurrent", "memories", b"memories", "model", b"model", "model_name", b"model_name", "outbox_depth", b"outbox_depth", "outbox_head", b"outbox_head", "paused_reason", b"paused_reason", "policy", b"policy", "profile", b"profile", "schema_version", b"schema_version", "sent_at", b"sent_at", "state", b"state", "tools", b"tools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_held", b"agents_held", "agents_running", b"agents_running", "device_id", b"device_id", "draining", b"draining", "hardware", b"hardware", "heartbeat_s", b"heartbeat_s", "labels", b"labels", "load", b"load", "max_concurrent", b"max_concurrent", "memories", b"memories", "model", b"model", "model_name", b"model_name", "outbox_depth", b"outbox_depth", "outbox_head", b"outbox_head", "paused_reason", b"paused_reason", "policy", b"policy", "profile", b"profile", "restricted", b"restricted", "schema_version", b"schema_version", "sent_at", b"sent_at", "state", b"state", "tools", b"tools", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -151,6 +151,21 @@ class Connection:
         if generation < mark.generation or outbox_seq < mark.acked_seq:
             self.rollback = Rollback(generation, mark.generation, mark.acked_seq, outbox_seq)
 
+    def compare_hub(self, applied: int) -> None:
+        """Check the store against ``applied``, the last outbox sequence the hub says it applied from
+        this device (so the device's own files are not trusted alone). An outbox that ends below it
+        went back in time even when the watermark went back with it (an old copy of both put back, a
+        store started afresh): ``rollback`` is set, and the watermark records ``applied`` as
+        acknowledged, so the next open catches it without asking the hub."""
+        self._acked = max(self._acked, applied)
+        outbox_seq = int(self._scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox"))
+        if outbox_seq >= applied:
+            return
+        generation, lost = self.generation, self.rollback
+        recorded = max(generation, lost.recorded if lost is not None else 0)
+        self.rollback = Rollback(generation, recorded, self._acked, outbox_seq, hub_applied=applied)
+        self._record_watermark(recorded)
+
     @property
     def generation(self) -> int:
         """The store generation: how many write transactions it has committed (since ``store_meta``)."""
@@ -161,7 +176,7 @@ class Connection:
         """Why nothing may resume on this store (None: it is not behind its watermark)."""
         if (lost := self.rollback) is None:
             return None
-        return StoreRolledBack(path=str(self.path), found=lost.found, recorded=lost.recorded)
+        return StoreRolledBack(path=str(self.path), lost=lost)
 
     def integrity(self) -> list[str]:
         """What SQLite's full ``integrity_check`` finds wrong (empty: nothing); slow on a big store."""

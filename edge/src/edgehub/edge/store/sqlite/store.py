@@ -82,15 +82,17 @@ class SqliteStore(Transfer, Episodes, KnowledgeRows, Retention):
             raise
         return self
 
-    def accept_rollback(self, by: str) -> AcceptedRollback:
-        """Accept what the store lost (``rollback``), recorded in ``rollbacks``: the generation moves
-        past the watermark's, the outbox goes on after the highest sequence the hub side acknowledged
-        (so new events are not taken for resends of applied ones), and the active agents resume from
-        the checkpoints the store kept, repeating the lost steps."""
+    def accept_rollback(self, by: str, lost_seen: tuple[str, ...] = ()) -> AcceptedRollback:
+        """Accept what the store lost (``rollback``), recorded in ``rollbacks`` with ``lost_seen`` (what
+        the hub had seen of it, one line each): the generation moves past the watermark's, the outbox
+        goes on after the highest sequence the hub side acknowledged (so new events are not taken for
+        resends of applied ones), and the active agents resume from the checkpoints the store kept,
+        repeating the lost steps (``edgehub.edge.recovery`` stops first those the hub saw do more)."""
         lost = self.rollback
         if lost is None:
             raise StoreError("is not behind its watermark: no rollback to accept", path=str(self.path))
-        accepted = AcceptedRollback(lost, by, tuple(s.agent_id for s in self.list_agents(RESUMABLE)))
+        agents = tuple(s.agent_id for s in self.list_agents(RESUMABLE))
+        accepted = AcceptedRollback(lost, by, agents, lost_seen)
         self.rollback = None  # lets this one transaction write
         try:
             with self._tx(seal=True):
@@ -100,15 +102,18 @@ class SqliteStore(Transfer, Episodes, KnowledgeRows, Retention):
                     self._placeholder(lost.acked_seq)
                 self._conn.execute(
                     "INSERT INTO rollbacks(accepted_at, accepted_by, found, recorded, acked_seq, outbox_seq,"
-                    " agents) VALUES (?,?,?,?,?,?,?)",
+                    " agents, lost) VALUES (?,?,?,?,?,?,?,?)",
                     (time.time(), by, lost.found, lost.recorded, lost.acked_seq, lost.outbox_seq,
-                     json.dumps(accepted.agents)),
+                     json.dumps(accepted.agents), json.dumps(lost_seen)),
                 )  # fmt: skip
         except BaseException:
             self.rollback = lost
             raise
         log.warning("store %s: rollback accepted by %s: %s", self.path, by, accepted)
         return accepted
+
+    def held_agents(self) -> list[str]:
+        return [s.agent_id for s in self.list_agents(RESUMABLE)]
 
     def _placeholder(self, seq: int) -> None:
         """An acknowledged outbox entry at ``seq`` that is never sent (inside the caller's transaction)."""

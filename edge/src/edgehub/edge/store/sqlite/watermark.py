@@ -6,7 +6,10 @@ transaction bumps the generation inside the database; the watermark is rewritten
 checkpoint and each outbox acknowledgement) and the highest outbox sequence the hub side acknowledged.
 It is written after the database commit, so it never runs ahead of what is durable: a crash in between
 leaves it one commit behind, which is harmless. On open, a database whose generation is below the
-watermark's has lost commits (``Rollback``).
+watermark's, or whose outbox ends below the acknowledged sequence, has lost commits (``Rollback``).
+The device's files are not trusted alone: with a hub, the daemon (and ``edge doctor --store``) also
+asks it for the last sequence it applied from this device (``Connection.compare_hub``), which catches
+a watermark that went back together with the database.
 
 The file is one JSON object with a ``version`` (so its format can change), written to a temporary file,
 fsynced, renamed over the old one and the folder fsynced: a crash leaves the old or the new one, whole.
@@ -49,6 +52,9 @@ class Rollback:
     outbox_seq: int
     """The highest outbox sequence the database has (below ``acked_seq``: sequences the hub already
     applied would be given to new events, and the hub would drop them as resends)."""
+    hub_applied: int = 0
+    """The last outbox sequence the hub said it applied from this device, when it was asked and that
+    is beyond the database's outbox (0: not asked, or not beyond)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,8 @@ class AcceptedRollback:
     """Who accepted it."""
     agents: tuple[str, ...]
     """Active agents that resume from the older checkpoints the store kept."""
+    seen_lost: tuple[str, ...] = ()
+    """What was lost that the hub had seen, one line each (``--recover-from-hub``)."""
 
 
 class WatermarkFile:
