@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from edgehub.edge.config import EdgeConfig
+from edgehub.edge.store.retention import rules_of
 from edgehub.hardware import (
     BUILTIN_PROFILES,
     Disk,
@@ -383,7 +384,7 @@ def test_the_store_budget_is_the_profiles_within_an_eighth_of_the_primary_disk()
     assert derive(_machine(4, 4096), pi).store_budget_mb == pi.runtime.store.budget_mb  # disk unknown
     cfg = EdgeConfig.model_validate(derive(tiny, pi).as_edge_config())
     assert cfg.retention.budget_mb == 512
-    assert cfg.retention.rules()["outbox"].max_bytes == int(512 * 0.2 * 1024 * 1024)
+    assert rules_of(cfg.retention)["outbox"].max_bytes == int(512 * 0.2 * 1024 * 1024)
 
 
 def test_settings_are_json_ready_and_fit_the_edge_config(ipc_root: Path) -> None:

@@ -17,7 +17,7 @@ from edgehub.edge.agent.loop import new_agent
 from edgehub.edge.config import EdgeConfig
 from edgehub.edge.store import Intent, SqliteStore
 from edgehub.edge.store.base import Approval, Candidate, Episode, Totals
-from edgehub.edge.store.retention import Pruner, Rule, choose
+from edgehub.edge.store.retention import Pruner, Rule, choose, rules_of
 from edgehub.protocol.v1 import agent_pb2
 
 S = agent_pb2
@@ -218,8 +218,8 @@ def test_a_step_committed_again_after_its_outbox_row_went_changes_nothing(store:
 
 def test_retention_rules_come_from_config_and_the_hardware_budget() -> None:
     cfg = EdgeConfig.model_validate({"retention": {"budget_mb": 100, "outbox": {"max_rows": 5}}})
-    rules = cfg.retention.rules()
+    rules = rules_of(cfg.retention)
     assert rules["outbox"] == Rule(max_age_s=None, max_rows=5, max_bytes=20 * 1024 * 1024)
     assert rules["mind_log"].max_bytes == 40 * 1024 * 1024
     assert rules["mind_log"].max_age_s == 7 * 86400
-    assert EdgeConfig.model_validate({"retention": {"enabled": False}}).retention.rules() == {}
+    assert rules_of(EdgeConfig.model_validate({"retention": {"enabled": False}}).retention) == {}

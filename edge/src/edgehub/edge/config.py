@@ -20,7 +20,6 @@ from edgehub.cli import config as config_loader
 from edgehub.protocol.ids import NAME_PATTERN
 
 from .errors import ConfigError
-from .store.retention import KINDS, Rule
 
 ENV_PREFIX = "EDGEHUB_EDGE__"
 
@@ -292,17 +291,6 @@ class RetentionConfig(_Section):
     """Tool intents of agents that are no longer active."""
     episodes: KindRetention = KindRetention(max_age_days=90)
     """L3 episodes, beyond ``[memory] keep_consolidated_days`` (which prunes those the hub consolidated)."""
-
-    def rules(self) -> dict[str, Rule]:
-        """Each kind's rule as the pruner applies it; none when retention is off."""
-        if not self.enabled:
-            return {}
-        rules = {}
-        for kind in KINDS:
-            own: KindRetention = getattr(self, kind)
-            age = own.max_age_days * 86400 if own.max_age_days is not None else None
-            rules[kind] = Rule(age, own.max_rows, self.max_bytes(kind))
-        return rules
 
     def max_bytes(self, kind: str) -> int:
         """The byte limit of ``kind``: its own ``max_mb`` or its share of ``budget_mb``."""

@@ -22,12 +22,9 @@ observations the model can read, so a bad call never crashes a step.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from edgehub.protocol.errors import EdgehubError, ErrorCode
-
-if TYPE_CHECKING:
-    from .store.sqlite.watermark import Rollback
 
 
 class EdgeError(EdgehubError):
@@ -102,6 +99,25 @@ class StoreDamaged(StoreError):
             " it aside (docs/edge.md, Durability of the store)",
             path=path,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Rollback:
+    """What a store that went back in time lost (``StoreRolledBack.lost``; the watermark's check and
+    the hub's applied sequence find it: ``store/sqlite/watermark.py``)."""
+
+    found: int
+    """The generation the database has."""
+    recorded: int
+    """The generation the watermark says was committed."""
+    acked_seq: int
+    """The highest outbox sequence the hub side had acknowledged."""
+    outbox_seq: int
+    """The highest outbox sequence the database has (below ``acked_seq``: sequences the hub already
+    applied would be given to new events, and the hub would drop them as resends)."""
+    hub_applied: int = 0
+    """The last outbox sequence the hub said it applied from this device, when it was asked and that
+    is beyond the database's outbox (0: not asked, or not beyond)."""
 
 
 class StoreRolledBack(StoreError):

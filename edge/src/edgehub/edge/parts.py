@@ -34,7 +34,7 @@ from .pressure import DiskPressure
 from .safety.build import Safety, build_safety, build_scrubber
 from .scheduler import AgentScheduler
 from .store.base import DeviceStore
-from .store.retention import Pruner
+from .store.retention import Pruner, rules_of
 from .store.sqlite import SqliteStore
 from .tracing import Tracing
 from .uplink.commands import CommandRouter
@@ -148,7 +148,7 @@ def _pruner(cfg: EdgeConfig, store: DeviceStore, indexer: EpisodeIndexer | None)
     r = cfg.retention
     return Pruner(
         store,
-        r.rules(),
+        rules_of(r),
         interval_s=r.interval_s,
         batch_rows=r.batch_rows,
         vacuum_pages=r.vacuum_pages,

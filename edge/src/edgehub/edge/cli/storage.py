@@ -13,7 +13,7 @@ from rich.table import Table
 from edgehub.cli.common import console, err
 
 from ..config import RetentionConfig
-from ..store.retention import KINDS, choose
+from ..store.retention import KINDS, choose, rules_of
 from ..store.sqlite import SqliteStore
 from ..store.sqlite.retention import FileStats
 
@@ -44,7 +44,7 @@ class KindReport:
 
 
 def kind_reports(store: SqliteStore, retention: RetentionConfig, now: float) -> list[KindReport]:
-    rules, pruned = retention.rules(), store.pruned_so_far()
+    rules, pruned = rules_of(retention), store.pruned_so_far()
     reports = []
     for kind in KINDS:
         totals = store.retention_totals(kind)

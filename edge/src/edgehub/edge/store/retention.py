@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ..config import KindRetention, RetentionConfig
 from .base import Candidate, RetainedStore, Totals
 
 log = logging.getLogger("edgehub.edge.store")
@@ -37,6 +38,18 @@ class Rule:
     """Beyond this many rows of the kind (counting those that must stay), the oldest go."""
     max_bytes: int | None = None
     """Beyond this many bytes of the kind (counting those that must stay), the oldest go."""
+
+
+def rules_of(cfg: RetentionConfig) -> dict[str, Rule]:
+    """Each kind's rule as the pruner applies it from ``[retention]``; none when retention is off."""
+    if not cfg.enabled:
+        return {}
+    rules = {}
+    for kind in KINDS:
+        own: KindRetention = getattr(cfg, kind)
+        age = own.max_age_days * 86400 if own.max_age_days is not None else None
+        rules[kind] = Rule(age, own.max_rows, cfg.max_bytes(kind))
+    return rules
 
 
 def choose(candidates: Sequence[Candidate], rule: Rule, totals: Totals, now: float) -> list[Candidate]:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edgehub.sync.auth import write_secret
 
-from ...errors import StoreError
+from ...errors import Rollback, StoreError
 
 WATERMARK_VERSION = 1
 """The watermark file's format version (``version`` in the file)."""
@@ -37,24 +37,6 @@ class Watermark:
     """The store generation of the last checkpoint recorded (the database's ``store_meta``)."""
     acked_seq: int
     """The highest outbox sequence the hub side acknowledged (JetStream stored it)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Rollback:
-    """The database is behind its watermark: commits were lost."""
-
-    found: int
-    """The generation the database has."""
-    recorded: int
-    """The generation the watermark says was committed."""
-    acked_seq: int
-    """The highest outbox sequence the hub side had acknowledged."""
-    outbox_seq: int
-    """The highest outbox sequence the database has (below ``acked_seq``: sequences the hub already
-    applied would be given to new events, and the hub would drop them as resends)."""
-    hub_applied: int = 0
-    """The last outbox sequence the hub said it applied from this device, when it was asked and that
-    is beyond the database's outbox (0: not asked, or not beyond)."""
 
 
 @dataclass(frozen=True, slots=True)
