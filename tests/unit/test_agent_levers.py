@@ -321,3 +321,22 @@ async def test_guidance_pins_the_words_the_goal_gives_and_leaves_what_it_does_no
     assert pinned(brain.schemas[1]) == {"path": "where.txt"}
     # any text passes a file the goal does not spell out: the finish check says it checked in part
     assert store.load_agent("a1").verification == S.VERIFICATION_PARTIAL
+
+
+async def test_a_folder_and_a_rename_the_goal_names_are_guided_to_their_own_tools(tmp_path: Path) -> None:
+    script = [
+        act("make_dir", path="archive"),
+        act("move_file", path="draft.txt", to="final.txt"),
+        act("finish", answer="done: archive made, draft.txt renamed"),
+    ]
+    loop, store, brain = make(tmp_path, script)
+    (tmp_path / "ws" / "a1").mkdir(parents=True)
+    (tmp_path / "ws" / "a1" / "draft.txt").write_text("v3")
+    state = await run(loop, store, "Create a folder named archive, then rename draft.txt to final.txt.")
+    assert [tools_in(s) for s in brain.schemas] == [{"make_dir"}, {"move_file"}, {"finish"}]
+    assert [pinned(s) for s in brain.schemas[:2]] == [
+        {"path": "archive"},
+        {"path": "draft.txt", "to": "final.txt"},
+    ]
+    assert state.verification == S.VERIFICATION_VERIFIED
+    assert (tmp_path / "ws" / "a1" / "final.txt").read_text() == "v3"

@@ -12,6 +12,7 @@ read, is reported but never sent back for: another attempt cannot fix it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from edgehub.protocol.v1 import agent_pb2
 from ..jsontypes import JsonObject
 
 S = agent_pb2
+NUMBER = re.compile(
+    r"\d|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|hundred)\b", re.I
+)
 PLACEHOLDERS = {"", "done", "ok", "okay", "finished", "complete", "completed", "yes", "success", "true"}
 ECHO_CHARS = 80
 
@@ -138,10 +142,22 @@ def _answer(d: agent_pb2.Deliverable, r: Record) -> str:
         return "" if _norm(d.expect) in answer else f"the answer does not give {d.expect!r}"
     if answer.strip(" .!") in PLACEHOLDERS:
         return "the answer does not report the result the goal asks for"
+    if d.echo == "number":
+        return "" if NUMBER.search(answer) else "the answer does not give the number the goal asks for"
     wanted = r.last_output(d.echo) if d.echo else ""
     if wanted and _norm(wanted) not in answer:
         return f"the answer does not give what the {d.echo} showed ({wanted!r})"
     return ""
+
+
+def _dir(d: agent_pb2.Deliverable, r: Record) -> str:
+    return "" if (r.workspace / d.target).is_dir() else f"the folder {d.target} does not exist"
+
+
+def _move(d: agent_pb2.Deliverable, r: Record) -> str:
+    if (r.workspace / d.target).exists():
+        return f"{d.target} is still there; it was to be moved to {d.expect}"
+    return "" if (r.workspace / d.expect).exists() else f"{d.expect} does not exist"
 
 
 def _keep(d: agent_pb2.Deliverable, r: Record) -> str:
@@ -157,6 +173,8 @@ _CHECKS = {
     "recall": _recall,
     "answer": _answer,
     "keep": _keep,
+    "dir": _dir,
+    "move": _move,
 }
 
 

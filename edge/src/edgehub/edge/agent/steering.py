@@ -27,7 +27,7 @@ from ..jsontypes import JsonObject
 from ..store.base import EdgeStore
 from . import demos
 from .actions import Proposal
-from .deliverables import extract, files_named, spelled_out
+from .deliverables import covered, extract, files_named, spelled_out
 from .finishcheck import Record, checked_in_full, feedback, shortfalls, unmet
 from .prompt import PromptBuilder, next_step
 from .tools.registry import ToolRegistry
@@ -45,8 +45,16 @@ GUIDED_TOOL = {
     "run": "run_command",
     "remember": "remember",
     "recall": "recall",
+    "dir": "make_dir",
+    "move": "move_file",
 }
-GUIDED_ARG = {"write_file": "path", "read_file": "path", "run_command": "command"}
+GUIDED_ARG = {
+    "write_file": "path",
+    "read_file": "path",
+    "run_command": "command",
+    "make_dir": "path",
+    "move_file": "path",
+}
 """The argument a guided call takes from the goal's own words (the deliverable's target)."""
 
 
@@ -163,7 +171,8 @@ class Steering:
         work = [d for d in state.deliverables if d.kind in GUIDED_TOOL]
         if not (self.cfg.guide and work):
             return None
-        if any(all(f not in d.target for d in state.deliverables) for f in files_named(state.goal)):
+        named = files_named(state.goal)
+        if any(all(f not in t for d in state.deliverables for t in covered(d)) for f in named):
             return None
         record = self.record(state, "")
         for d, missing in unmet(work, record):
@@ -172,7 +181,9 @@ class Steering:
                 continue
             arg = GUIDED_ARG.get(tool, "")
             fixed = {arg: d.target} if arg and d.target else {}
-            if d.kind == "write" and spelled_out(state.goal, d.expect):
+            if d.kind == "move":
+                fixed["to"] = d.expect
+            elif d.kind == "write" and spelled_out(state.goal, d.expect):
                 fixed["content"] = d.expect
             elif d.kind == "write" and not self._found_out(record):
                 return None
