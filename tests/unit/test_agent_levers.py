@@ -304,8 +304,14 @@ async def test_guidance_pins_the_words_the_goal_gives_and_leaves_what_it_does_no
         act("finish", answer="9"),
     ]
     loop, store, brain = make(tmp_path / "uncovered", script)
-    await run(loop, store, "t.txt lists readings. Write the highest of them to max.txt.")
+    await run(loop, store, "Compare t.txt with the old readings. Write the highest to max.txt.")
     assert all(len(tools_in(s)) > 2 for s in brain.schemas[:2])
+    # a file that is a sentence's subject is an input: read first, then the write is guided
+    loop, store, brain = make(tmp_path / "subject", script)
+    (tmp_path / "subject" / "ws" / "a1").mkdir(parents=True)
+    (tmp_path / "subject" / "ws" / "a1" / "t.txt").write_text("7\n9\n")
+    await run(loop, store, "t.txt lists readings. Write the highest of them to max.txt.")
+    assert [tools_in(s) for s in brain.schemas] == [{"read_file"}, {"write_file"}, {"finish"}]
     # a file whose text the goal does not give is written only after the agent found something out
     script = [
         act("read_file", path="hint.txt"),

@@ -60,6 +60,11 @@ def kinds(goal: str) -> list[str]:
             ["write mode.txt (holding 'on')", "read mode.txt"],
         ),
         ("Open it again, please.", []),
+        (
+            "Levels.CSV lists tank levels. Put the lowest into low.txt.",
+            ["read Levels.CSV", "write low.txt", "leave Levels.CSV as it is"],
+        ),
+        ("Notes.txt is a good name for a file.", []),
         ("Move the old logs somewhere safe.", []),
         ("The supervisor wants this done soon.", []),
     ],

@@ -18,7 +18,8 @@ verb, or is a question, yields deliverables:
 - ``move``: a file to move or rename (``target``) and where it must end up (``expect``): "rename
   draft.txt to final.txt".
 
-A clause that checks "it" or "the file" again ("check it by opening the file again", "read it back")
+A sentence whose subject is a file ("temps.txt lists the readings") names an input: ``read`` and
+``keep``. A clause that checks "it" or "the file" again ("check it by opening the file again", "read it back")
 is a ``read`` of the file the goal wrote just before; a "how many" question wants a number as the
 answer (``echo = "number"``).
 
@@ -49,6 +50,8 @@ _FOLDER = re.compile(r"\b(?:directory|folder)\s+(?:called\s+|named\s+)?[`'\"â€œâ
 _NOT_NAMES = {"in", "inside", "into", "for", "with", "to", "here", "there", "that", "which", "on", "at"}
 _AGAIN = re.compile(r"\b(?:again|back)\b", re.I)
 _INTO_FOLDER = re.compile(r"\b(?:into|to|in)\s+(?:the\s+)?(?:folder|directory)\s+([\w][\w-]{0,63})\b", re.I)
+_DESCRIBES = {"lists", "holds", "contains", "has", "says", "shows", "records", "keeps", "gives", "stores"}
+"""Verbs of a sentence whose subject is a file ("temps.txt lists readings"): that file is an input."""
 _HOW_MANY = re.compile(r"\bhow (?:many|much)\b", re.I)
 _NUMBER = re.compile(r"(?<![\w.-])\d+(?:[.,]\d+)?(?![\w])")
 _FILLERS = {"please", "then", "and", "also", "now", "first", "next", "finally", "afterwards", "just", "so"}
@@ -200,7 +203,10 @@ def extract(goal: str) -> list[agent_pb2.Deliverable]:
     for clause, question in _clauses(goal):
         verb, rest = _verb(clause)
         ran = any(d.kind == "run" for d in out)
-        if verb in _WRITE or verb in _EDIT or verb in _MOVE:
+        subject = _FILE.fullmatch(clause.split()[0].strip(",:"))
+        if subject and rest.split()[:1] and rest.split()[0].lower() in _DESCRIBES:  # "a.txt lists ..."
+            out += [_deliverable("read", subject.group(1)), _deliverable("keep", subject.group(1))]
+        elif verb in _WRITE or verb in _EDIT or verb in _MOVE:
             found = _write_clause(verb, clause, rest, ran)
             if verb in _EDIT:
                 found += [_deliverable("write", p) for p, _ in _files(clause)]
