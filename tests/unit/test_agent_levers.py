@@ -346,3 +346,25 @@ async def test_a_folder_and_a_rename_the_goal_names_are_guided_to_their_own_tool
     ]
     assert state.verification == S.VERIFICATION_VERIFIED
     assert (tmp_path / "ws" / "a1" / "final.txt").read_text() == "v3"
+
+
+async def test_a_finish_sent_back_for_its_answer_alone_may_finish_again_at_once(tmp_path: Path) -> None:
+    script = [
+        act("write_file", path="f.txt", content="ready"),
+        act("finish", answer="ready"),
+        act("finish", answer="5"),
+    ]
+    loop, store, brain = make(tmp_path, script)
+    state = await run(loop, store, "Put the word ready into f.txt, then tell me how many letters it has.")
+    assert [tools_in(s) for s in brain.schemas] == [{"write_file"}, {"finish"}, {"finish"}]
+    assert "(how many letters it has)" in brain.prompts[2]
+    assert (state.answer, state.verification) == ("5", S.VERIFICATION_PARTIAL)
+    # work still missing after a send-back: finish stays withheld for a step
+    script = [
+        act("finish", answer="x"),
+        act("write_file", path="f.txt", content="ready"),
+        act("finish", answer="5"),
+    ]
+    loop, store, brain = make(tmp_path / "work", script, guide=False)
+    await run(loop, store, "Put the word ready into f.txt, then tell me how many letters it has.")
+    assert "finish" not in tools_in(brain.schemas[1])

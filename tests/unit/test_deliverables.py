@@ -171,7 +171,7 @@ def test_folders_moves_and_counts_are_checked_in_the_workspace_and_the_answer(tm
     (tmp_path / "a.txt").rename(tmp_path / "b.txt")
     assert problems(goal, Record([], tmp_path, "1")) == []
     assert problems(goal, Record([], tmp_path, "I moved it")) == [
-        "the answer does not give the number the goal asks for"
+        "the answer does not give the number the goal asks for (how many files you moved)"
     ]
 
 

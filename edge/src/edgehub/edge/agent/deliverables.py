@@ -21,7 +21,7 @@ verb, or is a question, yields deliverables:
 A sentence whose subject is a file ("temps.txt lists the readings") names an input: ``read`` and
 ``keep``. A clause that checks "it" or "the file" again ("check it by opening the file again", "read it back")
 is a ``read`` of the file the goal wrote just before; a "how many" question wants a number as the
-answer (``echo = "number"``).
+answer (``echo = "number"``, with the question from "how many" on as its ``target``).
 
 Precision matters more than coverage: a wrong deliverable would send an agent back for work the goal
 never asked for, so a clause without a recognised verb yields nothing, and so does an unclear file role.
@@ -191,7 +191,9 @@ def _answer(clause: str, question: bool, remembered: str, read: bool) -> agent_p
         return _deliverable("answer", expect=said if literal else "")
     if question or _TELL.search(_FILE.sub(" ", clause)):
         echo = "read" if read and _FILE_TEXT.search(clause) else ""
-        echo = "number" if not echo and _HOW_MANY.search(clause) else echo
+        asked = _HOW_MANY.search(clause)
+        if asked and not echo:  # the question itself, from "how many", to say what the number is of
+            return _deliverable("answer", clause[asked.start() :].strip(" .?!"), echo="number")
         return _deliverable("answer", echo=echo)
     return None
 

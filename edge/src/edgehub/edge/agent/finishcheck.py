@@ -143,7 +143,10 @@ def _answer(d: agent_pb2.Deliverable, r: Record) -> str:
     if answer.strip(" .!") in PLACEHOLDERS:
         return "the answer does not report the result the goal asks for"
     if d.echo == "number":
-        return "" if NUMBER.search(answer) else "the answer does not give the number the goal asks for"
+        asked = f" ({d.target})" if d.target else ""
+        return (
+            "" if NUMBER.search(answer) else f"the answer does not give the number the goal asks for{asked}"
+        )
     wanted = r.last_output(d.echo) if d.echo else ""
     if wanted and _norm(wanted) not in answer:
         return f"the answer does not give what the {d.echo} showed ({wanted!r})"
@@ -197,8 +200,8 @@ def checked_in_full(d: agent_pb2.Deliverable, record: Record) -> bool:
     """The check of ``d`` held its content against the goal, not only its presence: a file or answer
     with a text the goal gives (or an output the agent observed), a note with a value; a read, a run or
     a recall is the deliverable itself."""
-    if d.kind in ("write", "answer"):
-        return bool(d.expect) or bool(d.echo and record.last_output(d.echo))
+    if d.kind in ("write", "answer"):  # a number answers "how many", but which number is not known
+        return bool(d.expect) or bool(d.echo in ("run", "read") and record.last_output(d.echo))
     if d.kind == "remember":
         return bool(d.expect)
     return True

@@ -148,11 +148,13 @@ class Steering:
     def may_finish(self, state: agent_pb2.AgentState, turns: Sequence[agent_pb2.Turn]) -> bool:
         """Whether ``finish`` is in this step's grammar. With the finish check on it is withheld for the
         first step of a goal that names work to do (files, commands, notes), and for the step right
-        after a finish was sent back: a small model otherwise finishes again at once, unchanged."""
+        after a finish was sent back for missing work: a small model otherwise finishes again at once,
+        unchanged. When the answer alone fell short, finishing again is the only fix, so it stays."""
         if not self.cfg.finish_check:
             return True
-        if self.sent_back(state, turns):
-            return False
+        if self.sent_back(state, turns):  # unless the answer is all that is missing: only a finish fixes it
+            work = [d for d in state.deliverables if d.kind != "answer"]
+            return not any(m.returnable for _, m in unmet(work, self.record(state, "")))
         work = any(d.kind not in ("answer", "keep") for d in state.deliverables)
         return not (state.step == 0 and work)
 
