@@ -153,8 +153,8 @@ class Steering:
         if not self.cfg.finish_check:
             return True
         if self.sent_back(state, turns):  # unless the answer is all that is missing: only a finish fixes it
-            work = [d for d in state.deliverables if d.kind != "answer"]
-            return not any(m.returnable for _, m in unmet(work, self.record(state, "")))
+            rest = [d for d in state.deliverables if d.kind != "answer"]
+            return not any(m.returnable for _, m in unmet(rest, self.record(state, "")))
         work = any(d.kind not in ("answer", "keep") for d in state.deliverables)
         return not (state.step == 0 and work)
 
