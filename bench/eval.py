@@ -14,7 +14,10 @@ Each configuration's report goes to bench/results/eval/<label>.json (readable by
 compare``). On a shared 2-core machine a full run takes hours: ONLY=label,label runs just those
 configurations, and REUSE=1 takes a configuration's report from an earlier run when it was made from
 the same commit, suite revision and QUICK setting (so a run can be split into chunks that each hold the
-machine's heavy-job lock briefly); anything else is run again.
+machine's heavy-job lock briefly); anything else is run again. FROM=a.json,b.json runs nothing: it
+judges reports saved earlier (``edgehub eval run --out``; each keyed by its label, the default model's
+being its name) and writes the checks, so full-suite runs made one at a time still give
+bench/results/eval.json.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ LEVERS: list[tuple[str, dict[str, dict[str, Any]]]] = [
     ("no plan", {"agent": {"plan": False}}),
     ("no finish check", {"agent": {"finish_check": False}}),
     ("no guide", {"agent": {"guide": False}}),
+    ("no repeat refusal", {"safety": {"refuse_repeats": False}}),
     ("all off", ALL_OFF),
 ]
 
@@ -139,9 +143,25 @@ def tier_rate(report: Report, tiers: tuple[str, ...]) -> tuple[int, int]:
     return sum(r.success for r in runs), len(runs)
 
 
+def saved(files: list[str]) -> dict[str, Report]:
+    """Reports written earlier, by label (the default model's report must be labelled with its name)."""
+    reports = {(r := Report.load(Path(f))).label: r for f in files}
+    if DEFAULT_MODEL_NAME not in reports:
+        raise SystemExit(f"FROM: no report labelled {DEFAULT_MODEL_NAME} (the default model, every lever on)")
+    return reports
+
+
 def main() -> None:
+    saved_files = [x.strip() for x in os.environ.get("FROM", "").split(",") if x.strip()]
+    if saved_files:
+        reports = saved(saved_files)
+        show(reports)
+        checks = judge(reports)
+        print_checks(checks)
+        print(f"wrote {write_result('eval', checks)}")
+        return
     only = {x.strip() for x in os.environ.get("ONLY", "").split(",") if x.strip()}
-    reports: dict[str, Report] = {}
+    reports = {}
     for config in configs():
         if only and config.label not in only:
             continue

@@ -304,8 +304,14 @@ async def test_guidance_pins_the_words_the_goal_gives_and_leaves_what_it_does_no
         act("finish", answer="9"),
     ]
     loop, store, brain = make(tmp_path / "uncovered", script)
-    await run(loop, store, "t.txt lists readings. Write the highest of them to max.txt.")
+    await run(loop, store, "Compare t.txt with the old readings. Write the highest to max.txt.")
     assert all(len(tools_in(s)) > 2 for s in brain.schemas[:2])
+    # a file that is a sentence's subject is an input: read first, then the write is guided
+    loop, store, brain = make(tmp_path / "subject", script)
+    (tmp_path / "subject" / "ws" / "a1").mkdir(parents=True)
+    (tmp_path / "subject" / "ws" / "a1" / "t.txt").write_text("7\n9\n")
+    await run(loop, store, "t.txt lists readings. Write the highest of them to max.txt.")
+    assert [tools_in(s) for s in brain.schemas] == [{"read_file"}, {"write_file"}, {"finish"}]
     # a file whose text the goal does not give is written only after the agent found something out
     script = [
         act("read_file", path="hint.txt"),
@@ -321,3 +327,44 @@ async def test_guidance_pins_the_words_the_goal_gives_and_leaves_what_it_does_no
     assert pinned(brain.schemas[1]) == {"path": "where.txt"}
     # any text passes a file the goal does not spell out: the finish check says it checked in part
     assert store.load_agent("a1").verification == S.VERIFICATION_PARTIAL
+
+
+async def test_a_folder_and_a_rename_the_goal_names_are_guided_to_their_own_tools(tmp_path: Path) -> None:
+    script = [
+        act("make_dir", path="archive"),
+        act("move_file", path="draft.txt", to="final.txt"),
+        act("finish", answer="done: archive made, draft.txt renamed"),
+    ]
+    loop, store, brain = make(tmp_path, script)
+    (tmp_path / "ws" / "a1").mkdir(parents=True)
+    (tmp_path / "ws" / "a1" / "draft.txt").write_text("v3")
+    state = await run(loop, store, "Create a folder named archive, then rename draft.txt to final.txt.")
+    assert [tools_in(s) for s in brain.schemas] == [{"make_dir"}, {"move_file"}, {"finish"}]
+    assert [pinned(s) for s in brain.schemas[:2]] == [
+        {"path": "archive"},
+        {"path": "draft.txt", "to": "final.txt"},
+    ]
+    assert state.verification == S.VERIFICATION_VERIFIED
+    assert (tmp_path / "ws" / "a1" / "final.txt").read_text() == "v3"
+
+
+async def test_a_finish_sent_back_for_its_answer_alone_may_finish_again_at_once(tmp_path: Path) -> None:
+    script = [
+        act("write_file", path="f.txt", content="ready"),
+        act("finish", answer="ready"),
+        act("finish", answer="5"),
+    ]
+    loop, store, brain = make(tmp_path, script)
+    state = await run(loop, store, "Put the word ready into f.txt, then tell me how many letters it has.")
+    assert [tools_in(s) for s in brain.schemas] == [{"write_file"}, {"finish"}, {"finish"}]
+    assert "(how many letters it has)" in brain.prompts[2]
+    assert (state.answer, state.verification) == ("5", S.VERIFICATION_PARTIAL)
+    # work still missing after a send-back: finish stays withheld for a step
+    script = [
+        act("finish", answer="x"),
+        act("write_file", path="f.txt", content="ready"),
+        act("finish", answer="5"),
+    ]
+    loop, store, brain = make(tmp_path / "work", script, guide=False)
+    await run(loop, store, "Put the word ready into f.txt, then tell me how many letters it has.")
+    assert "finish" not in tools_in(brain.schemas[1])

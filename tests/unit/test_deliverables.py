@@ -49,8 +49,22 @@ def kinds(goal: str) -> list[str]:
                 "answer with the result (holding '5521')",
             ],
         ),
-        ("How many rows does data.csv hold?", ["read data.csv", "answer with the result"]),
-        ("Rename a.txt to b.txt.", ["write b.txt"]),
+        ("How many rows does data.csv hold?", ["read data.csv", "answer with the result (a number)"]),
+        ("Rename a.txt to b.txt.", ["move a.txt to b.txt"]),
+        ("Shift log/x.csv over into the directory done.", []),
+        ("Please move x.csv into the folder done.", ["move x.csv to done/x.csv"]),
+        ("Create a folder named reports_2026 for the printouts.", ["make the folder reports_2026"]),
+        ("Make a directory inside the workspace.", []),
+        (
+            "Store 'on' in mode.txt and open it back up to be sure.",
+            ["write mode.txt (holding 'on')", "read mode.txt"],
+        ),
+        ("Open it again, please.", []),
+        (
+            "Levels.CSV lists tank levels. Put the lowest into low.txt.",
+            ["read Levels.CSV", "write low.txt", "leave Levels.CSV as it is"],
+        ),
+        ("Notes.txt is a good name for a file.", []),
         ("Move the old logs somewhere safe.", []),
         ("The supervisor wants this done soon.", []),
     ],
@@ -144,6 +158,21 @@ def test_notes_and_recall(tmp_path: Path) -> None:
         [step("remember", key="badge", value="5521"), step("recall", query="badge")], tmp_path, "5521"
     )
     assert problems(goal, record) == []
+
+
+def test_folders_moves_and_counts_are_checked_in_the_workspace_and_the_answer(tmp_path: Path) -> None:
+    goal = "Create a folder named out, rename a.txt to b.txt, then tell me how many files you moved."
+    (tmp_path / "a.txt").write_text("a")
+    assert problems(goal, Record([], tmp_path, "one file")) == [
+        "the folder out does not exist",
+        "a.txt is still there; it was to be moved to b.txt",
+    ]
+    (tmp_path / "out").mkdir()
+    (tmp_path / "a.txt").rename(tmp_path / "b.txt")
+    assert problems(goal, Record([], tmp_path, "1")) == []
+    assert problems(goal, Record([], tmp_path, "I moved it")) == [
+        "the answer does not give the number the goal asks for (how many files you moved)"
+    ]
 
 
 def test_feedback_tells_the_agent_what_to_do() -> None:

@@ -139,6 +139,18 @@ def test_a_repeat_of_a_call_that_is_not_repeatable_is_refused_with_what_the_firs
     assert monitor.refusal(denied, "run_command", other, repeatable=False, thought="x") is None
 
 
+def test_with_refuse_repeats_off_a_repeat_runs_and_only_same_calls_counts_it() -> None:
+    monitor = StuckMonitor(StuckSettings(same_calls=3, refuse_repeats=False))
+    guard = S.Guard()
+    actions = []
+    for step in range(3):
+        assert monitor.refusal(guard, "run_command", ECHO, repeatable=False, thought="append 42") is None
+        action, guard = ran(monitor, guard, ECHO, step)
+        actions.append(action)
+    assert actions == ["ok", "ok", "warn"]
+    assert guard.calls[-1].count == 3
+
+
 @pytest.mark.parametrize(
     ("thought", "reason"),
     [

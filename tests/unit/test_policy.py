@@ -117,6 +117,24 @@ def test_the_built_in_default_policy_is_valid_and_denies_unknown_tools() -> None
     assert policy.decide("http_post", {}).rule == "default"
 
 
+@pytest.mark.parametrize(
+    ("tool", "args", "effect"),
+    [
+        ("make_dir", {"path": "archive"}, "allow"),
+        ("list_dir", {"path": "."}, "allow"),
+        ("move_file", {"path": "draft.txt", "to": "final.txt"}, "allow"),
+        ("move_file", {"path": "deploy.key", "to": "notes.txt"}, "deny"),
+        ("move_file", {"path": "notes.txt", "to": "sub/.env"}, "deny"),
+        ("move_file", {"path": "a.txt", "to": "server.PEM"}, "deny"),
+    ],
+)
+def test_the_default_policy_judges_the_folder_tools_by_both_their_paths(
+    tool: str, args: dict[str, str], effect: str
+) -> None:
+    policy = Policy.parse(default_policy_text(), source="default")
+    assert policy.decide(tool, args).effect == effect
+
+
 def test_a_rule_can_grant_named_hosts_to_the_calls_it_allows() -> None:
     text = RULES.replace(
         '[[rules]]\nid = "files"',

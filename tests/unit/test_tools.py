@@ -58,6 +58,66 @@ async def test_file_tools_refuse_paths_outside_the_workspace(ctx: ToolContext, p
     assert not (ctx.workspace.parent / "x.txt").exists()
 
 
+async def test_make_dir_creates_a_folder_and_says_so_again_for_one_that_exists(ctx: ToolContext) -> None:
+    first = await call("make_dir", ctx, path="archive/2026")
+    again = await call("make_dir", ctx, path="archive/2026")
+    assert (first.ok, again.ok) == (True, True)
+    assert (ctx.workspace / "archive" / "2026").is_dir()
+    (ctx.workspace / "plain.txt").write_text("x")
+    clash = await call("make_dir", ctx, path="plain.txt")
+    assert (clash.ok, clash.error) == (False, "exists")
+
+
+async def test_move_file_renames_moves_into_a_folder_and_never_overwrites(ctx: ToolContext) -> None:
+    (ctx.workspace / "draft.txt").write_text("v3")
+    (ctx.workspace / "keep.txt").write_text("keep")
+    assert (await call("move_file", ctx, path="draft.txt", to="final.txt")).ok
+    assert (ctx.workspace / "final.txt").read_text() == "v3"
+    assert not (ctx.workspace / "draft.txt").exists()
+    (ctx.workspace / "old").mkdir()
+    into = await call("move_file", ctx, path="final.txt", to="old")
+    assert (into.ok, into.output) == (True, "moved final.txt to old/final.txt")
+    (ctx.workspace / "b.txt").write_text("b")
+    clash = await call("move_file", ctx, path="b.txt", to="keep.txt")
+    assert (clash.ok, clash.error) == (False, "exists")
+    assert (ctx.workspace / "keep.txt").read_text() == "keep"
+    gone = await call("move_file", ctx, path="draft.txt", to="x.txt")
+    assert (gone.ok, gone.error) == (False, "not_found")
+
+
+async def test_list_dir_lists_names_with_folders_marked_and_hidden_files_left_out(ctx: ToolContext) -> None:
+    (ctx.workspace / "b.log").write_text("x")
+    (ctx.workspace / "a.log").write_text("x")
+    (ctx.workspace / ".a.log.tmp").write_text("x")
+    (ctx.workspace / "sub").mkdir()
+    out = await call("list_dir", ctx, path=".")
+    assert (out.ok, out.output) == (True, "3 entries\na.log\nb.log\nsub/")
+    assert (await call("list_dir", ctx, path="sub")).output == "the folder is empty"
+    assert (await call("list_dir", ctx, path="nope")).error == "not_found"
+
+
+@pytest.mark.parametrize(
+    ("tool", "args"),
+    [
+        ("make_dir", {"path": "../out"}),
+        ("move_file", {"path": "a.txt", "to": "../a.txt"}),
+        ("move_file", {"path": "../../etc/hostname", "to": "h.txt"}),
+        ("list_dir", {"path": ".."}),
+        ("list_dir", {"path": "link"}),
+    ],
+)
+async def test_folder_tools_refuse_paths_outside_the_workspace(
+    ctx: ToolContext, tool: str, args: dict[str, str]
+) -> None:
+    (ctx.workspace / "a.txt").write_text("a")
+    (ctx.workspace / "link").symlink_to(ctx.workspace.parent)
+    out = await call(tool, ctx, **args)
+    assert (out.ok, out.error) == (False, "outside_workspace")
+    assert (ctx.workspace / "a.txt").exists()
+    assert not (ctx.workspace.parent / "out").exists()
+    assert not (ctx.workspace.parent / "a.txt").exists()
+
+
 async def test_reading_a_missing_file_is_a_not_found_observation(ctx: ToolContext) -> None:
     out = await call("read_file", ctx, path="nope.txt")
     assert (out.ok, out.error) == (False, "not_found")

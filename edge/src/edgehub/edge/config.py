@@ -161,6 +161,10 @@ class SafetyConfig(_Section):
     """The same call (tool and arguments) succeeding this many times in an agent's life counts as stuck;
     a repeat of a call whose tool is not repeatable (commands, notes) is refused at once, and counts as
     stuck the first time."""
+    refuse_repeats: bool = True
+    """Refuse a repeat of a call whose tool is not repeatable (commands, notes, moves) before it runs;
+    false: such a repeat runs like any other call, and only ``same_calls`` counts it (measured on and off
+    in docs/benchmarks.md)."""
     stuck_warnings: int = Field(1, ge=0)
     """Re-plan warnings before a stuck agent is stopped."""
     pii_masking: bool = True

@@ -13,7 +13,15 @@ verb, or is a question, yields deliverables:
 - ``remember`` / ``recall``: a note to store (holding the goal's number or quoted value) and to look up;
 - ``answer``: a result the final answer must report (a question, "tell me", "finish with it" after a
   remembered value, "answer with what the file holds": ``echo = "read"``);
-- ``keep``: a file the goal tells the agent to read (and never to write), which it must not overwrite.
+- ``keep``: a file the goal tells the agent to read (and never to write), which it must not overwrite;
+- ``dir``: a folder to create ("make a directory called archive");
+- ``move``: a file to move or rename (``target``) and where it must end up (``expect``): "rename
+  draft.txt to final.txt".
+
+A sentence whose subject is a file ("temps.txt lists the readings") names an input: ``read`` and
+``keep``. A clause that checks "it" or "the file" again ("check it by opening the file again", "read it back")
+is a ``read`` of the file the goal wrote just before; a "how many" question wants a number as the
+answer (``echo = "number"``, with the question from "how many" on as its ``target``).
 
 Precision matters more than coverage: a wrong deliverable would send an agent back for work the goal
 never asked for, so a clause without a recognised verb yields nothing, and so does an unclear file role.
@@ -38,6 +46,13 @@ _LITERAL = re.compile(
     r"\bthe (?:word|phrase|text|number|value|line)\s+(?!of\b)(.+?)(?=\s+(?:into|to|in|on|as|inside)\b|$)",
     re.I,
 )
+_FOLDER = re.compile(r"\b(?:directory|folder)\s+(?:called\s+|named\s+)?[`'\"“‘]?([\w][\w.-]{0,63})", re.I)
+_NOT_NAMES = {"in", "inside", "into", "for", "with", "to", "here", "there", "that", "which", "on", "at"}
+_AGAIN = re.compile(r"\b(?:again|back)\b", re.I)
+_INTO_FOLDER = re.compile(r"\b(?:into|to|in)\s+(?:the\s+)?(?:folder|directory)\s+([\w][\w-]{0,63})\b", re.I)
+_DESCRIBES = {"lists", "holds", "contains", "has", "says", "shows", "records", "keeps", "gives", "stores"}
+"""Verbs of a sentence whose subject is a file ("temps.txt lists readings"): that file is an input."""
+_HOW_MANY = re.compile(r"\bhow (?:many|much)\b", re.I)
 _NUMBER = re.compile(r"(?<![\w.-])\d+(?:[.,]\d+)?(?![\w])")
 _FILLERS = {"please", "then", "and", "also", "now", "first", "next", "finally", "afterwards", "just", "so"}
 _WRITE = {"write", "save", "put", "store", "create", "make", "record", "keep", "append", "add", "copy"}
@@ -119,7 +134,15 @@ def _write_clause(verb: str, clause: str, rest: str, ran: bool) -> list[agent_pb
     if not files:
         if verb in ("make", "store", "keep") and re.search(r"\bnote\b|\bfor later\b", rest, re.I):
             return [_deliverable("remember", expect=_value(clause))]
+        folder = _FOLDER.search(rest) if verb in ("make", "create", "add") else None
+        if folder and folder.group(1).lower() not in _NOT_NAMES:
+            return [_deliverable("dir", folder.group(1).rstrip("."))]
         return []
+    if verb in _MOVE and len(files) == 2 and files[1][1]:  # "rename a.txt to b.txt"
+        return [_deliverable("move", files[0][0], files[1][0])]
+    folder = _INTO_FOLDER.search(clause) if verb in _MOVE and len(files) == 1 else None
+    if folder:  # "move a.txt into the folder old"
+        return [_deliverable("move", files[0][0], f"{folder.group(1)}/{files[0][0].rsplit('/', 1)[-1]}")]
     first_is_object = rest.lower().startswith(files[0][0].lower())  # "create plan.txt ...", "copy a to b"
     out = []
     for i, (path, destination) in enumerate(files):
@@ -168,6 +191,9 @@ def _answer(clause: str, question: bool, remembered: str, read: bool) -> agent_p
         return _deliverable("answer", expect=said if literal else "")
     if question or _TELL.search(_FILE.sub(" ", clause)):
         echo = "read" if read and _FILE_TEXT.search(clause) else ""
+        asked = _HOW_MANY.search(clause)
+        if asked and not echo:  # the question itself, from "how many", to say what the number is of
+            return _deliverable("answer", clause[asked.start() :].strip(" .?!"), echo="number")
         return _deliverable("answer", echo=echo)
     return None
 
@@ -179,7 +205,10 @@ def extract(goal: str) -> list[agent_pb2.Deliverable]:
     for clause, question in _clauses(goal):
         verb, rest = _verb(clause)
         ran = any(d.kind == "run" for d in out)
-        if verb in _WRITE or verb in _EDIT or verb in _MOVE:
+        subject = _FILE.fullmatch(clause.split()[0].strip(",:"))
+        if subject and rest.split()[:1] and rest.split()[0].lower() in _DESCRIBES:  # "a.txt lists ..."
+            out += [_deliverable("read", subject.group(1)), _deliverable("keep", subject.group(1))]
+        elif verb in _WRITE or verb in _EDIT or verb in _MOVE:
             found = _write_clause(verb, clause, rest, ran)
             if verb in _EDIT:
                 found += [_deliverable("write", p) for p, _ in _files(clause)]
@@ -195,6 +224,9 @@ def extract(goal: str) -> list[agent_pb2.Deliverable]:
             for path, destination in _files(clause, _INTO):
                 kinds = ("write",) if destination else ("read", "keep")
                 out += [_deliverable(k, path) for k in kinds]
+            written = [d.target for d in out if d.kind == "write"]
+            if not _files(clause) and written and _AGAIN.search(clause):  # "check it ... again"
+                out.append(_deliverable("read", written[-1]))
         elif verb in _QUESTION or question:
             out += [_deliverable("read", p) for p, _ in _files(clause)]
         elif _TELL.search(_FILE.sub(" ", clause)):  # "report the number stored in serial.txt"
@@ -203,6 +235,11 @@ def extract(goal: str) -> list[agent_pb2.Deliverable]:
         if answer is not None:
             out.append(answer)
     return _keeps_last(_unique(out))
+
+
+def covered(d: agent_pb2.Deliverable) -> set[str]:
+    """The files ``d`` is about (a move: both ends)."""
+    return {d.target, d.expect} if d.kind == "move" else {d.target}
 
 
 def files_named(goal: str) -> set[str]:
@@ -248,7 +285,13 @@ def describe(d: agent_pb2.Deliverable) -> str:
         "recall": "recall the note",
         "answer": "answer with the result",
         "keep": f"leave {d.target} as it is",
+        "dir": f"make the folder {d.target}",
+        "move": f"move {d.target} to {d.expect}",
     }.get(d.kind, d.kind)
+    if d.kind == "move":
+        return what
+    if d.echo == "number":
+        return what + " (a number)"
     if d.expect:
         what += f" (holding {d.expect!r})"
     if d.echo:

@@ -30,6 +30,8 @@ _CUES = {
     "remember": re.compile(r"\b(remember|note|memori[sz]e|for later|keep in mind)\b", re.I),
     "recall": re.compile(r"\b(recall|look (?:\w+ )*up)\b", re.I),
     "knowledge": re.compile(r"\b(knowledge|fleet)\b", re.I),
+    "dir": re.compile(r"\b(folder|directory|mkdir)\b", re.I),
+    "move": re.compile(r"\b(move|rename|mv)\b", re.I),
     "inputs": re.compile(re.escape(INPUTS_HEADER)),
 }
 

@@ -12,6 +12,7 @@ read, is reported but never sent back for: another attempt cannot fix it.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,9 @@ from edgehub.protocol.v1 import agent_pb2
 from ..jsontypes import JsonObject
 
 S = agent_pb2
+NUMBER = re.compile(
+    r"\d|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|hundred)\b", re.I
+)
 PLACEHOLDERS = {"", "done", "ok", "okay", "finished", "complete", "completed", "yes", "success", "true"}
 ECHO_CHARS = 80
 
@@ -138,10 +142,25 @@ def _answer(d: agent_pb2.Deliverable, r: Record) -> str:
         return "" if _norm(d.expect) in answer else f"the answer does not give {d.expect!r}"
     if answer.strip(" .!") in PLACEHOLDERS:
         return "the answer does not report the result the goal asks for"
+    if d.echo == "number":
+        asked = f" ({d.target})" if d.target else ""
+        return (
+            "" if NUMBER.search(answer) else f"the answer does not give the number the goal asks for{asked}"
+        )
     wanted = r.last_output(d.echo) if d.echo else ""
     if wanted and _norm(wanted) not in answer:
         return f"the answer does not give what the {d.echo} showed ({wanted!r})"
     return ""
+
+
+def _dir(d: agent_pb2.Deliverable, r: Record) -> str:
+    return "" if (r.workspace / d.target).is_dir() else f"the folder {d.target} does not exist"
+
+
+def _move(d: agent_pb2.Deliverable, r: Record) -> str:
+    if (r.workspace / d.target).exists():
+        return f"{d.target} is still there; it was to be moved to {d.expect}"
+    return "" if (r.workspace / d.expect).exists() else f"{d.expect} does not exist"
 
 
 def _keep(d: agent_pb2.Deliverable, r: Record) -> str:
@@ -157,6 +176,8 @@ _CHECKS = {
     "recall": _recall,
     "answer": _answer,
     "keep": _keep,
+    "dir": _dir,
+    "move": _move,
 }
 
 
@@ -179,8 +200,8 @@ def checked_in_full(d: agent_pb2.Deliverable, record: Record) -> bool:
     """The check of ``d`` held its content against the goal, not only its presence: a file or answer
     with a text the goal gives (or an output the agent observed), a note with a value; a read, a run or
     a recall is the deliverable itself."""
-    if d.kind in ("write", "answer"):
-        return bool(d.expect) or bool(d.echo and record.last_output(d.echo))
+    if d.kind in ("write", "answer"):  # a number answers "how many", but which number is not known
+        return bool(d.expect) or bool(d.echo in ("run", "read") and record.last_output(d.echo))
     if d.kind == "remember":
         return bool(d.expect)
     return True

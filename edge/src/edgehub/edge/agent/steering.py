@@ -27,7 +27,7 @@ from ..jsontypes import JsonObject
 from ..store.base import EdgeStore
 from . import demos
 from .actions import Proposal
-from .deliverables import extract, files_named, spelled_out
+from .deliverables import covered, extract, files_named, spelled_out
 from .finishcheck import Record, checked_in_full, feedback, shortfalls, unmet
 from .prompt import PromptBuilder, next_step
 from .tools.registry import ToolRegistry
@@ -45,8 +45,16 @@ GUIDED_TOOL = {
     "run": "run_command",
     "remember": "remember",
     "recall": "recall",
+    "dir": "make_dir",
+    "move": "move_file",
 }
-GUIDED_ARG = {"write_file": "path", "read_file": "path", "run_command": "command"}
+GUIDED_ARG = {
+    "write_file": "path",
+    "read_file": "path",
+    "run_command": "command",
+    "make_dir": "path",
+    "move_file": "path",
+}
 """The argument a guided call takes from the goal's own words (the deliverable's target)."""
 
 
@@ -140,11 +148,13 @@ class Steering:
     def may_finish(self, state: agent_pb2.AgentState, turns: Sequence[agent_pb2.Turn]) -> bool:
         """Whether ``finish`` is in this step's grammar. With the finish check on it is withheld for the
         first step of a goal that names work to do (files, commands, notes), and for the step right
-        after a finish was sent back: a small model otherwise finishes again at once, unchanged."""
+        after a finish was sent back for missing work: a small model otherwise finishes again at once,
+        unchanged. When the answer alone fell short, finishing again is the only fix, so it stays."""
         if not self.cfg.finish_check:
             return True
-        if self.sent_back(state, turns):
-            return False
+        if self.sent_back(state, turns):  # unless the answer is all that is missing: only a finish fixes it
+            rest = [d for d in state.deliverables if d.kind != "answer"]
+            return not any(m.returnable for _, m in unmet(rest, self.record(state, "")))
         work = any(d.kind not in ("answer", "keep") for d in state.deliverables)
         return not (state.step == 0 and work)
 
@@ -163,7 +173,8 @@ class Steering:
         work = [d for d in state.deliverables if d.kind in GUIDED_TOOL]
         if not (self.cfg.guide and work):
             return None
-        if any(all(f not in d.target for d in state.deliverables) for f in files_named(state.goal)):
+        named = files_named(state.goal)
+        if any(all(f not in t for d in state.deliverables for t in covered(d)) for f in named):
             return None
         record = self.record(state, "")
         for d, missing in unmet(work, record):
@@ -172,7 +183,9 @@ class Steering:
                 continue
             arg = GUIDED_ARG.get(tool, "")
             fixed = {arg: d.target} if arg and d.target else {}
-            if d.kind == "write" and spelled_out(state.goal, d.expect):
+            if d.kind == "move":
+                fixed["to"] = d.expect
+            elif d.kind == "write" and spelled_out(state.goal, d.expect):
                 fixed["content"] = d.expect
             elif d.kind == "write" and not self._found_out(record):
                 return None

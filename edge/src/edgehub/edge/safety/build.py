@@ -87,7 +87,12 @@ def build_safety(
         sandbox_problem=problem,
         monitor=StuckMonitor(
             StuckSettings(
-                s.stuck_similarity, s.stuck_steps, s.failing_repeats, s.stuck_warnings, s.same_calls
+                s.stuck_similarity,
+                s.stuck_steps,
+                s.failing_repeats,
+                s.stuck_warnings,
+                s.same_calls,
+                s.refuse_repeats,
             )
         ),
     )

@@ -6,7 +6,8 @@ Signals, in the order they are judged:
 - a repeated call of a tool that is not repeatable (``ToolSpec.repeatable`` false: commands, notes):
   the same tool with the same arguments (canonical JSON) as a call that already ran is refused before
   it runs (``refusal``), with what the first run returned, unless the agent's thought says why it must
-  run again (``gives_reason``: "again ... because ..."); a refused repeat is a stuck signal at once;
+  run again (``gives_reason``: "again ... because ..."); a refused repeat is a stuck signal at once
+  (``refuse_repeats``, on by default: off, such a repeat runs and only counts toward ``same_calls``);
 - the same call (tool + canonical arguments) succeeding ``same_calls`` times in the agent's life, any
   tool (reads and lookups included; repeats run with a reason too);
 - near-identical consecutive thoughts: cosine similarity of their embeddings at or above
@@ -86,6 +87,8 @@ class StuckSettings:
     failing_repeats: int = 3
     max_warnings: int = 1
     same_calls: int = 4
+    refuse_repeats: bool = True
+    """Refuse a repeat of a non-repeatable call (``refusal``); False: it runs, and counts like any call."""
 
 
 class StuckMonitor:
@@ -104,7 +107,8 @@ class StuckMonitor:
     ) -> Refusal | None:
         """Why ``call`` must not run now, or None (see the module docstring)."""
         made = find_call(guard, call)
-        if not repeatable and made is not None and made.ran and not gives_reason(thought):
+        refuse = self.s.refuse_repeats and not repeatable
+        if refuse and made is not None and made.ran and not gives_reason(thought):
             outcome = "returned" if made.ok else "failed with"
             return Refusal(
                 "repeated",

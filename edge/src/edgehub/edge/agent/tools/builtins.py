@@ -1,6 +1,10 @@
-"""Built-in tools: files in the agent's workspace, commands, notes, and finish.
+"""Built-in tools: files and folders in the agent's workspace, commands, notes, and finish.
 
 File tools accept only relative paths that resolve (symlinks included) inside the agent's workspace.
+Folders and moves are tools of their own (``make_dir``, ``move_file``, ``list_dir``) rather than only
+shell commands: a small model asked to "make a directory" or "rename a file" reaches for a tool named
+for the effect, and called ``write_file`` in a loop when none was (issue 18's eval); as tools they are
+also judged by the policy on their paths, like ``write_file``, instead of on a parsed command line.
 ``run_command`` runs through the context's sandbox (``ToolContext.sandbox``: bubblewrap with limits,
 see ``edgehub.edge.safety.sandbox``); with no sandbox configured it refuses to run.
 """
@@ -103,6 +107,56 @@ async def run_command(args: JsonObject, ctx: ToolContext, *, timeout_s: float) -
     return ToolOutput(f"exit status {r.exit_code}\n{r.output}", ok=r.ok, error="" if r.ok else "exit_status")
 
 
+async def make_dir(args: JsonObject, ctx: ToolContext) -> ToolOutput:
+    rel = arg(args, "path")
+    try:
+        path = workspace_path(ctx, rel)
+        path.mkdir(parents=True, exist_ok=True)
+    except PathOutsideWorkspace as exc:
+        return ToolOutput(str(exc), ok=False, error="outside_workspace")
+    except (FileExistsError, NotADirectoryError):
+        return ToolOutput(f"{rel!r} is a file, not a folder", ok=False, error="exists")
+    return ToolOutput(f"folder {rel} exists")
+
+
+async def move_file(args: JsonObject, ctx: ToolContext) -> ToolOutput:
+    """Move or rename a file or folder; the destination must not exist (nothing is overwritten)."""
+    rel, to = arg(args, "path"), arg(args, "to")
+    try:
+        source, target = workspace_path(ctx, rel), workspace_path(ctx, to)
+    except PathOutsideWorkspace as exc:
+        return ToolOutput(str(exc), ok=False, error="outside_workspace")
+    if target.is_dir() and not source.is_dir():  # "move a.txt to archive": into the folder
+        target = target / source.name
+    if not source.exists():
+        return ToolOutput(f"no file {rel!r} in the workspace", ok=False, error="not_found")
+    if target.exists():
+        return ToolOutput(f"{to!r} already exists; nothing was moved", ok=False, error="exists")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.rename(source, target)  # atomic within the workspace's file system
+    return ToolOutput(f"moved {rel} to {target.relative_to(ctx.workspace.resolve())}")
+
+
+MAX_LISTED = 200
+
+
+async def list_dir(args: JsonObject, ctx: ToolContext) -> ToolOutput:
+    """The names in a folder of the workspace (``.`` or nothing: the workspace), folders ending in /."""
+    rel = str(args.get("path", ".") or ".")
+    try:
+        path = ctx.workspace.resolve() if rel in (".", "./") else workspace_path(ctx, rel)
+        entries = sorted(path.iterdir())
+    except PathOutsideWorkspace as exc:
+        return ToolOutput(str(exc), ok=False, error="outside_workspace")
+    except (FileNotFoundError, NotADirectoryError):
+        return ToolOutput(f"no folder {rel!r} in the workspace", ok=False, error="not_found")
+    names = [e.name + ("/" if e.is_dir() else "") for e in entries if not e.name.startswith(".")]
+    if not names:
+        return ToolOutput("the folder is empty")
+    more = f"\n... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+    return ToolOutput(f"{len(names)} entries\n" + "\n".join(names[:MAX_LISTED]) + more)
+
+
 RECALL_EPISODES = 3
 
 
@@ -170,6 +224,30 @@ READ_FILE = ToolSpec(
     repeatable=True,
     example={"path": "notes.txt"},
 )
+MAKE_DIR = ToolSpec(
+    "make_dir",
+    "Create a folder (directory) in the workspace.",
+    _obj(["path"], path=_str(128)),
+    idempotent=True,
+    repeatable=True,
+    example={"path": "reports"},
+)
+MOVE_FILE = ToolSpec(
+    "move_file",
+    "Move or rename a file or folder in the workspace.",
+    _obj(["path", "to"], path=_str(128), to=_str(128)),
+    idempotent=False,  # after a crash mid-call the source is gone: a second try fails, it does not redo
+    repeatable=False,
+    example={"path": "old.txt", "to": "new.txt"},
+)
+LIST_DIR = ToolSpec(
+    "list_dir",
+    'List the files and folders in a workspace folder ("." is the workspace itself).',
+    _obj(["path"], path=_str(128)),
+    idempotent=True,
+    repeatable=True,
+    example={"path": "."},
+)
 REMEMBER = ToolSpec(
     "remember",
     "Store a note under a key for later steps.",
@@ -219,6 +297,9 @@ def builtin_tools(*, command_timeout_s: float = 20.0) -> list[Tool]:
     specs: list[tuple[ToolSpec, Handler]] = [
         (WRITE_FILE, write_file),
         (READ_FILE, read_file),
+        (LIST_DIR, list_dir),
+        (MAKE_DIR, make_dir),
+        (MOVE_FILE, move_file),
         (run_command_spec(command_timeout_s), run_command_bound),
         (REMEMBER, remember),
         (RECALL, recall),
