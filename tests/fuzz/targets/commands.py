@@ -61,9 +61,12 @@ class Agents:
         budget: object = None,
         task_id: str = "",
         tools: list[str] | None = None,
+        trace_parent: str = "",
     ) -> str:
         assert agent_id is not None
-        self.store.create_agent(new_agent(agent_id, goal, budget, task_id, tools))  # type: ignore[arg-type]
+        state = new_agent(agent_id, goal, budget, task_id, tools)  # type: ignore[arg-type]
+        state.trace_parent = trace_parent  # as the scheduler keeps it
+        self.store.create_agent(state)
         self.calls.append(("submit", agent_id))
         return agent_id
 
