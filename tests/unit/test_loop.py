@@ -87,6 +87,26 @@ async def test_agent_runs_two_tools_then_finishes_with_every_step_durable(tmp_pa
     assert store.load_agent("a1") == state
 
 
+async def test_an_ended_agent_keeps_no_call_counts_for_the_stuck_monitor(tmp_path: Path) -> None:
+    """They guard a running agent's next calls; kept in an ended agent's row they only took space (about
+    a tenth of what each step stored, bench/soak)."""
+    script = [act("recall", query="x"), act("finish", answer="x")]
+    loop, store, _ = make_loop(tmp_path, script, monitor=StuckMonitor(), guide=False)
+    store.create_agent(new_agent("a1", "g"))
+    state = store.load_agent("a1")
+    state.status = S.AGENT_STATUS_RUNNING
+    state = await loop.step(state)
+    assert [c.call for c in state.guard.calls] == ['recall {"query": "x"}']  # counted while it runs
+    state = await loop.step(state)
+    assert state.status == S.AGENT_STATUS_FINISHED
+    assert not state.guard.calls and not store.load_agent("a1").guard.calls
+    script = [act("recall", query=f"q{i}") for i in range(5)]
+    loop, store, _ = make_loop(tmp_path / "b", script, monitor=StuckMonitor(), max_steps=3)
+    stopped = await run(loop, store)
+    assert stopped.status == S.AGENT_STATUS_FAILED
+    assert not stopped.guard.calls and not store.load_agent("a1").guard.calls
+
+
 async def test_malformed_json_from_the_model_becomes_an_error_observation(tmp_path: Path) -> None:
     loop, store, _ = make_loop(tmp_path, ['{"thought": "x", "tool": ', act("finish", answer="ok")])
     state = await run(loop, store)

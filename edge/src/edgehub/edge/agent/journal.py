@@ -124,6 +124,8 @@ class Journal:
             self.steer.finish_or_return(new, event, result)
         if new.status != S.AGENT_STATUS_FINISHED:
             self._guard(new, event, proposal, result, output)
+        else:
+            new.guard.ClearField("calls")  # an ended agent repeats nothing: the counts would only take space
         new.step += 1
         turns = self._turns(state.step, proposal, result, completion)
         turns += self.steer.plan_turns(state.step, new, proposal, result)
@@ -214,6 +216,7 @@ class Journal:
         new = S.AgentState()
         new.CopyFrom(state)
         new.status, new.failure_reason = status, reason
+        new.guard.ClearField("calls")  # as for a finished agent: kept for ever, used never
         new.updated_at.GetCurrentTime()
         event = self.event(new, S.STEP_KIND_END, "end")
         event.detail = reason
