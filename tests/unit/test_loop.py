@@ -99,12 +99,14 @@ async def test_an_ended_agent_keeps_no_call_counts_for_the_stuck_monitor(tmp_pat
     assert [c.call for c in state.guard.calls] == ['recall {"query": "x"}']  # counted while it runs
     state = await loop.step(state)
     assert state.status == S.AGENT_STATUS_FINISHED
-    assert not state.guard.calls and not store.load_agent("a1").guard.calls
+    assert not state.guard.calls
+    assert not store.load_agent("a1").guard.calls
     script = [act("recall", query=f"q{i}") for i in range(5)]
     loop, store, _ = make_loop(tmp_path / "b", script, monitor=StuckMonitor(), max_steps=3)
     stopped = await run(loop, store)
     assert stopped.status == S.AGENT_STATUS_FAILED
-    assert not stopped.guard.calls and not store.load_agent("a1").guard.calls
+    assert not stopped.guard.calls
+    assert not store.load_agent("a1").guard.calls
 
 
 async def test_malformed_json_from_the_model_becomes_an_error_observation(tmp_path: Path) -> None:
