@@ -86,6 +86,20 @@ def test_only_acknowledged_outbox_rows_go_and_never_the_newest_acknowledged(stor
     assert store.outbox_pending()[-1].seq == 11  # gap-free after pruning
 
 
+def test_an_acknowledged_event_leaves_its_sequence_and_id_but_not_its_body(store: SqliteStore) -> None:
+    """Nothing reads an event the hub side stored (the mind-log holds the step): its row keeps only what
+    the next sequence, the rollback checks and the dedupe of a re-checkpointed step need."""
+    run_agent(store, "a1", 4, pad=300)
+    store.outbox_ack(2)
+    rows = store._rows("SELECT seq, acked, length(event), event_id FROM outbox ORDER BY seq")
+    assert [(seq, acked) for seq, acked, _, _ in rows] == [(1, 1), (2, 1), (3, 0), (4, 0)]
+    assert [size for _, _, size, _ in rows[:2]] == [0, 0]
+    assert all(size > 300 for _, _, size, _ in rows[2:])  # what is still to send is whole
+    assert [e.seq for e in store.outbox_pending()] == [3, 4]
+    assert rows[0][3] == "a1/0/0/action"
+    assert len(store.mind_log("a1")) == 4  # the step itself stays where it is read from
+
+
 def test_an_ended_agents_mind_log_and_turns_go_once_the_hub_has_them(store: SqliteStore) -> None:
     run_agent(store, "done", 4)
     run_agent(store, "live", 3, end=S.AGENT_STATUS_RUNNING)

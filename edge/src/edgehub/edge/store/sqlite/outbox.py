@@ -57,9 +57,14 @@ class Outbox(Connection):
         return int(self._scalar("SELECT COALESCE(MAX(seq), 0) FROM outbox"))
 
     def outbox_ack(self, upto_seq: int) -> None:
+        """The hub side stored every event up to ``upto_seq``. Their rows keep the sequence and the event
+        id (the next sequence, the rollback checks and the dedupe of a re-checkpointed step need them)
+        but not the event: nothing reads an acknowledged one, and the mind-log holds the step."""
         self._acked = max(self._acked, upto_seq)  # true once the hub side said so, whatever happens here
         with self._tx(seal=True):
-            self._conn.execute("UPDATE outbox SET acked = 1 WHERE acked = 0 AND seq <= ?", (upto_seq,))
+            self._conn.execute(
+                "UPDATE outbox SET acked = 1, event = x'' WHERE acked = 0 AND seq <= ?", (upto_seq,)
+            )
 
     def _append_outbox(self, step: agent_pb2.StepEvent) -> int:
         """A step event for the hub, masked (inside the caller's transaction); its sequence number."""
