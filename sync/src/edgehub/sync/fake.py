@@ -1,6 +1,5 @@
 """An in-memory JetStream for unit tests of logic and for the fuzz harnesses (``tests/fuzz``): the KV
-buckets ``RecordStore`` reads and writes (with their streams' subjects, which it lists keys from), and
-a log of what was published. Never used by a daemon.
+buckets ``RecordStore`` reads and writes, and a log of what was published. Never used by a daemon.
 
 It keeps what the logic above it relies on, as nats-py and nats-server do it: keys are validated
 with nats-py's own rule (``InvalidKeyError``), every write of a bucket gets the next revision of
@@ -22,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from nats.js.api import PubAck, StreamConfig, StreamInfo, StreamState
+from nats.js.api import PubAck
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
@@ -145,16 +144,6 @@ class FakeJetStream:
 
     async def key_value(self, bucket: str) -> FakeBucket:
         return self.buckets.setdefault(bucket, FakeBucket(bucket))
-
-    async def stream_info(self, name: str, subjects_filter: str | None = None) -> StreamInfo:
-        """A KV bucket's stream (``KV_<bucket>``) with its subjects, one message each (what
-        ``RecordStore`` lists keys from); any other stream is not modelled."""
-        bucket = self.buckets.get(name.removeprefix("KV_")) if name.startswith("KV_") else None
-        if bucket is None:
-            raise FakeUnsupported(f"JetStream.stream_info({name!r}) is not modelled by the fake")
-        subjects = {f"$KV.{bucket.name}.{key}": 1 for key in bucket.entries}
-        state = StreamState(len(subjects), 0, 1, bucket.revision, 0, subjects=subjects)
-        return StreamInfo(StreamConfig(name=name), state)
 
     async def publish(
         self,
