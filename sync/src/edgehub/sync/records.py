@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import nats.errors
 from google.protobuf.message import DecodeError, Message
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from edgehub.protocol.errors import ErrorCode
@@ -224,34 +224,25 @@ class RecordStore(Generic[T]):
             return None
         return Stored(key, self.codec.decode(entry.value or b""), int(entry.revision or 0))
 
-    async def _entries(self) -> list[KeyValue.Entry]:
-        """The live entry of every key, oldest write first. The keys come from the stream's subjects
-        (one ``STREAM.INFO`` request), not from nats-py's ``KeyValue.keys()``: that one decides its end
-        from consumer info taken right after subscribing, so records the server had already pushed but
-        the client had not dispatched yet can be missed and a listing under load comes back short."""
-        kv = await self.kv()
-        prefix = f"$KV.{self.bucket}."
-        info = await self.js.stream_info(f"KV_{self.bucket}", subjects_filter=f"{prefix}>")
-        found = []
-        for subject in info.state.subjects or {}:
-            try:
-                found.append(await kv.get(subject[len(prefix) :]))
-            except KeyNotFoundError:  # deleted or purged (its marker is the subject's last message)
-                continue
-        return sorted(found, key=lambda e: int(e.revision or 0))
-
     async def keys(self) -> list[str]:
-        """Every key with a record (deleted ones not), oldest write first."""
-        return [entry.key for entry in await self._entries()]
+        try:
+            keys = await (await self.kv()).keys()
+        except NoKeysError:
+            return []
+        return list(dict.fromkeys(keys))  # a key written while the listing runs can be listed twice
 
     async def list(self) -> list[Stored[T]]:
-        """Every readable record, oldest write first (an unreadable one is logged and left out)."""
+        """Every readable record (an unreadable one is logged and left out)."""
+        kv = await self.kv()
         out = []
-        for entry in await self._entries():
+        for key in await self.keys():
             try:
-                out.append(Stored(entry.key, self.codec.decode(entry.value or b""), int(entry.revision or 0)))
+                entry = await kv.get(key)
+                out.append(Stored(key, self.codec.decode(entry.value or b""), int(entry.revision or 0)))
+            except KeyNotFoundError:  # deleted meanwhile
+                continue
             except RecordUnreadable as exc:
-                log.warning("%s/%s left out: %s", self.bucket, entry.key, exc)
+                log.warning("%s/%s left out: %s", self.bucket, key, exc)
         return out
 
     async def last_revision(self) -> int:
