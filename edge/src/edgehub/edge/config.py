@@ -9,7 +9,6 @@ the loaded config to the components that need it.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from edgehub.cli import config as config_loader
 from edgehub.protocol.ids import NAME_PATTERN
+from edgehub.sync.otlp import check_otlp_endpoint
 
 from .errors import ConfigError
 
@@ -206,9 +206,6 @@ class MetricsConfig(_Section):
     addr: str = "127.0.0.1"
 
 
-_OTLP_ENDPOINT = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[^/\s:\[\]]+)(:\d{1,5})?/?")
-
-
 class TracingConfig(_Section):
     otlp_endpoint: str | None = None
     """OTLP/gRPC collector for traces of agent runs and steps (``http://127.0.0.1:4317``; ``https://``
@@ -223,9 +220,7 @@ class TracingConfig(_Section):
     @field_validator("otlp_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not _OTLP_ENDPOINT.fullmatch(value):
-            raise ValueError("should be http://HOST:PORT, or https://HOST:PORT for TLS")
-        return value
+        return check_otlp_endpoint(value)
 
 
 class SnapshotConfig(_Section):

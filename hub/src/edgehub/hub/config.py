@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,7 @@ from edgehub.cli import config as config_loader
 from edgehub.llm import LlamaSettings, packaged_model_path
 from edgehub.llm.settings import HUB_MODEL_NAME
 from edgehub.protocol.ids import NAME_PATTERN
+from edgehub.sync.otlp import check_otlp_endpoint
 from edgehub.sync.streams import StreamLimits
 from edgehub.sync.tls import is_loopback
 
@@ -133,9 +133,6 @@ class MetricsConfig(_Section):
     addr: str = "127.0.0.1"
 
 
-_OTLP_ENDPOINT = re.compile(r"https?://(\[[0-9A-Fa-f:.]+\]|[^/\s:\[\]]+)(:\d{1,5})?/?")
-
-
 class TracingConfig(_Section):
     """The hub's traces (``edgehub.hub.tracing``): goals, their tasks, the API's calls, applied events."""
 
@@ -151,9 +148,7 @@ class TracingConfig(_Section):
     @field_validator("otlp_endpoint")
     @classmethod
     def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and not _OTLP_ENDPOINT.fullmatch(value):
-            raise ValueError("should be http://HOST:PORT, or https://HOST:PORT for TLS")
-        return value
+        return check_otlp_endpoint(value)
 
 
 class ApiConfig(_Section):
