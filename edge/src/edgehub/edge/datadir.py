@@ -8,9 +8,20 @@ import logging
 import os
 from pathlib import Path
 
+from edgehub.protocol.ids import check_sha256
+
 from .errors import EdgeError
 
 log = logging.getLogger("edgehub.edge")
+
+
+MODELS_DIR = "models"
+"""Models the hub sent (issue 21), each kept only once its SHA-256 was verified."""
+
+
+def model_path(data_dir: Path, sha256: str) -> Path:
+    """Where a verified model named by ``sha256`` lives: ``<data_dir>/models/<sha256>.gguf``."""
+    return data_dir / MODELS_DIR / f"{check_sha256(sha256)}.gguf"
 
 
 class DaemonLock:

@@ -68,6 +68,16 @@ def is_id(value: str, *, max_len: int = ID_MAX) -> bool:
     return len(value) <= max_len and _ID.fullmatch(value) is not None
 
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_sha256(value: str, field: str = "sha256") -> str:
+    """``value`` when it is a SHA-256 in lowercase hex (how models are named), else ``InvalidId``."""
+    if not _SHA256.fullmatch(value):
+        raise InvalidId(f"{field}: {shown(value)} is not a SHA-256 (64 lowercase hex digits)")
+    return value
+
+
 _KV_KEY = re.compile(r"[-/_=.a-zA-Z0-9]+")
 _KV_ESCAPE = "="
 """Marks an encoded key. No id starts with it, so every valid id stays its own key."""
@@ -106,7 +116,11 @@ DEVICE_FIELDS = frozenset({"device_id", "to_device", "source_device", "target_de
 """Fields of the protocol's messages that hold a device id."""
 TASK_FIELDS = frozenset({"task_id"})
 """Fields that hold a task: its id, or ``GOAL/TASK`` (what the planner sends an edge), each part an id."""
-ID_FIELDS = DEVICE_FIELDS | TASK_FIELDS | {"agent_id", "goal_id", "migration_id", "command_id", "subgoal_id"}
+ID_FIELDS = (
+    DEVICE_FIELDS
+    | TASK_FIELDS
+    | {"agent_id", "goal_id", "migration_id", "command_id", "subgoal_id", "rollout_id"}
+)
 """Fields of the protocol's messages that hold an id (checked wherever a message enters)."""
 
 

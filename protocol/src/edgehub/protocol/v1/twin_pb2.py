@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from edgehub.protocol.v1 import models_pb2 as edgehub_dot_v1_dot_models__pb2
 from edgehub.protocol.v1 import policy_pb2 as edgehub_dot_v1_dot_policy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x65\x64gehub/v1/twin.proto\x12\nedgehub.v1\x1a\x17\x65\x64gehub/v1/policy.proto\"6\n\x08Hardware\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\r\x12\x0e\n\x06kernel\x18\x03 \x01(\t\"\x8e\x02\n\x0fProfileSettings\x12\x0f\n\x07threads\x18\x01 \x01(\r\x12\r\n\x05n_ctx\x18\x02 \x01(\r\x12\x0f\n\x07n_batch\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12\x14\n\x0cquantisation\x18\x05 \x01(\t\x12\x1a\n\x12model_max_params_b\x18\x06 \x01(\x01\x12\x14\n\x0cmodel_max_mb\x18\x07 \x01(\x04\x12\x14\n\x0csnapshot_dir\x18\x08 \x01(\t\x12\x17\n\x0fsnapshot_max_mb\x18\t \x01(\x04\x12\x19\n\x11sandbox_memory_mb\x18\n \x01(\x04\x12\x18\n\x10sandbox_max_pids\x18\x0b \x01(\r\x12\x0f\n\x07storage\x18\x0c \x01(\t\"l\n\x0fHardwareProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x08settings\x18\x02 \x01(\x0b\x32\x1b.edgehub.v1.ProfileSettings\x12\r\n\x05\x61pply\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xf9\x04\n\nDeviceTwin\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.edgehub.v1.DeviceState\x12\x13\n\x0bheartbeat_s\x18\x04 \x01(\x01\x12\x0f\n\x07sent_at\x18\x05 \x01(\x01\x12\x0f\n\x07version\x18\x06 \x01(\t\x12&\n\x08hardware\x18\x07 \x01(\x0b\x32\x14.edgehub.v1.Hardware\x12\x0c\n\x04load\x18\x08 \x01(\x01\x12\x14\n\x0coutbox_depth\x18\t \x01(\x04\x12\x16\n\x0e\x61gents_running\x18\n \x03(\t\x12\x16\n\x0emax_concurrent\x18\x0b \x01(\r\x12\x10\n\x08\x64raining\x18\x0c \x01(\x08\x12\r\n\x05tools\x18\r \x03(\t\x12\x32\n\x06labels\x18\x0e \x03(\x0b\x32\".edgehub.v1.DeviceTwin.LabelsEntry\x12\r\n\x05model\x18\x0f \x01(\t\x12\x12\n\nmodel_name\x18\x10 \x01(\t\x12,\n\x07profile\x18\x11 \x01(\x0b\x32\x1b.edgehub.v1.HardwareProfile\x12\x10\n\x08memories\x18\x12 \x03(\t\x12\x13\n\x0boutbox_head\x18\x13 \x01(\x04\x12\x15\n\rpaused_reason\x18\x14 \x01(\t\x12)\n\x06policy\x18\x15 \x01(\x0b\x32\x19.edgehub.v1.RunningPolicy\x12\x12\n\nrestricted\x18\x16 \x01(\t\x12\x13\n\x0b\x61gents_held\x18\x17 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*|\n\x0b\x44\x65viceState\x12\x1c\n\x18\x44\x45VICE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45VICE_STATE_RUNNING\x10\x01\x12\x18\n\x14\x44\x45VICE_STATE_STOPPED\x10\x02\x12\x1b\n\x17\x44\x45VICE_STATE_RESTRICTED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x65\x64gehub/v1/twin.proto\x12\nedgehub.v1\x1a\x17\x65\x64gehub/v1/models.proto\x1a\x17\x65\x64gehub/v1/policy.proto\"6\n\x08Hardware\x12\x0c\n\x04\x61rch\x18\x01 \x01(\t\x12\x0c\n\x04\x63pus\x18\x02 \x01(\r\x12\x0e\n\x06kernel\x18\x03 \x01(\t\"\x8e\x02\n\x0fProfileSettings\x12\x0f\n\x07threads\x18\x01 \x01(\r\x12\r\n\x05n_ctx\x18\x02 \x01(\r\x12\x0f\n\x07n_batch\x18\x03 \x01(\r\x12\r\n\x05model\x18\x04 \x01(\t\x12\x14\n\x0cquantisation\x18\x05 \x01(\t\x12\x1a\n\x12model_max_params_b\x18\x06 \x01(\x01\x12\x14\n\x0cmodel_max_mb\x18\x07 \x01(\x04\x12\x14\n\x0csnapshot_dir\x18\x08 \x01(\t\x12\x17\n\x0fsnapshot_max_mb\x18\t \x01(\x04\x12\x19\n\x11sandbox_memory_mb\x18\n \x01(\x04\x12\x18\n\x10sandbox_max_pids\x18\x0b \x01(\r\x12\x0f\n\x07storage\x18\x0c \x01(\t\"l\n\x0fHardwareProfile\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x08settings\x18\x02 \x01(\x0b\x32\x1b.edgehub.v1.ProfileSettings\x12\r\n\x05\x61pply\x18\x03 \x01(\x08\x12\r\n\x05\x65rror\x18\x04 \x01(\t\"\xe4\x05\n\nDeviceTwin\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.edgehub.v1.DeviceState\x12\x13\n\x0bheartbeat_s\x18\x04 \x01(\x01\x12\x0f\n\x07sent_at\x18\x05 \x01(\x01\x12\x0f\n\x07version\x18\x06 \x01(\t\x12&\n\x08hardware\x18\x07 \x01(\x0b\x32\x14.edgehub.v1.Hardware\x12\x0c\n\x04load\x18\x08 \x01(\x01\x12\x14\n\x0coutbox_depth\x18\t \x01(\x04\x12\x16\n\x0e\x61gents_running\x18\n \x03(\t\x12\x16\n\x0emax_concurrent\x18\x0b \x01(\r\x12\x10\n\x08\x64raining\x18\x0c \x01(\x08\x12\r\n\x05tools\x18\r \x03(\t\x12\x32\n\x06labels\x18\x0e \x03(\x0b\x32\".edgehub.v1.DeviceTwin.LabelsEntry\x12\r\n\x05model\x18\x0f \x01(\t\x12\x12\n\nmodel_name\x18\x10 \x01(\t\x12,\n\x07profile\x18\x11 \x01(\x0b\x32\x1b.edgehub.v1.HardwareProfile\x12\x10\n\x08memories\x18\x12 \x03(\t\x12\x13\n\x0boutbox_head\x18\x13 \x01(\x04\x12\x15\n\rpaused_reason\x18\x14 \x01(\t\x12)\n\x06policy\x18\x15 \x01(\x0b\x32\x19.edgehub.v1.RunningPolicy\x12\x12\n\nrestricted\x18\x16 \x01(\t\x12\x13\n\x0b\x61gents_held\x18\x17 \x03(\t\x12%\n\x06models\x18\x18 \x03(\x0b\x32\x15.edgehub.v1.HeldModel\x12\x14\n\x0cmodel_sha256\x18\x19 \x01(\t\x12\x16\n\x0eshadow_rollout\x18\x1a \x01(\t\x12\x14\n\x0cshadow_model\x18\x1b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*|\n\x0b\x44\x65viceState\x12\x1c\n\x18\x44\x45VICE_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x44\x45VICE_STATE_RUNNING\x10\x01\x12\x18\n\x14\x44\x45VICE_STATE_STOPPED\x10\x02\x12\x1b\n\x17\x44\x45VICE_STATE_RESTRICTED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +35,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DEVICETWIN_LABELSENTRY']._loaded_options = None
   _globals['_DEVICETWIN_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_DEVICESTATE']._serialized_start=1137
-  _globals['_DEVICESTATE']._serialized_end=1261
-  _globals['_HARDWARE']._serialized_start=62
-  _globals['_HARDWARE']._serialized_end=116
-  _globals['_PROFILESETTINGS']._serialized_start=119
-  _globals['_PROFILESETTINGS']._serialized_end=389
-  _globals['_HARDWAREPROFILE']._serialized_start=391
-  _globals['_HARDWAREPROFILE']._serialized_end=499
-  _globals['_DEVICETWIN']._serialized_start=502
-  _globals['_DEVICETWIN']._serialized_end=1135
-  _globals['_DEVICETWIN_LABELSENTRY']._serialized_start=1090
-  _globals['_DEVICETWIN_LABELSENTRY']._serialized_end=1135
+  _globals['_DEVICESTATE']._serialized_start=1269
+  _globals['_DEVICESTATE']._serialized_end=1393
+  _globals['_HARDWARE']._serialized_start=87
+  _globals['_HARDWARE']._serialized_end=141
+  _globals['_PROFILESETTINGS']._serialized_start=144
+  _globals['_PROFILESETTINGS']._serialized_end=414
+  _globals['_HARDWAREPROFILE']._serialized_start=416
+  _globals['_HARDWAREPROFILE']._serialized_end=524
+  _globals['_DEVICETWIN']._serialized_start=527
+  _globals['_DEVICETWIN']._serialized_end=1267
+  _globals['_DEVICETWIN_LABELSENTRY']._serialized_start=1222
+  _globals['_DEVICETWIN_LABELSENTRY']._serialized_end=1267
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ the hub trusts is the key's, never the `device_id` field.
 """
 
 from collections import abc as _abc
+from edgehub.protocol.v1 import models_pb2 as _models_pb2
 from edgehub.protocol.v1 import policy_pb2 as _policy_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -217,6 +218,10 @@ class DeviceTwin(_message.Message):
     POLICY_FIELD_NUMBER: _builtins.int
     RESTRICTED_FIELD_NUMBER: _builtins.int
     AGENTS_HELD_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    MODEL_SHA256_FIELD_NUMBER: _builtins.int
+    SHADOW_ROLLOUT_FIELD_NUMBER: _builtins.int
+    SHADOW_MODEL_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     """TWIN_SCHEMA_VERSION in edgehub.protocol.twin: a reader refuses a newer version than it knows."""
     device_id: _builtins.str
@@ -249,6 +254,11 @@ class DeviceTwin(_message.Message):
     """
     restricted: _builtins.str
     """Why the daemon runs restricted (DEVICE_STATE_RESTRICTED); empty otherwise."""
+    model_sha256: _builtins.str
+    """SHA-256 of the model it runs (the file's bytes; `model` is llama.cpp's fingerprint)."""
+    shadow_rollout: _builtins.str
+    """The rollout whose model it runs in shadow now, and that model's sha256; empty: none."""
+    shadow_model: _builtins.str
     @_builtins.property
     def hardware(self) -> Global___Hardware: ...
     @_builtins.property
@@ -279,6 +289,10 @@ class DeviceTwin(_message.Message):
         what they did.
         """
 
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[_models_pb2.HeldModel]:
+        """The models it holds in <data_dir>/models (and the one being fetched)."""
+
     def __init__(
         self,
         *,
@@ -305,10 +319,14 @@ class DeviceTwin(_message.Message):
         policy: _policy_pb2.RunningPolicy | None = ...,
         restricted: _builtins.str = ...,
         agents_held: _abc.Iterable[_builtins.str] | None = ...,
+        models: _abc.Iterable[_models_pb2.HeldModel] | None = ...,
+        model_sha256: _builtins.str = ...,
+        shadow_rollout: _builtins.str = ...,
+        shadow_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["hardware", b"hardware", "policy", b"policy", "profile", b"profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_held", b"agents_held", "agents_running", b"agents_running", "device_id", b"device_id", "draining", b"draining", "hardware", b"hardware", "heartbeat_s", b"heartbeat_s", "labels", b"labels", "load", b"load", "max_concurrent", b"max_concurrent", "memories", b"memories", "model", b"model", "model_name", b"model_name", "outbox_depth", b"outbox_depth", "outbox_head", b"outbox_head", "paused_reason", b"paused_reason", "policy", b"policy", "profile", b"profile", "restricted", b"restricted", "schema_version", b"schema_version", "sent_at", b"sent_at", "state", b"state", "tools", b"tools", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_held", b"agents_held", "agents_running", b"agents_running", "device_id", b"device_id", "draining", b"draining", "hardware", b"hardware", "heartbeat_s", b"heartbeat_s", "labels", b"labels", "load", b"load", "max_concurrent", b"max_concurrent", "memories", b"memories", "model", b"model", "model_name", b"model_name", "model_sha256", b"model_sha256", "models", b"models", "outbox_depth", b"outbox_depth", "outbox_head", b"outbox_head", "paused_reason", b"paused_reason", "policy", b"policy", "profile", b"profile", "restricted", b"restricted", "schema_version", b"schema_version", "sent_at", b"sent_at", "shadow_model", b"shadow_model", "shadow_rollout", b"shadow_rollout", "state", b"state", "tools", b"tools", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
