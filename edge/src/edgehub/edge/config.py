@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgehub.cli import config as config_loader
 from edgehub.protocol.ids import NAME_PATTERN
@@ -248,6 +248,18 @@ class StoreConfig(_Section):
     resume_free_mb: float = Field(2.0, gt=0)
     """After the store's file system filled up (agents paused, docs/operations.md "Disk pressure"),
     they resume once this much is free again."""
+    pause_free_mb: float = Field(0.0, ge=0)
+    """Pause the running agents at their next step once less than this is free on the store's file
+    system, before a write fails (0: only when one does). Must be below ``resume_free_mb``."""
+
+    @model_validator(mode="after")
+    def _pause_below_resume(self) -> StoreConfig:
+        if self.pause_free_mb and self.pause_free_mb >= self.resume_free_mb:
+            raise ValueError(
+                f"pause_free_mb ({self.pause_free_mb:g}) must be below resume_free_mb "
+                f"({self.resume_free_mb:g}), or agents would resume only to pause again"
+            )
+        return self
 
 
 class KindRetention(_Section):

@@ -115,7 +115,11 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         max_concurrent=cfg.agent.max_concurrent,
         drain_timeout=opts.drain_timeout,
         poll_interval=opts.poll_interval,
-        pressure=DiskPressure(cfg.store_path.parent, resume_free_bytes=int(cfg.store.resume_free_mb * 2**20)),
+        pressure=DiskPressure(
+            cfg.store_path.parent,
+            resume_free_bytes=int(cfg.store.resume_free_mb * 2**20),
+            pause_free_bytes=int(cfg.store.pause_free_mb * 2**20),
+        ),
     )
     drain = DrainFlag(cfg.device.data_dir, cfg.device.id)
     router = CommandRouter(
