@@ -28,6 +28,7 @@ from .fleet.identity import Credentials, CredentialsView, DeviceIdentity, Enroll
 from .fleet.migration import MigrationService
 from .fleet.policies import FleetPolicies
 from .fleet.recovery import DeviceRecoveryView
+from .fleet.rollouts import RolloutService
 from .fleet.scopes import ScopeGuard
 from .fleet.traces import Traces
 from .goals import DeviceView, FleetCache
@@ -79,6 +80,8 @@ class HubServices:
     """Fleet policy: pushes, rollbacks, status (``fleet/policies.py``)."""
     recovery: DeviceRecoveryView
     """What the hub holds of a device, for that device's recovery (``GetDeviceRecovery``)."""
+    rollouts: RolloutService
+    """Parity-gated model rollouts: shadow, gate, promote or halt, rollback (``fleet/rollouts.py``)."""
     knowledge: KnowledgeService | None = None
     """The L4 graph (``[neo4j]``), once it has started."""
     responder: KnowledgeResponder | None = None
@@ -130,6 +133,7 @@ class HubServices:
             goals=goals,
             policies=FleetPolicies(js, signer, commands, views, scopes),
             recovery=DeviceRecoveryView(js, agents, traces),
+            rollouts=RolloutService(js, commands, views, devices.all, scopes),
         )
 
     async def add_knowledge(
