@@ -117,7 +117,9 @@ def event(device: str, seq: int, s: M.ShadowStep) -> events_pb2.EdgeEvent:
 
 def test_steps_of_devices_outside_the_wave_a_redelivery_or_another_model_do_not_count() -> None:
     r = record()
-    count_steps(r, [event("c", 1, step()), event("a", 5, step()), event("a", 5, step()), event("a", 4, step())])
+    count_steps(
+        r, [event("c", 1, step()), event("a", 5, step()), event("a", 5, step()), event("a", 4, step())]
+    )
     other = step()
     other.shadow_model = "c" * 64
     count_steps(r, [event("b", 1, other)])

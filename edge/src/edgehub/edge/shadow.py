@@ -131,6 +131,11 @@ class ShadowReasoner:
     def sha256(self) -> str:
         return self._active.sha256 if self._active is not None else ""
 
+    @property
+    def idle(self) -> bool:
+        """No step is being shadowed or waiting to be."""
+        return self._pending is None and (self._worker is None or self._worker.done())
+
     async def command(self, cmd: models_pb2.ShadowModel) -> None:
         """Start (or with ``stop``, end) shadowing as the hub says; ShadowRefused with the reason."""
         if cmd.stop:

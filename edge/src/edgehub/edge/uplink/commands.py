@@ -241,4 +241,3 @@ class CommandRouter:
             deleted,
             self.keep_consolidated_days,
         )
-
