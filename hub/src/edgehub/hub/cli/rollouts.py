@@ -79,7 +79,7 @@ def models_rollout(
         typer.Option(
             "--threshold", min=0.001, max=1.0, help="Mean divergence (0..1) above which the rollout halts."
         ),
-    ] = 0.35,
+    ] = 0.25,
     name: Annotated[str, typer.Option(help="A name for the model (default: its hash's start).")] = "",
     api: ApiOpt = DEFAULT_API,
     as_json: JsonOpt = False,

@@ -1914,7 +1914,7 @@ class StartRolloutRequest(_message.Message):
     each the cumulative extent of the rollout after that wave. Empty: "all" (one wave).
     """
     window: _builtins.int
-    """Shadow steps per wave that decide it (0: 20) and the mean divergence that halts (0: 0.35)."""
+    """Shadow steps per wave that decide it (0: 20) and the mean divergence that halts (0: 0.25)."""
     threshold: _builtins.float
     @_builtins.property
     def target(self) -> Global___PolicyTarget: ...
