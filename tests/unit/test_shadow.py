@@ -22,6 +22,7 @@ from edgehub.edge.config import AgentConfig, ToolsConfig
 from edgehub.edge.datadir import model_path
 from edgehub.edge.errors import ShadowRefused
 from edgehub.edge.memory.compaction import Compactor
+from edgehub.edge.metrics import DaemonCollector
 from edgehub.edge.safety import Scrubber, VaultKey
 from edgehub.edge.shadow import ShadowReasoner, sha256_of
 from edgehub.edge.store.sqlite import SqliteStore
@@ -152,6 +153,12 @@ async def test_steps_offered_while_the_shadow_is_busy_are_skipped_and_counted(tm
     release.set()
     await eventually(lambda: shadow.counts.recorded == 2, within=10)
     assert (shadow.counts.offered, shadow.counts.skipped) == (4, 2)
+    collector = DaemonCollector("dev-1", outbox_depth=lambda: 0, running=lambda: 0, published=lambda: None,
+                                shadow=shadow.counts.by_outcome)  # fmt: skip
+    family = next(f for f in collector.collect() if f.name == "edgehub_edge_shadow_steps")
+    assert {s.labels["outcome"]: s.value for s in family.samples} == {
+        "recorded": 2, "skipped": 2, "timeout": 0, "failed": 0
+    }  # fmt: skip
     assert [s.step for s in shadow_steps(store)] == [0, 1]
 
 

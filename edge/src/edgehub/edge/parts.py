@@ -152,7 +152,7 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         restricted=restricted,
         shadow=lambda: (shadow.rollout_id, shadow.sha256),
     )
-    port = _serve_metrics(cfg, metrics, store, scheduler, hub)
+    port = _serve_metrics(cfg, metrics, store, scheduler, hub, shadow)
     pruner = _pruner(cfg, store, indexer)
     return Parts(store, brain, loop, scheduler, router, twin, hub, indexer, port, pruner, shadow, restricted)
 
@@ -285,7 +285,12 @@ def _loop_deps(
 
 
 def _serve_metrics(
-    cfg: EdgeConfig, metrics: EdgeMetrics, store: DeviceStore, scheduler: AgentScheduler, hub: Hub | None
+    cfg: EdgeConfig,
+    metrics: EdgeMetrics,
+    store: DeviceStore,
+    scheduler: AgentScheduler,
+    hub: Hub | None,
+    shadow: ShadowReasoner,
 ) -> int | None:
     """Add the daemon's scrape-time figures; serve /metrics when ``[metrics] port`` is set (its port)."""
     published = (lambda: hub.link.published) if hub is not None else (lambda: None)
@@ -296,6 +301,7 @@ def _serve_metrics(
             running=lambda: len(scheduler.running),
             published=published,
             data_dir=cfg.device.data_dir,
+            shadow=shadow.counts.by_outcome,
         )
     )
     if cfg.metrics.port is None:

@@ -59,6 +59,15 @@ class ShadowCounts:
     timeouts: int = 0
     failed: int = 0
 
+    def by_outcome(self) -> dict[str, int]:
+        """What the metrics report (``edgehub_edge_shadow_steps``)."""
+        return {
+            "recorded": self.recorded,
+            "skipped": self.skipped,
+            "timeout": self.timeouts,
+            "failed": self.failed,
+        }
+
 
 @dataclass
 class _Active:
