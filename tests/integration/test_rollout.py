@@ -5,7 +5,8 @@ its model folder, the operator's real ``edgehub models`` CLI.
 A rollout to SmolLM2-135M-Instruct runs it in shadow and is halted by the gate (its proposals for
 Gemma's prompts diverge); a rollout to Gemma's own file (the same sha256) passes and is promoted
 (``UseModel`` sent), then rolled back. A device that does not hold the model refuses to shadow it
-(dead letter, with the reason), and a device outside the rollout's wave that sends shadow steps for
+(dead letter, with the reason) and its wave, sending no shadow steps, is halted when its timeout
+passes; a device outside the rollout's wave that sends shadow steps for
 it is ignored and counted.
 
 The models reach ``<data_dir>/models/<sha256>.gguf`` by a copy in the test, as an operator
@@ -267,29 +268,66 @@ async def test_rollout_to_the_same_model_is_promoted_and_rolled_back(
     assert "no earlier model known for shadow-b" in str(back["decision"])  # the twin reports none yet
 
 
-async def test_a_device_without_the_model_refuses_to_shadow_and_bad_input_is_one_line(
-    hub: Hub, tmp_path: Path
+async def test_a_device_without_the_model_refuses_to_shadow_the_wave_times_out_and_bad_input_is_one_line(
+    tmp_path: Path,
 ) -> None:
+    quick = start_hub(
+        tmp_path / "hub",
+        "hub-rollout-timeout",
+        env={"EDGEHUB_HUB__ROLLOUTS__WAVE_TIMEOUT_S": "5", "EDGEHUB_HUB__ROLLOUTS__CHECK_S": "0.5"},
+    )
+    try:
+        await asyncio.to_thread(quick.wait_ready)
+        await _refused_and_timed_out(quick, tmp_path)
+        await _bad_input(quick)
+    finally:
+        quick.stop()
+
+
+async def _refused_and_timed_out(hub: Hub, tmp_path: Path) -> None:
     cfg = await enrolled(hub, "shadow-c", tmp_path)
     absent = "0" * 64
     async with running(cfg, FakeBrain(_Steps())) as edge:
         await eventually(lambda: edge.report().device_id == "shadow-c", within=30)
         started = await models(hub, "rollout", absent, "--devices", "shadow-c", "--window", "2")
+        assert started["state"] == "shadowing"
+        again = await asyncio.to_thread(hub.cli, "models", "rollout", "1" * 64, "--devices", "shadow-c")
+        assert again.returncode != 0
+        assert f"shadow-c in rollout {started['rollout_id']}, undecided: roll it back first" in again.stderr
         reason = await _dead_letter(hub, "shadow-c")
         assert "is not held on this device" in reason, reason
         assert edge.report().shadow_rollout == ""
-    assert started["state"] == "shadowing"
+    rollout = str(started["rollout_id"])
+
+    async def halted() -> bool:
+        return (await models(hub, "status", rollout))["state"] == "halted"
+
+    for _ in range(60):  # the wave timeout (5 s), checked every 0.5 s
+        if await halted():
+            break
+        await asyncio.sleep(0.5)
+    record = await models(hub, "status", rollout)
+    assert record["state"] == "halted", record
+    assert "0 of 2 shadow steps in 5 s" in record["decision"]
+    cmds = await commands(hub, "shadow-c")
+    assert shadow_commands(cmds, rollout) == [(absent, False), (absent, True)]
+
+
+async def _bad_input(hub: Hub) -> None:
+    absent = "0" * 64
     for args, expected in (
         (("rollout", "abc", "--devices", "shadow-c"), "not a SHA-256"),
         (("rollout", absent, "--devices", "a=b,c"), "--devices"),
         (("rollout", absent, "--devices", "shadow-c", "--waves", "1,lots"), "waves"),
         (("rollout", absent, "--devices", "nobody-here=1"), "no device matches"),
         (("status", "r-missing"), "no rollout r-missing"),
+        (("rollback", "r-missing"), "no rollout r-missing"),
     ):
         done = await asyncio.to_thread(hub.cli, "models", *args)
         assert done.returncode != 0, args
         assert expected in done.stderr, (args, done.stderr)
         assert "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 async def _dead_letter(hub: Hub, device_id: str) -> str:

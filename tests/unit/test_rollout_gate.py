@@ -9,7 +9,7 @@ import math
 import pytest
 
 from edgehub.hub.fleet import parity
-from edgehub.hub.fleet.rollouts import count_steps, roll_back
+from edgehub.hub.fleet.rollouts import count_steps, halt_late, roll_back
 from edgehub.protocol.v1 import events_pb2, models_pb2
 
 M = models_pb2
@@ -160,3 +160,15 @@ def test_a_rollback_names_devices_whose_earlier_model_is_unknown() -> None:
     assert r.state == "rolled_back"
     assert [w.state for w in r.waves] == ["rolled_back", "rolled_back"]
     assert r.decision == f"rolled back by operator:ann; no earlier model known for b (they keep {NEW[:12]})"
+
+
+def test_a_wave_past_its_timeout_halts_with_the_steps_it_had() -> None:
+    r = record()
+    r.waves[0].started_at = 1000.0
+    count_steps(r, [event("a", 1, step())])
+    assert not halt_late(r, now=1000.0 + 60, timeout_s=60)  # not past it yet
+    assert r.state == "shadowing"
+    assert halt_late(r, now=1000.0 + 61, timeout_s=60)
+    assert (r.state, r.waves[0].state, r.waves[1].state) == ("halted", "halted", "pending")
+    assert r.decision.startswith("wave 1 of 2 halted: 1 of 2 shadow steps in 60 s")
+    assert not halt_late(r, now=1e9, timeout_s=60)  # decided: nothing more to time out

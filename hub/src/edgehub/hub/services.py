@@ -133,7 +133,15 @@ class HubServices:
             goals=goals,
             policies=FleetPolicies(js, signer, commands, views, scopes),
             recovery=DeviceRecoveryView(js, agents, traces),
-            rollouts=RolloutService(js, commands, views, devices.all, scopes),
+            rollouts=RolloutService(
+                js,
+                commands,
+                views,
+                devices.all,
+                scopes,
+                wave_timeout_s=cfg.rollouts.wave_timeout_s,
+                check_s=cfg.rollouts.check_s,
+            ),
         )
 
     async def add_knowledge(
@@ -148,7 +156,12 @@ class HubServices:
 
     def runs(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
         """The services' background work, each until ``stop``."""
-        parts = [self.watcher.run(stop), self.migrations.run(stop), self.goals.run(stop)]
+        parts = [
+            self.watcher.run(stop),
+            self.migrations.run(stop),
+            self.goals.run(stop),
+            self.rollouts.run(stop),
+        ]
         if self.identity.view is not None:
             parts.append(self.identity.view.run(stop))
         if self.responder is not None:

@@ -16,7 +16,9 @@ redelivered event counts once (``applied_seq``). When the window decides (``pari
 - promote: the wave's shadows stop, its devices get ``UseModel`` (part 2 of the issue handles it on
   the device), and the next wave starts shadowing; after the last wave the rollout is promoted.
 
-Commands are sent after the record that decided them is written. A rollback stops the shadows of the
+A wave in shadow that has not filled its window after ``wave_timeout_s`` (``[rollouts]``) is halted the
+same way, with the steps it had: every rollout step ends with an outcome. Commands are sent after the
+record that decided them is written. A rollback stops the shadows of the
 wave in progress and sends every promoted wave's devices ``UseModel`` of the model each ran before
 (its twin's ``model_sha256`` when the wave started; a device that reported none is named in the
 decision instead).
@@ -24,6 +26,8 @@ decision instead).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -67,9 +71,19 @@ class RolloutService:
     """Starts, gates, reports and rolls back rollouts (see the module docstring)."""
 
     def __init__(
-        self, js: JetStreamContext, commands: Commands, views: Views, twins: Twins, scopes: ScopeGuard
+        self,
+        js: JetStreamContext,
+        commands: Commands,
+        views: Views,
+        twins: Twins,
+        scopes: ScopeGuard,
+        *,
+        wave_timeout_s: float = 86400.0,
+        check_s: float = 30.0,
     ) -> None:
         self.records = RecordStore(js, ROLLOUTS.name, RECORDS)
+        self.wave_timeout_s = wave_timeout_s
+        self.check_s = check_s
         self.commands = commands
         self.views = views
         self.twins = twins
@@ -95,6 +109,7 @@ class RolloutService:
         if not 1 <= window <= MAX_WINDOW or not 0.0 < threshold <= 1.0:
             raise _invalid(f"window must be 1..{MAX_WINDOW} steps and threshold in (0, 1]")
         devices = await self._devices(req.target, scope)
+        await self._not_busy(devices)
         try:
             waves = parity.plan_waves(devices, req.waves)
         except parity.BadWaves as exc:
@@ -121,6 +136,20 @@ class RolloutService:
         for device_id in devices:
             await self.scopes.device(scope, device_id, "StartRollout")
         return devices
+
+    async def _not_busy(self, devices: Sequence[str]) -> None:
+        """A device shadows one model at a time: one that another rollout still shadows or will
+        (a wave not decided yet) cannot join this one (FAILED_PRECONDITION)."""
+        for stored in await self.records.list():
+            other = stored.value
+            if other.state != "shadowing":
+                continue
+            busy = sorted({d for w in other.waves[other.current_wave :] for d in w.device_ids} & set(devices))
+            if busy:
+                raise Refused(
+                    ErrorCode.FAILED_PRECONDITION,
+                    f"{', '.join(busy[:5])} in rollout {other.rollout_id}, undecided: roll it back first",
+                )
 
     async def _remember_models(self, rollout: M.RolloutRecord, index: int) -> None:
         """What each device of wave ``index`` runs now (a rollback's target)."""
@@ -149,6 +178,11 @@ class RolloutService:
             self.ignored += len(steps)
             log.warning("%d shadow steps for unknown rollout %r ignored", len(steps), rollout_id[:40])
             return
+        await self._transition(rollout_id, lambda record: count_steps(record, steps))
+
+    async def _transition(self, rollout_id: str, mutate: Callable[[M.RolloutRecord], bool]) -> None:
+        """Change the record by ``mutate`` (compare-and-set; it returns whether it changed anything),
+        then send the commands of a decision it made."""
         before: list[M.RolloutRecord] = []
 
         def change(stored: Stored[M.RolloutRecord] | None) -> M.RolloutRecord | None:
@@ -157,7 +191,7 @@ class RolloutService:
             before[:] = [stored.value]
             record = M.RolloutRecord()
             record.CopyFrom(stored.value)
-            return record if count_steps(record, steps) else None
+            return record if mutate(record) else None
 
         written = await self.records.update(rollout_id, change)
         if written is None or not before:
@@ -222,6 +256,25 @@ class RolloutService:
                 M.UseModel(sha256=sha256, rollout_id=record.rollout_id, reason=record.decision)
             )
             await self.commands.send(cmd)
+
+    # timeouts --------------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Halt waves past ``wave_timeout_s`` every ``check_s`` (every hub process: the record's
+        compare-and-set lets one of them decide)."""
+        while not stop.is_set():
+            try:
+                await self.expire(time.time())
+            except Exception as exc:  # NATS restarting: the next round retries
+                log.warning("rollout timeouts not checked (%s: %s)", type(exc).__name__, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.check_s)
+
+    async def expire(self, now: float) -> None:
+        """Halt every rollout whose wave in shadow started more than ``wave_timeout_s`` ago."""
+        for stored in await self.records.list():
+            if stored.value.state != "shadowing" or not timed_out(stored.value, now, self.wave_timeout_s):
+                continue
+            await self._transition(stored.value.rollout_id, lambda r: halt_late(r, now, self.wave_timeout_s))
 
     # status and rollback ---------------------------------------------------------------------------
     async def status(self, rollout_id: str) -> H.RolloutStatusResponse:
@@ -322,6 +375,28 @@ def _decide(record: M.RolloutRecord, wave: M.RolloutWave) -> None:
         record.decision = f"every wave promoted ({wave.decision})"
     else:
         record.waves[record.current_wave].state = "shadowing"
+
+
+def timed_out(record: M.RolloutRecord, now: float, timeout_s: float) -> bool:
+    """The rollout's wave in shadow started more than ``timeout_s`` before ``now``."""
+    if record.state != "shadowing" or record.current_wave >= len(record.waves):
+        return False
+    return now - record.waves[record.current_wave].started_at > timeout_s
+
+
+def halt_late(record: M.RolloutRecord, now: float, timeout_s: float) -> bool:
+    """Halt the rollout if its wave in shadow did not fill its window within ``timeout_s``; whether it
+    did."""
+    if not timed_out(record, now, timeout_s):
+        return False
+    wave = record.waves[record.current_wave]
+    wave.state, wave.decided_at = "halted", now
+    wave.decision = (
+        f"wave {record.current_wave + 1} of {len(record.waves)} halted: {wave.steps} of {record.window} "
+        f"shadow steps in {timeout_s:g} s (devices that refused the model, ran no agents or were offline)"
+    )
+    record.state, record.decision, record.decided_at = "halted", wave.decision, now
+    return True
 
 
 def roll_back(record: M.RolloutRecord, by: str) -> None:
