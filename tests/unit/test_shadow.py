@@ -183,3 +183,32 @@ async def test_a_late_proposal_is_dropped_and_stop_unloads_the_model(tmp_path: P
     assert shadow_steps(store) == []
     shadow.offer(ask(1))
     assert shadow.counts.offered == 1
+
+
+async def test_a_restarted_daemon_shadows_again_until_told_to_stop(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "edge.db", device_id="dev-1")
+    sha256 = held(tmp_path)
+    first, _ = reasoner(tmp_path, store, FakeBrain(["{}"]))
+    await first.start(M.ShadowModel(rollout_id=ROLLOUT, sha256=sha256, name="n"))
+    await first.shutdown()  # the daemon stops: what it shadowed is kept
+    again, opened = reasoner(tmp_path, store, FakeBrain(["{}"]))
+    await again.resume()
+    assert (again.rollout_id, again.sha256, opened) == (ROLLOUT, sha256, [model_path(tmp_path, sha256)])
+    await again.stop(ROLLOUT)
+    third, opened = reasoner(tmp_path, store, FakeBrain(["{}"]))
+    await third.resume()
+    assert (third.rollout_id, opened) == ("", [])
+
+
+async def test_an_unreadable_or_refused_shadow_state_is_dropped(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "edge.db", device_id="dev-1")
+    for text in (
+        "{not json",
+        '{"version": 99}',
+        '{"version": 1, "rollout_id": "r-1", "sha256": "' + "c" * 64 + '"}',
+    ):
+        (tmp_path / "shadow.json").write_text(text)
+        shadow, opened = reasoner(tmp_path, store, FakeBrain(["{}"]))
+        await shadow.resume()
+        assert (shadow.rollout_id, opened) == ("", [])
+        assert not (tmp_path / "shadow.json").exists()

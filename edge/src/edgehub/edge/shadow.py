@@ -14,6 +14,9 @@ another is computed; any further step offered meanwhile is skipped and counted, 
 queues up behind a busy device. A proposal not ready within ``[shadow] timeout_s`` is dropped and
 counted (its computation finishes in its thread; the model takes nothing new until then).
 ``stop=true`` unloads it once the computation in progress ended.
+
+What it shadows is kept in ``<data_dir>/shadow.json`` (``STATE_VERSION``), so a restarted daemon
+shadows again (``resume``) instead of leaving the hub's wave without steps until its timeout.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -40,6 +44,8 @@ from .memory.episodic import Embedder
 
 log = logging.getLogger("edgehub.edge.shadow")
 HASH_CHUNK = 1 << 20
+STATE_FILE = "shadow.json"
+STATE_VERSION = 1
 
 
 Record = Callable[[str, int, models_pb2.ShadowStep], int]
@@ -169,6 +175,7 @@ class ShadowReasoner:
             brain = await asyncio.to_thread(self.opener, path)
             await self._unload()
             self._active = _Active(cmd.rollout_id, cmd.sha256, cmd.name, brain)
+            self._keep(cmd)
         log.warning("rollout %s: model %s (%s) in shadow", cmd.rollout_id, cmd.sha256[:12], cmd.name or "-")
 
     def _held(self, sha256: str) -> Path:
@@ -188,8 +195,52 @@ class ShadowReasoner:
             log.warning("rollout %s: shadow stopped", self._active.rollout_id)
             await self._unload()
 
-    async def _unload(self) -> None:
+    @property
+    def _state(self) -> Path:
+        return self.data_dir / STATE_FILE
+
+    def _keep(self, cmd: models_pb2.ShadowModel) -> None:
+        data = {
+            "version": STATE_VERSION,
+            "rollout_id": cmd.rollout_id,
+            "sha256": cmd.sha256,
+            "name": cmd.name,
+        }
+        tmp = self._state.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self._state)
+
+    async def resume(self) -> None:
+        """Shadow again what the daemon shadowed before it stopped (a model refused now is dropped,
+        logged: the hub's wave times out as for a device that refused it at once)."""
+        try:
+            data = json.loads(self._state.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.error("%s unreadable (%s): not shadowing", self._state, exc)
+            self._state.unlink(missing_ok=True)
+            return
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            log.error("%s: not a version %d shadow state: not shadowing", self._state, STATE_VERSION)
+            self._state.unlink(missing_ok=True)
+            return
+        cmd = models_pb2.ShadowModel(
+            rollout_id=str(data.get("rollout_id", "")),
+            sha256=str(data.get("sha256", "")),
+            name=str(data.get("name", "")),
+        )
+        try:
+            await self.start(cmd)
+        except ShadowRefused as exc:
+            log.error("rollout %s: shadow not resumed: %s", cmd.rollout_id, exc.message)
+            self._state.unlink(missing_ok=True)
+
+    async def _unload(self, *, forget: bool = True) -> None:
+        """Unload the model; ``forget``: and what it shadowed (a shutdown keeps it for ``resume``)."""
         active, self._active, self._pending = self._active, None, None
+        if forget:
+            self._state.unlink(missing_ok=True)
         if active is not None:
             await active.gate.call(active.brain.close)  # after the computation in progress
 
@@ -272,4 +323,4 @@ class ShadowReasoner:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._worker
         async with self._switch:
-            await self._unload()
+            await self._unload(forget=False)
