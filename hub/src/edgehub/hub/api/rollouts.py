@@ -1,6 +1,6 @@
 """The parity-gated rollout methods of the management API (``StartRollout``, ``RolloutStatus``,
 ``RollbackRollout``): a mixin of ``HubService`` over the hub's ``RolloutService``. A scoped caller
-starts and rolls back rollouts only on devices in its scope."""
+starts, sees and rolls back only rollouts whose devices are all in its scope."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class RolloutsApi:
         return await self.services.rollouts.start(request, me.name, me.scope)
 
     async def RolloutStatus(self, request: H.RolloutStatusRequest, context: Any) -> H.RolloutStatusResponse:
-        return await self.services.rollouts.status(request.rollout_id)
+        return await self.services.rollouts.status(request.rollout_id, current().scope)
 
     async def RollbackRollout(
         self, request: H.RollbackRolloutRequest, context: Any

@@ -277,11 +277,21 @@ class RolloutService:
             await self._transition(stored.value.rollout_id, lambda r: halt_late(r, now, self.wave_timeout_s))
 
     # status and rollback ---------------------------------------------------------------------------
-    async def status(self, rollout_id: str) -> H.RolloutStatusResponse:
+    async def status(self, rollout_id: str, scope: Scope) -> H.RolloutStatusResponse:
+        """One rollout (each of its devices in ``scope``, else OutOfScope), or every rollout whose
+        devices are all in ``scope``, newest first."""
         if rollout_id:
-            return H.RolloutStatusResponse(rollouts=[await self._get(rollout_id)])
+            record = await self._get(rollout_id)
+            await self._in_scope(record, scope, "RolloutStatus")
+            return H.RolloutStatusResponse(rollouts=[record])
         records = sorted((s.value for s in await self.records.list()), key=lambda r: -r.started_at)
-        return H.RolloutStatusResponse(rollouts=records)
+        shown = [r for r in records if all(self.scopes.sees(scope, d) for w in r.waves for d in w.device_ids)]
+        return H.RolloutStatusResponse(rollouts=shown)
+
+    async def _in_scope(self, record: M.RolloutRecord, scope: Scope, what: str) -> None:
+        for wave in record.waves:
+            for device_id in wave.device_ids:
+                await self.scopes.device(scope, device_id, what)
 
     async def _get(self, rollout_id: str) -> M.RolloutRecord:
         try:
@@ -296,9 +306,7 @@ class RolloutService:
     async def rollback(self, rollout_id: str, by: str, scope: Scope) -> M.RolloutRecord:
         """Stop the shadows in progress; promoted waves go back to the model each device ran before."""
         record = await self._get(rollout_id)
-        for wave in record.waves:
-            for device_id in wave.device_ids:
-                await self.scopes.device(scope, device_id, "RollbackRollout")
+        await self._in_scope(record, scope, "RollbackRollout")
         if record.state == "rolled_back":
             return record
         old = M.RolloutRecord()
