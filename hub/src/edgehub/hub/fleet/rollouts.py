@@ -45,7 +45,7 @@ from edgehub.sync.streams import ROLLOUTS
 from ..errors import Refused
 from . import parity
 from .control import Commands
-from .policies import Seen, describe_target, selected
+from .policies import Seen, describe_target, target_devices
 from .scopes import Scope, ScopeGuard
 
 log = logging.getLogger("edgehub.hub.fleet.rollouts")
@@ -122,20 +122,12 @@ class RolloutService:
         )  # fmt: skip
         for i, members in enumerate(waves):
             rollout.waves.add(device_ids=members, state="shadowing" if i == 0 else "pending")
-        await self._remember_models(rollout, 0)
+        start_wave(rollout.waves[0], await self._models_now())
         rollout.decision = f"wave 1 of {len(waves)} ({len(waves[0])} devices) in shadow"
         return rollout
 
     async def _devices(self, target: H.PolicyTarget, scope: Scope) -> list[str]:
-        views = await self.views()
-        if not scope.fleet_wide and not target.device_ids:
-            views = [v for v in views if self.scopes.sees(scope, v.device_id)]
-        devices = selected(target, views)
-        if not devices:
-            raise _invalid(f"no device matches {describe_target(target)}")
-        for device_id in devices:
-            await self.scopes.device(scope, device_id, "StartRollout")
-        return devices
+        return await target_devices(target, scope, await self.views(), self.scopes, "StartRollout")
 
     async def _not_busy(self, devices: Sequence[str]) -> None:
         """A device shadows one model at a time: one that another rollout still shadows or will
@@ -151,13 +143,9 @@ class RolloutService:
                     f"{', '.join(busy[:5])} in rollout {other.rollout_id}, undecided: roll it back first",
                 )
 
-    async def _remember_models(self, rollout: M.RolloutRecord, index: int) -> None:
-        """What each device of wave ``index`` runs now (a rollback's target)."""
-        wave = rollout.waves[index]
-        twins = {d.device_id: d.twin.model_sha256 for d in await self.twins()}
-        for device_id in wave.device_ids:
-            wave.previous[device_id] = twins.get(device_id, "")
-        wave.started_at = time.time()
+    async def _models_now(self) -> dict[str, str]:
+        """Each device's model as its twin reports it ('' when it reports none)."""
+        return {d.device_id: d.twin.model_sha256 for d in await self.twins()}
 
     # shadow steps ----------------------------------------------------------------------------------
     async def apply(self, events: Iterable[events_pb2.EdgeEvent]) -> None:
@@ -212,18 +200,15 @@ class RolloutService:
             await self._send(new, stop=wave.device_ids)
 
     async def _start_wave(self, record: M.RolloutRecord) -> None:
-        twins = {d.device_id: d.twin.model_sha256 for d in await self.twins()}
-        index = record.current_wave
+        """The next wave shadows: what its devices run now is kept (a rollback's target)."""
+        models, index = await self._models_now(), record.current_wave
 
         def change(stored: Stored[M.RolloutRecord] | None) -> M.RolloutRecord | None:
-            if stored is None or stored.value.current_wave != index:
+            if stored is None or stored.value.current_wave != index or stored.value.state != "shadowing":
                 return None
             new = M.RolloutRecord()
             new.CopyFrom(stored.value)
-            wave = new.waves[index]
-            for device_id in wave.device_ids:
-                wave.previous[device_id] = twins.get(device_id, "")
-            wave.started_at = time.time()
+            start_wave(new.waves[index], models)
             return new
 
         await self.records.update(record.rollout_id, change)
@@ -382,7 +367,15 @@ def _decide(record: M.RolloutRecord, wave: M.RolloutWave) -> None:
         record.state, record.decided_at = "promoted", now
         record.decision = f"every wave promoted ({wave.decision})"
     else:
-        record.waves[record.current_wave].state = "shadowing"
+        following = record.waves[record.current_wave]
+        following.state, following.started_at = "shadowing", now  # its timeout runs from now
+
+
+def start_wave(wave: M.RolloutWave, models: dict[str, str]) -> None:
+    """``wave`` starts shadowing now; each device's current model is kept for a rollback."""
+    for device_id in wave.device_ids:
+        wave.previous[device_id] = models.get(device_id, "")
+    wave.started_at = time.time()
 
 
 def timed_out(record: M.RolloutRecord, now: float, timeout_s: float) -> bool:
