@@ -1,6 +1,7 @@
 """The hub's parity gate (``fleet/parity.py``) and how shadow steps count into a rollout's record
-(``fleet/rollouts.py``): divergence of one step, the window's decision, waves, and the steps that do not
-count (another device's, a redelivery, another model's)."""
+(``fleet/rollouts.py``): divergence of one step, the window's decision, waves, the steps that do not
+count (another device's, a redelivery, another model's), and the commands the service sends for a
+rollout's waves and its rollback (on the fake JetStream)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ import math
 
 import pytest
 
+from edgehub.hub.errors import Refused
 from edgehub.hub.fleet import parity
-from edgehub.hub.fleet.rollouts import count_steps, halt_late, roll_back
-from edgehub.protocol.v1 import events_pb2, models_pb2
+from edgehub.hub.fleet.control import Commands
+from edgehub.hub.fleet.rollouts import RolloutService, count_steps, halt_late, roll_back
+from edgehub.hub.fleet.scopes import Scope, ScopeGuard
+from edgehub.protocol.v1 import commands_pb2, events_pb2, hub_pb2, models_pb2, twin_pb2
+from edgehub.sync.fake import FakeJetStream
 
 M = models_pb2
 NEW = "b" * 64
@@ -109,9 +114,10 @@ def record(window: int = 2, threshold: float = 0.3) -> M.RolloutRecord:
     return r
 
 
-def event(device: str, seq: int, s: M.ShadowStep) -> events_pb2.EdgeEvent:
+def event(device: str, seq: int, s: M.ShadowStep, rollout: str = "r-1") -> events_pb2.EdgeEvent:
     e = events_pb2.EdgeEvent(device_id=device, agent_id="ag", seq=seq)
     e.shadow_step.CopyFrom(s)
+    e.shadow_step.rollout_id = rollout
     return e
 
 
@@ -172,3 +178,76 @@ def test_a_wave_past_its_timeout_halts_with_the_steps_it_had() -> None:
     assert (r.state, r.waves[0].state, r.waves[1].state) == ("halted", "halted", "pending")
     assert r.decision.startswith("wave 1 of 2 halted: 1 of 2 shadow steps in 60 s")
     assert not halt_late(r, now=1e9, timeout_s=60)  # decided: nothing more to time out
+
+
+class _View:
+    def __init__(self, device_id: str) -> None:
+        self.device_id = device_id
+        self.labels: dict[str, str] = {}
+        self.hub_labels: dict[str, str] = {}
+
+
+def service(js: FakeJetStream) -> RolloutService:
+    async def views() -> list[_View]:
+        return [_View("a"), _View("b")]
+
+    async def twins() -> list[hub_pb2.Device]:
+        return [hub_pb2.Device(device_id="a", twin=twin_pb2.DeviceTwin(model_sha256="e" * 64))]
+
+    async def labels(device_id: str) -> dict[str, str]:
+        return {}
+
+    scopes = ScopeGuard(labels, lambda d: {}, None)  # type: ignore[arg-type]
+    commands = Commands(js, None, None, 0)  # type: ignore[arg-type]
+    return RolloutService(js, commands, views, twins, scopes)  # type: ignore[arg-type]
+
+
+def sent(js: FakeJetStream) -> list[tuple[str, str, str]]:
+    """(device, kind, sha256 and stop) of each command published."""
+    out = []
+    for p in js.published:
+        cmd = commands_pb2.Command.FromString(p.data)
+        kind = cmd.WhichOneof("body") or ""
+        body = getattr(cmd, kind)
+        out.append(
+            (cmd.device_id, kind + (" stop" if kind == "shadow_model" and body.stop else ""), body.sha256[:1])
+        )
+    return out
+
+
+async def test_waves_shadow_in_turn_promotions_are_sent_and_a_rollback_sends_devices_back() -> None:
+    js = FakeJetStream()
+    rollouts = service(js)
+    req = hub_pb2.StartRolloutRequest(
+        sha256=NEW, target=hub_pb2.PolicyTarget(all=True), waves="1,all", window=2
+    )
+    started = await rollouts.start(req, "operator:ann", Scope())
+    assert [list(w.device_ids) for w in started.waves] == [["a"], ["b"]]
+    assert sent(js) == [("a", "shadow_model", "b")]
+    rid = started.rollout_id
+    await rollouts.apply([event("a", 1, step(), rid), event("a", 2, step(), rid)])
+    assert sent(js)[1:] == [
+        ("a", "shadow_model stop", "b"),
+        ("a", "use_model", "b"),
+        ("b", "shadow_model", "b"),
+    ]
+    # a's wave is decided and zz is in none (counted in the record); r-x does not exist (counted here)
+    await rollouts.apply(
+        [event("a", 3, step(), rid), event("zz", 1, step(), rid), event("b", 1, step(), "r-x")]
+    )
+    assert rollouts.ignored == 1
+    with pytest.raises(Refused, match="undecided: roll it back first"):
+        await rollouts.start(req, "operator:ann", Scope())
+    js.published.clear()
+    back = await rollouts.rollback(started.rollout_id, "operator:bo", Scope())
+    assert back.state == "rolled_back"
+    assert sent(js) == [
+        ("b", "shadow_model stop", "b"),
+        ("a", "use_model", "e"),
+    ]  # a's model before the rollout
+    status = (await rollouts.status(started.rollout_id, Scope())).rollouts[0]
+    assert (status.ignored_steps, status.waves[1].previous["b"]) == (2, "")
+    with pytest.raises(Refused, match="not a SHA-256"):
+        await rollouts.start(hub_pb2.StartRolloutRequest(sha256="x", target=req.target), "op", Scope())
+    with pytest.raises(Refused, match="no rollout r-none"):
+        await rollouts.status("r-none", Scope())
