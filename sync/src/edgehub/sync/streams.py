@@ -154,9 +154,12 @@ POLICIES = BucketSpec(
 POLICY_DEVICES = BucketSpec(
     "edgehub-policy-devices", "per device: the latest policy bundle the hub signed for it (hub only)"
 )
+MODEL_INFOS = BucketSpec(
+    "edgehub-model-infos", "models the hub stores (object store edgehub-models), by SHA-256: name, size, who"
+)
 BUCKETS = (
     APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS, CREDENTIALS, MIGRATIONS, GOALS, POLICIES,
-    POLICY_DEVICES,
+    POLICY_DEVICES, MODEL_INFOS,
 )  # fmt: skip
 
 HANDOVERS = "edgehub-handovers"
@@ -164,6 +167,9 @@ HANDOVERS = "edgehub-handovers"
 devices put and get theirs through the API, which checks that the migration is theirs)."""
 HANDOVER_TTL_S = 7 * 24 * 3600.0
 MAX_HANDOVER_BYTES = 16 * 1024 * 1024
+
+MODELS = "edgehub-models"
+"""Object store: model files by SHA-256 (``edgehub.sync.models``); devices may read it, not write it."""
 
 HUB_EVENTS_CONSUMER = "hub-events"
 """The durable pull consumer every hub process shares (work is split between them)."""
@@ -189,6 +195,13 @@ async def ensure_topology(js: JetStreamContext, limits: StreamLimits | None = No
             storage=StorageType.FILE,
         )
         await js.create_object_store(HANDOVERS, config=config)
+    try:
+        await js.object_store(MODELS)
+    except (NotFoundError, BadRequestError):
+        models = ObjectStoreConfig(
+            bucket=MODELS, description="model files by SHA-256", storage=StorageType.FILE
+        )
+        await js.create_object_store(MODELS, config=models)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
