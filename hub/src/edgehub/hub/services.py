@@ -26,6 +26,7 @@ from .fleet.control import Commands
 from .fleet.devices import DeviceRegistry, DeviceWatcher
 from .fleet.identity import Credentials, CredentialsView, DeviceIdentity, Enrollments
 from .fleet.migration import MigrationService
+from .fleet.models import FleetModels
 from .fleet.policies import FleetPolicies
 from .fleet.recovery import DeviceRecoveryView
 from .fleet.scopes import ScopeGuard
@@ -79,6 +80,8 @@ class HubServices:
     """Fleet policy: pushes, rollbacks, status (``fleet/policies.py``)."""
     recovery: DeviceRecoveryView
     """What the hub holds of a device, for that device's recovery (``GetDeviceRecovery``)."""
+    models: FleetModels
+    """Models the hub stores and sends to devices (``fleet/models.py``)."""
     knowledge: KnowledgeService | None = None
     """The L4 graph (``[neo4j]``), once it has started."""
     responder: KnowledgeResponder | None = None
@@ -130,6 +133,7 @@ class HubServices:
             goals=goals,
             policies=FleetPolicies(js, signer, commands, views, scopes),
             recovery=DeviceRecoveryView(js, agents, traces),
+            models=FleetModels(js, commands, views, scopes, spool=None),
         )
 
     async def add_knowledge(

@@ -30,3 +30,7 @@ POLICY = Area(
     "Fleet policy: safety policy files pushed to devices as signed, versioned bundles.",
     "edgehub.hub.cli.policy:policy_app",
 )
+MODELS = Area(
+    "Models the hub stores and sends to devices (GGUF files named by their sha256).",
+    "edgehub.hub.cli.models:models_app",
+)
