@@ -29,6 +29,7 @@ from ..store.base import DeviceStore
 from .decisions import HubDecisions
 from .identity import DeviceIdentity
 from .migration import migrate_in, migrate_out
+from .models import ModelCommands
 from .policy import HubPolicies
 from .twin import daemon_version
 
@@ -84,6 +85,7 @@ class CommandRouter:
         keep_consolidated_days: float,
         decisions: HubDecisions | None = None,
         hub_policy: HubPolicy | None = None,
+        models: ModelCommands | None = None,
     ) -> None:
         self.store = store
         self.agents = agents
@@ -94,6 +96,8 @@ class CommandRouter:
         self.decisions = decisions or HubDecisions(identity, device_id)
         self.policies = HubPolicies(hub_policy, self.decisions) if hub_policy is not None else None
         """Fleet policy bundles (None: this router applies none)."""
+        self.models = models
+        """Models from the hub (None: this router takes none)."""
         self.handlers: dict[str, Handler] = {
             "migrate_out": lambda cmd: migrate_out(self, cmd),
             "migrate_in": lambda cmd: migrate_in(self, cmd),
@@ -103,6 +107,8 @@ class CommandRouter:
             "decide_approval": self._decide_approval,
             "prune_episodes": self._prune_episodes,
             "apply_policy": self._apply_policy,
+            "fetch_model": self._fetch_model,
+            "use_model": self._use_model,
         }
         """Command kind (the ``body`` field set) -> its handler."""
 
@@ -215,6 +221,16 @@ class CommandRouter:
         if self.policies is None:
             raise MessageRejected(f"device {self.device_id} keeps no fleet policy")
         await self.policies.command(cmd)
+
+    async def _fetch_model(self, cmd: commands_pb2.Command) -> None:
+        if self.models is None:
+            raise MessageRejected(f"device {self.device_id} takes no models from the hub")
+        await self.models.fetch(cmd)
+
+    async def _use_model(self, cmd: commands_pb2.Command) -> None:
+        if self.models is None:
+            raise MessageRejected(f"device {self.device_id} takes no models from the hub")
+        await self.models.use(cmd)
 
     async def _prune_episodes(self, cmd: commands_pb2.Command) -> None:
         prune = cmd.prune_episodes
