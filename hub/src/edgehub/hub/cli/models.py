@@ -120,7 +120,7 @@ def models_push(
     as_json: JsonOpt = False,
 ) -> None:
     """Send the model to devices: each fetches it (resuming a cut download), verifies its sha256 and
-    keeps it; their twins show the progress (`edgehub devices show`). Needs operator."""
+    keeps it; their twins show the progress (`edgehub devices get ID`). Needs operator."""
     req = H.PushModelRequest(model=model, target=parse_selector(devices))
     _sent(call(api, lambda s: s.PushModel(req, timeout=30)), "fetch of", as_json)
 
