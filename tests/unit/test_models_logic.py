@@ -25,13 +25,13 @@ from edgehub.edge.models import (
     RunningModel,
     SwitchableBrain,
 )
-from edgehub.edge.models.fetch import digest_of
 from edgehub.hub.errors import Refused
 from edgehub.hub.fleet.models import Upload
 from edgehub.llm import Brain, ModelGate
 from edgehub.llm.fake import FakeBrain
 from edgehub.protocol.v1 import hub_pb2, models_pb2
 from edgehub.sync.errors import MessageRejected
+from edgehub.sync.models import digest_of
 
 SHA = hashlib.sha256(b"GGUF model").hexdigest()
 

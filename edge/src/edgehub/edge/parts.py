@@ -83,9 +83,12 @@ class Models:
         if self.running.sha256 or path is None:
             return
         try:
-            self.running.sha256 = await asyncio.to_thread(self.hashes.sha256, path)
+            sha = await asyncio.to_thread(self.hashes.sha256, path)
         except OSError as exc:
             log.warning("the running model %s was not hashed: %s", path, exc)
+            return
+        if self.running.path == path and not self.running.sha256:  # not switched meanwhile
+            self.running.sha256 = sha
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ SHA-256 itself.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from pathlib import Path
 
@@ -35,6 +36,11 @@ HASH_BLOCK = 1024 * 1024
 def chunk_subject(nuid: str) -> str:
     """The subject an object's chunks are on."""
     return f"$O.{MODELS}.C.{nuid}"
+
+
+def digest_of(sha256: str) -> str:
+    """The object store's record of a file's digest (``SHA-256=<base64url>``) for the hex ``sha256``."""
+    return "SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(sha256)).decode()
 
 
 def is_gguf(head: bytes) -> bool:

@@ -18,7 +18,6 @@ only a verified file is renamed to ``<sha>.gguf``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import logging
@@ -34,7 +33,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from edgehub.protocol.v1 import models_pb2
-from edgehub.sync.models import MODELS, MODELS_STREAM, chunk_subject
+from edgehub.sync.models import MODELS, MODELS_STREAM, chunk_subject, digest_of
 from edgehub.testing import failpoints
 
 from .shelf import FAILED, FETCHING, VERIFIED, ModelRecord, ModelShelf
@@ -54,11 +53,6 @@ class Hasher(Protocol):
 
 class FetchFailed(Exception):
     """The model cannot be had as it is (wrong digest, wrong size, wrong hash): not retried."""
-
-
-def digest_of(sha256: str) -> str:
-    """The object store's digest of a file whose SHA-256 is ``sha256`` (``SHA-256=<base64url>``)."""
-    return "SHA-256=" + base64.urlsafe_b64encode(bytes.fromhex(sha256)).decode()
 
 
 class ModelFetcher:
@@ -159,9 +153,12 @@ class ModelFetcher:
         subject, n = chunk_subject(record.nuid), 0
         with part.open("ab") as f:
             while record.have < size:
-                msg = await js.get_msg(
-                    MODELS_STREAM, seq=max(record.next_seq, 1), subject=subject, next=True, direct=True
-                )
+                try:
+                    msg = await js.get_msg(
+                        MODELS_STREAM, seq=max(record.next_seq, 1), subject=subject, next=True, direct=True
+                    )
+                except NotFoundError:  # removed from the hub meanwhile, or a chunk deleted
+                    raise FetchFailed(f"the object ends at {record.have} of its {size} bytes") from None
                 data = msg.data or b""
                 if not data or record.have + len(data) > size:
                     raise FetchFailed(f"the object's chunks add up to more than its {size} bytes")

@@ -34,7 +34,7 @@ from edgehub.protocol.errors import ErrorCode
 from edgehub.protocol.ids import InvalidId, check_id, check_sha256
 from edgehub.protocol.v1 import commands_pb2, hub_pb2, models_pb2
 from edgehub.sync.commands import new_command
-from edgehub.sync.models import CHUNK_SIZE, GGUF_MAGIC, MODEL_INFOS_CODEC, is_gguf
+from edgehub.sync.models import CHUNK_SIZE, GGUF_MAGIC, MODEL_INFOS_CODEC, digest_of, is_gguf
 from edgehub.sync.records import RecordStore
 from edgehub.sync.streams import MODEL_INFOS, MODELS
 
@@ -149,13 +149,14 @@ class FleetModels:
         await self.infos.put(info.sha256, info)
 
     async def _stored(self, objects: ObjectStore, info: M.ModelInfo) -> bool:
-        """The object is there whole (same size and chunk size): not put again."""
+        """The object is there whole (its digest, size and chunk size): not put again."""
         try:
             found = await objects.get_info(info.sha256)
         except NotFoundError:
             return False
         chunk = found.options.max_chunk_size if found.options is not None else 0
-        return found.size == info.size and chunk == info.chunk_size
+        same = (found.digest, found.size, chunk) == (digest_of(info.sha256), info.size, info.chunk_size)
+        return same
 
     async def list(self) -> list[M.ModelInfo]:
         return sorted((s.value for s in await self.infos.list()), key=lambda m: (m.name, m.added_at))
