@@ -155,6 +155,8 @@ async def test_an_added_model_is_pushed_fetched_and_verified_and_bad_uploads_are
             return any(m["sha256"] == sha and m["state"] == "verified" for m in models)
 
         await eventually(hub_sees_it, within=30, what="the hub's view of the twin shows tiny verified")
+        shown = await asyncio.to_thread(hub.cli, "devices", "get", "pi-fetch")
+        assert f"tiny {sha[:12]} verified" in shown.stdout, shown.stdout
         assert edge.report().model_sha256 == ""  # the test's fake brain has no file
 
         not_held = hashlib.sha256(b"nothing").hexdigest()
