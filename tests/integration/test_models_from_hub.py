@@ -114,6 +114,13 @@ async def test_an_added_model_is_pushed_fetched_and_verified_and_bad_uploads_are
     listed = await models_cli(hub, "list", "--json")
     assert sha in [json.loads(line)["sha256"] for line in listed.stdout.splitlines()]
 
+    viewer = await asyncio.to_thread(hub.cli, "tokens", "create", "vic", "--role", "viewer")
+    as_viewer = {"EDGEHUB_TOKEN": viewer.stdout.strip().splitlines()[-1], "EDGEHUB_TOKEN_FILE": ""}
+    denied = await asyncio.to_thread(hub.cli, "models", "add", str(file), env=as_viewer)
+    assert denied.returncode == 1  # the upload is a stream: its caller's role is checked all the same
+    assert "AddModel needs role operator" in denied.stderr
+    assert sha in (await asyncio.to_thread(hub.cli, "models", "list", "--json", env=as_viewer)).stdout
+
     text = tmp_path / "notes.gguf"
     text.write_text("not a model at all\n")
     refused = await models_cli(hub, "add", str(text))
