@@ -159,7 +159,7 @@ async def test_an_edge_daemon_with_snapshots_solves_a_goal_across_a_checkpoint(
     )
     async with EdgeDaemon(cfg) as daemon:
         assert daemon.store is not None
-        brain = daemon.brain
+        brain = daemon.brain.inner  # the daemon's brain holds the model it runs now
         assert isinstance(brain, WorkerBrain)
         runner = asyncio.create_task(daemon.run())
         await eventually(lambda: not brain.awake, within=60, what="the idle worker checkpointed")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,11 @@ class World:
 WORLD = World()
 
 
+async def _stream(*chunks: Any) -> AsyncIterator[Any]:
+    for chunk in chunks:
+        yield chunk
+
+
 async def call(method: Any, raw: bytes) -> None:
     js = WORLD.js
     assert WORLD.start is not None
@@ -113,6 +119,8 @@ async def call(method: Any, raw: bytes) -> None:
     refused: Aborted | None = None
     try:
         request = await access._decoded(GetMessageClass(method.input_type).FromString, raw, path, context)
+        if method.client_streaming:  # an upload (AddModel): the request as its only chunk
+            request = _stream(request)
         await asyncio.wait_for(getattr(servicer, method.name)(request, context), 5)
     except FakeUnsupported:  # valid enough to reach a part of JetStream the fake does not model
         return

@@ -29,6 +29,7 @@ from .datadir import DaemonLock
 from .errors import EdgeError
 from .memory.embed import LazyEmbedder
 from .memory.episodic import EpisodeIndexer
+from .models import SwitchableBrain
 from .parts import Options, Parts, open_parts
 from .store.base import DeviceStore
 from .store.retention import Pruner
@@ -91,8 +92,8 @@ class EdgeDaemon:
         return self.parts.store
 
     @property
-    def brain(self) -> Brain:
-        """The model the agents think with."""
+    def brain(self) -> SwitchableBrain:
+        """The model the agents think with (``UseModel`` replaces the one inside)."""
         return self.parts.brain
 
     @property
@@ -182,8 +183,9 @@ class EdgeDaemon:
 
     def _helpers(self, p: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """What runs beside the agents until ``stop``: the hub link (and the fetch of the hub's
-        policy), L3 indexing, the disk-pressure check, the idle trim, idle checkpoints of the model's
-        worker, the store's WAL checkpoints and retention."""
+        policy), L3 indexing, the model fetches and the running model's hash, the disk-pressure
+        check, the idle trim, idle checkpoints of the model's worker, the store's WAL checkpoints and
+        retention."""
         wal = wal_checkpoints(p.store, self.cfg.store.checkpoint_s, stop)
         helpers = [asyncio.create_task(wal, name="wal-checkpoints")]
         if p.pruner.rules:
@@ -198,12 +200,16 @@ class EdgeDaemon:
         if p.scheduler.pressure is not None:  # resumes agents paused by a full disk
             helpers.append(asyncio.create_task(p.scheduler.pressure.run(stop), name="disk-pressure"))
         helpers.append(asyncio.create_task(p.shadow.resume(), name="shadow-resume"))  # a rollout's, if any
+        if p.models is not None:
+            helpers.append(asyncio.create_task(p.models.hash_running(), name="model-hash"))
+            if p.models.fetcher is not None:  # goes on with the fetches a restart cut
+                helpers.append(asyncio.create_task(p.models.fetcher.run(stop), name="model-fetch"))
         trim = IdleTrim(lambda: len(p.scheduler.running), _releasers(p))
         helpers.append(asyncio.create_task(trim.run(stop), name="idle-trim"))
         if self.opts.brain is None and self.cfg.snapshot.enabled:  # only a brain of its own sleeps
             from .worker import idle_checkpoints
 
-            if (sleeper := idle_checkpoints(p.brain, self.cfg.snapshot, stop)) is not None:
+            if (sleeper := idle_checkpoints(lambda: p.brain.inner, self.cfg.snapshot, stop)) is not None:
                 helpers.append(sleeper)
         return helpers
 

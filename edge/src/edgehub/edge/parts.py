@@ -14,7 +14,8 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from edgehub.llm import Brain, ModelGate
+from edgehub.llm import Brain, ModelFileError, ModelGate
+from edgehub.llm.settings import DEFAULT_MODEL_NAME, default_model_path
 from edgehub.protocol.errors import EdgehubError
 from edgehub.protocol.v1 import agent_pb2
 from edgehub.sync.decisions import HubKey
@@ -23,13 +24,22 @@ from .agent.loop import AgentLoop, LoopDeps
 from .agent.tools.builtins import knowledge_tool
 from .agent.tools.gateway import ExecutionGateway
 from .agent.tools.registry import ToolRegistry
-from .config import EdgeConfig
+from .config import EdgeConfig, ModelConfig
 from .datadir import DrainFlag
 from .errors import StoreRolledBack
 from .memory.compaction import Compactor
 from .memory.embed import LazyEmbedder
 from .memory.episodic import EpisodeIndexer, EpisodicMemory
 from .metrics import DaemonCollector, EdgeMetrics
+from .models import (
+    HashCache,
+    ModelFetcher,
+    ModelShelf,
+    ModelSwitch,
+    RunningModel,
+    SwitchableBrain,
+    chosen_model,
+)
 from .pressure import DiskPressure
 from .safety.build import Safety, build_safety, build_scrubber
 from .scheduler import AgentScheduler
@@ -42,6 +52,7 @@ from .uplink.commands import CommandRouter
 from .uplink.identity import DeviceIdentity
 from .uplink.knowledge import KnowledgeClient
 from .uplink.link import HubLink
+from .uplink.models import ModelCommands
 from .uplink.twin import TwinReporter
 
 log = logging.getLogger("edgehub.edge")
@@ -57,11 +68,37 @@ class Hub:
 
 
 @dataclass(frozen=True, slots=True)
+class Models:
+    """The models this device holds and runs (``edgehub.edge.models``)."""
+
+    shelf: ModelShelf
+    running: RunningModel
+    """The model running now (its SHA-256 filled in by ``hash_running`` after start)."""
+    hashes: HashCache
+    fetcher: ModelFetcher | None
+    """Fetches what the hub sends (None: no hub)."""
+
+    async def hash_running(self) -> None:
+        """The running model's SHA-256 (the twin's ``model_sha256``), computed once, off the loop."""
+        path = self.running.path
+        if self.running.sha256 or path is None:
+            return
+        try:
+            sha = await asyncio.to_thread(self.hashes.sha256, path)
+        except OSError as exc:
+            log.warning("the running model %s was not hashed: %s", path, exc)
+            return
+        if self.running.path == path and not self.running.sha256:  # not switched meanwhile
+            self.running.sha256 = sha
+
+
+@dataclass(frozen=True, slots=True)
 class Parts:
     """What ``EdgeDaemon.open()`` builds; each lives until ``shutdown()``."""
 
     store: DeviceStore
-    brain: Brain
+    brain: SwitchableBrain
+    """The model the agents think with (``UseModel`` replaces the one inside)."""
     loop: AgentLoop
     scheduler: AgentScheduler
     router: CommandRouter
@@ -76,6 +113,8 @@ class Parts:
     """Retention: prunes the store by ``[retention]`` while the daemon runs."""
     shadow: ShadowReasoner
     """The model a rollout runs in shadow here, if any (``shadow.py``)."""
+    models: Models | None = None
+    """Models from the hub (None: no hub)."""
     restricted: StoreRolledBack | None = None
     """Why the daemon runs restricted (the store lost commits): no agent runs, the outbox is not sent,
     the hub's commands wait; the twin says why. None: it runs normally."""
@@ -103,7 +142,13 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
     restricted = store.rolled_back  # resuming would repeat lost steps' side effects: run() says so
     safety = build_safety(cfg, store, config_path=opts.config_path, enrolled=identity is not None)
     safety.hub_policy.load(_kept_hub_key(identity))
-    brain = opts.brain or await _open_brain(cfg, opened)
+    models = await _models(cfg, opts)
+    model_cfg = cfg.model.model_copy(update={"path": models.running.path})
+    if opts.brain is None:
+        brain = SwitchableBrain(await _open_brain(cfg, model_cfg))
+        opened.callback(brain.close)
+    else:
+        brain = SwitchableBrain(opts.brain, owned=False)
     tracing = Tracing.from_config(cfg.tracing, cfg.device.id)
     opened.push_async_callback(asyncio.to_thread, tracing.shutdown)  # may wait for a slow collector
     metrics = EdgeMetrics(cfg.device.id, n_ctx=brain.n_ctx)
@@ -134,6 +179,9 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         ),
     )
     drain = DrainFlag(cfg.device.data_dir, cfg.device.id)
+    switch = ModelSwitch(models.shelf, brain, loop.d.model, _opener(cfg), models.running, scheduler, loop)
+    if hub is not None:
+        models = replace(models, fetcher=ModelFetcher(models.shelf, lambda: hub.link.nc))
     router = CommandRouter(
         store,
         scheduler,
@@ -143,6 +191,7 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         keep_consolidated_days=cfg.memory.keep_consolidated_days,
         hub_policy=safety.hub_policy,
         shadow=shadow,
+        models=ModelCommands(models.fetcher, switch) if models.fetcher is not None else None,
     )
     twin = TwinReporter(
         cfg,
@@ -155,10 +204,14 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         policy=safety.hub_policy.running,
         restricted=restricted,
         shadow=lambda: (shadow.rollout_id, shadow.sha256),
+        running_model=models.running,
+        held_models=models.shelf.held,
     )
     port = _serve_metrics(cfg, metrics, store, scheduler, hub, shadow)
     pruner = _pruner(cfg, store, indexer)
-    return Parts(store, brain, loop, scheduler, router, twin, hub, indexer, port, pruner, shadow, restricted)
+    return Parts(
+        store, brain, loop, scheduler, router, twin, hub, indexer, port, pruner, shadow, models, restricted
+    )
 
 
 def _pruner(cfg: EdgeConfig, store: DeviceStore, indexer: EpisodeIndexer | None) -> Pruner:
@@ -198,19 +251,48 @@ async def _compare_with_hub(store: SqliteStore, identity: DeviceIdentity | None)
         log.warning("store not compared with the hub (%s); the watermark's check stands", exc)
 
 
-async def _open_brain(cfg: EdgeConfig, opened: AsyncExitStack) -> Brain:
-    """The model of ``[model]``: in a worker CRIU can snapshot when ``[snapshot] enabled``."""
-    brain: Brain
-    if cfg.snapshot.enabled:
-        from .worker import open_worker_brain
+async def _models(cfg: EdgeConfig, opts: Options) -> Models:
+    """The models folder, and the model to run: the hub's kept choice when its file checks out (only
+    for a brain of the daemon's own), else ``[model] path`` (or the default model)."""
+    data_dir = cfg.device.data_dir
+    hashes = HashCache(data_dir)
+    chosen = await asyncio.to_thread(chosen_model, data_dir, hashes) if opts.brain is None else None
+    if chosen is None:  # a caller's brain runs no file the daemon knows of
+        path = (cfg.model.path or _default_path()) if opts.brain is None else None
+        chosen = RunningModel(path, name=_name_of(cfg.model.path))
+    return Models(ModelShelf(data_dir), chosen, hashes, None)
 
-        brain = await asyncio.to_thread(open_worker_brain, cfg)
-    else:
+
+def _default_path() -> Path | None:
+    try:
+        return default_model_path()
+    except ModelFileError:
+        return None  # opening the brain says why
+
+
+def _name_of(path: Path | None) -> str:
+    return path.stem if path is not None else DEFAULT_MODEL_NAME
+
+
+async def _open_brain(cfg: EdgeConfig, model: ModelConfig) -> Brain:
+    """The model of ``model``: in a worker CRIU can snapshot when ``[snapshot] enabled``."""
+    return await asyncio.to_thread(_opener(cfg), model.path)
+
+
+def _opener(cfg: EdgeConfig) -> Callable[[Path | None], Brain]:
+    """How the daemon opens a model file as its brain (at start, and on ``UseModel``)."""
+
+    def open_model(path: Path | None) -> Brain:
+        model = cfg.model.model_copy(update={"path": path})
+        if cfg.snapshot.enabled:
+            from .worker import open_worker_brain
+
+            return open_worker_brain(cfg.model_copy(update={"model": model}))
         from .brain import open_brain  # imported here: unit tests run without a model
 
-        brain = await asyncio.to_thread(open_brain, cfg.model)
-    opened.callback(brain.close)
-    return brain
+        return open_brain(model)
+
+    return open_model
 
 
 def _hub(cfg: EdgeConfig, store: DeviceStore, identity: DeviceIdentity | None) -> Hub | None:

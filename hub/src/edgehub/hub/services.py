@@ -26,6 +26,7 @@ from .fleet.control import Commands
 from .fleet.devices import DeviceRegistry, DeviceWatcher
 from .fleet.identity import Credentials, CredentialsView, DeviceIdentity, Enrollments
 from .fleet.migration import MigrationService
+from .fleet.models import FleetModels
 from .fleet.policies import FleetPolicies
 from .fleet.recovery import DeviceRecoveryView
 from .fleet.rollouts import RolloutService
@@ -82,6 +83,8 @@ class HubServices:
     """What the hub holds of a device, for that device's recovery (``GetDeviceRecovery``)."""
     rollouts: RolloutService
     """Parity-gated model rollouts: shadow, gate, promote or halt, rollback (``fleet/rollouts.py``)."""
+    models: FleetModels
+    """Models the hub stores and sends to devices (``fleet/models.py``)."""
     knowledge: KnowledgeService | None = None
     """The L4 graph (``[neo4j]``), once it has started."""
     responder: KnowledgeResponder | None = None
@@ -142,6 +145,7 @@ class HubServices:
                 wave_timeout_s=cfg.rollouts.wave_timeout_s,
                 check_s=cfg.rollouts.check_s,
             ),
+            models=FleetModels(js, commands, views, scopes, spool=None),
         )
 
     async def add_knowledge(

@@ -6,9 +6,10 @@ on) and a system account. The NATS server trusts the operator and preloads both 
 without touching the server (no reload, no shared user list), which keeps hub processes stateless.
 
 A device's user JWT allows exactly its own subjects (``device_permissions``): publish its events,
-its twin and its dead letters, consume its own command consumer, receive replies on its own inbox
-prefix. The server enforces them; the hub additionally checks that an event's payload names the
-device its subject names. The device generates its user key itself: the seed never leaves it.
+its twin and its dead letters, consume its own command consumer, read (never write) the hub's models
+object store, receive replies on its own inbox prefix. The server enforces them; the hub additionally
+checks that an event's payload names the device its subject names. The device generates its user key
+itself: the seed never leaves it.
 
 JWT encoding follows the NATS JWT v2 format (header ``{"typ":"JWT","alg":"ed25519-nkey"}``, claims
 with ``jti`` = base32 SHA-256 of the claims, signature = the issuer's ed25519 signature over
@@ -35,7 +36,7 @@ from edgehub.protocol.ids import kv_key
 
 from .commands import consumer_name
 from .errors import SyncError
-from .streams import DEVICES
+from .streams import DEVICES, MODELS
 
 TRUST_VERSION = 1
 _HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
@@ -134,6 +135,11 @@ def device_permissions(device_id: str) -> Permissions:
             f"{api}.CONSUMER.CREATE.{stream}.{cname}.{subjects.commands(device_id)}",
             f"{api}.CONSUMER.MSG.NEXT.{stream}.{cname}",
             f"$JS.ACK.{stream}.{cname}.>",
+            # the hub's models: read only (stream info, an object's metadata, its chunks by sequence);
+            # nothing of theirs may publish to $O.edgehub-models.> or change the stream
+            f"{api}.STREAM.INFO.OBJ_{MODELS}",
+            f"{api}.STREAM.MSG.GET.OBJ_{MODELS}",
+            f"{api}.DIRECT.GET.OBJ_{MODELS}",
         ),
         subscribe=(f"{inbox_prefix(device_id)}.>",),
     )

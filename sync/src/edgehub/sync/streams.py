@@ -157,9 +157,12 @@ POLICY_DEVICES = BucketSpec(
 ROLLOUTS = BucketSpec(
     "edgehub-rollouts", "parity-gated model rollouts: waves, divergence, examples, decisions (hub only)"
 )
+MODEL_INFOS = BucketSpec(
+    "edgehub-model-infos", "models the hub stores (object store edgehub-models), by SHA-256: name, size, who"
+)
 BUCKETS = (
     APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS, CREDENTIALS, MIGRATIONS, GOALS, POLICIES,
-    POLICY_DEVICES, ROLLOUTS,
+    POLICY_DEVICES, ROLLOUTS, MODEL_INFOS,
 )  # fmt: skip
 
 HANDOVERS = "edgehub-handovers"
@@ -167,6 +170,9 @@ HANDOVERS = "edgehub-handovers"
 devices put and get theirs through the API, which checks that the migration is theirs)."""
 HANDOVER_TTL_S = 7 * 24 * 3600.0
 MAX_HANDOVER_BYTES = 16 * 1024 * 1024
+
+MODELS = "edgehub-models"
+"""Object store: model files by SHA-256 (``edgehub.sync.models``); devices may read it, not write it."""
 
 HUB_EVENTS_CONSUMER = "hub-events"
 """The durable pull consumer every hub process shares (work is split between them)."""
@@ -192,6 +198,13 @@ async def ensure_topology(js: JetStreamContext, limits: StreamLimits | None = No
             storage=StorageType.FILE,
         )
         await js.create_object_store(HANDOVERS, config=config)
+    try:
+        await js.object_store(MODELS)
+    except (NotFoundError, BadRequestError):
+        models = ObjectStoreConfig(
+            bucket=MODELS, description="model files by SHA-256", storage=StorageType.FILE
+        )
+        await js.create_object_store(MODELS, config=models)
 
 
 async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:

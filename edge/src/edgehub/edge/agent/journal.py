@@ -223,9 +223,10 @@ class Journal:
         self.checkpoint(new, event, [])
         return new
 
-    def note(self, state: agent_pb2.AgentState, detail: str) -> None:
-        """A warning in ``state``'s mind-log (the state itself unchanged): why it stood still."""
-        event = self.event(state, S.STEP_KIND_WARNING, f"paused-{time.time_ns()}")
+    def note(self, state: agent_pb2.AgentState, detail: str, name: str = "paused") -> None:
+        """A warning in ``state``'s mind-log (the state itself unchanged): why it stood still, or what
+        changed under it (the model)."""
+        event = self.event(state, S.STEP_KIND_WARNING, f"{name}-{time.time_ns()}")
         event.detail = detail
         self.checkpoint(state, event, [])
 

@@ -252,10 +252,20 @@ class AgentLoop:
     def note_pause(self, agent_id: str, reason: str, seconds: float) -> None:
         """Write into a resuming agent's mind-log that it was paused ``seconds`` for ``reason`` (a
         full disk): its trace says why it stood still."""
+        self.note(agent_id, f"paused {seconds:.0f} s: {reason}; resumed from the last checkpoint", "paused")
+
+    def note(self, agent_id: str, detail: str, name: str) -> None:
+        """Write ``detail`` into a non-terminal agent's mind-log between its steps (a pause, the model
+        it runs on changed); ``name`` tells the event's id apart."""
         state = self.d.store.load_agent(agent_id)
         if state.status in TERMINAL:
             return
-        self.journal.note(state, f"paused {seconds:.0f} s: {reason}; resumed from the last checkpoint")
+        self.journal.note(state, detail, name)
+
+    def active(self) -> list[str]:
+        """The agents that are not ended nor gone (running, paused, waiting for an approval)."""
+        gone = (*TERMINAL, S.AGENT_STATUS_MIGRATED)
+        return [s.agent_id for s in self.d.store.list_agents() if s.status not in gone]
 
     def end(
         self, agent_id: str, status: agent_pb2.AgentStatus.ValueType, reason: str

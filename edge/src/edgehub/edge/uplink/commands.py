@@ -30,6 +30,7 @@ from ..store.base import DeviceStore
 from .decisions import HubDecisions
 from .identity import DeviceIdentity
 from .migration import migrate_in, migrate_out
+from .models import ModelCommands
 from .policy import HubPolicies
 from .twin import daemon_version
 
@@ -86,6 +87,7 @@ class CommandRouter:
         decisions: HubDecisions | None = None,
         hub_policy: HubPolicy | None = None,
         shadow: ShadowReasoner | None = None,
+        models: ModelCommands | None = None,
     ) -> None:
         self.store = store
         self.agents = agents
@@ -98,6 +100,8 @@ class CommandRouter:
         """The rollouts' shadow model (None: this router runs none)."""
         self.policies = HubPolicies(hub_policy, self.decisions) if hub_policy is not None else None
         """Fleet policy bundles (None: this router applies none)."""
+        self.models = models
+        """Models from the hub (None: this router takes none)."""
         self.handlers: dict[str, Handler] = {
             "migrate_out": lambda cmd: migrate_out(self, cmd),
             "migrate_in": lambda cmd: migrate_in(self, cmd),
@@ -108,6 +112,8 @@ class CommandRouter:
             "prune_episodes": self._prune_episodes,
             "apply_policy": self._apply_policy,
             "shadow_model": self._shadow_model,
+            "fetch_model": self._fetch_model,
+            "use_model": self._use_model,
         }
         """Command kind (the ``body`` field set) -> its handler."""
 
@@ -229,6 +235,16 @@ class CommandRouter:
             await self.shadow.command(cmd.shadow_model)
         except ShadowRefused as exc:
             raise MessageRejected(f"shadow model refused: {exc.message}") from None
+
+    async def _fetch_model(self, cmd: commands_pb2.Command) -> None:
+        if self.models is None:
+            raise MessageRejected(f"device {self.device_id} takes no models from the hub")
+        await self.models.fetch(cmd)
+
+    async def _use_model(self, cmd: commands_pb2.Command) -> None:
+        if self.models is None:
+            raise MessageRejected(f"device {self.device_id} takes no models from the hub")
+        await self.models.use(cmd)
 
     async def _prune_episodes(self, cmd: commands_pb2.Command) -> None:
         prune = cmd.prune_episodes

@@ -19,11 +19,12 @@ from typing import Protocol
 from edgehub.llm import Brain
 from edgehub.llm.settings import DEFAULT_MODEL_NAME
 from edgehub.protocol.keywords import keywords
-from edgehub.protocol.v1 import policy_pb2, twin_pb2
+from edgehub.protocol.v1 import models_pb2, policy_pb2, twin_pb2
 from edgehub.sync.records import ProtoCodec
 
 from ..config import EdgeConfig
 from ..errors import StoreRolledBack
+from ..models import RunningModel
 
 log = logging.getLogger("edgehub.edge.uplink.twin")
 T = twin_pb2
@@ -100,8 +101,14 @@ class TwinReporter:
         policy: Callable[[], policy_pb2.RunningPolicy] | None = None,
         restricted: StoreRolledBack | None = None,
         shadow: Callable[[], tuple[str, str]] = lambda: ("", ""),
+        running_model: RunningModel | None = None,
+        held_models: Callable[[], list[models_pb2.HeldModel]] = list,
     ) -> None:
         self.cfg = cfg
+        self.running_model = running_model
+        """The model running now (its SHA-256 and name; None: ``[model] path``, not hashed)."""
+        self.held_models = held_models
+        """The models the device holds, fetches or failed to fetch (``ModelShelf.held``)."""
         self.restricted = restricted
         """Why the daemon runs restricted (its store lost commits); None: it runs normally."""
         self.store = store
@@ -149,7 +156,7 @@ class TwinReporter:
             tools=self.tools,
             labels=cfg.device.labels,
             model=self.brain.fingerprint,
-            model_name=cfg.model.path.stem if cfg.model.path else DEFAULT_MODEL_NAME,
+            model_name=self.model_name(),
             profile=self.profile,
             memories=self.memories(),
             outbox_head=self.store.outbox_head(),
@@ -159,7 +166,15 @@ class TwinReporter:
             agents_held=self.store.held_agents() if restricted is not None else [],
             shadow_rollout=shadow_rollout,
             shadow_model=shadow_model,
+            models=self.held_models(),
+            model_sha256=self.running_model.sha256 if self.running_model is not None else "",
         )
+
+    def model_name(self) -> str:
+        """The running model's name: the hub's name for it, else its file name without .gguf."""
+        if self.running_model is not None and self.running_model.name:
+            return self.running_model.name
+        return self.cfg.model.path.stem if self.cfg.model.path else DEFAULT_MODEL_NAME
 
     def memories(self) -> list[str]:
         """The words this device's L3 memories are most about (data locality for the hub's planner),

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from edgehub.llm import ModelFileError
@@ -73,22 +74,27 @@ def open_worker_brain(cfg: EdgeConfig) -> WorkerBrain:
         raise ModelError(exc.reason, path=exc.path) from None
 
 
-async def _checkpoint_loop(brain: WorkerBrain, idle_s: float, stop: asyncio.Event) -> None:
+async def _checkpoint_loop(brain: Callable[[], object], idle_s: float, stop: asyncio.Event) -> None:
     tick = min(idle_s / 4, 1.0)
     while not stop.is_set():
-        idle = not brain.busy and time.monotonic() - brain.last_used >= idle_s
-        if idle and brain.awake:
-            try:
-                await asyncio.to_thread(brain.checkpoint, idle_s=idle_s)
-            except WorkerError as exc:  # the worker died while parking: the next call starts one
-                log.warning("checkpoint skipped: %s", exc)
+        worker = brain()  # the current one: ``UseModel`` may have replaced it
+        if isinstance(worker, WorkerBrain) and worker.snapshots is not None:
+            idle = not worker.busy and time.monotonic() - worker.last_used >= idle_s
+            if idle and worker.awake:
+                try:
+                    await asyncio.to_thread(worker.checkpoint, idle_s=idle_s)
+                except WorkerError as exc:  # the worker died while parking: the next call starts one
+                    log.warning("checkpoint skipped: %s", exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), tick)
 
 
-def idle_checkpoints(brain: object, cfg: SnapshotConfig, stop: asyncio.Event) -> asyncio.Task[None] | None:
-    """Checkpoint ``brain``'s worker whenever no call reached it for ``cfg.idle_s``, until ``stop``;
-    None (no task) unless ``brain`` is a snapshotting ``WorkerBrain``."""
-    if not isinstance(brain, WorkerBrain) or brain.snapshots is None:
+def idle_checkpoints(
+    brain: Callable[[], object], cfg: SnapshotConfig, stop: asyncio.Event
+) -> asyncio.Task[None] | None:
+    """Checkpoint the current brain's worker (``brain()``) whenever no call reached it for
+    ``cfg.idle_s``, until ``stop``; None (no task) unless it is a snapshotting ``WorkerBrain`` now."""
+    first = brain()
+    if not isinstance(first, WorkerBrain) or first.snapshots is None:
         return None
     return asyncio.create_task(_checkpoint_loop(brain, cfg.idle_s, stop), name="idle-checkpoints")

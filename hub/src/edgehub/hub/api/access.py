@@ -65,16 +65,16 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method = details.method
-        if method not in self.roles or handler is None or handler.unary_unary is None:
+        if method not in self.roles or handler is None:
+            return handler
+        if handler.unary_unary is None and handler.stream_unary is None:
             return handler
         required = self.roles[method]
         bearer = next(
             (str(v) for k, v in details.invocation_metadata or () if k == "authorization"), ""
         )  # fmt: skip
-        inner: Handler = handler.unary_unary
-        parse = handler.request_deserializer
 
-        async def checked(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def caller(context: grpc.aio.ServicerContext) -> Principal:
             principal = await self._principal(bearer, context)
             if not principal.may(required):
                 code = (
@@ -86,6 +86,28 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
                     code,
                     f"{method.rsplit('/', 1)[1]} needs role {role_name(required)}; caller {principal.name}",
                 )
+            return principal
+
+        if handler.stream_unary is not None:  # an upload (AddModel): checked before its first chunk
+            streamed: Handler = handler.stream_unary
+
+            async def checked_stream(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                token = _current.set(await caller(context))
+                try:
+                    return await streamed(requests, context)
+                finally:
+                    _current.reset(token)
+
+            return grpc.stream_unary_rpc_method_handler(
+                checked_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        inner: Handler = handler.unary_unary
+        parse = handler.request_deserializer
+
+        async def checked(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+            principal = await caller(context)
             request = await _decoded(parse, raw, method, context)
             token = _current.set(principal)
             try:

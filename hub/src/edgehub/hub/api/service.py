@@ -1,6 +1,6 @@
 """The management API (gRPC ``edgehub.v1.HubService`` over TLS), with server reflection and the
 standard health service. ``HubService`` is the servicer: one mixin per area (devices, agents, tokens,
-enrollment, migrations, recovery, knowledge, goals, policies), each calling the hub's services
+enrollment, migrations, recovery, knowledge, goals, policies, models), each calling the hub's services
 (``HubServices``, built once by the daemon); who may call what is ``access``, and errors become
 statuses in one place (``errors``).
 """
@@ -25,6 +25,7 @@ from .errors import maps_errors
 from .goals import GoalsApi
 from .knowledge import KnowledgeApi
 from .migrations import MigrationsApi
+from .models import ModelsApi
 from .policies import PoliciesApi
 from .recovery import RecoveryApi
 from .rollouts import RolloutsApi
@@ -45,6 +46,7 @@ class HubService(
     KnowledgeApi,
     GoalsApi,
     PoliciesApi,
+    ModelsApi,
     RolloutsApi,
     hub_pb2_grpc.HubServiceServicer,
 ):

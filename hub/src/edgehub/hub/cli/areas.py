@@ -31,6 +31,7 @@ POLICY = Area(
     "edgehub.hub.cli.policy:policy_app",
 )
 MODELS = Area(
-    "Models: parity-gated rollouts (a new model in shadow, wave by wave, halted or promoted by the hub).",
-    "edgehub.hub.cli.rollouts:models_app",
+    "Models the hub stores and sends to devices (GGUF files named by their sha256), and parity-gated "
+    "rollouts (a new model in shadow, wave by wave, halted or promoted by the hub).",
+    "edgehub.hub.cli.rollouts:models_app",  # models.py's app, with the rollout commands added
 )

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from edgehub.cli.common import ExitCode, JsonOpt, console, exit_with, fail
 from edgehub.protocol.errors import EdgehubError
-from edgehub.protocol.v1 import hub_pb2, scope_pb2, twin_pb2
+from edgehub.protocol.v1 import hub_pb2, models_pb2, scope_pb2, twin_pb2
 
 from ..fleet.agents import status_name
 from ..fleet.migration import IN_FLIGHT, phase_name
@@ -101,7 +101,11 @@ def devices_get(device_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = Fa
         ("state", T.DeviceState.Name(t.state).removeprefix("DEVICE_STATE_").lower()),
         ("version", t.version),
         ("hardware", f"{hw.arch}, {hw.cpus} cpus, kernel {hw.kernel}; profile {profile}"),
-        ("model", f"{t.model_name or '-'} ({t.model[:16] or 'no fingerprint'})"),
+        (
+            "model",
+            f"{t.model_name or '-'} ({t.model[:16] or 'no fingerprint'}; {t.model_sha256[:12] or '-'})",
+        ),
+        ("models", escape(", ".join(_held(m) for m in t.models)) or "-"),
         ("load", f"{t.load:.2f}; outbox {t.outbox_depth}"),
         ("agents", f"{', '.join(a or '?' for a in t.agents_running) or '-'} (at most {t.max_concurrent})"),
         ("paused", escape(t.paused_reason) or "-"),
@@ -111,6 +115,13 @@ def devices_get(device_id: str, api: ApiOpt = DEFAULT_API, as_json: JsonOpt = Fa
         *((("why", escape(t.restricted)), ("held", ", ".join(t.agents_held) or "-")) if t.restricted else ()),
     ):
         console.print(f"[bold]{name:>9}[/] {value}")
+
+
+def _held(m: models_pb2.HeldModel) -> str:
+    """A model the device holds, as ``devices get`` shows it (a device's error is text it wrote)."""
+    if m.state == "fetching":
+        return f"{m.name} {m.sha256[:12]} fetching {m.have * 100 // max(m.size, 1)}%"
+    return f"{m.name} {m.sha256[:12]} {m.state}" + (f" ({m.error})" if m.error else "")
 
 
 @devices_app.command("drain")

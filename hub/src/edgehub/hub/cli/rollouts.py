@@ -1,6 +1,7 @@
 """``edgehub models rollout|status|rollback``: parity-gated rollouts through the hub's gRPC API
 (``fleet/rollouts.py``): run a model in shadow on waves of devices, watch each wave's divergence and
-decision, roll back."""
+decision, roll back. They join the commands of ``models.py`` on its ``models_app`` (the ``models``
+area loads this module, which loads that one)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from edgehub.cli.common import JsonOpt, console
 from edgehub.protocol.v1 import hub_pb2, models_pb2
 
 from .api import DEFAULT_API, ApiOpt, as_json_line, call
-from .areas import MODELS
+from .models import models_app
 from .policy import SELECTOR_HELP, parse_selector
 
+__all__ = ["models_app"]
 H, M = hub_pb2, models_pb2
-models_app = typer.Typer(help=MODELS.help, no_args_is_help=True)
 WAVES_HELP = (
     "Waves, each the rollout's cumulative extent after it: device counts (1), shares of the selected "
     "devices (50%) or all; e.g. 1,50%,all."

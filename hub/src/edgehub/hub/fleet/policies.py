@@ -105,17 +105,18 @@ def selected(target: H.PolicyTarget, views: Iterable[Seen]) -> list[str]:
 
 
 async def target_devices(
-    target: H.PolicyTarget, scope: Scope, views: Sequence[Seen], scopes: ScopeGuard, what: str
+    target: H.PolicyTarget, scope: Scope, views: Sequence[Seen], scopes: ScopeGuard, method: str
 ) -> list[str]:
-    """The devices ``target`` picks among those ``scope`` sees (a device named by id outside it is
-    refused); INVALID_ARGUMENT when none matches. Policy pushes and model rollouts select alike."""
+    """The devices ``target`` picks that the caller's ``scope`` reaches (PERMISSION_DENIED for a named
+    one outside it, INVALID_ARGUMENT when none matches): the one selector of every push to devices
+    (policies, models, model rollouts)."""
     if not scope.fleet_wide and not target.device_ids:
         views = [v for v in views if scopes.sees(scope, v.device_id)]
     devices = selected(target, views)
     if not devices:
         raise _invalid(f"no device matches {describe_target(target)}")
     for device_id in devices:
-        await scopes.device(scope, device_id, what)
+        await scopes.device(scope, device_id, method)
     return devices
 
 

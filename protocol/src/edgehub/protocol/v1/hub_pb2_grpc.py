@@ -222,6 +222,31 @@ class HubServiceStub:
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.RollbackRolloutRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_models__pb2.RolloutRecord.FromString,
                 _registered_method=True)
+        self.AddModel = channel.stream_unary(
+                '/edgehub.v1.HubService/AddModel',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.AddModelChunk.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_models__pb2.ModelInfo.FromString,
+                _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/edgehub.v1.HubService/ListModels',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
+        self.PushModel = channel.unary_unary(
+                '/edgehub.v1.HubService/PushModel',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.PushModelRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.ModelSent.FromString,
+                _registered_method=True)
+        self.UseModel = channel.unary_unary(
+                '/edgehub.v1.HubService/UseModel',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.UseModelRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.ModelSent.FromString,
+                _registered_method=True)
+        self.RemoveModel = channel.unary_unary(
+                '/edgehub.v1.HubService/RemoveModel',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.RemoveModelRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_models__pb2.ModelInfo.FromString,
+                _registered_method=True)
 
 
 class HubServiceServicer:
@@ -507,6 +532,43 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddModel(self, request_iterator, context):
+        """Models from the hub (models.proto, docs/models.md): the file streamed in chunks, the first chunk
+        carrying its name and the SHA-256 the client computed. The hub computes the hash itself and keeps
+        the file (object store `edgehub-models`, object name = sha256) only when the two match and the
+        file starts with the GGUF magic; INVALID_ARGUMENT otherwise.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushModel(self, request, context):
+        """Send FetchModel to the devices a selector picks (the selector of PushPolicy). NOT_FOUND: no such model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UseModel(self, request, context):
+        """Send UseModel to the devices a selector picks; each refuses it unless it holds the model verified.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveModel(self, request, context):
+        """Delete a model from the hub's store (devices keep the copies they hold).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -694,6 +756,31 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.RollbackRollout,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.RollbackRolloutRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_models__pb2.RolloutRecord.SerializeToString,
+            ),
+            'AddModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.AddModel,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.AddModelChunk.FromString,
+                    response_serializer=edgehub_dot_v1_dot_models__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.ListModelsRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'PushModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushModel,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.PushModelRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.ModelSent.SerializeToString,
+            ),
+            'UseModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UseModel,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.UseModelRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.ModelSent.SerializeToString,
+            ),
+            'RemoveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveModel,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.RemoveModelRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_models__pb2.ModelInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1695,6 +1782,141 @@ class HubService:
             '/edgehub.v1.HubService/RollbackRollout',
             edgehub_dot_v1_dot_hub__pb2.RollbackRolloutRequest.SerializeToString,
             edgehub_dot_v1_dot_models__pb2.RolloutRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/edgehub.v1.HubService/AddModel',
+            edgehub_dot_v1_dot_hub__pb2.AddModelChunk.SerializeToString,
+            edgehub_dot_v1_dot_models__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/ListModels',
+            edgehub_dot_v1_dot_hub__pb2.ListModelsRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/PushModel',
+            edgehub_dot_v1_dot_hub__pb2.PushModelRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.ModelSent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UseModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/UseModel',
+            edgehub_dot_v1_dot_hub__pb2.UseModelRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.ModelSent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/RemoveModel',
+            edgehub_dot_v1_dot_hub__pb2.RemoveModelRequest.SerializeToString,
+            edgehub_dot_v1_dot_models__pb2.ModelInfo.FromString,
             options,
             channel_credentials,
             insecure,
