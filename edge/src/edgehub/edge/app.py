@@ -183,7 +183,7 @@ class EdgeDaemon:
     def _helpers(self, p: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """What runs beside the agents until ``stop``: the hub link (and the fetch of the hub's
         policy), L3 indexing, the disk-pressure check, the idle trim, idle checkpoints of the model's
-        worker, the store's WAL checkpoints and retention."""
+        worker, the store's WAL checkpoints, retention and the triggers."""
         wal = wal_checkpoints(p.store, self.cfg.store.checkpoint_s, stop)
         helpers = [asyncio.create_task(wal, name="wal-checkpoints")]
         if p.pruner.rules:
@@ -197,6 +197,8 @@ class EdgeDaemon:
             helpers.append(asyncio.create_task(p.indexer.run(stop), name="l3-indexer"))
         if p.scheduler.pressure is not None:  # resumes agents paused by a full disk
             helpers.append(asyncio.create_task(p.scheduler.pressure.run(stop), name="disk-pressure"))
+        if p.triggers is not None:  # local: they fire whether the hub is reachable or not
+            helpers.append(asyncio.create_task(p.triggers.run(stop), name="triggers"))
         trim = IdleTrim(lambda: len(p.scheduler.running), _releasers(p))
         helpers.append(asyncio.create_task(trim.run(stop), name="idle-trim"))
         if self.opts.brain is None and self.cfg.snapshot.enabled:  # only a brain of its own sleeps

@@ -37,6 +37,7 @@ from .store.base import DeviceStore
 from .store.retention import Pruner, rules_of
 from .store.sqlite import SqliteStore
 from .tracing import Tracing
+from .triggers.runner import TriggerRunner
 from .uplink.commands import CommandRouter
 from .uplink.identity import DeviceIdentity
 from .uplink.knowledge import KnowledgeClient
@@ -76,6 +77,8 @@ class Parts:
     restricted: StoreRolledBack | None = None
     """Why the daemon runs restricted (the store lost commits): no agent runs, the outbox is not sent,
     the hub's commands wait; the twin says why. None: it runs normally."""
+    triggers: TriggerRunner | None = None
+    """Goals started by the site (``[[triggers]]``; None: none configured)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +147,26 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
     )
     port = _serve_metrics(cfg, metrics, store, scheduler, hub)
     pruner = _pruner(cfg, store, indexer)
-    return Parts(store, brain, loop, scheduler, router, twin, hub, indexer, port, pruner, restricted)
+    triggers = _triggers(cfg, store, scheduler, metrics, hub)
+    return Parts(
+        store, brain, loop, scheduler, router, twin, hub, indexer, port, pruner, restricted, triggers
+    )
+
+
+def _triggers(
+    cfg: EdgeConfig, store: DeviceStore, scheduler: AgentScheduler, metrics: EdgeMetrics, hub: Hub | None
+) -> TriggerRunner | None:
+    """The runner of the enabled ``[[triggers]]`` (None: there are none)."""
+    if not any(t.enabled for t in cfg.triggers):
+        return None
+    return TriggerRunner(
+        cfg.triggers,
+        store,
+        scheduler.schedule,
+        device_id=cfg.device.id,
+        counter=metrics.trigger_events,
+        nats=(lambda: hub.link.nc) if hub is not None else (lambda: None),
+    )
 
 
 def _pruner(cfg: EdgeConfig, store: DeviceStore, indexer: EpisodeIndexer | None) -> Pruner:
