@@ -30,11 +30,15 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
 
+def _require_mosquitto() -> None:
+    if not MOSQUITTO.exists():  # a missing broker fails the test, never skips it
+        pytest.fail(f"{MOSQUITTO} is missing: make setup installs the mosquitto package")
+
+
 @pytest.fixture
 async def mosquitto(tmp_path: Path) -> AsyncIterator[Broker]:
     """Mosquitto on 127.0.0.1 (anonymous, no persistence), stopped after the test."""
-    if not MOSQUITTO.exists():
-        pytest.fail(f"{MOSQUITTO} is missing: make setup installs the mosquitto package")
+    _require_mosquitto()
     port = free_port()
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(

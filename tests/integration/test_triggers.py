@@ -21,6 +21,7 @@ from edgehub.edge.triggers.mqtt import MqttSource
 from edgehub.llm.fake import FakeBrain
 from edgehub.protocol.v1 import agent_pb2, events_pb2
 from edgehub.sync import EventApplier, NatsServer, free_port
+from tests.harness.cli import edgehub
 from tests.harness.nats import connect
 from tests.harness.site import Broker, ModbusSite, modbus_server, mosquitto  # noqa: F401 - fixtures
 from tests.harness.wait import eventually
@@ -62,9 +63,9 @@ def scrape(port: int | None, trigger: str, outcome: str) -> float:
     """``edgehub_edge_trigger_events_total`` for one trigger and outcome, read from /metrics."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     for line in text.splitlines():
-        if line.startswith("edgehub_edge_trigger_events_total{") and f'trigger="{trigger}"' in line:
-            if f'outcome="{outcome}"' in line:
-                return float(line.rsplit(" ", 1)[1])
+        labels = f'trigger="{trigger}"' in line and f'outcome="{outcome}"' in line
+        if line.startswith("edgehub_edge_trigger_events_total{") and labels:
+            return float(line.rsplit(" ", 1)[1])
     return 0.0
 
 
@@ -85,8 +86,9 @@ async def wait_source(daemon: EdgeDaemon, trigger: str, ready: Callable[[Any], b
 
 
 async def test_a_storm_of_1000_mqtt_alarms_in_10_s_starts_one_agent(
-    tmp_path: Path, mosquitto: Broker
-) -> None:  # noqa: F811
+    tmp_path: Path,
+    mosquitto: Broker,  # noqa: F811
+) -> None:
     alarm = {
         "id": "pressure",
         "kind": "mqtt",
@@ -122,7 +124,10 @@ async def test_a_storm_of_1000_mqtt_alarms_in_10_s_starts_one_agent(
     assert records[-1].agent_id == started[0].agent_id
 
 
-async def test_a_malformed_mqtt_payload_is_counted_and_ignored(tmp_path: Path, mosquitto: Broker) -> None:  # noqa: F811
+async def test_a_malformed_mqtt_payload_is_counted_and_ignored(
+    tmp_path: Path,
+    mosquitto: Broker,  # noqa: F811
+) -> None:
     t = {
         "id": "alarms",
         "kind": "mqtt",
@@ -226,6 +231,23 @@ async def test_a_webhook_refuses_a_wrong_token_and_starts_nothing(tmp_path: Path
         daemon.request_stop()
         await task
         assert [a.goal for a in agents(daemon)] == ["Order A-17 is late"]
+    toml = tmp_path / "edge.toml"  # the same trigger, as a site engineer writes it
+    toml.write_text(
+        f'[device]\nid = "dev-t"\n\n[[triggers]]\nid = "mes"\nkind = "webhook"\nport = {port}\n'
+        'path = "/hook"\n'
+        f'token_file = "{token}"\ngoal = "Order ${{payload.order}} is late"\n'
+    )
+    shown = edgehub("edge", "triggers", "--config", str(toml), "--json", data_dir=tmp_path / "edge")
+    assert shown.returncode == 0, shown.stderr
+    listing = json.loads(shown.stdout)
+    assert [(t["id"], t["last"]["agent_id"]) for t in listing["triggers"]] == [("mes", reply["agent_id"])]
+    assert [(e["outcome"], e["agent_id"]) for e in listing["events"]] == [("started", reply["agent_id"])]
+    wrong = edgehub(
+        "edge", "triggers", "--config", str(toml), "--trigger", "nope", data_dir=tmp_path / "edge"
+    )
+    assert wrong.returncode != 0
+    assert "no trigger 'nope' in the config (triggers: mes)" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
 
 
 async def test_a_trigger_fires_offline_and_its_agents_events_reach_the_hub_later(tmp_path: Path) -> None:

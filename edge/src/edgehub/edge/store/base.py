@@ -348,8 +348,10 @@ class TriggerLog(Protocol):
         """Keep ``event``; with ``agent``, create that agent in the same transaction."""
         ...
 
-    def trigger_events(self, trigger_id: str | None = None, limit: int = 50) -> list[TriggerEvent]:
-        """The newest records, newest first."""
+    def trigger_events(
+        self, trigger_id: str | None = None, limit: int = 50, outcome: str | None = None
+    ) -> list[TriggerEvent]:
+        """The newest records (of one trigger or all; with one outcome or any), newest first."""
         ...
 
     def trigger_starts(self, trigger_id: str, since: float) -> list[tuple[str, float]]:

@@ -37,9 +37,13 @@ class TriggerRows(Connection):
         except apsw.ConstraintError:
             raise StoreError(f"agent {event.agent_id!r} already exists", path=str(self.path)) from None
 
-    def trigger_events(self, trigger_id: str | None = None, limit: int = 50) -> list[TriggerEvent]:
-        """The newest ``limit`` records (of one trigger, or all), newest first."""
-        where, args = ("WHERE trigger_id = ?", (trigger_id,)) if trigger_id else ("", ())
+    def trigger_events(
+        self, trigger_id: str | None = None, limit: int = 50, outcome: str | None = None
+    ) -> list[TriggerEvent]:
+        """The newest ``limit`` records (of one trigger or all; with one outcome or any), newest first."""
+        conds = [c for c, v in (("trigger_id = ?", trigger_id), ("outcome = ?", outcome)) if v is not None]
+        args: tuple[str, ...] = tuple(v for v in (trigger_id, outcome) if v is not None)
+        where = f"WHERE {' AND '.join(conds)}" if conds else ""
         rows = self._rows(
             "SELECT trigger_id, dedupe_key, digest, received_at, outcome, agent_id FROM trigger_events"
             f" {where} ORDER BY received_at DESC, id DESC LIMIT ?",
