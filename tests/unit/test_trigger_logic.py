@@ -13,9 +13,9 @@ from pydantic import ValidationError
 from edgehub.edge.config import EdgeConfig
 from edgehub.edge.store.sqlite import SqliteStore
 from edgehub.edge.triggers import Gate, GateRules, GoalTemplate, Outcome, TemplateError, holds
-from edgehub.edge.triggers.config import CronTrigger
 from edgehub.edge.triggers.cron import CronSource
 from edgehub.edge.triggers.runner import TriggerSink
+from edgehub.edge.triggerspec import CronTrigger
 from edgehub.protocol.v1 import agent_pb2
 
 EVENT = {"topic": "plant/3/pressure", "payload": {"pressure": 9.1, "line": {"id": "L3"}, "v": [4, 5]}}

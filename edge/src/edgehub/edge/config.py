@@ -20,7 +20,7 @@ from edgehub.protocol.ids import NAME_PATTERN
 from edgehub.sync.otlp import check_otlp_endpoint
 
 from .errors import ConfigError
-from .triggers.config import Trigger, check_unique
+from .triggerspec import Trigger, check_unique
 
 ENV_PREFIX = "EDGEHUB_EDGE__"
 

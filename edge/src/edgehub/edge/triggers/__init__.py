@@ -1,8 +1,10 @@
 """Triggers: goals started by the site (a schedule, MQTT, Modbus, NATS, a webhook), de-duplicated,
-rate-limited, cooled down and recorded; see docs/triggers.md. ``config`` is what ``[[triggers]]`` holds,
-``template`` and ``gate`` the pure logic, ``runner`` the daemon's helper, one module per source."""
+rate-limited, cooled down and recorded; see docs/triggers.md. What ``[[triggers]]`` holds is
+``edgehub.edge.triggerspec`` (with the config), the goal templates ``edgehub.edge.goaltemplate``; here
+``gate`` is the pure logic, ``runner`` the daemon's helper, one module per source."""
 
-from .config import (
+from ..goaltemplate import GoalTemplate, TemplateError
+from ..triggerspec import (
     Condition,
     CronTrigger,
     ModbusTrigger,
@@ -12,7 +14,6 @@ from .config import (
     WebhookTrigger,
 )
 from .gate import Gate, GateRules, Outcome, holds
-from .template import GoalTemplate, TemplateError
 
 __all__ = [
     "Condition",

@@ -1,7 +1,9 @@
-"""What a trigger's source hands its events to (``runner.TriggerSink``), and the shape of a source."""
+"""What a trigger's source hands its events to (``runner.TriggerSink``), the shape of a source, and the
+backoff sources reconnect with."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from .gate import Outcome
@@ -27,3 +29,18 @@ class Source(Protocol):
     """Receives one trigger's events until cancelled, reconnecting on its own after failures."""
 
     async def run(self) -> None: ...
+
+
+class Backoff:
+    """Waits between reconnects: 0.5 s doubling to ``cap`` s; ``reset`` once connected."""
+
+    def __init__(self, cap: float = 30.0) -> None:
+        self.cap = cap
+        self.delay = 0.5
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, self.cap)
+
+    def reset(self) -> None:
+        self.delay = 0.5

@@ -8,8 +8,8 @@ import zoneinfo
 
 from croniter import croniter
 
+from ..triggerspec import CronTrigger
 from .base import Sink
-from .config import CronTrigger
 
 
 class CronSource:

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .template import lookup
+from ..goaltemplate import lookup
 
 RATE_WINDOW_S = 60.0
 

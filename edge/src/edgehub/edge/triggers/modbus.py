@@ -8,8 +8,8 @@ import logging
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from ..triggerspec import ModbusTrigger
 from .base import Sink
-from .config import ModbusTrigger
 from .gate import holds
 
 log = logging.getLogger("edgehub.edge.triggers")

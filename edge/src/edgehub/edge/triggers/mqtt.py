@@ -9,9 +9,8 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 
-from .base import Sink
-from .config import MqttTrigger
-from .sources import Backoff
+from ..triggerspec import MqttTrigger
+from .base import Backoff, Sink
 
 log = logging.getLogger("edgehub.edge.triggers")
 MAX_PAYLOAD = 256 * 1024

@@ -13,8 +13,8 @@ from nats.aio.msg import Msg
 
 from edgehub.protocol import subjects
 
+from ..triggerspec import NatsTrigger
 from .base import Sink
-from .config import NatsTrigger
 
 log = logging.getLogger("edgehub.edge.triggers")
 

@@ -28,11 +28,11 @@ from edgehub.protocol.v1 import agent_pb2
 
 from ..agent.loop import new_agent
 from ..errors import EdgeError
+from ..goaltemplate import GoalTemplate, TemplateError
 from ..store.base import TriggerEvent, TriggerLog
+from ..triggerspec import Trigger
 from .base import Source
-from .config import Trigger
 from .gate import RATE_WINDOW_S, Gate, GateRules, Outcome, holds
-from .template import GoalTemplate, TemplateError
 
 log = logging.getLogger("edgehub.edge.triggers")
 
@@ -137,7 +137,9 @@ class TriggerRunner:
         """Start every source; when ``stop`` is set, cancel them (a source holds nothing to drain)."""
         from .sources import build_source  # imported here: the clients load only when triggers run
 
-        self.sources = {tid: build_source(s.trigger, s, self) for tid, s in self.sinks.items()}
+        self.sources = {
+            tid: build_source(s.trigger, s, self.nats, self.device_id) for tid, s in self.sinks.items()
+        }
         tasks = [
             asyncio.create_task(_guarded(tid, src), name=f"trigger-{tid}")
             for tid, src in self.sources.items()

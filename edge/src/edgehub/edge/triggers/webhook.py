@@ -19,8 +19,8 @@ from pathlib import Path
 
 import h11
 
+from ..triggerspec import WebhookTrigger
 from .base import Sink
-from .config import WebhookTrigger
 
 log = logging.getLogger("edgehub.edge.triggers")
 READ_TIMEOUT_S = 10.0

@@ -3,7 +3,7 @@
 One table per trigger; ``kind`` picks its source (``cron``, ``mqtt``, ``modbus``, ``nats``,
 ``webhook``). Every trigger has the same gate (``condition``, ``dedupe_key``/``dedupe_s``,
 ``rate_limit``, ``cooldown_s``) and the same agent settings as a submitted goal (``goal``, ``tools``,
-budget). Checked when the config loads: ids, templates (``template.py``), schedules, time zones.
+budget). Checked when the config loads: ids, templates (``goaltemplate.py``), schedules, time zones.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from edgehub.protocol.ids import InvalidId, check_id
 from edgehub.protocol.v1 import agent_pb2
 
-from .template import GoalTemplate, TemplateError
+from .goaltemplate import GoalTemplate, TemplateError
 
 
 class _Section(BaseModel):
@@ -49,7 +49,7 @@ class _Trigger(_Section):
     """Names the trigger in records, metrics and the CLI (an id: letters, digits, ``_.-``)."""
     enabled: bool = True
     goal: str = Field(min_length=1, max_length=4000)
-    """The goal's template: ``$name`` / ``${payload.pressure}`` filled from the event (``template.py``)."""
+    """The goal's template: ``$name`` / ``${payload.pressure}`` filled from the event (``goaltemplate.py``)."""
     tools: list[str] | None = None
     """The only tools the agent may call besides ``finish`` (None: every tool), as ``agent run --tools``."""
     max_steps: int | None = Field(None, ge=1)
