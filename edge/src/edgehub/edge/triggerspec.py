@@ -49,7 +49,7 @@ class _Trigger(_Section):
     """Names the trigger in records, metrics and the CLI (an id: letters, digits, ``_.-``)."""
     enabled: bool = True
     goal: str = Field(min_length=1, max_length=4000)
-    """The goal's template: ``$name`` / ``${payload.pressure}`` filled from the event (``goaltemplate.py``)."""
+    """The goal's template: ``$name`` / ``${payload.pressure}`` filled from the event (``goaltemplate``)."""
     tools: list[str] | None = None
     """The only tools the agent may call besides ``finish`` (None: every tool), as ``agent run --tools``."""
     max_steps: int | None = Field(None, ge=1)
