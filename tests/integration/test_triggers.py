@@ -295,3 +295,37 @@ async def test_a_trigger_fires_offline_and_its_agents_events_reach_the_hub_later
     assert "<EMAIL_" in sent
     await hub_nc.close()
     await server.stop()
+
+
+async def test_a_nats_trigger_starts_an_agent_from_the_hubs_message(tmp_path: Path) -> None:
+    server = await NatsServer.start(tmp_path / "nats")
+    t = {
+        "id": "inspect",
+        "kind": "nats",
+        "subject": "inspect",
+        "goal": "Inspect ${payload.area} ($subject)",
+        "dedupe_s": 60,
+    }
+    cfg = config(tmp_path, t, hub={"nats_url": server.url})
+    async with EdgeDaemon(cfg, brain=finishing_brain()) as daemon:
+        task = await running(daemon)
+        hub_link = daemon.parts.hub
+        assert hub_link is not None
+        await eventually(lambda: hub_link.link.nc is not None, within=10)
+        hub_nc = await connect(server, "hub")
+        subject = "edgehub.trigger.dev-t.inspect"
+        for _ in range(50):  # until the device has subscribed (the first publishes may find no one)
+            await hub_nc.publish(subject, b'{"area": "press 2"}')
+            await hub_nc.flush()
+            if agents(daemon):
+                break
+            await asyncio.sleep(0.1)
+        await hub_nc.publish(subject, b"{not json")
+        await hub_nc.flush()
+        await eventually(lambda: scrape(daemon.metrics_port, "inspect", "bad_payload") == 1, within=10)
+        daemon.request_stop()
+        await task
+        goals = [a.goal for a in agents(daemon)]
+    await hub_nc.close()
+    await server.stop()
+    assert goals == ["Inspect press 2 (edgehub.trigger.dev-t.inspect)"]
