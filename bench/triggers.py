@@ -28,21 +28,18 @@ import contextlib
 import json
 import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import aiomqtt
+from common import QUICK, Check, median, pct, print_checks, print_table, write_result
 
-import aiomqtt  # noqa: E402
-from common import QUICK, Check, median, pct, print_checks, print_table, write_result  # noqa: E402
-
-from edgehub.edge.app import EdgeDaemon  # noqa: E402
-from edgehub.edge.config import EdgeConfig  # noqa: E402
-from edgehub.llm.fake import FakeBrain  # noqa: E402
-from edgehub.protocol.v1 import agent_pb2  # noqa: E402
-from edgehub.sync import free_port  # noqa: E402
+from edgehub.edge.app import EdgeDaemon
+from edgehub.edge.config import EdgeConfig
+from edgehub.llm.fake import FakeBrain
+from edgehub.protocol.v1 import agent_pb2
+from edgehub.sync import free_port
 
 SAMPLES = 10 if QUICK else 60
 """Per path."""
