@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
@@ -329,3 +331,48 @@ async def test_a_nats_trigger_starts_an_agent_from_the_hubs_message(tmp_path: Pa
     await hub_nc.close()
     await server.stop()
     assert goals == ["Inspect press 2 (edgehub.trigger.dev-t.inspect)"]
+
+
+async def test_a_cron_trigger_fires_on_its_schedule(tmp_path: Path) -> None:
+    every_second = {
+        "id": "tick",
+        "kind": "cron",
+        "schedule": "* * * * * *",  # croniter's sixth field: seconds
+        "timezone": "Asia/Kolkata",  # no daylight saving: the offset is the same all year
+        "goal": "Scheduled inspection at ${payload.scheduled_at}",
+    }
+    async with EdgeDaemon(config(tmp_path, every_second), brain=finishing_brain()) as daemon:
+        task = await running(daemon)
+        await eventually(lambda: len(agents(daemon)) >= 2, within=10)
+        daemon.request_stop()
+        await task
+        goals = [a.goal for a in agents(daemon)]
+    first, second = goals[0], goals[1]
+    assert first.startswith("Scheduled inspection at 20")
+    assert first.endswith("+05:30")  # the schedule's zone
+    assert first != second
+
+
+async def test_a_webhook_without_its_token_logs_one_line_and_the_daemon_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    t = {
+        "id": "hook",
+        "kind": "webhook",
+        "port": free_port(),
+        "token_file": str(tmp_path / "missing"),
+        "goal": "g",
+    }
+    cfg = config(tmp_path, t)
+    with caplog.at_level(logging.ERROR, logger="edgehub.edge.triggers"):
+        async with EdgeDaemon(cfg, brain=finishing_brain()) as daemon:
+            task = await running(daemon)
+            agent_id = daemon.submit("a goal typed by a person")
+            await eventually(lambda: daemon.store.load_agent(agent_id).status == FINISHED, within=10)
+            daemon.request_stop()
+            await task
+    lines = [r for r in caplog.records if r.name == "edgehub.edge.triggers"]
+    assert [r.getMessage() for r in lines] == [
+        f"trigger hook cannot run: trigger hook: no webhook token in {tmp_path / 'missing'}; retrying in 5 s"
+    ]
+    assert lines[0].exc_info is None

@@ -154,13 +154,16 @@ class TriggerRunner:
 
 async def _guarded(trigger_id: str, source: Source) -> None:
     """Run a source; one that fails outright is logged and retried after a pause, never taking the
-    daemon (or the other triggers) down."""
+    daemon (or the other triggers) down. What a site engineer can fix (a missing token, a port in use)
+    is one line; anything else is a bug and logged with its traceback."""
     while True:
         try:
             await source.run()
             return
         except asyncio.CancelledError:
             raise
+        except (OSError, ValueError) as exc:
+            log.error("trigger %s cannot run: %s; retrying in 5 s", trigger_id, exc)
         except Exception:
             log.exception("trigger %s: its source failed; retrying in 5 s", trigger_id)
         with contextlib.suppress(TimeoutError):
