@@ -199,6 +199,7 @@ class EdgeDaemon:
             helpers.append(asyncio.create_task(p.scheduler.pressure.run(stop), name="disk-pressure"))
         if p.triggers is not None:  # local: they fire whether the hub is reachable or not
             helpers.append(asyncio.create_task(p.triggers.run(stop), name="triggers"))
+        helpers.append(asyncio.create_task(p.shadow.resume(), name="shadow-resume"))  # a rollout's, if any
         trim = IdleTrim(lambda: len(p.scheduler.running), _releasers(p))
         helpers.append(asyncio.create_task(trim.run(stop), name="idle-trim"))
         if self.opts.brain is None and self.cfg.snapshot.enabled:  # only a brain of its own sleeps

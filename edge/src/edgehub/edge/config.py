@@ -60,6 +60,16 @@ class ModelConfig(_Section):
     paths, keys: a model cannot ramble inside them until max_tokens cuts its JSON); 0: none."""
 
 
+class ShadowConfig(_Section):
+    """Shadow reasoning for parity-gated rollouts (``shadow.py``, docs/models.md)."""
+
+    timeout_s: float = Field(60.0, gt=0)
+    """A shadow proposal not ready after this long is dropped (counted); the next steps are skipped
+    until the model is free again."""
+    n_threads: int | None = Field(None, ge=1, le=256)
+    """Threads of the shadow model; None: ``[model] n_threads``'s."""
+
+
 class AgentConfig(_Section):
     max_steps: int = Field(16, ge=1)
     max_tokens: int = Field(200_000, ge=1)
@@ -317,6 +327,7 @@ class RetentionConfig(_Section):
 class EdgeConfig(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
+    shadow: ShadowConfig = ShadowConfig()
     agent: AgentConfig = AgentConfig()
     memory: MemoryConfig = MemoryConfig()
     tools: ToolsConfig = ToolsConfig()

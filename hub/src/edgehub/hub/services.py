@@ -28,6 +28,7 @@ from .fleet.identity import Credentials, CredentialsView, DeviceIdentity, Enroll
 from .fleet.migration import MigrationService
 from .fleet.policies import FleetPolicies
 from .fleet.recovery import DeviceRecoveryView
+from .fleet.rollouts import RolloutService
 from .fleet.scopes import ScopeGuard
 from .fleet.traces import Traces
 from .goals import DeviceView, FleetCache
@@ -79,6 +80,8 @@ class HubServices:
     """Fleet policy: pushes, rollbacks, status (``fleet/policies.py``)."""
     recovery: DeviceRecoveryView
     """What the hub holds of a device, for that device's recovery (``GetDeviceRecovery``)."""
+    rollouts: RolloutService
+    """Parity-gated model rollouts: shadow, gate, promote or halt, rollback (``fleet/rollouts.py``)."""
     knowledge: KnowledgeService | None = None
     """The L4 graph (``[neo4j]``), once it has started."""
     responder: KnowledgeResponder | None = None
@@ -130,6 +133,15 @@ class HubServices:
             goals=goals,
             policies=FleetPolicies(js, signer, commands, views, scopes),
             recovery=DeviceRecoveryView(js, agents, traces),
+            rollouts=RolloutService(
+                js,
+                commands,
+                views,
+                devices.all,
+                scopes,
+                wave_timeout_s=cfg.rollouts.wave_timeout_s,
+                check_s=cfg.rollouts.check_s,
+            ),
         )
 
     async def add_knowledge(
@@ -144,7 +156,12 @@ class HubServices:
 
     def runs(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
         """The services' background work, each until ``stop``."""
-        parts = [self.watcher.run(stop), self.migrations.run(stop), self.goals.run(stop)]
+        parts = [
+            self.watcher.run(stop),
+            self.migrations.run(stop),
+            self.goals.run(stop),
+            self.rollouts.run(stop),
+        ]
         if self.identity.view is not None:
             parts.append(self.identity.view.run(stop))
         if self.responder is not None:

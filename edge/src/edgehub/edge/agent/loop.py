@@ -20,6 +20,9 @@ AWAITING_APPROVAL with the proposal, and the step resumes from that proposal onc
 What the model sees (the L1 window, the prompt, recall, compaction) is ``context.py``; what a step
 commits (its event, the new state, the turns, the monitor's verdict) is ``journal.py``.
 
+After a step it thought for is committed, the call and the proposal go to the shadow model when one
+runs (``LoopDeps.shadow``, a parity-gated rollout): handed over, never waited for.
+
 Runs, steps and their phases are traced (``..tracing``) when the daemon gives the loop a tracer.
 """
 
@@ -43,6 +46,7 @@ from .deliverables import extract
 from .deps import LoopDeps
 from .journal import Journal, call_key
 from .prompt import PromptBuilder
+from .shadow import ModelCall, ShadowAsk
 from .steering import Steering, copied_command, granted, may_call
 from .stops import BUDGET_EXHAUSTED
 from .tools.base import ToolContext
@@ -97,6 +101,7 @@ class AgentLoop:
         self.journal = Journal(deps, self.steer, self._spans, self.prompts.turns)
         self.context = AgentContext(deps, self.prompts, self.steer, self._spans, self.journal)
         self._workspaces: set[str] = set()
+        self._model = deps.model.brain.fingerprint
 
     async def run(self, agent_id: str, stop: asyncio.Event) -> agent_pb2.AgentState:
         state = self.d.store.load_agent(agent_id)
@@ -130,12 +135,13 @@ class AgentLoop:
             return self._end(state, S.AGENT_STATUS_FAILED, reason)
         key = f"{state.agent_id}/{state.step}"
         completion: Completion | None = None
+        call: ModelCall | None = None
         replay = self._replayed_proposal(key)
         if replay is not None:
             proposal = replay
         else:
             state = await self.context.compact_if_needed(state)
-            completion = await self.context.think(state)
+            completion, call = await self.context.think(state)
             proposal = parse_action(completion.text)
         tool_started = time.perf_counter()
         with self._spans.phase("act") as span:
@@ -150,6 +156,10 @@ class AgentLoop:
         )  # before the commit: loading it after would hold this step's turns
         new = self.journal.commit(state, proposal, completion, result, output, (started, tool_ms), window)
         failpoints.hit("after_checkpoint", state.step)
+        if call is not None and self.d.shadow is not None:  # after the commit: it cannot change the step
+            self.d.shadow.offer(
+                ShadowAsk(state.agent_id, state.epoch, state.step, call, proposal, self._model)
+            )
         return new
 
     def _replayed_proposal(self, key: str) -> Proposal | None:
