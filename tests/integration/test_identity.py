@@ -325,3 +325,27 @@ def test_operator_tokens_are_listed_without_secrets_expire_and_can_be_deleted(hu
     assert code_of(lambda: as_brief.ListAgents(listing, timeout=10)) == grpc.StatusCode.OK  # type: ignore[attr-defined]
     time.sleep(max(0.0, brief.expires_at - time.time()) + 0.2)
     assert code_of(lambda: as_brief.ListAgents(listing, timeout=10)) == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+
+
+async def test_a_device_receives_its_own_nats_trigger_events_and_no_other_devices(
+    hub: Hub, two_devices: tuple[Client, list[str], DeviceIdentity]
+) -> None:
+    nc, errors, _ = two_devices
+    mine = await nc.subscribe(subjects.device_trigger("dev-a", "line3.alarm"))
+    theirs = await nc.subscribe(subjects.device_trigger("dev-b"))
+    await nc.flush()
+    hub_nc = await nats.connect(hub.url, user_credentials=hub.creds())  # hub users may publish there
+    try:
+        for device in ("dev-a", "dev-b"):
+            await hub_nc.publish(subjects.device_trigger(device, "line3.alarm"), device.encode())
+        await hub_nc.flush()
+    finally:
+        await hub_nc.close()
+    assert (await mine.next_msg(timeout=5)).data == b"dev-a"
+    with pytest.raises(nats.errors.TimeoutError):
+        await theirs.next_msg(timeout=1)
+    await eventually(
+        lambda: any("permissions violation for subscription" in e.lower() for e in errors), within=5
+    )
+    with pytest.raises(nats.errors.TimeoutError):  # a device cannot raise its own triggers
+        await nc.jetstream().publish(subjects.device_trigger("dev-a", "x"), b"{}", timeout=1)

@@ -67,8 +67,9 @@ def test_device_permissions_name_only_that_devices_subjects() -> None:
     assert "$KV.edgehub-devices.dev.1" in perms.publish  # its own twin: an exact KV key (dots are fine there)
     assert all("dev.1" not in s for s in everything if not s.startswith("$KV."))
     assert "edgehub.ev.dev%2E1.*" in perms.publish
-    assert perms.subscribe == ("_INBOX_dev%2E1.>",)
-    assert not [s for s in everything if s.endswith(".>") and not s.startswith(("$JS.ACK.", "_INBOX_"))]
+    assert perms.subscribe == ("_INBOX_dev%2E1.>", "edgehub.trigger.dev%2E1.>")
+    wide = ("$JS.ACK.", "_INBOX_", "edgehub.trigger.dev%2E1.")
+    assert not [s for s in everything if s.endswith(".>") and not s.startswith(wide)]
     assert all(">" not in s.split(".")[:-1] and "*" not in s.split(".")[:-1] for s in everything)
 
 

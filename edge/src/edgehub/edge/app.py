@@ -184,8 +184,8 @@ class EdgeDaemon:
     def _helpers(self, p: Parts, stop: asyncio.Event) -> list[asyncio.Task[None]]:
         """What runs beside the agents until ``stop``: the hub link (and the fetch of the hub's
         policy), L3 indexing, the model fetches and the running model's hash, the disk-pressure
-        check, the idle trim, idle checkpoints of the model's worker, the store's WAL checkpoints and
-        retention."""
+        check, the idle trim, idle checkpoints of the model's worker, the store's WAL checkpoints,
+        retention and the triggers."""
         wal = wal_checkpoints(p.store, self.cfg.store.checkpoint_s, stop)
         helpers = [asyncio.create_task(wal, name="wal-checkpoints")]
         if p.pruner.rules:
@@ -199,6 +199,8 @@ class EdgeDaemon:
             helpers.append(asyncio.create_task(p.indexer.run(stop), name="l3-indexer"))
         if p.scheduler.pressure is not None:  # resumes agents paused by a full disk
             helpers.append(asyncio.create_task(p.scheduler.pressure.run(stop), name="disk-pressure"))
+        if p.triggers is not None:  # local: they fire whether the hub is reachable or not
+            helpers.append(asyncio.create_task(p.triggers.run(stop), name="triggers"))
         helpers.append(asyncio.create_task(p.shadow.resume(), name="shadow-resume"))  # a rollout's, if any
         if p.models is not None:
             helpers.append(asyncio.create_task(p.models.hash_running(), name="model-hash"))

@@ -20,6 +20,7 @@ from edgehub.protocol.ids import NAME_PATTERN
 from edgehub.sync.otlp import check_otlp_endpoint
 
 from .errors import ConfigError
+from .triggerspec import Trigger, check_unique
 
 ENV_PREFIX = "EDGEHUB_EDGE__"
 
@@ -312,6 +313,9 @@ class RetentionConfig(_Section):
     """Tool intents of agents that are no longer active."""
     episodes: KindRetention = KindRetention(max_age_days=90)
     """L3 episodes, beyond ``[memory] keep_consolidated_days`` (which prunes those the hub consolidated)."""
+    triggers: KindRetention = KindRetention(max_age_days=30, max_rows=100_000, max_mb=16)
+    """The record of trigger events: which event started which agent, or why none (a limit of its own,
+    outside ``budget_mb``'s shares)."""
 
     def max_bytes(self, kind: str) -> int:
         """The byte limit of ``kind``: its own ``max_mb`` or its share of ``budget_mb``."""
@@ -335,6 +339,14 @@ class EdgeConfig(_Section):
     snapshot: SnapshotConfig = SnapshotConfig()
     store: StoreConfig = StoreConfig()
     retention: RetentionConfig = RetentionConfig()
+    triggers: list[Trigger] = []
+    """Goals started by the site (``[[triggers]]``, docs/triggers.md): schedules, MQTT, Modbus, NATS,
+    webhooks."""
+
+    @field_validator("triggers")
+    @classmethod
+    def _unique_triggers(cls, value: list[Trigger]) -> list[Trigger]:
+        return check_unique(value)
 
     @property
     def store_path(self) -> Path:

@@ -3,8 +3,9 @@
 One registry per daemon (several daemons can live in one test process). Steps, ends, policy decisions
 and stops are observed from the mind-log events the loop commits (``EdgeMetrics.observe_step``); the
 outbox depth, publishing, the data folder's free space and resident memory by process and part
-(``footprint.py``) at scrape time. Labels stay bounded: the device, tool names, policy rule ids and
-fixed words; never an agent or goal id. docs/operations.md, "Metrics and alerts", says what each means.
+(``footprint.py``) at scrape time. Labels stay bounded: the device, tool names, policy rule ids,
+trigger ids (from the config) and fixed words; never an agent or goal id. docs/operations.md, "Metrics
+and alerts", says what each means.
 """
 
 from __future__ import annotations
@@ -142,6 +143,13 @@ class EdgeMetrics:
         )
         self.tokens = Counter(
             "edgehub_edge_tokens", "Model tokens by kind", ["device", "kind"], registry=self.registry
+        )
+        self.trigger_events = Counter(
+            "edgehub_edge_trigger_events",
+            "Site events by trigger and outcome (started, deduped, rate_limited, cooldown, condition_false,"
+            " bad_payload, failed)",
+            ["device", "trigger", "outcome"],
+            registry=self.registry,
         )
         self._kpis()
         self._server: WSGIServer | None = None

@@ -48,6 +48,7 @@ from .store.base import DeviceStore
 from .store.retention import Pruner, rules_of
 from .store.sqlite import SqliteStore
 from .tracing import Tracing
+from .triggers.runner import TriggerRunner
 from .uplink.commands import CommandRouter
 from .uplink.identity import DeviceIdentity
 from .uplink.knowledge import KnowledgeClient
@@ -118,6 +119,8 @@ class Parts:
     restricted: StoreRolledBack | None = None
     """Why the daemon runs restricted (the store lost commits): no agent runs, the outbox is not sent,
     the hub's commands wait; the twin says why. None: it runs normally."""
+    triggers: TriggerRunner | None = None
+    """Goals started by the site (``[[triggers]]``; None: none configured)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,8 +212,38 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
     )
     port = _serve_metrics(cfg, metrics, store, scheduler, hub, shadow)
     pruner = _pruner(cfg, store, indexer)
+    triggers = _triggers(cfg, store, scheduler, metrics, hub)
     return Parts(
-        store, brain, loop, scheduler, router, twin, hub, indexer, port, pruner, shadow, models, restricted
+        store,
+        brain,
+        loop,
+        scheduler,
+        router,
+        twin,
+        hub,
+        indexer,
+        port,
+        pruner,
+        shadow,
+        models,
+        restricted,
+        triggers,
+    )
+
+
+def _triggers(
+    cfg: EdgeConfig, store: DeviceStore, scheduler: AgentScheduler, metrics: EdgeMetrics, hub: Hub | None
+) -> TriggerRunner | None:
+    """The runner of the enabled ``[[triggers]]`` (None: there are none)."""
+    if not any(t.enabled for t in cfg.triggers):
+        return None
+    return TriggerRunner(
+        cfg.triggers,
+        store,
+        scheduler.schedule,
+        device_id=cfg.device.id,
+        counter=metrics.trigger_events,
+        nats=(lambda: hub.link.nc) if hub is not None else (lambda: None),
     )
 
 

@@ -75,6 +75,13 @@ def device_deadletter(device_id: str) -> str:
     return f"{PREFIX}.dlq.edge.{token(device_id)}"
 
 
+def device_trigger(device_id: str, subject: str = ">") -> str:
+    """Where the hub (or an operator) publishes events for the device's ``nats`` triggers:
+    ``edgehub.trigger.<device>.<subject>``; ``subject`` is dot-separated tokens the trigger config
+    checked (``>``: all of them, what the device may subscribe to)."""
+    return f"{PREFIX}.trigger.{token(device_id)}.{subject}"
+
+
 ALL_DEADLETTER = f"{PREFIX}.dlq.>"
 
 

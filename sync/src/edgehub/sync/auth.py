@@ -7,9 +7,10 @@ without touching the server (no reload, no shared user list), which keeps hub pr
 
 A device's user JWT allows exactly its own subjects (``device_permissions``): publish its events,
 its twin and its dead letters, consume its own command consumer, read (never write) the hub's models
-object store, receive replies on its own inbox prefix. The server enforces them; the hub additionally
-checks that an event's payload names the device its subject names. The device generates its user key
-itself: the seed never leaves it.
+object store, receive replies on its own inbox prefix and the events of its own ``nats`` triggers
+(``edgehub.trigger.<device>.>``, which hub users may publish to). The server enforces them; the hub
+additionally checks that an event's payload names the device its subject names. The device generates
+its user key itself: the seed never leaves it.
 
 JWT encoding follows the NATS JWT v2 format (header ``{"typ":"JWT","alg":"ed25519-nkey"}``, claims
 with ``jti`` = base32 SHA-256 of the claims, signature = the issuer's ed25519 signature over
@@ -141,7 +142,7 @@ def device_permissions(device_id: str) -> Permissions:
             f"{api}.STREAM.MSG.GET.OBJ_{MODELS}",
             f"{api}.DIRECT.GET.OBJ_{MODELS}",
         ),
-        subscribe=(f"{inbox_prefix(device_id)}.>",),
+        subscribe=(f"{inbox_prefix(device_id)}.>", subjects.device_trigger(device_id)),
     )
 
 

@@ -1,5 +1,5 @@
 """``edgehub edge ...``: run the daemon, enroll the device, show the config, check the device, show what
-its store keeps."""
+its store keeps and what its triggers did."""
 
 from __future__ import annotations
 
@@ -138,6 +138,30 @@ def edge_doctor(
     console.print(table)
     if any(f.required and not f.ok for f in findings):
         exit_with(ExitCode.FAILED)
+
+
+@edge_app.command("triggers")
+def edge_triggers(
+    config: ConfigOpt = None,
+    trigger: Annotated[str | None, typer.Option("--trigger", help="Only this trigger's events.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100_000, help="Events shown.")] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """The configured triggers ([[triggers]]), when each last received an event and last started an agent,
+    and the newest events: which started which agent, or why none (deduped, rate_limited, cooldown,
+    failed). Read-only: creates nothing."""
+    from .triggers import show
+
+    cfg = load(config)
+    ids = [t.id for t in cfg.triggers]
+    if trigger is not None and trigger not in ids:
+        fail(f"no trigger {trigger!r} in the config (triggers: {', '.join(ids) or 'none'})")
+    store = read_store(cfg)
+    try:
+        show(cfg, store, trigger=trigger, limit=limit, as_json=as_json)
+    finally:
+        if store is not None:
+            store.close()
 
 
 @edge_app.command("storage")

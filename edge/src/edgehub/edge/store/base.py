@@ -103,6 +103,22 @@ class OutgoingFilter(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
+class TriggerEvent:
+    """One site event that passed its trigger's condition, and what became of it."""
+
+    trigger_id: str
+    dedupe_key: str
+    """The filled ``dedupe_key`` template ('': the trigger's one key)."""
+    digest: str
+    """sha256 (hex) of the event's canonical JSON: which event it was, without keeping its payload."""
+    received_at: float
+    outcome: str
+    """``started``, or why not: ``deduped``, ``rate_limited``, ``cooldown``, ``failed``."""
+    agent_id: str = ""
+    """The agent it started ('': none)."""
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxEntry:
     seq: int
     """Per-device, strictly increasing, gap-free."""
@@ -325,5 +341,25 @@ class RetainedStore(Protocol):
         ...
 
 
-class DeviceStore(EdgeStore, AgentTransfer, EpisodeStore, KnowledgeCache, RetainedStore, Protocol):
+class TriggerLog(Protocol):
+    """The record of trigger events (``triggers/runner.py``)."""
+
+    def record_trigger(self, event: TriggerEvent, agent: agent_pb2.AgentState | None = None) -> None:
+        """Keep ``event``; with ``agent``, create that agent in the same transaction."""
+        ...
+
+    def trigger_events(
+        self, trigger_id: str | None = None, limit: int = 50, outcome: str | None = None
+    ) -> list[TriggerEvent]:
+        """The newest records (of one trigger or all; with one outcome or any), newest first."""
+        ...
+
+    def trigger_starts(self, trigger_id: str, since: float) -> list[tuple[str, float]]:
+        """(dedupe key, received_at) of the agents it started since ``since``, oldest first."""
+        ...
+
+
+class DeviceStore(
+    EdgeStore, AgentTransfer, EpisodeStore, KnowledgeCache, RetainedStore, TriggerLog, Protocol
+):
     """The whole store of a device, as the daemon holds it."""

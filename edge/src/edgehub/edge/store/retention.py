@@ -1,11 +1,12 @@
 """Retention: which of the store's old rows may go, and the daemon's task that prunes them.
 
-Five kinds of data grow with every step (``KINDS``). For each, the store offers the rows that nothing
-needs any more, oldest first (``SqliteStore.prune_candidates``: never an outbox row the hub has not
-acknowledged, nor the newest acknowledged one; never a live agent's state, turns, mind-log or intents;
-never an unresolved approval; never a mind-log row L3 has not indexed yet), and ``choose`` keeps of
-those what the kind's ``Rule`` allows. ``Pruner`` deletes the rest in small transactions, so a step
-waits for at most one batch, then hands freed pages back to the file system (incremental vacuum).
+Five kinds of data grow with every step, a sixth with every trigger event (``KINDS``). For each, the store
+offers the rows that nothing needs any more, oldest first (``SqliteStore.prune_candidates``: never an
+outbox row the hub has not acknowledged, nor the newest acknowledged one; never a live agent's state,
+turns, mind-log or intents; never an unresolved approval; never a mind-log row L3 has not indexed yet),
+and ``choose`` keeps of those what the kind's ``Rule`` allows. ``Pruner`` deletes the rest in small
+transactions, so a step waits for at most one batch, then hands freed pages back to the file system
+(incremental vacuum).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from .base import Candidate, RetainedStore, Totals
 
 log = logging.getLogger("edgehub.edge.store")
 
-KINDS = ("outbox", "mind_log", "agents", "intents", "episodes")
+KINDS = ("outbox", "mind_log", "agents", "intents", "episodes", "triggers")
 """The kinds of data retention bounds (``[retention.<kind>]``), in the order a pass prunes them: what
 the hub has (outbox), then what ended agents left (mind-log and turns, then the agents themselves),
-then tool intents and L3 episodes."""
+then tool intents and L3 episodes, and the record of trigger events (which nothing else needs)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -242,6 +242,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE approvals ADD COLUMN policy_digest TEXT NOT NULL DEFAULT '';
         """,
     ),
+    Migration(
+        14,
+        "triggers: which site event started which agent, or why it started none",
+        """
+        CREATE TABLE trigger_events (
+            id          INTEGER PRIMARY KEY,
+            trigger_id  TEXT NOT NULL,
+            dedupe_key  TEXT NOT NULL,           -- the filled dedupe_key template ('': the trigger's one key)
+            digest      TEXT NOT NULL,           -- sha256 of the event's JSON (the payload is not kept)
+            received_at REAL NOT NULL,
+            outcome     TEXT NOT NULL,           -- started | deduped | rate_limited | cooldown | failed
+            agent_id    TEXT NOT NULL DEFAULT '' -- the agent it started ('': none)
+        );
+        CREATE INDEX trigger_events_by_trigger ON trigger_events(trigger_id, received_at);
+        CREATE INDEX trigger_events_by_age ON trigger_events(received_at);
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -149,6 +149,15 @@ KINDS: dict[str, Kind] = {
             f"DELETE FROM episodes AS e WHERE e.id IN {_KEYS} AND {_EPISODE_ELIGIBLE}",
         ),
     ),
+    "triggers": Kind(  # the record of trigger events: nothing else refers to it
+        ("trigger_events", "trigger_events_by_trigger", "trigger_events_by_age"),
+        "SELECT COUNT(*), COALESCE(SUM(length(trigger_id) + length(dedupe_key) + length(agent_id)), 0)"
+        f" + COUNT(*) * {ROW_BYTES + 96}, MIN(received_at) FROM trigger_events",
+        "1",
+        "SELECT id, received_at, length(trigger_id) + length(dedupe_key) + length(agent_id)"
+        f" + {ROW_BYTES + 96} FROM trigger_events ORDER BY received_at LIMIT :limit",
+        (f"DELETE FROM trigger_events WHERE id IN {_KEYS}",),
+    ),
 }
 NO_INDEX = 2**62
 """L3's cursor when L3 is off: every mind-log row counts as indexed."""

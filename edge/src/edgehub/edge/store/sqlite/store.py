@@ -22,6 +22,7 @@ from .knowledge import KnowledgeRows
 from .outbox import EDGE_EVENT_SCHEMA_VERSION
 from .retention import Retention
 from .transfer import Transfer
+from .triggers import TriggerRows
 from .watermark import AcceptedRollback
 
 log = logging.getLogger("edgehub.edge.store")
@@ -35,12 +36,11 @@ TASK_ENDS = (agent_pb2.AGENT_STATUS_FINISHED, agent_pb2.AGENT_STATUS_FAILED, age
 """Statuses that end a hub-planned task's agent: the store reports the task's result."""
 
 
-class SqliteStore(Transfer, Episodes, KnowledgeRows, Retention):
+class SqliteStore(Transfer, Episodes, KnowledgeRows, Retention, TriggerRows):
     """``DeviceStore`` on one SQLite file: agents (``agents``), mind-log, outbox and PII vault
     (``outbox``), L2 turns and notes (``sessions``), approvals, migration (``transfer``), L3
-    (``episodes``), the knowledge cache, retention (``retention``), and here the tool intents and the
-    step commit. Not
-    thread-safe: use it from one thread (the event loop)."""
+    (``episodes``), the knowledge cache, retention (``retention``), trigger events (``triggers``), and
+    here the tool intents and the step commit. Not thread-safe: use it from one thread (the event loop)."""
 
     @classmethod
     def open(cls, path: Path, *, device_id: str, outgoing: OutgoingFilter | None = None) -> SqliteStore:
