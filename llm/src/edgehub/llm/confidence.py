@@ -1,0 +1,58 @@
+"""How sure a model was of the action it chose, measured from its own logits while it generated.
+
+A ReAct action is a JSON object whose ``"tool"`` value chooses what happens; the tokens that spell that
+value are the decision. For each of them the brain takes the log-probability the model gave the token it
+emitted, from the logits *before* the grammar's mask, and the confidence is the geometric mean of those
+probabilities (``exp`` of the mean log-probability).
+
+Why before the mask: the grammar only lets valid tool names through, so after the mask a model that
+would rather have written something else entirely still looks sure; the mass it put on tokens the
+grammar forbids is exactly the doubt this measures. It also costs nothing extra: llama.cpp keeps the
+last position's logits (``logits_all=False`` stays), and only the few tokens of the value are
+normalised (one log-sum-exp over the vocabulary each).
+
+Only the first ``"tool"`` key of the text counts: a string value cannot hold the raw sequence ``"tool"``
+(JSON escapes its quotes), and a later one belongs to the arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_OPEN_VALUE = re.compile(r'"tool"\s*:\s*(?:"[^"]*)?$')
+"""The text ends where the next token may begin or continue the ``"tool"`` value."""
+
+
+class ToolConfidence:
+    """Follows one generation token by token (``add``) and tells which tokens spell the ``"tool"``
+    value (``in_value`` before each one) and how sure the model was of them (``value``)."""
+
+    def __init__(self) -> None:
+        self._text = bytearray()
+        self._logprobs: list[float] = []
+        self._done = False
+
+    def in_value(self) -> bool:
+        """The next token may be part of the ``"tool"`` value (its opening quote included)."""
+        if self._done:
+            return False
+        text = self._text.decode(errors="ignore")
+        if _OPEN_VALUE.search(text):
+            return True
+        if self._logprobs:  # the value was open and is closed now
+            self._done = True
+        return False
+
+    def add(self, piece: bytes, logprob: float | None) -> None:
+        """The next token's bytes and, when ``in_value`` said so, its log-probability."""
+        self._text += piece
+        if logprob is not None:
+            self._logprobs.append(logprob)
+
+    @property
+    def value(self) -> float | None:
+        """The geometric mean probability of the value's tokens; None when no value was seen."""
+        if not self._logprobs:
+            return None
+        return math.exp(sum(self._logprobs) / len(self._logprobs))
