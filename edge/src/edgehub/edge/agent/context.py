@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 
-from edgehub.llm import Completion
 from edgehub.protocol.v1 import agent_pb2
 
 from ..errors import GoalError
 from ..memory.l1 import steps_to_compact
 from ..tracing import AgentSpans
 from .deps import LoopDeps
+from .escalation import Thought
 from .goal import MIN_WINDOW, too_big
 from .journal import Journal
 from .prompt import PromptBuilder
@@ -65,17 +65,18 @@ class AgentContext:
         header = self.steer.header(state)
         return f"{header}{task}{window.text}{warning}{self.prompts.cue(state.step)}"
 
-    async def think(self, state: agent_pb2.AgentState) -> Completion:
+    async def think(self, state: agent_pb2.AgentState) -> Thought:
         with self._spans.phase("think") as span:
             prompt = self.prompt(state)
+            schema = self.steer.schema(state, self.window(state).turns)
             completion = await self.d.model.complete(
                 prompt,
-                json_schema=self.steer.schema(state, self.window(state).turns),
+                json_schema=schema,
                 max_tokens=self.d.max_action_tokens,
                 special=self.prompts.special,
             )
             self._spans.thought(span, completion)
-        return completion
+        return Thought(prompt, schema, completion)
 
     def _task(self, state: agent_pb2.AgentState) -> str:
         plan = state.plan if state.summarized_through > 0 else ()

@@ -14,6 +14,7 @@ from ..config import AgentConfig
 from ..memory.compaction import Compactor
 from ..store.base import EdgeStore
 from .base import StepMonitor
+from .escalation import Escalation
 from .tools.base import CommandRunner, Knowledge, Recall
 from .tools.gateway import ExecutionGateway
 from .tools.registry import ToolRegistry
@@ -49,3 +50,5 @@ class LoopDeps:
     """L3 episodic memory for the remember/recall tools (None: off)."""
     knowledge: Knowledge | None = None
     """The hub's L4 knowledge graph for the knowledge tool (None: no hub)."""
+    escalation: Escalation | None = None
+    """Asks the hub's model for the steps this device's model is unsure of (None: off, or no hub)."""
