@@ -263,3 +263,41 @@ async def test_a_flooding_device_gets_busy_and_does_not_starve_another(tmp_path:
     assert len(answered) + len(busy) == 12
     assert len(busy) >= 8
     assert brain.prompts.index("dev-calm 0") <= 2  # served within the first round, not after the flood
+
+
+@pytest.mark.model
+async def test_the_hubs_real_model_answers_an_escalated_action_and_caches_it(tmp_path: Path) -> None:
+    """The hub's own model (loaded at the first request, as in the daemon) writes a grammar-valid action
+    for an edge's prompt; the same step again is answered from the hub's cache."""
+    server = await NatsServer.start(tmp_path / "nats", port=free_port())
+    nc = await nats.connect(server.url)
+    stop = asyncio.Event()
+    model = HubModel(PlannerConfig(n_ctx=2048, n_threads=2))
+    service = EscalationService(nc, model, EscalationConfig(), metrics=CollectorRegistry())
+    serving = asyncio.create_task(service.run(stop))
+    await nc.flush()
+    schema = {"anyOf": [{"type": "object", "properties": {"thought": {"type": "string", "maxLength": 60},
+              "tool": {"const": name}}, "required": ["thought", "tool"], "additionalProperties": False}
+              for name in ("read_file", "finish")]}  # fmt: skip
+    client = EscalationClient(EdgeEscalation(enabled=True, timeout_s=120), "dev-1", lambda: nc)
+    ask = {"agent_id": "a-1", "step": 0, "reason": "confidence", "max_tokens": 48, "confidence": 0.01}
+    prompt = "The agent answers with one JSON action.\nGoal: read notes.txt\nStep 1 action: "
+    try:
+        first = await client.ask(prompt=prompt, schema=schema, **ask)  # type: ignore[arg-type]
+        client.cache = type(client.cache)(8)  # the device forgets: the hub's cache must answer
+        second = await client.ask(prompt=prompt, schema=schema, **ask)  # type: ignore[arg-type]
+    finally:
+        stop.set()
+        await serving
+        model.close()
+        await nc.close()
+        await server.stop()
+    assert not isinstance(first, str), first
+    assert json.loads(first.text)["tool"] in ("read_file", "finish")
+    assert first.source == "hub"
+    assert first.tokens > 0
+    assert isinstance(model.loaded, type(None))  # closed
+    assert not isinstance(second, str)
+    assert second.source == "hub cache"
+    assert second.text == first.text
+    assert second.tokens == 0

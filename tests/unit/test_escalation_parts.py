@@ -199,3 +199,44 @@ def test_the_hubs_answer_gets_back_what_the_prompt_had_masked(tmp_path: Path) ->
     assert "bob@example.com" not in masked
     token = sealed[0].token
     assert client._unmask(f'{{"to": "{token}"}}', sealed) == '{"to": "bob@example.com"}'
+
+
+# the confidence crosses the model worker's process boundary ---------------------------------------
+def test_the_workers_reply_carries_the_confidence_and_an_older_worker_none() -> None:
+    from dataclasses import asdict
+
+    from edgehub.edge.worker.client import _completion
+    from edgehub.edge.worker.server import FrameError
+    from edgehub.llm import Completion
+
+    done = Completion("{}", 10, 2, 3, 1.0, 2.0, "stop", confidence=0.25)
+    assert _completion(json.loads(json.dumps({"ok": True, **asdict(done)}))) == done
+    older = {k: v for k, v in asdict(done).items() if k != "confidence"}
+    assert _completion(older).confidence is None
+    with pytest.raises(FrameError):
+        _completion({**asdict(done), "confidence": "high"})
+
+
+# policy: a rule that wants the hub's model --------------------------------------------------------
+def test_a_version_3_rule_may_ask_for_the_hubs_model_and_an_older_file_may_not() -> None:
+    from edgehub.edge.errors import ConfigError
+    from edgehub.edge.safety.policy import Policy
+
+    text = """version = 3
+[[rules]]
+id = "hard-deletes"
+tools = ["run_command"]
+args = { command = ["re:^rm "] }
+effect = "allow"
+escalate = true
+
+[[rules]]
+id = "rest"
+tools = ["*"]
+effect = "allow"
+"""
+    policy = Policy.parse(text, source="test")
+    assert policy.decide("run_command", {"command": "rm -r build"}).escalate
+    assert not policy.decide("run_command", {"command": "ls"}).escalate
+    with pytest.raises(ConfigError, match="escalate` needs version = 3"):
+        Policy.parse(text.replace("version = 3", "version = 2"), source="test")
