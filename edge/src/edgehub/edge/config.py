@@ -206,9 +206,9 @@ class EscalationConfig(_Section):
 
     enabled: bool = False
     min_confidence: float = Field(0.02, ge=0.0, le=1.0)
-    """Escalate a step whose confidence (``Completion.confidence``: the geometric mean probability the
-    model gave the tokens of its ``"tool"`` value, before the grammar's mask) is below this; 0: never
-    for confidence."""
+    """Escalate a step whose confidence (``Completion.confidence``: the probability the model gave the
+    first token of its ``"tool"`` value that spells part of the name, before the grammar's mask) is
+    below this; 0: never for confidence. Set it per model (docs/models.md, "Escalation")."""
     on_stuck: bool = True
     """Escalate the step after the stuck monitor warned the agent (before it would stop it)."""
     timeout_s: float = Field(10.0, gt=0, le=300)

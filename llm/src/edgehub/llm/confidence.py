@@ -1,15 +1,18 @@
 """How sure a model was of the action it chose, measured from its own logits while it generated.
 
-A ReAct action is a JSON object whose ``"tool"`` value chooses what happens; the tokens that spell that
-value are the decision. For each of them the brain takes the log-probability the model gave the token it
-emitted, from the logits *before* the grammar's mask, and the confidence is the geometric mean of those
-probabilities (``exp`` of the mean log-probability).
+A ReAct action is a JSON object whose ``"tool"`` value chooses what happens. The first token of that
+value that spells part of the name (not only its opening quote or a space) is the decision: once it is
+written, the grammar mostly forces the rest of the name. The confidence is the probability the model
+gave that token, from the logits *before* the grammar's mask. Measured on labelled probes
+(``bench/escalation.py``), this ranked right choices above wrong ones far better than the geometric
+mean over all the value's tokens, whose forced continuations only added noise (Qwen2.5 Coder 0.5B:
+0.85 against 0.44, 12 probes).
 
 Why before the mask: the grammar only lets valid tool names through, so after the mask a model that
 would rather have written something else entirely still looks sure; the mass it put on tokens the
-grammar forbids is exactly the doubt this measures. It also costs nothing extra: llama.cpp keeps the
-last position's logits (``logits_all=False`` stays), and only the few tokens of the value are
-normalised (one log-sum-exp over the vocabulary each).
+grammar forbids is exactly the doubt this measures. It also costs next to nothing: llama.cpp keeps
+the last position's logits (``logits_all=False`` stays), and only the few tokens of the value are
+normalised (one log-sum-exp over the vocabulary each, 0.2 ms for a 262k vocabulary).
 
 Only the first ``"tool"`` key of the text counts: a string value cannot hold the raw sequence ``"tool"``
 (JSON escapes its quotes), and a later one belongs to the arguments.
@@ -32,6 +35,7 @@ class ToolConfidence:
         self._text = bytearray()
         self._logprobs: list[float] = []
         self._done = False
+        self._decision: float | None = None
 
     def in_value(self) -> bool:
         """The next token may be part of the ``"tool"`` value (its opening quote included)."""
@@ -49,10 +53,11 @@ class ToolConfidence:
         self._text += piece
         if logprob is not None:
             self._logprobs.append(logprob)
+            if self._decision is None and piece.strip(b' "'):
+                self._decision = logprob
 
     @property
     def value(self) -> float | None:
-        """The geometric mean probability of the value's tokens; None when no value was seen."""
-        if not self._logprobs:
-            return None
-        return math.exp(sum(self._logprobs) / len(self._logprobs))
+        """The probability of the value's first token that spells part of the name; None when no
+        value was seen."""
+        return math.exp(self._decision) if self._decision is not None else None
