@@ -109,6 +109,7 @@ class Escalation:
         """Told (reason, outcome) of every escalation decided (metrics)."""
 
     def reason(self, state: agent_pb2.AgentState, thought: Thought, proposal: Proposal) -> str | None:
+        """Why this step goes to the hub's model, or None (``reason_for``)."""
         return reason_for(
             self.cfg,
             confidence=thought.completion.confidence,
@@ -125,7 +126,8 @@ class Escalation:
         budget_tokens: float,
         reason: str,
     ) -> Escalated:
-        """Escalate the step for ``reason`` (``reason``'s answer); ``budget_tokens``: the agent's."""
+        """Escalate the step for ``reason`` (what ``reason()`` gave); ``budget_tokens``: the agent's
+        token budget."""
         done = await self._ask(state, thought, proposal, budget_tokens, reason)
         if self.on_outcome is not None:
             self.on_outcome(reason, done.outcome)
