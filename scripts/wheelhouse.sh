@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Build what the edgehub_edge Ansible role installs from (docs/rollout.md):
+# Build what the edgehub_edge (or, with EDGEHUB_WHEEL_PACKAGE=hub, the edgehub_hub) Ansible role
+# installs from (docs/rollout.md):
 #
-#   scripts/wheelhouse.sh PROJECT_DIR [DEPS_DIR]
+#   [EDGEHUB_WHEEL_PACKAGE=edge|hub] scripts/wheelhouse.sh PROJECT_DIR [DEPS_DIR]
 #
-#   PROJECT_DIR  the project's wheels for the edge daemon (edgehub-edge and the members it needs), built
+#   PROJECT_DIR  the project's wheels for the daemon (edgehub-edge or edgehub-hub and the members it needs), built
 #                from this work tree, and requirements.txt: every other package pinned as uv.lock has it
 #                (the device installs exactly that set, --no-deps, so the workspace's overrides hold);
 #                the role copies the folder to each device (edgehub_edge_wheels).
@@ -15,10 +16,15 @@
 #                EDGEHUB_WHEEL_PYTHON: the devices' Python version (default 3.11).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-(( $# >= 1 )) || { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+(( $# >= 1 )) || { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 PROJECT_DIR=$1
 DEPS_DIR=${2:-}
-MEMBERS=(protocol sync cli llm hardware edge)
+PACKAGE=${EDGEHUB_WHEEL_PACKAGE:-edge}
+case $PACKAGE in
+    edge) MEMBERS=(protocol sync cli llm hardware edge) ;;
+    hub) MEMBERS=(protocol sync cli llm hub) ;;
+    *) echo "EDGEHUB_WHEEL_PACKAGE must be edge or hub, not $PACKAGE" >&2; exit 2 ;;
+esac
 
 mkdir -p "$PROJECT_DIR"
 for member in "${MEMBERS[@]}"; do
@@ -26,17 +32,17 @@ for member in "${MEMBERS[@]}"; do
 done
 
 {
-    echo "# what edgehub-edge runs with, pinned as in uv.lock (scripts/wheelhouse.sh); edgehub-edge itself"
-    echo "# is not listed: the role installs the version it rolls out beside these"
+    echo "# what edgehub-$PACKAGE runs with, pinned as in uv.lock (scripts/wheelhouse.sh); edgehub-$PACKAGE"
+    echo "# itself is not listed: the role installs the version it rolls out beside these"
     for member in "${MEMBERS[@]}"; do
-        [[ $member == edge ]] || echo "edgehub-$member==$(sed -n 's/^version = "\(.*\)"$/\1/p' "$member/pyproject.toml" | head -1)"
+        [[ $member == "$PACKAGE" ]] || echo "edgehub-$member==$(sed -n 's/^version = "\(.*\)"$/\1/p' "$member/pyproject.toml" | head -1)"
     done
-    uv export --frozen --package edgehub-edge --no-emit-workspace --no-dev --no-hashes --no-header --no-annotate
+    uv export --frozen --package "edgehub-$PACKAGE" --no-emit-workspace --no-dev --no-hashes --no-header --no-annotate
 } >"$PROJECT_DIR/requirements.txt"
 
 [[ -n "$DEPS_DIR" ]] || exit 0
 PYTHON=${EDGEHUB_WHEEL_PYTHON:-3.11}  # the devices' Python: wheels are picked for its tags
-stamp="$(sha256sum uv.lock | cut -c1-16) python$PYTHON $(uname -m)"
+stamp="$(sha256sum uv.lock | cut -c1-16) python$PYTHON $(uname -m)${PACKAGE/#edge/}"
 if [[ "$(cat "$DEPS_DIR/stamp" 2>/dev/null)" == "$stamp" ]]; then
     exit 0
 fi
@@ -48,7 +54,7 @@ llama=("$WHEELS"/llama_cpp_python-"$LLAMA_VERSION"-*.whl)
 build="$DEPS_DIR.build.$$"
 rm -rf "$build"
 mkdir -p "$build"
-uv export --frozen --package edgehub-edge --no-emit-workspace --no-dev --no-hashes --no-header --no-annotate \
+uv export --frozen --package "edgehub-$PACKAGE" --no-emit-workspace --no-dev --no-hashes --no-header --no-annotate \
     | grep -v '^llama-cpp-python==' >"$build/requirements.txt"
 # pip wheel: binary wheels as they are, sdists (nkeys, ...) built into wheels
 uv tool run --quiet --python "$PYTHON" --from pip pip wheel --quiet --disable-pip-version-check --no-deps \

@@ -45,7 +45,7 @@ def script(steps: int) -> object:
     return next_action
 
 
-def config(data_dir: Path, url: str) -> EdgeConfig:
+def config(data_dir: Path, url: str, **store: float) -> EdgeConfig:
     return EdgeConfig.model_validate(
         {
             "device": {"id": "dev-full", "data_dir": str(data_dir)},
@@ -53,7 +53,7 @@ def config(data_dir: Path, url: str) -> EdgeConfig:
             "hub": {"nats_url": url},
             "memory": {"replicate": False, "episodic": False},
             "agent": {"max_steps": 60, "max_tool_calls": 100},
-            "store": {"resume_free_mb": 1.0},
+            "store": {"resume_free_mb": 1.0} | store,
             "safety": {"stuck_steps": 100},  # the padded thoughts are alike on purpose
         }
     )
@@ -144,3 +144,40 @@ async def test_an_agent_pauses_on_a_full_disk_and_resumes_by_itself_losing_nothi
     assert applied == len(log)  # each applied once
     assert [got[s].step.event_id for s in sorted(got)] == [e.event_id for e in log]
     await hub_nc.close()
+
+
+async def test_with_a_pause_threshold_agents_pause_at_a_step_boundary_before_a_write_fails(
+    tmp_path: Path,
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
+    with small_fs(tmp_path / "small", "8m") as fs:
+        cfg = config(fs / "edge", nats_server.url, pause_free_mb=0.8, resume_free_mb=1.6)
+        async with EdgeDaemon(cfg, brain=FakeBrain(script(40))) as daemon:  # type: ignore[arg-type]
+            pressure = daemon.parts.scheduler.pressure
+            assert pressure is not None
+            pressure.check_s = 0.05
+            filler = fill(fs, leave_bytes=1400 * 1024)
+            runner = asyncio.create_task(daemon.run())
+            agent_id = daemon.submit("write forty notes")
+            await eventually(lambda: pressure.full, within=60, what="free space to fall under 0.8 MB")
+            assert "nearly full" in daemon.report().paused_reason
+            await eventually(
+                lambda: agent_id in pressure.paused and not daemon.parts.scheduler.running,
+                within=30,
+                what="the agent to stop at its step boundary",
+            )
+            assert "nearly full" in pressure.reason  # no write failed (that would say "is full")
+            assert daemon.store.load_agent(agent_id).status == S.AGENT_STATUS_RUNNING
+            filler.unlink()
+            await eventually(
+                lambda: daemon.store.load_agent(agent_id).status == S.AGENT_STATUS_FINISHED,
+                within=60,
+                what=lambda: f"the agent to resume and finish: {daemon.store.load_agent(agent_id)}",
+            )
+            log = daemon.store.mind_log(agent_id)
+            daemon.request_stop()
+            await runner
+        assert quick_check(cfg.store_path) == []
+    notes = [e.detail for e in log if e.kind == S.STEP_KIND_WARNING and "paused" in e.detail]
+    assert len(notes) == 1
+    assert "nearly full" in notes[0]  # paused before any write failed, not by a full disk

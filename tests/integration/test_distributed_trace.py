@@ -154,7 +154,8 @@ def test_a_two_device_goal_is_one_trace_from_the_api_call_to_every_step(
         names = [s["operationName"] for s in spans]
         steps = names.count("agent.step")
         applied = names.count("event.applied")
-        return spans if names.count("agent.run") >= 2 and steps >= 4 and applied >= 4 else None
+        ended = names.count("goal.ended")
+        return spans if names.count("agent.run") >= 2 and steps >= 4 and applied >= 4 and ended else None
 
     spans = assert_eventually(whole, timeout=60, what=lambda: f"the whole trace: {jaeger.trace(trace_id)}")
     assert {s["traceID"] for s in spans} == {trace_id}
@@ -170,6 +171,11 @@ def test_a_two_device_goal_is_one_trace_from_the_api_call_to_every_step(
     assert _tag(goal, "edgehub.goal.id") == goal_id
     (planning,) = named("goal.plan")  # the operator's plan, checked by the planner
     assert _parent(planning) == goal["spanID"]
+    (ended,) = named("goal.ended")  # the goal's whole life, written when it ended
+    assert _parent(ended) == goal["spanID"]
+    assert _tag(ended, "edgehub.goal.status") == "done"
+    assert ended["startTime"] <= goal["startTime"] + 1_000_000  # from the submission (Jaeger: µs)
+    assert ended["startTime"] + ended["duration"] >= planning["startTime"] + planning["duration"]
 
     # hub: one task span per dispatch, children of the goal
     tasks = {_tag(s, "edgehub.task.id"): s for s in named("task")}

@@ -359,3 +359,24 @@ async def test_messages_delivered_but_not_yet_taken_go_back_at_once_when_the_hub
         await eventually(lambda: len(hub.by_id) == 20, within=10, what="the rest, long before the ack wait")
     assert sorted(e.seq for e in hub.by_id.values()) == list(range(11, 31))
     await nc.close()
+
+
+async def test_a_hub_that_takes_over_knows_each_devices_last_applied_sequence_before_its_next_event(
+    tmp_path: Path,
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
+    store = fill_outbox(tmp_path / "edge.db", 200)
+    edge, hub_nc = await connect(nats_server, "edge"), await connect(nats_server, "hub")
+    hub = Hub()
+    first = EventApplier(hub_nc.jetstream(), hub.apply)
+    async with running(OutboxPublisher(store, edge.jetstream()).run, first.run):
+        await eventually(lambda: len(hub.by_id) == 200, within=60)
+    assert first.last_applied == {DEVICE: 200}
+    second = EventApplier(hub_nc.jetstream(), hub.apply)  # another process: nothing applied by it yet
+    async with running(second.run):
+        await eventually(
+            lambda: second.last_applied == {DEVICE: 200}, within=10, what=lambda: second.last_applied
+        )
+    assert second.stats.applied == 0  # known from the bucket, not from an event it applied
+    for nc in (edge, hub_nc):
+        await nc.close()

@@ -83,6 +83,7 @@ def with_agent(store: SqliteStore, agent_id: str = "a1", epoch: int = 0) -> None
 
 def test_every_command_kind_has_a_handler(store: SqliteStore, tmp_path: Path) -> None:
     kinds = {f.name for f in commands_pb2.Command.DESCRIPTOR.oneofs_by_name["body"].fields}
+    kinds -= {"use_model"}  # issue 21 part 2 (model delivery) handles it; until then it is dead-lettered
     assert set(router(store, tmp_path)[0].handlers) == kinds
 
 

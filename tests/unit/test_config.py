@@ -130,3 +130,10 @@ def test_a_config_path_that_is_a_folder_is_a_clear_error(tmp_path: Path) -> None
         load_config(tmp_path, env={})
     with pytest.raises(HubConfigError, match="is a folder"):
         load_hub_config(tmp_path, env={})
+
+
+def test_the_pause_threshold_must_be_below_the_resume_threshold(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"pause_free_mb \(2\) must be below resume_free_mb \(2\)"):
+        load_config(write(tmp_path, "[store]\npause_free_mb = 2\nresume_free_mb = 2\n"), env={})
+    cfg = load_config(write(tmp_path, "[store]\npause_free_mb = 64\nresume_free_mb = 128\n"), env={})
+    assert (cfg.store.pause_free_mb, cfg.store.resume_free_mb) == (64, 128)

@@ -36,3 +36,25 @@ def test_a_folder_that_cannot_be_measured_keeps_the_agents_paused(tmp_path: Path
     disk.hit("a", StoreFull(path="edge.db", detail="full"))
     assert not disk.check()
     assert disk.full
+
+
+def test_under_the_pause_threshold_the_pressure_starts_before_a_write_fails(tmp_path: Path) -> None:
+    disk = DiskPressure(tmp_path, resume_free_bytes=2**62, pause_free_bytes=2**61)
+    assert disk.low()
+    assert disk.full
+    assert "nearly full" in disk.reason
+    assert "pause_free_mb" in disk.reason
+    assert not disk.low()  # already under pressure: entered once
+    disk.pause("a")
+    disk.pause("a")
+    assert list(disk.paused) == ["a"]
+    disk.resume_free_bytes = disk.pause_free_bytes = 1
+    assert disk.check()
+    assert [p.agent_id for p in disk.take_resumed()] == ["a"]
+    assert not disk.low()  # plenty free
+
+
+def test_without_a_pause_threshold_nothing_pauses_before_a_write_fails(tmp_path: Path) -> None:
+    disk = DiskPressure(tmp_path, resume_free_bytes=2**62)
+    assert not disk.low()
+    assert not disk.full

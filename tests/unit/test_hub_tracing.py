@@ -123,3 +123,19 @@ def test_tracing_off_makes_no_span_and_adds_no_interceptor() -> None:
         events_pb2.EdgeEvent(),
         msg({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}),
     )
+
+
+def test_an_ended_goal_gets_a_span_from_its_submission_to_its_end_in_its_trace(
+    hub: HubTracing, exporter: InMemorySpanExporter
+) -> None:
+    goal = new_record("read", by="alice", planner=G.GOAL_PLANNER_OPERATOR)
+    with hub.goal(goal):
+        goal.trace_parent = tracing.traceparent()
+    goal.submitted_at, goal.finished_at, goal.status = 1000.0, 1042.5, G.GOAL_STATUS_FAILED
+    hub.ended(goal)
+    found = spans(hub, exporter)
+    ended = found["goal.ended"]
+    assert ended.parent is not None
+    assert f"{ended.parent.span_id:016x}" == ids(found["goal"])[1]
+    assert (ended.start_time, ended.end_time) == (1000 * 10**9, 1042_500_000_000)
+    assert dict(ended.attributes or {})["edgehub.goal.status"] == "failed"

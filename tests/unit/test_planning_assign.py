@@ -81,6 +81,15 @@ def test_offline_and_draining_devices_are_skipped() -> None:
     assert dict(assign(FORK, ["scan"], devices).placed) == {"scan": "edge-3"}
 
 
+def test_a_device_whose_disk_is_full_takes_no_new_task_and_the_reason_says_so() -> None:
+    full = dev("edge-1", paused="store file system full: 0.4 MB free")
+    assert dict(assign(FORK, ["scan"], [full, dev("edge-2", load=5.0)]).placed) == {"scan": "edge-2"}
+    (why,) = assign(FORK, ["scan"], [full]).unplaced
+    assert why.reason == (
+        "every device with its tools is unavailable: edge-1 (paused: store file system full: 0.4 MB free)"
+    )
+
+
 def test_a_device_that_holds_related_memories_is_preferred() -> None:
     p = plan(task("oil", goal="Check the oil pressure history of pump P-3"))
     devices = [dev("edge-1"), dev("edge-2", memories={"pump", "p", "pressure"}, load=0.5)]
@@ -176,6 +185,14 @@ def test_a_current_twin_is_read_in_full() -> None:
     assert view.tools == {"read_file", "camera"}
     assert view.labels == {"site": "hall-5", "arch": "aarch64"}  # arch: reported by the device itself
     assert view.arch == "aarch64"
+
+
+def test_a_twin_that_reports_paused_agents_is_not_eligible() -> None:
+    reported = stored(twin())
+    assert DeviceView.from_twin(reported, NOW).unavailable == ""
+    reported.paused_reason = "store file system full"
+    view = DeviceView.from_twin(reported, NOW)
+    assert (view.eligible, view.unavailable) == (False, "paused: store file system full")
 
 
 def test_a_device_is_selectable_by_its_hardware_profile_and_explicit_labels_win() -> None:

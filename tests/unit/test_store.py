@@ -135,6 +135,7 @@ def test_an_approval_is_stored_with_the_paused_step_and_decided_once(store: Sqli
     state = store.load_agent("a1")
     state.status = S.AGENT_STATUS_AWAITING_APPROVAL
     pending = Approval("a1/0", "a1", 0, "run_command", '{"command": "rm -rf x"}', "{}", "r", "why")
+    pending = dataclasses.replace(pending, policy_version=3, policy_digest="sha256:ab")
     store.checkpoint(state, step_event("a1", 0, "approval"), [], approval=pending)
     assert store.load_agent("a1").status == S.AGENT_STATUS_AWAITING_APPROVAL
     assert [a.key for a in store.list_approvals()] == ["a1/0"]
@@ -144,6 +145,7 @@ def test_an_approval_is_stored_with_the_paused_step_and_decided_once(store: Sqli
     got = store.get_approval("a1/0")
     assert got is not None
     assert (got.status, got.decided_by) == ("approved", "ana")
+    assert (got.policy_version, got.policy_digest) == (3, "sha256:ab")  # the policy that asked for it
     assert store.load_agent("a1").status == S.AGENT_STATUS_RUNNING
     assert store.list_approvals() == []
     with pytest.raises(StoreError, match="not pending"):

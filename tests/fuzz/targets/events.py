@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from edgehub.hub.config import PlannerConfig
 from edgehub.hub.fleet.agents import AgentRegistry
+from edgehub.hub.fleet.rollouts import RolloutService
 from edgehub.hub.goals import DeviceView
 from edgehub.hub.goals.service import GoalService
 from edgehub.hub.routing import EventRouter
@@ -174,6 +175,11 @@ class _Services:
         self.agents = AgentRegistry(js)  # type: ignore[arg-type]
         self.goals = goals
         self.knowledge = None
+        self.rollouts = RolloutService(js, None, _nothing, _nothing, None)  # type: ignore[arg-type]
+
+
+async def _nothing() -> list[object]:
+    return []
 
 
 async def _never(event: events_pb2.EdgeEvent) -> None:

@@ -197,6 +197,7 @@ class EdgeDaemon:
             helpers.append(asyncio.create_task(p.indexer.run(stop), name="l3-indexer"))
         if p.scheduler.pressure is not None:  # resumes agents paused by a full disk
             helpers.append(asyncio.create_task(p.scheduler.pressure.run(stop), name="disk-pressure"))
+        helpers.append(asyncio.create_task(p.shadow.resume(), name="shadow-resume"))  # a rollout's, if any
         trim = IdleTrim(lambda: len(p.scheduler.running), _releasers(p))
         helpers.append(asyncio.create_task(trim.run(stop), name="idle-trim"))
         if self.opts.brain is None and self.cfg.snapshot.enabled:  # only a brain of its own sleeps

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from edgehub.cli import config as config_loader
 from edgehub.protocol.ids import NAME_PATTERN
@@ -57,6 +57,16 @@ class ModelConfig(_Section):
     grammar_bounds: int = Field(200, ge=0, le=1000)
     """Length bounds of the action schema up to this many characters stay in the grammar (the thought,
     paths, keys: a model cannot ramble inside them until max_tokens cuts its JSON); 0: none."""
+
+
+class ShadowConfig(_Section):
+    """Shadow reasoning for parity-gated rollouts (``shadow.py``, docs/models.md)."""
+
+    timeout_s: float = Field(60.0, gt=0)
+    """A shadow proposal not ready after this long is dropped (counted); the next steps are skipped
+    until the model is free again."""
+    n_threads: int | None = Field(None, ge=1, le=256)
+    """Threads of the shadow model; None: ``[model] n_threads``'s."""
 
 
 class AgentConfig(_Section):
@@ -268,6 +278,18 @@ class StoreConfig(_Section):
     resume_free_mb: float = Field(2.0, gt=0)
     """After the store's file system filled up (agents paused, docs/operations.md "Disk pressure"),
     they resume once this much is free again."""
+    pause_free_mb: float = Field(0.0, ge=0)
+    """Pause the running agents at their next step once less than this is free on the store's file
+    system, before a write fails (0: only when one does). Must be below ``resume_free_mb``."""
+
+    @model_validator(mode="after")
+    def _pause_below_resume(self) -> StoreConfig:
+        if self.pause_free_mb and self.pause_free_mb >= self.resume_free_mb:
+            raise ValueError(
+                f"pause_free_mb ({self.pause_free_mb:g}) must be below resume_free_mb "
+                f"({self.resume_free_mb:g}), or agents would resume only to pause again"
+            )
+        return self
 
 
 class KindRetention(_Section):
@@ -321,6 +343,7 @@ class RetentionConfig(_Section):
 class EdgeConfig(_Section):
     device: DeviceConfig = DeviceConfig()
     model: ModelConfig = ModelConfig()
+    shadow: ShadowConfig = ShadowConfig()
     agent: AgentConfig = AgentConfig()
     memory: MemoryConfig = MemoryConfig()
     tools: ToolsConfig = ToolsConfig()

@@ -14,6 +14,7 @@ whether trying again may help (the one root: ``edgehub.protocol.errors.EdgehubEr
     │                           back, retryable once there is space (agents pause meanwhile)
     ├── ToolError            a tool could not be registered or loaded (``tool``)
     ├── GoalError            a goal this device cannot take: empty, too long, or more than the context holds
+    ├── ShadowRefused        a rollout's shadow model it cannot run: not held, not verified, unloadable
     └── AgentNotFound        no agent with that id (``agent_id``)
 
 Tool *call* failures are not exceptions for the agent loop: the gateway turns them into error
@@ -169,3 +170,8 @@ class AgentNotFound(EdgeError):
     def __init__(self, agent_id: str) -> None:
         self.agent_id = agent_id
         super().__init__(f"no agent {agent_id!r} on this device")
+
+
+class ShadowRefused(EdgeError):
+    """A shadow model (parity-gated rollout) this device cannot run: not held at its model path, its
+    bytes do not hash to its name, or it does not load."""

@@ -10,7 +10,7 @@ fixed words; never an agent or goal id. docs/operations.md, "Metrics and alerts"
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
@@ -48,8 +48,11 @@ class DaemonCollector(Collector):
         running: Callable[[], int],
         published: Callable[[], int | None],
         data_dir: Path | None = None,
+        shadow: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         self.device_id = device_id
+        self.shadow = shadow
+        """Steps offered to a rollout's shadow model, by outcome (``ShadowCounts.by_outcome``)."""
         self.outbox_depth = outbox_depth
         self.running = running
         self.published = published
@@ -73,6 +76,15 @@ class DaemonCollector(Collector):
             yield sent
         if self.data_dir is not None:
             yield from self._disk(self.data_dir)
+        if self.shadow is not None:
+            shadow = CounterMetricFamily(
+                "edgehub_edge_shadow_steps",
+                "Steps offered to a rollout's shadow model, by outcome (recorded, skipped, timeout, failed)",
+                labels=["device", "outcome"],
+            )
+            for outcome, n in self.shadow().items():
+                shadow.add_metric([d, outcome], n)
+            yield shadow
         yield self._memory()
 
     def _disk(self, data_dir: Path) -> Iterator[GaugeMetricFamily]:

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from edgehub.llm import Brain, ModelGate
@@ -34,6 +34,7 @@ from .metrics import DaemonCollector, EdgeMetrics
 from .pressure import DiskPressure
 from .safety.build import Safety, build_safety, build_scrubber
 from .scheduler import AgentScheduler
+from .shadow import ShadowReasoner, llama_opener
 from .store.base import DeviceStore
 from .store.retention import Pruner, rules_of
 from .store.sqlite import SqliteStore
@@ -77,6 +78,8 @@ class Parts:
     """Where /metrics is served (``[metrics] port``; None: not served)."""
     pruner: Pruner
     """Retention: prunes the store by ``[retention]`` while the daemon runs."""
+    shadow: ShadowReasoner
+    """The model a rollout runs in shadow here, if any (``shadow.py``)."""
     restricted: StoreRolledBack | None = None
     """Why the daemon runs restricted (the store lost commits): no agent runs, the outbox is not sent,
     the hub's commands wait; the twin says why. None: it runs normally."""
@@ -112,14 +115,27 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
     hub = _hub(cfg, store, identity, metrics)
     replicate = hub is not None and cfg.memory.replicate
     indexer = None if restricted else await _indexer(cfg, store, replicate=replicate)
-    loop = AgentLoop(_loop_deps(cfg, store, brain, safety, tracing, _on_step(metrics, indexer), hub, indexer))
+    shadow = ShadowReasoner(
+        cfg.device.data_dir,
+        store.append_shadow_step,
+        llama_opener(cfg),
+        embedder=indexer.memory.embedder if indexer is not None else LazyEmbedder(),
+        timeout_s=cfg.shadow.timeout_s,
+    )
+    opened.push_async_callback(shadow.shutdown)
+    deps = _loop_deps(cfg, store, brain, safety, tracing, _on_step(metrics, indexer), hub, indexer)
+    loop = AgentLoop(replace(deps, shadow=shadow))
     scheduler = AgentScheduler(
         store,
         loop,
         max_concurrent=cfg.agent.max_concurrent,
         drain_timeout=opts.drain_timeout,
         poll_interval=opts.poll_interval,
-        pressure=DiskPressure(cfg.store_path.parent, resume_free_bytes=int(cfg.store.resume_free_mb * 2**20)),
+        pressure=DiskPressure(
+            cfg.store_path.parent,
+            resume_free_bytes=int(cfg.store.resume_free_mb * 2**20),
+            pause_free_bytes=int(cfg.store.pause_free_mb * 2**20),
+        ),
     )
     drain = DrainFlag(cfg.device.data_dir, cfg.device.id)
     router = CommandRouter(
@@ -130,6 +146,7 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         identity=identity,
         keep_consolidated_days=cfg.memory.keep_consolidated_days,
         hub_policy=safety.hub_policy,
+        shadow=shadow,
     )
     twin = TwinReporter(
         cfg,
@@ -141,10 +158,11 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
         paused=lambda: scheduler.pressure.reason if scheduler.pressure else "",
         policy=safety.hub_policy.running,
         restricted=restricted,
+        shadow=lambda: (shadow.rollout_id, shadow.sha256),
     )
-    port = _serve_metrics(cfg, metrics, store, scheduler, hub)
+    port = _serve_metrics(cfg, metrics, store, scheduler, hub, shadow)
     pruner = _pruner(cfg, store, indexer)
-    return Parts(store, brain, loop, scheduler, router, twin, hub, indexer, port, pruner, restricted)
+    return Parts(store, brain, loop, scheduler, router, twin, hub, indexer, port, pruner, shadow, restricted)
 
 
 def _pruner(cfg: EdgeConfig, store: DeviceStore, indexer: EpisodeIndexer | None) -> Pruner:
@@ -298,7 +316,12 @@ def _escalation(cfg: EdgeConfig, safety: Safety, hub: Hub | None) -> Escalation 
 
 
 def _serve_metrics(
-    cfg: EdgeConfig, metrics: EdgeMetrics, store: DeviceStore, scheduler: AgentScheduler, hub: Hub | None
+    cfg: EdgeConfig,
+    metrics: EdgeMetrics,
+    store: DeviceStore,
+    scheduler: AgentScheduler,
+    hub: Hub | None,
+    shadow: ShadowReasoner,
 ) -> int | None:
     """Add the daemon's scrape-time figures; serve /metrics when ``[metrics] port`` is set (its port)."""
     published = (lambda: hub.link.published) if hub is not None else (lambda: None)
@@ -309,6 +332,7 @@ def _serve_metrics(
             running=lambda: len(scheduler.running),
             published=published,
             data_dir=cfg.device.data_dir,
+            shadow=shadow.counts.by_outcome,
         )
     )
     if cfg.metrics.port is None:

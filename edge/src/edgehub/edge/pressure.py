@@ -8,6 +8,10 @@ while the pressure lasts. ``DiskPressure.run`` checks every ``check_s`` whether 
 agents from their last checkpoint, each first writing a warning into its mind-log that says how long
 it was paused and why (the hub sees it in the agent's trace). Meanwhile the twin's ``paused_reason``
 tells the hub (the heartbeat writes to the hub's KV, not to the disk).
+
+Before the disk is full: with ``pause_free_bytes`` set, the same check runs while there is no pressure,
+and once less than that is free the daemon pauses its running agents at their next step boundary
+(``low``), before a write fails; they resume the same way once ``resume_free_bytes`` is free.
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ class DiskPressure:
     folder: Path
     """The store's folder (its file system is the one watched)."""
     resume_free_bytes: int = 2 * 1024 * 1024
+    pause_free_bytes: int = 0
+    """Pause the running agents at their next step once less than this is free (0: only when a write
+    fails). Below ``resume_free_bytes``, so a pause and its resume do not alternate."""
     check_s: float = 1.0
     reason: str = ""
     """Why agents are paused ('' : they are not)."""
@@ -51,6 +58,29 @@ class DiskPressure:
     @property
     def full(self) -> bool:
         return bool(self.reason)
+
+    def low(self) -> bool:
+        """Less than ``pause_free_bytes`` free (and not yet under pressure): enter it before a write
+        fails. The scheduler then pauses its running agents at their step boundary (``pause``)."""
+        if self.reason or self.pause_free_bytes <= 0:
+            return False
+        try:
+            free = self.free_bytes()
+        except OSError as exc:
+            log.debug("free space of %s: %s", self.folder, exc)
+            return False
+        if free >= self.pause_free_bytes:
+            return False
+        self.reason = (
+            f"the store's file system is nearly full ({free / 2**20:.1f} MB free, "
+            f"under [store] pause_free_mb = {self.pause_free_bytes / 2**20:g})"
+        )
+        log.warning("%s: pausing agents until %g MB are free", self.reason, self.resume_mb)
+        return True
+
+    def pause(self, agent_id: str) -> None:
+        """``agent_id`` stops at its step boundary because of the pressure; resumed with the others."""
+        self.paused.setdefault(agent_id, Paused(agent_id, time.time(), self.reason))
 
     def hit(self, agent_id: str, exc: StoreFull) -> None:
         """``agent_id``'s write did not fit: pause it (and start nothing until there is space)."""
@@ -93,4 +123,5 @@ class DiskPressure:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.check_s)
-            self.check()
+            if not self.low():
+                self.check()

@@ -145,6 +145,10 @@ class AgentScheduler:
     def _start_ready(self) -> None:
         if self.pressure is not None:
             if self.pressure.full:
+                for agent_id in self._tasks:  # nearly full: stop at the step boundary, before a write fails
+                    if agent_id not in self.pressure.paused:
+                        self.pressure.pause(agent_id)
+                        self._agent_stops.setdefault(agent_id, asyncio.Event()).set()
                 return
             for paused in self.pressure.take_resumed():
                 try:

@@ -363,6 +363,16 @@ class RetentionConfig(_Section):
         )
 
 
+class RolloutsConfig(_Section):
+    """Parity-gated model rollouts (``fleet/rollouts.py``, docs/models.md)."""
+
+    wave_timeout_s: float = Field(86400.0, gt=0)
+    """A wave in shadow that has not filled its window after this long is halted (its devices sent too
+    few shadow steps: they refused the model, ran no agents, or are offline)."""
+    check_s: float = Field(30.0, gt=0)
+    """How often the hub looks for waves past their timeout."""
+
+
 class HubConfig(_Section):
     hub: HubSection = HubSection()
     nats: NatsConfig = NatsConfig()
@@ -375,6 +385,7 @@ class HubConfig(_Section):
     escalation: EscalationConfig = EscalationConfig()
     tracing: TracingConfig = TracingConfig()
     retention: RetentionConfig = RetentionConfig()
+    rollouts: RolloutsConfig = RolloutsConfig()
 
 
 def load_config(path: Path | None = None, env: Mapping[str, str] | None = None) -> HubConfig:

@@ -117,8 +117,8 @@ class DeviceStateCollector(Collector):
     last twin said (``edgehub_hub_device_outbox_depth``), and its lag: its outbox head (twin) minus the
     sequence the hub applied last for it (``edgehub_hub_device_lag_events``), events it made that the
     hub has not applied yet, wherever they wait. The lag is reported only by the hub process applying
-    events (``applied``: device -> sequence, filled as it applies; None until the applier exists), and
-    only for devices whose events it has handled since it took over."""
+    events (``applied``: device -> sequence, read from the ``edgehub-applied`` bucket when it starts
+    consuming and kept as it applies; None until the applier exists)."""
 
     def __init__(
         self, watcher: Callable[[], DeviceWatcher | None], applied: Callable[[], dict[str, int] | None]

@@ -1,8 +1,9 @@
-"""Where the edges' events go once the applier admitted them (``EventApplier``'s ``apply_batch``):
-step events to the agent registry, task results (and task agents' first steps) to the goals, episodes
-to the knowledge graph. An event its device may not send for its agent (``fleet.agents.fence``: another
-device's agent, an id in the hub's namespace not registered to it, a stale copy after a migration) is
-applied nowhere, steps, results and episodes alike, and kept in the dead letters with the reason.
+"""Where the edges' events go once the applier admitted them (``EventApplier``'s ``apply_batch``): step
+events to the agent registry, task results (and task agents' first steps) to the goals, episodes to the
+knowledge graph, shadow steps to their rollouts (``fleet/rollouts.py``). An event its device may not send
+for its agent (``fleet.agents.fence``: another device's agent, an id in the hub's namespace not
+registered to it, a stale copy after a migration) is applied nowhere, steps, results and episodes alike,
+and kept in the dead letters with the reason.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class EventRouter:
         mine = [e for e in steps if id(e) not in refused] + results  # task agents' steps: start times
         await self._dead_letter(await self.services.goals.on_events(mine))
         await self._episodes(await self._fence(_of(events, "episode"), stranger))  # no epoch of their own
+        shadow = _of(events, "shadow_step")
+        if shadow:  # judged by the device the subject authenticated and its rollout, not by agent
+            await self.services.rollouts.apply(shadow)
 
     async def _fence(
         self, events: list[Event], check: Callable[[AgentRecord | None, Event], str] = fence

@@ -29,6 +29,7 @@ from .fleet.identity import Credentials, CredentialsView, DeviceIdentity, Enroll
 from .fleet.migration import MigrationService
 from .fleet.policies import FleetPolicies
 from .fleet.recovery import DeviceRecoveryView
+from .fleet.rollouts import RolloutService
 from .fleet.scopes import ScopeGuard
 from .fleet.traces import Traces
 from .goals import DeviceView, FleetCache
@@ -81,6 +82,8 @@ class HubServices:
     """Fleet policy: pushes, rollbacks, status (``fleet/policies.py``)."""
     recovery: DeviceRecoveryView
     """What the hub holds of a device, for that device's recovery (``GetDeviceRecovery``)."""
+    rollouts: RolloutService
+    """Parity-gated model rollouts: shadow, gate, promote or halt, rollback (``fleet/rollouts.py``)."""
     model: HubModel
     """The hub's model (``[planner]``'s), loaded at first use, shared by planning and escalation."""
     escalation: EscalationService | None = None
@@ -137,6 +140,15 @@ class HubServices:
             goals=goals,
             policies=FleetPolicies(js, signer, commands, views, scopes),
             recovery=DeviceRecoveryView(js, agents, traces),
+            rollouts=RolloutService(
+                js,
+                commands,
+                views,
+                devices.all,
+                scopes,
+                wave_timeout_s=cfg.rollouts.wave_timeout_s,
+                check_s=cfg.rollouts.check_s,
+            ),
             model=model,
         )
 
@@ -157,7 +169,12 @@ class HubServices:
 
     def runs(self, stop: asyncio.Event) -> list[Coroutine[Any, Any, None]]:
         """The services' background work, each until ``stop``."""
-        parts = [self.watcher.run(stop), self.migrations.run(stop), self.goals.run(stop)]
+        parts = [
+            self.watcher.run(stop),
+            self.migrations.run(stop),
+            self.goals.run(stop),
+            self.rollouts.run(stop),
+        ]
         if self.identity.view is not None:
             parts.append(self.identity.view.run(stop))
         if self.responder is not None:

@@ -8,6 +8,8 @@
        │              in the goal record (``Goal.trace_parent``) so any hub process continues the trace
        ├─ goal.plan   the planner's work (the model, or the operator's plan checked); goal.synthesise:
        │              the model writing the goal's answer from its tasks' results
+       ├─ goal.ended  the goal's whole life, from its submission to its end (written when it ends, by
+       │              whichever hub process ends it): edgehub.goal.status, edgehub.goal.tasks
        └─ task        one per dispatch: edgehub.goal.id, edgehub.task.id, edgehub.agent.id,
           │           edgehub.device.id, edgehub.task.attempt; the StartAgent command carries it in
           │           its NATS headers, and the edge's ``agent.run`` spans are its children
@@ -107,6 +109,22 @@ class HubTracing:
         tags |= {f"edgehub.goal.{key}": value for key, value in attrs.items()}
         context = tracing.linked(record.trace_parent)
         return self.tracer.start_as_current_span(name, context=context, attributes=tags)
+
+    def ended(self, record: goals_pb2.Goal) -> None:
+        """``goal.ended``: a span from the goal's submission to its end, in its trace, so the trace shows
+        how long the goal took (the ``goal`` span itself ends once the goal is stored and planned)."""
+        start = int(record.submitted_at * 1e9) if record.submitted_at > 0 else None
+        end = int(record.finished_at * 1e9) if record.finished_at > 0 else None
+        status = goals_pb2.GoalStatus.Name(record.status).removeprefix("GOAL_STATUS_").lower()
+        attrs: Attrs = {
+            "edgehub.goal.id": record.goal_id,
+            "edgehub.goal.status": status,
+            "edgehub.goal.tasks": len(record.tasks),
+        }
+        span = self.tracer.start_span(
+            "goal.ended", context=tracing.linked(record.trace_parent), attributes=attrs, start_time=start
+        )
+        span.end(end_time=end if end is None or start is None or end >= start else start)
 
     def command(self, record: goals_pb2.Goal, cmd: commands_pb2.Command) -> AbstractContextManager[Span]:
         """The span a goal's command is sent in (``send_command`` puts it in the headers): ``task`` for a

@@ -47,7 +47,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from edgehub.protocol import subjects
-from edgehub.protocol.ids import InvalidId, check_ids, shown
+from edgehub.protocol.ids import InvalidId, check_ids, id_of_key, shown
 from edgehub.protocol.times import InvalidTime, check_times
 from edgehub.protocol.v1 import events_pb2
 
@@ -358,6 +358,28 @@ class EventApplier:
         """Consume until ``stop``; survives server restarts and lost consumers (it re-subscribes).
 
         A batch whose handling raises is left unacknowledged: redelivered after the ack wait."""
+        seeding = asyncio.create_task(self._seed_last_applied(), name="applied-seed")
+        try:
+            await self._consume_until(stop, retry_s)
+        finally:
+            seeding.cancel()
+            await asyncio.gather(seeding, return_exceptions=True)
+
+    async def _seed_last_applied(self) -> None:
+        """The sequence applied last per device as the bucket holds it, so the lag metric has a series
+        for every device from the moment this process consumes (after a lease handover too), not only
+        once its next event arrives."""
+        try:
+            stored = await self.applied.list()
+        except Exception as exc:  # the metric only: it fills in as events are applied
+            log.warning("applied sequences not read (%s: %s)", exc.__class__.__name__, exc)
+            return
+        for record in stored:
+            with contextlib.suppress(ValueError):
+                device = id_of_key(record.key)
+                self.last_applied[device] = max(self.last_applied.get(device, 0), int(record.value or "0"))
+
+    async def _consume_until(self, stop: asyncio.Event, retry_s: float) -> None:
         last_error = ""
         while not stop.is_set():
             pull = _Pull(self.js, self.durable, self.batch)

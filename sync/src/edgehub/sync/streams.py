@@ -154,9 +154,12 @@ POLICIES = BucketSpec(
 POLICY_DEVICES = BucketSpec(
     "edgehub-policy-devices", "per device: the latest policy bundle the hub signed for it (hub only)"
 )
+ROLLOUTS = BucketSpec(
+    "edgehub-rollouts", "parity-gated model rollouts: waves, divergence, examples, decisions (hub only)"
+)
 BUCKETS = (
     APPLIED, AGENTS, DEVICES, LEASES, TOKENS, ENROLLMENTS, CREDENTIALS, MIGRATIONS, GOALS, POLICIES,
-    POLICY_DEVICES,
+    POLICY_DEVICES, ROLLOUTS,
 )  # fmt: skip
 
 HANDOVERS = "edgehub-handovers"

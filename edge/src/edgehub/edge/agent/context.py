@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 
+from edgehub.llm import Completion
 from edgehub.protocol.v1 import agent_pb2
 
 from ..errors import GoalError
 from ..memory.l1 import steps_to_compact
 from ..tracing import AgentSpans
 from .deps import LoopDeps
-from .escalation import Thought
 from .goal import MIN_WINDOW, too_big
 from .journal import Journal
 from .prompt import PromptBuilder
+from .shadow import ModelCall
 from .steering import Steering
 from .window import Window
 
@@ -65,18 +66,21 @@ class AgentContext:
         header = self.steer.header(state)
         return f"{header}{task}{window.text}{warning}{self.prompts.cue(state.step)}"
 
-    async def think(self, state: agent_pb2.AgentState) -> Thought:
+    async def think(self, state: agent_pb2.AgentState) -> tuple[Completion, ModelCall]:
+        """The model's completion for this step, and the call it answered (what a shadow model is
+        asked too)."""
         with self._spans.phase("think") as span:
-            prompt = self.prompt(state)
-            schema = self.steer.schema(state, self.window(state).turns)
+            call = ModelCall(
+                self.prompt(state),
+                self.steer.schema(state, self.window(state).turns),
+                self.d.max_action_tokens,
+                self.prompts.special,
+            )
             completion = await self.d.model.complete(
-                prompt,
-                json_schema=schema,
-                max_tokens=self.d.max_action_tokens,
-                special=self.prompts.special,
+                call.prompt, json_schema=call.json_schema, max_tokens=call.max_tokens, special=call.special
             )
             self._spans.thought(span, completion)
-        return Thought(prompt, schema, completion)
+        return completion, call
 
     def _task(self, state: agent_pb2.AgentState) -> str:
         plan = state.plan if state.summarized_through > 0 else ()

@@ -271,6 +271,8 @@ class Journal:
             proposal_json=proposal.to_json(),
             rule=result.decision.rule,
             reason=result.decision.reason,
+            policy_version=result.decision.policy_version,
+            policy_digest=result.decision.policy_digest,
         )
         self.checkpoint(new, event, [], approval=approval)
         return new

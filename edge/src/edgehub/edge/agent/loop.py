@@ -20,6 +20,9 @@ AWAITING_APPROVAL with the proposal, and the step resumes from that proposal onc
 What the model sees (the L1 window, the prompt, recall, compaction) is ``context.py``; what a step
 commits (its event, the new state, the turns, the monitor's verdict) is ``journal.py``.
 
+After a step it thought for is committed, the call and the proposal go to the shadow model when one
+runs (``LoopDeps.shadow``, a parity-gated rollout): handed over, never waited for.
+
 Runs, steps and their phases are traced (``..tracing``) when the daemon gives the loop a tracer.
 """
 
@@ -44,6 +47,7 @@ from .deps import LoopDeps
 from .escalation import Escalated, Thought
 from .journal import Journal, call_key
 from .prompt import PromptBuilder
+from .shadow import ModelCall, ShadowAsk
 from .steering import Steering, copied_command, granted, may_call
 from .stops import BUDGET_EXHAUSTED
 from .tools.base import ToolContext
@@ -98,6 +102,7 @@ class AgentLoop:
         self.journal = Journal(deps, self.steer, self._spans, self.prompts.turns)
         self.context = AgentContext(deps, self.prompts, self.steer, self._spans, self.journal)
         self._workspaces: set[str] = set()
+        self._model = deps.model.brain.fingerprint
 
     async def run(self, agent_id: str, stop: asyncio.Event) -> agent_pb2.AgentState:
         state = self.d.store.load_agent(agent_id)
@@ -132,14 +137,17 @@ class AgentLoop:
         key = f"{state.agent_id}/{state.step}"
         completion: Completion | None = None
         escalated: Escalated | None = None
+        call: ModelCall | None = None
+        own: Proposal | None = None
         replay = self._replayed_proposal(key)
         if replay is not None:
             proposal = replay
         else:
             state = await self.context.compact_if_needed(state)
-            thought = await self.context.think(state)
-            completion = thought.completion
-            proposal = parse_action(completion.text)
+            completion, call = await self.context.think(state)
+            own = parse_action(completion.text)
+            proposal = own
+            thought = Thought(call.prompt, call.json_schema or {}, completion)
             escalated = await self._escalate(state, thought, proposal)
             if escalated is not None:
                 proposal = escalated.proposal
@@ -158,6 +166,10 @@ class AgentLoop:
             state, proposal, completion, result, output, (started, tool_ms), window, escalated
         )
         failpoints.hit("after_checkpoint", state.step)
+        if call is not None and own is not None and self.d.shadow is not None:
+            # after the commit: it cannot change the step; the running model's own action, even when
+            # the hub's model chose the step's (escalation)
+            self.d.shadow.offer(ShadowAsk(state.agent_id, state.epoch, state.step, call, own, self._model))
         return new
 
     def _replayed_proposal(self, key: str) -> Proposal | None:

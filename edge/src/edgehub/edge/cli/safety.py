@@ -45,11 +45,12 @@ def approvals_list(
     if not items:
         err.print("no approvals on this device" if all_ else "no pending approvals on this device")
         return
-    table = Table("tool", "arguments", "rule", "status", "decided by", "how")
+    table = Table("tool", "arguments", "rule (policy)", "status", "decided by", "how")
     table.add_column("key", no_wrap=True, overflow="fold")
     for a in items:
         how = {"hub": "signed by the hub", "local": "on the device"}.get(a.decided_via, "")
-        table.add_row(a.tool, a.args_json[:70], a.rule, a.status, a.decided_by, how, a.key)
+        policy = f"hub v{a.policy_version}" if a.policy_version else "local"
+        table.add_row(a.tool, a.args_json[:70], f"{a.rule} ({policy})", a.status, a.decided_by, how, a.key)
     console.print(table)
 
 

@@ -60,6 +60,11 @@ class Approval:
     were verified: ``decided_by`` is free text)."""
     decision_id: str = ""
     """The hub's signed decision that decided it: each is applied at most once."""
+    policy_version: int = 0
+    """The hub bundle's version of the policy that asked for the approval (0: the device's own file or
+    the default policy)."""
+    policy_digest: str = ""
+    """Digest of that policy's text ('' before schema 13), so an audit finds the exact rules."""
 
 
 @dataclass(frozen=True, slots=True)

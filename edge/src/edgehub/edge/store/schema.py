@@ -234,6 +234,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE rollbacks ADD COLUMN lost TEXT NOT NULL DEFAULT '[]';  -- JSON list, one line a loss
         """,
     ),
+    Migration(
+        13,
+        "approvals name the policy that asked for them (fleet bundle version and digest)",
+        """
+        ALTER TABLE approvals ADD COLUMN policy_version INTEGER NOT NULL DEFAULT 0;  -- 0: local or default
+        ALTER TABLE approvals ADD COLUMN policy_digest TEXT NOT NULL DEFAULT '';
+        """,
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -22,9 +22,10 @@ from edgehub.sync.errors import MessageRejected
 from edgehub.sync.tracing import traceparent
 
 from ..datadir import DrainFlag
-from ..errors import StoreError
+from ..errors import ShadowRefused, StoreError
 from ..safety.approvals import ApprovalError, Approver, decide
 from ..safety.hubpolicy import HubPolicy
+from ..shadow import ShadowReasoner
 from ..store.base import DeviceStore
 from .decisions import HubDecisions
 from .identity import DeviceIdentity
@@ -84,6 +85,7 @@ class CommandRouter:
         keep_consolidated_days: float,
         decisions: HubDecisions | None = None,
         hub_policy: HubPolicy | None = None,
+        shadow: ShadowReasoner | None = None,
     ) -> None:
         self.store = store
         self.agents = agents
@@ -92,6 +94,8 @@ class CommandRouter:
         self.identity = identity
         self.keep_consolidated_days = keep_consolidated_days
         self.decisions = decisions or HubDecisions(identity, device_id)
+        self.shadow = shadow
+        """The rollouts' shadow model (None: this router runs none)."""
         self.policies = HubPolicies(hub_policy, self.decisions) if hub_policy is not None else None
         """Fleet policy bundles (None: this router applies none)."""
         self.handlers: dict[str, Handler] = {
@@ -103,6 +107,7 @@ class CommandRouter:
             "decide_approval": self._decide_approval,
             "prune_episodes": self._prune_episodes,
             "apply_policy": self._apply_policy,
+            "shadow_model": self._shadow_model,
         }
         """Command kind (the ``body`` field set) -> its handler."""
 
@@ -215,6 +220,15 @@ class CommandRouter:
         if self.policies is None:
             raise MessageRejected(f"device {self.device_id} keeps no fleet policy")
         await self.policies.command(cmd)
+
+    async def _shadow_model(self, cmd: commands_pb2.Command) -> None:
+        """A rollout's shadow model (``shadow.py``): refused for good (dead letters) with the reason."""
+        if self.shadow is None:
+            raise MessageRejected(f"device {self.device_id} runs no shadow models")
+        try:
+            await self.shadow.command(cmd.shadow_model)
+        except ShadowRefused as exc:
+            raise MessageRejected(f"shadow model refused: {exc.message}") from None
 
     async def _prune_episodes(self, cmd: commands_pb2.Command) -> None:
         prune = cmd.prune_episodes

@@ -99,6 +99,7 @@ class TwinReporter:
         paused: Callable[[], str] = lambda: "",
         policy: Callable[[], policy_pb2.RunningPolicy] | None = None,
         restricted: StoreRolledBack | None = None,
+        shadow: Callable[[], tuple[str, str]] = lambda: ("", ""),
     ) -> None:
         self.cfg = cfg
         self.restricted = restricted
@@ -113,6 +114,8 @@ class TwinReporter:
         """Why its agents are paused ('': they are not): a full disk (``pressure.py``)."""
         self.policy = policy
         """The safety policy in force and the last bundle refused (``HubPolicy.running``)."""
+        self.shadow = shadow
+        """The rollout running a model in shadow here and that model's sha256 (empty: none)."""
         self._memories: list[str] = []
         self._memories_at = -MEMORY_KEYWORDS_S
 
@@ -127,6 +130,7 @@ class TwinReporter:
         daemon runs restricted)."""
         cfg = self.cfg
         restricted = self.restricted
+        shadow_rollout, shadow_model = self.shadow()
         if restricted is not None and state == T.DEVICE_STATE_RUNNING:
             state = T.DEVICE_STATE_RESTRICTED
         return T.DeviceTwin(
@@ -153,6 +157,8 @@ class TwinReporter:
             policy=self.policy() if self.policy is not None else None,
             restricted=str(restricted) if restricted is not None else "",
             agents_held=self.store.held_agents() if restricted is not None else [],
+            shadow_rollout=shadow_rollout,
+            shadow_model=shadow_model,
         )
 
     def memories(self) -> list[str]:

@@ -27,6 +27,7 @@ from .knowledge import KnowledgeApi
 from .migrations import MigrationsApi
 from .policies import PoliciesApi
 from .recovery import RecoveryApi
+from .rollouts import RolloutsApi
 from .tokens import TokensApi
 
 H = hub_pb2
@@ -44,6 +45,7 @@ class HubService(
     KnowledgeApi,
     GoalsApi,
     PoliciesApi,
+    RolloutsApi,
     hub_pb2_grpc.HubServiceServicer,
 ):
     """The servicer: builds nothing, holds the hub's services."""

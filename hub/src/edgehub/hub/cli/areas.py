@@ -30,3 +30,7 @@ POLICY = Area(
     "Fleet policy: safety policy files pushed to devices as signed, versioned bundles.",
     "edgehub.hub.cli.policy:policy_app",
 )
+MODELS = Area(
+    "Models: parity-gated rollouts (a new model in shadow, wave by wave, halted or promoted by the hub).",
+    "edgehub.hub.cli.rollouts:models_app",
+)

@@ -1,4 +1,5 @@
-"""``edgehub hub ...``: run the hub daemon, and read its fleet registry."""
+"""``edgehub hub ...``: run the hub daemon, check its configuration, back it up and restore it, and
+write what NATS clients and leaf nodes need."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from edgehub.sync.server import dial_host
 from edgehub.sync.tls import CertificateAuthority, nats_tls
 
 from ..app import HubDaemon
+from ..backup import PASSPHRASE_ENV, BackupError, backup, check, read_passphrase, restore
 from ..config import HubConfig, load_config
 from ..errors import HubError
 from ..fleet.leaf import leaf_user, record_issued, write_leaf_folder
@@ -183,3 +185,83 @@ def hub_leaf_config(
             f"{out}/server.pem: {'new certificate' if done.cert_issued else 'kept'} for {', '.join(tls_name)}"
         )
     print(f"account {done.account}; the hub's leafnode listener: {leaf}")
+
+
+@hub_app.command("check-config")
+def hub_check_config(config: ConfigOpt = None) -> None:
+    """Load and check the hub's configuration (TOML and EDGEHUB_HUB__* variables) without starting
+    anything: one line saying what would run, or one error line naming the bad key (exit 2). The
+    edgehub_hub Ansible role validates the hub.toml it writes with this."""
+    cfg = load(config)
+    n = cfg.nats
+    nats_part = n.url or f"embedded {'tls' if n.client_tls else 'nats'}://{n.embedded_host}:{n.embedded_port}"
+    neo4j = "off" if not cfg.neo4j.enabled else (cfg.neo4j.uri or f"embedded ({cfg.neo4j.embedded_data})")
+    print(f"ok: hub {cfg.hub.id}, NATS {nats_part} (store {n.embedded_store}), API {cfg.api.addr}, "
+          f"trust {cfg.auth.dir}, Neo4j {neo4j}")  # fmt: skip
+
+
+PassphraseOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--passphrase-file",
+        help=f"File whose first line is the passphrase the trust folder is encrypted with (default: "
+        f"${PASSPHRASE_ENV}).",
+        readable=False,
+    ),
+]
+
+
+def _progress(line: str) -> None:
+    err.print(line, markup=False, highlight=False)
+
+
+@hub_app.command("backup")
+def hub_backup(
+    to: Annotated[
+        Path, typer.Option("--to", help="A new folder for the backup (written as TO.partial first).")
+    ],
+    passphrase_file: PassphraseOpt = None,
+    config: ConfigOpt = None,
+    nats_url: NatsUrlOpt = None,
+) -> None:
+    """Back up the running hub: every JetStream stream and KV/object bucket through nats-server's
+    snapshot API, the trust folder encrypted (AES-256-GCM, scrypt), and a manifest of sizes and
+    sha256s. Run where the hub runs (it reads the trust folder). The knowledge graph's Neo4j is not
+    included (docs/rollout.md)."""
+    cfg = load(config)
+    try:
+        passphrase = read_passphrase(passphrase_file)
+        url = _hub_nats(cfg, nats_url)
+        done = backup(cfg, url, to, passphrase, _progress)
+    except (BackupError, SyncError, OSError) as exc:
+        fail(exc)
+    print(f"{done.folder}: {done.streams} streams, {done.messages} messages, {done.bytes} bytes "
+          f"in {done.seconds:.1f} s")  # fmt: skip
+
+
+@hub_app.command("restore")
+def hub_restore(
+    from_: Annotated[Path, typer.Option("--from", help="A backup folder (`edgehub hub backup --to`).")],
+    passphrase_file: PassphraseOpt = None,
+    config: ConfigOpt = None,
+    replace: Annotated[
+        bool, typer.Option(help="Move a non-empty trust folder or JetStream store aside instead of refusing.")
+    ] = False,
+    check_only: Annotated[
+        bool, typer.Option("--check", help="Only check the backup; change nothing.")
+    ] = False,
+) -> None:
+    """Restore a backup into a stopped hub's trust folder and JetStream store. The whole backup is
+    checked first (every file's size and sha256, the passphrase): a corrupted or incomplete one is
+    refused before anything is touched. Then start the hub as usual."""
+    cfg = load(config)
+    try:
+        checked = check(from_, read_passphrase(passphrase_file))
+        if check_only:
+            print(f"{from_}: complete and intact ({len(checked.manifest['streams'])} streams)")
+            return
+        done = restore(cfg, checked, _progress, replace=replace)
+    except (BackupError, SyncError, OSError) as exc:
+        fail(exc)
+    print(f"restored {done.streams} streams, {done.messages} messages into {cfg.nats.embedded_store} and "
+          f"the trust folder {cfg.auth.dir} in {done.seconds:.1f} s: start the hub")  # fmt: skip

@@ -145,7 +145,7 @@ class MigrationService:
         self.js = js
         self.agents = agents
         self.devices = devices
-        """The devices (the hub's live view): is the target online, not draining."""
+        """The devices (the hub's live view): is the target online, not draining, not paused."""
         self.issued_by = issued_by
         self.redrive_s = redrive_s
         self.store = RecordStore(js, MIGRATIONS.name, CODEC)
@@ -186,6 +186,11 @@ class MigrationService:
             raise _refuse(ErrorCode.FAILED_PRECONDITION, f"device {device_id} is offline")
         if found.twin.draining:
             raise _refuse(ErrorCode.FAILED_PRECONDITION, f"device {device_id} is draining")
+        if found.twin.paused_reason:
+            raise _refuse(
+                ErrorCode.FAILED_PRECONDITION,
+                f"device {device_id} has paused its agents ({found.twin.paused_reason[:80]})",
+            )
 
     async def _movable(self, agent_id: str, to_device: str) -> hub_pb2.AgentRecord:
         if not agent_id or not to_device:

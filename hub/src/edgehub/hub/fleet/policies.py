@@ -104,6 +104,21 @@ def selected(target: H.PolicyTarget, views: Iterable[Seen]) -> list[str]:
     )
 
 
+async def target_devices(
+    target: H.PolicyTarget, scope: Scope, views: Sequence[Seen], scopes: ScopeGuard, what: str
+) -> list[str]:
+    """The devices ``target`` picks among those ``scope`` sees (a device named by id outside it is
+    refused); INVALID_ARGUMENT when none matches. Policy pushes and model rollouts select alike."""
+    if not scope.fleet_wide and not target.device_ids:
+        views = [v for v in views if scopes.sees(scope, v.device_id)]
+    devices = selected(target, views)
+    if not devices:
+        raise _invalid(f"no device matches {describe_target(target)}")
+    for device_id in devices:
+        await scopes.device(scope, device_id, what)
+    return devices
+
+
 class FleetPolicies:
     """Pushes, rollbacks and status of fleet policy (see the module docstring)."""
 
@@ -157,15 +172,7 @@ class FleetPolicies:
         return record
 
     async def _devices(self, target: H.PolicyTarget, scope: Scope) -> list[str]:
-        views = await self.views()
-        if not scope.fleet_wide and not target.device_ids:
-            views = [v for v in views if self.scopes.sees(scope, v.device_id)]
-        devices = selected(target, views)
-        if not devices:
-            raise _invalid(f"no device matches {describe_target(target)}")
-        for device_id in devices:
-            await self.scopes.device(scope, device_id, "PushPolicy")
-        return devices
+        return await target_devices(target, scope, await self.views(), self.scopes, "PushPolicy")
 
     async def _send(self, record: P.PolicyPush, device_id: str) -> None:
         bundle = P.PolicyBundle(

@@ -111,7 +111,7 @@ def _why(t: PlannedTask, devices: Sequence[DeviceView], taken: Counter[str]) -> 
         return f"no device offers {', '.join(t.tools)}" if devices else "no devices"
     up = [d for d in with_tools if d.eligible]
     if not up:
-        states = ", ".join(f"{d.device_id} ({'draining' if d.draining else 'offline'})" for d in with_tools)
+        states = ", ".join(f"{d.device_id} ({d.unavailable})" for d in with_tools)
         return f"every device with its tools is unavailable: {states}"
     if not any(d.matches(t.labels, t.avoid) for d in up):
         wanted = [f"the labels {dict(t.labels)}"] if t.labels else []

@@ -141,6 +141,7 @@ class EffectRunner:
         if fx.ended and record.HasField("parent"):
             await self._report_to_parent(record)
         if fx.ended:
+            self.tracing.ended(record)
             self.metrics.goals_ended.labels(goal_word(record.status)).inc()
             error = f": {record.error}" if record.error else ""
             log.info("goal %s %s%s", record.goal_id, goal_word(record.status), error)

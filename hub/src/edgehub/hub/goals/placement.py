@@ -29,6 +29,9 @@ class DeviceView:
     """Running, with a recent heartbeat (``registry.is_online``)."""
     draining: bool = False
     """Drained by an operator: finishes its agents, takes no new ones."""
+    paused: str = ""
+    """Why its agents are paused (its store's file system is full: the twin's ``paused_reason``); a
+    paused device takes no new work until it has space again."""
     load: float = 0.0
     """One-minute load average."""
     cpus: int = 1
@@ -55,7 +58,16 @@ class DeviceView:
     @property
     def eligible(self) -> bool:
         """May be given new work."""
-        return self.online and not self.draining
+        return self.online and not self.draining and not self.paused
+
+    @property
+    def unavailable(self) -> str:
+        """Why it takes no new work ("offline", "draining", "paused: ..."); empty when it takes work."""
+        if not self.online:
+            return "offline"
+        if self.draining:
+            return "draining"
+        return f"paused: {self.paused[:80]}" if self.paused else ""
 
     @property
     def free_slots(self) -> int:
@@ -82,6 +94,7 @@ class DeviceView:
             device_id=twin.device_id,
             online=is_online(twin, now),
             draining=twin.draining,
+            paused=twin.paused_reason,
             load=twin.load if math.isfinite(twin.load) else 0.0,
             cpus=max(1, twin.hardware.cpus),
             running=len(running),

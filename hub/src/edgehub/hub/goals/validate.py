@@ -245,7 +245,7 @@ def _repair_tools(
     """Each task's tools as the fleet names them; rejects a tool no device that takes work offers."""
     usable = [d for d in fleet if d.eligible]
     if not usable:
-        states = ", ".join(f"{d.device_id} ({'draining' if d.draining else 'offline'})" for d in fleet)
+        states = ", ".join(f"{d.device_id} ({d.unavailable})" for d in fleet)
         raise PlanRejected(f"no device is online and taking work ({states or 'the fleet is empty'})")
     offered = sorted(set().union(*(d.tools for d in usable)))
     by_key: dict[str, list[str]] = {}

@@ -521,6 +521,8 @@ class ApprovalRecord(_message.Message):
     DECIDED_AT_FIELD_NUMBER: _builtins.int
     DECIDED_VIA_FIELD_NUMBER: _builtins.int
     DECISION_ID_FIELD_NUMBER: _builtins.int
+    POLICY_VERSION_FIELD_NUMBER: _builtins.int
+    POLICY_DIGEST_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     step: _builtins.int
     tool: _builtins.str
@@ -539,6 +541,11 @@ class ApprovalRecord(_message.Message):
     """
     decision_id: _builtins.str
     """The hub's signed decision that decided it (ApprovalDecision.decision_id; one use)."""
+    policy_version: _builtins.int
+    """The policy that asked for it: the hub bundle's version (0: the device's own file or the default)
+    and the policy text's digest.
+    """
+    policy_digest: _builtins.str
     def __init__(
         self,
         *,
@@ -556,10 +563,12 @@ class ApprovalRecord(_message.Message):
         decided_at: _builtins.float = ...,
         decided_via: _builtins.str = ...,
         decision_id: _builtins.str = ...,
+        policy_version: _builtins.int = ...,
+        policy_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "decided_at", b"decided_at", "decided_by", b"decided_by", "decided_via", b"decided_via", "decision_id", b"decision_id", "key", b"key", "note", b"note", "proposal_json", b"proposal_json", "reason", b"reason", "requested_at", b"requested_at", "rule", b"rule", "status", b"status", "step", b"step", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["args_json", b"args_json", "decided_at", b"decided_at", "decided_by", b"decided_by", "decided_via", b"decided_via", "decision_id", b"decision_id", "key", b"key", "note", b"note", "policy_digest", b"policy_digest", "policy_version", b"policy_version", "proposal_json", b"proposal_json", "reason", b"reason", "requested_at", b"requested_at", "rule", b"rule", "status", b"status", "step", b"step", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

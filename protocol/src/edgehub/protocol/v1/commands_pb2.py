@@ -25,33 +25,34 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from edgehub.protocol.v1 import agent_pb2 as edgehub_dot_v1_dot_agent__pb2
 from edgehub.protocol.v1 import policy_pb2 as edgehub_dot_v1_dot_policy__pb2
+from edgehub.protocol.v1 import models_pb2 as edgehub_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gehub/v1/commands.proto\x12\nedgehub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16\x65\x64gehub/v1/agent.proto\x1a\x17\x65\x64gehub/v1/policy.proto\"\x9a\x04\n\x07\x43ommand\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tissued_by\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12-\n\x0bstart_agent\x18\n \x01(\x0b\x32\x16.edgehub.v1.StartAgentH\x00\x12+\n\nstop_agent\x18\x0b \x01(\x0b\x32\x15.edgehub.v1.StopAgentH\x00\x12\x35\n\x0f\x64\x65\x63ide_approval\x18\x0c \x01(\x0b\x32\x1a.edgehub.v1.DecideApprovalH\x00\x12\"\n\x05\x64rain\x18\r \x01(\x0b\x32\x11.edgehub.v1.DrainH\x00\x12\x33\n\x0eprune_episodes\x18\x0e \x01(\x0b\x32\x19.edgehub.v1.PruneEpisodesH\x00\x12-\n\x0bmigrate_out\x18\x0f \x01(\x0b\x32\x16.edgehub.v1.MigrateOutH\x00\x12+\n\nmigrate_in\x18\x10 \x01(\x0b\x32\x15.edgehub.v1.MigrateInH\x00\x12/\n\x0c\x61pply_policy\x18\x11 \x01(\x0b\x32\x17.edgehub.v1.ApplyPolicyH\x00\x42\x06\n\x04\x62ody\"K\n\nMigrateOut\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x15\n\rtarget_device\x18\x03 \x01(\t\"i\n\tMigrateIn\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x15\n\rsource_device\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\"\'\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06resume\x18\x02 \x01(\x08\"\x87\x01\n\nStartAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\"\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x12.edgehub.v1.Budget\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12$\n\x05tools\x18\x05 \x01(\x0b\x32\x15.edgehub.v1.ToolGrant\"-\n\tStopAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"}\n\x0e\x44\x65\x63ideApproval\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x0e\n\x06key_id\x18\x07 \x01(\t\"\xc6\x01\n\x10\x41pprovalDecision\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x05 \x01(\x08\x12\x10\n\x08\x61pprover\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\t\x12\x11\n\tissued_at\x18\x08 \x01(\x01\x12\x12\n\nexpires_at\x18\t \x01(\x01\x12\r\n\x05\x65poch\x18\n \x01(\x04\"-\n\rPruneEpisodes\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"7\n\x0b\x41pplyPolicy\x12(\n\x06policy\x18\x01 \x01(\x0b\x32\x18.edgehub.v1.SignedPolicyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gehub/v1/commands.proto\x12\nedgehub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16\x65\x64gehub/v1/agent.proto\x1a\x17\x65\x64gehub/v1/policy.proto\x1a\x17\x65\x64gehub/v1/models.proto\"\xf6\x04\n\x07\x43ommand\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12-\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tissued_by\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12-\n\x0bstart_agent\x18\n \x01(\x0b\x32\x16.edgehub.v1.StartAgentH\x00\x12+\n\nstop_agent\x18\x0b \x01(\x0b\x32\x15.edgehub.v1.StopAgentH\x00\x12\x35\n\x0f\x64\x65\x63ide_approval\x18\x0c \x01(\x0b\x32\x1a.edgehub.v1.DecideApprovalH\x00\x12\"\n\x05\x64rain\x18\r \x01(\x0b\x32\x11.edgehub.v1.DrainH\x00\x12\x33\n\x0eprune_episodes\x18\x0e \x01(\x0b\x32\x19.edgehub.v1.PruneEpisodesH\x00\x12-\n\x0bmigrate_out\x18\x0f \x01(\x0b\x32\x16.edgehub.v1.MigrateOutH\x00\x12+\n\nmigrate_in\x18\x10 \x01(\x0b\x32\x15.edgehub.v1.MigrateInH\x00\x12/\n\x0c\x61pply_policy\x18\x11 \x01(\x0b\x32\x17.edgehub.v1.ApplyPolicyH\x00\x12)\n\tuse_model\x18\x13 \x01(\x0b\x32\x14.edgehub.v1.UseModelH\x00\x12/\n\x0cshadow_model\x18\x14 \x01(\x0b\x32\x17.edgehub.v1.ShadowModelH\x00\x42\x06\n\x04\x62ody\"K\n\nMigrateOut\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\x15\n\rtarget_device\x18\x03 \x01(\t\"i\n\tMigrateIn\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x14\n\x0cmigration_id\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x04\x12\x15\n\rsource_device\x18\x04 \x01(\t\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\"\'\n\x05\x44rain\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0e\n\x06resume\x18\x02 \x01(\x08\"\x87\x01\n\nStartAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04goal\x18\x02 \x01(\t\x12\"\n\x06\x62udget\x18\x03 \x01(\x0b\x32\x12.edgehub.v1.Budget\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12$\n\x05tools\x18\x05 \x01(\x0b\x32\x15.edgehub.v1.ToolGrant\"-\n\tStopAgent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"}\n\x0e\x44\x65\x63ideApproval\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x02 \x01(\x08\x12\n\n\x02\x62y\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65\x63ision\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x0e\n\x06key_id\x18\x07 \x01(\t\"\xc6\x01\n\x10\x41pprovalDecision\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x0b\n\x03key\x18\x04 \x01(\t\x12\x0f\n\x07\x61pprove\x18\x05 \x01(\x08\x12\x10\n\x08\x61pprover\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\t\x12\x11\n\tissued_at\x18\x08 \x01(\x01\x12\x12\n\nexpires_at\x18\t \x01(\x01\x12\r\n\x05\x65poch\x18\n \x01(\x04\"-\n\rPruneEpisodes\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\"7\n\x0b\x41pplyPolicy\x12(\n\x06policy\x18\x01 \x01(\x0b\x32\x18.edgehub.v1.SignedPolicyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgehub.v1.commands_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMAND']._serialized_start=124
-  _globals['_COMMAND']._serialized_end=662
-  _globals['_MIGRATEOUT']._serialized_start=664
-  _globals['_MIGRATEOUT']._serialized_end=739
-  _globals['_MIGRATEIN']._serialized_start=741
-  _globals['_MIGRATEIN']._serialized_end=846
-  _globals['_DRAIN']._serialized_start=848
-  _globals['_DRAIN']._serialized_end=887
-  _globals['_STARTAGENT']._serialized_start=890
-  _globals['_STARTAGENT']._serialized_end=1025
-  _globals['_STOPAGENT']._serialized_start=1027
-  _globals['_STOPAGENT']._serialized_end=1072
-  _globals['_DECIDEAPPROVAL']._serialized_start=1074
-  _globals['_DECIDEAPPROVAL']._serialized_end=1199
-  _globals['_APPROVALDECISION']._serialized_start=1202
-  _globals['_APPROVALDECISION']._serialized_end=1400
-  _globals['_PRUNEEPISODES']._serialized_start=1402
-  _globals['_PRUNEEPISODES']._serialized_end=1447
-  _globals['_APPLYPOLICY']._serialized_start=1449
-  _globals['_APPLYPOLICY']._serialized_end=1504
+  _globals['_COMMAND']._serialized_start=149
+  _globals['_COMMAND']._serialized_end=779
+  _globals['_MIGRATEOUT']._serialized_start=781
+  _globals['_MIGRATEOUT']._serialized_end=856
+  _globals['_MIGRATEIN']._serialized_start=858
+  _globals['_MIGRATEIN']._serialized_end=963
+  _globals['_DRAIN']._serialized_start=965
+  _globals['_DRAIN']._serialized_end=1004
+  _globals['_STARTAGENT']._serialized_start=1007
+  _globals['_STARTAGENT']._serialized_end=1142
+  _globals['_STOPAGENT']._serialized_start=1144
+  _globals['_STOPAGENT']._serialized_end=1189
+  _globals['_DECIDEAPPROVAL']._serialized_start=1191
+  _globals['_DECIDEAPPROVAL']._serialized_end=1316
+  _globals['_APPROVALDECISION']._serialized_start=1319
+  _globals['_APPROVALDECISION']._serialized_end=1517
+  _globals['_PRUNEEPISODES']._serialized_start=1519
+  _globals['_PRUNEEPISODES']._serialized_end=1564
+  _globals['_APPLYPOLICY']._serialized_start=1566
+  _globals['_APPLYPOLICY']._serialized_end=1621
 # @@protoc_insertion_point(module_scope)

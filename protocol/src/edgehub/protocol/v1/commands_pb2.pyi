@@ -8,6 +8,7 @@ only after the command's effect is committed in its store.
 
 from collections import abc as _abc
 from edgehub.protocol.v1 import agent_pb2 as _agent_pb2
+from edgehub.protocol.v1 import models_pb2 as _models_pb2
 from edgehub.protocol.v1 import policy_pb2 as _policy_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -42,6 +43,8 @@ class Command(_message.Message):
     MIGRATE_OUT_FIELD_NUMBER: _builtins.int
     MIGRATE_IN_FIELD_NUMBER: _builtins.int
     APPLY_POLICY_FIELD_NUMBER: _builtins.int
+    USE_MODEL_FIELD_NUMBER: _builtins.int
+    SHADOW_MODEL_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     command_id: _builtins.str
     """Unique; also the Nats-Msg-Id."""
@@ -70,6 +73,14 @@ class Command(_message.Message):
     def migrate_in(self) -> Global___MigrateIn: ...
     @_builtins.property
     def apply_policy(self) -> Global___ApplyPolicy: ...
+    @_builtins.property
+    def use_model(self) -> _models_pb2.UseModel:
+        """Model lifecycle (models.proto): run the hub-chosen model from now on (issue 21 part 2)."""
+
+    @_builtins.property
+    def shadow_model(self) -> _models_pb2.ShadowModel:
+        """Reason with a model in shadow beside the running one, or stop (issue 21 part 3)."""
+
     def __init__(
         self,
         *,
@@ -87,12 +98,14 @@ class Command(_message.Message):
         migrate_out: Global___MigrateOut | None = ...,
         migrate_in: Global___MigrateIn | None = ...,
         apply_policy: Global___ApplyPolicy | None = ...,
+        use_model: _models_pb2.UseModel | None = ...,
+        shadow_model: _models_pb2.ShadowModel | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["apply_policy", b"apply_policy", "body", b"body", "decide_approval", b"decide_approval", "drain", b"drain", "issued_at", b"issued_at", "migrate_in", b"migrate_in", "migrate_out", b"migrate_out", "prune_episodes", b"prune_episodes", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["apply_policy", b"apply_policy", "body", b"body", "decide_approval", b"decide_approval", "drain", b"drain", "issued_at", b"issued_at", "migrate_in", b"migrate_in", "migrate_out", b"migrate_out", "prune_episodes", b"prune_episodes", "shadow_model", b"shadow_model", "start_agent", b"start_agent", "stop_agent", b"stop_agent", "use_model", b"use_model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_policy", b"apply_policy", "body", b"body", "command_id", b"command_id", "decide_approval", b"decide_approval", "device_id", b"device_id", "drain", b"drain", "epoch", b"epoch", "issued_at", b"issued_at", "issued_by", b"issued_by", "migrate_in", b"migrate_in", "migrate_out", b"migrate_out", "prune_episodes", b"prune_episodes", "schema_version", b"schema_version", "start_agent", b"start_agent", "stop_agent", b"stop_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["apply_policy", b"apply_policy", "body", b"body", "command_id", b"command_id", "decide_approval", b"decide_approval", "device_id", b"device_id", "drain", b"drain", "epoch", b"epoch", "issued_at", b"issued_at", "issued_by", b"issued_by", "migrate_in", b"migrate_in", "migrate_out", b"migrate_out", "prune_episodes", b"prune_episodes", "schema_version", b"schema_version", "shadow_model", b"shadow_model", "start_agent", b"start_agent", "stop_agent", b"stop_agent", "use_model", b"use_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_agent", "stop_agent", "decide_approval", "drain", "prune_episodes", "migrate_out", "migrate_in", "apply_policy"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["start_agent", "stop_agent", "decide_approval", "drain", "prune_episodes", "migrate_out", "migrate_in", "apply_policy", "use_model", "shadow_model"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

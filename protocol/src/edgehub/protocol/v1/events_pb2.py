@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from edgehub.protocol.v1 import agent_pb2 as edgehub_dot_v1_dot_agent__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from edgehub.protocol.v1 import task_pb2 as edgehub_dot_v1_dot_task__pb2
+from edgehub.protocol.v1 import models_pb2 as edgehub_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x64gehub/v1/events.proto\x12\nedgehub.v1\x1a\x16\x65\x64gehub/v1/agent.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15\x65\x64gehub/v1/task.proto\"\xfc\x01\n\tEdgeEvent\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12%\n\x04step\x18\n \x01(\x0b\x32\x15.edgehub.v1.StepEventH\x00\x12-\n\x0btask_result\x18\x0b \x01(\x0b\x32\x16.edgehub.v1.TaskResultH\x00\x12&\n\x07\x65pisode\x18\x0c \x01(\x0b\x32\x13.edgehub.v1.EpisodeH\x00\x42\x06\n\x04\x62ody\"\x9e\x01\n\x07\x45pisode\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\tembedding\x18\x03 \x03(\x02\x42\x02\x10\x01\x12\x17\n\x0f\x65mbedding_model\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nimportance\x18\x06 \x01(\x02\x12\x0c\n\x04step\x18\x07 \x01(\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x64gehub/v1/events.proto\x12\nedgehub.v1\x1a\x16\x65\x64gehub/v1/agent.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15\x65\x64gehub/v1/task.proto\x1a\x17\x65\x64gehub/v1/models.proto\"\xab\x02\n\tEdgeEvent\x12\x16\n\x0eschema_version\x18\x01 \x01(\r\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x11\n\tdevice_id\x18\x03 \x01(\t\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x10\n\x08\x61gent_id\x18\x05 \x01(\t\x12\r\n\x05\x65poch\x18\x06 \x01(\x04\x12%\n\x04step\x18\n \x01(\x0b\x32\x15.edgehub.v1.StepEventH\x00\x12-\n\x0btask_result\x18\x0b \x01(\x0b\x32\x16.edgehub.v1.TaskResultH\x00\x12&\n\x07\x65pisode\x18\x0c \x01(\x0b\x32\x13.edgehub.v1.EpisodeH\x00\x12-\n\x0bshadow_step\x18\r \x01(\x0b\x32\x16.edgehub.v1.ShadowStepH\x00\x42\x06\n\x04\x62ody\"\x9e\x01\n\x07\x45pisode\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\tembedding\x18\x03 \x03(\x02\x42\x02\x10\x01\x12\x17\n\x0f\x65mbedding_model\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nimportance\x18\x06 \x01(\x02\x12\x0c\n\x04step\x18\x07 \x01(\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,8 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EPISODE'].fields_by_name['embedding']._loaded_options = None
   _globals['_EPISODE'].fields_by_name['embedding']._serialized_options = b'\020\001'
-  _globals['_EDGEEVENT']._serialized_start=120
-  _globals['_EDGEEVENT']._serialized_end=372
-  _globals['_EPISODE']._serialized_start=375
-  _globals['_EPISODE']._serialized_end=533
+  _globals['_EDGEEVENT']._serialized_start=145
+  _globals['_EDGEEVENT']._serialized_end=444
+  _globals['_EPISODE']._serialized_start=447
+  _globals['_EPISODE']._serialized_end=605
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ The envelope of everything an edge sends to the hub through its outbox."""
 
 from collections import abc as _abc
 from edgehub.protocol.v1 import agent_pb2 as _agent_pb2
+from edgehub.protocol.v1 import models_pb2 as _models_pb2
 from edgehub.protocol.v1 import task_pb2 as _task_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -34,6 +35,7 @@ class EdgeEvent(_message.Message):
     STEP_FIELD_NUMBER: _builtins.int
     TASK_RESULT_FIELD_NUMBER: _builtins.int
     EPISODE_FIELD_NUMBER: _builtins.int
+    SHADOW_STEP_FIELD_NUMBER: _builtins.int
     schema_version: _builtins.int
     event_id: _builtins.str
     """Stable id, sent as Nats-Msg-Id and used by the hub as its idempotency key."""
@@ -48,6 +50,10 @@ class EdgeEvent(_message.Message):
     def task_result(self) -> _task_pb2.TaskResult: ...
     @_builtins.property
     def episode(self) -> Global___Episode: ...
+    @_builtins.property
+    def shadow_step(self) -> _models_pb2.ShadowStep:
+        """What the model run in shadow proposed for a step (parity-gated rollout)."""
+
     def __init__(
         self,
         *,
@@ -60,12 +66,13 @@ class EdgeEvent(_message.Message):
         step: _agent_pb2.StepEvent | None = ...,
         task_result: _task_pb2.TaskResult | None = ...,
         episode: Global___Episode | None = ...,
+        shadow_step: _models_pb2.ShadowStep | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "episode", b"episode", "step", b"step", "task_result", b"task_result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "episode", b"episode", "shadow_step", b"shadow_step", "step", b"step", "task_result", b"task_result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "body", b"body", "device_id", b"device_id", "episode", b"episode", "epoch", b"epoch", "event_id", b"event_id", "schema_version", b"schema_version", "seq", b"seq", "step", b"step", "task_result", b"task_result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "body", b"body", "device_id", b"device_id", "episode", b"episode", "epoch", b"epoch", "event_id", b"event_id", "schema_version", b"schema_version", "seq", b"seq", "shadow_step", b"shadow_step", "step", b"step", "task_result", b"task_result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["step", "task_result", "episode"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["step", "task_result", "episode", "shadow_step"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 

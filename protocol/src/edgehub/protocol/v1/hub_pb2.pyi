@@ -20,6 +20,7 @@ devices in it. Consolidate works on the whole fleet and needs a token without a 
 
 from collections import abc as _abc
 from edgehub.protocol.v1 import agent_pb2 as _agent_pb2
+from edgehub.protocol.v1 import models_pb2 as _models_pb2
 from edgehub.protocol.v1 import policy_pb2 as _policy_pb2
 from edgehub.protocol.v1 import scope_pb2 as _scope_pb2
 from edgehub.protocol.v1 import twin_pb2 as _twin_pb2
@@ -1894,6 +1895,105 @@ class DeviceRecovery(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeviceRecovery: _TypeAlias = DeviceRecovery  # noqa: Y015
+
+@_typing.final
+class StartRolloutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SHA256_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    WAVES_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    sha256: _builtins.str
+    """The new model's SHA-256 (hex) and a name for it (default: its first 12 hex digits)."""
+    name: _builtins.str
+    waves: _builtins.str
+    """Waves: comma-separated device counts ("1"), shares of the selected devices ("50%") or "all",
+    each the cumulative extent of the rollout after that wave. Empty: "all" (one wave).
+    """
+    window: _builtins.int
+    """Shadow steps per wave that decide it (0: 20) and the mean divergence that halts (0: 0.25)."""
+    threshold: _builtins.float
+    @_builtins.property
+    def target(self) -> Global___PolicyTarget: ...
+    def __init__(
+        self,
+        *,
+        sha256: _builtins.str = ...,
+        name: _builtins.str = ...,
+        target: Global___PolicyTarget | None = ...,
+        waves: _builtins.str = ...,
+        window: _builtins.int = ...,
+        threshold: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "sha256", b"sha256", "target", b"target", "threshold", b"threshold", "waves", b"waves", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartRolloutRequest: _TypeAlias = StartRolloutRequest  # noqa: Y015
+
+@_typing.final
+class RolloutStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.str
+    """Empty: every rollout."""
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollout_id", b"rollout_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStatusRequest: _TypeAlias = RolloutStatusRequest  # noqa: Y015
+
+@_typing.final
+class RolloutStatusResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rollouts(self) -> _containers.RepeatedCompositeFieldContainer[_models_pb2.RolloutRecord]: ...
+    def __init__(
+        self,
+        *,
+        rollouts: _abc.Iterable[_models_pb2.RolloutRecord] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollouts", b"rollouts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutStatusResponse: _TypeAlias = RolloutStatusResponse  # noqa: Y015
+
+@_typing.final
+class RollbackRolloutRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    rollout_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        rollout_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rollout_id", b"rollout_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RollbackRolloutRequest: _TypeAlias = RollbackRolloutRequest  # noqa: Y015
 
 REQUIRED_ROLE_FIELD_NUMBER: _builtins.int
 required_role: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___Role.ValueType]

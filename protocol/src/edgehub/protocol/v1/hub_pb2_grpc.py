@@ -5,6 +5,7 @@ import warnings
 
 from edgehub.protocol.v1 import goals_pb2 as edgehub_dot_v1_dot_goals__pb2
 from edgehub.protocol.v1 import hub_pb2 as edgehub_dot_v1_dot_hub__pb2
+from edgehub.protocol.v1 import models_pb2 as edgehub_dot_v1_dot_models__pb2
 from edgehub.protocol.v1 import policy_pb2 as edgehub_dot_v1_dot_policy__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -205,6 +206,21 @@ class HubServiceStub:
                 '/edgehub.v1.HubService/GetPolicy',
                 request_serializer=edgehub_dot_v1_dot_hub__pb2.GetPolicyRequest.SerializeToString,
                 response_deserializer=edgehub_dot_v1_dot_policy__pb2.SignedPolicy.FromString,
+                _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/edgehub.v1.HubService/StartRollout',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_models__pb2.RolloutRecord.FromString,
+                _registered_method=True)
+        self.RolloutStatus = channel.unary_unary(
+                '/edgehub.v1.HubService/RolloutStatus',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.RolloutStatusRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_hub__pb2.RolloutStatusResponse.FromString,
+                _registered_method=True)
+        self.RollbackRollout = channel.unary_unary(
+                '/edgehub.v1.HubService/RollbackRollout',
+                request_serializer=edgehub_dot_v1_dot_hub__pb2.RollbackRolloutRequest.SerializeToString,
+                response_deserializer=edgehub_dot_v1_dot_models__pb2.RolloutRecord.FromString,
                 _registered_method=True)
 
 
@@ -468,6 +484,29 @@ class HubServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRollout(self, request, context):
+        """Parity-gated rollout (models.proto): run a model in shadow on the devices a selector picks, wave
+        by wave; each wave is promoted (UseModel) when its shadow steps stay within the threshold over the
+        window, or the rollout halts. INVALID_ARGUMENT: a bad sha256, selector, waves, window or threshold.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RolloutStatus(self, request, context):
+        """One rollout (rollout_id) or every rollout, newest first: waves, divergence, examples, decision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackRollout(self, request, context):
+        """Stop the rollout's shadows and send its promoted waves back to the model they ran before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -640,6 +679,21 @@ def add_HubServiceServicer_to_server(servicer, server):
                     servicer.GetPolicy,
                     request_deserializer=edgehub_dot_v1_dot_hub__pb2.GetPolicyRequest.FromString,
                     response_serializer=edgehub_dot_v1_dot_policy__pb2.SignedPolicy.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.StartRolloutRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_models__pb2.RolloutRecord.SerializeToString,
+            ),
+            'RolloutStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.RolloutStatus,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.RolloutStatusRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_hub__pb2.RolloutStatusResponse.SerializeToString,
+            ),
+            'RollbackRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackRollout,
+                    request_deserializer=edgehub_dot_v1_dot_hub__pb2.RollbackRolloutRequest.FromString,
+                    response_serializer=edgehub_dot_v1_dot_models__pb2.RolloutRecord.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1560,6 +1614,87 @@ class HubService:
             '/edgehub.v1.HubService/GetPolicy',
             edgehub_dot_v1_dot_hub__pb2.GetPolicyRequest.SerializeToString,
             edgehub_dot_v1_dot_policy__pb2.SignedPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/StartRollout',
+            edgehub_dot_v1_dot_hub__pb2.StartRolloutRequest.SerializeToString,
+            edgehub_dot_v1_dot_models__pb2.RolloutRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RolloutStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/RolloutStatus',
+            edgehub_dot_v1_dot_hub__pb2.RolloutStatusRequest.SerializeToString,
+            edgehub_dot_v1_dot_hub__pb2.RolloutStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgehub.v1.HubService/RollbackRollout',
+            edgehub_dot_v1_dot_hub__pb2.RollbackRolloutRequest.SerializeToString,
+            edgehub_dot_v1_dot_models__pb2.RolloutRecord.FromString,
             options,
             channel_credentials,
             insecure,

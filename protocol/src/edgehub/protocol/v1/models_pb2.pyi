@@ -13,8 +13,10 @@ verified model at <data_dir>/models/<sha256>.gguf (edgehub.edge.datadir.model_pa
 or shadows a file whose hash it has not checked.
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -332,6 +334,9 @@ class ShadowStep(_message.Message):
     SHADOW_THOUGHT_FIELD_NUMBER: _builtins.int
     SHADOW_MS_FIELD_NUMBER: _builtins.int
     SHADOW_ERROR_FIELD_NUMBER: _builtins.int
+    CURRENT_EMBEDDING_FIELD_NUMBER: _builtins.int
+    SHADOW_EMBEDDING_FIELD_NUMBER: _builtins.int
+    EMBEDDING_MODEL_FIELD_NUMBER: _builtins.int
     rollout_id: _builtins.str
     step: _builtins.int
     current_model: _builtins.str
@@ -347,6 +352,15 @@ class ShadowStep(_message.Message):
     """The shadow model's wall time for the step (ms)."""
     shadow_error: _builtins.str
     """Why the shadow proposal is missing or unusable (it did not parse, ...); empty otherwise."""
+    embedding_model: _builtins.str
+    @_builtins.property
+    def current_embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """The edge's L3 embedder's vectors of the two thoughts (unmasked text, as for episodes):
+        all-MiniLM-L6-v2, 384 floats, L2-normalised; empty when the device could not embed them.
+        """
+
+    @_builtins.property
+    def shadow_embedding(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]: ...
     def __init__(
         self,
         *,
@@ -362,11 +376,246 @@ class ShadowStep(_message.Message):
         shadow_thought: _builtins.str = ...,
         shadow_ms: _builtins.float = ...,
         shadow_error: _builtins.str = ...,
+        current_embedding: _abc.Iterable[_builtins.float] | None = ...,
+        shadow_embedding: _abc.Iterable[_builtins.float] | None = ...,
+        embedding_model: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_args", b"current_args", "current_model", b"current_model", "current_thought", b"current_thought", "current_tool", b"current_tool", "rollout_id", b"rollout_id", "shadow_args", b"shadow_args", "shadow_error", b"shadow_error", "shadow_model", b"shadow_model", "shadow_ms", b"shadow_ms", "shadow_thought", b"shadow_thought", "shadow_tool", b"shadow_tool", "step", b"step"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_args", b"current_args", "current_embedding", b"current_embedding", "current_model", b"current_model", "current_thought", b"current_thought", "current_tool", b"current_tool", "embedding_model", b"embedding_model", "rollout_id", b"rollout_id", "shadow_args", b"shadow_args", "shadow_embedding", b"shadow_embedding", "shadow_error", b"shadow_error", "shadow_model", b"shadow_model", "shadow_ms", b"shadow_ms", "shadow_thought", b"shadow_thought", "shadow_tool", b"shadow_tool", "step", b"step"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ShadowStep: _TypeAlias = ShadowStep  # noqa: Y015
+
+@_typing.final
+class RolloutExample(_message.Message):
+    """One of the steps of a wave that diverged most (kept for `edgehub models status`)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    DIVERGENCE_FIELD_NUMBER: _builtins.int
+    CURRENT_TOOL_FIELD_NUMBER: _builtins.int
+    CURRENT_ARGS_FIELD_NUMBER: _builtins.int
+    CURRENT_THOUGHT_FIELD_NUMBER: _builtins.int
+    SHADOW_TOOL_FIELD_NUMBER: _builtins.int
+    SHADOW_ARGS_FIELD_NUMBER: _builtins.int
+    SHADOW_THOUGHT_FIELD_NUMBER: _builtins.int
+    SHADOW_ERROR_FIELD_NUMBER: _builtins.int
+    device_id: _builtins.str
+    agent_id: _builtins.str
+    step: _builtins.int
+    divergence: _builtins.float
+    current_tool: _builtins.str
+    current_args: _builtins.str
+    current_thought: _builtins.str
+    shadow_tool: _builtins.str
+    shadow_args: _builtins.str
+    shadow_thought: _builtins.str
+    shadow_error: _builtins.str
+    def __init__(
+        self,
+        *,
+        device_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        step: _builtins.int = ...,
+        divergence: _builtins.float = ...,
+        current_tool: _builtins.str = ...,
+        current_args: _builtins.str = ...,
+        current_thought: _builtins.str = ...,
+        shadow_tool: _builtins.str = ...,
+        shadow_args: _builtins.str = ...,
+        shadow_thought: _builtins.str = ...,
+        shadow_error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "current_args", b"current_args", "current_thought", b"current_thought", "current_tool", b"current_tool", "device_id", b"device_id", "divergence", b"divergence", "shadow_args", b"shadow_args", "shadow_error", b"shadow_error", "shadow_thought", b"shadow_thought", "shadow_tool", b"shadow_tool", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutExample: _TypeAlias = RolloutExample  # noqa: Y015
+
+@_typing.final
+class RolloutWave(_message.Message):
+    """A group of devices that shadows the new model together and is promoted (or halted) together."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PreviousEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class AppliedSeqEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    DEVICE_IDS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
+    DIVERGENCE_SUM_FIELD_NUMBER: _builtins.int
+    DIVERGENCE_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    APPLIED_SEQ_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """"pending", "shadowing", "promoted", "halted", "rolled_back"."""
+    steps: _builtins.int
+    """Shadow steps compared so far (at most the rollout's window count towards the decision)."""
+    divergence_sum: _builtins.float
+    divergence: _builtins.float
+    """The mean divergence of the steps compared (0..1)."""
+    decision: _builtins.str
+    """Why it was promoted or halted, in words."""
+    decided_at: _builtins.float
+    started_at: _builtins.float
+    @_builtins.property
+    def device_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutExample]:
+        """The most divergent steps, most divergent first (at most EXAMPLES in edgehub.hub.fleet.parity)."""
+
+    @_builtins.property
+    def previous(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The model each device ran when the wave started (its twin's model_sha256; "" when not reported):
+        what a rollback sends it back to.
+        """
+
+    @_builtins.property
+    def applied_seq(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Per device, the last outbox sequence applied into this wave: a redelivered event counts once."""
+
+    def __init__(
+        self,
+        *,
+        device_ids: _abc.Iterable[_builtins.str] | None = ...,
+        state: _builtins.str = ...,
+        steps: _builtins.int = ...,
+        divergence_sum: _builtins.float = ...,
+        divergence: _builtins.float = ...,
+        examples: _abc.Iterable[Global___RolloutExample] | None = ...,
+        decision: _builtins.str = ...,
+        decided_at: _builtins.float = ...,
+        previous: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        applied_seq: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        started_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_seq", b"applied_seq", "decided_at", b"decided_at", "decision", b"decision", "device_ids", b"device_ids", "divergence", b"divergence", "divergence_sum", b"divergence_sum", "examples", b"examples", "previous", b"previous", "started_at", b"started_at", "state", b"state", "steps", b"steps"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutWave: _TypeAlias = RolloutWave  # noqa: Y015
+
+@_typing.final
+class RolloutRecord(_message.Message):
+    """What the hub keeps about a rollout (bucket edgehub-rollouts, key: rollout_id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    WAVES_SPEC_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    WAVES_FIELD_NUMBER: _builtins.int
+    CURRENT_WAVE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    STARTED_BY_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    IGNORED_STEPS_FIELD_NUMBER: _builtins.int
+    schema_version: _builtins.int
+    """ROLLOUT_RECORD_VERSION in edgehub.hub.fleet.rollouts."""
+    rollout_id: _builtins.str
+    sha256: _builtins.str
+    """The new model (SHA-256 hex) and the operator's name for it."""
+    name: _builtins.str
+    selector: _builtins.str
+    """The device selector as given, and the waves spec ("1,50%,all")."""
+    waves_spec: _builtins.str
+    window: _builtins.int
+    """Shadow steps per wave that decide it, and the mean divergence above which it halts."""
+    threshold: _builtins.float
+    current_wave: _builtins.int
+    """Index of the wave in shadow now (== len(waves) once every wave was promoted)."""
+    state: _builtins.str
+    """"shadowing", "promoted" (every wave), "halted", "rolled_back"."""
+    decision: _builtins.str
+    started_by: _builtins.str
+    started_at: _builtins.float
+    decided_at: _builtins.float
+    ignored_steps: _builtins.int
+    """Shadow steps from a device not in the wave being shadowed (or after the decision): not counted."""
+    @_builtins.property
+    def waves(self) -> _containers.RepeatedCompositeFieldContainer[Global___RolloutWave]: ...
+    def __init__(
+        self,
+        *,
+        schema_version: _builtins.int = ...,
+        rollout_id: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        name: _builtins.str = ...,
+        selector: _builtins.str = ...,
+        waves_spec: _builtins.str = ...,
+        window: _builtins.int = ...,
+        threshold: _builtins.float = ...,
+        waves: _abc.Iterable[Global___RolloutWave] | None = ...,
+        current_wave: _builtins.int = ...,
+        state: _builtins.str = ...,
+        decision: _builtins.str = ...,
+        started_by: _builtins.str = ...,
+        started_at: _builtins.float = ...,
+        decided_at: _builtins.float = ...,
+        ignored_steps: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_wave", b"current_wave", "decided_at", b"decided_at", "decision", b"decision", "ignored_steps", b"ignored_steps", "name", b"name", "rollout_id", b"rollout_id", "schema_version", b"schema_version", "selector", b"selector", "sha256", b"sha256", "started_at", b"started_at", "started_by", b"started_by", "state", b"state", "threshold", b"threshold", "waves", b"waves", "waves_spec", b"waves_spec", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RolloutRecord: _TypeAlias = RolloutRecord  # noqa: Y015

@@ -17,7 +17,7 @@ from .outbox import Outbox
 
 APPROVAL_COLS = (
     "key, agent_id, step, tool, args_json, proposal_json, rule, reason, status, decided_by, note,"
-    " requested_at, decided_at, decided_via, decision_id"
+    " requested_at, decided_at, decided_via, decision_id, policy_version, policy_digest"
 )
 """The ``approvals`` columns in the order of ``Approval``'s fields."""
 
@@ -28,10 +28,11 @@ class Approvals(AgentRows, Outbox):
     def _put_approval(self, a: Approval) -> None:
         """Insert, or refresh a pending one (inside the caller's transaction); a decided one stays."""
         self._conn.execute(
-            f"INSERT INTO approvals({APPROVAL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            f"INSERT INTO approvals({APPROVAL_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT(key) DO UPDATE SET tool = excluded.tool, args_json = excluded.args_json,"
             " proposal_json = excluded.proposal_json, rule = excluded.rule, reason = excluded.reason,"
-            " requested_at = excluded.requested_at WHERE approvals.status = 'pending'",
+            " requested_at = excluded.requested_at, policy_version = excluded.policy_version,"
+            " policy_digest = excluded.policy_digest WHERE approvals.status = 'pending'",
             astuple(replace(a, requested_at=a.requested_at or time.time())),  # in APPROVAL_COLS' order
         )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from edgehub.protocol.v1 import agent_pb2, events_pb2, task_pb2
+from edgehub.protocol.v1 import agent_pb2, events_pb2, models_pb2, task_pb2
 from edgehub.sync.tracing import traceparent
 
 from ..base import OutboxEntry, VaultEntry
@@ -97,6 +97,23 @@ class Outbox(Connection):
         event.epoch = state.epoch
         event.task_result.CopyFrom(result)
         return self._enqueue(event)
+
+    def append_shadow_step(self, agent_id: str, epoch: int, shadow: models_pb2.ShadowStep) -> int:
+        """A shadow model's proposal for a step (parity-gated rollout), masked like a step event's
+        thought and arguments, in its own transaction; its sequence number. Its id names the rollout
+        and the step, so a step shadowed again after a crash is kept once (0: it was already)."""
+        event_id = f"shadow/{shadow.rollout_id}/{agent_id}/{shadow.step}"
+        with self._tx():
+            if self._scalar("SELECT 1 FROM outbox WHERE event_id = ?", (event_id,)):
+                return 0
+            if self.outgoing is not None:
+                sealed: list[VaultEntry] = []
+                for name in ("current_thought", "current_args", "shadow_thought", "shadow_args"):
+                    setattr(shadow, name, self.outgoing.mask(getattr(shadow, name), sealed))
+                self._seal(sealed)
+            event = events_pb2.EdgeEvent(event_id=event_id, agent_id=agent_id, epoch=epoch)
+            event.shadow_step.CopyFrom(shadow)
+            return self._enqueue(event)
 
     def _enqueue(self, envelope: events_pb2.EdgeEvent) -> int:
         """Append an event to the outbox with the next sequence number (inside the caller's transaction),

@@ -33,6 +33,8 @@ def _record_of(a: Approval) -> agent_pb2.ApprovalRecord:
         decided_at=a.decided_at or 0.0,
         decided_via=a.decided_via,
         decision_id=a.decision_id,
+        policy_version=a.policy_version,
+        policy_digest=a.policy_digest,
     )
 
 
@@ -53,6 +55,8 @@ def _approval_of(r: agent_pb2.ApprovalRecord, agent_id: str) -> Approval:
         r.decided_at or None,
         r.decided_via,
         r.decision_id,
+        r.policy_version,
+        r.policy_digest,
     )
 
 
