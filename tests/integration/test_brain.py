@@ -81,3 +81,12 @@ def _check_from_scratch(llama_settings: LlamaSettings, reused_outputs: list[str]
             )
     finally:
         fresh.close()
+
+
+def test_the_confidence_of_the_chosen_tool_is_measured_and_free_text_has_none(brain: LlamaBrain) -> None:
+    """The probability of the ``"tool"`` value's tokens before the grammar's mask (``llm.confidence``):
+    measured for an action, in (0, 1]; not for free text."""
+    out = brain.complete(PROMPT, json_schema=SCHEMA, max_tokens=64)
+    assert out.confidence is not None
+    assert 0.0 < out.confidence <= 1.0
+    assert brain.complete(PROMPT, max_tokens=8).confidence is None

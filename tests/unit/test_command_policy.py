@@ -304,7 +304,7 @@ def test_an_effects_rule_needs_all_its_effects_in_one_simple_command() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("version = 3\n", "policy version 3 is not one this edgehub reads (1, 2)"),
+        ("version = 4\n", "policy version 4 is not one this edgehub reads (1, 2, 3)"),
         (RULES.replace("version = 2", "version = 1"), "rules.0.effects: `effects` needs version = 2"),
         (RULES.replace('"delete+recursive"', '"delete+recursiv"'), "unknown effect 'recursiv'"),
         (RULES.replace('["delete+recursive"]', "[]"), "give at least one effect"),

@@ -65,7 +65,7 @@ def test_first_matching_rule_decides_and_anything_else_is_denied(
     ("text", "key"),
     [
         ("version = 1\n[[rules]]\nid = 'a'\ntools = ['x']\neffect = 'maybe'\n", "rules.0.effect"),
-        ("version = 3\n", "version"),
+        ("version = 4\n", "version"),
         ("version = '2'\n", "version"),
         ("version = 1\n[[rules]]\nid = 'a'\ntools = []\neffect = 'allow'\n", "rules.0.tools"),
         (

@@ -211,6 +211,26 @@ class HubLinkConfig(_Section):
     last answer of any age is used, marked with its age)."""
 
 
+class EscalationConfig(_Section):
+    """Escalation: a step the device's model is unsure of is asked of the hub's model (over the hub
+    link, with the device's credentials); its answer is the step's action. docs/models.md, "Escalation"."""
+
+    enabled: bool = False
+    min_confidence: float = Field(0.02, ge=0.0, le=1.0)
+    """Escalate a step whose confidence (``Completion.confidence``: the probability the model gave the
+    first token of its ``"tool"`` value that spells part of the name, before the grammar's mask) is
+    below this; 0: never for confidence. Set it per model (docs/models.md, "Escalation")."""
+    on_stuck: bool = True
+    """Escalate the step after the stuck monitor warned the agent (before it would stop it)."""
+    timeout_s: float = Field(10.0, gt=0, le=300)
+    """Wait this long for the hub's answer; then the device's own action stands."""
+    max_tokens_share: float = Field(0.5, ge=0.0, le=1.0)
+    """Of an agent's token budget, at most this share may be spent by the hub's model; a step that
+    could go beyond is not escalated."""
+    cache_entries: int = Field(256, ge=0)
+    """Answers kept in memory (LRU by prompt, schema, max_tokens and the hub's model); 0: none."""
+
+
 class MetricsConfig(_Section):
     port: int | None = Field(None, ge=0, le=65535)
     """Serve Prometheus metrics on this port (0: any free port); None: off."""
@@ -334,6 +354,7 @@ class EdgeConfig(_Section):
     sandbox: SandboxConfig = SandboxConfig()
     safety: SafetyConfig = SafetyConfig()
     hub: HubLinkConfig = HubLinkConfig()
+    escalation: EscalationConfig = EscalationConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
     snapshot: SnapshotConfig = SnapshotConfig()

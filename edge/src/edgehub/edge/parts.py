@@ -20,6 +20,7 @@ from edgehub.protocol.errors import EdgehubError
 from edgehub.protocol.v1 import agent_pb2
 from edgehub.sync.decisions import HubKey
 
+from .agent.escalation import Escalation
 from .agent.loop import AgentLoop, LoopDeps
 from .agent.tools.builtins import knowledge_tool
 from .agent.tools.gateway import ExecutionGateway
@@ -50,6 +51,7 @@ from .store.sqlite import SqliteStore
 from .tracing import Tracing
 from .triggers.runner import TriggerRunner
 from .uplink.commands import CommandRouter
+from .uplink.escalation import EscalationClient
 from .uplink.identity import DeviceIdentity
 from .uplink.knowledge import KnowledgeClient
 from .uplink.link import HubLink
@@ -66,6 +68,8 @@ class Hub:
     link: HubLink
     knowledge: KnowledgeClient
     """The knowledge tool's way to the hub's L4 graph (through the link's connection)."""
+    escalation: EscalationClient | None = None
+    """The agents' way to the hub's model (``[escalation] enabled``; through the link's connection)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +160,7 @@ async def open_parts(cfg: EdgeConfig, opts: Options, opened: AsyncExitStack) -> 
     opened.push_async_callback(asyncio.to_thread, tracing.shutdown)  # may wait for a slow collector
     metrics = EdgeMetrics(cfg.device.id, n_ctx=brain.n_ctx)
     opened.callback(metrics.close)
-    hub = _hub(cfg, store, identity)
+    hub = _hub(cfg, store, identity, metrics)
     replicate = hub is not None and cfg.memory.replicate
     indexer = None if restricted else await _indexer(cfg, store, replicate=replicate)
     shadow = ShadowReasoner(
@@ -328,9 +332,11 @@ def _opener(cfg: EdgeConfig) -> Callable[[Path | None], Brain]:
     return open_model
 
 
-def _hub(cfg: EdgeConfig, store: DeviceStore, identity: DeviceIdentity | None) -> Hub | None:
-    """The link and the knowledge client when a hub is configured (``[hub] nats_url``) or the device
-    is enrolled with one."""
+def _hub(
+    cfg: EdgeConfig, store: DeviceStore, identity: DeviceIdentity | None, metrics: EdgeMetrics
+) -> Hub | None:
+    """The link, the knowledge client and the escalation client (``[escalation] enabled``) when a hub
+    is configured (``[hub] nats_url``) or the device is enrolled with one."""
     if not (cfg.hub.nats_url or identity is not None):
         return None
     link = HubLink(cfg.hub, store, cfg.device.id, identity=identity)
@@ -341,7 +347,13 @@ def _hub(cfg: EdgeConfig, store: DeviceStore, identity: DeviceIdentity | None) -
         timeout_s=cfg.hub.knowledge_timeout_s,
         cache_s=cfg.hub.knowledge_cache_s,
     )
-    return Hub(link, knowledge)
+    escalation = None
+    if cfg.escalation.enabled:
+        escalation = EscalationClient(
+            cfg.escalation, cfg.device.id, lambda: link.nc, scrubber=build_scrubber(cfg),
+            metrics=metrics.registry,
+        )  # fmt: skip
+    return Hub(link, knowledge, escalation)
 
 
 async def _indexer(cfg: EdgeConfig, store: DeviceStore, *, replicate: bool) -> EpisodeIndexer | None:
@@ -400,6 +412,21 @@ def _loop_deps(
         tracer=tracing.tracer,
         memory=indexer.memory if indexer is not None else None,
         knowledge=hub.knowledge if hub is not None else None,
+        escalation=_escalation(cfg, safety, hub),
+    )
+
+
+def _escalation(cfg: EdgeConfig, safety: Safety, hub: Hub | None) -> Escalation | None:
+    """The loop's escalation to the hub's model: its rules (``[escalation]``, policy's ``escalate``)."""
+    if hub is None or hub.escalation is None:
+        return None
+    client = hub.escalation
+    return Escalation(
+        cfg.escalation,
+        client,
+        max_tokens=cfg.model.max_action_tokens,
+        needs_hub=lambda tool, args: safety.policy.decide(tool, args).escalate,
+        on_outcome=client.metrics.outcome,
     )
 
 

@@ -198,6 +198,12 @@ class AgentSpans:
                 }
             )
 
+    def escalated(self, span: Span, reason: str, outcome: str, note: str) -> None:
+        if span.is_recording():
+            span.set_attributes({"edgehub.escalation.reason": reason, "edgehub.escalation.outcome": outcome})
+            if outcome != "answered":
+                span.add_event("escalation", {"note": note})
+
     def acted(self, span: Span, result: agent_pb2.ToolResult) -> None:
         if span.is_recording() and not result.ok and result.error != "needs_approval":
             span.set_status(StatusCode.ERROR, result.error or "error")

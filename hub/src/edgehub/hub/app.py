@@ -242,6 +242,7 @@ class HubDaemon:
         self.services = services = HubServices.build(
             js, self.cfg, trust, ca, urls, self.registry_metrics, nats_ca=self.nats_ca, tracing=self.tracing
         )
+        services.add_escalation(self.nc, self.cfg, self.registry_metrics)
         self.router = EventRouter(services)
         self.applier = EventApplier(
             js,

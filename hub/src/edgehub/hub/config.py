@@ -294,6 +294,26 @@ class PlannerConfig(HubModelConfig):
     100, so its JSON closes)."""
 
 
+class EscalationConfig(_Section):
+    """Answers the edges' escalated steps (``EscalateRequest`` on ``edgehub.esc.<device>``) with the
+    hub's model: the planner's (``[planner]`` model settings), one copy shared behind one gate."""
+
+    enabled: bool = True
+    queue_per_device: int = Field(4, ge=1, le=1024)
+    """Requests one device may have waiting; another is answered "busy" at once."""
+    queue_total: int = Field(256, ge=1, le=100_000)
+    """Requests waiting from all devices together; beyond: "busy"."""
+    max_prompt_chars: int = Field(32_000, ge=256)
+    """A longer prompt is refused ("too large")."""
+    max_schema_chars: int = Field(32_000, ge=256)
+    max_tokens: int = Field(512, ge=16, le=8192)
+    """The most tokens one request may ask the model to write."""
+    default_deadline_ms: int = Field(10_000, ge=100)
+    """A request that gives no deadline gets this one."""
+    cache_entries: int = Field(1024, ge=0)
+    """Answers kept (LRU by context key: prompt, schema, max_tokens, this hub's model); 0: no cache."""
+
+
 MB = 1024 * 1024
 
 
@@ -362,6 +382,7 @@ class HubConfig(_Section):
     neo4j: Neo4jConfig = Field(default_factory=Neo4jConfig)
     dreamer: DreamerConfig = DreamerConfig()
     planner: PlannerConfig = PlannerConfig()
+    escalation: EscalationConfig = EscalationConfig()
     tracing: TracingConfig = TracingConfig()
     retention: RetentionConfig = RetentionConfig()
     rollouts: RolloutsConfig = RolloutsConfig()

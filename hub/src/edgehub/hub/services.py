@@ -21,6 +21,7 @@ from edgehub.sync.decisions import SigningKey
 from edgehub.sync.tls import CertificateAuthority
 
 from .config import HubConfig
+from .escalation import EscalationService
 from .fleet.agents import AgentRegistry
 from .fleet.control import Commands
 from .fleet.devices import DeviceRegistry, DeviceWatcher
@@ -34,6 +35,7 @@ from .fleet.scopes import ScopeGuard
 from .fleet.traces import Traces
 from .goals import DeviceView, FleetCache
 from .goals.service import GoalService
+from .hubmodel import HubModel
 from .knowledge import DreamerService, KnowledgeService
 from .knowledge.responder import KnowledgeResponder
 from .operators import ApiTokens
@@ -85,6 +87,10 @@ class HubServices:
     """Parity-gated model rollouts: shadow, gate, promote or halt, rollback (``fleet/rollouts.py``)."""
     models: FleetModels
     """Models the hub stores and sends to devices (``fleet/models.py``)."""
+    model: HubModel
+    """The hub's model (``[planner]``'s), loaded at first use, shared by planning and escalation."""
+    escalation: EscalationService | None = None
+    """Answers the edges' escalated steps with ``model`` (``[escalation]``)."""
     knowledge: KnowledgeService | None = None
     """The L4 graph (``[neo4j]``), once it has started."""
     responder: KnowledgeResponder | None = None
@@ -116,9 +122,10 @@ class HubServices:
         identity = DeviceIdentity(trust, ca, nats_urls, Enrollments(js), credentials, view, nats_ca=nats_ca)
         identity.hub_key = hub_pb2.HubKey(public_key=signer.public_key, key_id=signer.key_id)
         views = FleetViews(watcher, devices, view)
+        model = HubModel(cfg.planner)
         goals = GoalService(
             js, views, cfg.planner, issued_by=f"hub:{cfg.hub.id}", metrics=metrics, agents=agents,
-            tracing=tracing,
+            tracing=tracing, model=model,
         )  # fmt: skip
         commands = Commands(js, agents, signer, cfg.auth.decision_ttl_s)
         scopes = ScopeGuard(credentials.labels, view.labels_of, agents)
@@ -146,7 +153,13 @@ class HubServices:
                 check_s=cfg.rollouts.check_s,
             ),
             models=FleetModels(js, commands, views, scopes, spool=None),
+            model=model,
         )
+
+    def add_escalation(self, nc: Client, cfg: HubConfig, metrics: CollectorRegistry) -> None:
+        """Answer the edges' escalations (``[escalation] enabled``) with the shared model."""
+        if cfg.escalation.enabled:
+            self.escalation = EscalationService(nc, self.model, cfg.escalation, metrics=metrics)
 
     async def add_knowledge(
         self, knowledge: KnowledgeService, nc: Client, cfg: HubConfig, metrics: CollectorRegistry
@@ -170,6 +183,8 @@ class HubServices:
             parts.append(self.identity.view.run(stop))
         if self.responder is not None:
             parts.append(self.responder.run(stop))
+        if self.escalation is not None:
+            parts.append(self.escalation.run(stop))
         if self.dreamer is not None:
             parts.append(self.dreamer.run(stop))
         return parts
@@ -178,3 +193,4 @@ class HubServices:
         if self.dreamer is not None:
             await self.dreamer.shutdown()
         await self.goals.close()
+        self.model.close()

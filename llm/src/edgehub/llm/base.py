@@ -27,6 +27,11 @@ class Completion:
     """Wall time spent generating."""
     stop_reason: str
     """"stop" (end of text or grammar complete) or "length" (hit max_tokens)."""
+    confidence: float | None = None
+    """How sure the model was of the action it chose (0..1): the probability it gave, before the
+    grammar's mask, to the first token of the ``"tool"`` value that spells part of the name
+    (``confidence.ToolConfidence``); None when not measured (no ``"tool"`` value, or a brain that does
+    not measure it)."""
 
 
 class Brain(Protocol):

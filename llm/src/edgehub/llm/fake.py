@@ -23,6 +23,7 @@ class FakeBrain:
         n_ctx: int = 4096,
         count: Callable[[str], int] | None = None,
         chat_format: ChatFormat | None = None,
+        confidence: Callable[[str], float | None] | None = None,
     ) -> None:
         self._script = script if callable(script) else list(script)
         self._n_ctx = n_ctx
@@ -31,6 +32,8 @@ class FakeBrain:
         self.schemas: list[dict[str, Any] | None] = []
         self.specials: list[bool] = []
         self._chat = chat_format
+        self._confidence = confidence
+        """The confidence of a completion, from its text (None: not measured, like most brains)."""
         self._previous = ""
         self._previous_tokens = 0
 
@@ -82,6 +85,7 @@ class FakeBrain:
             eval_ms=0.0,
             decode_ms=(time.perf_counter() - started) * 1000,
             stop_reason="stop",
+            confidence=self._confidence(text) if self._confidence is not None else None,
         )
 
     def close(self) -> None:

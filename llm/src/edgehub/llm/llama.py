@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+import numpy as np
 from llama_cpp import Llama, LlamaGrammar
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from . import logs
 from .base import Completion
 from .chat import ChatFormat, chat_format_of
+from .confidence import ToolConfidence
 from .errors import ModelFileError
 from .settings import LlamaSettings, check_model_file
 
@@ -186,7 +188,8 @@ class LlamaBrain:
         started = time.perf_counter()
         reused = self._trim_cache(tokens)
         grammar = self._grammar(json_schema) if json_schema is not None else None
-        out, first_at, reason = self._generate(tokens, grammar, max_tokens, stop or [])
+        track = ToolConfidence() if grammar is not None else None
+        out, first_at, reason = self._generate(tokens, grammar, max_tokens, stop or [], track)
         done = time.perf_counter()
         text = self.llm.detokenize(out).decode(errors="replace")
         self._text, self._tokens, self._special = prompt + text, tokens + out, special
@@ -199,10 +202,24 @@ class LlamaBrain:
             eval_ms=(first - started) * 1000,
             decode_ms=(done - first) * 1000,
             stop_reason=reason,
+            confidence=track.value if track is not None else None,
         )
 
+    def _logprob(self, token: int) -> float:
+        """Log-probability of ``token`` under the last position's logits (before any grammar mask):
+        the row llama.cpp sampled it from, still in place until the next token is evaluated."""
+        n_vocab = self.llm.n_vocab()
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(n_vocab,))
+        top = float(logits.max())
+        return float(logits[token]) - top - float(np.log(np.exp(logits - top).sum()))
+
     def _generate(
-        self, tokens: list[int], grammar: LlamaGrammar | None, max_tokens: int, stop: list[str]
+        self,
+        tokens: list[int],
+        grammar: LlamaGrammar | None,
+        max_tokens: int,
+        stop: list[str],
+        track: ToolConfidence | None = None,
     ) -> tuple[list[int], float | None, str]:
         out: list[int] = []
         first_at = None
@@ -214,6 +231,9 @@ class LlamaBrain:
             first_at = first_at or time.perf_counter()
             if llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, token):
                 return out, first_at, "stop"
+            if track is not None:
+                logprob = self._logprob(token) if track.in_value() else None
+                track.add(self.llm.detokenize([token]), logprob)
             out.append(token)
             if stop and any(s in self.llm.detokenize(out).decode(errors="ignore") for s in stop):
                 return out, first_at, "stop"

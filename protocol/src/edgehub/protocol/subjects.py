@@ -7,6 +7,7 @@ Subjects carry the device (and, for events, the agent) so permissions and querie
     edgehub.dlq.<source>            messages that could not be processed       stream EDGEHUB_DEADLETTER
     edgehub.dlq.edge.<device>       ... that a device could not process        stream EDGEHUB_DEADLETTER
     edgehub.kg.<device>             a device's L4 knowledge queries (request/reply, core NATS)
+    edgehub.esc.<device>            a device's steps escalated to the hub's model (request/reply)
 
 Ids become single subject tokens: every UTF-8 byte that is not printable ASCII, and the characters NATS
 treats specially (``.``, ``*``, ``>``) and ``%`` itself, are percent-encoded, so ``dev.1`` is the token
@@ -93,6 +94,14 @@ def knowledge(device_id: str) -> str:
 ALL_KNOWLEDGE = f"{PREFIX}.kg.*"
 
 
+def escalation(device_id: str) -> str:
+    """Where a device asks the hub's model for a step (the hub answers, queue group ``edgehub-esc``)."""
+    return f"{PREFIX}.esc.{token(device_id)}"
+
+
+ALL_ESCALATION = f"{PREFIX}.esc.*"
+
+
 def _id_token(part: str, field: str) -> str:
     """The id a subject token holds; ValueError unless it is a valid id written as ``token`` writes it."""
     value = untoken(part)
@@ -110,6 +119,14 @@ def parse_knowledge(subject: str) -> str:
     parts = subject.split(".")
     if len(parts) != 3 or parts[:2] != [PREFIX, "kg"]:
         raise ValueError(f"not a knowledge subject: {shown(subject, 80)}")
+    return _id_token(parts[2], "device_id")
+
+
+def parse_escalation(subject: str) -> str:
+    """The device_id of an escalation subject; ValueError if it is not one (or names no valid id)."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[:2] != [PREFIX, "esc"]:
+        raise ValueError(f"not an escalation subject: {shown(subject, 80)}")
     return _id_token(parts[2], "device_id")
 
 

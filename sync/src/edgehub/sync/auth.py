@@ -130,6 +130,7 @@ def device_permissions(device_id: str) -> Permissions:
             f"{subjects.PREFIX}.ev.{dev}.*",
             subjects.device_deadletter(device_id),
             subjects.knowledge(device_id),
+            subjects.escalation(device_id),
             f"$KV.{DEVICES.name}.{kv_key(device_id)}",
             f"{api}.STREAM.INFO.KV_{DEVICES.name}",
             f"{api}.CONSUMER.INFO.{stream}.{cname}",

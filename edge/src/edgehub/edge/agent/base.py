@@ -3,6 +3,7 @@ implements them (``safety/stuck.py`` is the step monitor), and the loop never im
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -60,4 +61,37 @@ class StepMonitor(Protocol):
     ) -> Refusal | None:
         """Why ``call`` must not run now (a repeat of a call that is not repeatable and already ran,
         with no reason given in ``thought``; a tool withheld this step); None: it may."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HubAnswer:
+    """The hub model's answer to an escalated step."""
+
+    text: str
+    """Its completion (the action's JSON)."""
+    tokens: int
+    """Tokens the hub's model spent on it (prompt + completion; 0 when it came from a cache)."""
+    model: str
+    """Fingerprint of the hub's model that wrote it."""
+    source: Literal["hub", "hub cache", "device cache"]
+    latency_ms: float
+
+
+class Escalator(Protocol):
+    """Asks the hub's model for a step (the uplink's ``EscalationClient``)."""
+
+    async def ask(
+        self,
+        *,
+        agent_id: str,
+        step: int,
+        reason: str,
+        prompt: str,
+        schema: Mapping[str, object] | None,
+        max_tokens: int,
+        confidence: float | None,
+    ) -> HubAnswer | str:
+        """The hub's answer, or why there is none ("timeout", "no hub connection", the hub's error);
+        never waits longer than its timeout, never raises for the network."""
         ...

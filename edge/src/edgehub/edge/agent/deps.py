@@ -14,6 +14,7 @@ from ..config import AgentConfig
 from ..memory.compaction import Compactor
 from ..store.base import EdgeStore
 from .base import StepMonitor
+from .escalation import Escalation
 from .shadow import ShadowSink
 from .tools.base import CommandRunner, Knowledge, Recall
 from .tools.gateway import ExecutionGateway
@@ -50,5 +51,7 @@ class LoopDeps:
     """L3 episodic memory for the remember/recall tools (None: off)."""
     knowledge: Knowledge | None = None
     """The hub's L4 knowledge graph for the knowledge tool (None: no hub)."""
+    escalation: Escalation | None = None
+    """Asks the hub's model for the steps this device's model is unsure of (None: off, or no hub)."""
     shadow: ShadowSink | None = None
     """Takes each thought-out step for the model run in shadow (None: no rollout shadows here)."""

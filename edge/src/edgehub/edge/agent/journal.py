@@ -20,6 +20,7 @@ from ..tracing import AgentSpans
 from .actions import Proposal
 from .base import SeenStep
 from .deps import LoopDeps
+from .escalation import Escalated
 from .steering import Steering
 from .stops import WARNING
 from .window import Window
@@ -106,9 +107,11 @@ class Journal:
         output: Any,
         timing: tuple[float, float],
         window: Window,
+        escalated: Escalated | None = None,
     ) -> agent_pb2.AgentState:
         """The step's new state, committed; ``timing``: (when the step started, its tool's ms);
-        ``window`` (loaded before the commit, which would put this step's turns in it) grows by them."""
+        ``window`` (loaded before the commit, which would put this step's turns in it) grows by them;
+        ``escalated``: what asking the hub's model did (its note leads the event's detail)."""
         started, tool_ms = timing
         event = self.event(state, S.STEP_KIND_ACTION, "action")
         event.thought = proposal.thought
@@ -126,6 +129,9 @@ class Journal:
             self._guard(new, event, proposal, result, output)
         else:
             new.guard.ClearField("calls")  # an ended agent repeats nothing: the counts would only take space
+        if escalated is not None:
+            new.usage.escalated_tokens += escalated.tokens
+            event.detail = "; ".join(x for x in (escalated.note, event.detail) if x)
         new.step += 1
         turns = self._turns(state.step, proposal, result, completion)
         turns += self.steer.plan_turns(state.step, new, proposal, result)
@@ -202,8 +208,12 @@ class Journal:
         self, step: int, proposal: Proposal, result: agent_pb2.ToolResult, completion: Completion | None
     ) -> list[agent_pb2.Turn]:
         observation = result.output if result.ok else f"error ({result.error}): {result.output}"
-        # the model already counted what it generated; only the observation needs the tokenizer
-        action_tokens = completion.completion_tokens if completion else self.d.count_tokens(proposal.raw)
+        # the model already counted what it generated (unless the hub's action replaced it); only the
+        # observation needs the tokenizer
+        own = completion is not None and completion.text == proposal.raw
+        action_tokens = (
+            completion.completion_tokens if completion and own else self.d.count_tokens(proposal.raw)
+        )
         return [
             S.Turn(step=step, role="action", text=proposal.raw, tokens=action_tokens),
             S.Turn(step=step, role="observation", text=observation, tokens=self.d.count_tokens(observation)),
@@ -236,6 +246,7 @@ class Journal:
         proposal: Proposal,
         result: agent_pb2.ToolResult,
         completion: Completion | None,
+        escalated: Escalated | None = None,
     ) -> agent_pb2.AgentState:
         """Checkpoint the agent as AWAITING_APPROVAL with its proposal; the step is not consumed."""
         new = S.AgentState()
@@ -244,12 +255,14 @@ class Journal:
         if completion is not None:  # the model's work for this step is spent even though it waits
             new.usage.evaluated_tokens += completion.evaluated_tokens
             new.usage.completion_tokens += completion.completion_tokens
+        if escalated is not None:
+            new.usage.escalated_tokens += escalated.tokens
         new.updated_at.GetCurrentTime()
         event = self.event(new, S.STEP_KIND_APPROVAL_REQUESTED, "approval")
         event.thought = proposal.thought
         event.action.CopyFrom(S.ToolCall(tool=proposal.tool, args_json=proposal.args_json()))
         event.observation.CopyFrom(result)
-        event.detail = result.output
+        event.detail = "; ".join(x for x in (escalated.note if escalated else "", result.output) if x)
         approval = Approval(
             key=result.idempotency_key,
             agent_id=state.agent_id,

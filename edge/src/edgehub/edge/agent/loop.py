@@ -44,6 +44,7 @@ from .base import Refusal
 from .context import AgentContext
 from .deliverables import extract
 from .deps import LoopDeps
+from .escalation import Escalated, Thought
 from .journal import Journal, call_key
 from .prompt import PromptBuilder
 from .shadow import ModelCall, ShadowAsk
@@ -135,31 +136,40 @@ class AgentLoop:
             return self._end(state, S.AGENT_STATUS_FAILED, reason)
         key = f"{state.agent_id}/{state.step}"
         completion: Completion | None = None
+        escalated: Escalated | None = None
         call: ModelCall | None = None
+        own: Proposal | None = None
         replay = self._replayed_proposal(key)
         if replay is not None:
             proposal = replay
         else:
             state = await self.context.compact_if_needed(state)
             completion, call = await self.context.think(state)
-            proposal = parse_action(completion.text)
+            own = parse_action(completion.text)
+            proposal = own
+            thought = Thought(call.prompt, call.json_schema or {}, completion)
+            escalated = await self._escalate(state, thought, proposal)
+            if escalated is not None:
+                proposal = escalated.proposal
         tool_started = time.perf_counter()
         with self._spans.phase("act") as span:
             result, output = await self._act(state, proposal, key)
             self._spans.acted(span, result)
         tool_ms = (time.perf_counter() - tool_started) * 1000
         if result.error == "needs_approval":
-            return self.journal.await_approval(state, proposal, result, completion)
+            return self.journal.await_approval(state, proposal, result, completion, escalated)
         failpoints.hit("after_tool", state.step)
         window = self.context.window(
             state
         )  # before the commit: loading it after would hold this step's turns
-        new = self.journal.commit(state, proposal, completion, result, output, (started, tool_ms), window)
+        new = self.journal.commit(
+            state, proposal, completion, result, output, (started, tool_ms), window, escalated
+        )
         failpoints.hit("after_checkpoint", state.step)
-        if call is not None and self.d.shadow is not None:  # after the commit: it cannot change the step
-            self.d.shadow.offer(
-                ShadowAsk(state.agent_id, state.epoch, state.step, call, proposal, self._model)
-            )
+        if call is not None and own is not None and self.d.shadow is not None:
+            # after the commit: it cannot change the step; the running model's own action, even when
+            # the hub's model chose the step's (escalation)
+            self.d.shadow.offer(ShadowAsk(state.agent_id, state.epoch, state.step, call, own, self._model))
         return new
 
     def _replayed_proposal(self, key: str) -> Proposal | None:
@@ -172,13 +182,28 @@ class AgentLoop:
             return Proposal.from_json(approval.proposal_json)
         return None
 
+    async def _escalate(
+        self, state: agent_pb2.AgentState, thought: Thought, proposal: Proposal
+    ) -> Escalated | None:
+        """Ask the hub's model for this step when it must be (``escalation.py``)."""
+        if self.d.escalation is None:
+            return None
+        reason = self.d.escalation.reason(state, thought, proposal)
+        if reason is None:
+            return None
+        budget = self._limit(state.budget.max_tokens, self.d.cfg.max_tokens)
+        with self._spans.phase("escalate") as span:
+            done = await self.d.escalation.step(state, thought, proposal, budget, reason)
+            self._spans.escalated(span, done.reason, done.outcome, done.note)
+        return done
+
     # budgets ---------------------------------------------------------------------------------------
     def _limit(self, value: float, configured: float) -> float:
         return value if value > 0 else configured
 
     def _exhausted(self, state: agent_pb2.AgentState) -> str:
         b, u, c = state.budget, state.usage, self.d.cfg
-        tokens = u.evaluated_tokens + u.completion_tokens
+        tokens = u.evaluated_tokens + u.completion_tokens + u.escalated_tokens
         checks = [
             (u.steps, self._limit(b.max_steps, c.max_steps), "step"),
             (tokens, self._limit(b.max_tokens, c.max_tokens), "token"),

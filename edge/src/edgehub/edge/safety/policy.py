@@ -31,7 +31,9 @@ expression searched in the value. A rule naming an argument the call does not ha
 ``effects`` (version 2) matches what a ``command`` argument does rather than how it is spelled: the
 command is parsed like bash parses it and each simple command classified (``effects.analyse``); the
 rule matches when one simple command has every effect of one entry (``"delete+recursive"``).
-Version 1 files (no ``effects``) load unchanged.
+Version 1 files (no ``effects``) load unchanged. ``escalate = true`` (version 3) on a rule: a call it
+decides is first asked of the hub's model (``[escalation]``, docs/models.md), whose action is then
+decided like any other; the rule's ``effect`` still applies to the calls it matches.
 
 The engine re-reads the file when it changes (checked on each decision with one ``stat``), so edits
 take effect without restarting the daemon. A broken edit is refused with a logged error and the last
@@ -63,9 +65,9 @@ from .effects import EFFECTS, CommandAnalysis, analyse
 log = logging.getLogger("edgehub.edge.policy")
 
 Effect = Literal["allow", "deny", "needs_approval"]
-POLICY_VERSION = 2
-POLICY_VERSIONS = (1, 2)
-"""Versions this engine reads: 2 added ``effects``."""
+POLICY_VERSION = 3
+POLICY_VERSIONS = (1, 2, 3)
+"""Versions this engine reads: 2 added ``effects``, 3 ``escalate``."""
 DEFAULT_POLICY = "default_policy.toml"
 
 
@@ -84,6 +86,8 @@ class RuleModel(BaseModel):
     effects: list[str] | None = None
     """What the call's ``command`` does: any one entry, each effect names joined by ``+`` (all of them
     in one simple command); see ``effects.EFFECTS``. Version 2."""
+    escalate: bool = False
+    """A call this rule decides is first asked of the hub's model (``[escalation]``). Version 3."""
 
     @field_validator("effects")
     @classmethod
@@ -143,6 +147,8 @@ class PolicyModel(BaseModel):
         for i, rule in enumerate(self.rules):
             if rule.effects is not None and self.version < 2:
                 raise ValueError(f"rules.{i}.effects: `effects` needs version = 2")
+            if rule.escalate and self.version < 3:
+                raise ValueError(f"rules.{i}.escalate: `escalate` needs version = 3")
         return self
 
     @field_validator("rules")
@@ -246,6 +252,8 @@ class Verdict:
     """For an ``effects`` rule: the simple command it matched and that command's effects."""
     version: int = 0
     """The hub bundle's version of the policy that decided (0: the local file or the default)."""
+    escalate: bool = False
+    """The deciding rule wants the hub's model to choose this call (``RuleModel.escalate``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +290,14 @@ class Policy:
             if rule.matches(tool, args, seen):
                 reason = f"{rule.reason} ({seen.matched})" if seen.matched else rule.reason
                 return Verdict(
-                    rule.effect, rule.id, reason, self.digest, rule.network, seen.matched, self.version
+                    rule.effect,
+                    rule.id,
+                    reason,
+                    self.digest,
+                    rule.network,
+                    seen.matched,
+                    self.version,
+                    rule.source.escalate,
                 )
         why = "no rule allows this call (deny by default)"
         return Verdict("deny", "default", why, self.digest, version=self.version)

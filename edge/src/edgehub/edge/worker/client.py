@@ -111,11 +111,13 @@ def _completion(reply: JsonObject) -> Completion:
     text, stop_reason = reply.get("text"), reply.get("stop_reason")
     if not isinstance(text, str) or not isinstance(stop_reason, str):
         raise server.FrameError(f"not a completion: text {text!r}, stop_reason {stop_reason!r}")
+    confidence = reply.get("confidence")  # absent from an older worker's reply, null when not measured
     return Completion(
         text=text,
         eval_ms=server.number(reply, "eval_ms"),
         decode_ms=server.number(reply, "decode_ms"),
         stop_reason=stop_reason,
+        confidence=None if confidence is None else server.number(reply, "confidence"),
         **ints,
     )
 

@@ -37,6 +37,7 @@ from edgehub.sync.tracing import traceparent
 from ..config import PlannerConfig
 from ..errors import GoalError
 from ..fleet.agents import AgentRegistry
+from ..hubmodel import HubModel
 from ..tracing import HubTracing
 from .effects import EffectRunner, GoalMetrics
 from .intake import ResultIntake
@@ -76,6 +77,7 @@ class GoalService:
         metrics: CollectorRegistry | None = None,
         agents: AgentRegistry | None = None,
         tracing: HubTracing | None = None,
+        model: HubModel | None = None,
     ) -> None:
         self.js = js
         self.devices = devices
@@ -86,7 +88,7 @@ class GoalService:
         self.metrics = GoalMetrics.create(metrics, lambda: len(self.store.active))
         self.work = ModelWork(
             self.store, cfg, issued_by, brain=brain, update=self.update, fleet=self.fleet, tick=self.tick,
-            tracing=self.tracing,
+            tracing=self.tracing, model=model,
         )  # fmt: skip
         self.effects = EffectRunner(
             js, cfg, self.metrics, submit=self.submit, report=self.on_result,

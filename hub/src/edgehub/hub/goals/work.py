@@ -9,16 +9,16 @@ Each piece of work runs in a task of its own, one at a time per goal, and stores
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from edgehub.llm import Brain, Completion, ModelGate
+from edgehub.llm import Brain, Completion
 from edgehub.protocol.v1 import goals_pb2
 
 from ..config import PlannerConfig
+from ..hubmodel import HubModel
 from ..tracing import HubTracing
 from .errors import PlanRejected, SynthesisFailed
 from .placement import DeviceView
@@ -40,8 +40,9 @@ Fleet = Callable[[G.Goal], Awaitable[list[DeviceView]]]
 
 
 class ModelWork:
-    """Planning, re-planning and synthesis of goals (see the module docstring). ``brain`` replaces the
-    model ``cfg`` names (tests of the planner's logic); ``update`` stores a transition, ``fleet`` gives
+    """Planning, re-planning and synthesis of goals (see the module docstring). ``model``: the hub's
+    shared model (``hubmodel.py``; None: its own, ``brain`` or the model ``cfg`` names; ``brain``
+    replaces it in tests of the planner's logic); ``update`` stores a transition, ``fleet`` gives
     the devices a goal may use, ``tick`` advances a goal once it is planned; ``tracing`` traces each
     piece of work in its goal's trace."""
 
@@ -56,14 +57,14 @@ class ModelWork:
         fleet: Fleet,
         tick: Callable[[str], Awaitable[None]],
         tracing: HubTracing | None = None,
+        model: HubModel | None = None,
     ) -> None:
         self.store = store
         self.tracing = tracing or HubTracing()
         self.cfg = cfg
         self.issued_by = issued_by
-        self._brain = brain
-        self._owns_brain = brain is None
-        self._gate: ModelGate | None = ModelGate(brain) if brain is not None else None
+        self._owns_model = model is None
+        self.model = model or HubModel(cfg, brain=brain)
         self._update = update
         self._fleet = fleet
         self._tick = tick
@@ -115,25 +116,16 @@ class ModelWork:
 
     # the model -------------------------------------------------------------------------------------
     async def _complete(self, prompt: str, schema: dict[str, object], max_tokens: int) -> Completion:
-        if self._gate is None:
-            self._brain = await asyncio.to_thread(self._load)
-            self._gate = ModelGate(self._brain)
-        return await self._gate.complete(prompt, json_schema=dict(schema), max_tokens=max_tokens)
-
-    def _load(self) -> Brain:
-        from edgehub.llm.llama import LlamaBrain  # here: a hub that never plans never loads llama.cpp
-
-        return LlamaBrain.open(self.cfg.llama_settings("planner"))
+        gate = await self.model.gate()
+        return await gate.complete(prompt, json_schema=dict(schema), max_tokens=max_tokens)
 
     async def close(self) -> None:
-        """Cancel the work in progress; close the model this process loaded."""
+        """Cancel the work in progress; close the model if it is this object's own."""
         for task in list(self.running.values()):
             task.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
-        if self._brain is not None and self._owns_brain:
-            with contextlib.suppress(Exception):
-                self._brain.close()
-            self._brain = None
+        if self._owns_model:
+            self.model.close()
 
     # planning --------------------------------------------------------------------------------------
     async def _plan(self, goal_id: str, replan: str) -> G.Goal:

@@ -225,12 +225,17 @@ class Usage(_message.Message):
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
     WALL_SECONDS_FIELD_NUMBER: _builtins.int
+    ESCALATED_TOKENS_FIELD_NUMBER: _builtins.int
     steps: _builtins.int
     prompt_tokens: _builtins.int
     evaluated_tokens: _builtins.int
     completion_tokens: _builtins.int
     tool_calls: _builtins.int
     wall_seconds: _builtins.float
+    escalated_tokens: _builtins.int
+    """Tokens the hub's model spent on this agent's escalated steps (prompt + completion; none for an
+    answer from a cache); they count against the token budget with the edge's own.
+    """
     def __init__(
         self,
         *,
@@ -240,10 +245,11 @@ class Usage(_message.Message):
         completion_tokens: _builtins.int = ...,
         tool_calls: _builtins.int = ...,
         wall_seconds: _builtins.float = ...,
+        escalated_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "evaluated_tokens", b"evaluated_tokens", "prompt_tokens", b"prompt_tokens", "steps", b"steps", "tool_calls", b"tool_calls", "wall_seconds", b"wall_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "escalated_tokens", b"escalated_tokens", "evaluated_tokens", b"evaluated_tokens", "prompt_tokens", b"prompt_tokens", "steps", b"steps", "tool_calls", b"tool_calls", "wall_seconds", b"wall_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
