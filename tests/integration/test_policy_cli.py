@@ -60,5 +60,5 @@ def test_a_policy_of_an_unknown_version_is_one_clear_error(tmp_path: Path) -> No
     env = {"EDGEHUB_EDGE__SAFETY__POLICY": str(path)}
     done = edgehub("policy", "try", "run_command", '{"command": "ls"}', data_dir=tmp_path / "d", env=env)
     assert done.returncode == 2
-    assert "policy version 9 is not one this edgehub reads (1, 2)" in done.stderr
+    assert "policy version 9 is not one this edgehub reads (1, 2, 3)" in done.stderr
     assert "Traceback" not in done.stderr
