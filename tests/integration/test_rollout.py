@@ -31,13 +31,13 @@ import pytest
 from edgehub.edge.app import EdgeDaemon
 from edgehub.edge.config import EdgeConfig
 from edgehub.edge.datadir import model_path
-from edgehub.edge.shadow import sha256_of
 from edgehub.edge.store.base import DeviceStore
 from edgehub.llm import Brain, default_model_path, packaged_model_path
 from edgehub.llm.fake import FakeBrain
 from edgehub.llm.llama import LlamaBrain
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, commands_pb2
+from edgehub.sync.models import file_sha256
 from tests.harness.hub import Hub, start_hub
 from tests.harness.wait import eventually
 
@@ -63,7 +63,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
 
 def provision(data: Path, model: Path) -> str:
     """Put ``model`` where the device keeps verified models (what Ansible pre-provisioning does)."""
-    sha256 = sha256_of(model)
+    sha256 = file_sha256(model)
     target = model_path(data, sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(model, target)

@@ -24,12 +24,13 @@ from edgehub.edge.errors import ShadowRefused
 from edgehub.edge.memory.compaction import Compactor
 from edgehub.edge.metrics import DaemonCollector
 from edgehub.edge.safety import Scrubber, VaultKey
-from edgehub.edge.shadow import ShadowReasoner, sha256_of
+from edgehub.edge.shadow import ShadowReasoner
 from edgehub.edge.store.sqlite import SqliteStore
 from edgehub.llm import Brain
 from edgehub.llm.fake import FakeBrain
 from edgehub.llm.gate import ModelGate
 from edgehub.protocol.v1 import agent_pb2, models_pb2
+from edgehub.sync.models import file_sha256
 from tests.harness.wait import eventually
 from tests.unit.test_loop import act
 
@@ -42,7 +43,7 @@ def held(data: Path, content: bytes = b"GGUF shadow model bytes") -> str:
     tmp = data / "incoming.gguf"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     tmp.write_bytes(content)
-    sha256 = sha256_of(tmp)
+    sha256 = file_sha256(tmp)
     target = model_path(data, sha256)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp.replace(target)

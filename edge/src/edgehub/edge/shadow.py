@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from edgehub.llm import Brain, ModelGate
 from edgehub.protocol.ids import InvalidId
 from edgehub.protocol.v1 import models_pb2
+from edgehub.sync.models import file_sha256
 
 from .agent.actions import parse_action
 from .agent.shadow import ShadowAsk
@@ -43,7 +43,6 @@ from .errors import ShadowRefused
 from .memory.episodic import Embedder
 
 log = logging.getLogger("edgehub.edge.shadow")
-HASH_CHUNK = 1 << 20
 STATE_FILE = "shadow.json"
 STATE_VERSION = 1
 
@@ -85,14 +84,6 @@ class _Active:
 
     def __post_init__(self) -> None:
         self.gate = ModelGate(self.brain)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def llama_opener(cfg: EdgeConfig) -> Opener:
@@ -167,7 +158,7 @@ class ShadowReasoner:
             ):
                 return  # a redelivered command: already shadowing
             path = self._held(cmd.sha256)
-            actual = await asyncio.to_thread(sha256_of, path)
+            actual = await asyncio.to_thread(file_sha256, path)
             if actual != cmd.sha256:
                 raise ShadowRefused(
                     f"model {cmd.sha256[:12]} at {path} does not verify (its sha256 is {actual})"

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -47,6 +46,7 @@ from nats.aio.client import Client, RawCredentials
 from nats.errors import Error as NatsError
 
 from edgehub.sync.auth import Trust, write_secret
+from edgehub.sync.models import file_sha256
 from edgehub.sync.server import NatsServer, dial_host
 from edgehub.sync.tls import nats_tls
 
@@ -102,14 +102,6 @@ def read_passphrase(path: Path | None) -> bytes:
 
 def _key(passphrase: bytes, salt: bytes) -> bytes:
     return Scrypt(salt=salt, length=32, **SCRYPT).derive(passphrase)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _trust_blob(folder: Path) -> bytes:
@@ -282,7 +274,9 @@ def backup(cfg: HubConfig, url: str, to: Path, passphrase: bytes, progress: Prog
     write_secret(work / TRUST_FILE, sealed)
     progress(f"trust folder {cfg.auth.dir}: encrypted ({len(sealed)} bytes)")
     paths = [work / s[k] for s in streams for k in ("data", "meta")] + [work / TRUST_FILE]
-    files = {p.relative_to(work).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in paths}
+    files = {
+        p.relative_to(work).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in paths
+    }
     trust_params: dict[str, Any] = {
         "file": TRUST_FILE,
         "cipher": "AES-256-GCM",
@@ -352,7 +346,7 @@ def check(folder: Path, passphrase: bytes) -> Checked:
             raise BackupError(
                 f"{folder}: {rel} has {f.stat().st_size} bytes, the manifest says {want.get('bytes')}"
             )
-        if _sha256(f) != want.get("sha256"):
+        if file_sha256(f) != want.get("sha256"):
             raise BackupError(
                 f"{folder}: {rel} does not match its sha256 in the manifest (corrupted or altered)"
             )
