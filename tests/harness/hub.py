@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,3 +169,15 @@ def start_hub(
     tls = env.get("EDGEHUB_HUB__NATS__TLS", "").lower()
     scheme = "tls" if tls == "true" or (tls != "false" and not is_loopback(listen)) else "nats"
     return Hub(proc, f"{scheme}://{host}:{port}", api, trust, prefix or [], log)
+
+
+@contextmanager
+def ready_hub(tmp_path: Path, hub_id: str = "hub-test", **options: Any) -> Iterator[Hub]:
+    """``start_hub`` (``options`` as it takes them), ready when entered, stopped on leaving, also when
+    it never became ready: a module's shared hub fixture is ``with ready_hub(...) as hub: yield hub``."""
+    running = start_hub(tmp_path, hub_id, **options)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()

@@ -33,7 +33,7 @@ from edgehub.protocol.v1 import hub_pb2 as H  # noqa: N812 - the house alias
 from edgehub.sync.decisions import SigningKey
 from edgehub.sync.policies import text_sha256
 from edgehub.sync.streams import POLICIES, POLICY_DEVICES
-from tests.harness.hub import Hub, start_hub
+from tests.harness.hub import Hub, ready_hub
 from tests.harness.wait import eventually
 from tests.integration.test_identity import stub
 from tests.integration.test_signed_approvals import last_command, publish_as_hub
@@ -49,12 +49,8 @@ INVALID = 'version = 2\n[[rules]]\nid = "odd"\ntools = ["*"]\neffect = "maybe"\n
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    running = start_hub(tmp_path_factory.mktemp("fleetpolicy"), "hub-fleetpolicy")
-    try:
-        running.wait_ready()
+    with ready_hub(tmp_path_factory.mktemp("fleetpolicy"), "hub-fleetpolicy") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _config(device: str, data: Path, labels: dict[str, str] | None = None) -> EdgeConfig:

@@ -38,7 +38,7 @@ from edgehub.protocol.v1 import agent_pb2, models_pb2
 from edgehub.protocol.v1 import hub_pb2 as H  # noqa: N812 - the house alias
 from edgehub.sync.models import CHUNK_SIZE, MODELS, MODELS_STREAM, chunk_subject
 from tests.harness.edge_proc import start_edge
-from tests.harness.hub import Hub, start_hub
+from tests.harness.hub import Hub, ready_hub
 from tests.harness.wait import eventually
 from tests.integration.test_fleet_policy import _idle, _wait_online, dead_letters, enrolled
 from tests.integration.test_identity import stub
@@ -48,12 +48,8 @@ IDLE = "tests.integration.test_fleet_policy:_idle"
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    running = start_hub(tmp_path_factory.mktemp("models"), "hub-models")
-    try:
-        running.wait_ready()
+    with ready_hub(tmp_path_factory.mktemp("models"), "hub-models") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def _config(device: str, data: Path, **model: object) -> EdgeConfig:

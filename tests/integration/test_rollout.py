@@ -38,7 +38,7 @@ from edgehub.llm.llama import LlamaBrain
 from edgehub.protocol import subjects
 from edgehub.protocol.v1 import agent_pb2, commands_pb2
 from edgehub.sync.models import file_sha256
-from tests.harness.hub import Hub, start_hub
+from tests.harness.hub import Hub, ready_hub, start_hub
 from tests.harness.wait import eventually
 
 pytestmark = pytest.mark.model
@@ -53,12 +53,8 @@ TERMINAL = (S.AGENT_STATUS_FINISHED, S.AGENT_STATUS_FAILED, S.AGENT_STATUS_STOPP
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    running = start_hub(tmp_path_factory.mktemp("rollout"), "hub-rollout")
-    try:
-        running.wait_ready()
+    with ready_hub(tmp_path_factory.mktemp("rollout"), "hub-rollout") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def provision(data: Path, model: Path) -> str:

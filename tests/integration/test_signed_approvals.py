@@ -31,7 +31,7 @@ from edgehub.protocol.v1 import agent_pb2, commands_pb2
 from edgehub.protocol.v1 import hub_pb2 as H  # noqa: N812 - the house alias
 from edgehub.sync.commands import new_command
 from edgehub.sync.decisions import SigningKey
-from tests.harness.hub import Hub, start_hub
+from tests.harness.hub import Hub, ready_hub
 from tests.harness.wait import eventually
 from tests.integration.test_identity import stub
 
@@ -46,12 +46,8 @@ POLICY = (
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
-    running = start_hub(tmp_path_factory.mktemp("approvals"), "hub-approvals")
-    try:
-        running.wait_ready()
+    with ready_hub(tmp_path_factory.mktemp("approvals"), "hub-approvals") as running:
         yield running
-    finally:
-        running.stop()
 
 
 def brain(prompt: str) -> str:
