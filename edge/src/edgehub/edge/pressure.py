@@ -64,12 +64,8 @@ class DiskPressure:
         fails. The scheduler then pauses its running agents at their step boundary (``pause``)."""
         if self.reason or self.pause_free_bytes <= 0:
             return False
-        try:
-            free = self.free_bytes()
-        except OSError as exc:
-            log.debug("free space of %s: %s", self.folder, exc)
-            return False
-        if free >= self.pause_free_bytes:
+        free = self._measured()
+        if free is None or free >= self.pause_free_bytes:
             return False
         self.reason = (
             f"the store's file system is nearly full ({free / 2**20:.1f} MB free, "
@@ -96,16 +92,20 @@ class DiskPressure:
     def free_bytes(self) -> int:
         return int(shutil.disk_usage(self.folder).free)
 
+    def _measured(self) -> int | None:
+        """``free_bytes``, or None when the folder cannot be measured (logged at debug)."""
+        try:
+            return self.free_bytes()
+        except OSError as exc:
+            log.debug("free space of %s: %s", self.folder, exc)
+            return None
+
     def check(self) -> bool:
         """Is there space again? Clears the pressure when there is."""
         if not self.reason:
             return True
-        try:
-            free = self.free_bytes()
-        except OSError as exc:
-            log.debug("free space of %s: %s", self.folder, exc)
-            return False
-        if free < self.resume_free_bytes:
+        free = self._measured()
+        if free is None or free < self.resume_free_bytes:
             return False
         log.info("store has space again (%d MB free): resuming %d agent(s)", free >> 20, len(self.paused))
         self.reason = ""
